@@ -1,0 +1,3 @@
+from k2actors.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,354 @@
+"""Typed configuration: YAML file, then `K2_<SECTION>_<KEY>` environment overrides.
+
+The dataclass defaults are the documented defaults (the repository's config.yaml
+states the same values, and a test keeps the two equal). Loading happens once, in
+the command-line shell; actors receive the resulting frozen objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+import yaml
+
+VENUES = ("BINANCE", "BINANCEUS")
+MODES = ("failover", "hot_standby")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+SYMBOL_PATTERN = re.compile(r"^[A-Z0-9]{2,20}$")
+
+
+class ConfigError(Exception):
+    """An invalid configuration value; the message names key, value and expectation."""
+
+    def __init__(self, key: str, value: Any, expected: str):
+        self.key = key
+        super().__init__(f"invalid config: {key} = {value!r}: expected {expected}")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    url: str
+    venue: str
+
+
+@dataclass(frozen=True)
+class BinanceConfig:
+    enabled: bool = True
+    websocket_url: Endpoint = Endpoint("wss://stream.binance.com:9443/stream", "BINANCE")
+    failover_urls: tuple[Endpoint, ...] = (
+        Endpoint("wss://stream.binance.com:443/stream", "BINANCE"),
+        Endpoint("wss://data-stream.binance.vision/stream", "BINANCE"),
+    )
+    symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT", "BNBUSDT")
+    mode: str = "failover"
+    stale_timeout_seconds: float = 30.0
+    reconnect_delay_seconds: float = 5.0
+    reconnect_max_delay_seconds: float = 60.0
+    max_reconnect_attempts: int = 10
+
+    @property
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        return (self.websocket_url, *self.failover_urls)
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    bootstrap_servers: str = "localhost:9092"
+    schema_registry_url: str = "http://localhost:8081"
+    topic: str = "market.crypto.trades.binance"
+    dlq_topic: str = ""
+    create_topics: bool = True
+    topic_partitions: int = 3
+    compression_type: str = "lz4"
+    enable_idempotence: bool = True
+    acks: str = "all"
+    batch_size: int = 16384
+    linger_ms: int = 10
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return self.dlq_topic or f"{self.topic}.dlq"
+
+
+@dataclass(frozen=True)
+class CircuitBreakerConfig:
+    failure_threshold: int = 3
+    reset_timeout_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    port: int = 9091
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "INFO"
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class Config:
+    binance: BinanceConfig = field(default_factory=BinanceConfig)
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+SECTIONS: dict[str, type] = {
+    "binance": BinanceConfig,
+    "kafka": KafkaConfig,
+    "circuit_breaker": CircuitBreakerConfig,
+    "metrics": MetricsConfig,
+    "log": LogConfig,
+}
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Build the effective Config: defaults, then the YAML file, then the environment."""
+    raw: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        raw = _read_yaml(Path(path))
+    for key, text in _environment_overrides(environ or {}):
+        section, name = key.split(".", 1)
+        raw.setdefault(section, {})[name] = _EnvText(text)
+    return Config(**{section: _build_section(section, values) for section, values in raw.items()})
+
+
+def effective_config(config: Config) -> dict[str, Any]:
+    """The configuration as plain data for printing, with credentials in URLs redacted."""
+    return _redacted(dataclasses.asdict(config))
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redacted(v) for v in value]
+    if isinstance(value, str) and "@" in value and "://" in value:
+        parts = urlsplit(value)
+        if parts.password is not None or parts.username is not None:
+            return parts._replace(netloc=f"***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")).geturl()
+    return value
+
+
+class _EnvText(str):
+    """A value that came from the environment, so still text to be parsed."""
+
+
+def _read_yaml(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError("--config", str(path), f"a readable YAML file ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError("--config", str(path), f"valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError("<root>", data, "a mapping of sections")
+    for section, values in data.items():
+        if section not in SECTIONS:
+            raise ConfigError(str(section), values, f"one of the sections {', '.join(SECTIONS)}")
+        if not isinstance(values, dict):
+            raise ConfigError(section, values, "a mapping of keys")
+    return data
+
+
+def _environment_overrides(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    # Longest section first, so that K2_CIRCUIT_BREAKER_X is not read as section "circuit".
+    prefixes = sorted(((f"K2_{s.upper()}_", s) for s in SECTIONS), key=lambda p: -len(p[0]))
+    overrides = []
+    for variable, text in sorted(environ.items()):
+        for prefix, section in prefixes:
+            if variable.startswith(prefix):
+                overrides.append((f"{section}.{variable[len(prefix):].lower()}", text))
+                break
+    return overrides
+
+
+def _build_section(section: str, values: dict[str, Any]):
+    cls = SECTIONS[section]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    parsed = {}
+    for name, value in values.items():
+        key = f"{section}.{name}"
+        if name not in fields:
+            raise ConfigError(key, value, f"one of the keys {', '.join(fields)}")
+        parsed[name] = _PARSERS[(section, name)](key, value)
+    return cls(**parsed)
+
+
+# --- value parsers: each takes (key, value) and returns the typed value or raises ---
+
+
+def _boolean(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, _EnvText) and value.strip().lower() in ("true", "1", "yes", "on"):
+        return True
+    if isinstance(value, _EnvText) and value.strip().lower() in ("false", "0", "no", "off"):
+        return False
+    raise ConfigError(key, value, "true or false")
+
+
+def _number(kind: type, minimum: float, maximum: float | None = None):
+    def parse(key: str, value: Any):
+        if isinstance(value, _EnvText):
+            try:
+                value = kind(value.strip())
+            except ValueError:
+                pass
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind is int and is_number and float(value).is_integer():
+            value = int(value)
+        if not is_number or (kind is int and not isinstance(value, int)):
+            raise ConfigError(key, value, f"{'an integer' if kind is int else 'a number'}")
+        if value < minimum or (maximum is not None and value > maximum):
+            upper = f" and at most {maximum}" if maximum is not None else ""
+            raise ConfigError(key, value, f"a value of at least {minimum}{upper}")
+        return kind(value)
+
+    return parse
+
+
+def _text(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(key, value, "a non-empty string")
+    return str(value).strip()
+
+
+def _optional_text(key: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ConfigError(key, value, "a string")
+    return str(value).strip()
+
+
+def _choice(options: tuple[str, ...], normalise=str):
+    def parse(key: str, value: Any) -> str:
+        if isinstance(value, str) and normalise(value.strip()) in options:
+            return normalise(value.strip())
+        raise ConfigError(key, value, f"one of {', '.join(options)}")
+
+    return parse
+
+
+def _http_url(key: str, value: Any) -> str:
+    if isinstance(value, str) and urlsplit(value.strip()).scheme in ("http", "https") and urlsplit(value.strip()).netloc:
+        return value.strip()
+    raise ConfigError(key, value, "an http:// or https:// URL")
+
+
+def _list(key: str, value: Any) -> list:
+    """A YAML list, or from the environment `A,B,C` or a JSON array."""
+    if isinstance(value, _EnvText):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                raise ConfigError(key, text, "a comma-separated list or a JSON array") from None
+        else:
+            value = [item.strip() for item in text.split(",") if item.strip()]
+    if not isinstance(value, list):
+        raise ConfigError(key, value, "a list")
+    return value
+
+
+def _symbols(key: str, value: Any) -> tuple[str, ...]:
+    items = _list(key, value)
+    if not items:
+        raise ConfigError(key, value, "a non-empty list of symbols such as BTCUSDT")
+    symbols = []
+    for item in items:
+        if not isinstance(item, str) or not SYMBOL_PATTERN.match(item.strip().upper()):
+            raise ConfigError(key, item, "a symbol of 2 to 20 letters or digits, such as BTCUSDT")
+        symbols.append(item.strip().upper())
+    if len(set(symbols)) != len(symbols):
+        raise ConfigError(key, value, "a list without repeated symbols")
+    return tuple(symbols)
+
+
+def venue_of(url: str) -> str:
+    """binance.us is a different exchange with its own trade ids; every other host is Binance."""
+    host = urlsplit(url).hostname or ""
+    return "BINANCEUS" if host == "binance.us" or host.endswith(".binance.us") else "BINANCE"
+
+
+def _endpoint(key: str, value: Any) -> Endpoint:
+    if isinstance(value, dict):
+        unknown = set(value) - {"url", "venue"}
+        if unknown or "url" not in value:
+            raise ConfigError(key, value, "a URL or a mapping with keys url and venue")
+        url = value["url"]
+        venue = _choice(VENUES, str.upper)(f"{key}.venue", value.get("venue") or venue_of(str(url)))
+    else:
+        url, venue = value, None
+    if not isinstance(url, str):
+        raise ConfigError(key, url, "a ws:// or wss:// URL")
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ConfigError(key, url, "a ws:// or wss:// URL")
+    return Endpoint(url.strip(), venue or venue_of(url))
+
+
+def _endpoint_or_text(key: str, value: Any) -> Endpoint:
+    # From the environment a single endpoint may also be given as a JSON object.
+    if isinstance(value, _EnvText) and value.strip().startswith("{"):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ConfigError(key, value, "a ws:// or wss:// URL or a JSON object") from None
+    return _endpoint(key, value)
+
+
+def _endpoints(key: str, value: Any) -> tuple[Endpoint, ...]:
+    return tuple(_endpoint(f"{key}[{i}]", item) for i, item in enumerate(_list(key, value)))
+
+
+def _topic(key: str, value: Any) -> str:
+    text = _text(key, value)
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", text):
+        raise ConfigError(key, value, "a Kafka topic name of letters, digits, '.', '_' or '-'")
+    return text
+
+
+def _optional_topic(key: str, value: Any) -> str:
+    return _topic(key, value) if _optional_text(key, value) else ""
+
+
+_PARSERS = {
+    ("binance", "enabled"): _boolean,
+    ("binance", "websocket_url"): _endpoint_or_text,
+    ("binance", "failover_urls"): _endpoints,
+    ("binance", "symbols"): _symbols,
+    ("binance", "mode"): _choice(MODES, str.lower),
+    ("binance", "stale_timeout_seconds"): _number(float, 0.1),
+    ("binance", "reconnect_delay_seconds"): _number(float, 0.0),
+    ("binance", "reconnect_max_delay_seconds"): _number(float, 0.0),
+    ("binance", "max_reconnect_attempts"): _number(int, 1),
+    ("kafka", "bootstrap_servers"): _text,
+    ("kafka", "schema_registry_url"): _http_url,
+    ("kafka", "topic"): _topic,
+    ("kafka", "dlq_topic"): _optional_topic,
+    ("kafka", "create_topics"): _boolean,
+    ("kafka", "topic_partitions"): _number(int, 1, 10000),
+    ("kafka", "compression_type"): _choice(("none", "gzip", "snappy", "lz4", "zstd"), str.lower),
+    ("kafka", "enable_idempotence"): _boolean,
+    ("kafka", "acks"): _choice(("all", "-1", "0", "1"), str.lower),
+    ("kafka", "batch_size"): _number(int, 1, 2**31 - 1),
+    ("kafka", "linger_ms"): _number(int, 0, 900000),
+    ("circuit_breaker", "failure_threshold"): _number(int, 1),
+    ("circuit_breaker", "reset_timeout_seconds"): _number(float, 0.0),
+    ("metrics", "port"): _number(int, 1, 65535),
+    ("log", "level"): _choice(LOG_LEVELS, str.upper),
+    ("log", "format"): _choice(LOG_FORMATS, str.lower),
+}

@@ -1,0 +1,112 @@
+"""Parse raw Binance stream frames into typed events, or say exactly why not.
+
+Accepts the combined-stream envelope `{"stream": ..., "data": {...}}` and the raw
+`/ws/<stream>` payload alike. Nothing here raises on bad input: every frame becomes a
+Trade, a control event, or a Rejected carrying a DLQ reason.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+# DLQ reasons; each is also the `reason` / `error_type` label of the metrics.
+NOT_JSON = "not_json"
+UNEXPECTED_SHAPE = "unexpected_shape"
+MISSING_FIELD = "missing_field"
+WRONG_TYPE = "wrong_type"
+UNKNOWN_EVENT = "unknown_event"
+INVALID_DECIMAL = "invalid_decimal"
+DECIMAL_OUT_OF_RANGE = "decimal_out_of_range"
+
+
+@dataclass(frozen=True, slots=True)
+class Trade:
+    symbol: str
+    trade_id: int
+    price: str
+    quantity: str
+    trade_time_ms: int
+    event_time_ms: int
+    buyer_is_maker: bool
+    best_match: bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionReply:
+    """The answer to a SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS request."""
+
+    request_id: object
+    result: object
+
+
+@dataclass(frozen=True, slots=True)
+class ServerShutdown:
+    """Binance warns that this connection will be closed for maintenance."""
+
+    event_time_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    reason: str
+    detail: str
+
+
+Event = Trade | SubscriptionReply | ServerShutdown | Rejected
+
+# (field, accepted types, description) for a trade payload; bool is excluded from ints below.
+_TRADE_FIELDS = (
+    ("s", str, "a string"),
+    ("t", int, "an integer"),
+    ("p", str, "a decimal string"),
+    ("q", str, "a decimal string"),
+    ("T", int, "an integer"),
+    ("E", int, "an integer"),
+    ("m", bool, "a boolean"),
+)
+
+
+def parse_frame(raw: bytes | str) -> Event:
+    try:
+        message = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return Rejected(NOT_JSON, str(exc)[:200])
+    if not isinstance(message, dict):
+        return Rejected(UNEXPECTED_SHAPE, f"top level is {type(message).__name__}, not an object")
+    if "result" in message and "id" in message:
+        return SubscriptionReply(message["id"], message["result"])
+    payload = message["data"] if "stream" in message and "data" in message else message
+    if not isinstance(payload, dict):
+        return Rejected(UNEXPECTED_SHAPE, f"data is {type(payload).__name__}, not an object")
+    event_type = payload.get("e")
+    if event_type == "trade":
+        return _trade(payload)
+    if event_type == "serverShutdown":
+        event_time = payload.get("E")
+        return ServerShutdown(event_time if isinstance(event_time, int) else None)
+    if event_type is None:
+        return Rejected(MISSING_FIELD, "no event type 'e'")
+    return Rejected(UNKNOWN_EVENT, f"event type {str(event_type)[:50]!r}")
+
+
+def _trade(payload: dict) -> Trade | Rejected:
+    for name, kind, description in _TRADE_FIELDS:
+        if name not in payload:
+            return Rejected(MISSING_FIELD, f"trade field {name!r} is missing")
+        value = payload[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return Rejected(WRONG_TYPE, f"trade field {name!r} is {type(value).__name__}, expected {description}")
+    best_match = payload.get("M")
+    if best_match is not None and not isinstance(best_match, bool):
+        return Rejected(WRONG_TYPE, f"trade field 'M' is {type(best_match).__name__}, expected a boolean")
+    return Trade(
+        symbol=payload["s"],
+        trade_id=payload["t"],
+        price=payload["p"],
+        quantity=payload["q"],
+        trade_time_ms=payload["T"],
+        event_time_ms=payload["E"],
+        buyer_is_maker=payload["m"],
+        best_match=best_match,
+    )

@@ -1,0 +1,103 @@
+"""Shape a parsed Binance trade into a K2 v2 trade record (schemas/trade_v2.avsc).
+
+Prices and quantities stay exact: strings become Decimals checked against the
+schema's decimal(18, 8), never floats.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Mapping
+
+from k2actors.core.binance import DECIMAL_OUT_OF_RANGE, INVALID_DECIMAL, Rejected, Trade
+
+DECIMAL_PRECISION = 18
+DECIMAL_SCALE = 8
+_QUANTUM = Decimal(1).scaleb(-DECIMAL_SCALE)
+# uuid5 namespace for message ids: the same (venue, symbol, trade id) always gets the same id.
+MESSAGE_ID_NAMESPACE = uuid.UUID("6f1c2a55-0b0e-5d8f-9a43-8f3c1b2d4e70")
+
+# Quote assets, longest first so that e.g. FDUSD wins over USD.
+_QUOTE_SUFFIXES = tuple(
+    sorted(
+        ("USDT", "USDC", "FDUSD", "TUSD", "BUSD", "USDP", "DAI", "USD", "BTC", "ETH", "BNB",
+         "EUR", "GBP", "TRY", "BRL", "JPY", "AUD", "ARS", "MXN", "PLN", "RON", "UAH", "ZAR",
+         "IDR", "COP", "CZK", "XRP", "DOGE", "TRX", "SOL"),
+        key=len,
+        reverse=True,
+    )
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Where and when a frame arrived."""
+
+    venue: str
+    endpoint: str
+    received_us: int
+
+
+def message_id(venue: str, symbol: str, trade_id: int) -> str:
+    return str(uuid.uuid5(MESSAGE_ID_NAMESPACE, f"{venue}:{symbol}:{trade_id}"))
+
+
+def quote_currency(symbol: str, quote_assets: Mapping[str, str]) -> str:
+    """The quote asset from exchangeInfo when known, else from the symbol's suffix."""
+    if symbol in quote_assets:
+        return quote_assets[symbol]
+    for suffix in _QUOTE_SUFFIXES:
+        if symbol.endswith(suffix) and len(symbol) > len(suffix):
+            return suffix
+    return "UNKNOWN"
+
+
+def exact_decimal(text: str, field_name: str) -> Decimal | Rejected:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        return Rejected(INVALID_DECIMAL, f"{field_name} {text[:40]!r} is not a decimal number")
+    if not value.is_finite():
+        return Rejected(INVALID_DECIMAL, f"{field_name} {text[:40]!r} is not finite")
+    scaled = value.quantize(_QUANTUM) if value.adjusted() < DECIMAL_PRECISION else None
+    if scaled is None or scaled != value or len(scaled.as_tuple().digits) > DECIMAL_PRECISION:
+        return Rejected(
+            DECIMAL_OUT_OF_RANGE,
+            f"{field_name} {text[:40]!r} does not fit decimal({DECIMAL_PRECISION},{DECIMAL_SCALE})",
+        )
+    return scaled
+
+
+def normalise_trade(trade: Trade, delivery: Delivery, quote_assets: Mapping[str, str]) -> dict | Rejected:
+    price = exact_decimal(trade.price, "price")
+    if isinstance(price, Rejected):
+        return price
+    quantity = exact_decimal(trade.quantity, "quantity")
+    if isinstance(quantity, Rejected):
+        return quantity
+    vendor_data = {
+        "event_time": str(trade.event_time_ms),
+        "is_buyer_maker": "true" if trade.buyer_is_maker else "false",
+        "endpoint": delivery.endpoint,
+    }
+    if trade.best_match is not None:
+        vendor_data["is_best_match"] = "true" if trade.best_match else "false"
+    return {
+        "message_id": message_id(delivery.venue, trade.symbol, trade.trade_id),
+        "trade_id": f"{delivery.venue}-{trade.trade_id}",
+        "symbol": trade.symbol,
+        "exchange": delivery.venue,
+        "asset_class": "crypto",
+        "timestamp": trade.trade_time_ms * 1000,
+        "price": price,
+        "quantity": quantity,
+        "currency": quote_currency(trade.symbol, quote_assets),
+        "side": "SELL" if trade.buyer_is_maker else "BUY",
+        "trade_conditions": [],
+        "source_sequence": trade.trade_id,
+        "platform_sequence": None,
+        "ingestion_timestamp": delivery.received_us,
+        "vendor_data": vendor_data,
+    }

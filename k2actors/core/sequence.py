@@ -1,0 +1,99 @@
+"""Per-(venue, symbol) trade id tracking: drop duplicates, find gaps, never hide one.
+
+Binance trade ids are consecutive per symbol. With more than one connection live
+(hot standby, make-before-break rotation) ids can arrive out of order: a mirror that
+reconnected may run ahead of the others. So a gap is noticed at once but declared only
+after `grace_seconds`; ids that arrive inside that window fill it and are published.
+What is still missing then is declared: counted, logged, and remembered so that a late
+arrival is still published (as a recovery) rather than discarded as a duplicate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+Key = tuple[str, str]  # (venue, symbol)
+
+# Missing ranges remembered per key; beyond this the oldest are forgotten (bounded memory).
+MAX_OPEN_RANGES = 1000
+
+
+class Verdict(Enum):
+    NEW = "new"  # the next id, or one ahead of it (a gap opened)
+    DUPLICATE = "duplicate"  # already published: drop
+    FILLED = "filled"  # inside a gap not yet declared: publish
+    RECOVERED = "recovered"  # inside a gap already declared missing: publish, count as recovered
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    venue: str
+    symbol: str
+    first_id: int
+    last_id: int
+
+    @property
+    def size(self) -> int:
+        return self.last_id - self.first_id + 1
+
+
+@dataclass
+class _Range:
+    first: int
+    last: int
+    opened_at: float
+    declared: bool = False
+
+
+@dataclass
+class _SymbolState:
+    high: int
+    missing: list[_Range] = field(default_factory=list)  # ascending, disjoint
+
+
+class SequenceTracker:
+    def __init__(self, grace_seconds: float = 0.0):
+        self._grace = grace_seconds
+        self._states: dict[Key, _SymbolState] = {}
+
+    def observe(self, key: Key, trade_id: int, now: float) -> Verdict:
+        state = self._states.get(key)
+        if state is None:
+            self._states[key] = _SymbolState(high=trade_id)
+            return Verdict.NEW
+        if trade_id > state.high:
+            if trade_id > state.high + 1:
+                state.missing.append(_Range(state.high + 1, trade_id - 1, now))
+                del state.missing[:-MAX_OPEN_RANGES]
+            state.high = trade_id
+            return Verdict.NEW
+        for index, gap in enumerate(state.missing):
+            if gap.first <= trade_id <= gap.last:
+                _remove_id(state.missing, index, trade_id)
+                return Verdict.RECOVERED if gap.declared else Verdict.FILLED
+        return Verdict.DUPLICATE
+
+    def declare_due(self, now: float) -> list[Gap]:
+        """Gaps whose grace period has passed and that are still (partly) missing."""
+        due = []
+        for (venue, symbol), state in self._states.items():
+            for gap in state.missing:
+                if not gap.declared and now - gap.opened_at >= self._grace:
+                    gap.declared = True
+                    due.append(Gap(venue, symbol, gap.first, gap.last))
+        return due
+
+    def last_id(self, key: Key) -> int | None:
+        state = self._states.get(key)
+        return state.high if state else None
+
+
+def _remove_id(ranges: list[_Range], index: int, trade_id: int) -> None:
+    gap = ranges[index]
+    pieces = []
+    if gap.first < trade_id:
+        pieces.append(_Range(gap.first, trade_id - 1, gap.opened_at, gap.declared))
+    if trade_id < gap.last:
+        pieces.append(_Range(trade_id + 1, gap.last, gap.opened_at, gap.declared))
+    ranges[index : index + 1] = pieces

@@ -1,0 +1,88 @@
+"""The metric catalogue, and the deltas actors accumulate before sending them.
+
+Every metric the service exports is declared here once; the MetricsActor builds the
+Prometheus objects from this table and the README documents the same names.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
+
+# Seconds; fine at the low end, where a healthy pipeline sits.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    kind: str
+    labels: tuple[str, ...]
+    help: str
+
+
+CATALOGUE = {
+    spec.name: spec
+    for spec in (
+        MetricSpec("k2_binance_connection_status", GAUGE, ("url",), "1 while the connection to this endpoint is streaming, else 0."),
+        MetricSpec("k2_binance_messages_received_total", COUNTER, ("symbol",), "Valid trades received from the exchange, duplicates included."),
+        MetricSpec("k2_binance_message_errors_total", COUNTER, ("error_type",), "Exchange frames that could not become a record."),
+        MetricSpec("k2_binance_reconnects_total", COUNTER, ("url", "reason"), "Connections to an endpoint that ended and were replaced."),
+        MetricSpec("k2_binance_last_message_timestamp_seconds", GAUGE, (), "Unix time of the last frame received from any endpoint."),
+        MetricSpec("k2_binance_duplicate_trades_total", COUNTER, ("symbol",), "Trades dropped because their id was already published."),
+        MetricSpec("k2_binance_trade_gaps_total", COUNTER, ("symbol",), "Runs of missing trade ids declared."),
+        MetricSpec("k2_binance_missing_trades_total", COUNTER, ("symbol",), "Trade ids declared missing."),
+        MetricSpec("k2_binance_recovered_trades_total", COUNTER, ("symbol",), "Trades that arrived after their id had been declared missing."),
+        MetricSpec("k2_kafka_messages_produced_total", COUNTER, ("topic",), "Records acknowledged by Kafka."),
+        MetricSpec("k2_kafka_produce_errors_total", COUNTER, ("topic", "error_type"), "Records Kafka did not acknowledge."),
+        MetricSpec("k2_dlq_messages_total", COUNTER, ("reason",), "Frames routed to the dead-letter topic."),
+        MetricSpec("k2_circuit_breaker_state", GAUGE, ("url",), "Circuit breaker per endpoint: 0 closed, 1 half-open, 2 open."),
+        MetricSpec("k2_actor_restarts_total", COUNTER, ("actor",), "Child actors the coordinator recreated."),
+        MetricSpec("k2_actor_batches_lost_total", COUNTER, ("link",), "Batches between actors that never arrived (sequence gap)."),
+        MetricSpec("k2_trade_exchange_to_ack_seconds", HISTOGRAM, (), "Exchange trade time to Kafka acknowledgement."),
+        MetricSpec("k2_trade_receive_to_ack_seconds", HISTOGRAM, (), "Receipt from the exchange to Kafka acknowledgement."),
+    )
+}
+
+
+@dataclass(frozen=True)
+class MetricDeltas:
+    """What changed since the last send: counter increments, gauge values, observations."""
+
+    counters: tuple[tuple[str, tuple[str, ...], float], ...] = ()
+    gauges: tuple[tuple[str, tuple[str, ...], float], ...] = ()
+    observations: tuple[tuple[str, tuple[float, ...]], ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.counters or self.gauges or self.observations)
+
+
+class MetricBuffer:
+    """Accumulates changes in an actor, to be sent as one MetricDeltas."""
+
+    def __init__(self) -> None:
+        self._counters: dict[tuple[str, tuple[str, ...]], float] = defaultdict(float)
+        self._gauges: dict[tuple[str, tuple[str, ...]], float] = {}
+        self._observations: dict[str, list[float]] = defaultdict(list)
+
+    def inc(self, name: str, *labels: str, amount: float = 1) -> None:
+        self._counters[(name, labels)] += amount
+
+    def set(self, name: str, value: float, *labels: str) -> None:
+        self._gauges[(name, labels)] = value
+
+    def observe(self, name: str, values: list[float]) -> None:
+        self._observations[name].extend(values)
+
+    def take(self) -> MetricDeltas:
+        deltas = MetricDeltas(
+            counters=tuple((name, labels, value) for (name, labels), value in self._counters.items()),
+            gauges=tuple((name, labels, value) for (name, labels), value in self._gauges.items()),
+            observations=tuple((name, tuple(values)) for name, values in self._observations.items()),
+        )
+        self._counters.clear()
+        self._gauges.clear()
+        self._observations.clear()
+        return deltas

@@ -1,0 +1,430 @@
+"""A Binance-compatible spot exchange simulator: streams, pings, limits, faults, REST history.
+
+One live market (per symbol: consecutive trade ids on a shared clock) served by several
+endpoints on their own ports, like Binance's mirrors, so a client that is disconnected
+misses what happened meanwhile. Each endpoint serves:
+
+- `/stream?streams=btcusdt@trade/...` (combined envelope) and `/ws/<stream>[/<stream>...]`;
+- a ping every `ping_interval` seconds with a payload the pong must echo, and a drop of
+  clients that do not answer within `pong_timeout`;
+- SUBSCRIBE, UNSUBSCRIBE and LIST_SUBSCRIPTIONS; Binance's limits (5 incoming messages per
+  second, 1024 streams per connection) enforced with close code 1008;
+- scripted faults (`EndpointControl`): drop without a close frame, stall with the socket
+  open, a serverShutdown event, refusal of new connections, malformed frames;
+- REST `GET /api/v3/historicalTrades` and `/api/v3/exchangeInfo` from the same history.
+
+With `tape=PATH` the endpoints replay a JSONL file of raw messages instead of the live
+market: every connection receives every line, in order, as one frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import random
+import threading
+import time
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+MAX_STREAMS_PER_CONNECTION = 1024
+MAX_INCOMING_PER_SECOND = 5
+HISTORY_PER_SYMBOL = 200_000
+CLIENT_QUEUE_LIMIT = 100_000  # frames queued for one client before it counts as too slow
+_START_PRICES_CENTS = {"BTCUSDT": 4_300_000, "ETHUSDT": 230_000, "BNBUSDT": 31_000}
+_QUOTES = ("USDT", "USDC", "FDUSD", "BTC", "ETH", "BNB", "EUR", "USD")
+
+
+@dataclass(frozen=True, slots=True)
+class SimTrade:
+    trade_id: int
+    price: str
+    quantity: str
+    time_ms: int
+    buyer_is_maker: bool
+
+
+def _cents_text(cents: int) -> str:
+    return f"{cents // 100}.{cents % 100:02d}000000"
+
+
+def _units_text(units: int) -> str:  # units of 1e-8
+    return f"{units // 100_000_000}.{units % 100_000_000:08d}"
+
+
+class Market:
+    """The live market every endpoint serves: trades arrive on the clock at `rate` per symbol."""
+
+    def __init__(self, symbols: tuple[str, ...], rate: float, seed: int = 7):
+        self.symbols = symbols
+        self.rate = rate
+        self._random = random.Random(seed)
+        self._price = {s: _START_PRICES_CENTS.get(s, 10_000) for s in symbols}
+        self._next_id = {s: 1_000_000 + 1000 * i for i, s in enumerate(symbols)}
+        self._due = {s: 0.0 for s in symbols}
+        self._history = {s: collections.deque(maxlen=HISTORY_PER_SYMBOL) for s in symbols}
+        self._last_tick: float | None = None
+
+    def tick(self, now: float) -> list[tuple[str, SimTrade]]:
+        """The trades that happened since the last tick."""
+        elapsed = 0.0 if self._last_tick is None else now - self._last_tick
+        self._last_tick = now
+        trades = []
+        time_ms = int(now * 1000)
+        for symbol in self.symbols:
+            self._due[symbol] += elapsed * self.rate
+            count = int(self._due[symbol])
+            self._due[symbol] -= count
+            for _ in range(count):
+                trades.append((symbol, self._new_trade(symbol, time_ms)))
+        return trades
+
+    def _new_trade(self, symbol: str, time_ms: int) -> SimTrade:
+        step = max(self._price[symbol] // 20_000, 1)
+        self._price[symbol] = max(self._price[symbol] + self._random.randint(-step, step), 1)
+        trade = SimTrade(
+            trade_id=self._next_id[symbol],
+            price=_cents_text(self._price[symbol]),
+            quantity=_units_text(self._random.randint(1_000, 50_000_000)),
+            time_ms=time_ms,
+            buyer_is_maker=self._random.random() < 0.5,
+        )
+        self._next_id[symbol] += 1
+        self._history[symbol].append(trade)
+        return trade
+
+    def last_id(self, symbol: str) -> int:
+        return self._next_id[symbol] - 1
+
+    def history(self, symbol: str, from_id: int | None, limit: int) -> list[SimTrade]:
+        trades = self._history[symbol]
+        if not trades:
+            return []
+        if from_id is None:
+            return list(trades)[-limit:]
+        start = max(from_id - trades[0].trade_id, 0)
+        return [trades[i] for i in range(start, min(start + limit, len(trades)))]
+
+
+def trade_payload(symbol: str, trade: SimTrade, event_ms: int) -> str:
+    return (
+        f'{{"e":"trade","E":{event_ms},"s":"{symbol}","t":{trade.trade_id},"p":"{trade.price}",'
+        f'"q":"{trade.quantity}","T":{trade.time_ms},"m":{"true" if trade.buyer_is_maker else "false"},"M":true}}'
+    )
+
+
+class _Client:
+    def __init__(self, connection: ServerConnection, streams: set[str], combined: bool):
+        self.connection = connection
+        self.streams = streams
+        self.combined = combined
+        self.queue: asyncio.Queue[str] = asyncio.Queue()
+        self.incoming: collections.deque[float] = collections.deque()
+
+
+class _Endpoint:
+    def __init__(self, index: int):
+        self.index = index
+        self.clients: set[_Client] = set()
+        self.stalled = False
+        self.refusing = False
+        self.server = None
+        self.port = 0
+
+
+class ExchangeSimulator:
+    """`with ExchangeSimulator(symbols, rate=50, endpoints=2) as sim: sim.urls`"""
+
+    def __init__(
+        self,
+        symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT", "BNBUSDT"),
+        rate: float = 20.0,
+        endpoints: int = 2,
+        ping_interval: float = 20.0,
+        pong_timeout: float = 60.0,
+        tick: float = 0.01,
+        tape: str | Path | None = None,
+        host: str = "127.0.0.1",
+        seed: int = 7,
+    ):
+        self.market = Market(tuple(symbols), rate, seed)
+        self.host = host
+        self.ping_interval = ping_interval
+        self.pong_timeout = pong_timeout
+        self._tick = tick
+        self._tape = Path(tape).read_text().splitlines() if tape else None
+        self._endpoints = [_Endpoint(i) for i in range(endpoints)]
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="exchange-simulator", daemon=True)
+        self._stopping = False
+        self._ticker: asyncio.Task | None = None
+
+    # --- lifecycle ---
+
+    def start(self) -> "ExchangeSimulator":
+        self._thread.start()
+        self._call(self._start())
+        return self
+
+    def stop(self) -> None:
+        self._call(self._stop())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    @property
+    def urls(self) -> list[str]:
+        """The combined-stream base URL of each endpoint, as config expects it."""
+        return [f"ws://{self.host}:{e.port}/stream" for e in self._endpoints]
+
+    def rest_url(self, index: int = 0) -> str:
+        return f"http://{self.host}:{self._endpoints[index].port}"
+
+    def endpoint(self, index: int) -> "EndpointControl":
+        return EndpointControl(self, self._endpoints[index])
+
+    def set_rate(self, rate: float) -> None:
+        self.market.rate = rate
+
+    def last_ids(self) -> dict[str, int]:
+        return self._call(self._last_ids())
+
+    # --- internals, all on the simulator's event loop ---
+
+    def _call(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=10)
+
+    async def _last_ids(self) -> dict[str, int]:
+        return {s: self.market.last_id(s) for s in self.market.symbols}
+
+    async def _start(self) -> None:
+        for endpoint in self._endpoints:
+            endpoint.server = await serve(
+                lambda connection, e=endpoint: self._serve_client(e, connection),
+                self.host,
+                0,
+                process_request=lambda connection, request, e=endpoint: self._http(e, connection, request),
+                ping_interval=None,  # Binance-style pings are sent by _ping_loop
+                max_size=2**20,
+                compression=None,
+            )
+            endpoint.port = endpoint.server.sockets[0].getsockname()[1]
+        if self._tape is None:
+            self._ticker = asyncio.get_running_loop().create_task(self._run_market())
+
+    async def _stop(self) -> None:
+        self._stopping = True
+        for endpoint in self._endpoints:
+            endpoint.server.close()
+            for client in list(endpoint.clients):
+                client.connection.transport.abort()
+        for endpoint in self._endpoints:
+            await endpoint.server.wait_closed()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run_market(self) -> None:
+        while not self._stopping:
+            now = time.time()
+            trades = self.market.tick(now)
+            if trades:
+                self._broadcast(trades, int(now * 1000))
+            await asyncio.sleep(self._tick)
+
+    def _broadcast(self, trades: list[tuple[str, SimTrade]], event_ms: int) -> None:
+        frames = {}
+        for symbol, trade in trades:
+            stream = f"{symbol.lower()}@trade"
+            payload = trade_payload(symbol, trade, event_ms)
+            frames.setdefault(stream, []).append((payload, f'{{"stream":"{stream}","data":{payload}}}'))
+        for endpoint in self._endpoints:
+            if endpoint.stalled:
+                continue
+            for client in list(endpoint.clients):
+                for stream in client.streams & frames.keys():
+                    for raw, combined in frames[stream]:
+                        client.queue.put_nowait(combined if client.combined else raw)
+                if client.queue.qsize() > CLIENT_QUEUE_LIMIT:
+                    client.connection.transport.abort()  # too slow to keep up: Binance drops it too
+
+    def _http(self, endpoint: _Endpoint, connection: ServerConnection, request):
+        path = urlsplit(request.path)
+        if path.path.startswith("/api/"):
+            return _rest(self.market, connection, path.path, parse_qs(path.query))
+        if endpoint.refusing:
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "endpoint refuses new connections\n")
+        streams = _requested_streams(path.path, parse_qs(path.query))
+        if streams is None:
+            return connection.respond(HTTPStatus.NOT_FOUND, "unknown path\n")
+        if len(streams) > MAX_STREAMS_PER_CONNECTION:
+            return connection.respond(HTTPStatus.BAD_REQUEST, "too many streams\n")
+        return None
+
+    async def _serve_client(self, endpoint: _Endpoint, connection: ServerConnection) -> None:
+        path = urlsplit(connection.request.path)
+        streams = _requested_streams(path.path, parse_qs(path.query))
+        client = _Client(connection, set(streams), combined=path.path.startswith("/stream"))
+        endpoint.clients.add(client)
+        tasks = [
+            asyncio.create_task(self._write(client)),
+            asyncio.create_task(self._ping_loop(endpoint, client)),
+        ]
+        if self._tape is not None:
+            for line in self._tape:
+                client.queue.put_nowait(line)
+        try:
+            async for message in connection:
+                await self._handle_request(client, message)
+        except ConnectionClosed:
+            pass
+        finally:
+            endpoint.clients.discard(client)
+            for task in tasks:
+                task.cancel()
+
+    async def _write(self, client: _Client) -> None:
+        try:
+            while True:
+                await client.connection.send(await client.queue.get())
+        except ConnectionClosed:
+            pass
+
+    async def _ping_loop(self, endpoint: _Endpoint, client: _Client) -> None:
+        while True:
+            await asyncio.sleep(self.ping_interval)
+            if endpoint.stalled:
+                continue
+            try:
+                pong = await client.connection.ping(str(int(time.time() * 1000)))
+                await asyncio.wait_for(pong, self.pong_timeout)
+            except asyncio.TimeoutError:
+                client.connection.transport.abort()  # no pong in time: dropped, as Binance does
+                return
+            except ConnectionClosed:
+                return
+
+    async def _handle_request(self, client: _Client, message) -> None:
+        now = time.monotonic()
+        client.incoming.append(now)
+        while client.incoming and now - client.incoming[0] > 1.0:
+            client.incoming.popleft()
+        if len(client.incoming) > MAX_INCOMING_PER_SECOND:
+            await client.connection.close(1008, "Too many requests")
+            return
+        try:
+            request = json.loads(message)
+            method, request_id = request["method"], request.get("id")
+            params = request.get("params", [])
+        except (ValueError, KeyError, TypeError):
+            await client.connection.send(json.dumps({"error": {"code": 2, "msg": "Invalid request"}, "id": None}))
+            return
+        if method == "SUBSCRIBE":
+            streams = client.streams | set(params)
+            if len(streams) > MAX_STREAMS_PER_CONNECTION:
+                await client.connection.close(1008, "Too many streams")
+                return
+            client.streams = streams
+            reply = None
+        elif method == "UNSUBSCRIBE":
+            client.streams -= set(params)
+            reply = None
+        elif method == "LIST_SUBSCRIPTIONS":
+            reply = sorted(client.streams)
+        else:
+            await client.connection.send(json.dumps({"error": {"code": 2, "msg": f"Unknown method {method}"}, "id": request_id}))
+            return
+        await client.connection.send(json.dumps({"result": reply, "id": request_id}))
+
+
+def _requested_streams(path: str, query: dict) -> list[str] | None:
+    if path == "/stream":
+        return [s for s in query.get("streams", [""])[0].split("/") if s]
+    if path.startswith("/ws"):
+        return [s for s in path[len("/ws") :].split("/") if s]
+    return None
+
+
+def _rest(market: Market, connection: ServerConnection, path: str, query: dict):
+    def answer(status: int, payload) -> object:
+        response = connection.respond(status, json.dumps(payload))
+        response.headers["Content-Type"] = "application/json"
+        return response
+
+    if path == "/api/v3/historicalTrades":
+        symbol = query.get("symbol", [""])[0]
+        if symbol not in market.symbols:
+            return answer(400, {"code": -1121, "msg": "Invalid symbol."})
+        try:
+            limit = min(int(query.get("limit", ["500"])[0]), 1000)
+            from_id = int(query["fromId"][0]) if "fromId" in query else None
+        except ValueError:
+            return answer(400, {"code": -1100, "msg": "Illegal characters found in a parameter."})
+        rows = [
+            {"id": t.trade_id, "price": t.price, "qty": t.quantity, "time": t.time_ms,
+             "isBuyerMaker": t.buyer_is_maker, "isBestMatch": True}
+            for t in market.history(symbol, from_id, limit)
+        ]
+        return answer(200, rows)
+    if path == "/api/v3/exchangeInfo":
+        wanted = query.get("symbol") or json.loads(query.get("symbols", ["null"])[0]) or list(market.symbols)
+        symbols = []
+        for symbol in wanted:
+            quote = next((q for q in _QUOTES if symbol.endswith(q)), symbol[-4:])
+            symbols.append({"symbol": symbol, "status": "TRADING", "baseAsset": symbol[: -len(quote)], "quoteAsset": quote})
+        return answer(200, {"timezone": "UTC", "serverTime": int(time.time() * 1000), "symbols": symbols})
+    return answer(404, {"code": -1, "msg": "Unknown endpoint."})
+
+
+class EndpointControl:
+    """Scripted faults for one endpoint; safe to call from any thread."""
+
+    def __init__(self, simulator: ExchangeSimulator, endpoint: _Endpoint):
+        self._simulator = simulator
+        self._endpoint = endpoint
+
+    @property
+    def url(self) -> str:
+        return self._simulator.urls[self._endpoint.index]
+
+    def client_count(self) -> int:
+        return self._simulator._call(self._count())
+
+    def drop(self) -> None:
+        """Cut every connection without a close frame."""
+        self._simulator._call(self._each(lambda client: client.connection.transport.abort()))
+
+    def stall(self, stalled: bool = True) -> None:
+        """Keep sockets open but send nothing at all, pings included."""
+        self._endpoint.stalled = stalled
+
+    def refuse(self, refusing: bool = True) -> None:
+        """Answer new connection attempts with HTTP 503."""
+        self._endpoint.refusing = refusing
+
+    def server_shutdown(self) -> None:
+        event = json.dumps({"e": "serverShutdown", "E": int(time.time() * 1000)})
+        self.send_raw([event])
+
+    def send_raw(self, frames: list[str | bytes]) -> None:
+        """Put frames, as given, into every client's stream (text or binary)."""
+        self._simulator._call(self._each(lambda client: [client.queue.put_nowait(f) for f in frames]))
+
+    async def _count(self) -> int:
+        return len(self._endpoint.clients)
+
+    async def _each(self, action) -> None:
+        for client in list(self._endpoint.clients):
+            action(client)

@@ -1,0 +1,188 @@
+"""Every message the actors exchange, as frozen dataclasses.
+
+The path of a trade: ConnectionActor --RawBatch--> Normaliser --RecordBatch--> ProducerActor,
+which answers BatchDelivered. Batches carry sequence numbers because delivery between
+actors is best effort: the receiver notices a batch that never came.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from k2actors.config import Config, Endpoint, KafkaConfig
+
+# --- service (main process) <-> FailoverCoordinator ---
+
+
+@dataclass(frozen=True)
+class StartPipeline:
+    config: Config
+
+
+@dataclass(frozen=True)
+class PipelineStarted:
+    metrics_port: int
+
+
+@dataclass(frozen=True)
+class PipelineFailed:
+    """The pipeline cannot run (or can no longer run); the service exits non-zero."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class StopPipeline:
+    pass
+
+
+@dataclass(frozen=True)
+class PipelineStopped:
+    undelivered: int  # records Kafka never acknowledged; 0 on a clean stop
+
+
+# --- FailoverCoordinator -> children: setup and control ---
+
+
+@dataclass(frozen=True)
+class MetricsSetup:
+    port: int
+
+
+@dataclass(frozen=True)
+class MetricsReady:
+    port: int
+
+
+@dataclass(frozen=True)
+class SetupFailed:
+    component: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ProducerSetup:
+    kafka: KafkaConfig
+    metrics: object  # ActorAddress
+    normaliser: object
+
+
+@dataclass(frozen=True)
+class NormaliserSetup:
+    producer: object
+    metrics: object
+    gap_grace_seconds: float
+    quote_assets: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ConnectionSetup:
+    endpoint: Endpoint
+    symbols: tuple[str, ...]
+    stale_timeout_seconds: float
+    normaliser: object
+    metrics: object
+
+
+@dataclass(frozen=True)
+class Connect:
+    pass
+
+
+@dataclass(frozen=True)
+class Disconnect:
+    reason: str
+
+
+@dataclass(frozen=True)
+class StopReading:
+    pass
+
+
+@dataclass(frozen=True)
+class Drain:
+    """Finish every batch up to these sequence numbers (per endpoint URL), then flush."""
+
+    last_batches: dict
+
+
+@dataclass(frozen=True)
+class Flush:
+    last_batch: int
+
+
+# --- children -> FailoverCoordinator ---
+
+
+@dataclass(frozen=True)
+class ConnectionOpened:
+    url: str
+
+
+@dataclass(frozen=True)
+class ConnectionClosed:
+    url: str
+    reason: str
+    was_streaming: bool
+
+
+@dataclass(frozen=True)
+class ReadingStopped:
+    url: str
+    last_batch: int
+
+
+@dataclass(frozen=True)
+class ServerShutdownNotice:
+    url: str
+
+
+@dataclass(frozen=True)
+class Flushed:
+    undelivered: int
+
+
+# --- the path of a trade ---
+
+
+@dataclass(frozen=True)
+class RawBatch:
+    """Frames as received, each with its receive time in microseconds since the epoch."""
+
+    url: str
+    venue: str
+    seq: int
+    frames: tuple[tuple[int, bytes], ...]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    raw: bytes
+    reason: str
+    detail: str
+    endpoint: str
+    received_us: int
+
+
+@dataclass(frozen=True)
+class RecordBatch:
+    seq: int
+    records: tuple[dict, ...]
+    dead_letters: tuple[DeadLetter, ...]
+
+
+@dataclass(frozen=True)
+class BatchDelivered:
+    seq: int
+
+
+# --- to the MetricsActor (MetricDeltas lives in core.telemetry) ---
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    """Input to /ready and /health: is this part of the service doing its job, and why not."""
+
+    component: str
+    ok: bool
+    detail: str
