@@ -64,7 +64,6 @@ class SetupFailed:
 class ProducerSetup:
     kafka: KafkaConfig
     metrics: object  # ActorAddress
-    normaliser: object
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,147 @@
+"""Normaliser: raw frames to v2 records; where a trade is shaped.
+
+Every connection sends here, so this is also where trade ids are tracked per
+(venue, symbol): overlaps between connections are dropped as duplicates and gaps are
+declared. A frame that cannot become a record goes to the dead-letter topic with its
+reason. Record batches stay held until the producer says they were delivered.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from thespian.actors import Actor, WakeupMessage
+
+from k2actors.actors import TICK, seconds
+from k2actors.core.binance import Rejected, ServerShutdown, SubscriptionReply, Trade, parse_frame
+from k2actors.core.normalise import Delivery, normalise_trade
+from k2actors.core.sequence import SequenceTracker, Verdict
+from k2actors.core.telemetry import MetricBuffer
+from k2actors.messages import (
+    BatchDelivered,
+    DeadLetter,
+    Drain,
+    Flush,
+    NormaliserSetup,
+    RawBatch,
+    RecordBatch,
+    ServerShutdownNotice,
+)
+
+log = logging.getLogger("k2actors.normaliser")
+
+TICK_SECONDS = 0.5
+
+
+class Normaliser(Actor):
+    def __init__(self) -> None:
+        super().__init__()
+        self._setup: NormaliserSetup | None = None
+        self._coordinator = None
+        self._tracker: SequenceTracker | None = None
+        self._metrics = MetricBuffer()
+        self._next_batch: dict[str, int] = {}  # per endpoint URL, the RawBatch seq expected next
+        self._seq = 0
+        self._unacked: dict[int, RecordBatch] = {}
+        self._drain: dict | None = None
+
+    def receiveMessage(self, message, sender):
+        if isinstance(message, RawBatch):
+            self._normalise(message)
+        elif isinstance(message, BatchDelivered):
+            self._unacked.pop(message.seq, None)
+        elif isinstance(message, WakeupMessage):
+            self._declare_gaps()
+            self._flush_metrics()
+            self.wakeupAfter(seconds(TICK_SECONDS), TICK)
+        elif isinstance(message, NormaliserSetup):
+            self._configure(message, sender)
+        elif isinstance(message, Drain):
+            self._drain = message.last_batches
+            self._finish_drain()
+
+    def _configure(self, setup: NormaliserSetup, sender) -> None:
+        rewired = self._setup is not None and setup.producer != self._setup.producer
+        if self._setup is None:
+            self._tracker = SequenceTracker(setup.gap_grace_seconds)
+            self.wakeupAfter(seconds(TICK_SECONDS), TICK)
+        self._setup, self._coordinator = setup, sender
+        if rewired:
+            # A new producer never saw what the old one held: send it everything unconfirmed.
+            log.warning("producer replaced: re-sending %d unconfirmed batches", len(self._unacked))
+            for batch in self._unacked.values():
+                self.send(setup.producer, batch)
+
+    def _normalise(self, batch: RawBatch) -> None:
+        expected = self._next_batch.get(batch.url)
+        if expected is not None and batch.seq > expected:
+            lost = batch.seq - expected
+            log.error("%d batches from %s never arrived (seq %d to %d)", lost, batch.url, expected, batch.seq - 1)
+            self._metrics.inc("k2_actor_batches_lost_total", "connection_to_normaliser", amount=lost)
+        self._next_batch[batch.url] = batch.seq + 1
+
+        records, dead_letters = [], []
+        now = time.monotonic()
+        for received_us, raw in batch.frames:
+            event = parse_frame(raw)
+            if isinstance(event, Trade):
+                record = self._accept(event, Delivery(batch.venue, batch.url, received_us), now)
+                if isinstance(record, Rejected):
+                    dead_letters.append(self._dead_letter(raw, record, batch.url, received_us))
+                elif record is not None:
+                    records.append(record)
+            elif isinstance(event, Rejected):
+                dead_letters.append(self._dead_letter(raw, event, batch.url, received_us))
+            elif isinstance(event, ServerShutdown):
+                log.warning("%s announced serverShutdown", batch.url)
+                self.send(self._coordinator, ServerShutdownNotice(batch.url))
+            elif isinstance(event, SubscriptionReply):
+                log.debug("%s answered request %r: %r", batch.url, event.request_id, event.result)
+        if batch.frames:
+            self._metrics.set("k2_binance_last_message_timestamp_seconds", batch.frames[-1][0] / 1e6)
+        if records or dead_letters:
+            self._seq += 1
+            out = RecordBatch(self._seq, tuple(records), tuple(dead_letters))
+            self._unacked[out.seq] = out
+            self.send(self._setup.producer, out)
+        self._declare_gaps()
+        self._finish_drain()
+
+    def _accept(self, trade: Trade, delivery: Delivery, now: float) -> dict | Rejected | None:
+        self._metrics.inc("k2_binance_messages_received_total", trade.symbol)
+        verdict = self._tracker.observe((delivery.venue, trade.symbol), trade.trade_id, now)
+        if verdict is Verdict.DUPLICATE:
+            self._metrics.inc("k2_binance_duplicate_trades_total", trade.symbol)
+            return None
+        if verdict is Verdict.RECOVERED:
+            log.warning("trade %s %s-%d arrived after it was declared missing", trade.symbol, delivery.venue, trade.trade_id)
+            self._metrics.inc("k2_binance_recovered_trades_total", trade.symbol)
+        return normalise_trade(trade, delivery, self._setup.quote_assets)
+
+    def _dead_letter(self, raw: bytes, rejected: Rejected, url: str, received_us: int) -> DeadLetter:
+        log.warning("dead letter from %s: %s (%s)", url, rejected.reason, rejected.detail)
+        self._metrics.inc("k2_binance_message_errors_total", rejected.reason)
+        return DeadLetter(raw, rejected.reason, rejected.detail, url, received_us)
+
+    def _declare_gaps(self) -> None:
+        for gap in self._tracker.declare_due(time.monotonic()) if self._tracker else ():
+            log.error(
+                "gap in %s %s: %d trades missing, ids %d to %d",
+                gap.venue, gap.symbol, gap.size, gap.first_id, gap.last_id,
+            )
+            self._metrics.inc("k2_binance_trade_gaps_total", gap.symbol)
+            self._metrics.inc("k2_binance_missing_trades_total", gap.symbol, amount=gap.size)
+
+    def _finish_drain(self) -> None:
+        if self._drain is None:
+            return
+        if all(self._next_batch.get(url, 1) > last for url, last in self._drain.items()):
+            self._drain = None
+            self._flush_metrics()
+            self.send(self._setup.producer, Flush(self._seq))
+
+    def _flush_metrics(self) -> None:
+        deltas = self._metrics.take()
+        if deltas and self._setup:
+            self.send(self._setup.metrics, deltas)

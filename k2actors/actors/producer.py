@@ -1,0 +1,265 @@
+"""ProducerActor: records to Kafka; where a trade leaves the service.
+
+Owns the confluent-kafka Producer and the Avro serializer. A poll thread serves delivery
+reports as they arrive, so acknowledgement latency is measured when the ack comes, not
+when the actor next wakes. A RecordBatch is confirmed to the Normaliser only once Kafka
+has answered for every record in it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from functools import partial
+from importlib import resources
+
+from confluent_kafka import KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+from thespian.actors import Actor, ActorExitRequest, WakeupMessage
+
+from k2actors.actors import TICK, seconds
+from k2actors.config import KafkaConfig
+from k2actors.core.backoff import backoff_delay
+from k2actors.core.telemetry import MetricBuffer
+from k2actors.messages import BatchDelivered, ComponentStatus, Flush, Flushed, ProducerSetup, RecordBatch
+
+log = logging.getLogger("k2actors.producer")
+
+TICK_SECONDS = 0.1
+SETUP_RETRY_BASE_SECONDS = 1.0
+SETUP_RETRY_MAX_SECONDS = 30.0
+FLUSH_DEADLINE_SECONDS = 10.0
+
+
+def trade_schema() -> str:
+    return resources.files("k2actors").joinpath("schemas/trade_v2.avsc").read_text()
+
+
+def producer_settings(kafka: KafkaConfig) -> dict:
+    return {
+        "bootstrap.servers": kafka.bootstrap_servers,
+        "client.id": "k2actors",
+        "enable.idempotence": kafka.enable_idempotence,
+        "acks": kafka.acks,
+        "compression.type": kafka.compression_type,
+        "linger.ms": kafka.linger_ms,
+        "batch.size": kafka.batch_size,
+    }
+
+
+@dataclass
+class _PendingBatch:
+    seq: int
+    outstanding: int
+    reply_to: object
+
+
+class _Deliveries:
+    """What the poll thread learned since the actor last looked; guarded by one lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.completed: list[_PendingBatch] = []
+        self.produced: dict[str, int] = {}
+        self.errors: list[tuple[str, str, str]] = []  # (topic, error name, description)
+        self.receive_to_ack: list[float] = []
+        self.exchange_to_ack: list[float] = []
+        self.failed = 0
+
+
+class ProducerActor(Actor):
+    def __init__(self) -> None:
+        super().__init__()
+        self._setup: ProducerSetup | None = None
+        self._coordinator = None
+        self._producer: Producer | None = None
+        self._serializer: AvroSerializer | None = None
+        self._context: SerializationContext | None = None
+        self._waiting: list[tuple[RecordBatch, object]] = []  # arrived before Kafka and the schema were ready
+        self._deliveries = _Deliveries()
+        self._poller: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._setup_attempts = 0
+        self._flush: tuple[object, int, float] | None = None  # (reply to, last batch, deadline)
+        self._metrics = MetricBuffer()
+        self._kafka_ok: bool | None = None
+
+    def receiveMessage(self, message, sender):
+        if isinstance(message, RecordBatch):
+            if self._producer is None:
+                self._waiting.append((message, sender))
+            else:
+                self._produce(message, sender)
+        elif isinstance(message, WakeupMessage):
+            self._on_tick(message.payload)
+        elif isinstance(message, ProducerSetup):
+            first = self._setup is None
+            self._setup, self._coordinator = message, sender
+            if first:
+                self._open()
+                self.wakeupAfter(seconds(TICK_SECONDS), TICK)
+        elif isinstance(message, Flush):
+            self._flush = (self._coordinator, message.last_batch, time.monotonic() + FLUSH_DEADLINE_SECONDS)
+            self._check_flush()
+        elif isinstance(message, ActorExitRequest):
+            self._stopping.set()
+
+    # --- setup ---
+
+    def _open(self) -> None:
+        kafka = self._setup.kafka
+        try:
+            if kafka.create_topics:
+                self._create_topics(kafka)
+            registry = SchemaRegistryClient({"url": kafka.schema_registry_url})
+            subject = f"{kafka.topic}-value"
+            schema_id = registry.register_schema(subject, Schema(trade_schema(), "AVRO"))
+            self._serializer = AvroSerializer(registry, trade_schema())
+        except Exception as exc:  # registry or broker not there yet: retry, and say so
+            self._setup_attempts += 1
+            delay = backoff_delay(self._setup_attempts, SETUP_RETRY_BASE_SECONDS, SETUP_RETRY_MAX_SECONDS)
+            reason = f"{type(exc).__name__}: {exc}"[:300]
+            log.error("producer setup failed (attempt %d), retrying in %.1f s: %s", self._setup_attempts, delay, reason)
+            self._report(False, f"setup failed: {reason}")
+            self.wakeupAfter(seconds(delay), "setup")
+            return
+        log.info("schema registered as id %s under subject %s", schema_id, subject)
+        self._context = SerializationContext(kafka.topic, MessageField.VALUE)
+        self._producer = Producer({**producer_settings(kafka), "error_cb": self._on_kafka_error})
+        self._poller = threading.Thread(target=self._poll, name="kafka-poll", daemon=True)
+        self._poller.start()
+        self._report(True, "connected, nothing delivered yet")
+        waiting, self._waiting = self._waiting, []
+        for batch, sender in waiting:
+            self._produce(batch, sender)
+
+    def _create_topics(self, kafka: KafkaConfig) -> None:
+        admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+        existing = admin.list_topics(timeout=10).topics
+        missing = [t for t in (kafka.topic, kafka.dead_letter_topic) if t not in existing]
+        if not missing:
+            return
+        futures = admin.create_topics([NewTopic(t, num_partitions=kafka.topic_partitions) for t in missing])
+        for topic, future in futures.items():
+            try:
+                future.result(timeout=10)
+                log.info("created topic %s with %d partitions", topic, kafka.topic_partitions)
+            except KafkaException as exc:
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise
+
+    # --- producing ---
+
+    def _produce(self, batch: RecordBatch, sender) -> None:
+        pending = _PendingBatch(batch.seq, len(batch.records) + len(batch.dead_letters), sender)
+        if pending.outstanding == 0:
+            self.send(sender, BatchDelivered(batch.seq))
+            return
+        topic = self._setup.kafka.topic
+        for record in batch.records:
+            value = self._serializer(record, self._context)
+            report = partial(self._delivered, pending, record["ingestion_timestamp"], record["timestamp"])
+            self._send(topic, record["symbol"].encode(), value, None, report)
+        for letter in batch.dead_letters:
+            headers = [
+                ("reason", letter.reason.encode()),
+                ("detail", letter.detail.encode()),
+                ("endpoint", letter.endpoint.encode()),
+                ("received_at_us", str(letter.received_us).encode()),
+            ]
+            report = partial(self._delivered, pending, None, None)
+            self._send(self._setup.kafka.dead_letter_topic, None, letter.raw, headers, report)
+            self._metrics.inc("k2_dlq_messages_total", letter.reason)
+
+    def _send(self, topic, key, value, headers, report) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=report)
+                return
+            except BufferError:
+                # librdkafka's queue is full: let the poll thread drain acknowledgements.
+                time.sleep(0.005)
+
+    def _poll(self) -> None:
+        while not self._stopping.is_set():
+            self._producer.poll(0.1)
+
+    def _delivered(self, pending: _PendingBatch, received_us, trade_us, error, message) -> None:
+        """Runs on the poll thread."""
+        now_us = time.time_ns() // 1000
+        d = self._deliveries
+        with d.lock:
+            if error is None:
+                d.produced[message.topic()] = d.produced.get(message.topic(), 0) + 1
+                if received_us is not None:
+                    d.receive_to_ack.append((now_us - received_us) / 1e6)
+                    d.exchange_to_ack.append((now_us - trade_us) / 1e6)
+            else:
+                d.failed += 1
+                d.errors.append((message.topic(), error.name(), error.str()))
+            pending.outstanding -= 1
+            if pending.outstanding == 0:
+                d.completed.append(pending)
+
+    def _on_kafka_error(self, error) -> None:
+        log.error("kafka client error: %s", error.str())
+
+    # --- the periodic tick: confirmations, metrics, status, flush ---
+
+    def _on_tick(self, payload) -> None:
+        if payload == "setup":
+            self._open()
+            return
+        d = self._deliveries
+        with d.lock:
+            completed, d.completed = d.completed, []
+            produced, d.produced = d.produced, {}
+            errors, d.errors = d.errors, []
+            receive_to_ack, d.receive_to_ack = d.receive_to_ack, []
+            exchange_to_ack, d.exchange_to_ack = d.exchange_to_ack, []
+        for pending in completed:
+            self.send(pending.reply_to, BatchDelivered(pending.seq))
+        for topic, count in produced.items():
+            self._metrics.inc("k2_kafka_messages_produced_total", topic, amount=count)
+        for topic, name, description in errors:
+            log.error("kafka did not take a record for %s: %s (%s)", topic, name, description)
+            self._metrics.inc("k2_kafka_produce_errors_total", topic, name)
+        if receive_to_ack:
+            self._metrics.observe("k2_trade_receive_to_ack_seconds", receive_to_ack)
+            self._metrics.observe("k2_trade_exchange_to_ack_seconds", exchange_to_ack)
+        if produced:
+            self._report(True, "delivering")
+        elif errors:
+            self._report(False, f"delivery failing: {errors[-1][1]}")
+        deltas = self._metrics.take()
+        if deltas:
+            self.send(self._setup.metrics, deltas)
+        self._check_flush()
+        self.wakeupAfter(seconds(TICK_SECONDS), TICK)
+
+    def _report(self, ok: bool, detail: str) -> None:
+        if ok != self._kafka_ok or not ok:
+            self._kafka_ok = ok
+            self.send(self._setup.metrics, ComponentStatus("kafka", ok, detail))
+
+    def _check_flush(self) -> None:
+        if self._flush is None:
+            return
+        reply_to, last_batch, deadline = self._flush
+        outstanding = len(self._producer) if self._producer else sum(
+            len(batch.records) + len(batch.dead_letters) for batch, _ in self._waiting
+        )
+        if outstanding and time.monotonic() < deadline:
+            return
+        self._flush = None
+        undelivered = outstanding + self._deliveries.failed
+        if undelivered:
+            log.error("stopping with %d records Kafka did not acknowledge", undelivered)
+        else:
+            log.info("all records up to batch %d delivered", last_batch)
+        self.send(reply_to, Flushed(undelivered))

@@ -1,0 +1,44 @@
+"""One logging setup for the main process and every actor (Thespian's logDefs)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+
+from k2actors.config import LogConfig
+
+# Attributes every LogRecord has; anything else was passed as `extra` and is a field.
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "actorAddress"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, actor, event, and any extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "actor": record.name.rpartition(".")[2],
+            "event": record.getMessage(),
+        }
+        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def logging_config(log: LogConfig) -> dict:
+    formatter = {"()": "k2actors.logs.JsonFormatter"} if log.format == "json" else {"format": TEXT_FORMAT}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"k2": formatter},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "k2", "stream": "ext://sys.stderr"}},
+        "loggers": {"k2actors": {"level": log.level, "handlers": ["stderr"], "propagate": False}},
+        "root": {"level": "WARNING", "handlers": ["stderr"]},
+    }

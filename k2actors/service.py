@@ -1,0 +1,114 @@
+"""Run the pipeline: start the actor system, wait for SIGTERM or SIGINT, stop in order."""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import signal
+import threading
+import time
+from typing import Callable
+
+from thespian.actors import ActorSystem
+
+from k2actors.actors.coordinator import FailoverCoordinator
+from k2actors.config import Config
+from k2actors.net import free_port
+from k2actors.logs import logging_config
+from k2actors.messages import PipelineFailed, PipelineStarted, PipelineStopped, StartPipeline, StopPipeline
+
+log = logging.getLogger("k2actors.service")
+
+START_TIMEOUT_SECONDS = 30
+STOP_TIMEOUT_SECONDS = 12  # the whole stop stays within 15 s
+
+
+class Pipeline:
+    """The running actor system. `with Pipeline(config) as pipeline: pipeline.wait(stop_event)`."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self._system: ActorSystem | None = None
+        self._coordinator = None
+
+    def start(self) -> "Pipeline":
+        # Actor processes are forked from here: they must not take a terminal's Ctrl-C, which
+        # is for this process to turn into an orderly stop.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            self._system = ActorSystem(
+                "multiprocTCPBase",
+                {"Admin Port": free_port()},  # never join another service's actor system
+                logDefs=logging_config(self.config.log),
+            )
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        self._coordinator = self._system.createActor(FailoverCoordinator)
+        reply = self._system.ask(self._coordinator, StartPipeline(self.config), START_TIMEOUT_SECONDS)
+        if isinstance(reply, PipelineFailed):
+            self.close()
+            raise RuntimeError(reply.reason)
+        if not isinstance(reply, PipelineStarted):
+            self.close()
+            raise RuntimeError(f"the pipeline did not start within {START_TIMEOUT_SECONDS} s")
+        log.info("pipeline started; metrics on port %d", reply.metrics_port)
+        return self
+
+    def wait(self, stop: threading.Event) -> str | None:
+        """Until `stop` is set (returns None) or the pipeline fails (returns why)."""
+        while not stop.is_set():
+            message = self._system.listen(0.5)
+            if isinstance(message, PipelineFailed):
+                return message.reason
+        return None
+
+    def stop(self) -> int:
+        """Stop reading, drain, flush; the number of records Kafka did not acknowledge."""
+        self._system.tell(self._coordinator, StopPipeline())
+        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            message = self._system.listen(max(deadline - time.monotonic(), 0.01))
+            if isinstance(message, PipelineStopped):
+                return message.undelivered
+        log.error("the pipeline did not finish draining within %d s", STOP_TIMEOUT_SECONDS)
+        return -1
+
+    def close(self) -> None:
+        if self._system is not None:
+            self._system.shutdown()
+            self._system = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def run(config: Config, on_started: Callable[[], None] | None = None, stop: threading.Event | None = None) -> int:
+    """The `start` command: exit status 0 after a clean stop, 1 when anything was lost or failed."""
+    logging.config.dictConfig(logging_config(config.log))
+    stop = stop or threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda number, frame: stop.set())
+    try:
+        pipeline = Pipeline(config).start()
+    except RuntimeError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    try:
+        if on_started:
+            on_started()
+        failure = pipeline.wait(stop)
+        if failure:
+            log.error("pipeline failed: %s", failure)
+            return 1
+        log.info("stopping: draining and flushing")
+        undelivered = pipeline.stop()
+    finally:
+        pipeline.close()
+    if undelivered:
+        log.error("stopped, %s", "without confirmation from the pipeline" if undelivered < 0 else f"{undelivered} records undelivered")
+        return 1
+    log.info("stopped cleanly: every trade received was delivered")
+    return 0
