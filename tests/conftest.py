@@ -1,0 +1,169 @@
+"""Fixtures that start the real local stack: Tansu broker, registry double, exchange simulator,
+and the service itself as a separate process (`python -m k2actors start`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from k2actors.localstack.broker import TansuBroker
+from k2actors.localstack.registry import SchemaRegistryDouble
+from k2actors.localstack.simulator import ExchangeSimulator
+from k2actors.net import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def broker():
+    with TansuBroker() as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def registry():
+    with SchemaRegistryDouble() as running:
+        yield running
+
+
+@pytest.fixture
+def simulator():
+    with ExchangeSimulator(rate=50, endpoints=2) as running:
+        yield running
+
+
+@pytest.fixture
+def topic(request):
+    """A topic name of this test's own, so tests sharing the broker never see each other's records."""
+    return "trades." + request.node.name.replace("[", ".").replace("]", "").replace("/", ".")[:100]
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+    except OSError:
+        return 0, b""
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def read_partitions(bootstrap: str, topic: str, timeout: float = 10.0) -> list:
+    """Every record now in `topic`, read by partition assignment (no consumer group)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-reader", "enable.auto.commit": False})
+    try:
+        metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in metadata.partitions}
+        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+        remaining, records = sum(ends.values()), []
+        deadline = time.monotonic() + timeout
+        while remaining > 0 and time.monotonic() < deadline:
+            for message in consumer.consume(1000, 0.5):
+                if message.error() is None:
+                    records.append(message)
+                    remaining -= 1
+        return records
+    finally:
+        consumer.close()
+
+
+@dataclass
+class Service:
+    """The service running as its own process, as a user runs it."""
+
+    process: subprocess.Popen
+    metrics_port: int
+    topic: str
+    log_path: Path
+    env: dict = field(default_factory=dict)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}{path}"
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        return http_get(self.url(path))
+
+    def metrics(self) -> dict[str, float]:
+        """Samples as {'name{labels}': value}."""
+        status, body = self.get("/metrics")
+        assert status == 200
+        samples = {}
+        for line in body.decode().splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples
+
+    def metric(self, name: str) -> float:
+        """The sum of a metric over all its label sets."""
+        return sum(v for k, v in self.metrics().items() if k == name or k.startswith(name + "{"))
+
+    def wait_ready(self, timeout: float = 30) -> dict:
+        status_body = wait_until(lambda: (s := self.get("/ready"))[0] == 200 and s, timeout, "/ready to answer 200")
+        return json.loads(status_body[1])
+
+    def stop(self, timeout: float = 20) -> int:
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout)
+        self.stop_seconds = time.monotonic() - started
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+@pytest.fixture
+def start_service(broker, registry, simulator, topic, tmp_path):
+    """Start `python -m k2actors start` against the local stack; extra env overrides allowed."""
+    started: list[Service] = []
+
+    def start(**overrides: str) -> Service:
+        port = free_port()
+        env = {
+            **os.environ,
+            "K2_BINANCE_WEBSOCKET_URL": simulator.urls[0],
+            "K2_BINANCE_FAILOVER_URLS": ",".join(simulator.urls[1:]),
+            "K2_BINANCE_RECONNECT_DELAY_SECONDS": "0.2",
+            "K2_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+            "K2_KAFKA_SCHEMA_REGISTRY_URL": registry.url,
+            "K2_KAFKA_TOPIC": topic,
+            "K2_METRICS_PORT": str(port),
+            "K2_LOG_LEVEL": "INFO",
+            **overrides,
+        }
+        log_path = tmp_path / f"service-{len(started)}.log"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "k2actors", "start"], env=env, cwd=REPO,
+            stdout=log_path.open("w"), stderr=subprocess.STDOUT,
+        )
+        service = Service(process, port, topic, log_path, env)
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        if service.process.poll() is None:
+            service.process.kill()
+            service.process.wait()

@@ -1,0 +1,176 @@
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+
+from k2actors.config import (
+    _PARSERS,
+    SECTIONS,
+    Config,
+    ConfigError,
+    Endpoint,
+    effective_config,
+    load_config,
+    venue_of,
+)
+from tests.conftest import REPO
+
+
+def test_repo_config_yaml_states_the_built_in_defaults():
+    assert load_config(REPO / "config.yaml") == Config()
+
+
+def test_every_key_has_a_parser():
+    keys = {(section, f.name) for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+    assert keys == set(_PARSERS)
+
+
+def test_defaults_match_the_documented_deployment():
+    config = Config()
+    assert config.binance.websocket_url == Endpoint("wss://stream.binance.com:9443/stream", "BINANCE")
+    assert [e.url for e in config.binance.failover_urls] == [
+        "wss://stream.binance.com:443/stream",
+        "wss://data-stream.binance.vision/stream",
+    ]
+    assert config.binance.symbols == ("BTCUSDT", "ETHUSDT", "BNBUSDT")
+    assert config.kafka.dead_letter_topic == "market.crypto.trades.binance.dlq"
+    assert (config.kafka.compression_type, config.kafka.enable_idempotence, config.kafka.acks) == ("lz4", True, "all")
+    assert (config.kafka.batch_size, config.kafka.linger_ms, config.metrics.port) == (16384, 10, 9091)
+    assert config.circuit_breaker.failure_threshold == 3
+
+
+@pytest.mark.parametrize(
+    "variable, text, section, key, expected",
+    [
+        ("K2_BINANCE_ENABLED", "false", "binance", "enabled", False),
+        ("K2_BINANCE_WEBSOCKET_URL", "ws://localhost:9000/stream", "binance", "websocket_url",
+         Endpoint("ws://localhost:9000/stream", "BINANCE")),
+        ("K2_BINANCE_FAILOVER_URLS", "wss://a.example/stream,wss://stream.binance.us:9443/stream", "binance",
+         "failover_urls", (Endpoint("wss://a.example/stream", "BINANCE"), Endpoint("wss://stream.binance.us:9443/stream", "BINANCEUS"))),
+        ("K2_BINANCE_FAILOVER_URLS", '["wss://a.example/stream"]', "binance", "failover_urls",
+         (Endpoint("wss://a.example/stream", "BINANCE"),)),
+        ("K2_BINANCE_SYMBOLS", "btcusdt, ETHUSDT", "binance", "symbols", ("BTCUSDT", "ETHUSDT")),
+        ("K2_BINANCE_SYMBOLS", '["SOLUSDT"]', "binance", "symbols", ("SOLUSDT",)),
+        ("K2_BINANCE_MODE", "hot_standby", "binance", "mode", "hot_standby"),
+        ("K2_BINANCE_STALE_TIMEOUT_SECONDS", "12.5", "binance", "stale_timeout_seconds", 12.5),
+        ("K2_BINANCE_RECONNECT_DELAY_SECONDS", "1", "binance", "reconnect_delay_seconds", 1.0),
+        ("K2_BINANCE_MAX_RECONNECT_ATTEMPTS", "4", "binance", "max_reconnect_attempts", 4),
+        ("K2_KAFKA_BOOTSTRAP_SERVERS", "kafka:29092", "kafka", "bootstrap_servers", "kafka:29092"),
+        ("K2_KAFKA_SCHEMA_REGISTRY_URL", "http://schema-registry:8081", "kafka", "schema_registry_url", "http://schema-registry:8081"),
+        ("K2_KAFKA_TOPIC", "my.trades", "kafka", "topic", "my.trades"),
+        ("K2_KAFKA_DLQ_TOPIC", "my.dlq", "kafka", "dlq_topic", "my.dlq"),
+        ("K2_METRICS_PORT", "9100", "metrics", "port", 9100),
+        ("K2_LOG_LEVEL", "debug", "log", "level", "DEBUG"),
+        ("K2_LOG_FORMAT", "json", "log", "format", "json"),
+        ("K2_CIRCUIT_BREAKER_FAILURE_THRESHOLD", "5", "circuit_breaker", "failure_threshold", 5),
+    ],
+)
+def test_environment_overrides_the_documented_names(variable, text, section, key, expected):
+    config = load_config(REPO / "config.yaml", {variable: text})
+    assert getattr(getattr(config, section), key) == expected
+
+
+def test_environment_wins_over_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("kafka:\n  topic: from.yaml\n")
+    assert load_config(path, {}).kafka.topic == "from.yaml"
+    assert load_config(path, {"K2_KAFKA_TOPIC": "from.env"}).kafka.topic == "from.env"
+
+
+def test_yaml_endpoint_mapping_sets_the_venue(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("binance:\n  failover_urls:\n    - {url: 'wss://mirror.example/stream', venue: binanceus}\n")
+    assert load_config(path).binance.failover_urls == (Endpoint("wss://mirror.example/stream", "BINANCEUS"),)
+
+
+@pytest.mark.parametrize(
+    "url, venue",
+    [("wss://stream.binance.us:9443/stream", "BINANCEUS"), ("wss://binance.us/stream", "BINANCEUS"),
+     ("wss://stream.binance.com:9443/stream", "BINANCE"), ("wss://notbinance.us.example/stream", "BINANCE"),
+     ("ws://127.0.0.1:9000/stream", "BINANCE")],
+)
+def test_venue_follows_the_host(url, venue):
+    assert venue_of(url) == venue
+
+
+@pytest.mark.parametrize(
+    "yaml_text, env, key, fragment",
+    [
+        ("binance:\n  colour: blue\n", {}, "binance.colour", "one of the keys"),
+        ("kafkaa:\n  topic: x\n", {}, "kafkaa", "one of the sections"),
+        ("metrics:\n  port: nine\n", {}, "metrics.port", "an integer"),
+        ("metrics:\n  port: 70000\n", {}, "metrics.port", "at most 65535"),
+        ("", {"K2_METRICS_PORT": "0"}, "metrics.port", "at least 1"),
+        ("binance:\n  enabled: maybe\n", {}, "binance.enabled", "true or false"),
+        ("binance:\n  websocket_url: http://stream.binance.com/stream\n", {}, "binance.websocket_url", "ws:// or wss://"),
+        ("", {"K2_BINANCE_FAILOVER_URLS": "wss://ok.example/stream,ftp://bad"}, "binance.failover_urls[1]", "ws:// or wss://"),
+        ("binance:\n  symbols: []\n", {}, "binance.symbols", "non-empty list"),
+        ("", {"K2_BINANCE_SYMBOLS": ""}, "binance.symbols", "non-empty list"),
+        ("binance:\n  symbols: [BTC-USDT]\n", {}, "binance.symbols", "letters or digits"),
+        ("binance:\n  symbols: [BTCUSDT, btcusdt]\n", {}, "binance.symbols", "without repeated"),
+        ("", {"K2_BINANCE_SYMBOLS": "[not json"}, "binance.symbols", "JSON array"),
+        ("binance:\n  mode: active_active\n", {}, "binance.mode", "failover, hot_standby"),
+        ("kafka:\n  schema_registry_url: registry:8081\n", {}, "kafka.schema_registry_url", "http://"),
+        ("kafka:\n  topic: 'bad topic'\n", {}, "kafka.topic", "Kafka topic name"),
+        ("log:\n  format: xml\n", {}, "log.format", "text, json"),
+        ("", {"K2_KAFKA_BOOTSTRAP_SERVER": "x:1"}, "kafka.bootstrap_server", "one of the keys"),
+        ("- a list\n", {}, "<root>", "mapping of sections"),
+        ("binance: [\n", {}, "--config", "valid YAML"),
+    ],
+)
+def test_invalid_values_name_key_value_and_expectation(tmp_path, yaml_text, env, key, fragment):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env)
+    assert caught.value.key == key
+    assert key in str(caught.value) and fragment in str(caught.value)
+
+
+def run_cli(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "k2actors", *args], capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", **(env or {})}, cwd=REPO,
+    )
+
+
+@pytest.mark.parametrize("command", ["start", "validate-config", "demo", "tail"])
+def test_bad_config_exits_2_naming_the_key_and_starts_nothing(command):
+    result = run_cli(command, env={"K2_BINANCE_WEBSOCKET_URL": "https://example.com/stream"})
+    assert result.returncode == 2
+    assert "binance.websocket_url" in result.stderr and "ws:// or wss://" in result.stderr
+    assert result.stdout == ""
+
+
+def test_missing_config_file_exits_2(tmp_path):
+    result = run_cli("validate-config", "--config", str(tmp_path / "absent.yaml"))
+    assert result.returncode == 2 and "absent.yaml" in result.stderr
+
+
+def test_validate_config_prints_the_effective_config_with_credentials_redacted():
+    result = run_cli(
+        "validate-config", "--config", "config.yaml",
+        env={"K2_KAFKA_SCHEMA_REGISTRY_URL": "https://user:s3cret@registry.example:8081", "K2_BINANCE_SYMBOLS": "SOLUSDT"},
+    )
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert printed["binance"]["symbols"] == ["SOLUSDT"]
+    assert printed["kafka"]["schema_registry_url"] == "https://***@registry.example:8081"
+    assert "s3cret" not in result.stdout
+
+
+def test_effective_config_is_plain_data():
+    assert json.loads(json.dumps(effective_config(Config())))["metrics"] == {"port": 9091}
+
+
+@pytest.mark.parametrize("args", [["--help"], ["start", "--help"], ["validate-config", "--help"], ["demo", "--help"], ["tail", "--help"]])
+def test_every_command_has_help(args):
+    result = run_cli(*args)
+    assert result.returncode == 0 and "usage:" in result.stdout
+
+
+def test_version():
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.startswith("k2actors ")

@@ -1,0 +1,139 @@
+import json
+import uuid
+from decimal import Decimal
+
+import pytest
+
+from k2actors.core import binance
+from k2actors.core.binance import Rejected, ServerShutdown, SubscriptionReply, Trade, parse_frame
+from k2actors.core.normalise import Delivery, exact_decimal, message_id, normalise_trade, quote_currency
+
+TRADE = {"e": "trade", "E": 1700000000123, "s": "BTCUSDT", "t": 42, "p": "43210.12000000", "q": "0.00150000",
+         "T": 1700000000120, "m": True, "M": True}
+
+
+def envelope(data) -> bytes:
+    return json.dumps({"stream": "btcusdt@trade", "data": data}).encode()
+
+
+def test_combined_and_raw_payloads_parse_alike():
+    expected = Trade("BTCUSDT", 42, "43210.12000000", "0.00150000", 1700000000120, 1700000000123, True, True)
+    assert parse_frame(envelope(TRADE)) == expected
+    assert parse_frame(json.dumps(TRADE)) == expected
+
+
+def test_best_match_is_optional():
+    assert parse_frame(envelope({k: v for k, v in TRADE.items() if k != "M"})).best_match is None
+
+
+def test_control_messages():
+    assert parse_frame(b'{"result": null, "id": 1}') == SubscriptionReply(1, None)
+    assert parse_frame(b'{"result": ["btcusdt@trade"], "id": 2}') == SubscriptionReply(2, ["btcusdt@trade"])
+    assert parse_frame(b'{"e": "serverShutdown", "E": 5}') == ServerShutdown(5)
+    assert parse_frame(envelope({"e": "serverShutdown"})) == ServerShutdown(None)
+
+
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        (b"not json", binance.NOT_JSON),
+        (b"\xff\xfe", binance.NOT_JSON),
+        (b"", binance.NOT_JSON),
+        (b"[1, 2]", binance.UNEXPECTED_SHAPE),
+        (b'"text"', binance.UNEXPECTED_SHAPE),
+        (b'{"stream": "x", "data": [1]}', binance.UNEXPECTED_SHAPE),
+        (b'{"stream": "x", "data": {"s": "BTCUSDT"}}', binance.MISSING_FIELD),
+        (b'{"e": "kline"}', binance.UNKNOWN_EVENT),
+    ],
+)
+def test_frames_that_are_not_trades_are_rejected_with_a_reason(raw, reason):
+    result = parse_frame(raw)
+    assert isinstance(result, Rejected) and result.reason == reason and result.detail
+
+
+@pytest.mark.parametrize("field", ["s", "t", "p", "q", "T", "E", "m"])
+def test_each_missing_trade_field_is_named(field):
+    result = parse_frame(envelope({k: v for k, v in TRADE.items() if k != field}))
+    assert result.reason == binance.MISSING_FIELD and repr(field) in result.detail
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("s", 1), ("t", "42"), ("t", True), ("t", 1.5), ("p", 43210.12), ("q", None), ("T", "x"), ("E", []), ("m", "true"), ("M", 1)],
+)
+def test_each_mistyped_trade_field_is_named(field, value):
+    result = parse_frame(envelope({**TRADE, field: value}))
+    assert result.reason == binance.WRONG_TYPE and repr(field) in result.detail
+
+
+DELIVERY = Delivery("BINANCE", "wss://stream.binance.com:9443/stream", 1700000000200123)
+
+
+def test_normalised_record_field_for_field():
+    record = normalise_trade(parse_frame(envelope(TRADE)), DELIVERY, {})
+    assert record == {
+        "message_id": str(uuid.uuid5(uuid.UUID("6f1c2a55-0b0e-5d8f-9a43-8f3c1b2d4e70"), "BINANCE:BTCUSDT:42")),
+        "trade_id": "BINANCE-42",
+        "symbol": "BTCUSDT",
+        "exchange": "BINANCE",
+        "asset_class": "crypto",
+        "timestamp": 1700000000120000,
+        "price": Decimal("43210.12000000"),
+        "quantity": Decimal("0.00150000"),
+        "currency": "USDT",
+        "side": "SELL",
+        "trade_conditions": [],
+        "source_sequence": 42,
+        "platform_sequence": None,
+        "ingestion_timestamp": 1700000000200123,
+        "vendor_data": {"event_time": "1700000000123", "is_buyer_maker": "true", "is_best_match": "true",
+                        "endpoint": "wss://stream.binance.com:9443/stream"},
+    }
+
+
+def test_buyer_taker_is_a_buy_and_venue_labels_the_trade():
+    trade = parse_frame(envelope({**TRADE, "m": False}))
+    record = normalise_trade(trade, Delivery("BINANCEUS", "wss://stream.binance.us:9443/stream", 1), {})
+    assert (record["side"], record["exchange"], record["trade_id"]) == ("BUY", "BINANCEUS", "BINANCEUS-42")
+    assert record["message_id"] != message_id("BINANCE", "BTCUSDT", 42)
+
+
+def test_message_id_is_deterministic_and_distinct():
+    assert message_id("BINANCE", "BTCUSDT", 1) == message_id("BINANCE", "BTCUSDT", 1)
+    assert len({message_id("BINANCE", s, t) for s in ("BTCUSDT", "ETHUSDT") for t in range(100)}) == 200
+
+
+@pytest.mark.parametrize(
+    "symbol, known, currency",
+    [("BTCUSDT", {}, "USDT"), ("ETHBTC", {}, "BTC"), ("BTCFDUSD", {}, "FDUSD"), ("BTCTUSD", {}, "TUSD"),
+     ("BNBEUR", {}, "EUR"), ("XYZ", {}, "UNKNOWN"), ("USDT", {}, "UNKNOWN"), ("ABCUSD", {"ABCUSD": "USDX"}, "USDX")],
+)
+def test_quote_currency(symbol, known, currency):
+    assert quote_currency(symbol, known) == currency
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("0.00000001", Decimal("0.00000001")), ("1", Decimal("1.00000000")), ("9999999999.99999999", Decimal("9999999999.99999999")),
+     ("43210.12000000", Decimal("43210.12")), ("1.000000000", Decimal("1"))],
+)
+def test_exact_decimals_fit_the_schema(text, expected):
+    value = exact_decimal(text, "price")
+    assert value == expected and value.as_tuple().exponent == -8
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [("abc", binance.INVALID_DECIMAL), ("", binance.INVALID_DECIMAL), ("NaN", binance.INVALID_DECIMAL),
+     ("Infinity", binance.INVALID_DECIMAL), ("0.000000001", binance.DECIMAL_OUT_OF_RANGE),
+     ("10000000000", binance.DECIMAL_OUT_OF_RANGE), ("1e30", binance.DECIMAL_OUT_OF_RANGE),
+     ("1e-30", binance.DECIMAL_OUT_OF_RANGE)],
+)
+def test_decimals_that_cannot_be_stored_exactly_are_rejected(text, reason):
+    result = exact_decimal(text, "price")
+    assert isinstance(result, Rejected) and result.reason == reason and "price" in result.detail
+
+
+def test_bad_quantity_rejects_the_trade():
+    result = normalise_trade(parse_frame(envelope({**TRADE, "q": "1.123456789"})), DELIVERY, {})
+    assert isinstance(result, Rejected) and result.reason == binance.DECIMAL_OUT_OF_RANGE and "quantity" in result.detail

@@ -1,0 +1,170 @@
+import pytest
+
+from k2actors.core.backoff import backoff_delay
+from k2actors.core.breaker import BreakerState, CircuitBreaker
+from k2actors.core.failover import Attempt, FailoverPolicy
+from k2actors.core.reasons import reason_label
+from k2actors.core.sequence import Gap, SequenceTracker, Verdict
+from k2actors.core.telemetry import CATALOGUE, MetricBuffer, MetricDeltas
+
+KEY = ("BINANCE", "BTCUSDT")
+
+
+def test_first_id_then_consecutive_ids_are_new():
+    tracker = SequenceTracker()
+    assert [tracker.observe(KEY, i, 0) for i in (10, 11, 12)] == [Verdict.NEW] * 3
+    assert tracker.declare_due(0) == []
+    assert tracker.last_id(KEY) == 12
+
+
+def test_repeats_and_old_ids_are_duplicates():
+    tracker = SequenceTracker()
+    for i in (1, 2, 3):
+        tracker.observe(KEY, i, 0)
+    assert tracker.observe(KEY, 3, 0) is Verdict.DUPLICATE
+    assert tracker.observe(KEY, 1, 0) is Verdict.DUPLICATE
+
+
+def test_symbols_and_venues_are_tracked_apart():
+    tracker = SequenceTracker()
+    tracker.observe(KEY, 100, 0)
+    assert tracker.observe(("BINANCE", "ETHUSDT"), 5, 0) is Verdict.NEW
+    assert tracker.observe(("BINANCEUS", "BTCUSDT"), 5, 0) is Verdict.NEW
+    assert tracker.observe(KEY, 101, 0) is Verdict.NEW
+
+
+def test_gap_is_declared_at_once_without_grace():
+    tracker = SequenceTracker(grace_seconds=0)
+    tracker.observe(KEY, 1, 0)
+    tracker.observe(KEY, 5, 0)
+    assert tracker.declare_due(0) == [Gap("BINANCE", "BTCUSDT", 2, 4)]
+    assert tracker.declare_due(0) == []  # declared once
+
+
+def test_ids_inside_the_grace_period_fill_the_gap():
+    tracker = SequenceTracker(grace_seconds=2)
+    tracker.observe(KEY, 1, 0)
+    tracker.observe(KEY, 6, 0)
+    assert tracker.observe(KEY, 3, 1) is Verdict.FILLED
+    assert tracker.observe(KEY, 3, 1) is Verdict.DUPLICATE
+    assert tracker.declare_due(1.5) == []
+    assert tracker.declare_due(2) == [Gap("BINANCE", "BTCUSDT", 2, 2), Gap("BINANCE", "BTCUSDT", 4, 5)]
+
+
+def test_a_gap_filled_completely_is_never_declared():
+    tracker = SequenceTracker(grace_seconds=1)
+    tracker.observe(KEY, 1, 0)
+    tracker.observe(KEY, 4, 0)
+    assert [tracker.observe(KEY, i, 0.5) for i in (2, 3)] == [Verdict.FILLED, Verdict.FILLED]
+    assert tracker.declare_due(5) == []
+
+
+def test_late_arrival_after_declaration_is_recovered():
+    tracker = SequenceTracker(grace_seconds=0)
+    tracker.observe(KEY, 1, 0)
+    tracker.observe(KEY, 4, 0)
+    assert tracker.declare_due(0) == [Gap("BINANCE", "BTCUSDT", 2, 3)]
+    assert tracker.observe(KEY, 2, 1) is Verdict.RECOVERED
+    assert tracker.observe(KEY, 2, 1) is Verdict.DUPLICATE
+
+
+def test_gap_size():
+    assert Gap("BINANCE", "BTCUSDT", 2, 4).size == 3
+
+
+def test_backoff_is_full_jitter_doubling_to_the_cap():
+    assert [backoff_delay(n, 5, 60, lambda: 1.0) for n in (1, 2, 3, 4, 5, 6)] == [5, 10, 20, 40, 60, 60]
+    assert backoff_delay(3, 5, 60, lambda: 0.0) == 0
+    assert backoff_delay(2, 5, 60, lambda: 0.5) == 5
+
+
+def test_breaker_opens_at_threshold_and_half_opens_after_reset():
+    breaker = CircuitBreaker(failure_threshold=3, reset_timeout=30)
+    breaker.record_failure(0)
+    breaker.record_failure(1)
+    assert breaker.state(1) is BreakerState.CLOSED
+    breaker.record_failure(2)
+    assert breaker.state(2) is BreakerState.OPEN and breaker.reopens_at() == 32
+    assert breaker.state(31.9) is BreakerState.OPEN
+    assert breaker.state(32) is BreakerState.HALF_OPEN
+
+
+def test_failed_trial_reopens_and_success_closes():
+    breaker = CircuitBreaker(1, 10)
+    breaker.record_failure(0)
+    breaker.record_failure(10)  # the half-open trial failed
+    assert breaker.state(15) is BreakerState.OPEN
+    assert breaker.state(20) is BreakerState.HALF_OPEN
+    breaker.record_success()
+    assert breaker.state(20) is BreakerState.CLOSED and breaker.reopens_at() is None
+
+
+def policy(urls=("a", "b", "c"), attempts=2, threshold=3, reset=30):
+    return FailoverPolicy(urls, attempts, 1.0, 8.0, CircuitBreaker(threshold, reset), draw=lambda: 1.0)
+
+
+def test_retries_with_backoff_then_fails_over_in_order():
+    p = policy()
+    assert p.first() == Attempt("a", 0)
+    assert p.failed(0, was_streaming=False) == Attempt("a", 1.0)
+    assert p.failed(1, was_streaming=False) == Attempt("b", 0)
+    assert p.failed(2, was_streaming=False) == Attempt("b", 1.0)
+    assert p.failed(3, was_streaming=False) == Attempt("c", 0)
+
+
+def test_circuit_opens_when_every_endpoint_failed_then_trials_the_first():
+    p = policy()
+    for now in range(5):
+        p.failed(now, was_streaming=False)
+    assert p.circuit(5) is BreakerState.CLOSED
+    attempt = p.failed(5, was_streaming=False)  # c exhausted: third endpoint failure
+    assert p.circuit(5) is BreakerState.OPEN
+    assert attempt == Attempt("a", 30)
+    assert p.breaker_states(6) == {"a": BreakerState.OPEN, "b": BreakerState.OPEN, "c": BreakerState.OPEN}
+    assert p.breaker_states(35)["a"] is BreakerState.HALF_OPEN
+    assert p.failed(35, was_streaming=False) == Attempt("a", 30)  # the trial failed: open again
+    assert p.circuit(36) is BreakerState.OPEN
+    p.connected()
+    assert p.circuit(36) is BreakerState.CLOSED
+
+
+def test_a_streaming_connection_that_drops_reconnects_at_once():
+    p = policy()
+    p.failed(0, was_streaming=False)
+    assert p.failed(1, was_streaming=True) == Attempt("a", 0)
+    assert p.failed(2, was_streaming=False) == Attempt("a", 1.0)  # attempts counted afresh
+
+
+def test_single_endpoint_cycles_back_to_itself():
+    p = policy(urls=("only",), attempts=1, threshold=2)
+    assert p.failed(0, was_streaming=False) == Attempt("only", 0)
+    assert p.failed(1, was_streaming=False) == Attempt("only", 30)
+
+
+@pytest.mark.parametrize(
+    "reason, label",
+    [("connect failed: ConnectionRefusedError", "connect_failed"), ("stale: no frame for 3.0 s", "stale"),
+     ("server closed the connection (code 1008)", "server_closed"), ("connection lost without a close frame", "connection_lost"),
+     ("something odd", "other")],
+)
+def test_reason_labels_are_bounded(reason, label):
+    assert reason_label(reason) == label
+
+
+def test_metric_buffer_accumulates_and_empties():
+    buffer = MetricBuffer()
+    buffer.inc("k2_dlq_messages_total", "not_json")
+    buffer.inc("k2_dlq_messages_total", "not_json", amount=2)
+    buffer.set("k2_binance_connection_status", 1, "ws://x")
+    buffer.observe("k2_trade_receive_to_ack_seconds", [0.1, 0.2])
+    deltas = buffer.take()
+    assert deltas.counters == (("k2_dlq_messages_total", ("not_json",), 3),)
+    assert deltas.gauges == (("k2_binance_connection_status", ("ws://x",), 1),)
+    assert deltas.observations == (("k2_trade_receive_to_ack_seconds", (0.1, 0.2)),)
+    assert not buffer.take() and not MetricDeltas()
+
+
+def test_catalogue_names_follow_prometheus_conventions():
+    for spec in CATALOGUE.values():
+        assert spec.name.startswith("k2_") and spec.help
+        assert spec.name.endswith("_total") == (spec.kind == "counter")

@@ -1,0 +1,231 @@
+import json
+import time
+
+import pytest
+import websocket
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+from k2actors.actors.producer import trade_schema
+from k2actors.localstack.simulator import ExchangeSimulator
+from tests.conftest import http_get, wait_until
+
+
+def test_broker_round_trip_through_a_consumer_group(broker, topic):
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap_servers})
+    admin.create_topics([NewTopic(topic, 3)])[topic].result(10)
+    producer = Producer({"bootstrap.servers": broker.bootstrap_servers, "enable.idempotence": True, "compression.type": "lz4"})
+    for i in range(50):
+        producer.produce(topic, key=f"k{i % 3}".encode(), value=f"v{i}".encode())
+    assert producer.flush(10) == 0
+    # Tansu assigns a new group after about half the session timeout: keep it short.
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap_servers, "group.id": topic,
+                         "auto.offset.reset": "earliest", "session.timeout.ms": 6000})
+    consumer.subscribe([topic])
+    values = set()
+    deadline = time.monotonic() + 30
+    while len(values) < 50 and time.monotonic() < deadline:
+        values |= {m.value() for m in consumer.consume(100, 0.5) if m.error() is None}
+    consumer.close()
+    assert values == {f"v{i}".encode() for i in range(50)}
+
+
+def receive(ws, seconds):
+    """Data frames and ping payloads received for `seconds`."""
+    frames, pings = [], []
+    ws.settimeout(0.2)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            opcode, frame = ws.recv_data_frame(True)
+        except websocket.WebSocketTimeoutException:
+            continue
+        if opcode == websocket.ABNF.OPCODE_PING:
+            pings.append(frame.data)
+        elif opcode == websocket.ABNF.OPCODE_TEXT:
+            frames.append(json.loads(frame.data))
+    return frames, pings
+
+
+def test_simulator_streams_consecutive_ids_and_pings():
+    with ExchangeSimulator(symbols=("BTCUSDT", "ETHUSDT"), rate=100, ping_interval=0.3) as sim:
+        ws = websocket.create_connection(sim.urls[0] + "?streams=btcusdt@trade/ethusdt@trade")
+        frames, pings = receive(ws, 1.5)
+        ws.close()
+    by_symbol = {}
+    for frame in frames:
+        assert frame["stream"] == frame["data"]["s"].lower() + "@trade"
+        by_symbol.setdefault(frame["data"]["s"], []).append(frame["data"]["t"])
+    assert set(by_symbol) == {"BTCUSDT", "ETHUSDT"}
+    for ids in by_symbol.values():
+        assert len(ids) > 50 and ids == list(range(ids[0], ids[0] + len(ids)))
+    assert len(pings) >= 3  # websocket-client echoed each one, or the server would have dropped us
+
+
+def test_mirrors_share_one_market_and_a_disconnected_client_misses_trades():
+    with ExchangeSimulator(symbols=("BTCUSDT",), rate=200) as sim:
+        first = websocket.create_connection(sim.urls[0] + "?streams=btcusdt@trade")
+        a, _ = receive(first, 0.5)
+        first.close()
+        time.sleep(0.5)
+        second = websocket.create_connection(sim.urls[1] + "?streams=btcusdt@trade")
+        b, _ = receive(second, 0.5)
+        second.close()
+    assert b[0]["data"]["t"] > a[-1]["data"]["t"] + 20
+
+
+def test_raw_stream_path_sends_bare_payloads():
+    with ExchangeSimulator(symbols=("BTCUSDT",), rate=100) as sim:
+        ws = websocket.create_connection(sim.urls[0].replace("/stream", "/ws/btcusdt@trade"))
+        frames, _ = receive(ws, 0.5)
+        ws.close()
+    assert frames and all(f["e"] == "trade" and "stream" not in f for f in frames)
+
+
+def test_client_that_does_not_pong_is_dropped():
+    with ExchangeSimulator(symbols=("BTCUSDT",), rate=10, ping_interval=0.2, pong_timeout=0.5) as sim:
+        sock = websocket.WebSocket()
+        sock.connect(sim.urls[0] + "?streams=btcusdt@trade")
+        assert wait_until(lambda: sim.endpoint(0).client_count() == 1, 5, "the client to register")
+        # Read raw frames without answering pings.
+        sock.settimeout(0.2)
+        deadline = time.monotonic() + 5
+        dropped = False
+        while time.monotonic() < deadline and not dropped:
+            try:
+                sock.recv_frame()
+            except websocket.WebSocketTimeoutException:
+                continue
+            except (websocket.WebSocketConnectionClosedException, OSError):
+                dropped = True
+        assert dropped
+
+
+def test_subscription_methods():
+    with ExchangeSimulator(symbols=("BTCUSDT", "ETHUSDT"), rate=50) as sim:
+        ws = websocket.create_connection(sim.urls[0] + "?streams=btcusdt@trade")
+        ws.send(json.dumps({"method": "SUBSCRIBE", "params": ["ethusdt@trade"], "id": 1}))
+        ws.send(json.dumps({"method": "UNSUBSCRIBE", "params": ["btcusdt@trade"], "id": 2}))
+        ws.send(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 3}))
+        frames, _ = receive(ws, 1.0)
+        ws.close()
+    replies = [f for f in frames if "id" in f]
+    assert replies == [{"result": None, "id": 1}, {"result": None, "id": 2}, {"result": ["ethusdt@trade"], "id": 3}]
+    trades_after = [f["data"]["s"] for f in frames[frames.index(replies[-1]) + 1 :] if "data" in f]
+    assert trades_after and set(trades_after) == {"ETHUSDT"}
+
+
+def close_code_after(ws) -> int:
+    ws.settimeout(2)
+    while True:
+        opcode, frame = ws.recv_data_frame(True)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            return int.from_bytes(frame.data[:2], "big")
+
+
+def test_more_than_five_messages_a_second_is_closed_with_1008():
+    with ExchangeSimulator(symbols=("BTCUSDT",), rate=0) as sim:
+        ws = websocket.create_connection(sim.urls[0] + "?streams=btcusdt@trade")
+        for i in range(6):
+            ws.send(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": i}))
+        assert close_code_after(ws) == 1008
+
+
+def test_more_than_1024_streams_is_closed_with_1008():
+    with ExchangeSimulator(symbols=("BTCUSDT",), rate=0) as sim:
+        ws = websocket.create_connection(sim.urls[0] + "?streams=btcusdt@trade")
+        ws.send(json.dumps({"method": "SUBSCRIBE", "params": [f"s{i}usdt@trade" for i in range(1024)], "id": 1}))
+        assert close_code_after(ws) == 1008
+        too_many = "/".join(f"s{i}usdt@trade" for i in range(1025))
+        with pytest.raises(websocket.WebSocketBadStatusException):
+            websocket.create_connection(sim.urls[0] + "?streams=" + too_many)
+
+
+def test_faults_drop_stall_shutdown_refuse_and_malformed():
+    with ExchangeSimulator(symbols=("BTCUSDT",), rate=100) as sim:
+        control = sim.endpoint(0)
+        ws = websocket.create_connection(sim.urls[0] + "?streams=btcusdt@trade")
+        wait_until(lambda: control.client_count() == 1, 5, "the client")
+        control.send_raw(["{broken", b"\x00\x01"])
+        control.server_shutdown()
+        frames = []
+        ws.settimeout(1)
+        while len(frames) < 200:
+            opcode, frame = ws.recv_data_frame(True)
+            if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
+                frames.append(frame.data)
+        assert b"{broken" in frames and b"\x00\x01" in frames
+        assert any(b'"serverShutdown"' in f for f in frames)
+
+        control.stall()
+        time.sleep(0.3)
+        ws.settimeout(0.2)
+        with pytest.raises(websocket.WebSocketTimeoutException):
+            while True:
+                ws.recv_data_frame(True)  # drain what was queued before the stall
+        control.stall(False)
+        ws.settimeout(2)
+        assert ws.recv_data_frame(True)[0] == websocket.ABNF.OPCODE_TEXT
+
+        control.drop()
+        with pytest.raises((websocket.WebSocketConnectionClosedException, ConnectionError)):
+            while True:
+                ws.recv_data_frame(True)
+
+        control.refuse()
+        with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+            websocket.create_connection(sim.urls[0] + "?streams=btcusdt@trade")
+        assert refused.value.status_code == 503
+        websocket.create_connection(sim.urls[1] + "?streams=btcusdt@trade").close()  # the mirror still serves
+
+
+def test_tape_replay(tmp_path):
+    tape = tmp_path / "tape.jsonl"
+    tape.write_text('{"e": "trade", "t": 1}\nnot json\n{"result": null, "id": 1}\n')
+    with ExchangeSimulator(symbols=("BTCUSDT",), tape=tape) as sim:
+        ws = websocket.create_connection(sim.urls[0] + "?streams=btcusdt@trade")
+        received = [ws.recv() for _ in range(3)]
+        ws.close()
+    assert received == tape.read_text().splitlines()
+
+
+def test_rest_history_matches_the_stream():
+    with ExchangeSimulator(symbols=("BTCUSDT",), rate=100) as sim:
+        ws = websocket.create_connection(sim.urls[0] + "?streams=btcusdt@trade")
+        frames, _ = receive(ws, 0.5)
+        ws.close()
+        first = frames[0]["data"]
+        status, body = http_get(f"{sim.rest_url()}/api/v3/historicalTrades?symbol=BTCUSDT&fromId={first['t']}&limit=5")
+        assert status == 200
+        rows = json.loads(body)
+        assert [r["id"] for r in rows] == list(range(first["t"], first["t"] + 5))
+        assert (rows[0]["price"], rows[0]["qty"], rows[0]["time"], rows[0]["isBuyerMaker"]) == (
+            first["p"], first["q"], first["T"], first["m"])
+        status, body = http_get(f"{sim.rest_url()}/api/v3/historicalTrades?symbol=BTCUSDT&limit=5000")
+        assert status == 200 and len(json.loads(body)) <= 1000
+        assert http_get(f"{sim.rest_url()}/api/v3/historicalTrades?symbol=NOPE")[0] == 400
+        status, body = http_get(f"{sim.rest_url()}/api/v3/exchangeInfo?symbol=BTCUSDT")
+        assert json.loads(body)["symbols"][0]["quoteAsset"] == "USDT"
+
+
+def test_registry_double_through_confluent_client(registry):
+    client = SchemaRegistryClient({"url": registry.url})
+    schema = Schema(trade_schema(), "AVRO")
+    schema_id = client.register_schema("test-registry-value", schema)
+    assert client.register_schema("test-registry-value", schema) == schema_id
+    fetched = client.get_schema(schema_id)
+    assert json.loads(fetched.schema_str) == json.loads(trade_schema())
+    latest = client.get_latest_version("test-registry-value")
+    assert (latest.schema_id, latest.version) == (schema_id, 1)
+    assert client.lookup_schema("test-registry-value", schema).schema_id == schema_id
+    assert "test-registry-value" in client.get_subjects()
+    assert client.get_compatibility() == "BACKWARD"
+    evolved = json.loads(trade_schema())
+    evolved["fields"].append({"name": "extra", "type": "string"})
+    assert client.test_compatibility("test-registry-value", Schema(json.dumps(evolved), "AVRO")) is False
+    evolved["fields"][-1]["default"] = ""
+    assert client.test_compatibility("test-registry-value", Schema(json.dumps(evolved), "AVRO")) is True
+    with pytest.raises(SchemaRegistryError):
+        client.get_schema(9999)
