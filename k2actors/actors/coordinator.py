@@ -124,6 +124,7 @@ class FailoverCoordinator(Actor):
             self._connect(policy.first().url)
         if not self._endpoints:
             log.warning("binance.enabled is false: no exchange connection will be made")
+        self._report_exchange()
         self.send(self._service, PipelineStarted(port))
         self._on_wakeup(TICK)
 

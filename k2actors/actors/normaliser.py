@@ -109,6 +109,10 @@ class Normaliser(Actor):
         self._finish_drain()
 
     def _accept(self, trade: Trade, delivery: Delivery, now: float) -> dict | Rejected | None:
+        # Validate before tracking: a trade that cannot be stored must not claim its id.
+        record = normalise_trade(trade, delivery, self._setup.quote_assets)
+        if isinstance(record, Rejected):
+            return record
         self._metrics.inc("k2_binance_messages_received_total", trade.symbol)
         verdict = self._tracker.observe((delivery.venue, trade.symbol), trade.trade_id, now)
         if verdict is Verdict.DUPLICATE:
@@ -117,7 +121,7 @@ class Normaliser(Actor):
         if verdict is Verdict.RECOVERED:
             log.warning("trade %s %s-%d arrived after it was declared missing", trade.symbol, delivery.venue, trade.trade_id)
             self._metrics.inc("k2_binance_recovered_trades_total", trade.symbol)
-        return normalise_trade(trade, delivery, self._setup.quote_assets)
+        return record
 
     def _dead_letter(self, raw: bytes, rejected: Rejected, url: str, received_us: int) -> DeadLetter:
         log.warning("dead letter from %s: %s (%s)", url, rejected.reason, rejected.detail)

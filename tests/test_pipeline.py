@@ -1,0 +1,160 @@
+"""The service as a user runs it (`python -m k2actors start`), against the real local stack."""
+
+import io
+import json
+import struct
+from decimal import Decimal
+
+import avro.io
+import avro.schema
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from k2actors.actors.producer import trade_schema
+from k2actors.core.normalise import message_id
+from k2actors.core.telemetry import CATALOGUE
+from tests.conftest import http_get, read_partitions, wait_until
+
+SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT")
+
+
+def decode_with_avro_library(value: bytes, registry_url: str) -> dict:
+    """Confluent wire format read with the avro library, independent of confluent-kafka."""
+    magic, schema_id = struct.unpack(">bI", value[:5])
+    assert magic == 0
+    status, body = http_get(f"{registry_url}/schemas/ids/{schema_id}")
+    assert status == 200
+    reader = avro.io.DatumReader(avro.schema.parse(json.loads(body)["schema"]))
+    return reader.read(avro.io.BinaryDecoder(io.BytesIO(value[5:])))
+
+
+def rest_history(simulator, symbol: str, from_id: int, count: int) -> dict[int, dict]:
+    rows = {}
+    while len(rows) < count:
+        status, body = http_get(
+            f"{simulator.rest_url()}/api/v3/historicalTrades?symbol={symbol}&fromId={from_id + len(rows)}&limit=1000"
+        )
+        assert status == 200
+        page = json.loads(body)
+        assert page, "history ran out"
+        rows.update({row["id"]: row for row in page})
+    return rows
+
+
+def test_trades_arrive_exactly_once_field_for_field(start_service, simulator, broker, registry, topic):
+    service = start_service()
+    service.wait_ready()
+    wait_until(lambda: service.metric("k2_kafka_messages_produced_total") >= 300, 60, "300 trades in Kafka")
+    received_before_stop = service.metric("k2_binance_messages_received_total")
+    assert service.stop() == 0, service.log()
+    assert service.stop_seconds < 15
+    assert "every trade received was delivered" in service.log()
+
+    messages = read_partitions(broker.bootstrap_servers, topic)
+    assert len(messages) >= received_before_stop >= 300
+    deserialize = AvroDeserializer(SchemaRegistryClient({"url": registry.url}))
+    context = SerializationContext(topic, MessageField.VALUE)
+    ids: dict[str, list[int]] = {}
+    records = []
+    for message in messages:
+        record = deserialize(message.value(), context)
+        assert record == decode_with_avro_library(message.value(), registry.url) | {
+            "timestamp": record["timestamp"], "ingestion_timestamp": record["ingestion_timestamp"]}
+        assert message.key() == record["symbol"].encode()
+        ids.setdefault(record["symbol"], []).append(record["source_sequence"])
+        records.append(record)
+
+    assert set(ids) == set(SYMBOLS)
+    for symbol, seen in ids.items():
+        seen.sort()
+        assert seen == list(range(seen[0], seen[0] + len(seen))), f"{symbol}: gap or duplicate"
+
+    for symbol in SYMBOLS:
+        mine = {r["source_sequence"]: r for r in records if r["symbol"] == symbol}
+        history = rest_history(simulator, symbol, min(mine), len(mine))
+        for trade_id, record in mine.items():
+            row = history[trade_id]
+            assert record["trade_id"] == f"BINANCE-{trade_id}"
+            assert record["message_id"] == message_id("BINANCE", symbol, trade_id)
+            assert (record["exchange"], record["asset_class"], record["currency"]) == ("BINANCE", "crypto", "USDT")
+            assert record["price"] == Decimal(row["price"]) and record["quantity"] == Decimal(row["qty"])
+            assert record["side"] == ("SELL" if row["isBuyerMaker"] else "BUY")
+            assert record["timestamp"].timestamp() * 1000 == row["time"]
+            assert record["trade_conditions"] == [] and record["platform_sequence"] is None
+            assert record["ingestion_timestamp"] >= record["timestamp"]
+            assert record["vendor_data"]["endpoint"] == simulator.urls[0]
+            assert record["vendor_data"]["is_buyer_maker"] == str(row["isBuyerMaker"]).lower()
+
+
+MALFORMED = {
+    "not_json": "{not json",
+    "unexpected_shape": "[1, 2, 3]",
+    "missing_field": json.dumps({"stream": "btcusdt@trade", "data": {"e": "trade", "s": "BTCUSDT", "t": 1}}),
+    "wrong_type": json.dumps({"stream": "btcusdt@trade", "data": {"e": "trade", "E": 1, "s": "BTCUSDT", "t": "1",
+                                                                "p": "1.0", "q": "1.0", "T": 1, "m": True}}),
+    "invalid_decimal": json.dumps({"stream": "btcusdt@trade", "data": {"e": "trade", "E": 1, "s": "BTCUSDT", "t": 1,
+                                                                     "p": "one", "q": "1.0", "T": 1, "m": True}}),
+    "decimal_out_of_range": json.dumps({"stream": "btcusdt@trade", "data": {"e": "trade", "E": 1, "s": "BTCUSDT",
+                                                                          "t": 1, "p": "1.0", "q": "0.000000001", "T": 1, "m": True}}),
+    "unknown_event": json.dumps({"stream": "btcusdt@kline", "data": {"e": "kline"}}),
+}
+
+
+def test_malformed_frames_go_to_the_dlq_while_trades_keep_flowing(start_service, simulator, broker, topic):
+    service = start_service()
+    service.wait_ready()
+    wait_until(lambda: service.metric("k2_kafka_messages_produced_total") >= 50, 60, "trades flowing")
+    simulator.endpoint(0).send_raw(list(MALFORMED.values()) + [b"\x80binary\xff"])
+    wait_until(lambda: service.metric("k2_dlq_messages_total") >= len(MALFORMED) + 1, 30, "dead letters counted")
+    produced = service.metric("k2_kafka_messages_produced_total")
+    wait_until(lambda: service.metric("k2_kafka_messages_produced_total") > produced + 50, 30, "trades after the bad frames")
+    samples = service.metrics()
+    for reason in MALFORMED:
+        assert samples[f'k2_dlq_messages_total{{reason="{reason}"}}'] >= 1
+        assert samples[f'k2_binance_message_errors_total{{error_type="{reason}"}}'] >= 1
+    assert service.stop() == 0
+
+    letters = read_partitions(broker.bootstrap_servers, f"{topic}.dlq")
+    by_reason = {}
+    for letter in letters:
+        headers = {k: v.decode() for k, v in letter.headers()}
+        assert headers["endpoint"] == simulator.urls[0] and int(headers["received_at_us"]) > 0 and headers["detail"]
+        by_reason.setdefault(headers["reason"], []).append(letter.value())
+    for reason, raw in MALFORMED.items():
+        assert raw.encode() in by_reason[reason], reason
+    assert b"\x80binary\xff" in by_reason["not_json"]
+    assert len(read_partitions(broker.bootstrap_servers, topic)) >= produced + 50
+
+
+def test_health_ready_and_metrics_endpoints(start_service):
+    service = start_service()
+    body = service.wait_ready()
+    assert body["ready"] is True and body["checks"]["exchange"]["ok"] and body["checks"]["kafka"]["ok"]
+    status, health = service.get("/health")
+    assert status == 200 and json.loads(health)["healthy"] is True
+    wait_until(lambda: service.metric("k2_trade_receive_to_ack_seconds_count") > 0, 30, "latency observed")
+    exposed = service.get("/metrics")[1].decode()
+    for name, spec in CATALOGUE.items():
+        assert f"# HELP {name.removesuffix('_total') if spec.kind == 'counter' else name}" in exposed
+    samples = service.metrics()
+    assert samples["k2_binance_connection_status{url=\"%s\"}" % service.env["K2_BINANCE_WEBSOCKET_URL"]] == 1
+    assert samples["k2_binance_last_message_timestamp_seconds"] > 1.7e9
+    assert service.get("/nope")[0] == 404
+    assert service.stop() == 0
+    assert service.get("/health")[0] == 0  # nothing listens once stopped
+
+
+def test_not_ready_while_no_endpoint_streams(start_service, simulator):
+    for index in (0, 1):
+        simulator.endpoint(index).refuse()
+    service = start_service()
+    wait_until(lambda: service.get("/health")[0] == 200, 30, "/health")
+    status, body = wait_until(lambda: (r := service.get("/ready"))[0] == 503 and r, 30, "/ready 503")
+    checks = json.loads(body)["checks"]
+    assert checks["exchange"]["ok"] is False and "no endpoint streaming" in checks["exchange"]["detail"]
+    wait_until(lambda: service.metric("k2_binance_reconnects_total") >= 2, 30, "reconnect attempts counted")
+    simulator.endpoint(0).refuse(False)
+    simulator.endpoint(1).refuse(False)
+    service.wait_ready(timeout=60)
+    assert service.stop() == 0
