@@ -192,8 +192,8 @@ class ConnectionActor(Actor):
             log.info("connected to %s", url)
             self._metrics.set("k2_binance_connection_status", 1, url)
             self.send(self._coordinator, ConnectionOpened(url))
-        if reader.ended_reason is not None and not reader.is_alive():
-            reader.join()
+        if reader.ended_reason is not None:
+            reader.join()  # it set ended_reason as its last act: the join is immediate
             self._forward_frames()  # what arrived just before the end
             log.warning("connection to %s ended: %s", url, reader.ended_reason)
             self._metrics.set("k2_binance_connection_status", 0, url)
