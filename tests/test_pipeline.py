@@ -11,7 +11,6 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from k2actors.actors.producer import trade_schema
 from k2actors.core.normalise import message_id
 from k2actors.core.telemetry import CATALOGUE
 from tests.conftest import http_get, read_partitions, wait_until

@@ -136,6 +136,7 @@ class ConnectionActor(Actor):
         self._coordinator = None
         self._reader: _Reader | None = None
         self._reported_open = False
+        self._connect_pending = False  # Connect overtook ConnectionSetup: delivery order is not guaranteed
         self._wake_r, self._wake_w = os.pipe()
         self._seq = 0
         self._metrics = MetricBuffer()
@@ -153,6 +154,8 @@ class ConnectionActor(Actor):
             self._setup, self._coordinator = message, sender
             if first:
                 self.wakeupAfter(seconds(1), TICK)
+            if self._connect_pending:
+                self._connect()
         elif isinstance(message, Connect):
             self._connect()
         elif isinstance(message, Disconnect):
@@ -166,7 +169,8 @@ class ConnectionActor(Actor):
         return ThespianWatch([self._wake_r])
 
     def _connect(self) -> None:
-        if self._reader and self._reader.is_alive():
+        self._connect_pending = self._setup is None
+        if self._connect_pending or (self._reader and self._reader.is_alive()):
             return
         url = stream_url(self._setup.endpoint.url, self._setup.symbols)
         log.info("connecting to %s (%d symbols)", self._setup.endpoint.url, len(self._setup.symbols))

@@ -45,10 +45,14 @@ class Normaliser(Actor):
         self._seq = 0
         self._unacked: dict[int, RecordBatch] = {}
         self._drain: dict | None = None
+        self._early: list[RawBatch] = []  # arrived before NormaliserSetup: delivery order is not guaranteed
 
     def receiveMessage(self, message, sender):
         if isinstance(message, RawBatch):
-            self._normalise(message)
+            if self._setup is None:
+                self._early.append(message)
+            else:
+                self._normalise(message)
         elif isinstance(message, BatchDelivered):
             self._unacked.pop(message.seq, None)
         elif isinstance(message, WakeupMessage):
@@ -67,6 +71,9 @@ class Normaliser(Actor):
             self._tracker = SequenceTracker(setup.gap_grace_seconds)
             self.wakeupAfter(seconds(TICK_SECONDS), TICK)
         self._setup, self._coordinator = setup, sender
+        early, self._early = self._early, []
+        for batch in early:
+            self._normalise(batch)
         if rewired:
             # A new producer never saw what the old one held: send it everything unconfirmed.
             log.warning("producer replaced: re-sending %d unconfirmed batches", len(self._unacked))

@@ -1,0 +1,90 @@
+"""`demo`: the whole service offline. Local broker, registry double and exchange simulator,
+the real pipeline on top, and a line a second of what it delivers (read from its /metrics)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+from dataclasses import replace
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from k2actors.config import Config, Endpoint
+from k2actors.net import free_port
+from k2actors.service import run
+
+
+def sample_totals(port: int) -> dict[str, float]:
+    """Received per symbol, delivered and DLQ totals from the service's own /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+        text = response.read().decode()
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "k2_binance_messages_received_total":
+                totals[sample.labels["symbol"]] = sample.value
+            elif sample.name in ("k2_kafka_messages_produced_total", "k2_dlq_messages_total"):
+                totals[sample.name] = totals.get(sample.name, 0) + sample.value
+    return totals
+
+
+def _report_every_second(port: int, symbols: tuple[str, ...], stop: threading.Event) -> None:
+    previous, started = {}, time.monotonic()
+    while not stop.wait(1.0):
+        try:
+            totals = sample_totals(port)
+        except OSError:
+            continue
+        rates = "  ".join(f"{s} {totals.get(s, 0) - previous.get(s, 0):4.0f}/s" for s in symbols)
+        print(
+            f"[{time.monotonic() - started:5.0f} s]  {rates}  "
+            f"delivered {totals.get('k2_kafka_messages_produced_total', 0):.0f}  "
+            f"dlq {totals.get('k2_dlq_messages_total', 0):.0f}",
+            flush=True,
+        )
+        previous = totals
+
+
+def run_demo(config: Config, duration: float | None, rate: float) -> int:
+    from k2actors.localstack.broker import TansuBroker
+    from k2actors.localstack.registry import SchemaRegistryDouble
+    from k2actors.localstack.simulator import ExchangeSimulator
+
+    symbols = config.binance.symbols
+    with TansuBroker() as broker, SchemaRegistryDouble() as registry, ExchangeSimulator(symbols, rate=rate) as exchange:
+        demo = replace(
+            config,
+            binance=replace(
+                config.binance,
+                enabled=True,
+                websocket_url=Endpoint(exchange.urls[0], "BINANCE"),
+                failover_urls=(Endpoint(exchange.urls[1], "BINANCE"),),
+                reconnect_delay_seconds=0.5,
+            ),
+            kafka=replace(config.kafka, bootstrap_servers=broker.bootstrap_servers, schema_registry_url=registry.url),
+            metrics=replace(config.metrics, port=free_port()),
+        )
+        print(
+            f"k2actors demo: exchange simulator {exchange.urls[0]} ({rate:g} trades/s per symbol), "
+            f"Kafka {broker.bootstrap_servers}, Schema Registry {registry.url}, "
+            f"metrics http://127.0.0.1:{demo.metrics.port}/metrics\n"
+            f"Topic {demo.kafka.topic}. " + (f"Stopping after {duration:g} s." if duration else "Ctrl-C to stop."),
+            flush=True,
+        )
+        stop = threading.Event()
+        if duration:
+            timer = threading.Timer(duration, stop.set)
+            timer.daemon = True
+            timer.start()
+        reporting = threading.Event()
+
+        def start_reporting() -> None:
+            threading.Thread(
+                target=_report_every_second, args=(demo.metrics.port, symbols, reporting), daemon=True
+            ).start()
+
+        try:
+            return run(demo, on_started=start_reporting, stop=stop)
+        finally:
+            reporting.set()

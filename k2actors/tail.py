@@ -1,0 +1,69 @@
+"""`tail`: print the trades in a topic, decoded through the Schema Registry.
+
+Reads by partition assignment, without a consumer group: a viewer commits no offsets and
+starts at once.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from datetime import datetime
+from decimal import Decimal
+
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from k2actors.config import Config
+
+
+def _plain(value):
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(type(value).__name__)
+
+
+def readable(record: dict) -> str:
+    time_text = record["timestamp"].isoformat(timespec="microseconds")
+    return (
+        f"{time_text} {record['exchange']:<9} {record['symbol']:<10} {record['side']:<4} "
+        f"{record['quantity']} @ {record['price']} {record['currency']}  {record['trade_id']}"
+    )
+
+
+def run_tail(config: Config, topic: str | None, from_beginning: bool, max_records: int | None, as_json: bool) -> int:
+    topic = topic or config.kafka.topic
+    consumer = Consumer({
+        "bootstrap.servers": config.kafka.bootstrap_servers,
+        "group.id": "k2actors-tail",
+        "enable.auto.commit": False,
+    })
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if metadata is None or metadata.error is not None or not metadata.partitions:
+            print(f"k2actors tail: topic {topic} not found at {config.kafka.bootstrap_servers}", file=sys.stderr)
+            return 1
+        start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+        consumer.assign([TopicPartition(topic, p, start) for p in metadata.partitions])
+        decode = AvroDeserializer(SchemaRegistryClient({"url": config.kafka.schema_registry_url}))
+        context = SerializationContext(topic, MessageField.VALUE)
+        printed = 0
+        while not stop.is_set() and (max_records is None or printed < max_records):
+            for message in consumer.consume(100, 0.5):
+                if message.error() is not None or (max_records is not None and printed >= max_records):
+                    continue
+                record = decode(message.value(), context)
+                print(json.dumps(record, default=_plain) if as_json else readable(record), flush=True)
+                printed += 1
+        return 0
+    finally:
+        consumer.close()

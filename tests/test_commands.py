@@ -1,0 +1,52 @@
+"""`demo` and `tail` as a new user would run them."""
+
+import json
+import re
+import subprocess
+import sys
+
+from tests.conftest import REPO, read_partitions, wait_until
+
+
+def test_demo_runs_offline_and_stops_cleanly():
+    result = subprocess.run(
+        [sys.executable, "-m", "k2actors", "demo", "--duration", "8", "--rate", "30"],
+        capture_output=True, text=True, timeout=90, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("[")]
+    assert len(lines) >= 4
+    assert re.search(r"BTCUSDT +\d+/s +ETHUSDT +\d+/s +BNBUSDT +\d+/s +delivered \d+ +dlq 0", lines[-1])
+    delivered = [int(re.search(r"delivered (\d+)", line).group(1)) for line in lines]
+    assert delivered[-1] > delivered[0] and delivered[-1] > 0
+    assert "every trade received was delivered" in result.stderr
+
+
+def test_tail_prints_trades_from_the_topic(start_service, broker, topic):
+    service = start_service()
+    service.wait_ready()
+    wait_until(lambda: service.metric("k2_kafka_messages_produced_total") >= 20, 60, "20 trades")
+    assert service.stop() == 0
+    in_kafka = len(read_partitions(broker.bootstrap_servers, topic))
+
+    def tail(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "k2actors", "tail", "--from-beginning", *args],
+            capture_output=True, text=True, timeout=60, cwd=REPO, env=service.env,
+        )
+
+    as_json = tail("--max", "10", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    records = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert len(records) == 10
+    for record in records:
+        assert record["trade_id"] == f"BINANCE-{record['source_sequence']}" and record["symbol"] in ("BTCUSDT", "ETHUSDT", "BNBUSDT")
+        assert float(record["price"]) > 0 and record["side"] in ("BUY", "SELL")
+
+    readable = tail("--max", str(in_kafka))
+    lines = readable.stdout.splitlines()
+    assert len(lines) == in_kafka
+    assert re.fullmatch(r"\S+ BINANCE +[A-Z]+ +(BUY|SELL) +[\d.]+ @ [\d.]+ USDT  BINANCE-\d+", lines[0])
+
+    missing = tail("--topic", "no.such.topic", "--max", "1")
+    assert missing.returncode == 1 and "no.such.topic" in missing.stderr
