@@ -138,7 +138,8 @@ def test_health_ready_and_metrics_endpoints(start_service):
         assert f"# HELP {name.removesuffix('_total') if spec.kind == 'counter' else name}" in exposed
     samples = service.metrics()
     assert samples["k2_binance_connection_status{url=\"%s\"}" % service.env["K2_BINANCE_WEBSOCKET_URL"]] == 1
-    assert samples["k2_binance_last_message_timestamp_seconds"] > 1.7e9
+    # Actors send metrics every half second or so: wait for the gauge rather than assume it.
+    wait_until(lambda: service.metric("k2_binance_last_message_timestamp_seconds") > 1.7e9, 10, "last message time")
     assert service.get("/nope")[0] == 404
     assert service.stop() == 0
     assert service.get("/health")[0] == 0  # nothing listens once stopped
