@@ -89,11 +89,6 @@ class Connect:
 
 
 @dataclass(frozen=True)
-class Disconnect:
-    reason: str
-
-
-@dataclass(frozen=True)
 class StopReading:
     pass
 

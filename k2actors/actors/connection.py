@@ -24,7 +24,6 @@ from k2actors.messages import (
     ConnectionClosed,
     ConnectionOpened,
     ConnectionSetup,
-    Disconnect,
     RawBatch,
     ReadingStopped,
     StopReading,
@@ -158,9 +157,6 @@ class ConnectionActor(Actor):
                 self._connect()
         elif isinstance(message, Connect):
             self._connect()
-        elif isinstance(message, Disconnect):
-            if self._reader:
-                self._reader.close(message.reason)
         elif isinstance(message, StopReading):
             self._stop_reading(sender)
         elif isinstance(message, ActorExitRequest):
