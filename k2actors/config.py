@@ -52,6 +52,11 @@ class BinanceConfig:
     reconnect_delay_seconds: float = 5.0
     reconnect_max_delay_seconds: float = 60.0
     max_reconnect_attempts: int = 10
+    max_connection_age_seconds: float = 82800.0  # Binance closes a connection at 24 h
+    # REST base URL per venue: exchangeInfo (each symbol's quote asset) and trade history.
+    rest_urls: dict[str, str] = field(
+        default_factory=lambda: {"BINANCE": "https://api.binance.com", "BINANCEUS": "https://api.binance.us"}
+    )
 
     @property
     def endpoints(self) -> tuple[Endpoint, ...]:
@@ -71,6 +76,7 @@ class KafkaConfig:
     acks: str = "all"
     batch_size: int = 16384
     linger_ms: int = 10
+    max_buffered_records: int = 100000
 
     @property
     def dead_letter_topic(self) -> str:
@@ -81,6 +87,7 @@ class KafkaConfig:
 class CircuitBreakerConfig:
     failure_threshold: int = 3
     reset_timeout_seconds: float = 30.0
+    exit_after_open_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -314,6 +321,23 @@ def _endpoints(key: str, value: Any) -> tuple[Endpoint, ...]:
     return tuple(_endpoint(f"{key}[{i}]", item) for i, item in enumerate(_list(key, value)))
 
 
+def _rest_urls(key: str, value: Any) -> dict[str, str]:
+    """A mapping venue -> http(s) URL; from the environment `BINANCE=https://..,BINANCEUS=..` or JSON."""
+    if isinstance(value, _EnvText):
+        text = value.strip()
+        try:
+            value = json.loads(text) if text.startswith("{") else dict(item.split("=", 1) for item in text.split(","))
+        except (json.JSONDecodeError, ValueError):
+            raise ConfigError(key, text, "VENUE=URL pairs separated by commas, or a JSON object") from None
+    if not isinstance(value, dict):
+        raise ConfigError(key, value, "a mapping of venue to URL")
+    urls = dict(BinanceConfig().rest_urls)
+    for venue, url in value.items():
+        venue = _choice(VENUES, str.upper)(f"{key}.{venue}", venue)
+        urls[venue] = _http_url(f"{key}.{venue}", url).rstrip("/")
+    return urls
+
+
 def _topic(key: str, value: Any) -> str:
     text = _text(key, value)
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", text):
@@ -335,6 +359,8 @@ _PARSERS = {
     ("binance", "reconnect_delay_seconds"): _number(float, 0.0),
     ("binance", "reconnect_max_delay_seconds"): _number(float, 0.0),
     ("binance", "max_reconnect_attempts"): _number(int, 1),
+    ("binance", "max_connection_age_seconds"): _number(float, 1.0),
+    ("binance", "rest_urls"): _rest_urls,
     ("kafka", "bootstrap_servers"): _text,
     ("kafka", "schema_registry_url"): _http_url,
     ("kafka", "topic"): _topic,
@@ -346,8 +372,10 @@ _PARSERS = {
     ("kafka", "acks"): _choice(("all", "-1", "0", "1"), str.lower),
     ("kafka", "batch_size"): _number(int, 1, 2**31 - 1),
     ("kafka", "linger_ms"): _number(int, 0, 900000),
+    ("kafka", "max_buffered_records"): _number(int, 1000, 10_000_000),
     ("circuit_breaker", "failure_threshold"): _number(int, 1),
     ("circuit_breaker", "reset_timeout_seconds"): _number(float, 0.0),
+    ("circuit_breaker", "exit_after_open_seconds"): _number(float, 1.0),
     ("metrics", "port"): _number(int, 1, 65535),
     ("log", "level"): _choice(LOG_LEVELS, str.upper),
     ("log", "format"): _choice(LOG_FORMATS, str.lower),

@@ -7,7 +7,7 @@ actors is best effort: the receiver notices a batch that never came.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from k2actors.config import Config, Endpoint, KafkaConfig
 
@@ -17,6 +17,7 @@ from k2actors.config import Config, Endpoint, KafkaConfig
 @dataclass(frozen=True)
 class StartPipeline:
     config: Config
+    quote_assets: dict  # symbol -> quote asset, from exchangeInfo; may be empty
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,11 @@ class PipelineFailed:
 @dataclass(frozen=True)
 class StopPipeline:
     pass
+
+
+@dataclass(frozen=True)
+class PipelineAlive:
+    """The coordinator's heartbeat to the service; its silence means the coordinator is gone."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +77,8 @@ class NormaliserSetup:
     producer: object
     metrics: object
     gap_grace_seconds: float
-    quote_assets: dict = field(default_factory=dict)
+    quote_assets: dict
+    max_buffered_records: int
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,7 @@ class ConnectionSetup:
     endpoint: Endpoint
     symbols: tuple[str, ...]
     stale_timeout_seconds: float
+    max_connection_age_seconds: float
     normaliser: object
     metrics: object
 
@@ -94,6 +102,13 @@ class StopReading:
 
 
 @dataclass(frozen=True)
+class Rotate:
+    """Make before break: open a new connection, and close the old one once the new one streams."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class Drain:
     """Finish every batch up to these sequence numbers (per endpoint URL), then flush."""
 
@@ -106,6 +121,13 @@ class Flush:
 
 
 # --- children -> FailoverCoordinator ---
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Every child, every second: silence means it is hung or was killed without a word."""
+
+    pid: int
 
 
 @dataclass(frozen=True)
@@ -170,6 +192,16 @@ class BatchDelivered:
     seq: int
 
 
+@dataclass(frozen=True)
+class SequenceQuery:
+    """A new Normaliser asks the producer where each (venue, symbol) stands."""
+
+
+@dataclass(frozen=True)
+class SequenceState:
+    last_ids: dict  # (venue, symbol) -> highest trade id handed to Kafka
+
+
 # --- to the MetricsActor (MetricDeltas lives in core.telemetry) ---
 
 
@@ -180,3 +212,10 @@ class ComponentStatus:
     component: str
     ok: bool
     detail: str
+
+
+@dataclass(frozen=True)
+class CoordinatorAlive:
+    """Input to /health: the coordinator's heartbeat, with the process of every actor."""
+
+    pids: dict  # role -> pid

@@ -2,25 +2,62 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.config
 import signal
 import threading
 import time
+import urllib.parse
+import urllib.request
 from typing import Callable
 
 from thespian.actors import ActorSystem
 
 from k2actors.actors.coordinator import FailoverCoordinator
-from k2actors.config import Config
+from k2actors.config import BinanceConfig, Config
+from k2actors.core.binance import quote_assets
 from k2actors.net import free_port
 from k2actors.logs import logging_config
-from k2actors.messages import PipelineFailed, PipelineStarted, PipelineStopped, StartPipeline, StopPipeline
+from k2actors.messages import (
+    PipelineAlive,
+    PipelineFailed,
+    PipelineStarted,
+    PipelineStopped,
+    StartPipeline,
+    StopPipeline,
+)
 
 log = logging.getLogger("k2actors.service")
 
 START_TIMEOUT_SECONDS = 30
+EXCHANGE_INFO_TIMEOUT_SECONDS = 5
+# The coordinator reports every second; this much silence means it is gone, and with it
+# all supervision: exit non-zero so that the restart policy starts a fresh service.
+COORDINATOR_SILENCE_SECONDS = 15
 STOP_TIMEOUT_SECONDS = 12  # the whole stop stays within 15 s
+
+
+def fetch_quote_assets(binance: BinanceConfig) -> dict[str, str]:
+    """Each symbol's quote asset from every configured venue's exchangeInfo.
+
+    Best effort: a venue that cannot be asked leaves the symbol-suffix table in charge of
+    its currencies, and says so.
+    """
+    found: dict[str, str] = {}
+    venues = dict.fromkeys(endpoint.venue for endpoint in binance.endpoints) if binance.enabled else {}
+    query = urllib.parse.urlencode({"symbols": json.dumps(list(binance.symbols), separators=(",", ":"))})
+    for venue in venues:
+        url = f"{binance.rest_urls[venue]}/api/v3/exchangeInfo?{query}"
+        try:
+            with urllib.request.urlopen(url, timeout=EXCHANGE_INFO_TIMEOUT_SECONDS) as response:
+                assets = quote_assets(json.load(response))
+        except (OSError, ValueError) as exc:
+            log.warning("exchangeInfo from %s unavailable (%s): quote currencies come from symbol suffixes", venue, exc)
+            continue
+        log.info("exchangeInfo from %s: quote assets of %d symbols", venue, len(assets))
+        found.update(assets)
+    return found
 
 
 class Pipeline:
@@ -44,7 +81,7 @@ class Pipeline:
         finally:
             signal.signal(signal.SIGINT, previous)
         self._coordinator = self._system.createActor(FailoverCoordinator)
-        reply = self._system.ask(self._coordinator, StartPipeline(self.config), START_TIMEOUT_SECONDS)
+        reply = self._system.ask(self._coordinator, StartPipeline(self.config, fetch_quote_assets(self.config.binance)), START_TIMEOUT_SECONDS)
         if isinstance(reply, PipelineFailed):
             self.close()
             raise RuntimeError(reply.reason)
@@ -56,10 +93,15 @@ class Pipeline:
 
     def wait(self, stop: threading.Event) -> str | None:
         """Until `stop` is set (returns None) or the pipeline fails (returns why)."""
+        heard_at = time.monotonic()
         while not stop.is_set():
             message = self._system.listen(0.5)
             if isinstance(message, PipelineFailed):
                 return message.reason
+            if isinstance(message, PipelineAlive):
+                heard_at = time.monotonic()
+            elif time.monotonic() - heard_at > COORDINATOR_SILENCE_SECONDS:
+                return f"the coordinator has been silent for {COORDINATOR_SILENCE_SECONDS} s"
         return None
 
     def stop(self) -> int:

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.serialization import MessageField, SerializationContext
 
 from k2actors.localstack.broker import TansuBroker
 from k2actors.localstack.registry import SchemaRegistryDouble
@@ -38,8 +41,9 @@ def registry():
 
 
 @pytest.fixture
-def simulator():
-    with ExchangeSimulator(rate=50, endpoints=2) as running:
+def simulator(request):
+    """Rate 50 per symbol on two mirrors; a test may pass other arguments with indirect parametrize."""
+    with ExchangeSimulator(**{"rate": 50, "endpoints": 2, **getattr(request, "param", {})}) as running:
         yield running
 
 
@@ -88,6 +92,23 @@ def read_partitions(bootstrap: str, topic: str, timeout: float = 10.0) -> list:
         consumer.close()
 
 
+def trade_ids(broker, registry, topic: str) -> dict[str, list[int]]:
+    """The trade ids in `topic` per symbol, in offset order, decoded through the registry."""
+    deserialize = AvroDeserializer(SchemaRegistryClient({"url": registry.url}))
+    ids: dict[str, list[int]] = {}
+    for message in read_partitions(broker.bootstrap_servers, topic):
+        record = deserialize(message.value(), SerializationContext(topic, MessageField.VALUE))
+        ids.setdefault(record["symbol"], []).append(record["source_sequence"])
+    return ids
+
+
+def missing_and_duplicates(ids: dict[str, list[int]]) -> tuple[int, int]:
+    """Ids absent between each symbol's first and last id, and ids present more than once."""
+    missing = sum(max(v) - min(v) + 1 - len(set(v)) for v in ids.values())
+    duplicates = sum(len(v) - len(set(v)) for v in ids.values())
+    return missing, duplicates
+
+
 @dataclass
 class Service:
     """The service running as its own process, as a user runs it."""
@@ -123,6 +144,9 @@ class Service:
         status_body = wait_until(lambda: (s := self.get("/ready"))[0] == 200 and s, timeout, "/ready to answer 200")
         return json.loads(status_body[1])
 
+    def health(self) -> dict:
+        return json.loads(self.get("/health")[1] or b"{}")
+
     def stop(self, timeout: float = 20) -> int:
         started = time.monotonic()
         self.process.send_signal(signal.SIGTERM)
@@ -146,6 +170,7 @@ def start_service(broker, registry, simulator, topic, tmp_path):
             "K2_BINANCE_WEBSOCKET_URL": simulator.urls[0],
             "K2_BINANCE_FAILOVER_URLS": ",".join(simulator.urls[1:]),
             "K2_BINANCE_RECONNECT_DELAY_SECONDS": "0.2",
+            "K2_BINANCE_REST_URLS": f"BINANCE={simulator.rest_url()}",
             "K2_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
             "K2_KAFKA_SCHEMA_REGISTRY_URL": registry.url,
             "K2_KAFKA_TOPIC": topic,

@@ -5,7 +5,7 @@ from decimal import Decimal
 import pytest
 
 from k2actors.core import binance
-from k2actors.core.binance import Rejected, ServerShutdown, SubscriptionReply, Trade, parse_frame
+from k2actors.core.binance import Rejected, ServerShutdown, SubscriptionReply, Trade, parse_frame, quote_assets
 from k2actors.core.normalise import Delivery, exact_decimal, message_id, normalise_trade, quote_currency
 
 TRADE = {"e": "trade", "E": 1700000000123, "s": "BTCUSDT", "t": 42, "p": "43210.12000000", "q": "0.00150000",
@@ -110,6 +110,22 @@ def test_message_id_is_deterministic_and_distinct():
 )
 def test_quote_currency(symbol, known, currency):
     assert quote_currency(symbol, known) == currency
+
+
+@pytest.mark.parametrize(
+    "answer, expected",
+    [
+        ({"symbols": [{"symbol": "BTCEURI", "quoteAsset": "EURI"}, {"symbol": "ETHBTC", "quoteAsset": "BTC"}]},
+         {"BTCEURI": "EURI", "ETHBTC": "BTC"}),
+        ({"symbols": [{"symbol": "BTCEURI"}, "junk", {"symbol": 5, "quoteAsset": "X"}, {"symbol": "A", "quoteAsset": "B"}]},
+         {"A": "B"}),
+        ({"code": -1121, "msg": "Invalid symbol."}, {}),
+        ([1, 2], {}),
+        (None, {}),
+    ],
+)
+def test_quote_assets_from_exchange_info(answer, expected):
+    assert quote_assets(answer) == expected
 
 
 @pytest.mark.parametrize(

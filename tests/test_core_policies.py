@@ -2,7 +2,7 @@ import pytest
 
 from k2actors.core.backoff import backoff_delay
 from k2actors.core.breaker import BreakerState, CircuitBreaker
-from k2actors.core.failover import Attempt, FailoverPolicy
+from k2actors.core.failover import Attempt, DarkDeadline, FailoverPolicy
 from k2actors.core.reasons import reason_label
 from k2actors.core.sequence import Gap, SequenceTracker, Verdict
 from k2actors.core.telemetry import CATALOGUE, MetricBuffer, MetricDeltas
@@ -66,6 +66,23 @@ def test_late_arrival_after_declaration_is_recovered():
     assert tracker.declare_due(0) == [Gap("BINANCE", "BTCUSDT", 2, 3)]
     assert tracker.observe(KEY, 2, 1) is Verdict.RECOVERED
     assert tracker.observe(KEY, 2, 1) is Verdict.DUPLICATE
+
+
+def test_resume_continues_from_published_ids():
+    tracker = SequenceTracker(grace_seconds=0)
+    tracker.resume({KEY: 10})
+    assert tracker.observe(KEY, 9, 0) is Verdict.DUPLICATE
+    assert tracker.observe(KEY, 11, 0) is Verdict.NEW
+    assert tracker.observe(KEY, 14, 0) is Verdict.NEW
+    assert tracker.declare_due(0) == [Gap("BINANCE", "BTCUSDT", 12, 13)]
+
+
+def test_resume_never_rewinds_a_symbol_already_seen():
+    tracker = SequenceTracker()
+    tracker.observe(KEY, 20, 0)
+    tracker.resume({KEY: 10, ("BINANCE", "ETHUSDT"): 5})
+    assert tracker.last_id(KEY) == 20
+    assert tracker.observe(("BINANCE", "ETHUSDT"), 6, 0) is Verdict.NEW
 
 
 def test_gap_size():
@@ -139,6 +156,23 @@ def test_single_endpoint_cycles_back_to_itself():
     p = policy(urls=("only",), attempts=1, threshold=2)
     assert p.failed(0, was_streaming=False) == Attempt("only", 0)
     assert p.failed(1, was_streaming=False) == Attempt("only", 30)
+
+
+def test_dark_deadline_counts_from_the_first_open_circuit_without_streaming():
+    deadline = DarkDeadline(60)
+    assert not deadline.expired(0, streaming=False, circuit_open=False)  # still retrying: no clock yet
+    assert not deadline.expired(10, streaming=False, circuit_open=True)
+    assert not deadline.expired(40, streaming=False, circuit_open=False)  # half-open trial: still dark
+    assert deadline.expired(70, streaming=False, circuit_open=True)
+
+
+def test_dark_deadline_resets_once_anything_streams():
+    deadline = DarkDeadline(60)
+    deadline.expired(0, streaming=False, circuit_open=True)
+    assert not deadline.expired(50, streaming=True, circuit_open=False)
+    assert not deadline.expired(100, streaming=False, circuit_open=True)
+    assert not deadline.expired(159, streaming=False, circuit_open=True)
+    assert deadline.expired(160, streaming=False, circuit_open=True)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import avro.io
 import avro.schema
+import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
@@ -51,7 +52,7 @@ def test_trades_arrive_exactly_once_field_for_field(start_service, simulator, br
     assert "every trade received was delivered" in service.log()
 
     messages = read_partitions(broker.bootstrap_servers, topic)
-    assert len(messages) >= received_before_stop >= 300
+    assert len(messages) >= max(received_before_stop, 300)
     deserialize = AvroDeserializer(SchemaRegistryClient({"url": registry.url}))
     context = SerializationContext(topic, MessageField.VALUE)
     ids: dict[str, list[int]] = {}
@@ -158,3 +159,31 @@ def test_not_ready_while_no_endpoint_streams(start_service, simulator):
     simulator.endpoint(1).refuse(False)
     service.wait_ready(timeout=60)
     assert service.stop() == 0
+
+
+@pytest.mark.parametrize("simulator", [{"symbols": ("BTCEURI", "BTCUSDT")}], indirect=True)
+def test_currency_is_the_quote_asset_from_exchange_info(start_service, simulator, broker, registry, topic):
+    # EURI is in no suffix table: only exchangeInfo can name it.
+    service = start_service(K2_BINANCE_SYMBOLS="BTCEURI,BTCUSDT")
+    service.wait_ready()
+    wait_until(lambda: service.metric("k2_kafka_messages_produced_total") >= 20, 60, "20 trades in Kafka")
+    assert service.stop() == 0, service.log()
+    deserialize = AvroDeserializer(SchemaRegistryClient({"url": registry.url}))
+    currencies = {
+        (record["symbol"], record["currency"])
+        for message in read_partitions(broker.bootstrap_servers, topic)
+        for record in [deserialize(message.value(), SerializationContext(topic, MessageField.VALUE))]
+    }
+    assert currencies == {("BTCEURI", "EURI"), ("BTCUSDT", "USDT")}
+    assert "exchangeInfo from BINANCE: quote assets of 2 symbols" in service.log()
+
+
+def test_without_exchange_info_the_suffix_table_names_the_currency(start_service, broker, registry, topic):
+    service = start_service(K2_BINANCE_REST_URLS="BINANCE=http://127.0.0.1:1")
+    service.wait_ready()
+    wait_until(lambda: service.metric("k2_kafka_messages_produced_total") >= 20, 60, "20 trades in Kafka")
+    assert service.stop() == 0, service.log()
+    assert "exchangeInfo from BINANCE unavailable" in service.log()
+    deserialize = AvroDeserializer(SchemaRegistryClient({"url": registry.url}))
+    for message in read_partitions(broker.bootstrap_servers, topic):
+        assert deserialize(message.value(), SerializationContext(topic, MessageField.VALUE))["currency"] == "USDT"

@@ -17,7 +17,7 @@ import time
 import websocket
 from thespian.actors import Actor, ActorExitRequest, ThespianWatch, WakeupMessage, WatchMessage
 
-from k2actors.actors import TICK, seconds
+from k2actors.actors import TICK, report_alive, seconds
 from k2actors.core.telemetry import MetricBuffer
 from k2actors.messages import (
     Connect,
@@ -26,6 +26,7 @@ from k2actors.messages import (
     ConnectionSetup,
     RawBatch,
     ReadingStopped,
+    Rotate,
     StopReading,
 )
 
@@ -52,6 +53,7 @@ class _Reader(threading.Thread):
         self._socket: websocket.WebSocket | None = None
         self._close_reason: str | None = None
         self.opened = False
+        self.opened_at = 0.0
         self.streamed = False  # at least one data frame arrived
         self.ended_reason: str | None = None
         self.last_frame_at = time.monotonic()
@@ -85,7 +87,7 @@ class _Reader(threading.Thread):
             self._end(self._close_reason)
             return
         self.opened = True
-        self.last_frame_at = time.monotonic()
+        self.opened_at = self.last_frame_at = time.monotonic()
         self._wake()
         self._end(self._read(ws))
 
@@ -129,11 +131,22 @@ def _close_code(data: bytes) -> str:
 
 
 class ConnectionActor(Actor):
+    """Owns the connection to one endpoint URL.
+
+    During a make-before-break rotation two readers are live on the same URL: the current
+    one keeps streaming until its successor has delivered a frame, then retires. Both feed
+    the same RawBatch sequence; the Normaliser drops the overlap as duplicates.
+    """
+
     def __init__(self) -> None:
         super().__init__()
+        self._parent_pid = os.getppid()
         self._setup: ConnectionSetup | None = None
         self._coordinator = None
         self._reader: _Reader | None = None
+        self._successor: _Reader | None = None
+        self._retiring: list[_Reader] = []
+        self._rotation_reason = ""
         self._reported_open = False
         self._connect_pending = False  # Connect overtook ConnectionSetup: delivery order is not guaranteed
         self._wake_r, self._wake_w = os.pipe()
@@ -146,8 +159,7 @@ class ConnectionActor(Actor):
             self._forward_frames()
             self._report_state()
         elif isinstance(message, WakeupMessage):
-            self._check_stale()
-            self.wakeupAfter(seconds(1), TICK)
+            self._on_tick()
         elif isinstance(message, ConnectionSetup):
             first = self._setup is None
             self._setup, self._coordinator = message, sender
@@ -157,34 +169,64 @@ class ConnectionActor(Actor):
                 self._connect()
         elif isinstance(message, Connect):
             self._connect()
+        elif isinstance(message, Rotate):
+            self._rotate(message.reason)
         elif isinstance(message, StopReading):
             self._stop_reading(sender)
         elif isinstance(message, ActorExitRequest):
-            if self._reader:
-                self._reader.close("actor exiting")
+            for reader in self._readers():
+                reader.close("actor exiting")
         return ThespianWatch([self._wake_r])
+
+    def _readers(self) -> list[_Reader]:
+        """Oldest first, so that each batch keeps the order in which frames were sent."""
+        return [r for r in (*self._retiring, self._reader, self._successor) if r is not None]
+
+    def _open_reader(self) -> _Reader:
+        reader = _Reader(stream_url(self._setup.endpoint.url, self._setup.symbols), self._wake_w)
+        reader.start()
+        return reader
 
     def _connect(self) -> None:
         self._connect_pending = self._setup is None
         if self._connect_pending or (self._reader and self._reader.is_alive()):
             return
-        url = stream_url(self._setup.endpoint.url, self._setup.symbols)
         log.info("connecting to %s (%d symbols)", self._setup.endpoint.url, len(self._setup.symbols))
         self._reported_open = False
-        self._reader = _Reader(url, self._wake_w)
-        self._reader.start()
+        self._reader = self._open_reader()
+
+    def _rotate(self, reason: str) -> None:
+        if self._reader is None or not self._reader.opened or self._successor is not None:
+            return
+        log.info("replacing the connection to %s before closing it (%s)", self._setup.endpoint.url, reason)
+        self._rotation_reason = reason
+        self._successor = self._open_reader()
 
     def _forward_frames(self) -> None:
-        if self._reader is None:
-            return
-        frames = self._reader.take()
+        frames = [frame for reader in self._readers() for frame in reader.take()]
         for start in range(0, len(frames), MAX_BATCH_FRAMES):
             self._seq += 1
             chunk = tuple(frames[start : start + MAX_BATCH_FRAMES])
             self.send(self._setup.normaliser, RawBatch(self._setup.endpoint.url, self._setup.endpoint.venue, self._seq, chunk))
 
     def _report_state(self) -> None:
-        reader, url = self._reader, self._setup.endpoint.url
+        url = self._setup.endpoint.url
+        for reader in [r for r in self._retiring if r.ended_reason is not None]:
+            reader.join()  # it set ended_reason as its last act: the join is immediate
+            self._retiring.remove(reader)
+            self._forward_frames()
+        successor = self._successor
+        if successor is not None and successor.streamed:
+            log.info("connection to %s replaced (%s); closing the old one", url, self._rotation_reason)
+            self._metrics.inc("k2_connection_rotations_total", url, self._rotation_reason)
+            self._reader.close(f"rotated: {self._rotation_reason}")
+            self._retiring.append(self._reader)
+            self._reader, self._successor = successor, None
+        elif successor is not None and successor.ended_reason is not None:
+            successor.join()
+            log.warning("replacement connection to %s failed (%s); keeping the current one", url, successor.ended_reason)
+            self._successor = None
+        reader = self._reader
         if reader is None:
             return
         if reader.opened and not self._reported_open:
@@ -193,28 +235,47 @@ class ConnectionActor(Actor):
             self._metrics.set("k2_binance_connection_status", 1, url)
             self.send(self._coordinator, ConnectionOpened(url))
         if reader.ended_reason is not None:
-            reader.join()  # it set ended_reason as its last act: the join is immediate
+            reader.join()
             self._forward_frames()  # what arrived just before the end
             log.warning("connection to %s ended: %s", url, reader.ended_reason)
-            self._metrics.set("k2_binance_connection_status", 0, url)
-            self.send(self._coordinator, ConnectionClosed(url, reader.ended_reason, reader.streamed))
-            self._reader = None
+            if self._successor is not None:
+                # The old connection went first (a serverShutdown does that): the successor takes over.
+                self._reader, self._successor = self._successor, None
+            else:
+                self._metrics.set("k2_binance_connection_status", 0, url)
+                self.send(self._coordinator, ConnectionClosed(url, reader.ended_reason, reader.streamed))
+                self._reader = None
         self._flush_metrics()
 
-    def _check_stale(self) -> None:
-        reader, timeout = self._reader, self._setup.stale_timeout_seconds if self._setup else None
+    def _on_tick(self) -> None:
+        if self._setup is not None:
+            now = time.monotonic()
+            for reader in (self._reader, self._successor):
+                self._check_stale(reader, now)
+            reader = self._reader
+            if reader and reader.opened and now - reader.opened_at > self._setup.max_connection_age_seconds:
+                self._rotate("max_age")
+            streaming = 1 if reader is not None and self._reported_open else 0
+            self._metrics.set("k2_binance_connection_status", streaming, self._setup.endpoint.url)
+            self._flush_metrics()
+            report_alive(self, self._coordinator, self._parent_pid)
+        self.wakeupAfter(seconds(1), TICK)
+
+    def _check_stale(self, reader: _Reader | None, now: float) -> None:
         if reader and reader.opened and reader.ended_reason is None:
-            silent_for = time.monotonic() - reader.last_frame_at
-            if silent_for > timeout:
+            silent_for = now - reader.last_frame_at
+            if silent_for > self._setup.stale_timeout_seconds:
                 reader.close(f"stale: no frame for {silent_for:.1f} s")
 
     def _stop_reading(self, sender) -> None:
-        reader = self._reader
-        if reader:
+        readers = self._readers()
+        for reader in readers:
             reader.close("service stopping")
+        for reader in readers:
             reader.join(timeout=CONNECT_TIMEOUT_SECONDS)
-            self._forward_frames()
-            self._reader = None
+        self._forward_frames()
+        self._reader, self._successor, self._retiring = None, None, []
+        if self._setup:
             self._metrics.set("k2_binance_connection_status", 0, self._setup.endpoint.url)
             self._flush_metrics()
         self.send(sender, ReadingStopped(self._setup.endpoint.url if self._setup else "", self._seq))

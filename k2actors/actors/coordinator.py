@@ -5,6 +5,8 @@ pipeline in order (stop reading, drain the normaliser, flush the producer)."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 
 from thespian.actors import Actor, ChildActorExited, WakeupMessage
@@ -16,12 +18,18 @@ from k2actors.actors.normaliser import Normaliser
 from k2actors.actors.producer import ProducerActor
 from k2actors.config import Config
 from k2actors.core.breaker import CircuitBreaker
-from k2actors.core.failover import FailoverPolicy
+from k2actors.core.breaker import BreakerState
+from k2actors.core.failover import DarkDeadline, FailoverPolicy
 from k2actors.core.reasons import reason_label
 from k2actors.core.telemetry import MetricBuffer
 from k2actors.messages import (
     ComponentStatus,
     Connect,
+    CoordinatorAlive,
+    Heartbeat,
+    PipelineAlive,
+    Rotate,
+    ServerShutdownNotice,
     ConnectionClosed,
     ConnectionOpened,
     ConnectionSetup,
@@ -43,9 +51,12 @@ from k2actors.messages import (
 
 log = logging.getLogger("k2actors.coordinator")
 
-# With several connections live (hot standby), a reconnected mirror may run ahead of the
-# others for a moment; gaps are declared only when they outlast this.
-HOT_STANDBY_GAP_GRACE_SECONDS = 2.0
+# With several connections live (hot standby, or old and new during a rotation) one may
+# run ahead of another for a moment; gaps are declared only when they outlast this.
+GAP_GRACE_SECONDS = 2.0
+# Every child reports each second; this much silence means it is hung or was killed
+# without a ChildActorExited (SIGKILL), and it is replaced.
+HEARTBEAT_TIMEOUT_SECONDS = 10.0
 
 METRICS, PRODUCER, NORMALISER = "metrics", "producer", "normaliser"
 _CLASSES = {METRICS: MetricsActor, PRODUCER: ProducerActor, NORMALISER: Normaliser}
@@ -70,6 +81,9 @@ class FailoverCoordinator(Actor):
         self._stop_reply = None
         self._reading_stopped: dict[str, int] = {}
         self._metrics = MetricBuffer()
+        self._quote_assets: dict[str, str] = {}
+        self._heartbeats: dict[str, tuple[int | None, float]] = {}  # role -> (pid, when last heard)
+        self._dark: DarkDeadline | None = None
 
     def receiveMessage(self, message, sender):
         if isinstance(message, WakeupMessage):
@@ -78,9 +92,14 @@ class FailoverCoordinator(Actor):
             self._on_opened(message.url)
         elif isinstance(message, ConnectionClosed):
             self._on_closed(message)
+        elif isinstance(message, Heartbeat):
+            self._on_heartbeat(sender, message.pid)
+        elif isinstance(message, ServerShutdownNotice):
+            self._on_server_shutdown(message.url)
         elif isinstance(message, ChildActorExited):
             self._on_child_exited(message.childAddress)
         elif isinstance(message, StartPipeline):
+            self._quote_assets = message.quote_assets
             self._start(message.config, sender)
         elif isinstance(message, MetricsReady):
             self._start_pipeline(message.port)
@@ -98,6 +117,7 @@ class FailoverCoordinator(Actor):
 
     def _start(self, config: Config, sender) -> None:
         self._config, self._service = config, sender
+        self._dark = DarkDeadline(config.circuit_breaker.exit_after_open_seconds)
         binance = config.binance
         self._endpoints = {e.url: e for e in binance.endpoints} if binance.enabled else {}
         for venue in dict.fromkeys(e.venue for e in self._endpoints.values()):
@@ -131,6 +151,7 @@ class FailoverCoordinator(Actor):
     def _spawn(self, role: str) -> None:
         cls = _CLASSES.get(role, ConnectionActor)
         self._children[role] = self.createActor(cls)
+        self._heartbeats[role] = (None, time.monotonic())
         self._wire(role)
 
     def _wire(self, role: str) -> None:
@@ -140,13 +161,16 @@ class FailoverCoordinator(Actor):
         elif role == PRODUCER:
             message = ProducerSetup(config.kafka, children[METRICS])
         elif role == NORMALISER:
-            grace = HOT_STANDBY_GAP_GRACE_SECONDS if config.binance.mode == "hot_standby" else 0.0
-            message = NormaliserSetup(children[PRODUCER], children[METRICS], grace)
+            message = NormaliserSetup(
+                children[PRODUCER], children[METRICS], GAP_GRACE_SECONDS, self._quote_assets,
+                config.kafka.max_buffered_records,
+            )
         else:
             url = role.removeprefix(_connection_role(""))
+            binance = config.binance
             message = ConnectionSetup(
-                self._endpoints[url], config.binance.symbols, config.binance.stale_timeout_seconds,
-                children[NORMALISER], children[METRICS],
+                self._endpoints[url], binance.symbols, binance.stale_timeout_seconds,
+                binance.max_connection_age_seconds, children[NORMALISER], children[METRICS],
             )
         self.send(children[role], message)
 
@@ -185,14 +209,40 @@ class FailoverCoordinator(Actor):
             status = ComponentStatus("exchange", False, f"no endpoint streaming; circuits: {circuits}")
         self.send(self._children[METRICS], status)
 
+    def _on_server_shutdown(self, url: str) -> None:
+        role = _connection_role(url)
+        if role in self._children and not self._stopping:
+            self.send(self._children[role], Rotate("server_shutdown"))
+
     # --- supervision ---
 
+    def _on_heartbeat(self, sender, pid: int) -> None:
+        role = self._role_of(sender)
+        if role is not None:
+            self._heartbeats[role] = (pid, time.monotonic())
+
+    def _role_of(self, address) -> str | None:
+        return next((r for r, a in self._children.items() if a == address), None)
+
     def _on_child_exited(self, address) -> None:
-        role = next((r for r, a in self._children.items() if a == address), None)
-        if role is None or self._stopping:
-            return
-        log.error("%s actor exited; restarting it", role)
-        self._metrics.inc("k2_actor_restarts_total", role.split(" ")[0])
+        role = self._role_of(address)
+        if role is not None and not self._stopping:
+            log.error("%s actor exited; restarting it", role)
+            self._restart(role, "exited")
+
+    def _check_heartbeats(self, now: float) -> None:
+        for role, (pid, heard_at) in list(self._heartbeats.items()):
+            if now - heard_at > HEARTBEAT_TIMEOUT_SECONDS:
+                log.error("%s actor (pid %s) silent for %.0f s; replacing it", role, pid, now - heard_at)
+                if pid is not None:
+                    try:
+                        os.kill(pid, signal.SIGKILL)  # hung, perhaps: it must not come back to life
+                    except ProcessLookupError:
+                        pass
+                self._restart(role, "silent")
+
+    def _restart(self, role: str, reason: str) -> None:
+        self._metrics.inc("k2_actor_restarts_total", role.split(" ")[0], reason)
         self._spawn(role)
         # Whoever talks to the new actor must learn its address.
         dependants = {
@@ -213,13 +263,27 @@ class FailoverCoordinator(Actor):
                 self._connect(payload[1])
             return
         now = time.monotonic()
+        circuit_open = False
         for url, policy in self._policies.items():
             self._metrics.set("k2_circuit_breaker_state", int(policy.breaker_states(now)[url]), url)
+            circuit_open = circuit_open or policy.circuit(now) is not BreakerState.CLOSED
+        if not self._stopping:
+            self._check_heartbeats(now)
+            if self._endpoints and self._dark.expired(now, bool(self._streaming), circuit_open):
+                reason = (
+                    f"no endpoint has streamed for circuit_breaker.exit_after_open_seconds "
+                    f"({self._config.circuit_breaker.exit_after_open_seconds:g} s) with the circuit open"
+                )
+                log.error("giving up: %s", reason)
+                self.send(self._service, PipelineFailed(reason))
         metrics = self._children[METRICS]
-        self.send(metrics, ComponentStatus("coordinator", True, "alive"))
+        pids = {role: pid for role, (pid, _) in self._heartbeats.items() if pid is not None}
+        self.send(metrics, CoordinatorAlive({"coordinator": os.getpid(), **pids}))
+        self._report_exchange()
         deltas = self._metrics.take()
         if deltas:
             self.send(metrics, deltas)
+        self.send(self._service, PipelineAlive())
         self.wakeupAfter(seconds(1), TICK)
 
     # --- orderly stop ---

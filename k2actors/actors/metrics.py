@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from thespian.actors import Actor, ActorExitRequest
+from thespian.actors import Actor, ActorExitRequest, WakeupMessage
 
+from k2actors.actors import TICK, report_alive, seconds
 from k2actors.core.telemetry import CATALOGUE, COUNTER, GAUGE, LATENCY_BUCKETS, MetricDeltas
-from k2actors.messages import ComponentStatus, MetricsReady, MetricsSetup, SetupFailed
+from k2actors.messages import ComponentStatus, CoordinatorAlive, MetricsReady, MetricsSetup, SetupFailed
 
 log = logging.getLogger("k2actors.metrics")
 
@@ -47,20 +49,26 @@ class Status:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._components: dict[str, tuple[bool, str, float]] = {}
+        self._coordinator_seen_at: float | None = None
+        self._pids: dict[str, int] = {}
 
     def update(self, component: str, ok: bool, detail: str) -> None:
         with self._lock:
             self._components[component] = (ok, detail, time.monotonic())
 
+    def coordinator_alive(self, pids: dict[str, int]) -> None:
+        with self._lock:
+            self._coordinator_seen_at, self._pids = time.monotonic(), dict(pids)
+
     def health(self) -> tuple[bool, dict]:
         with self._lock:
-            coordinator = self._components.get("coordinator")
-        if coordinator is None:
+            seen_at, pids = self._coordinator_seen_at, dict(self._pids)
+        if seen_at is None:
             return False, {"healthy": False, "reason": "the coordinator has not reported yet"}
-        silent_for = time.monotonic() - coordinator[2]
+        silent_for = time.monotonic() - seen_at
         if silent_for > HEALTH_SILENCE_SECONDS:
             return False, {"healthy": False, "reason": f"no word from the coordinator for {silent_for:.0f} s"}
-        return True, {"healthy": True, "reason": "actor system alive"}
+        return True, {"healthy": True, "reason": "actor system alive", "actors": pids}
 
     def readiness(self) -> tuple[bool, dict]:
         with self._lock:
@@ -101,16 +109,26 @@ def _handler(registry: CollectorRegistry, status: Status):
 class MetricsActor(Actor):
     def __init__(self) -> None:
         super().__init__()
+        self._parent_pid = os.getppid()
         self._registry, self._metrics = build_registry()
         self._status = Status()
         self._server: ThreadingHTTPServer | None = None
+        self._coordinator = None
 
     def receiveMessage(self, message, sender):
         if isinstance(message, MetricDeltas):
             self._apply(message)
         elif isinstance(message, ComponentStatus):
             self._status.update(message.component, message.ok, message.detail)
+        elif isinstance(message, CoordinatorAlive):
+            self._status.coordinator_alive(message.pids)
+        elif isinstance(message, WakeupMessage):
+            report_alive(self, self._coordinator, self._parent_pid)
+            self.wakeupAfter(seconds(1), TICK)
         elif isinstance(message, MetricsSetup):
+            if self._coordinator is None:
+                self.wakeupAfter(seconds(1), TICK)
+            self._coordinator = sender
             self._serve(message.port, sender)
         elif isinstance(message, ActorExitRequest) and self._server:
             self._server.shutdown()

@@ -9,12 +9,13 @@ reason. Record batches stay held until the producer says they were delivered.
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from thespian.actors import Actor, WakeupMessage
 
-from k2actors.actors import TICK, seconds
-from k2actors.core.binance import Rejected, ServerShutdown, SubscriptionReply, Trade, parse_frame
+from k2actors.actors import TICK, report_alive, seconds
+from k2actors.core.binance import INTERNAL_ERROR, Rejected, ServerShutdown, SubscriptionReply, Trade, parse_frame
 from k2actors.core.normalise import Delivery, normalise_trade
 from k2actors.core.sequence import SequenceTracker, Verdict
 from k2actors.core.telemetry import MetricBuffer
@@ -26,6 +27,8 @@ from k2actors.messages import (
     NormaliserSetup,
     RawBatch,
     RecordBatch,
+    SequenceQuery,
+    SequenceState,
     ServerShutdownNotice,
 )
 
@@ -37,6 +40,7 @@ TICK_SECONDS = 0.5
 class Normaliser(Actor):
     def __init__(self) -> None:
         super().__init__()
+        self._parent_pid = os.getppid()
         self._setup: NormaliserSetup | None = None
         self._coordinator = None
         self._tracker: SequenceTracker | None = None
@@ -44,21 +48,27 @@ class Normaliser(Actor):
         self._next_batch: dict[str, int] = {}  # per endpoint URL, the RawBatch seq expected next
         self._seq = 0
         self._unacked: dict[int, RecordBatch] = {}
+        self._held = 0  # records in _unacked: bounded by max_buffered_records
         self._drain: dict | None = None
-        self._early: list[RawBatch] = []  # arrived before NormaliserSetup: delivery order is not guaranteed
+        # Raw batches wait here until the setup has come and the tracker knows where the
+        # producer stands: delivery order between actors is not guaranteed.
+        self._early: list[RawBatch] = []
+        self._ticks = 0
 
     def receiveMessage(self, message, sender):
         if isinstance(message, RawBatch):
-            if self._setup is None:
+            if self._tracker is None:
                 self._early.append(message)
             else:
                 self._normalise(message)
         elif isinstance(message, BatchDelivered):
-            self._unacked.pop(message.seq, None)
+            confirmed = self._unacked.pop(message.seq, None)
+            if confirmed:
+                self._held -= len(confirmed.records) + len(confirmed.dead_letters)
         elif isinstance(message, WakeupMessage):
-            self._declare_gaps()
-            self._flush_metrics()
-            self.wakeupAfter(seconds(TICK_SECONDS), TICK)
+            self._on_tick()
+        elif isinstance(message, SequenceState):
+            self._resume(message.last_ids)
         elif isinstance(message, NormaliserSetup):
             self._configure(message, sender)
         elif isinstance(message, Drain):
@@ -68,17 +78,37 @@ class Normaliser(Actor):
     def _configure(self, setup: NormaliserSetup, sender) -> None:
         rewired = self._setup is not None and setup.producer != self._setup.producer
         if self._setup is None:
-            self._tracker = SequenceTracker(setup.gap_grace_seconds)
             self.wakeupAfter(seconds(TICK_SECONDS), TICK)
         self._setup, self._coordinator = setup, sender
+        if self._tracker is None:
+            self.send(setup.producer, SequenceQuery())
+        elif rewired:
+            # A new producer never saw what the old one held: send it everything unconfirmed.
+            log.warning("producer replaced: re-sending %d unconfirmed batches", len(self._unacked))
+            resent = sum(len(batch.records) for batch in self._unacked.values())
+            self._metrics.inc("k2_kafka_resent_records_total", amount=resent)
+            for batch in self._unacked.values():
+                self.send(setup.producer, batch)
+
+    def _resume(self, last_ids: dict) -> None:
+        if self._tracker is not None:
+            return
+        self._tracker = SequenceTracker(self._setup.gap_grace_seconds)
+        self._tracker.resume(last_ids)
+        if last_ids:
+            log.info("resuming trade id tracking of %d symbols from the producer's state", len(last_ids))
         early, self._early = self._early, []
         for batch in early:
             self._normalise(batch)
-        if rewired:
-            # A new producer never saw what the old one held: send it everything unconfirmed.
-            log.warning("producer replaced: re-sending %d unconfirmed batches", len(self._unacked))
-            for batch in self._unacked.values():
-                self.send(setup.producer, batch)
+
+    def _on_tick(self) -> None:
+        self._declare_gaps()
+        self._metrics.set("k2_buffered_records", self._held)
+        self._flush_metrics()
+        self._ticks += 1
+        if self._ticks % 2 == 0:
+            report_alive(self, self._coordinator, self._parent_pid)
+        self.wakeupAfter(seconds(TICK_SECONDS), TICK)
 
     def _normalise(self, batch: RawBatch) -> None:
         expected = self._next_batch.get(batch.url)
@@ -89,31 +119,43 @@ class Normaliser(Actor):
         self._next_batch[batch.url] = batch.seq + 1
 
         records, dead_letters = [], []
-        now = time.monotonic()
-        for received_us, raw in batch.frames:
-            event = parse_frame(raw)
-            if isinstance(event, Trade):
-                record = self._accept(event, Delivery(batch.venue, batch.url, received_us), now)
-                if isinstance(record, Rejected):
-                    dead_letters.append(self._dead_letter(raw, record, batch.url, received_us))
-                elif record is not None:
-                    records.append(record)
-            elif isinstance(event, Rejected):
-                dead_letters.append(self._dead_letter(raw, event, batch.url, received_us))
-            elif isinstance(event, ServerShutdown):
-                log.warning("%s announced serverShutdown", batch.url)
-                self.send(self._coordinator, ServerShutdownNotice(batch.url))
-            elif isinstance(event, SubscriptionReply):
-                log.debug("%s answered request %r: %r", batch.url, event.request_id, event.result)
+        if self._held + len(batch.frames) > self._setup.max_buffered_records:
+            self._shed(batch)
+        else:
+            now = time.monotonic()
+            for received_us, raw in batch.frames:
+                try:
+                    self._take(raw, Delivery(batch.venue, batch.url, received_us), now, records, dead_letters)
+                except Exception as exc:  # a bug costs one frame, to the DLQ, never the batch or the actor
+                    log.exception("frame from %s could not be handled", batch.url)
+                    rejected = Rejected(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:200])
+                    dead_letters.append(self._dead_letter(raw, rejected, batch.url, received_us))
         if batch.frames:
             self._metrics.set("k2_binance_last_message_timestamp_seconds", batch.frames[-1][0] / 1e6)
         if records or dead_letters:
             self._seq += 1
             out = RecordBatch(self._seq, tuple(records), tuple(dead_letters))
             self._unacked[out.seq] = out
+            self._held += len(records) + len(dead_letters)
             self.send(self._setup.producer, out)
         self._declare_gaps()
         self._finish_drain()
+
+    def _take(self, raw: bytes, delivery: Delivery, now: float, records: list, dead_letters: list) -> None:
+        event = parse_frame(raw)
+        if isinstance(event, Trade):
+            record = self._accept(event, delivery, now)
+            if isinstance(record, Rejected):
+                dead_letters.append(self._dead_letter(raw, record, delivery.endpoint, delivery.received_us))
+            elif record is not None:
+                records.append(record)
+        elif isinstance(event, Rejected):
+            dead_letters.append(self._dead_letter(raw, event, delivery.endpoint, delivery.received_us))
+        elif isinstance(event, ServerShutdown):
+            log.warning("%s announced serverShutdown", delivery.endpoint)
+            self.send(self._coordinator, ServerShutdownNotice(delivery.endpoint))
+        elif isinstance(event, SubscriptionReply):
+            log.debug("%s answered request %r: %r", delivery.endpoint, event.request_id, event.result)
 
     def _accept(self, trade: Trade, delivery: Delivery, now: float) -> dict | Rejected | None:
         # Validate before tracking: a trade that cannot be stored must not claim its id.
@@ -129,6 +171,31 @@ class Normaliser(Actor):
             log.warning("trade %s %s-%d arrived after it was declared missing", trade.symbol, delivery.venue, trade.trade_id)
             self._metrics.inc("k2_binance_recovered_trades_total", trade.symbol)
         return record
+
+    def _shed(self, batch: RawBatch) -> None:
+        """Kafka has been away so long that the buffer is full: these frames cannot be kept.
+
+        They are not tracked, so the ids they carried are declared missing as a gap once
+        trades flow again; here they are counted and logged with their id ranges."""
+        shed: dict[str, list[int]] = {}
+        others = 0
+        for _, raw in batch.frames:
+            event = parse_frame(raw)
+            if isinstance(event, Trade):
+                shed.setdefault(event.symbol, []).append(event.trade_id)
+            elif isinstance(event, ServerShutdown):
+                self.send(self._coordinator, ServerShutdownNotice(batch.url))
+            else:
+                others += 1
+        for symbol, ids in shed.items():
+            log.error(
+                "buffer full (%d records waiting for Kafka): shed %d %s trades, ids %d to %d",
+                self._held, len(ids), symbol, min(ids), max(ids),
+            )
+            self._metrics.inc("k2_shed_trades_total", symbol, amount=len(ids))
+        if others:
+            log.error("buffer full: shed %d frames that were not trades", others)
+            self._metrics.inc("k2_shed_frames_total", amount=others)
 
     def _dead_letter(self, raw: bytes, rejected: Rejected, url: str, received_us: int) -> DeadLetter:
         log.warning("dead letter from %s: %s (%s)", url, rejected.reason, rejected.detail)

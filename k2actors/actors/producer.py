@@ -8,7 +8,9 @@ has answered for every record in it.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -22,11 +24,22 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from thespian.actors import Actor, ActorExitRequest, WakeupMessage
 
-from k2actors.actors import TICK, seconds
+from k2actors.actors import TICK, report_alive, seconds
 from k2actors.config import KafkaConfig
 from k2actors.core.backoff import backoff_delay
+from k2actors.core.binance import SERIALIZATION_FAILED
 from k2actors.core.telemetry import MetricBuffer
-from k2actors.messages import BatchDelivered, ComponentStatus, Flush, Flushed, ProducerSetup, RecordBatch
+from k2actors.messages import (
+    BatchDelivered,
+    ComponentStatus,
+    DeadLetter,
+    Flush,
+    Flushed,
+    ProducerSetup,
+    RecordBatch,
+    SequenceQuery,
+    SequenceState,
+)
 
 log = logging.getLogger("k2actors.producer")
 
@@ -34,6 +47,9 @@ TICK_SECONDS = 0.1
 SETUP_RETRY_BASE_SECONDS = 1.0
 SETUP_RETRY_MAX_SECONDS = 30.0
 FLUSH_DEADLINE_SECONDS = 10.0
+HEARTBEAT_EVERY_TICKS = 10
+# Records waiting this long for an acknowledgement make Kafka "not ready".
+ACK_OVERDUE_SECONDS = 5.0
 
 
 def trade_schema() -> str:
@@ -49,6 +65,10 @@ def producer_settings(kafka: KafkaConfig) -> dict:
         "compression.type": kafka.compression_type,
         "linger.ms": kafka.linger_ms,
         "batch.size": kafka.batch_size,
+        # While the broker is away, records wait (retried) instead of expiring: the bound on
+        # what is held is max_buffered_records, enforced upstream by the Normaliser.
+        "message.timeout.ms": 0,
+        "queue.buffering.max.messages": 2 * kafka.max_buffered_records,
     }
 
 
@@ -72,73 +92,31 @@ class _Deliveries:
         self.failed = 0
 
 
-class ProducerActor(Actor):
-    def __init__(self) -> None:
-        super().__init__()
-        self._setup: ProducerSetup | None = None
-        self._coordinator = None
-        self._producer: Producer | None = None
-        self._serializer: AvroSerializer | None = None
-        self._context: SerializationContext | None = None
-        self._waiting: list[tuple[RecordBatch, object]] = []  # arrived before Kafka and the schema were ready
-        self._deliveries = _Deliveries()
-        self._poller: threading.Thread | None = None
-        self._stopping = threading.Event()
-        self._setup_attempts = 0
-        self._flush: tuple[object, int, float] | None = None  # (reply to, last batch, deadline)
-        self._metrics = MetricBuffer()
-        self._kafka_ok: bool | None = None
+class _Preparation(threading.Thread):
+    """Create missing topics and register the schema; no record is produced before both."""
 
-    def receiveMessage(self, message, sender):
-        if isinstance(message, RecordBatch):
-            if self._producer is None:
-                self._waiting.append((message, sender))
-            else:
-                self._produce(message, sender)
-        elif isinstance(message, WakeupMessage):
-            self._on_tick(message.payload)
-        elif isinstance(message, ProducerSetup):
-            first = self._setup is None
-            self._setup, self._coordinator = message, sender
-            if first:
-                self._open()
-                self.wakeupAfter(seconds(TICK_SECONDS), TICK)
-        elif isinstance(message, Flush):
-            self._flush = (self._coordinator, message.last_batch, time.monotonic() + FLUSH_DEADLINE_SECONDS)
-            self._check_flush()
-        elif isinstance(message, ActorExitRequest):
-            self._stopping.set()
+    def __init__(self, kafka: KafkaConfig):
+        super().__init__(name="kafka-setup", daemon=True)
+        self._kafka = kafka
+        self.serializer: AvroSerializer | None = None
+        self.failure: str | None = None
 
-    # --- setup ---
-
-    def _open(self) -> None:
-        kafka = self._setup.kafka
+    def run(self) -> None:
+        kafka = self._kafka
         try:
             if kafka.create_topics:
-                self._create_topics(kafka)
+                self._create_topics()
             registry = SchemaRegistryClient({"url": kafka.schema_registry_url})
             subject = f"{kafka.topic}-value"
             schema_id = registry.register_schema(subject, Schema(trade_schema(), "AVRO"))
-            self._serializer = AvroSerializer(registry, trade_schema())
-        except Exception as exc:  # registry or broker not there yet: retry, and say so
-            self._setup_attempts += 1
-            delay = backoff_delay(self._setup_attempts, SETUP_RETRY_BASE_SECONDS, SETUP_RETRY_MAX_SECONDS)
-            reason = f"{type(exc).__name__}: {exc}"[:300]
-            log.error("producer setup failed (attempt %d), retrying in %.1f s: %s", self._setup_attempts, delay, reason)
-            self._report(False, f"setup failed: {reason}")
-            self.wakeupAfter(seconds(delay), "setup")
+            self.serializer = AvroSerializer(registry, trade_schema())
+        except Exception as exc:  # registry or broker not there yet: the actor retries, and says so
+            self.failure = f"{type(exc).__name__}: {exc}"[:300]
             return
         log.info("schema registered as id %s under subject %s", schema_id, subject)
-        self._context = SerializationContext(kafka.topic, MessageField.VALUE)
-        self._producer = Producer({**producer_settings(kafka), "error_cb": self._on_kafka_error})
-        self._poller = threading.Thread(target=self._poll, name="kafka-poll", daemon=True)
-        self._poller.start()
-        self._report(True, "connected, nothing delivered yet")
-        waiting, self._waiting = self._waiting, []
-        for batch, sender in waiting:
-            self._produce(batch, sender)
 
-    def _create_topics(self, kafka: KafkaConfig) -> None:
+    def _create_topics(self) -> None:
+        kafka = self._kafka
         admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
         existing = admin.list_topics(timeout=10).topics
         missing = [t for t in (kafka.topic, kafka.dead_letter_topic) if t not in existing]
@@ -153,6 +131,88 @@ class ProducerActor(Actor):
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise
 
+
+
+class ProducerActor(Actor):
+    def __init__(self) -> None:
+        super().__init__()
+        self._parent_pid = os.getppid()
+        self._setup: ProducerSetup | None = None
+        self._coordinator = None
+        self._producer: Producer | None = None
+        self._serializer: AvroSerializer | None = None
+        self._context: SerializationContext | None = None
+        self._waiting: list[tuple[RecordBatch, object]] = []  # arrived before Kafka and the schema were ready
+        self._deliveries = _Deliveries()
+        self._poller: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._setup_attempts = 0
+        self._flush: tuple[object, int, float] | None = None  # (reply to, last batch, deadline)
+        self._metrics = MetricBuffer()
+        self._kafka_status: tuple[bool, str] | None = None
+        self._last_ids: dict[tuple[str, str], int] = {}  # (venue, symbol) -> highest trade id handed to Kafka
+        self._preparing: _Preparation | None = None
+        self._ticks = 0
+        self._last_ack_at = time.monotonic()
+        self._fatal: str | None = None
+
+    def receiveMessage(self, message, sender):
+        if isinstance(message, RecordBatch):
+            if self._producer is None:
+                self._waiting.append((message, sender))
+            else:
+                self._produce(message, sender)
+        elif isinstance(message, WakeupMessage):
+            self._on_tick(message.payload)
+        elif isinstance(message, SequenceQuery):
+            self.send(sender, SequenceState(dict(self._last_ids)))
+        elif isinstance(message, ProducerSetup):
+            first = self._setup is None
+            self._setup, self._coordinator = message, sender
+            if first:
+                self._prepare()
+                self.wakeupAfter(seconds(TICK_SECONDS), TICK)
+            elif self._kafka_status:
+                self.send(message.metrics, ComponentStatus("kafka", *self._kafka_status))  # a new MetricsActor
+        elif isinstance(message, Flush):
+            self._flush = (self._coordinator, message.last_batch, time.monotonic() + FLUSH_DEADLINE_SECONDS)
+            self._check_flush()
+        elif isinstance(message, ActorExitRequest):
+            self._stopping.set()
+
+    # --- setup: topics and schema on a thread of its own, so the actor never blocks ---
+
+    def _prepare(self) -> None:
+        self._preparing = _Preparation(self._setup.kafka)
+        self._preparing.start()
+
+    def _check_preparation(self) -> None:
+        preparation = self._preparing
+        if preparation is None or preparation.is_alive():
+            return
+        self._preparing = None
+        if preparation.failure:
+            self._setup_attempts += 1
+            delay = backoff_delay(self._setup_attempts, SETUP_RETRY_BASE_SECONDS, SETUP_RETRY_MAX_SECONDS)
+            log.error(
+                "producer setup failed (attempt %d), retrying in %.1f s: %s",
+                self._setup_attempts, delay, preparation.failure,
+            )
+            self._report(False, f"setup failed: {preparation.failure}")
+            self.wakeupAfter(seconds(delay), "setup")
+            return
+        kafka = self._setup.kafka
+        self._serializer = preparation.serializer
+        self._context = SerializationContext(kafka.topic, MessageField.VALUE)
+        self._producer = Producer({**producer_settings(kafka), "error_cb": self._on_kafka_error})
+        self._poller = threading.Thread(target=self._poll, name="kafka-poll", daemon=True)
+        self._poller.start()
+        self._last_ack_at = time.monotonic()
+        self._report(True, "connected, nothing delivered yet")
+        waiting, self._waiting = self._waiting, []
+        for batch, sender in waiting:
+            self._produce(batch, sender)
+
     # --- producing ---
 
     def _produce(self, batch: RecordBatch, sender) -> None:
@@ -160,12 +220,22 @@ class ProducerActor(Actor):
         if pending.outstanding == 0:
             self.send(sender, BatchDelivered(batch.seq))
             return
-        topic = self._setup.kafka.topic
+        topic, last_ids = self._setup.kafka.topic, self._last_ids
+        dead_letters = list(batch.dead_letters)
         for record in batch.records:
-            value = self._serializer(record, self._context)
+            key = (record["exchange"], record["symbol"])
+            last_ids[key] = max(last_ids.get(key, record["source_sequence"]), record["source_sequence"])
+            try:
+                value = self._serializer(record, self._context)
+            except Exception as exc:  # one record the schema refuses must not sink the batch
+                log.error("record %s could not be serialized: %s", record["trade_id"], exc)
+                raw = json.dumps(record, default=str).encode()
+                detail = f"{type(exc).__name__}: {exc}"[:200]
+                dead_letters.append(DeadLetter(raw, SERIALIZATION_FAILED, detail, record["vendor_data"]["endpoint"], record["ingestion_timestamp"]))
+                continue
             report = partial(self._delivered, pending, record["ingestion_timestamp"], record["timestamp"])
             self._send(topic, record["symbol"].encode(), value, None, report)
-        for letter in batch.dead_letters:
+        for letter in dead_letters:
             headers = [
                 ("reason", letter.reason.encode()),
                 ("detail", letter.detail.encode()),
@@ -208,12 +278,22 @@ class ProducerActor(Actor):
 
     def _on_kafka_error(self, error) -> None:
         log.error("kafka client error: %s", error.str())
+        if error.fatal():
+            self._fatal = error.str()
 
-    # --- the periodic tick: confirmations, metrics, status, flush ---
+    # --- the periodic tick: confirmations, metrics, status, flush, heartbeat ---
 
     def _on_tick(self, payload) -> None:
         if payload == "setup":
-            self._open()
+            self._prepare()
+            return
+        self._check_preparation()
+        if self._fatal:
+            # This producer can deliver nothing more. Exiting hands the work to a new one: the
+            # coordinator recreates this actor and the Normaliser re-sends every unconfirmed batch.
+            log.error("fatal kafka error, recreating the producer: %s", self._fatal)
+            self._stopping.set()
+            self.send(self.myAddress, ActorExitRequest())
             return
         d = self._deliveries
         with d.lock:
@@ -232,20 +312,30 @@ class ProducerActor(Actor):
         if receive_to_ack:
             self._metrics.observe("k2_trade_receive_to_ack_seconds", receive_to_ack)
             self._metrics.observe("k2_trade_exchange_to_ack_seconds", exchange_to_ack)
-        if produced:
-            self._report(True, "delivering")
-        elif errors:
-            self._report(False, f"delivery failing: {errors[-1][1]}")
+        self._report_delivery(bool(produced), errors)
         deltas = self._metrics.take()
         if deltas:
             self.send(self._setup.metrics, deltas)
         self._check_flush()
+        self._ticks += 1
+        if self._ticks % HEARTBEAT_EVERY_TICKS == 0:
+            report_alive(self, self._coordinator, self._parent_pid)
         self.wakeupAfter(seconds(TICK_SECONDS), TICK)
 
+    def _report_delivery(self, acknowledged: bool, errors: list) -> None:
+        now = time.monotonic()
+        if acknowledged:
+            self._last_ack_at = now
+            self._report(True, "delivering")
+        elif errors:
+            self._report(False, f"delivery failing: {errors[-1][1]}")
+        elif self._producer is not None and len(self._producer) and now - self._last_ack_at > ACK_OVERDUE_SECONDS:
+            self._report(False, f"no acknowledgement for {now - self._last_ack_at:.0f} s; {len(self._producer)} records waiting")
+
     def _report(self, ok: bool, detail: str) -> None:
-        if ok != self._kafka_ok or not ok:
-            self._kafka_ok = ok
+        if self._kafka_status is None or ok != self._kafka_status[0] or not ok:
             self.send(self._setup.metrics, ComponentStatus("kafka", ok, detail))
+        self._kafka_status = (ok, detail)
 
     def _check_flush(self) -> None:
         if self._flush is None:

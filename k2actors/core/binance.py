@@ -18,6 +18,9 @@ WRONG_TYPE = "wrong_type"
 UNKNOWN_EVENT = "unknown_event"
 INVALID_DECIMAL = "invalid_decimal"
 DECIMAL_OUT_OF_RANGE = "decimal_out_of_range"
+# Not the exchange's fault: the service failed on a frame (a bug) or on a record.
+INTERNAL_ERROR = "internal_error"
+SERIALIZATION_FAILED = "serialization_failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,3 +113,15 @@ def _trade(payload: dict) -> Trade | Rejected:
         buyer_is_maker=payload["m"],
         best_match=best_match,
     )
+
+
+def quote_assets(exchange_info: object) -> dict[str, str]:
+    """Each symbol's quote asset from a REST exchangeInfo answer; entries that do not fit are skipped."""
+    symbols = exchange_info.get("symbols") if isinstance(exchange_info, dict) else None
+    if not isinstance(symbols, list):
+        return {}
+    return {
+        entry["symbol"]: entry["quoteAsset"]
+        for entry in symbols
+        if isinstance(entry, dict) and isinstance(entry.get("symbol"), str) and isinstance(entry.get("quoteAsset"), str)
+    }

@@ -93,3 +93,24 @@ class FailoverPolicy:
         self._index = 0
         self._failures = 0
         return Attempt(self.active, max(self._breaker.reopens_at() - now, 0.0))
+
+
+class DarkDeadline:
+    """When to give up: no endpoint streaming, with a circuit open, for `limit` seconds.
+
+    A service that can no longer reach its exchange must not hang on quietly: past this
+    deadline it exits non-zero, so that whatever restarts it (compose, systemd, Kubernetes)
+    acts and the outage is loud.
+    """
+
+    def __init__(self, limit: float):
+        self._limit = limit
+        self._dark_since: float | None = None
+
+    def expired(self, now: float, streaming: bool, circuit_open: bool) -> bool:
+        if streaming or (self._dark_since is None and not circuit_open):
+            self._dark_since = None
+            return False
+        if self._dark_since is None:
+            self._dark_since = now
+        return now - self._dark_since >= self._limit

@@ -57,6 +57,13 @@ class SequenceTracker:
         self._grace = grace_seconds
         self._states: dict[Key, _SymbolState] = {}
 
+    def resume(self, last_ids: dict[Key, int]) -> None:
+        """Continue from ids already published (a restarted Normaliser): what follows them
+        without a break is new, anything before them a duplicate, a jump a gap."""
+        for key, last_id in last_ids.items():
+            if key not in self._states:
+                self._states[key] = _SymbolState(high=last_id)
+
     def observe(self, key: Key, trade_id: int, now: float) -> Verdict:
         state = self._states.get(key)
         if state is None:

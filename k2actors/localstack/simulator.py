@@ -38,7 +38,7 @@ MAX_INCOMING_PER_SECOND = 5
 HISTORY_PER_SYMBOL = 200_000
 CLIENT_QUEUE_LIMIT = 100_000  # frames queued for one client before it counts as too slow
 _START_PRICES_CENTS = {"BTCUSDT": 4_300_000, "ETHUSDT": 230_000, "BNBUSDT": 31_000}
-_QUOTES = ("USDT", "USDC", "FDUSD", "BTC", "ETH", "BNB", "EUR", "USD")
+_QUOTES = ("USDT", "USDC", "FDUSD", "EURI", "BTC", "ETH", "BNB", "EUR", "USD")
 
 
 @dataclass(frozen=True, slots=True)
