@@ -76,3 +76,144 @@ def _alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as stat:
         return stat.read().split()[2] != "Z"
+
+
+def test_hot_standby_losing_its_primary_loses_and_duplicates_nothing(start_service, simulator, broker, registry, topic):
+    service = start_service(K2_BINANCE_MODE="hot_standby")
+    service.wait_ready()
+    wait_until(lambda: simulator.endpoint(1).client_count() == 1, 20, "the standby connection")
+    wait_for_trades(service, 150)
+    simulator.endpoint(0).drop()  # no close frame
+    wait_for_trades(service, service.metric("k2_kafka_messages_produced_total") + 150)
+    samples = settle(service)
+    assert service.stop() == 0, service.log()
+
+    assert missing_and_duplicates(trade_ids(broker, registry, topic)) == (0, 0)
+    assert total(samples, "k2_binance_missing_trades_total") == 0
+    assert total(samples, "k2_binance_duplicate_trades_total") > 0  # the mirrors really overlapped
+    assert total(samples, "k2_binance_reconnects_total") >= 1
+
+
+@pytest.mark.parametrize("fault", ["drop", "stall"])
+def test_cold_failover_reports_its_gap_exactly(fault, start_service, simulator, broker, registry, topic):
+    service = start_service(K2_BINANCE_MAX_RECONNECT_ATTEMPTS="2", K2_BINANCE_STALE_TIMEOUT_SECONDS="1.5")
+    service.wait_ready()
+    wait_for_trades(service, 150)
+    primary = simulator.endpoint(0)
+    primary.refuse()
+    if fault == "drop":
+        primary.drop()
+    else:
+        primary.stall()  # the socket stays open; only the connection watchdog can notice
+    wait_until(
+        lambda: service.metrics().get(f'k2_binance_connection_status{{url="{simulator.urls[1]}"}}') == 1,
+        30, "the failover connection",
+    )
+    wait_for_trades(service, service.metric("k2_kafka_messages_produced_total") + 150)
+    samples = settle(service)
+    assert service.stop() == 0, service.log()
+
+    missing, duplicates = missing_and_duplicates(trade_ids(broker, registry, topic))
+    assert duplicates == 0
+    assert missing > 0  # trades happened while nothing was connected
+    assert missing == total(samples, "k2_binance_missing_trades_total")
+    assert "gap in BINANCE" in service.log()
+    reason = "connection_lost" if fault == "drop" else "stale"
+    assert samples[f'k2_binance_reconnects_total{{reason="{reason}",url="{simulator.urls[0]}"}}'] == 1
+
+
+@pytest.mark.parametrize("trigger", ["server_shutdown", "max_age"])
+def test_rotation_makes_before_it_breaks(trigger, start_service, simulator, broker, registry, topic):
+    overrides = {"K2_BINANCE_MAX_CONNECTION_AGE_SECONDS": "3"} if trigger == "max_age" else {}
+    service = start_service(**overrides)
+    service.wait_ready()
+    wait_for_trades(service, 150)
+    if trigger == "server_shutdown":
+        simulator.endpoint(0).server_shutdown()
+    rotations = f'k2_connection_rotations_total{{reason="{trigger}",url="{simulator.urls[0]}"}}'
+    wait_until(lambda: service.metrics().get(rotations, 0) >= 1, 30, "a rotation")
+    wait_until(lambda: simulator.endpoint(0).client_count() == 1, 10, "the old connection to close")
+    wait_for_trades(service, service.metric("k2_kafka_messages_produced_total") + 150)
+    samples = settle(service)
+    assert service.stop() == 0, service.log()
+
+    assert missing_and_duplicates(trade_ids(broker, registry, topic)) == (0, 0)
+    assert total(samples, "k2_binance_missing_trades_total") == 0
+    assert total(samples, "k2_binance_reconnects_total") == 0  # replaced, never lost
+
+
+def test_circuit_opens_half_opens_and_closes_again(start_service, simulator):
+    for index in (0, 1):
+        simulator.endpoint(index).refuse()
+    service = start_service(
+        K2_BINANCE_MAX_RECONNECT_ATTEMPTS="1", K2_CIRCUIT_BREAKER_FAILURE_THRESHOLD="2",
+        K2_CIRCUIT_BREAKER_RESET_TIMEOUT_SECONDS="2",
+    )
+    state = f'k2_circuit_breaker_state{{url="{simulator.urls[0]}"}}'
+    wait_until(lambda: service.get("/metrics")[0] == 200 and service.metrics().get(state) == 2, 30, "the circuit to open")
+    status, body = service.get("/ready")
+    assert status == 503 and b"open" in body
+    wait_until(lambda: "closed -> open" in service.log() and "open -> half_open" in service.log()
+               and "half_open -> open" in service.log(), 30, "a failed trial")
+    for index in (0, 1):
+        simulator.endpoint(index).refuse(False)
+    service.wait_ready()
+    wait_until(lambda: "half_open -> closed" in service.log(), 10, "the circuit to close")
+    wait_until(lambda: service.metrics()[state] == 0, 10, "the breaker gauge to say closed")
+    assert service.stop() == 0, service.log()
+
+
+def test_exits_non_zero_when_no_endpoint_streams_for_too_long(start_service, simulator):
+    for index in (0, 1):
+        simulator.endpoint(index).refuse()
+    service = start_service(
+        K2_BINANCE_MAX_RECONNECT_ATTEMPTS="1", K2_CIRCUIT_BREAKER_FAILURE_THRESHOLD="2",
+        K2_CIRCUIT_BREAKER_RESET_TIMEOUT_SECONDS="1", K2_CIRCUIT_BREAKER_EXIT_AFTER_OPEN_SECONDS="3",
+    )
+    assert service.process.wait(60) == 1
+    assert "giving up: no endpoint has streamed" in service.log()
+
+
+def test_a_frozen_broker_holds_trades_and_delivers_each_once_when_it_returns(
+    start_service, simulator, broker, registry, topic
+):
+    service = start_service()
+    service.wait_ready()
+    wait_for_trades(service, 150)
+    broker.freeze()
+    try:
+        status, body = wait_until(lambda: (s := service.get("/ready"))[0] == 503 and s, 20, "/ready to say degraded")
+        assert b"no acknowledgement" in body
+        time.sleep(20 - 5)
+        held = service.metric("k2_buffered_records")
+        assert held > 1000  # everything received meanwhile, about 150 trades a second
+    finally:
+        broker.thaw()
+    service.wait_ready()
+    wait_until(lambda: service.metric("k2_buffered_records") < 200, 30, "the buffer to drain")
+    samples = settle(service)
+    assert service.stop() == 0, service.log()
+
+    assert missing_and_duplicates(trade_ids(broker, registry, topic)) == (0, 0)
+    assert total(samples, "k2_binance_missing_trades_total") == 0
+    assert total(samples, "k2_shed_trades_total") == 0
+
+
+def test_a_full_buffer_sheds_new_trades_and_reports_them_as_missing(start_service, simulator, broker, registry, topic):
+    service = start_service(K2_KAFKA_MAX_BUFFERED_RECORDS="1000")
+    service.wait_ready()
+    wait_for_trades(service, 150)
+    broker.freeze()
+    try:
+        wait_until(lambda: service.metric("k2_shed_trades_total") > 300, 30, "trades to be shed")
+    finally:
+        broker.thaw()
+    service.wait_ready()
+    wait_for_trades(service, service.metric("k2_kafka_messages_produced_total") + 150)
+    samples = settle(service)
+    assert service.stop() == 0, service.log()
+
+    missing, duplicates = missing_and_duplicates(trade_ids(broker, registry, topic))
+    assert duplicates == 0
+    assert missing == total(samples, "k2_shed_trades_total") == total(samples, "k2_binance_missing_trades_total")
+    assert "buffer full" in service.log()

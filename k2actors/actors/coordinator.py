@@ -84,6 +84,7 @@ class FailoverCoordinator(Actor):
         self._quote_assets: dict[str, str] = {}
         self._heartbeats: dict[str, tuple[int | None, float]] = {}  # role -> (pid, when last heard)
         self._dark: DarkDeadline | None = None
+        self._circuits: dict[FailoverPolicy, BreakerState] = {}  # last state logged
 
     def receiveMessage(self, message, sender):
         if isinstance(message, WakeupMessage):
@@ -176,12 +177,22 @@ class FailoverCoordinator(Actor):
 
     # --- connections ---
 
+    def _note_circuit(self, policy: FailoverPolicy) -> None:
+        state = policy.circuit(time.monotonic())
+        previous = self._circuits.get(policy, BreakerState.CLOSED)
+        if state is not previous:
+            level = logging.ERROR if state is BreakerState.OPEN else logging.WARNING
+            log.log(level, "circuit for %s: %s -> %s", ", ".join(policy.urls), previous.name.lower(), state.name.lower())
+            self._circuits[policy] = state
+
     def _connect(self, url: str) -> None:
+        self._note_circuit(self._policies[url])
         self._wanted = {u for u in self._wanted if self._policies[u] is not self._policies[url]} | {url}
         self.send(self._children[_connection_role(url)], Connect())
 
     def _on_opened(self, url: str) -> None:
         self._policies[url].connected()
+        self._note_circuit(self._policies[url])
         self._streaming.add(url)
         self._report_exchange()
 
@@ -192,6 +203,7 @@ class FailoverCoordinator(Actor):
             return
         policy = self._policies[message.url]
         attempt = policy.failed(time.monotonic(), message.was_streaming)
+        self._note_circuit(policy)
         self._metrics.inc("k2_binance_reconnects_total", message.url, reason_label(message.reason))
         if attempt.url != message.url:
             log.warning("failing over from %s to %s", message.url, attempt.url)
