@@ -1,7 +1,7 @@
 """Every message the actors exchange, as frozen dataclasses.
 
 The path of a trade: ConnectionActor --RawBatch--> Normaliser --RecordBatch--> ProducerActor,
-which answers BatchDelivered. Batches carry sequence numbers because delivery between
+which answers BatchesDelivered. Batches carry sequence numbers because delivery between
 actors is best effort: the receiver notices a batch that never came.
 """
 
@@ -18,6 +18,7 @@ from k2actors.config import Config, Endpoint, KafkaConfig
 class StartPipeline:
     config: Config
     quote_assets: dict  # symbol -> quote asset, from exchangeInfo; may be empty
+    service_pid: int  # the root of the service's process tree
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class PipelineStopped:
 @dataclass(frozen=True)
 class MetricsSetup:
     port: int
+    service_pid: int
 
 
 @dataclass(frozen=True)
@@ -188,8 +190,11 @@ class RecordBatch:
 
 
 @dataclass(frozen=True)
-class BatchDelivered:
-    seq: int
+class BatchesDelivered:
+    """Kafka acknowledged every record of these batches. One message per tick, never one
+    per batch: after an outage thousands of batches complete at once."""
+
+    seqs: tuple[int, ...]
 
 
 @dataclass(frozen=True)

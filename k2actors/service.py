@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
+import multiprocessing
+import os
 import signal
 import threading
 import time
@@ -81,7 +83,7 @@ class Pipeline:
         finally:
             signal.signal(signal.SIGINT, previous)
         self._coordinator = self._system.createActor(FailoverCoordinator)
-        reply = self._system.ask(self._coordinator, StartPipeline(self.config, fetch_quote_assets(self.config.binance)), START_TIMEOUT_SECONDS)
+        reply = self._system.ask(self._coordinator, StartPipeline(self.config, fetch_quote_assets(self.config.binance), os.getpid()), START_TIMEOUT_SECONDS)
         if isinstance(reply, PipelineFailed):
             self.close()
             raise RuntimeError(reply.reason)
@@ -119,6 +121,13 @@ class Pipeline:
         if self._system is not None:
             self._system.shutdown()
             self._system = None
+        # Thespian's admin is a child process of this one. After a coordinator died, shutdown()
+        # can return with the admin still running: no process may outlive the service.
+        for child in multiprocessing.active_children():
+            child.join(timeout=2)
+            if child.is_alive():
+                log.warning("actor system process %d did not exit; killing it", child.pid)
+                child.kill()
 
     def __enter__(self):
         return self.start()

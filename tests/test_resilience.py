@@ -64,9 +64,31 @@ def test_a_dead_coordinator_makes_the_service_exit_non_zero(start_service):
     os.kill(actors["coordinator"], signal.SIGKILL)
     assert service.process.wait(60) == 1
     assert "the coordinator has been silent" in service.log()
-    time.sleep(1)
-    survivors = [role for role, pid in actors.items() if _alive(pid)]
-    assert survivors == []
+    wait_until(lambda: not _descendants_alive(actors), 10, "every actor process to exit")
+
+
+def _descendants_alive(actors: dict[str, int]) -> list[int]:
+    """Actor processes, and any process whose parent was one of the service's (Thespian's admin)."""
+    return [pid for pid in actors.values() if _alive(pid)] + [
+        int(entry) for entry in os.listdir("/proc")
+        if entry.isdigit() and "k2actors" in _cmdline(int(entry)) and _alive(int(entry)) and _orphan(int(entry))
+    ]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return cmdline.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _orphan(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[1] == "1"
+    except OSError:
+        return False
 
 
 def _alive(pid: int) -> bool:
@@ -217,3 +239,12 @@ def test_a_full_buffer_sheds_new_trades_and_reports_them_as_missing(start_servic
     assert duplicates == 0
     assert missing == total(samples, "k2_shed_trades_total") == total(samples, "k2_binance_missing_trades_total")
     assert "buffer full" in service.log()
+
+
+def test_a_killed_service_process_leaves_no_actor_behind(start_service):
+    service = start_service()
+    service.wait_ready()
+    actors = wait_until(lambda: len(a := service.health().get("actors", {})) >= 5 and a, 20, "every actor's pid")
+    service.process.kill()
+    service.process.wait()
+    wait_until(lambda: not _descendants_alive(actors), 20, "every actor process to exit")

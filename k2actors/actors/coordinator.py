@@ -4,45 +4,46 @@ pipeline in order (stop reading, drain the normaliser, flush the producer)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import time
 
-from thespian.actors import Actor, ChildActorExited, WakeupMessage
+from thespian.actors import Actor, ActorExitRequest, ChildActorExited, WakeupMessage
 
+from k2actors import processes
 from k2actors.actors import TICK, seconds
 from k2actors.actors.connection import ConnectionActor
 from k2actors.actors.metrics import MetricsActor
 from k2actors.actors.normaliser import Normaliser
 from k2actors.actors.producer import ProducerActor
 from k2actors.config import Config
-from k2actors.core.breaker import CircuitBreaker
-from k2actors.core.breaker import BreakerState
+from k2actors.core.breaker import BreakerState, CircuitBreaker
 from k2actors.core.failover import DarkDeadline, FailoverPolicy
 from k2actors.core.reasons import reason_label
 from k2actors.core.telemetry import MetricBuffer
 from k2actors.messages import (
     ComponentStatus,
     Connect,
-    CoordinatorAlive,
-    Heartbeat,
-    PipelineAlive,
-    Rotate,
-    ServerShutdownNotice,
     ConnectionClosed,
     ConnectionOpened,
     ConnectionSetup,
+    CoordinatorAlive,
     Drain,
     Flushed,
+    Heartbeat,
     MetricsReady,
     MetricsSetup,
     NormaliserSetup,
+    PipelineAlive,
     PipelineFailed,
     PipelineStarted,
     PipelineStopped,
     ProducerSetup,
     ReadingStopped,
+    Rotate,
+    ServerShutdownNotice,
     SetupFailed,
     StartPipeline,
     StopPipeline,
@@ -82,6 +83,7 @@ class FailoverCoordinator(Actor):
         self._reading_stopped: dict[str, int] = {}
         self._metrics = MetricBuffer()
         self._quote_assets: dict[str, str] = {}
+        self._service_pid = 0
         self._heartbeats: dict[str, tuple[int | None, float]] = {}  # role -> (pid, when last heard)
         self._dark: DarkDeadline | None = None
         self._circuits: dict[FailoverPolicy, BreakerState] = {}  # last state logged
@@ -100,7 +102,7 @@ class FailoverCoordinator(Actor):
         elif isinstance(message, ChildActorExited):
             self._on_child_exited(message.childAddress)
         elif isinstance(message, StartPipeline):
-            self._quote_assets = message.quote_assets
+            self._quote_assets, self._service_pid = message.quote_assets, message.service_pid
             self._start(message.config, sender)
         elif isinstance(message, MetricsReady):
             self._start_pipeline(message.port)
@@ -158,7 +160,7 @@ class FailoverCoordinator(Actor):
     def _wire(self, role: str) -> None:
         config, children = self._config, self._children
         if role == METRICS:
-            message = MetricsSetup(config.metrics.port)
+            message = MetricsSetup(config.metrics.port, self._service_pid)
         elif role == PRODUCER:
             message = ProducerSetup(config.kafka, children[METRICS])
         elif role == NORMALISER:
@@ -247,10 +249,8 @@ class FailoverCoordinator(Actor):
             if now - heard_at > HEARTBEAT_TIMEOUT_SECONDS:
                 log.error("%s actor (pid %s) silent for %.0f s; replacing it", role, pid, now - heard_at)
                 if pid is not None:
-                    try:
+                    with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)  # hung, perhaps: it must not come back to life
-                    except ProcessLookupError:
-                        pass
                 self._restart(role, "silent")
 
     def _restart(self, role: str, reason: str) -> None:
@@ -279,6 +279,18 @@ class FailoverCoordinator(Actor):
         for url, policy in self._policies.items():
             self._metrics.set("k2_circuit_breaker_state", int(policy.breaker_states(now)[url]), url)
             circuit_open = circuit_open or policy.circuit(now) is not BreakerState.CLOSED
+        if not processes.exists(self._service_pid):
+            # The service process was killed without a word: the actor system it owned must go too,
+            # or a restarted service would find this one still streaming beside it. Nothing there
+            # has anything left to do: every process under Thespian's admin (this actor's
+            # parent) is ended, then the admin, then this actor.
+            log.error("the service process %d is gone; shutting the actor system down", self._service_pid)
+            admin = os.getppid()
+            for pid in [*(processes.descendants(admin, processes.process_table()) - {os.getpid()}), admin]:
+                with contextlib.suppress(ProcessLookupError):  # it may have ended meanwhile
+                    os.kill(pid, signal.SIGKILL)
+            self.send(self.myAddress, ActorExitRequest())
+            return
         if not self._stopping:
             self._check_heartbeats(now)
             if self._endpoints and self._dark.expired(now, bool(self._streaming), circuit_open):

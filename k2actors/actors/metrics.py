@@ -15,13 +15,32 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from thespian.actors import Actor, ActorExitRequest, WakeupMessage
 
 from k2actors.actors import TICK, report_alive, seconds
-from k2actors.core.telemetry import CATALOGUE, COUNTER, GAUGE, LATENCY_BUCKETS, MetricDeltas
-from k2actors.messages import ComponentStatus, CoordinatorAlive, MetricsReady, MetricsSetup, SetupFailed
+from k2actors.core.telemetry import (
+    CATALOGUE,
+    COUNTER,
+    GAUGE,
+    LATENCY_BUCKETS,
+    MetricDeltas,
+)
+from k2actors.messages import (
+    ComponentStatus,
+    CoordinatorAlive,
+    MetricsReady,
+    MetricsSetup,
+    SetupFailed,
+)
+from k2actors.processes import tree_resident_bytes
 
 log = logging.getLogger("k2actors.metrics")
 
@@ -128,6 +147,8 @@ class MetricsActor(Actor):
         elif isinstance(message, MetricsSetup):
             if self._coordinator is None:
                 self.wakeupAfter(seconds(1), TICK)
+                memory = self._metrics["k2_service_resident_memory_bytes"]
+                memory.set_function(lambda: tree_resident_bytes(message.service_pid))
             self._coordinator = sender
             self._serve(message.port, sender)
         elif isinstance(message, ActorExitRequest) and self._server:

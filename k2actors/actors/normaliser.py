@@ -20,7 +20,7 @@ from k2actors.core.normalise import Delivery, normalise_trade
 from k2actors.core.sequence import SequenceTracker, Verdict
 from k2actors.core.telemetry import MetricBuffer
 from k2actors.messages import (
-    BatchDelivered,
+    BatchesDelivered,
     DeadLetter,
     Drain,
     Flush,
@@ -35,6 +35,7 @@ from k2actors.messages import (
 log = logging.getLogger("k2actors.normaliser")
 
 TICK_SECONDS = 0.5
+RESEND_BATCH_RECORDS = 5000
 
 
 class Normaliser(Actor):
@@ -61,10 +62,11 @@ class Normaliser(Actor):
                 self._early.append(message)
             else:
                 self._normalise(message)
-        elif isinstance(message, BatchDelivered):
-            confirmed = self._unacked.pop(message.seq, None)
-            if confirmed:
-                self._held -= len(confirmed.records) + len(confirmed.dead_letters)
+        elif isinstance(message, BatchesDelivered):
+            for seq in message.seqs:
+                confirmed = self._unacked.pop(seq, None)
+                if confirmed:
+                    self._held -= len(confirmed.records) + len(confirmed.dead_letters)
         elif isinstance(message, WakeupMessage):
             self._on_tick()
         elif isinstance(message, SequenceState):
@@ -83,12 +85,26 @@ class Normaliser(Actor):
         if self._tracker is None:
             self.send(setup.producer, SequenceQuery())
         elif rewired:
-            # A new producer never saw what the old one held: send it everything unconfirmed.
-            log.warning("producer replaced: re-sending %d unconfirmed batches", len(self._unacked))
-            resent = sum(len(batch.records) for batch in self._unacked.values())
-            self._metrics.inc("k2_kafka_resent_records_total", amount=resent)
-            for batch in self._unacked.values():
-                self.send(setup.producer, batch)
+            self._resend_unconfirmed(setup.producer)
+
+    def _resend_unconfirmed(self, producer) -> None:
+        """A new producer never saw what the old one held: send it everything unconfirmed,
+        merged into a few large batches (thousands of small messages would choke the mailbox)."""
+        batches = sorted(self._unacked.values(), key=lambda batch: batch.seq)
+        records = [record for batch in batches for record in batch.records]
+        dead_letters = [letter for batch in batches for letter in batch.dead_letters]
+        log.warning("producer replaced: re-sending %d unconfirmed records", len(records) + len(dead_letters))
+        self._metrics.inc("k2_kafka_resent_records_total", amount=len(records))
+        self._unacked.clear()
+        for start in range(0, max(len(records), len(dead_letters)), RESEND_BATCH_RECORDS):
+            self._seq += 1
+            merged = RecordBatch(
+                self._seq,
+                tuple(records[start : start + RESEND_BATCH_RECORDS]),
+                tuple(dead_letters[start : start + RESEND_BATCH_RECORDS]),
+            )
+            self._unacked[merged.seq] = merged
+            self.send(producer, merged)
 
     def _resume(self, last_ids: dict) -> None:
         if self._tracker is not None:

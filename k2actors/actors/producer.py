@@ -30,7 +30,7 @@ from k2actors.core.backoff import backoff_delay
 from k2actors.core.binance import SERIALIZATION_FAILED
 from k2actors.core.telemetry import MetricBuffer
 from k2actors.messages import (
-    BatchDelivered,
+    BatchesDelivered,
     ComponentStatus,
     DeadLetter,
     Flush,
@@ -218,7 +218,8 @@ class ProducerActor(Actor):
     def _produce(self, batch: RecordBatch, sender) -> None:
         pending = _PendingBatch(batch.seq, len(batch.records) + len(batch.dead_letters), sender)
         if pending.outstanding == 0:
-            self.send(sender, BatchDelivered(batch.seq))
+            with self._deliveries.lock:
+                self._deliveries.completed.append(pending)
             return
         topic, last_ids = self._setup.kafka.topic, self._last_ids
         dead_letters = list(batch.dead_letters)
@@ -302,8 +303,15 @@ class ProducerActor(Actor):
             errors, d.errors = d.errors, []
             receive_to_ack, d.receive_to_ack = d.receive_to_ack, []
             exchange_to_ack, d.exchange_to_ack = d.exchange_to_ack, []
+        confirmations: list[tuple[object, list[int]]] = []  # ActorAddress is not hashable
         for pending in completed:
-            self.send(pending.reply_to, BatchDelivered(pending.seq))
+            entry = next((e for e in confirmations if e[0] == pending.reply_to), None)
+            if entry is None:
+                entry = (pending.reply_to, [])
+                confirmations.append(entry)
+            entry[1].append(pending.seq)
+        for reply_to, seqs in confirmations:
+            self.send(reply_to, BatchesDelivered(tuple(seqs)))
         for topic, count in produced.items():
             self._metrics.inc("k2_kafka_messages_produced_total", topic, amount=count)
         for topic, name, description in errors:
@@ -333,7 +341,8 @@ class ProducerActor(Actor):
             self._report(False, f"no acknowledgement for {now - self._last_ack_at:.0f} s; {len(self._producer)} records waiting")
 
     def _report(self, ok: bool, detail: str) -> None:
-        if self._kafka_status is None or ok != self._kafka_status[0] or not ok:
+        # On every change, and about once a second while failing (the detail counts seconds).
+        if self._kafka_status is None or ok != self._kafka_status[0] or (not ok and self._ticks % HEARTBEAT_EVERY_TICKS == 0):
             self.send(self._setup.metrics, ComponentStatus("kafka", ok, detail))
         self._kafka_status = (ok, detail)
 

@@ -1,0 +1,25 @@
+"""The container health check: exit 0 while /health answers 200, else 1.
+
+Standard library only (the slim image has no curl). The port is K2_METRICS_PORT, the same
+variable that moves the service's own endpoint, or the default 9091.
+"""
+
+import os
+import sys
+import urllib.request
+
+from k2actors.config import MetricsConfig
+
+
+def main() -> int:
+    port = os.environ.get("K2_METRICS_PORT", str(MetricsConfig().port))
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+            return 0 if response.status == 200 else 1
+    except OSError as exc:  # refused, timed out, or an HTTP error status such as 503
+        print(f"unhealthy: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
