@@ -36,6 +36,8 @@ log = logging.getLogger("k2actors.normaliser")
 
 TICK_SECONDS = 0.5
 RESEND_BATCH_RECORDS = 5000
+# Steady-state trades are summarised in the log at this interval, never logged one by one.
+SUMMARY_EVERY_SECONDS = 60.0
 
 
 class Normaliser(Actor):
@@ -55,6 +57,8 @@ class Normaliser(Actor):
         # producer stands: delivery order between actors is not guaranteed.
         self._early: list[RawBatch] = []
         self._ticks = 0
+        self._summary: dict[str, int] = {}  # trades published per symbol since the last summary
+        self._summary_at = time.monotonic()
 
     def receiveMessage(self, message, sender):
         if isinstance(message, RawBatch):
@@ -119,6 +123,7 @@ class Normaliser(Actor):
 
     def _on_tick(self) -> None:
         self._declare_gaps()
+        self._log_summary()
         self._metrics.set("k2_buffered_records", self._held)
         self._flush_metrics()
         self._ticks += 1
@@ -186,6 +191,7 @@ class Normaliser(Actor):
         if verdict is Verdict.RECOVERED:
             log.warning("trade %s %s-%d arrived after it was declared missing", trade.symbol, delivery.venue, trade.trade_id)
             self._metrics.inc("k2_binance_recovered_trades_total", trade.symbol)
+        self._summary[trade.symbol] = self._summary.get(trade.symbol, 0) + 1
         return record
 
     def _shed(self, batch: RawBatch) -> None:
@@ -212,6 +218,15 @@ class Normaliser(Actor):
         if others:
             log.error("buffer full: shed %d frames that were not trades", others)
             self._metrics.inc("k2_shed_frames_total", amount=others)
+
+    def _log_summary(self) -> None:
+        now = time.monotonic()
+        if now - self._summary_at < SUMMARY_EVERY_SECONDS:
+            return
+        counts = ", ".join(f"{symbol} {count}" for symbol, count in sorted(self._summary.items())) or "none"
+        log.info("%d trades in the last %.0f s (%s); %d records waiting for Kafka",
+                 sum(self._summary.values()), now - self._summary_at, counts, self._held)
+        self._summary, self._summary_at = {}, now
 
     def _dead_letter(self, raw: bytes, rejected: Rejected, url: str, received_us: int) -> DeadLetter:
         log.warning("dead letter from %s: %s (%s)", url, rejected.reason, rejected.detail)
