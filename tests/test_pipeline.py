@@ -3,6 +3,7 @@
 import io
 import json
 import struct
+import time
 from decimal import Decimal
 
 import avro.io
@@ -14,7 +15,13 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from k2actors.core.normalise import message_id
 from k2actors.core.telemetry import CATALOGUE
-from tests.conftest import http_get, read_partitions, wait_until
+from tests.conftest import (
+    http_get,
+    missing_and_duplicates,
+    read_partitions,
+    trade_ids,
+    wait_until,
+)
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT")
 
@@ -187,3 +194,21 @@ def test_without_exchange_info_the_suffix_table_names_the_currency(start_service
     deserialize = AvroDeserializer(SchemaRegistryClient({"url": registry.url}))
     for message in read_partitions(broker.bootstrap_servers, topic):
         assert deserialize(message.value(), SerializationContext(topic, MessageField.VALUE))["currency"] == "USDT"
+
+
+@pytest.mark.parametrize("simulator", [{"rate": 2000}], indirect=True)
+def test_control_messages_are_answered_under_full_load(start_service, simulator, broker, registry, topic):
+    """Heartbeats go through every actor's mailbox each second, so no restart and a healthy
+    /health under load mean every actor kept answering; the stop is the last control message."""
+    service = start_service()
+    service.wait_ready()
+    start = service.metric("k2_kafka_messages_produced_total")
+    for _ in range(10):
+        time.sleep(1)
+        assert service.get("/health")[0] == 200
+    samples = service.metrics()
+    assert samples.get('k2_kafka_messages_produced_total{topic="%s"}' % topic, 0) - start > 10_000  # really loaded
+    assert not [k for k in samples if k.startswith("k2_actor_restarts_total{")]
+    assert service.stop() == 0, service.log()
+    assert service.stop_seconds < 15
+    assert missing_and_duplicates(trade_ids(broker, registry, topic)) == (0, 0)
