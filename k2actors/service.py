@@ -18,7 +18,7 @@ from thespian.actors import ActorSystem
 
 from k2actors.actors.coordinator import FailoverCoordinator
 from k2actors.config import BinanceConfig, Config
-from k2actors.core.binance import quote_assets
+from k2actors.core.binance import MAX_URL_LENGTH, quote_assets
 from k2actors.net import free_port
 from k2actors.logs import logging_config
 from k2actors.messages import (
@@ -48,9 +48,11 @@ def fetch_quote_assets(binance: BinanceConfig) -> dict[str, str]:
     """
     found: dict[str, str] = {}
     venues = dict.fromkeys(endpoint.venue for endpoint in binance.endpoints) if binance.enabled else {}
-    query = urllib.parse.urlencode({"symbols": json.dumps(list(binance.symbols), separators=(",", ":"))})
+    query = "?" + urllib.parse.urlencode({"symbols": json.dumps(list(binance.symbols), separators=(",", ":"))})
+    if len(query) > MAX_URL_LENGTH:
+        query = ""  # too long for a URL: ask for every symbol instead
     for venue in venues:
-        url = f"{binance.rest_urls[venue]}/api/v3/exchangeInfo?{query}"
+        url = f"{binance.rest_urls[venue]}/api/v3/exchangeInfo{query}"
         try:
             with urllib.request.urlopen(url, timeout=EXCHANGE_INFO_TIMEOUT_SECONDS) as response:
                 assets = quote_assets(json.load(response))

@@ -153,3 +153,26 @@ def test_decimals_that_cannot_be_stored_exactly_are_rejected(text, reason):
 def test_bad_quantity_rejects_the_trade():
     result = normalise_trade(parse_frame(envelope({**TRADE, "q": "1.123456789"})), DELIVERY, {})
     assert isinstance(result, Rejected) and result.reason == binance.DECIMAL_OUT_OF_RANGE and "quantity" in result.detail
+
+
+def test_a_few_symbols_are_requested_in_the_url():
+    plan = binance.subscription_plan("wss://x/stream", ("BTCUSDT", "ETHUSDT"))
+    assert plan == binance.SubscriptionPlan("wss://x/stream?streams=btcusdt@trade/ethusdt@trade", ())
+
+
+def test_many_symbols_are_subscribed_in_spaced_messages_within_the_limits():
+    symbols = tuple(f"S{i:04d}USDT" for i in range(2100))
+    plans = binance.connection_plans("wss://x/stream", symbols)
+    assert len(plans) == 3  # 1024 + 1024 + 52
+    subscribed = []
+    for plan in plans:
+        assert len(plan.url) <= binance.MAX_URL_LENGTH
+        params = [json.loads(message)["params"] for message in plan.subscribe_messages] or [
+            plan.url.split("streams=")[1].split("/")
+        ]
+        assert sum(map(len, params)) <= binance.MAX_STREAMS_PER_CONNECTION
+        assert all(json.loads(m)["method"] == "SUBSCRIBE" for m in plan.subscribe_messages)
+        assert len({json.loads(m)["id"] for m in plan.subscribe_messages}) == len(plan.subscribe_messages)
+        subscribed += [stream for group in params for stream in group]
+    assert subscribed == [f"{s.lower()}@trade" for s in symbols]
+    assert 1 / binance.SUBSCRIBE_INTERVAL_SECONDS < 5  # control messages stay under 5 per second

@@ -212,3 +212,21 @@ def test_control_messages_are_answered_under_full_load(start_service, simulator,
     assert service.stop() == 0, service.log()
     assert service.stop_seconds < 15
     assert missing_and_duplicates(trade_ids(broker, registry, topic)) == (0, 0)
+
+
+MANY_SYMBOLS = tuple(f"S{i:04d}USDT" for i in range(1100))
+
+
+@pytest.mark.parametrize("simulator", [{"symbols": MANY_SYMBOLS, "rate": 0.5}], indirect=True)
+def test_more_symbols_than_one_connection_carries_take_more_connections(start_service, simulator, broker, registry, topic):
+    service = start_service(K2_BINANCE_SYMBOLS=",".join(MANY_SYMBOLS))
+    service.wait_ready()
+    wait_until(lambda: simulator.endpoint(0).client_count() == 2, 10, "two connections to the endpoint")
+    wait_until(lambda: service.metric("k2_kafka_messages_produced_total") >= 1500, 60, "1500 trades in Kafka")
+    assert service.stop() == 0, service.log()
+    assert "1100 symbols, 2 connections" in service.log()
+    assert "exchangeInfo from BINANCE: quote assets of 1100 symbols" in service.log()
+    ids = trade_ids(broker, registry, topic)
+    assert {s for s in ids if s > "S1023USDT"}, "no trade from the second connection's symbols"
+    assert missing_and_duplicates(ids) == (0, 0)
+    assert "ended" not in service.log().split("stopping:")[0]  # past 1024 streams the simulator closes with 1008

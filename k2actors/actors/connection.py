@@ -18,6 +18,7 @@ import websocket
 from thespian.actors import Actor, ActorExitRequest, ThespianWatch, WakeupMessage, WatchMessage
 
 from k2actors.actors import TICK, report_alive, seconds
+from k2actors.core.binance import SUBSCRIBE_INTERVAL_SECONDS, SubscriptionPlan, connection_plans
 from k2actors.core.telemetry import MetricBuffer
 from k2actors.messages import (
     Connect,
@@ -36,16 +37,12 @@ MAX_BATCH_FRAMES = 2000
 CONNECT_TIMEOUT_SECONDS = 10
 
 
-def stream_url(base_url: str, symbols: tuple[str, ...]) -> str:
-    return f"{base_url}?streams=" + "/".join(f"{symbol.lower()}@trade" for symbol in symbols)
-
-
 class _Reader(threading.Thread):
     """Reads one websocket connection until it ends; hands frames over under a lock."""
 
-    def __init__(self, url: str, wake_fd: int):
+    def __init__(self, plan: SubscriptionPlan, wake_fd: int):
         super().__init__(name="ws-reader", daemon=True)
-        self._url = url
+        self._plan = plan
         self._wake_fd = wake_fd
         self._lock = threading.Lock()
         self._frames: list[tuple[int, bytes]] = []
@@ -75,7 +72,7 @@ class _Reader(threading.Thread):
     def run(self) -> None:
         try:
             ws = websocket.create_connection(
-                self._url, timeout=CONNECT_TIMEOUT_SECONDS, skip_utf8_validation=True, enable_multithread=True
+                self._plan.url, timeout=CONNECT_TIMEOUT_SECONDS, skip_utf8_validation=True, enable_multithread=True
             )
         except Exception as exc:  # every failure to connect is reported, whatever its type
             self._end(f"connect failed: {_describe(exc)}")
@@ -93,13 +90,17 @@ class _Reader(threading.Thread):
 
     def _read(self, ws: websocket.WebSocket) -> str:
         try:
+            for index, message in enumerate(self._plan.subscribe_messages):
+                if index:
+                    time.sleep(SUBSCRIBE_INTERVAL_SECONDS)  # frames wait in the socket meanwhile
+                ws.send(message)
             while True:
                 opcode, frame = ws.recv_data_frame(True)
                 received_us = time.time_ns() // 1000
                 self.last_frame_at = time.monotonic()
                 if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
                     data = frame.data if isinstance(frame.data, bytes) else frame.data.encode()
-                    self.streamed = True
+                    self.streamed = self.streamed or not data.startswith(b'{"result"')  # a SUBSCRIBE reply is no data
                     with self._lock:
                         self._frames.append((received_us, data))
                         if not self._signalled:
@@ -130,12 +131,83 @@ def _close_code(data: bytes) -> str:
     return f"code {int.from_bytes(data[:2], 'big')}" if len(data) >= 2 else "no code"
 
 
-class ConnectionActor(Actor):
-    """Owns the connection to one endpoint URL.
+class _Link:
+    """One websocket connection's worth of streams. During a make-before-break rotation two
+    readers are live: the current one streams until its successor has delivered a frame,
+    then retires."""
 
-    During a make-before-break rotation two readers are live on the same URL: the current
-    one keeps streaming until its successor has delivered a frame, then retires. Both feed
-    the same RawBatch sequence; the Normaliser drops the overlap as duplicates.
+    def __init__(self, plan: SubscriptionPlan, wake_fd: int):
+        self._plan = plan
+        self._wake_fd = wake_fd
+        self.reader = self._open()
+        self.successor: _Reader | None = None
+        self.retiring: list[_Reader] = []
+        self.rotation_reason = ""
+        self._leftover: list[tuple[int, bytes]] = []  # frames of readers dropped since the last take
+
+    def _open(self) -> _Reader:
+        reader = _Reader(self._plan, self._wake_fd)
+        reader.start()
+        return reader
+
+    def readers(self) -> list[_Reader]:
+        return [r for r in (*self.retiring, self.reader, self.successor) if r is not None]
+
+    def take(self) -> list[tuple[int, bytes]]:
+        """Oldest reader first, so that each batch keeps the order in which frames were sent."""
+        frames, self._leftover = self._leftover, []
+        for reader in self.readers():
+            frames.extend(reader.take())
+        return frames
+
+    def _drop(self, reader: _Reader) -> None:
+        reader.join()  # it set ended_reason as its last act: the join is immediate
+        self._leftover.extend(reader.take())
+
+    def rotate(self, reason: str) -> bool:
+        if not self.reader.opened or self.reader.ended_reason is not None or self.successor is not None:
+            return False
+        self.rotation_reason = reason
+        self.successor = self._open()
+        return True
+
+    def settle(self) -> str | None:
+        """Retire what has ended; promote a successor that streams. Returns the rotation
+        reason when a rotation completed just now."""
+        for reader in [r for r in self.retiring if r.ended_reason is not None]:
+            self._drop(reader)
+            self.retiring.remove(reader)
+        successor = self.successor
+        if successor is not None and successor.streamed:
+            self.reader.close(f"rotated: {self.rotation_reason}")
+            self.retiring.append(self.reader)
+            self.reader, self.successor = successor, None
+            return self.rotation_reason
+        if successor is not None and successor.ended_reason is not None:
+            self._drop(successor)
+            log.warning("replacement connection failed (%s); keeping the current one", successor.ended_reason)
+            self.successor = None
+        elif self.reader.ended_reason is not None and successor is not None:
+            # The old connection went first (a serverShutdown does that): the successor takes over.
+            self._drop(self.reader)
+            self.reader, self.successor = successor, None
+        return None
+
+    def close(self, reason: str) -> None:
+        for reader in self.readers():
+            reader.close(reason)
+
+    def join(self) -> None:
+        for reader in self.readers():
+            reader.join(timeout=CONNECT_TIMEOUT_SECONDS)
+
+
+class ConnectionActor(Actor):
+    """Owns the connections to one endpoint URL: one per MAX_STREAMS_PER_CONNECTION symbols.
+
+    They stream, fail and are reported as one: if any of them ends, all are closed and the
+    coordinator decides what to connect next. Every reader feeds the same RawBatch sequence;
+    the Normaliser drops rotation overlaps as duplicates.
     """
 
     def __init__(self) -> None:
@@ -143,10 +215,7 @@ class ConnectionActor(Actor):
         self._parent_pid = os.getppid()
         self._setup: ConnectionSetup | None = None
         self._coordinator = None
-        self._reader: _Reader | None = None
-        self._successor: _Reader | None = None
-        self._retiring: list[_Reader] = []
-        self._rotation_reason = ""
+        self._links: list[_Link] = []
         self._reported_open = False
         self._connect_pending = False  # Connect overtook ConnectionSetup: delivery order is not guaranteed
         self._wake_r, self._wake_w = os.pipe()
@@ -174,36 +243,28 @@ class ConnectionActor(Actor):
         elif isinstance(message, StopReading):
             self._stop_reading(sender)
         elif isinstance(message, ActorExitRequest):
-            for reader in self._readers():
-                reader.close("actor exiting")
+            for link in self._links:
+                link.close("actor exiting")
         return ThespianWatch([self._wake_r])
-
-    def _readers(self) -> list[_Reader]:
-        """Oldest first, so that each batch keeps the order in which frames were sent."""
-        return [r for r in (*self._retiring, self._reader, self._successor) if r is not None]
-
-    def _open_reader(self) -> _Reader:
-        reader = _Reader(stream_url(self._setup.endpoint.url, self._setup.symbols), self._wake_w)
-        reader.start()
-        return reader
 
     def _connect(self) -> None:
         self._connect_pending = self._setup is None
-        if self._connect_pending or (self._reader and self._reader.is_alive()):
+        if self._connect_pending or self._links:
             return
-        log.info("connecting to %s (%d symbols)", self._setup.endpoint.url, len(self._setup.symbols))
+        plans = connection_plans(self._setup.endpoint.url, self._setup.symbols)
+        log.info(
+            "connecting to %s (%d symbols, %d connection%s)",
+            self._setup.endpoint.url, len(self._setup.symbols), len(plans), "s" if len(plans) > 1 else "",
+        )
         self._reported_open = False
-        self._reader = self._open_reader()
+        self._links = [_Link(plan, self._wake_w) for plan in plans]
 
     def _rotate(self, reason: str) -> None:
-        if self._reader is None or not self._reader.opened or self._successor is not None:
-            return
-        log.info("replacing the connection to %s before closing it (%s)", self._setup.endpoint.url, reason)
-        self._rotation_reason = reason
-        self._successor = self._open_reader()
+        if any([link.rotate(reason) for link in self._links]):
+            log.info("replacing the connection to %s before closing it (%s)", self._setup.endpoint.url, reason)
 
     def _forward_frames(self) -> None:
-        frames = [frame for reader in self._readers() for frame in reader.take()]
+        frames = [frame for link in self._links for frame in link.take()]
         for start in range(0, len(frames), MAX_BATCH_FRAMES):
             self._seq += 1
             chunk = tuple(frames[start : start + MAX_BATCH_FRAMES])
@@ -211,51 +272,41 @@ class ConnectionActor(Actor):
 
     def _report_state(self) -> None:
         url = self._setup.endpoint.url
-        for reader in [r for r in self._retiring if r.ended_reason is not None]:
-            reader.join()  # it set ended_reason as its last act: the join is immediate
-            self._retiring.remove(reader)
-            self._forward_frames()
-        successor = self._successor
-        if successor is not None and successor.streamed:
-            log.info("connection to %s replaced (%s); closing the old one", url, self._rotation_reason)
-            self._metrics.inc("k2_connection_rotations_total", url, self._rotation_reason)
-            self._reader.close(f"rotated: {self._rotation_reason}")
-            self._retiring.append(self._reader)
-            self._reader, self._successor = successor, None
-        elif successor is not None and successor.ended_reason is not None:
-            successor.join()
-            log.warning("replacement connection to %s failed (%s); keeping the current one", url, successor.ended_reason)
-            self._successor = None
-        reader = self._reader
-        if reader is None:
-            return
-        if reader.opened and not self._reported_open:
+        for link in self._links:
+            rotated = link.settle()
+            if rotated:
+                log.info("connection to %s replaced (%s); closing the old one", url, rotated)
+                self._metrics.inc("k2_connection_rotations_total", url, rotated)
+        self._forward_frames()  # what the readers settled above left behind
+        if self._links and not self._reported_open and all(link.reader.opened for link in self._links):
             self._reported_open = True
             log.info("connected to %s", url)
             self._metrics.set("k2_binance_connection_status", 1, url)
             self.send(self._coordinator, ConnectionOpened(url))
-        if reader.ended_reason is not None:
-            reader.join()
+        ended = next((link.reader.ended_reason for link in self._links if link.reader.ended_reason is not None), None)
+        if ended is not None:
+            for link in self._links:
+                link.close("another connection to the endpoint ended")
+            for link in self._links:
+                link.join()
             self._forward_frames()  # what arrived just before the end
-            log.warning("connection to %s ended: %s", url, reader.ended_reason)
-            if self._successor is not None:
-                # The old connection went first (a serverShutdown does that): the successor takes over.
-                self._reader, self._successor = self._successor, None
-            else:
-                self._metrics.set("k2_binance_connection_status", 0, url)
-                self.send(self._coordinator, ConnectionClosed(url, reader.ended_reason, reader.streamed))
-                self._reader = None
+            streamed = any(link.reader.streamed for link in self._links)
+            log.warning("connection to %s ended: %s", url, ended)
+            self._metrics.set("k2_binance_connection_status", 0, url)
+            self.send(self._coordinator, ConnectionClosed(url, ended, streamed))
+            self._links = []
         self._flush_metrics()
 
     def _on_tick(self) -> None:
         if self._setup is not None:
             now = time.monotonic()
-            for reader in (self._reader, self._successor):
-                self._check_stale(reader, now)
-            reader = self._reader
-            if reader and reader.opened and now - reader.opened_at > self._setup.max_connection_age_seconds:
+            for link in self._links:
+                for reader in (link.reader, link.successor):
+                    self._check_stale(reader, now)
+            if any(link.reader.opened and now - link.reader.opened_at > self._setup.max_connection_age_seconds
+                   for link in self._links):
                 self._rotate("max_age")
-            streaming = 1 if reader is not None and self._reported_open else 0
+            streaming = 1 if self._links and self._reported_open else 0
             self._metrics.set("k2_binance_connection_status", streaming, self._setup.endpoint.url)
             self._flush_metrics()
             report_alive(self, self._coordinator, self._parent_pid)
@@ -268,13 +319,12 @@ class ConnectionActor(Actor):
                 reader.close(f"stale: no frame for {silent_for:.1f} s")
 
     def _stop_reading(self, sender) -> None:
-        readers = self._readers()
-        for reader in readers:
-            reader.close("service stopping")
-        for reader in readers:
-            reader.join(timeout=CONNECT_TIMEOUT_SECONDS)
+        for link in self._links:
+            link.close("service stopping")
+        for link in self._links:
+            link.join()
         self._forward_frames()
-        self._reader, self._successor, self._retiring = None, None, []
+        self._links = []
         if self._setup:
             self._metrics.set("k2_binance_connection_status", 0, self._setup.endpoint.url)
             self._flush_metrics()

@@ -125,3 +125,39 @@ def quote_assets(exchange_info: object) -> dict[str, str]:
         for entry in symbols
         if isinstance(entry, dict) and isinstance(entry.get("symbol"), str) and isinstance(entry.get("quoteAsset"), str)
     }
+
+
+MAX_STREAMS_PER_CONNECTION = 1024  # Binance's limit; more symbols take more connections
+# A long URL is refused by servers (HTTP 414), so past this many characters the streams
+# are requested with SUBSCRIBE messages instead, several streams per message.
+MAX_URL_LENGTH = 2000
+STREAMS_PER_SUBSCRIBE = 200
+# Binance allows 5 incoming messages per second per connection (pongs included).
+SUBSCRIBE_INTERVAL_SECONDS = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionPlan:
+    url: str
+    subscribe_messages: tuple[str, ...]  # JSON, to be sent SUBSCRIBE_INTERVAL_SECONDS apart
+
+
+def subscription_plan(base_url: str, symbols: tuple[str, ...]) -> SubscriptionPlan:
+    """How one connection asks for the trade streams of `symbols` on a combined endpoint."""
+    streams = [f"{symbol.lower()}@trade" for symbol in symbols]
+    url = f"{base_url}?streams=" + "/".join(streams)
+    if len(url) <= MAX_URL_LENGTH:
+        return SubscriptionPlan(url, ())
+    messages = tuple(
+        json.dumps({"method": "SUBSCRIBE", "params": streams[start : start + STREAMS_PER_SUBSCRIBE], "id": index + 1})
+        for index, start in enumerate(range(0, len(streams), STREAMS_PER_SUBSCRIBE))
+    )
+    return SubscriptionPlan(base_url, messages)
+
+
+def connection_plans(base_url: str, symbols: tuple[str, ...]) -> list[SubscriptionPlan]:
+    """One plan per connection, each within Binance's stream limit."""
+    return [
+        subscription_plan(base_url, symbols[start : start + MAX_STREAMS_PER_CONNECTION])
+        for start in range(0, len(symbols), MAX_STREAMS_PER_CONNECTION)
+    ]
