@@ -53,6 +53,7 @@ class BinanceConfig:
     reconnect_max_delay_seconds: float = 60.0
     max_reconnect_attempts: int = 10
     max_connection_age_seconds: float = 82800.0  # Binance closes a connection at 24 h
+    max_frame_bytes: int = 65536  # a trade frame is about 250 bytes
     # REST base URL per venue: exchangeInfo (each symbol's quote asset) and trade history.
     rest_urls: dict[str, str] = field(
         default_factory=lambda: {"BINANCE": "https://api.binance.com", "BINANCEUS": "https://api.binance.us"}
@@ -361,6 +362,7 @@ _PARSERS = {
     ("binance", "max_reconnect_attempts"): _number(int, 1),
     ("binance", "max_connection_age_seconds"): _number(float, 1.0),
     ("binance", "rest_urls"): _rest_urls,
+    ("binance", "max_frame_bytes"): _number(int, 1024, 16 * 1024 * 1024),
     ("kafka", "bootstrap_servers"): _text,
     ("kafka", "schema_registry_url"): _http_url,
     ("kafka", "topic"): _topic,

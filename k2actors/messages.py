@@ -81,6 +81,7 @@ class NormaliserSetup:
     gap_grace_seconds: float
     quote_assets: dict
     max_buffered_records: int
+    max_frame_bytes: int
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ def test_defaults_match_the_documented_deployment():
          {"BINANCE": "http://127.0.0.1:9000", "BINANCEUS": "https://api.binance.us"}),
         ("K2_BINANCE_REST_URLS", '{"BINANCEUS": "https://us.example"}', "binance", "rest_urls",
          {"BINANCE": "https://api.binance.com", "BINANCEUS": "https://us.example"}),
+        ("K2_BINANCE_MAX_FRAME_BYTES", "4096", "binance", "max_frame_bytes", 4096),
         ("K2_KAFKA_MAX_BUFFERED_RECORDS", "5000", "kafka", "max_buffered_records", 5000),
         ("K2_CIRCUIT_BREAKER_EXIT_AFTER_OPEN_SECONDS", "60", "circuit_breaker", "exit_after_open_seconds", 60.0),
         ("K2_KAFKA_BOOTSTRAP_SERVERS", "kafka:29092", "kafka", "bootstrap_servers", "kafka:29092"),

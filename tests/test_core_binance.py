@@ -8,6 +8,7 @@ from k2actors.core import binance
 from k2actors.core.binance import Rejected, ServerShutdown, SubscriptionReply, Trade, parse_frame, quote_assets
 from k2actors.core.normalise import Delivery, exact_decimal, message_id, normalise_trade, quote_currency
 
+LIMIT = 65536
 TRADE = {"e": "trade", "E": 1700000000123, "s": "BTCUSDT", "t": 42, "p": "43210.12000000", "q": "0.00150000",
          "T": 1700000000120, "m": True, "M": True}
 
@@ -18,19 +19,19 @@ def envelope(data) -> bytes:
 
 def test_combined_and_raw_payloads_parse_alike():
     expected = Trade("BTCUSDT", 42, "43210.12000000", "0.00150000", 1700000000120, 1700000000123, True, True)
-    assert parse_frame(envelope(TRADE)) == expected
-    assert parse_frame(json.dumps(TRADE)) == expected
+    assert parse_frame(envelope(TRADE), LIMIT) == expected
+    assert parse_frame(json.dumps(TRADE), LIMIT) == expected
 
 
 def test_best_match_is_optional():
-    assert parse_frame(envelope({k: v for k, v in TRADE.items() if k != "M"})).best_match is None
+    assert parse_frame(envelope({k: v for k, v in TRADE.items() if k != "M"}), LIMIT).best_match is None
 
 
 def test_control_messages():
-    assert parse_frame(b'{"result": null, "id": 1}') == SubscriptionReply(1, None)
-    assert parse_frame(b'{"result": ["btcusdt@trade"], "id": 2}') == SubscriptionReply(2, ["btcusdt@trade"])
-    assert parse_frame(b'{"e": "serverShutdown", "E": 5}') == ServerShutdown(5)
-    assert parse_frame(envelope({"e": "serverShutdown"})) == ServerShutdown(None)
+    assert parse_frame(b'{"result": null, "id": 1}', LIMIT) == SubscriptionReply(1, None)
+    assert parse_frame(b'{"result": ["btcusdt@trade"], "id": 2}', LIMIT) == SubscriptionReply(2, ["btcusdt@trade"])
+    assert parse_frame(b'{"e": "serverShutdown", "E": 5}', LIMIT) == ServerShutdown(5)
+    assert parse_frame(envelope({"e": "serverShutdown"}), LIMIT) == ServerShutdown(None)
 
 
 @pytest.mark.parametrize(
@@ -47,13 +48,13 @@ def test_control_messages():
     ],
 )
 def test_frames_that_are_not_trades_are_rejected_with_a_reason(raw, reason):
-    result = parse_frame(raw)
+    result = parse_frame(raw, LIMIT)
     assert isinstance(result, Rejected) and result.reason == reason and result.detail
 
 
 @pytest.mark.parametrize("field", ["s", "t", "p", "q", "T", "E", "m"])
 def test_each_missing_trade_field_is_named(field):
-    result = parse_frame(envelope({k: v for k, v in TRADE.items() if k != field}))
+    result = parse_frame(envelope({k: v for k, v in TRADE.items() if k != field}), LIMIT)
     assert result.reason == binance.MISSING_FIELD and repr(field) in result.detail
 
 
@@ -62,7 +63,7 @@ def test_each_missing_trade_field_is_named(field):
     [("s", 1), ("t", "42"), ("t", True), ("t", 1.5), ("p", 43210.12), ("q", None), ("T", "x"), ("E", []), ("m", "true"), ("M", 1)],
 )
 def test_each_mistyped_trade_field_is_named(field, value):
-    result = parse_frame(envelope({**TRADE, field: value}))
+    result = parse_frame(envelope({**TRADE, field: value}), LIMIT)
     assert result.reason == binance.WRONG_TYPE and repr(field) in result.detail
 
 
@@ -70,7 +71,7 @@ DELIVERY = Delivery("BINANCE", "wss://stream.binance.com:9443/stream", 170000000
 
 
 def test_normalised_record_field_for_field():
-    record = normalise_trade(parse_frame(envelope(TRADE)), DELIVERY, {})
+    record = normalise_trade(parse_frame(envelope(TRADE), LIMIT), DELIVERY, {})
     assert record == {
         "message_id": str(uuid.uuid5(uuid.UUID("6f1c2a55-0b0e-5d8f-9a43-8f3c1b2d4e70"), "BINANCE:BTCUSDT:42")),
         "trade_id": "BINANCE-42",
@@ -92,7 +93,7 @@ def test_normalised_record_field_for_field():
 
 
 def test_buyer_taker_is_a_buy_and_venue_labels_the_trade():
-    trade = parse_frame(envelope({**TRADE, "m": False}))
+    trade = parse_frame(envelope({**TRADE, "m": False}), LIMIT)
     record = normalise_trade(trade, Delivery("BINANCEUS", "wss://stream.binance.us:9443/stream", 1), {})
     assert (record["side"], record["exchange"], record["trade_id"]) == ("BUY", "BINANCEUS", "BINANCEUS-42")
     assert record["message_id"] != message_id("BINANCE", "BTCUSDT", 42)
@@ -151,7 +152,7 @@ def test_decimals_that_cannot_be_stored_exactly_are_rejected(text, reason):
 
 
 def test_bad_quantity_rejects_the_trade():
-    result = normalise_trade(parse_frame(envelope({**TRADE, "q": "1.123456789"})), DELIVERY, {})
+    result = normalise_trade(parse_frame(envelope({**TRADE, "q": "1.123456789"}), LIMIT), DELIVERY, {})
     assert isinstance(result, Rejected) and result.reason == binance.DECIMAL_OUT_OF_RANGE and "quantity" in result.detail
 
 
@@ -176,3 +177,10 @@ def test_many_symbols_are_subscribed_in_spaced_messages_within_the_limits():
         subscribed += [stream for group in params for stream in group]
     assert subscribed == [f"{s.lower()}@trade" for s in symbols]
     assert 1 / binance.SUBSCRIBE_INTERVAL_SECONDS < 5  # control messages stay under 5 per second
+
+
+def test_a_frame_over_the_limit_is_rejected_before_parsing():
+    raw = envelope({**TRADE, "padding": "x" * 1000})
+    assert parse_frame(raw, len(raw)) == parse_frame(envelope({**TRADE, "padding": "x" * 1000}), LIMIT)
+    rejected = parse_frame(raw, len(raw) - 1)
+    assert rejected.reason == binance.FRAME_TOO_LARGE and f"{len(raw)} bytes" in rejected.detail

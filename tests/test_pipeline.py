@@ -112,8 +112,9 @@ def test_malformed_frames_go_to_the_dlq_while_trades_keep_flowing(start_service,
     service = start_service()
     service.wait_ready()
     wait_until(lambda: service.metric("k2_kafka_messages_produced_total") >= 50, 60, "trades flowing")
-    simulator.endpoint(0).send_raw(list(MALFORMED.values()) + [b"\x80binary\xff"])
-    wait_until(lambda: service.metric("k2_dlq_messages_total") >= len(MALFORMED) + 1, 30, "dead letters counted")
+    oversized = json.dumps({"stream": "btcusdt@trade", "data": {"e": "trade", "padding": "x" * 100_000}})
+    simulator.endpoint(0).send_raw(list(MALFORMED.values()) + [b"\x80binary\xff", oversized])
+    wait_until(lambda: service.metric("k2_dlq_messages_total") >= len(MALFORMED) + 2, 30, "dead letters counted")
     produced = service.metric("k2_kafka_messages_produced_total")
     wait_until(lambda: service.metric("k2_kafka_messages_produced_total") > produced + 50, 30, "trades after the bad frames")
     samples = service.metrics()
@@ -131,6 +132,7 @@ def test_malformed_frames_go_to_the_dlq_while_trades_keep_flowing(start_service,
     for reason, raw in MALFORMED.items():
         assert raw.encode() in by_reason[reason], reason
     assert b"\x80binary\xff" in by_reason["not_json"]
+    assert by_reason["frame_too_large"] == [oversized.encode()[:65536]]
     assert len(read_partitions(broker.bootstrap_servers, topic)) >= produced + 50
 
 

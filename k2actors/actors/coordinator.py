@@ -166,7 +166,7 @@ class FailoverCoordinator(Actor):
         elif role == NORMALISER:
             message = NormaliserSetup(
                 children[PRODUCER], children[METRICS], GAP_GRACE_SECONDS, self._quote_assets,
-                config.kafka.max_buffered_records,
+                config.kafka.max_buffered_records, config.binance.max_frame_bytes,
             )
         else:
             url = role.removeprefix(_connection_role(""))

@@ -163,7 +163,7 @@ class Normaliser(Actor):
         self._finish_drain()
 
     def _take(self, raw: bytes, delivery: Delivery, now: float, records: list, dead_letters: list) -> None:
-        event = parse_frame(raw)
+        event = parse_frame(raw, self._setup.max_frame_bytes)
         if isinstance(event, Trade):
             record = self._accept(event, delivery, now)
             if isinstance(record, Rejected):
@@ -202,7 +202,7 @@ class Normaliser(Actor):
         shed: dict[str, list[int]] = {}
         others = 0
         for _, raw in batch.frames:
-            event = parse_frame(raw)
+            event = parse_frame(raw, self._setup.max_frame_bytes)
             if isinstance(event, Trade):
                 shed.setdefault(event.symbol, []).append(event.trade_id)
             elif isinstance(event, ServerShutdown):
@@ -231,7 +231,7 @@ class Normaliser(Actor):
     def _dead_letter(self, raw: bytes, rejected: Rejected, url: str, received_us: int) -> DeadLetter:
         log.warning("dead letter from %s: %s (%s)", url, rejected.reason, rejected.detail)
         self._metrics.inc("k2_binance_message_errors_total", rejected.reason)
-        return DeadLetter(raw, rejected.reason, rejected.detail, url, received_us)
+        return DeadLetter(raw[: self._setup.max_frame_bytes], rejected.reason, rejected.detail, url, received_us)
 
     def _declare_gaps(self) -> None:
         for gap in self._tracker.declare_due(time.monotonic()) if self._tracker else ():

@@ -18,6 +18,7 @@ WRONG_TYPE = "wrong_type"
 UNKNOWN_EVENT = "unknown_event"
 INVALID_DECIMAL = "invalid_decimal"
 DECIMAL_OUT_OF_RANGE = "decimal_out_of_range"
+FRAME_TOO_LARGE = "frame_too_large"
 # Not the exchange's fault: the service failed on a frame (a bug) or on a record.
 INTERNAL_ERROR = "internal_error"
 SERIALIZATION_FAILED = "serialization_failed"
@@ -70,7 +71,9 @@ _TRADE_FIELDS = (
 )
 
 
-def parse_frame(raw: bytes | str) -> Event:
+def parse_frame(raw: bytes | str, max_bytes: int) -> Event:
+    if len(raw) > max_bytes:
+        return Rejected(FRAME_TOO_LARGE, f"{len(raw)} bytes, more than {max_bytes}; the dead letter keeps the first {max_bytes}")
     try:
         message = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
