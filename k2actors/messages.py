@@ -175,6 +175,15 @@ class RawBatch:
 
 
 @dataclass(frozen=True)
+class PoisonedFrames:
+    """Frames of a RawBatch the Normaliser failed on twice: to the DLQ as they are, unparsed."""
+
+    url: str
+    frames: tuple[tuple[int, bytes], ...]
+    detail: str
+
+
+@dataclass(frozen=True)
 class DeadLetter:
     raw: bytes
     reason: str

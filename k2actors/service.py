@@ -19,7 +19,6 @@ from thespian.actors import ActorSystem
 from k2actors.actors.coordinator import FailoverCoordinator
 from k2actors.config import BinanceConfig, Config
 from k2actors.core.binance import MAX_URL_LENGTH, quote_assets
-from k2actors.net import free_port
 from k2actors.logs import logging_config
 from k2actors.messages import (
     PipelineAlive,
@@ -29,6 +28,7 @@ from k2actors.messages import (
     StartPipeline,
     StopPipeline,
 )
+from k2actors.net import free_port
 
 log = logging.getLogger("k2actors.service")
 

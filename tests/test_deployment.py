@@ -150,3 +150,15 @@ def test_start_streaming_script_says_clearly_when_docker_compose_is_missing(tmp_
     assert result.returncode == 1
     assert "'docker compose' is not available" in result.stderr
     assert "docker compose up -d binance-stream" in (REPO / "scripts/start-streaming.sh").read_text()
+
+
+def test_readme_documents_every_metric_and_dlq_reason():
+    from k2actors.core import binance
+    from k2actors.core.telemetry import CATALOGUE
+
+    readme = (REPO / "README.md").read_text()
+    assert [name for name in CATALOGUE if f"| {name} |" not in readme] == []
+    reasons = [value for name, value in vars(binance).items() if name.isupper() and isinstance(value, str)
+               and value.islower() and "_" in value and name == value.upper()]
+    assert len(reasons) >= 10
+    assert [reason for reason in reasons if f"`{reason}`" not in readme] == []

@@ -5,7 +5,7 @@ import logging
 import os
 from datetime import timedelta
 
-from thespian.actors import Actor, ActorExitRequest
+from thespian.actors import Actor, ActorExitRequest, PoisonMessage
 
 from k2actors.messages import Heartbeat
 
@@ -14,6 +14,13 @@ TICK = "tick"
 
 def seconds(value: float) -> timedelta:
     return timedelta(seconds=value)
+
+
+def note_poison(log: logging.Logger, metrics, poison: PoisonMessage) -> None:
+    """A message came back because its receiver failed on it twice: it is never retried again."""
+    kind = type(poison.poisonMessage).__name__
+    log.error("a %s failed twice in its receiver and came back: %s", kind, str(poison.details)[:300])
+    metrics.inc("k2_poison_messages_total", kind)
 
 
 def report_alive(actor: Actor, coordinator, parent_pid: int) -> None:

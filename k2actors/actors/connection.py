@@ -15,16 +15,28 @@ import threading
 import time
 
 import websocket
-from thespian.actors import Actor, ActorExitRequest, ThespianWatch, WakeupMessage, WatchMessage
+from thespian.actors import (
+    Actor,
+    ActorExitRequest,
+    PoisonMessage,
+    ThespianWatch,
+    WakeupMessage,
+    WatchMessage,
+)
 
-from k2actors.actors import TICK, report_alive, seconds
-from k2actors.core.binance import SUBSCRIBE_INTERVAL_SECONDS, SubscriptionPlan, connection_plans
+from k2actors.actors import TICK, note_poison, report_alive, seconds
+from k2actors.core.binance import (
+    SUBSCRIBE_INTERVAL_SECONDS,
+    SubscriptionPlan,
+    connection_plans,
+)
 from k2actors.core.telemetry import MetricBuffer
 from k2actors.messages import (
     Connect,
     ConnectionClosed,
     ConnectionOpened,
     ConnectionSetup,
+    PoisonedFrames,
     RawBatch,
     ReadingStopped,
     Rotate,
@@ -242,6 +254,8 @@ class ConnectionActor(Actor):
             self._rotate(message.reason)
         elif isinstance(message, StopReading):
             self._stop_reading(sender)
+        elif isinstance(message, PoisonMessage):
+            self._on_poison(message)
         elif isinstance(message, ActorExitRequest):
             for link in self._links:
                 link.close("actor exiting")
@@ -329,6 +343,17 @@ class ConnectionActor(Actor):
             self._metrics.set("k2_binance_connection_status", 0, self._setup.endpoint.url)
             self._flush_metrics()
         self.send(sender, ReadingStopped(self._setup.endpoint.url if self._setup else "", self._seq))
+
+    def _on_poison(self, poison: PoisonMessage) -> None:
+        note_poison(log, self._metrics, poison)
+        batch = poison.poisonMessage
+        if isinstance(batch, RawBatch):
+            # Its frames still reach the DLQ, unparsed. If even that fails it comes back once
+            # more as PoisonedFrames, and then is only counted and logged: never a loop.
+            self.send(self._setup.normaliser, PoisonedFrames(batch.url, batch.frames, str(poison.details)[:200]))
+        elif isinstance(batch, PoisonedFrames):
+            log.error("%d frames from %s could not even be dead-lettered; they are lost", len(batch.frames), batch.url)
+        self._flush_metrics()
 
     def _flush_metrics(self) -> None:
         deltas = self._metrics.take()

