@@ -1,10 +1,11 @@
-"""Command line: start, validate-config, demo, tail."""
+"""Command line: start, validate-config, demo, tail, bench."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from k2actors import __version__
 from k2actors.config import ConfigError, effective_config, load_config
@@ -30,6 +31,16 @@ def _parser() -> argparse.ArgumentParser:
     demo = command("demo", "Run everything offline: local broker, registry and exchange simulator, and the pipeline.")
     demo.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds (default: until Ctrl-C)")
     demo.add_argument("--rate", type=float, default=20.0, metavar="N", help="simulated trades per second per symbol (default 20)")
+    bench = command("bench", "Measure the pipeline against this machine's ceilings (local stack); figures as a table and JSON.")
+    bench.add_argument("--symbols", type=int, default=3, metavar="N", help="number of symbols (default 3)")
+    bench.add_argument("--rates", type=_rates, default=(1000.0, 10000.0), metavar="R,R",
+                       help="fixed offered rates in trades per second, for latency (default 1000,10000)")
+    bench.add_argument("--duration", type=float, default=30.0, metavar="S",
+                       help="seconds of the maximum-load window; each fixed rate runs half as long (default 30)")
+    bench.add_argument("--mode", choices=("failover", "hot_standby"), default="failover", help="binance.mode to run (default failover)")
+    bench.add_argument("--soak", type=float, default=0.0, metavar="MINUTES", help="also soak at --soak-rate and report the memory slope")
+    bench.add_argument("--soak-rate", type=float, default=5000.0, metavar="R", help="trades per second while soaking (default 5000)")
+    bench.add_argument("--output", default="bench-results.json", metavar="PATH", help="where to write the figures as JSON")
     tail = command("tail", "Print the trades in the topic, decoded through the Schema Registry.")
     tail.add_argument("--topic", help="topic to read (default: kafka.topic from the config)")
     tail.add_argument("--from-beginning", action="store_true", help="start at the oldest record, not the newest")
@@ -52,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         from k2actors.service import run
 
         return run(config)
+    if args.command == "bench":
+        from k2actors.bench import Options, run_bench
+
+        return run_bench(Options(
+            args.symbols, args.rates, args.duration, args.mode, args.soak, args.soak_rate, Path(args.output), args.config,
+        ))
     if args.command == "demo":
         from k2actors.demo import run_demo
 
@@ -59,6 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     from k2actors.tail import run_tail
 
     return run_tail(config, args.topic, args.from_beginning, args.max, args.json)
+
+
+def _rates(text: str) -> tuple[float, ...]:
+    try:
+        rates = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected rates such as 1000,10000, got {text!r}") from None
+    if not rates or min(rates) <= 0:
+        raise argparse.ArgumentTypeError("rates must be positive")
+    return rates
 
 
 def _environ() -> dict[str, str]:

@@ -18,7 +18,7 @@ from k2actors.config import Config, Endpoint, KafkaConfig
 class StartPipeline:
     config: Config
     quote_assets: dict  # symbol -> quote asset, from exchangeInfo; may be empty
-    service_pid: int  # the root of the service's process tree
+    service_pid: int  # the service's main process: when it is gone, the actor system must go too
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,6 @@ class PipelineStopped:
 @dataclass(frozen=True)
 class MetricsSetup:
     port: int
-    service_pid: int
 
 
 @dataclass(frozen=True)

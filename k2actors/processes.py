@@ -30,11 +30,19 @@ def descendants(root: int, table: dict[int, tuple[int, int]]) -> set[int]:
     return found
 
 
-def tree_resident_bytes(root: int) -> int:
-    """Resident memory of a process and all its descendants: the whole service, every actor."""
+def trees(roots: tuple[int, ...], table: dict[int, tuple[int, int]]) -> set[int]:
+    """The roots and all their descendants. A service needs two roots: Thespian's admin
+    process detaches itself from the process that started it."""
+    found = set(roots)
+    for root in roots:
+        found |= descendants(root, table)
+    return found
+
+
+def tree_resident_bytes(*roots: int) -> int:
+    """Resident memory of the processes under `roots`: the whole service, every actor."""
     table = process_table()
-    tree = descendants(root, table) | {root}
-    return sum(table[pid][1] for pid in tree if pid in table) * os.sysconf("SC_PAGE_SIZE")
+    return sum(table[pid][1] for pid in trees(roots, table) if pid in table) * os.sysconf("SC_PAGE_SIZE")
 
 
 def exists(pid: int) -> bool:
@@ -43,3 +51,16 @@ def exists(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def tree_cpu_seconds(*roots: int) -> float:
+    """User and system CPU time of the processes under `roots` now running."""
+    total_ticks = 0
+    for pid in trees(roots, process_table()):
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total_ticks += int(fields[11]) + int(fields[12])
+    return total_ticks / os.sysconf("SC_CLK_TCK")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
-import multiprocessing
 import os
 import signal
 import threading
@@ -123,13 +122,6 @@ class Pipeline:
         if self._system is not None:
             self._system.shutdown()
             self._system = None
-        # Thespian's admin is a child process of this one. After a coordinator died, shutdown()
-        # can return with the admin still running: no process may outlive the service.
-        for child in multiprocessing.active_children():
-            child.join(timeout=2)
-            if child.is_alive():
-                log.warning("actor system process %d did not exit; killing it", child.pid)
-                child.kill()
 
     def __enter__(self):
         return self.start()

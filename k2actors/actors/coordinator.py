@@ -10,7 +10,7 @@ import os
 import signal
 import time
 
-from thespian.actors import Actor, ActorExitRequest, ChildActorExited, WakeupMessage
+from thespian.actors import Actor, ChildActorExited, WakeupMessage
 
 from k2actors import processes
 from k2actors.actors import TICK, seconds
@@ -160,7 +160,7 @@ class FailoverCoordinator(Actor):
     def _wire(self, role: str) -> None:
         config, children = self._config, self._children
         if role == METRICS:
-            message = MetricsSetup(config.metrics.port, self._service_pid)
+            message = MetricsSetup(config.metrics.port)
         elif role == PRODUCER:
             message = ProducerSetup(config.kafka, children[METRICS])
         elif role == NORMALISER:
@@ -283,14 +283,13 @@ class FailoverCoordinator(Actor):
             # The service process was killed without a word: the actor system it owned must go too,
             # or a restarted service would find this one still streaming beside it. Nothing there
             # has anything left to do: every process under Thespian's admin (this actor's
-            # parent) is ended, then the admin, then this actor.
+            # parent) is ended, then the admin, then this actor, which has no one left to tell.
             log.error("the service process %d is gone; shutting the actor system down", self._service_pid)
             admin = os.getppid()
             for pid in [*(processes.descendants(admin, processes.process_table()) - {os.getpid()}), admin]:
                 with contextlib.suppress(ProcessLookupError):  # it may have ended meanwhile
                     os.kill(pid, signal.SIGKILL)
-            self.send(self.myAddress, ActorExitRequest())
-            return
+            os._exit(1)
         if not self._stopping:
             self._check_heartbeats(now)
             if self._endpoints and self._dark.expired(now, bool(self._streaming), circuit_open):
@@ -302,7 +301,8 @@ class FailoverCoordinator(Actor):
                 self.send(self._service, PipelineFailed(reason))
         metrics = self._children[METRICS]
         pids = {role: pid for role, (pid, _) in self._heartbeats.items() if pid is not None}
-        self.send(metrics, CoordinatorAlive({"coordinator": os.getpid(), **pids}))
+        roots = {"service": self._service_pid, "actor_system": os.getppid(), "coordinator": os.getpid()}
+        self.send(metrics, CoordinatorAlive({**roots, **pids}))
         self._report_exchange()
         deltas = self._metrics.take()
         if deltas:

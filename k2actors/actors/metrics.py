@@ -79,6 +79,11 @@ class Status:
         with self._lock:
             self._coordinator_seen_at, self._pids = time.monotonic(), dict(pids)
 
+    def roots(self) -> tuple[int, ...]:
+        """The processes every other process of the service descends from."""
+        with self._lock:
+            return tuple(self._pids[name] for name in ("service", "actor_system") if name in self._pids)
+
     def health(self) -> tuple[bool, dict]:
         with self._lock:
             seen_at, pids = self._coordinator_seen_at, dict(self._pids)
@@ -148,7 +153,7 @@ class MetricsActor(Actor):
             if self._coordinator is None:
                 self.wakeupAfter(seconds(1), TICK)
                 memory = self._metrics["k2_service_resident_memory_bytes"]
-                memory.set_function(lambda: tree_resident_bytes(message.service_pid))
+                memory.set_function(lambda: tree_resident_bytes(*self._status.roots()))
             self._coordinator = sender
             self._serve(message.port, sender)
         elif isinstance(message, ActorExitRequest) and self._server:

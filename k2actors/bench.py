@@ -1,0 +1,465 @@
+"""`bench`: the real pipeline measured against the ceilings of the machine it runs on.
+
+Everything runs here, in one run: the local broker, the registry double, the exchange
+simulator, and the service itself as `python -m k2actors start` (the same command, actors
+and configuration path as in production, configured through K2_* variables). Phases:
+
+1. ceilings: how fast a bare websocket-client connection receives the simulator's frames,
+   and how fast a bare confluent-kafka producer delivers records of the same size;
+2. maximum load: the simulator replays a tape of consecutive trades as fast as it can, and
+   the pipeline's sustained rate (acknowledged by Kafka) is measured over the middle of it;
+3. latency at fixed offered rates: receive-to-ack and exchange-to-ack percentiles from the
+   service's own histograms;
+4. optionally a soak: memory sampled at a fixed rate, and its slope.
+
+Every phase ends by reading its topic back: a missing or duplicated trade fails the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import websocket
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+from prometheus_client.parser import text_string_to_metric_families
+
+from k2actors import processes
+from k2actors.config import KafkaConfig
+from k2actors.core.binance import parse_frame
+from k2actors.core.normalise import Delivery, normalise_trade
+from k2actors.localstack.broker import TansuBroker
+from k2actors.localstack.registry import SchemaRegistryDouble
+from k2actors.localstack.simulator import ExchangeSimulator
+from k2actors.net import free_port
+
+FIRST_ID = 1_000_000
+SAMPLE_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class Options:
+    symbols: int = 3
+    rates: tuple[float, ...] = (1000.0, 10000.0)  # offered trades per second, all symbols together
+    duration: float = 30.0  # seconds of the maximum-load window, and of each latency phase / 2
+    mode: str = "failover"
+    soak_minutes: float = 0.0
+    soak_rate: float = 5000.0
+    output: Path = Path("bench-results.json")
+    config: str | None = None  # passed to the service, as `start --config` takes it
+
+
+def symbol_names(count: int) -> tuple[str, ...]:
+    return tuple(f"B{i:03d}USDT" for i in range(count))
+
+
+# --- the tape: consecutive trades, as a combined stream delivers them ---
+
+
+def tape_frames(symbols: tuple[str, ...], count: int) -> list[str]:
+    frames = []
+    for n in range(count):
+        symbol = symbols[n % len(symbols)]
+        trade_id = FIRST_ID + n // len(symbols)
+        data = (
+            f'{{"e":"trade","E":{1_700_000_000_000 + n},"s":"{symbol}","t":{trade_id},"p":"{40000 + n % 997}.12000000",'
+            f'"q":"0.{n % 99999 + 1:08d}","T":{1_700_000_000_000 + n},"m":{"true" if n % 2 else "false"},"M":true}}'
+        )
+        frames.append(f'{{"stream":"{symbol.lower()}@trade","data":{data}}}')
+    return frames
+
+
+def write_tape(path: Path, frames: list[str]) -> None:
+    path.write_text("\n".join(frames) + "\n")
+
+
+# --- ceilings ---
+
+
+def websocket_ceiling(url: str, symbols: tuple[str, ...], expected: int) -> float:
+    """Frames per second a bare websocket-client connection receives, first frame to last."""
+    ws = websocket.create_connection(
+        f"{url}?streams=" + "/".join(f"{s.lower()}@trade" for s in symbols), skip_utf8_validation=True
+    )
+    try:
+        ws.recv()
+        started, received = time.perf_counter(), 1
+        while received < expected:
+            ws.recv()
+            received += 1
+        return (received - 1) / (time.perf_counter() - started)
+    finally:
+        ws.close()
+
+
+def producer_ceiling(broker: str, registry_url: str, frames: list[str], topic: str) -> float:
+    """Records per second a bare producer delivers, same settings and record size as the service."""
+    kafka = KafkaConfig(bootstrap_servers=broker, schema_registry_url=registry_url, topic=topic)
+    from k2actors.actors.producer import producer_settings, trade_schema
+
+    serializer = AvroSerializer(SchemaRegistryClient({"url": registry_url}), trade_schema())
+    context = SerializationContext(topic, MessageField.VALUE)
+    delivery = Delivery("BINANCE", "ws://bench", time.time_ns() // 1000)
+    values = []
+    for raw in frames:
+        record = normalise_trade(parse_frame(raw, 65536), delivery, {})
+        values.append((record["symbol"].encode(), serializer(record, context)))
+    _create_topic(broker, topic)
+    producer = Producer(producer_settings(kafka))
+    acknowledged = 0
+
+    def on_delivery(error, message):
+        nonlocal acknowledged
+        acknowledged += error is None
+
+    started = time.perf_counter()
+    for key, value in values:
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+                break
+            except BufferError:
+                producer.poll(0.01)
+        producer.poll(0)
+    producer.flush(60)
+    elapsed = time.perf_counter() - started
+    if acknowledged != len(values):
+        raise BenchFailure(f"the bare producer delivered {acknowledged} of {len(values)} records")
+    return acknowledged / elapsed
+
+
+def _create_topic(broker: str, topic: str) -> None:
+    admin = AdminClient({"bootstrap.servers": broker})
+    for future in admin.create_topics([NewTopic(topic, num_partitions=3)]).values():
+        future.result(timeout=10)
+
+
+# --- the service, as a user runs it ---
+
+
+class BenchFailure(Exception):
+    pass
+
+
+class ServiceProcess:
+    def __init__(self, env: dict[str, str], log_path: Path, config: str | None):
+        self.port = int(env["K2_METRICS_PORT"])
+        self._log = log_path.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "k2actors", "start", *(["--config", config] if config else [])], env={**os.environ, **env},
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    def samples(self) -> dict[str, float]:
+        """Every sample of /metrics, as {'name{label=value,...}': value}."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        flat = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                flat[f"{sample.name}{{{labels}}}"] = sample.value
+        return flat
+
+    def total(self, name: str) -> float:
+        return sum(v for k, v in self.samples().items() if k.startswith(name + "{"))
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BenchFailure(f"the service exited with status {self.process.returncode}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/ready", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise BenchFailure(f"the service was not ready within {timeout:.0f} s")
+
+    def cpu_seconds(self) -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=5) as response:
+            actors = json.load(response)["actors"]
+        return processes.tree_cpu_seconds(self.process.pid, actors["actor_system"])
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(30)
+        self._log.close()
+        if code != 0:
+            raise BenchFailure(f"the service stopped with status {code}: not every trade was delivered")
+
+
+def service_env(broker: str, registry: str, url: str, symbols: tuple[str, ...], topic: str, mode: str,
+                failover_urls: list[str]) -> dict[str, str]:
+    return {
+        "K2_BINANCE_WEBSOCKET_URL": url,
+        "K2_BINANCE_FAILOVER_URLS": ",".join(failover_urls),
+        "K2_BINANCE_SYMBOLS": ",".join(symbols),
+        "K2_BINANCE_MODE": mode,
+        "K2_BINANCE_REST_URLS": "BINANCE=http://127.0.0.1:1",  # no exchangeInfo needed: every quote is USDT
+        "K2_KAFKA_BOOTSTRAP_SERVERS": broker,
+        "K2_KAFKA_SCHEMA_REGISTRY_URL": registry,
+        "K2_KAFKA_TOPIC": topic,
+        "K2_METRICS_PORT": str(free_port()),
+        "K2_LOG_LEVEL": "WARNING",
+    }
+
+
+# --- reading Kafka back ---
+
+
+def loss_and_duplicates(broker: str, registry: str, topic: str, expected: dict[str, tuple[int, int]] | None) -> dict:
+    """Per topic: trades missing and duplicated. `expected` gives each symbol's first and last
+    id when they are known (the tape); otherwise ids must be contiguous from the first read."""
+    deserialize = AvroDeserializer(SchemaRegistryClient({"url": registry}))
+    consumer = Consumer({"bootstrap.servers": broker, "group.id": "bench-reader", "enable.auto.commit": False})
+    ids: dict[str, list[int]] = {}
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+        remaining = sum(ends.values())
+        context = SerializationContext(topic, MessageField.VALUE)
+        deadline = time.monotonic() + 120
+        while remaining > 0 and time.monotonic() < deadline:
+            for message in consumer.consume(10_000, 0.5):
+                if message.error() is None:
+                    record = deserialize(message.value(), context)
+                    ids.setdefault(record["symbol"], []).append(record["source_sequence"])
+                    remaining -= 1
+    finally:
+        consumer.close()
+    missing = duplicates = 0
+    for symbol, seen in ids.items():
+        first, last = expected[symbol] if expected else (min(seen), max(seen))
+        unique = set(seen)
+        missing += (last - first + 1) - len(unique & set(range(first, last + 1)))
+        duplicates += len(seen) - len(unique)
+    if expected:
+        missing += sum(last - first + 1 for symbol, (first, last) in expected.items() if symbol not in ids)
+    return {"records": sum(map(len, ids.values())), "missing": missing, "duplicates": duplicates}
+
+
+# --- percentiles from a Prometheus histogram ---
+
+
+def histogram(samples: dict[str, float], name: str) -> list[tuple[float, float]]:
+    """Cumulative (upper bound, count) pairs, ascending."""
+    buckets = []
+    for key, value in samples.items():
+        if key.startswith(f"{name}_bucket{{"):
+            bound = key.split("le=", 1)[1].split(",", 1)[0].rstrip("}")
+            buckets.append((float(bound), value))
+    return sorted(buckets)
+
+
+def percentile(before: list[tuple[float, float]], after: list[tuple[float, float]], q: float) -> float | None:
+    """The q-quantile of what was observed between two scrapes, interpolated in its bucket."""
+    counts = [(bound, a - b) for (bound, a), (_, b) in zip(after, before or [(bound, 0) for bound, _ in after])]
+    total = counts[-1][1] if counts else 0
+    if total <= 0:
+        return None
+    rank, lower, below = q * total, 0.0, 0.0
+    for bound, cumulative in counts:
+        if cumulative >= rank:
+            if bound == float("inf"):
+                return lower
+            inside = cumulative - below
+            return lower + (bound - lower) * ((rank - below) / inside if inside else 1.0)
+        lower, below = bound, cumulative
+    return lower
+
+
+# --- the phases ---
+
+
+def max_load(stack, options: Options, symbols: tuple[str, ...], ceiling: float, workdir: Path) -> dict:
+    broker, registry = stack
+    count = int(ceiling * options.duration * 1.25) // len(symbols) * len(symbols)
+    tape = workdir / "max-load.tape"
+    write_tape(tape, tape_frames(symbols, count))
+    topic = "bench.max-load"
+    with ExchangeSimulator(symbols, rate=0, endpoints=2, tape=tape) as exchange:
+        service = ServiceProcess(
+            service_env(broker.bootstrap_servers, registry.url, exchange.urls[0], symbols, topic, options.mode,
+                        exchange.urls[1:]),
+            workdir / "max-load.log", options.config,
+        )
+        try:
+            service.wait_ready()
+            memory_start = service.total("k2_service_resident_memory_bytes")
+            cpu_start = service.cpu_seconds()
+            trace = []  # (time, acknowledged)
+            deadline = time.monotonic() + options.duration * 10 + 60
+            while time.monotonic() < deadline:
+                produced = service.total("k2_kafka_messages_produced_total")
+                trace.append((time.monotonic(), produced))
+                if produced >= count:
+                    break
+                time.sleep(SAMPLE_SECONDS)
+            cpu = service.cpu_seconds() - cpu_start
+            memory_end = service.total("k2_service_resident_memory_bytes")
+            reported_missing = service.total("k2_binance_missing_trades_total")
+        finally:
+            service.stop()
+    window = [(t, n) for t, n in trace if 0.05 * count <= n <= 0.95 * count]
+    if len(window) < 2:
+        raise BenchFailure("the maximum-load phase produced too few samples to measure a rate")
+    (t0, n0), (t1, n1) = window[0], window[-1]
+    expected = {s: (FIRST_ID, FIRST_ID + count // len(symbols) - 1) for s in symbols}
+    check = loss_and_duplicates(broker.bootstrap_servers, registry.url, topic, expected)
+    return {
+        "trades": count,
+        "window_seconds": round(t1 - t0, 1),
+        "rate": (n1 - n0) / (t1 - t0),
+        "memory_start_bytes": memory_start,
+        "memory_end_bytes": memory_end,
+        "cpu_microseconds_per_trade": cpu / count * 1e6,
+        "reported_missing": reported_missing,
+        **check,
+    }
+
+
+def fixed_rate(stack, options: Options, symbols: tuple[str, ...], rate: float, seconds: float, workdir: Path,
+               name: str, memory_every: float | None = None) -> dict:
+    broker, registry = stack
+    topic = f"bench.{name}"
+    with ExchangeSimulator(symbols, rate=rate / len(symbols), endpoints=2) as exchange:
+        service = ServiceProcess(
+            service_env(broker.bootstrap_servers, registry.url, exchange.urls[0], symbols, topic, options.mode,
+                        exchange.urls[1:]),
+            workdir / f"{name}.log", options.config,
+        )
+        try:
+            service.wait_ready()
+            time.sleep(2)  # past connection and warm-up
+            before = service.samples()
+            memory = []
+            started = time.monotonic()
+            while time.monotonic() - started < seconds:
+                time.sleep(memory_every or SAMPLE_SECONDS)
+                if memory_every:
+                    memory.append((time.monotonic() - started, service.total("k2_service_resident_memory_bytes")))
+            after = service.samples()
+            reported_missing = service.total("k2_binance_missing_trades_total")
+        finally:
+            service.stop()
+    result = {
+        "offered_rate": rate,
+        "delivered_rate": (_sum(after, "k2_kafka_messages_produced_total") - _sum(before, "k2_kafka_messages_produced_total")) / seconds,
+        "reported_missing": reported_missing,
+    }
+    for metric, label in (("k2_trade_receive_to_ack_seconds", "receive_to_ack"), ("k2_trade_exchange_to_ack_seconds", "exchange_to_ack")):
+        b, a = histogram(before, metric), histogram(after, metric)
+        for q, suffix in ((0.5, "p50"), (0.99, "p99"), (0.999, "p99_9")):
+            value = percentile(b, a, q)
+            result[f"{label}_{suffix}_ms"] = None if value is None else value * 1000
+    if memory:
+        result["memory_samples"] = memory
+        result["memory_end_bytes"] = memory[-1][1]
+        result["memory_slope_bytes_per_minute"] = _slope(memory) * 60
+    result.update(loss_and_duplicates(broker.bootstrap_servers, registry.url, topic, None))
+    return result
+
+
+def _sum(samples: dict[str, float], name: str) -> float:
+    return sum(v for k, v in samples.items() if k.startswith(name + "{"))
+
+
+def _slope(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of y over x."""
+    n = len(points)
+    if n < 2:
+        return 0.0
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    spread = sum((x - mean_x) ** 2 for x, _ in points)
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / spread if spread else 0.0
+
+
+def run_bench(options: Options) -> int:
+    symbols = symbol_names(options.symbols)
+    results: dict = {"options": {**options.__dict__, "output": str(options.output)}, "machine": {"cpus": os.cpu_count()}}
+    with TansuBroker() as broker, SchemaRegistryDouble() as registry, tempfile.TemporaryDirectory() as tmp:
+        workdir, stack = Path(tmp), (broker, registry)
+        probe = tape_frames(symbols, 20_000 // len(symbols) * len(symbols))
+        write_tape(workdir / "ceiling.tape", probe)
+        with ExchangeSimulator(symbols, rate=0, endpoints=1, tape=workdir / "ceiling.tape") as exchange:
+            ws_ceiling = websocket_ceiling(exchange.urls[0], symbols, len(probe))
+        kafka_ceiling = producer_ceiling(broker.bootstrap_servers, registry.url, probe, "bench.ceiling")
+        results["ceilings"] = {"websocket_receive_rate": ws_ceiling, "producer_delivery_rate": kafka_ceiling}
+        print(f"ceilings: websocket receive {ws_ceiling:,.0f}/s, producer delivery {kafka_ceiling:,.0f}/s", flush=True)
+
+        load = max_load(stack, options, symbols, ws_ceiling, workdir)
+        load["fraction_of_websocket_ceiling"] = load["rate"] / ws_ceiling
+        load["fraction_of_producer_ceiling"] = load["rate"] / kafka_ceiling
+        results["max_load"] = load
+        print(f"maximum load: {load['rate']:,.0f}/s sustained over {load['window_seconds']} s", flush=True)
+
+        results["fixed_rates"] = []
+        for rate in options.rates:
+            phase = fixed_rate(stack, options, symbols, rate, max(options.duration / 2, 5), workdir, f"rate-{rate:.0f}")
+            results["fixed_rates"].append(phase)
+            print(f"at {rate:,.0f}/s: p99 receive to ack {_ms(phase['receive_to_ack_p99_ms'])}", flush=True)
+        if options.soak_minutes:
+            results["soak"] = fixed_rate(stack, options, symbols, options.soak_rate, options.soak_minutes * 60, workdir,
+                                         "soak", memory_every=10.0)
+    options.output.write_text(json.dumps(results, indent=2) + "\n")
+    print(format_table(results))
+    print(f"figures written to {options.output}")
+    phases = [results["max_load"], *results["fixed_rates"], *([results["soak"]] if "soak" in results else [])]
+    bad = [p for p in phases if p["missing"] or p["duplicates"] or p["reported_missing"]]
+    if bad:
+        print(f"FAILED: trades lost or duplicated in {len(bad)} phase(s): "
+              + "; ".join(f"missing {p['missing']}, duplicates {p['duplicates']}" for p in bad), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} ms"
+
+
+def format_table(results: dict) -> str:
+    ceilings, load = results["ceilings"], results["max_load"]
+    lines = [
+        "| figure | value |",
+        "|---|---|",
+        f"| websocket receive ceiling (bare websocket-client) | {ceilings['websocket_receive_rate']:,.0f} frames/s |",
+        f"| producer delivery ceiling (bare confluent-kafka) | {ceilings['producer_delivery_rate']:,.0f} records/s |",
+        f"| pipeline sustained rate, maximum load ({load['window_seconds']} s window) | {load['rate']:,.0f} trades/s |",
+        f"| ... as a fraction of the websocket ceiling | {load['fraction_of_websocket_ceiling']:.0%} |",
+        f"| ... as a fraction of the producer ceiling | {load['fraction_of_producer_ceiling']:.0%} |",
+        f"| CPU time per trade (whole service) | {load['cpu_microseconds_per_trade']:.0f} µs |",
+        f"| resident memory, start / end of maximum load | {load['memory_start_bytes'] / 2**20:.0f} / {load['memory_end_bytes'] / 2**20:.0f} MiB |",
+    ]
+    for phase in results["fixed_rates"]:
+        rate = f"{phase['offered_rate']:,.0f}/s"
+        lines.append(
+            f"| receive to ack p50 / p99 / p99.9 at {rate} | {_ms(phase['receive_to_ack_p50_ms'])} / "
+            f"{_ms(phase['receive_to_ack_p99_ms'])} / {_ms(phase['receive_to_ack_p99_9_ms'])} |"
+        )
+        lines.append(
+            f"| exchange to ack p50 / p99 / p99.9 at {rate} | {_ms(phase['exchange_to_ack_p50_ms'])} / "
+            f"{_ms(phase['exchange_to_ack_p99_ms'])} / {_ms(phase['exchange_to_ack_p99_9_ms'])} |"
+        )
+    if "soak" in results:
+        soak = results["soak"]
+        lines.append(f"| soak at {soak['offered_rate']:,.0f}/s: memory at end, slope | "
+                     f"{soak['memory_end_bytes'] / 2**20:.0f} MiB, {soak['memory_slope_bytes_per_minute'] / 2**20:+.2f} MiB/min |")
+    phases = [load, *results["fixed_rates"], *([results["soak"]] if "soak" in results else [])]
+    lines.append(f"| trades missing / duplicated (all phases) | {sum(p['missing'] for p in phases)} / "
+                 f"{sum(p['duplicates'] for p in phases)} |")
+    return "\n".join(lines)
