@@ -156,6 +156,7 @@ class BenchFailure(Exception):
 class ServiceProcess:
     def __init__(self, env: dict[str, str], log_path: Path, config: str | None):
         self.port = int(env["K2_METRICS_PORT"])
+        self._log_path = log_path
         self._log = log_path.open("w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "k2actors", "start", *(["--config", config] if config else [])], env={**os.environ, **env},
@@ -198,7 +199,8 @@ class ServiceProcess:
         code = self.process.wait(30)
         self._log.close()
         if code != 0:
-            raise BenchFailure(f"the service stopped with status {code}: not every trade was delivered")
+            last_lines = "\n".join(self._log_path.read_text().splitlines()[-15:])
+            raise BenchFailure(f"the service stopped with status {code}; the end of its log:\n{last_lines}")
 
 
 def service_env(broker: str, registry: str, url: str, symbols: tuple[str, ...], topic: str, mode: str,
@@ -390,6 +392,14 @@ def _slope(points: list[tuple[float, float]]) -> float:
 
 
 def run_bench(options: Options) -> int:
+    try:
+        return _run(options)
+    except BenchFailure as failure:
+        print(f"FAILED: {failure}", file=sys.stderr)
+        return 1
+
+
+def _run(options: Options) -> int:
     symbols = symbol_names(options.symbols)
     results: dict = {"options": {**options.__dict__, "output": str(options.output)}, "machine": {"cpus": os.cpu_count()}}
     with TansuBroker() as broker, SchemaRegistryDouble() as registry, tempfile.TemporaryDirectory() as tmp:

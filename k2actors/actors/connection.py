@@ -38,6 +38,7 @@ from k2actors.messages import (
     ConnectionSetup,
     PoisonedFrames,
     RawBatch,
+    RawBatchTaken,
     ReadingStopped,
     Rotate,
     StopReading,
@@ -45,7 +46,11 @@ from k2actors.messages import (
 
 log = logging.getLogger("k2actors.connection")
 
-MAX_BATCH_FRAMES = 2000
+MAX_BATCH_FRAMES = 5000
+# RawBatches sent but not yet taken by the Normaliser. With the window full, frames wait
+# here and leave together in the next batch: under load batches grow by themselves, and the
+# actor never floods a mailbox (a flooded mailbox delays even its heartbeats).
+WINDOW_BATCHES = 4
 CONNECT_TIMEOUT_SECONDS = 10
 
 
@@ -232,6 +237,8 @@ class ConnectionActor(Actor):
         self._connect_pending = False  # Connect overtook ConnectionSetup: delivery order is not guaranteed
         self._wake_r, self._wake_w = os.pipe()
         self._seq = 0
+        self._taken = 0  # the last RawBatch seq the Normaliser has taken
+        self._backlog: list[tuple[int, bytes]] = []  # frames waiting for room in the window
         self._metrics = MetricBuffer()
 
     def receiveMessage(self, message, sender):
@@ -241,9 +248,13 @@ class ConnectionActor(Actor):
             self._report_state()
         elif isinstance(message, WakeupMessage):
             self._on_tick()
+        elif isinstance(message, RawBatchTaken):
+            self._taken = max(self._taken, message.seq)
+            self._forward_frames()
         elif isinstance(message, ConnectionSetup):
             first = self._setup is None
             self._setup, self._coordinator = message, sender
+            self._taken = self._seq  # a new Normaliser: nothing is in flight to it
             if first:
                 self.wakeupAfter(seconds(1), TICK)
             if self._connect_pending:
@@ -277,12 +288,15 @@ class ConnectionActor(Actor):
         if any([link.rotate(reason) for link in self._links]):
             log.info("replacing the connection to %s before closing it (%s)", self._setup.endpoint.url, reason)
 
-    def _forward_frames(self) -> None:
-        frames = [frame for link in self._links for frame in link.take()]
-        for start in range(0, len(frames), MAX_BATCH_FRAMES):
+    def _forward_frames(self, everything: bool = False) -> None:
+        frames = self._backlog + [frame for link in self._links for frame in link.take()]
+        start = 0
+        while start < len(frames) and (everything or self._seq - self._taken < WINDOW_BATCHES):
             self._seq += 1
             chunk = tuple(frames[start : start + MAX_BATCH_FRAMES])
             self.send(self._setup.normaliser, RawBatch(self._setup.endpoint.url, self._setup.endpoint.venue, self._seq, chunk))
+            start += MAX_BATCH_FRAMES
+        self._backlog = frames[start:]
 
     def _report_state(self) -> None:
         url = self._setup.endpoint.url
@@ -337,7 +351,7 @@ class ConnectionActor(Actor):
             link.close("service stopping")
         for link in self._links:
             link.join()
-        self._forward_frames()
+        self._forward_frames(everything=True)
         self._links = []
         if self._setup:
             self._metrics.set("k2_binance_connection_status", 0, self._setup.endpoint.url)

@@ -36,6 +36,7 @@ from k2actors.messages import (
     NormaliserSetup,
     PoisonedFrames,
     RawBatch,
+    RawBatchTaken,
     RecordBatch,
     SequenceQuery,
     SequenceState,
@@ -65,7 +66,7 @@ class Normaliser(Actor):
         self._drain: dict | None = None
         # Raw batches wait here until the setup has come and the tracker knows where the
         # producer stands: delivery order between actors is not guaranteed.
-        self._early: list[RawBatch] = []
+        self._early: list[tuple[RawBatch, object]] = []
         self._ticks = 0
         self._summary: dict[str, int] = {}  # trades published per symbol since the last summary
         self._summary_at = time.monotonic()
@@ -73,9 +74,9 @@ class Normaliser(Actor):
     def receiveMessage(self, message, sender):
         if isinstance(message, RawBatch):
             if self._tracker is None:
-                self._early.append(message)
+                self._early.append((message, sender))
             else:
-                self._normalise(message)
+                self._normalise(message, sender)
         elif isinstance(message, BatchesDelivered):
             for seq in message.seqs:
                 confirmed = self._unacked.pop(seq, None)
@@ -132,8 +133,8 @@ class Normaliser(Actor):
         if last_ids:
             log.info("resuming trade id tracking of %d symbols from the producer's state", len(last_ids))
         early, self._early = self._early, []
-        for batch in early:
-            self._normalise(batch)
+        for batch, sender in early:
+            self._normalise(batch, sender)
 
     def _on_tick(self) -> None:
         self._declare_gaps()
@@ -145,7 +146,11 @@ class Normaliser(Actor):
             report_alive(self, self._coordinator, self._parent_pid)
         self.wakeupAfter(seconds(TICK_SECONDS), TICK)
 
-    def _normalise(self, batch: RawBatch) -> None:
+    def _normalise(self, batch: RawBatch, sender) -> None:
+        self._take_batch(batch)
+        self.send(sender, RawBatchTaken(batch.seq))
+
+    def _take_batch(self, batch: RawBatch) -> None:
         expected = self._next_batch.get(batch.url)
         if expected is not None and batch.seq > expected:
             lost = batch.seq - expected
