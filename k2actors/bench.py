@@ -301,7 +301,7 @@ def max_load(stack, options: Options, symbols: tuple[str, ...], ceiling: float, 
         )
         try:
             service.wait_ready()
-            memory_start = service.total("k2_service_resident_memory_bytes")
+            memory_start = service.total("k2_service_memory_bytes")
             cpu_start = service.cpu_seconds()
             trace = []  # (time, acknowledged)
             deadline = time.monotonic() + options.duration * 10 + 60
@@ -312,7 +312,7 @@ def max_load(stack, options: Options, symbols: tuple[str, ...], ceiling: float, 
                     break
                 time.sleep(SAMPLE_SECONDS)
             cpu = service.cpu_seconds() - cpu_start
-            memory_end = service.total("k2_service_resident_memory_bytes")
+            memory_end = service.total("k2_service_memory_bytes")
             reported_missing = service.total("k2_binance_missing_trades_total")
         finally:
             service.stop()
@@ -353,7 +353,7 @@ def fixed_rate(stack, options: Options, symbols: tuple[str, ...], rate: float, s
             while time.monotonic() - started < seconds:
                 time.sleep(memory_every or SAMPLE_SECONDS)
                 if memory_every:
-                    memory.append((time.monotonic() - started, service.total("k2_service_resident_memory_bytes")))
+                    memory.append((time.monotonic() - started, service.total("k2_service_memory_bytes")))
             after = service.samples()
             reported_missing = service.total("k2_binance_missing_trades_total")
         finally:
@@ -453,7 +453,7 @@ def format_table(results: dict) -> str:
         f"| ... as a fraction of the websocket ceiling | {load['fraction_of_websocket_ceiling']:.0%} |",
         f"| ... as a fraction of the producer ceiling | {load['fraction_of_producer_ceiling']:.0%} |",
         f"| CPU time per trade (whole service) | {load['cpu_microseconds_per_trade']:.0f} µs |",
-        f"| resident memory, start / end of maximum load | {load['memory_start_bytes'] / 2**20:.0f} / {load['memory_end_bytes'] / 2**20:.0f} MiB |",
+        f"| memory of the whole service (PSS), start / end of maximum load | {load['memory_start_bytes'] / 2**20:.0f} / {load['memory_end_bytes'] / 2**20:.0f} MiB |",
     ]
     for phase in results["fixed_rates"]:
         rate = f"{phase['offered_rate']:,.0f}/s"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 
-def process_table() -> dict[int, tuple[int, int]]:
-    """pid -> (parent pid, resident pages) for every process now running."""
+def process_table() -> dict[int, int]:
+    """pid -> parent pid, for every process now running."""
     table = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -16,21 +16,21 @@ def process_table() -> dict[int, tuple[int, int]]:
                 fields = stat.read().rsplit(")", 1)[1].split()
         except OSError:  # the process ended while we looked
             continue
-        table[int(entry)] = (int(fields[1]), int(fields[21]))
+        table[int(entry)] = int(fields[1])
     return table
 
 
-def descendants(root: int, table: dict[int, tuple[int, int]]) -> set[int]:
+def descendants(root: int, table: dict[int, int]) -> set[int]:
     found, frontier = set(), [root]
     while frontier:
         parent = frontier.pop()
-        children = [pid for pid, (ppid, _) in table.items() if ppid == parent and pid not in found]
+        children = [pid for pid, ppid in table.items() if ppid == parent and pid not in found]
         found.update(children)
         frontier.extend(children)
     return found
 
 
-def trees(roots: tuple[int, ...], table: dict[int, tuple[int, int]]) -> set[int]:
+def trees(roots: tuple[int, ...], table: dict[int, int]) -> set[int]:
     """The roots and all their descendants. A service needs two roots: Thespian's admin
     process detaches itself from the process that started it."""
     found = set(roots)
@@ -39,10 +39,18 @@ def trees(roots: tuple[int, ...], table: dict[int, tuple[int, int]]) -> set[int]
     return found
 
 
-def tree_resident_bytes(*roots: int) -> int:
-    """Resident memory of the processes under `roots`: the whole service, every actor."""
-    table = process_table()
-    return sum(table[pid][1] for pid in trees(roots, table) if pid in table) * os.sysconf("SC_PAGE_SIZE")
+def tree_memory_bytes(*roots: int) -> int:
+    """Memory of the processes under `roots`: the whole service, every actor. Proportional
+    set size: actors are forked, and a page they share is counted once, split among them,
+    as a container's memory limit sees it (a sum of resident sizes would count it in each)."""
+    total_kib = 0
+    for pid in trees(roots, process_table()):
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as rollup:
+                total_kib += next(int(line.split()[1]) for line in rollup if line.startswith("Pss:"))
+        except (OSError, StopIteration):  # ended while we looked
+            continue
+    return total_kib * 1024
 
 
 def exists(pid: int) -> bool:

@@ -40,7 +40,7 @@ from k2actors.messages import (
     MetricsSetup,
     SetupFailed,
 )
-from k2actors.processes import tree_resident_bytes
+from k2actors.processes import tree_memory_bytes
 
 log = logging.getLogger("k2actors.metrics")
 
@@ -152,8 +152,8 @@ class MetricsActor(Actor):
         elif isinstance(message, MetricsSetup):
             if self._coordinator is None:
                 self.wakeupAfter(seconds(1), TICK)
-                memory = self._metrics["k2_service_resident_memory_bytes"]
-                memory.set_function(lambda: tree_resident_bytes(*self._status.roots()))
+                memory = self._metrics["k2_service_memory_bytes"]
+                memory.set_function(lambda: tree_memory_bytes(*self._status.roots()))
             self._coordinator = sender
             self._serve(message.port, sender)
         elif isinstance(message, ActorExitRequest) and self._server:

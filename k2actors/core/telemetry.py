@@ -50,7 +50,7 @@ CATALOGUE = {
         MetricSpec("k2_connection_rotations_total", COUNTER, ("url", "reason"), "Connections replaced make-before-break: max_age or server_shutdown."),
         MetricSpec("k2_poison_messages_total", COUNTER, ("message",), "Messages an actor failed on twice (Thespian's PoisonMessage); their trades go to the DLQ."),
         MetricSpec("k2_actor_batches_lost_total", COUNTER, ("link",), "Batches between actors that never arrived (sequence gap)."),
-        MetricSpec("k2_service_resident_memory_bytes", GAUGE, (), "Resident memory of the whole service: every actor process, read at scrape time."),
+        MetricSpec("k2_service_memory_bytes", GAUGE, (), "Memory of the whole service, every actor process (proportional set size), read at scrape time."),
         MetricSpec("k2_trade_exchange_to_ack_seconds", HISTOGRAM, (), "Exchange trade time to Kafka acknowledgement."),
         MetricSpec("k2_trade_receive_to_ack_seconds", HISTOGRAM, (), "Receipt from the exchange to Kafka acknowledgement."),
     )
