@@ -402,8 +402,10 @@ def run_bench(options: Options) -> int:
 def _run(options: Options) -> int:
     symbols = symbol_names(options.symbols)
     results: dict = {"options": {**options.__dict__, "output": str(options.output)}, "machine": {"cpus": os.cpu_count()}}
-    with TansuBroker() as broker, SchemaRegistryDouble() as registry, tempfile.TemporaryDirectory() as tmp:
-        workdir, stack = Path(tmp), (broker, registry)
+    workdir = Path(tempfile.mkdtemp(prefix="k2actors-bench-"))
+    print(f"tapes and service logs in {workdir}", flush=True)
+    with TansuBroker() as broker, SchemaRegistryDouble() as registry:
+        stack = (broker, registry)
         probe = tape_frames(symbols, 20_000 // len(symbols) * len(symbols))
         write_tape(workdir / "ceiling.tape", probe)
         with ExchangeSimulator(symbols, rate=0, endpoints=1, tape=workdir / "ceiling.tape") as exchange:

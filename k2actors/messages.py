@@ -89,6 +89,7 @@ class ConnectionSetup:
     symbols: tuple[str, ...]
     stale_timeout_seconds: float
     max_connection_age_seconds: float
+    max_buffered_frames: int
     normaliser: object
     metrics: object
 

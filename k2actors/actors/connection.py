@@ -8,6 +8,7 @@ themselves: whatever arrived since the last wake-up goes to the Normaliser as on
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import socket
@@ -57,9 +58,10 @@ CONNECT_TIMEOUT_SECONDS = 10
 class _Reader(threading.Thread):
     """Reads one websocket connection until it ends; hands frames over under a lock."""
 
-    def __init__(self, plan: SubscriptionPlan, wake_fd: int):
+    def __init__(self, plan: SubscriptionPlan, wake_fd: int, room: threading.Event):
         super().__init__(name="ws-reader", daemon=True)
         self._plan = plan
+        self._room = room  # cleared while the actor's backlog is full: stop reading, let TCP push back
         self._wake_fd = wake_fd
         self._lock = threading.Lock()
         self._frames: list[tuple[int, bytes]] = []
@@ -112,6 +114,9 @@ class _Reader(threading.Thread):
                     time.sleep(SUBSCRIBE_INTERVAL_SECONDS)  # frames wait in the socket meanwhile
                 ws.send(message)
             while True:
+                while not self._room.wait(0.5):
+                    if self._close_reason:
+                        return self._close_reason
                 opcode, frame = ws.recv_data_frame(True)
                 received_us = time.time_ns() // 1000
                 self.last_frame_at = time.monotonic()
@@ -153,9 +158,10 @@ class _Link:
     readers are live: the current one streams until its successor has delivered a frame,
     then retires."""
 
-    def __init__(self, plan: SubscriptionPlan, wake_fd: int):
+    def __init__(self, plan: SubscriptionPlan, wake_fd: int, room: threading.Event):
         self._plan = plan
         self._wake_fd = wake_fd
+        self._room = room
         self.reader = self._open()
         self.successor: _Reader | None = None
         self.retiring: list[_Reader] = []
@@ -163,7 +169,7 @@ class _Link:
         self._leftover: list[tuple[int, bytes]] = []  # frames of readers dropped since the last take
 
     def _open(self) -> _Reader:
-        reader = _Reader(self._plan, self._wake_fd)
+        reader = _Reader(self._plan, self._wake_fd, self._room)
         reader.start()
         return reader
 
@@ -238,7 +244,9 @@ class ConnectionActor(Actor):
         self._wake_r, self._wake_w = os.pipe()
         self._seq = 0
         self._taken = 0  # the last RawBatch seq the Normaliser has taken
-        self._backlog: list[tuple[int, bytes]] = []  # frames waiting for room in the window
+        self._backlog: collections.deque[tuple[int, bytes]] = collections.deque()  # waiting for room in the window
+        self._room = threading.Event()  # set while the backlog has room: the readers read
+        self._room.set()
         self._metrics = MetricBuffer()
 
     def receiveMessage(self, message, sender):
@@ -282,21 +290,38 @@ class ConnectionActor(Actor):
             self._setup.endpoint.url, len(self._setup.symbols), len(plans), "s" if len(plans) > 1 else "",
         )
         self._reported_open = False
-        self._links = [_Link(plan, self._wake_w) for plan in plans]
+        self._links = [_Link(plan, self._wake_w, self._room) for plan in plans]
 
     def _rotate(self, reason: str) -> None:
         if any([link.rotate(reason) for link in self._links]):
             log.info("replacing the connection to %s before closing it (%s)", self._setup.endpoint.url, reason)
 
     def _forward_frames(self, everything: bool = False) -> None:
-        frames = self._backlog + [frame for link in self._links for frame in link.take()]
-        start = 0
-        while start < len(frames) and (everything or self._seq - self._taken < WINDOW_BATCHES):
+        backlog = self._backlog
+        for link in self._links:
+            backlog.extend(link.take())
+        while backlog and (everything or self._seq - self._taken < WINDOW_BATCHES):
             self._seq += 1
-            chunk = tuple(frames[start : start + MAX_BATCH_FRAMES])
+            chunk = tuple(backlog.popleft() for _ in range(min(MAX_BATCH_FRAMES, len(backlog))))
             self.send(self._setup.normaliser, RawBatch(self._setup.endpoint.url, self._setup.endpoint.venue, self._seq, chunk))
-            start += MAX_BATCH_FRAMES
-        self._backlog = frames[start:]
+        self._push_back()
+
+    def _push_back(self) -> None:
+        """Bounded memory without loss: while the Normaliser is this far behind, the readers stop
+        reading and TCP slows the sender. (Binance drops a client that falls too far behind;
+        that ends as a reconnect and a reported gap, never as unbounded memory.)"""
+        limit, url = self._setup.max_buffered_frames, self._setup.endpoint.url
+        if self._room.is_set() and len(self._backlog) >= limit:
+            self._room.clear()
+            log.warning("reading from %s paused: %d frames waiting for the normaliser", url, len(self._backlog))
+            self._metrics.inc("k2_binance_read_pauses_total", url)
+        elif not self._room.is_set() and len(self._backlog) < limit // 2:
+            now = time.monotonic()
+            for link in self._links:
+                for reader in link.readers():
+                    reader.last_frame_at = now  # the silence was ours, not the exchange's
+            self._room.set()
+            log.warning("reading from %s resumed", url)
 
     def _report_state(self) -> None:
         url = self._setup.endpoint.url
@@ -341,7 +366,7 @@ class ConnectionActor(Actor):
         self.wakeupAfter(seconds(1), TICK)
 
     def _check_stale(self, reader: _Reader | None, now: float) -> None:
-        if reader and reader.opened and reader.ended_reason is None:
+        if reader and reader.opened and reader.ended_reason is None and self._room.is_set():
             silent_for = now - reader.last_frame_at
             if silent_for > self._setup.stale_timeout_seconds:
                 reader.close(f"stale: no frame for {silent_for:.1f} s")

@@ -173,7 +173,8 @@ class FailoverCoordinator(Actor):
             binance = config.binance
             message = ConnectionSetup(
                 self._endpoints[url], binance.symbols, binance.stale_timeout_seconds,
-                binance.max_connection_age_seconds, children[NORMALISER], children[METRICS],
+                binance.max_connection_age_seconds, config.kafka.max_buffered_records, children[NORMALISER],
+                children[METRICS],
             )
         self.send(children[role], message)
 

@@ -62,7 +62,9 @@ class Normaliser(Actor):
         self._next_batch: dict[str, int] = {}  # per endpoint URL, the RawBatch seq expected next
         self._seq = 0
         self._unacked: dict[int, RecordBatch] = {}
-        self._held = 0  # records in _unacked: bounded by max_buffered_records
+        self._held = 0  # records in _unacked: beyond max_buffered_records, connections are held back
+        self._untaken: list[tuple[object, int]] = []  # (connection, RawBatch seq) not yet released
+        self._holding_back = False
         self._drain: dict | None = None
         # Raw batches wait here until the setup has come and the tracker knows where the
         # producer stands: delivery order between actors is not guaranteed.
@@ -82,6 +84,7 @@ class Normaliser(Actor):
                 confirmed = self._unacked.pop(seq, None)
                 if confirmed:
                     self._held -= len(confirmed.records) + len(confirmed.dead_letters)
+            self._release()
         elif isinstance(message, WakeupMessage):
             self._on_tick()
         elif isinstance(message, SequenceState):
@@ -148,7 +151,24 @@ class Normaliser(Actor):
 
     def _normalise(self, batch: RawBatch, sender) -> None:
         self._take_batch(batch)
-        self.send(sender, RawBatchTaken(batch.seq))
+        self._untaken.append((sender, batch.seq))
+        self._release()
+
+    def _release(self) -> None:
+        """Tell connections their batches are taken, but only while fewer than
+        max_buffered_records wait for Kafka: past that the connections' windows stay full,
+        their readers pause, and TCP slows the exchange. Memory stays bounded, nothing is shed."""
+        if self._held >= self._setup.max_buffered_records:
+            if not self._holding_back:
+                self._holding_back = True
+                log.warning("%d records waiting for Kafka: holding the connections back", self._held)
+            return
+        if self._holding_back:
+            self._holding_back = False
+            log.warning("Kafka caught up (%d records waiting): connections released", self._held)
+        untaken, self._untaken = self._untaken, []
+        for sender, seq in untaken:
+            self.send(sender, RawBatchTaken(seq))
 
     def _take_batch(self, batch: RawBatch) -> None:
         expected = self._next_batch.get(batch.url)
@@ -159,17 +179,14 @@ class Normaliser(Actor):
         self._next_batch[batch.url] = batch.seq + 1
 
         records, dead_letters = [], []
-        if self._held + len(batch.frames) > self._setup.max_buffered_records:
-            self._shed(batch)
-        else:
-            now = time.monotonic()
-            for received_us, raw in batch.frames:
-                try:
-                    self._take(raw, Delivery(batch.venue, batch.url, received_us), now, records, dead_letters)
-                except Exception as exc:  # a bug costs one frame, to the DLQ, never the batch or the actor
-                    log.exception("frame from %s could not be handled", batch.url)
-                    rejected = Rejected(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:200])
-                    dead_letters.append(self._dead_letter(raw, rejected, batch.url, received_us))
+        now = time.monotonic()
+        for received_us, raw in batch.frames:
+            try:
+                self._take(raw, Delivery(batch.venue, batch.url, received_us), now, records, dead_letters)
+            except Exception as exc:  # a bug costs one frame, to the DLQ, never the batch or the actor
+                log.exception("frame from %s could not be handled", batch.url)
+                rejected = Rejected(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:200])
+                dead_letters.append(self._dead_letter(raw, rejected, batch.url, received_us))
         if batch.frames:
             self._metrics.set("k2_binance_last_message_timestamp_seconds", batch.frames[-1][0] / 1e6)
         self._publish(records, dead_letters)
@@ -204,6 +221,7 @@ class Normaliser(Actor):
             for record in batch.records
         ]
         self._publish([], letters + list(batch.dead_letters))
+        self._release()
 
     def _dead_letter_frames(self, poisoned: PoisonedFrames) -> None:
         rejected = Rejected(POISON_MESSAGE, poisoned.detail)
@@ -240,31 +258,6 @@ class Normaliser(Actor):
             self._metrics.inc("k2_binance_recovered_trades_total", trade.symbol)
         self._summary[trade.symbol] = self._summary.get(trade.symbol, 0) + 1
         return record
-
-    def _shed(self, batch: RawBatch) -> None:
-        """Kafka has been away so long that the buffer is full: these frames cannot be kept.
-
-        They are not tracked, so the ids they carried are declared missing as a gap once
-        trades flow again; here they are counted and logged with their id ranges."""
-        shed: dict[str, list[int]] = {}
-        others = 0
-        for _, raw in batch.frames:
-            event = parse_frame(raw, self._setup.max_frame_bytes)
-            if isinstance(event, Trade):
-                shed.setdefault(event.symbol, []).append(event.trade_id)
-            elif isinstance(event, ServerShutdown):
-                self.send(self._coordinator, ServerShutdownNotice(batch.url))
-            else:
-                others += 1
-        for symbol, ids in shed.items():
-            log.error(
-                "buffer full (%d records waiting for Kafka): shed %d %s trades, ids %d to %d",
-                self._held, len(ids), symbol, min(ids), max(ids),
-            )
-            self._metrics.inc("k2_shed_trades_total", symbol, amount=len(ids))
-        if others:
-            log.error("buffer full: shed %d frames that were not trades", others)
-            self._metrics.inc("k2_shed_frames_total", amount=others)
 
     def _log_summary(self) -> None:
         now = time.monotonic()
