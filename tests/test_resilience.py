@@ -7,7 +7,14 @@ import time
 
 import pytest
 
-from tests.conftest import missing_and_duplicates, trade_ids, wait_until
+from k2actors.localstack.registry import SchemaRegistryDouble
+from k2actors.net import free_port
+from tests.conftest import (
+    missing_and_duplicates,
+    read_partitions,
+    trade_ids,
+    wait_until,
+)
 
 
 def settle(service, seconds: float = 4.0) -> dict[str, float]:
@@ -68,27 +75,9 @@ def test_a_dead_coordinator_makes_the_service_exit_non_zero(start_service):
 
 
 def _descendants_alive(actors: dict[str, int]) -> list[int]:
-    """Actor processes, and any process whose parent was one of the service's (Thespian's admin)."""
-    return [pid for pid in actors.values() if _alive(pid)] + [
-        int(entry) for entry in os.listdir("/proc")
-        if entry.isdigit() and "k2actors" in _cmdline(int(entry)) and _alive(int(entry)) and _orphan(int(entry))
-    ]
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            return cmdline.read().decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _orphan(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[1] == "1"
-    except OSError:
-        return False
+    """Every process of the service that is still running: its main process, Thespian's
+    admin (the actor system, which detaches itself) and each actor."""
+    return [pid for pid in actors.values() if _alive(pid)]
 
 
 def _alive(pid: int) -> bool:
@@ -250,3 +239,19 @@ def test_a_killed_service_process_leaves_no_actor_behind(start_service):
     service.process.kill()
     service.process.wait()
     wait_until(lambda: not _descendants_alive(actors), 20, "every actor process to exit")
+
+
+def test_registry_down_at_start_is_retried_and_nothing_is_produced_without_a_schema(
+    start_service, simulator, broker, topic
+):
+    port = free_port()
+    service = start_service(K2_KAFKA_SCHEMA_REGISTRY_URL=f"http://127.0.0.1:{port}")
+    wait_until(lambda: (s := service.get("/ready"))[0] == 503 and b"setup failed" in s[1], 30, "/ready to say why")
+    wait_until(lambda: "producer setup failed (attempt 2)" in service.log(), 30, "a second attempt")
+    assert read_partitions(broker.bootstrap_servers, topic) == []
+    with SchemaRegistryDouble(port=port) as registry:
+        service.wait_ready(60)
+        wait_for_trades(service, 100)
+        assert service.stop() == 0, service.log()
+        ids = trade_ids(broker, registry, topic)
+    assert missing_and_duplicates(ids) == (0, 0) and sum(map(len, ids.values())) >= 100
