@@ -66,9 +66,11 @@ def producer_settings(kafka: KafkaConfig) -> dict:
         "linger.ms": kafka.linger_ms,
         "batch.size": kafka.batch_size,
         # While the broker is away, records wait (retried) instead of expiring: the bound on
-        # what is held is max_buffered_records, enforced upstream by the Normaliser.
+        # what is held is max_buffered_records, enforced upstream by the Normaliser, which may
+        # overshoot it by the batches already in flight (a window of a few thousand frames per
+        # connection); librdkafka's own limit sits well above both.
         "message.timeout.ms": 0,
-        "queue.buffering.max.messages": 2 * kafka.max_buffered_records,
+        "queue.buffering.max.messages": 2 * kafka.max_buffered_records + 100_000,
     }
 
 
