@@ -4,7 +4,7 @@ from k2actors.core.backoff import backoff_delay
 from k2actors.core.breaker import BreakerState, CircuitBreaker
 from k2actors.core.failover import Attempt, DarkDeadline, FailoverPolicy
 from k2actors.core.reasons import reason_label
-from k2actors.core.sequence import Gap, SequenceTracker, Verdict
+from k2actors.core.sequence import BatchSequence, Gap, SequenceTracker, Verdict
 from k2actors.core.telemetry import CATALOGUE, MetricBuffer, MetricDeltas
 
 KEY = ("BINANCE", "BTCUSDT")
@@ -202,3 +202,30 @@ def test_catalogue_names_follow_prometheus_conventions():
     for spec in CATALOGUE.values():
         assert spec.name.startswith("k2_") and spec.help
         assert spec.name.endswith("_total") == (spec.kind == "counter")
+
+
+def test_batches_out_of_order_are_not_lost():
+    batches = BatchSequence(grace_seconds=2)
+    for seq in (1, 2, 4, 3, 5):
+        batches.observe(seq, 0)
+    assert batches.lost(10) == []
+    assert batches.complete_through(5)
+
+
+def test_a_batch_still_missing_after_the_grace_is_lost_once():
+    batches = BatchSequence(grace_seconds=2)
+    batches.observe(1, 0)
+    batches.observe(4, 0)
+    assert not batches.complete_through(4)
+    assert batches.lost(1) == []
+    batches.observe(2, 1.5)
+    assert batches.lost(2) == [3]
+    assert batches.lost(3) == []
+    assert batches.complete_through(4) and not batches.complete_through(5)
+
+
+def test_a_new_receiver_starts_from_the_first_batch_it_sees():
+    batches = BatchSequence(grace_seconds=2)
+    batches.observe(500, 0)
+    assert batches.complete_through(500) and batches.lost(10) == []
+    assert BatchSequence(2).complete_through(0)

@@ -26,7 +26,7 @@ from k2actors.core.binance import (
     parse_frame,
 )
 from k2actors.core.normalise import Delivery, normalise_trade
-from k2actors.core.sequence import SequenceTracker, Verdict
+from k2actors.core.sequence import BatchSequence, SequenceTracker, Verdict
 from k2actors.core.telemetry import MetricBuffer
 from k2actors.messages import (
     BatchesDelivered,
@@ -47,6 +47,8 @@ log = logging.getLogger("k2actors.normaliser")
 
 TICK_SECONDS = 0.5
 RESEND_BATCH_RECORDS = 5000
+# Batches can overtake one another between actors; one is lost only when this late.
+BATCH_GRACE_SECONDS = 2.0
 # Steady-state trades are summarised in the log at this interval, never logged one by one.
 SUMMARY_EVERY_SECONDS = 60.0
 
@@ -59,7 +61,7 @@ class Normaliser(Actor):
         self._coordinator = None
         self._tracker: SequenceTracker | None = None
         self._metrics = MetricBuffer()
-        self._next_batch: dict[str, int] = {}  # per endpoint URL, the RawBatch seq expected next
+        self._batches: dict[str, BatchSequence] = {}  # per endpoint URL, the RawBatches seen
         self._seq = 0
         self._unacked: dict[int, RecordBatch] = {}
         self._held = 0  # records in _unacked: beyond max_buffered_records, connections are held back
@@ -140,6 +142,7 @@ class Normaliser(Actor):
             self._normalise(batch, sender)
 
     def _on_tick(self) -> None:
+        self._declare_lost_batches()
         self._declare_gaps()
         self._log_summary()
         self._metrics.set("k2_buffered_records", self._held)
@@ -171,12 +174,7 @@ class Normaliser(Actor):
             self.send(sender, RawBatchTaken(seq))
 
     def _take_batch(self, batch: RawBatch) -> None:
-        expected = self._next_batch.get(batch.url)
-        if expected is not None and batch.seq > expected:
-            lost = batch.seq - expected
-            log.error("%d batches from %s never arrived (seq %d to %d)", lost, batch.url, expected, batch.seq - 1)
-            self._metrics.inc("k2_actor_batches_lost_total", "connection_to_normaliser", amount=lost)
-        self._next_batch[batch.url] = batch.seq + 1
+        self._batches.setdefault(batch.url, BatchSequence(BATCH_GRACE_SECONDS)).observe(batch.seq, time.monotonic())
 
         records, dead_letters = [], []
         now = time.monotonic()
@@ -273,6 +271,15 @@ class Normaliser(Actor):
         self._metrics.inc("k2_binance_message_errors_total", rejected.reason)
         return DeadLetter(raw[: self._setup.max_frame_bytes], rejected.reason, rejected.detail, url, received_us)
 
+    def _declare_lost_batches(self) -> None:
+        now = time.monotonic()
+        for url, batches in self._batches.items():
+            lost = batches.lost(now)
+            if lost:
+                log.error("%d batches from %s never arrived (seq %s)", len(lost), url, ", ".join(map(str, lost[:20])))
+                self._metrics.inc("k2_actor_batches_lost_total", "connection_to_normaliser", amount=len(lost))
+        self._finish_drain()
+
     def _declare_gaps(self) -> None:
         for gap in self._tracker.declare_due(time.monotonic()) if self._tracker else ():
             log.error(
@@ -285,7 +292,7 @@ class Normaliser(Actor):
     def _finish_drain(self) -> None:
         if self._drain is None:
             return
-        if all(self._next_batch.get(url, 1) > last for url, last in self._drain.items()):
+        if all(self._batches.get(url, BatchSequence(0)).complete_through(last) for url, last in self._drain.items()):
             self._drain = None
             self._flush_metrics()
             self.send(self._setup.producer, Flush(self._seq))

@@ -104,3 +104,37 @@ def _remove_id(ranges: list[_Range], index: int, trade_id: int) -> None:
     if trade_id < gap.last:
         pieces.append(_Range(trade_id + 1, gap.last, gap.opened_at, gap.declared))
     ranges[index : index + 1] = pieces
+
+
+class BatchSequence:
+    """Sequence numbers of the batches one sender numbered 1, 2, 3, ...
+
+    Delivery between actors is best effort and not always in order, so a batch that has not
+    come is only missing until `grace_seconds` have passed; then it is lost.
+    """
+
+    def __init__(self, grace_seconds: float):
+        self._grace = grace_seconds
+        self._high: int | None = None  # the highest seq seen
+        self._missing: dict[int, float] = {}  # seq -> when its absence was noticed
+
+    def observe(self, seq: int, now: float) -> None:
+        if self._high is None or seq > self._high:
+            for absent in range(self._high + 1 if self._high is not None else seq, seq):
+                self._missing[absent] = now
+            self._high = seq
+        else:
+            self._missing.pop(seq, None)
+
+    def lost(self, now: float) -> list[int]:
+        """Batches missing for longer than the grace period; each is reported once."""
+        overdue = sorted(seq for seq, noticed in self._missing.items() if now - noticed >= self._grace)
+        for seq in overdue:
+            del self._missing[seq]
+        return overdue
+
+    def complete_through(self, last: int) -> bool:
+        """Every batch up to `last` has arrived or been given up as lost."""
+        return (last == 0 or (self._high is not None and self._high >= last)) and not any(
+            seq <= last for seq in self._missing
+        )
