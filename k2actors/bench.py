@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import websocket
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -44,6 +44,7 @@ from k2actors.localstack.broker import TansuBroker
 from k2actors.localstack.registry import SchemaRegistryDouble
 from k2actors.localstack.simulator import ExchangeSimulator
 from k2actors.net import free_port
+from k2actors.readback import missing_and_duplicates, trade_ids
 
 FIRST_ID = 1_000_000
 SAMPLE_SECONDS = 0.5
@@ -223,34 +224,9 @@ def service_env(broker: str, registry: str, url: str, symbols: tuple[str, ...], 
 
 
 def loss_and_duplicates(broker: str, registry: str, topic: str, expected: dict[str, tuple[int, int]] | None) -> dict:
-    """Per topic: trades missing and duplicated. `expected` gives each symbol's first and last
-    id when they are known (the tape); otherwise ids must be contiguous from the first read."""
-    deserialize = AvroDeserializer(SchemaRegistryClient({"url": registry}))
-    consumer = Consumer({"bootstrap.servers": broker, "group.id": "bench-reader", "enable.auto.commit": False})
-    ids: dict[str, list[int]] = {}
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
-        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-        remaining = sum(ends.values())
-        context = SerializationContext(topic, MessageField.VALUE)
-        deadline = time.monotonic() + 120
-        while remaining > 0 and time.monotonic() < deadline:
-            for message in consumer.consume(10_000, 0.5):
-                if message.error() is None:
-                    record = deserialize(message.value(), context)
-                    ids.setdefault(record["symbol"], []).append(record["source_sequence"])
-                    remaining -= 1
-    finally:
-        consumer.close()
-    missing = duplicates = 0
-    for symbol, seen in ids.items():
-        first, last = expected[symbol] if expected else (min(seen), max(seen))
-        unique = set(seen)
-        missing += (last - first + 1) - len(unique & set(range(first, last + 1)))
-        duplicates += len(seen) - len(unique)
-    if expected:
-        missing += sum(last - first + 1 for symbol, (first, last) in expected.items() if symbol not in ids)
+    """Per topic: records read back, trades missing and duplicated (see readback)."""
+    ids = trade_ids(broker, registry, topic, timeout=120)
+    missing, duplicates = missing_and_duplicates(ids, expected)
     return {"records": sum(map(len, ids.values())), "missing": missing, "duplicates": duplicates}
 
 

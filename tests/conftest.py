@@ -15,11 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.avro import AvroDeserializer
-from confluent_kafka.serialization import MessageField, SerializationContext
 
+from k2actors import readback
 from k2actors.localstack.broker import TansuBroker
 from k2actors.localstack.registry import SchemaRegistryDouble
 from k2actors.localstack.simulator import ExchangeSimulator
@@ -73,40 +70,9 @@ def wait_until(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def read_partitions(bootstrap: str, topic: str, timeout: float = 10.0) -> list:
-    """Every record now in `topic`, read by partition assignment (no consumer group)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-reader", "enable.auto.commit": False})
-    try:
-        metadata = consumer.list_topics(topic, timeout=10).topics[topic]
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in metadata.partitions}
-        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-        remaining, records = sum(ends.values()), []
-        deadline = time.monotonic() + timeout
-        while remaining > 0 and time.monotonic() < deadline:
-            for message in consumer.consume(1000, 0.5):
-                if message.error() is None:
-                    records.append(message)
-                    remaining -= 1
-        return records
-    finally:
-        consumer.close()
-
-
 def trade_ids(broker, registry, topic: str) -> dict[str, list[int]]:
     """The trade ids in `topic` per symbol, in offset order, decoded through the registry."""
-    deserialize = AvroDeserializer(SchemaRegistryClient({"url": registry.url}))
-    ids: dict[str, list[int]] = {}
-    for message in read_partitions(broker.bootstrap_servers, topic):
-        record = deserialize(message.value(), SerializationContext(topic, MessageField.VALUE))
-        ids.setdefault(record["symbol"], []).append(record["source_sequence"])
-    return ids
-
-
-def missing_and_duplicates(ids: dict[str, list[int]]) -> tuple[int, int]:
-    """Ids absent between each symbol's first and last id, and ids present more than once."""
-    missing = sum(max(v) - min(v) + 1 - len(set(v)) for v in ids.values())
-    duplicates = sum(len(v) - len(set(v)) for v in ids.values())
-    return missing, duplicates
+    return readback.trade_ids(broker.bootstrap_servers, registry.url, topic)
 
 
 @dataclass

@@ -5,7 +5,8 @@ import re
 import subprocess
 import sys
 
-from tests.conftest import REPO, read_partitions, wait_until
+from k2actors.readback import read_partitions
+from tests.conftest import REPO, wait_until
 
 
 def test_demo_runs_offline_and_stops_cleanly():

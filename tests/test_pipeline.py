@@ -15,13 +15,8 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from k2actors.core.normalise import message_id
 from k2actors.core.telemetry import CATALOGUE
-from tests.conftest import (
-    http_get,
-    missing_and_duplicates,
-    read_partitions,
-    trade_ids,
-    wait_until,
-)
+from k2actors.readback import missing_and_duplicates, read_partitions
+from tests.conftest import http_get, trade_ids, wait_until
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT")
 

@@ -9,12 +9,8 @@ import pytest
 
 from k2actors.localstack.registry import SchemaRegistryDouble
 from k2actors.net import free_port
-from tests.conftest import (
-    missing_and_duplicates,
-    read_partitions,
-    trade_ids,
-    wait_until,
-)
+from k2actors.readback import missing_and_duplicates, read_partitions
+from tests.conftest import trade_ids, wait_until
 
 
 def settle(service, seconds: float = 4.0) -> dict[str, float]:
