@@ -83,9 +83,7 @@ class Normaliser(Actor):
                 self._normalise(message, sender)
         elif isinstance(message, BatchesDelivered):
             for seq in message.seqs:
-                confirmed = self._unacked.pop(seq, None)
-                if confirmed:
-                    self._held -= len(confirmed.records) + len(confirmed.dead_letters)
+                self._forget(seq)
             self._release()
         elif isinstance(message, WakeupMessage):
             self._on_tick()
@@ -174,10 +172,9 @@ class Normaliser(Actor):
             self.send(sender, RawBatchTaken(seq))
 
     def _take_batch(self, batch: RawBatch) -> None:
-        self._batches.setdefault(batch.url, BatchSequence(BATCH_GRACE_SECONDS)).observe(batch.seq, time.monotonic())
-
-        records, dead_letters = [], []
         now = time.monotonic()
+        self._batches.setdefault(batch.url, BatchSequence(BATCH_GRACE_SECONDS)).observe(batch.seq, now)
+        records, dead_letters = [], []
         for received_us, raw in batch.frames:
             try:
                 self._take(raw, Delivery(batch.venue, batch.url, received_us), now, records, dead_letters)
@@ -190,6 +187,13 @@ class Normaliser(Actor):
         self._publish(records, dead_letters)
         self._declare_gaps()
         self._finish_drain()
+
+    def _forget(self, seq: int) -> RecordBatch | None:
+        """The batch is no longer this actor's to hold (delivered, or given up)."""
+        batch = self._unacked.pop(seq, None)
+        if batch is not None:
+            self._held -= len(batch.records) + len(batch.dead_letters)
+        return batch
 
     def _publish(self, records: list, dead_letters: list) -> None:
         if records or dead_letters:
@@ -204,21 +208,20 @@ class Normaliser(Actor):
         A batch of dead letters alone that fails is counted and logged, never sent again."""
         note_poison(log, self._metrics, poison)
         batch = poison.poisonMessage
-        if not isinstance(batch, RecordBatch) or self._unacked.pop(batch.seq, None) is None:
+        if not isinstance(batch, RecordBatch) or self._forget(batch.seq) is None:
             return
-        self._held -= len(batch.records) + len(batch.dead_letters)
-        if not batch.records:
+        if batch.records:
+            detail = str(poison.details)[:200]
+            letters = [
+                self._dead_letter(
+                    json.dumps(record, default=str).encode(), Rejected(POISON_MESSAGE, detail),
+                    record["vendor_data"]["endpoint"], record["ingestion_timestamp"],
+                )
+                for record in batch.records
+            ]
+            self._publish([], letters + list(batch.dead_letters))
+        else:
             log.error("%d dead letters could not be produced; they are lost", len(batch.dead_letters))
-            return
-        detail = str(poison.details)[:200]
-        letters = [
-            self._dead_letter(
-                json.dumps(record, default=str).encode(), Rejected(POISON_MESSAGE, detail),
-                record["vendor_data"]["endpoint"], record["ingestion_timestamp"],
-            )
-            for record in batch.records
-        ]
-        self._publish([], letters + list(batch.dead_letters))
         self._release()
 
     def _dead_letter_frames(self, poisoned: PoisonedFrames) -> None:
