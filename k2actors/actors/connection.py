@@ -252,8 +252,7 @@ class ConnectionActor(Actor):
     def receiveMessage(self, message, sender):
         if isinstance(message, WatchMessage):
             os.read(self._wake_r, 65536)
-            self._forward_frames()
-            self._report_state()
+            self._report_state()  # it forwards the frames too, once readers that ended are settled
         elif isinstance(message, WakeupMessage):
             self._on_tick()
         elif isinstance(message, RawBatchTaken):
@@ -261,8 +260,9 @@ class ConnectionActor(Actor):
             self._forward_frames()
         elif isinstance(message, ConnectionSetup):
             first = self._setup is None
+            if first or message.normaliser != self._setup.normaliser:
+                self._taken = self._seq  # a new Normaliser: nothing is in flight to it
             self._setup, self._coordinator = message, sender
-            self._taken = self._seq  # a new Normaliser: nothing is in flight to it
             if first:
                 self.wakeupAfter(seconds(1), TICK)
             if self._connect_pending:
