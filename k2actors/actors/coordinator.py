@@ -281,16 +281,7 @@ class FailoverCoordinator(Actor):
             self._metrics.set("k2_circuit_breaker_state", int(policy.breaker_states(now)[url]), url)
             circuit_open = circuit_open or policy.circuit(now) is not BreakerState.CLOSED
         if not processes.exists(self._service_pid):
-            # The service process was killed without a word: the actor system it owned must go too,
-            # or a restarted service would find this one still streaming beside it. Nothing there
-            # has anything left to do: every process under Thespian's admin (this actor's
-            # parent) is ended, then the admin, then this actor, which has no one left to tell.
-            log.error("the service process %d is gone; shutting the actor system down", self._service_pid)
-            admin = os.getppid()
-            for pid in [*(processes.descendants(admin, processes.process_table()) - {os.getpid()}), admin]:
-                with contextlib.suppress(ProcessLookupError):  # it may have ended meanwhile
-                    os.kill(pid, signal.SIGKILL)
-            os._exit(1)
+            self._end_orphaned_actor_system()
         if not self._stopping:
             self._check_heartbeats(now)
             if self._endpoints and self._dark.expired(now, bool(self._streaming), circuit_open):
@@ -310,6 +301,18 @@ class FailoverCoordinator(Actor):
             self.send(metrics, deltas)
         self.send(self._service, PipelineAlive())
         self.wakeupAfter(seconds(1), TICK)
+
+    def _end_orphaned_actor_system(self) -> None:
+        """The service process was killed without a word: the actor system it owned must go too,
+        or a restarted service would find this one still streaming beside it. Nothing there has
+        anything left to do: every process under Thespian's admin (this actor's parent) is
+        ended, then the admin, then this actor, which has no one left to tell."""
+        log.error("the service process %d is gone; shutting the actor system down", self._service_pid)
+        admin = os.getppid()
+        for pid in [*(processes.descendants(admin, processes.process_table()) - {os.getpid()}), admin]:
+            with contextlib.suppress(ProcessLookupError):  # it may have ended meanwhile
+                os.kill(pid, signal.SIGKILL)
+        os._exit(1)
 
     # --- orderly stop ---
 

@@ -134,7 +134,6 @@ class _Preparation(threading.Thread):
                     raise
 
 
-
 class ProducerActor(Actor):
     def __init__(self) -> None:
         super().__init__()
