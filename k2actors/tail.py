@@ -13,7 +13,7 @@ import threading
 from datetime import datetime
 from decimal import Decimal
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
@@ -48,7 +48,11 @@ def run_tail(config: Config, topic: str | None, from_beginning: bool, max_record
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        try:
+            metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        except KafkaException as exc:
+            print(f"k2actors tail: cannot reach Kafka at {config.kafka.bootstrap_servers}: {exc.args[0].str()}", file=sys.stderr)
+            return 1
         if metadata is None or metadata.error is not None or not metadata.partitions:
             print(f"k2actors tail: topic {topic} not found at {config.kafka.bootstrap_servers}", file=sys.stderr)
             return 1

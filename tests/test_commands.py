@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+from k2actors.net import free_port
 from k2actors.readback import read_partitions
 from tests.conftest import REPO, wait_until
 
@@ -51,3 +52,14 @@ def test_tail_prints_trades_from_the_topic(start_service, broker, topic):
 
     missing = tail("--topic", "no.such.topic", "--max", "1")
     assert missing.returncode == 1 and "no.such.topic" in missing.stderr
+
+
+def test_tail_without_a_broker_says_so_plainly():
+    port = free_port()  # nothing listens there
+    result = subprocess.run(
+        [sys.executable, "-m", "k2actors", "tail", "--max", "1"], capture_output=True, text=True, timeout=60, cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", "K2_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}"},
+    )
+    assert result.returncode == 1
+    assert f"k2actors tail: cannot reach Kafka at 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
