@@ -78,6 +78,7 @@ class NormaliserSetup:
     producer: object
     metrics: object
     gap_grace_seconds: float
+    symbols: frozenset[str]  # subscribed; a trade of any other symbol is a dead letter
     quote_assets: dict
     max_buffered_records: int
     max_frame_bytes: int

@@ -6,7 +6,15 @@ import pytest
 
 from k2actors.core import binance
 from k2actors.core.binance import Rejected, ServerShutdown, SubscriptionReply, Trade, parse_frame, quote_assets
-from k2actors.core.normalise import Delivery, exact_decimal, message_id, normalise_trade, quote_currency
+from k2actors.core.normalise import (
+    MAX_CLOCK_DISTANCE_US,
+    Delivery,
+    exact_decimal,
+    message_id,
+    normalise_trade,
+    quote_currency,
+    screen_trade,
+)
 
 LIMIT = 65536
 TRADE = {"e": "trade", "E": 1700000000123, "s": "BTCUSDT", "t": 42, "p": "43210.12000000", "q": "0.00150000",
@@ -135,19 +143,22 @@ def test_quote_assets_from_exchange_info(answer, expected):
      ("43210.12000000", Decimal("43210.12")), ("1.000000000", Decimal("1"))],
 )
 def test_exact_decimals_fit_the_schema(text, expected):
-    value = exact_decimal(text, "price")
+    value = exact_decimal(text, "price", binance.NON_POSITIVE_PRICE)
     assert value == expected and value.as_tuple().exponent == -8
 
 
 @pytest.mark.parametrize(
     "text, reason",
-    [("abc", binance.INVALID_DECIMAL), ("", binance.INVALID_DECIMAL), ("NaN", binance.INVALID_DECIMAL),
-     ("Infinity", binance.INVALID_DECIMAL), ("0.000000001", binance.DECIMAL_OUT_OF_RANGE),
-     ("10000000000", binance.DECIMAL_OUT_OF_RANGE), ("1e30", binance.DECIMAL_OUT_OF_RANGE),
-     ("1e-30", binance.DECIMAL_OUT_OF_RANGE)],
+    [("abc", binance.INVALID_DECIMAL), ("", binance.INVALID_DECIMAL), ("NaN", binance.NON_FINITE_NUMBER),
+     ("Infinity", binance.NON_FINITE_NUMBER), ("-Infinity", binance.NON_FINITE_NUMBER), ("sNaN", binance.NON_FINITE_NUMBER),
+     ("0.000000001", binance.DECIMAL_OUT_OF_RANGE), ("10000000000", binance.DECIMAL_OUT_OF_RANGE),
+     ("1e30", binance.INVALID_DECIMAL), ("1e-30", binance.INVALID_DECIMAL), ("1_000", binance.INVALID_DECIMAL),
+     (" 1", binance.INVALID_DECIMAL), ("\u0661", binance.INVALID_DECIMAL), ("1.", binance.INVALID_DECIMAL),
+     ("0", binance.NON_POSITIVE_PRICE), ("0.00000000", binance.NON_POSITIVE_PRICE), ("-0", binance.NON_POSITIVE_PRICE),
+     ("-1.5", binance.NON_POSITIVE_PRICE)],
 )
 def test_decimals_that_cannot_be_stored_exactly_are_rejected(text, reason):
-    result = exact_decimal(text, "price")
+    result = exact_decimal(text, "price", binance.NON_POSITIVE_PRICE)
     assert isinstance(result, Rejected) and result.reason == reason and "price" in result.detail
 
 
@@ -184,3 +195,60 @@ def test_a_frame_over_the_limit_is_rejected_before_parsing():
     assert parse_frame(raw, len(raw)) == parse_frame(envelope({**TRADE, "padding": "x" * 1000}), LIMIT)
     rejected = parse_frame(raw, len(raw) - 1)
     assert rejected.reason == binance.FRAME_TOO_LARGE and f"{len(raw)} bytes" in rejected.detail
+
+
+@pytest.mark.parametrize(
+    "field, value, reason",
+    [("p", "-43210.12", binance.NON_POSITIVE_PRICE), ("p", "0", binance.NON_POSITIVE_PRICE),
+     ("p", "NaN", binance.NON_FINITE_NUMBER), ("q", "Infinity", binance.NON_FINITE_NUMBER),
+     ("q", "0.00000000", binance.NON_POSITIVE_QUANTITY), ("q", "-1", binance.NON_POSITIVE_QUANTITY)],
+)
+def test_prices_and_quantities_must_be_finite_and_above_zero(field, value, reason):
+    result = normalise_trade(parse_frame(envelope({**TRADE, field: value}), LIMIT), DELIVERY, {})
+    assert isinstance(result, Rejected) and result.reason == reason
+
+
+@pytest.mark.parametrize("trade_id", [-1, 2**63, 10**30])
+def test_trade_ids_outside_an_avro_long_are_rejected(trade_id):
+    result = parse_frame(envelope({**TRADE, "t": trade_id}), LIMIT)
+    assert isinstance(result, Rejected) and result.reason == binance.ID_OUT_OF_RANGE
+
+
+def test_the_largest_avro_long_is_a_valid_trade_id():
+    assert parse_frame(envelope({**TRADE, "t": 2**63 - 1}), LIMIT).trade_id == 2**63 - 1
+
+
+def nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+@pytest.mark.parametrize("raw", [nested(binance.MAX_JSON_DEPTH + 1), nested(1_000), nested(30_000),
+                                 envelope({**TRADE, "x": json.loads(nested(binance.MAX_JSON_DEPTH))})])
+def test_deeply_nested_json_is_rejected(raw):
+    result = parse_frame(raw, LIMIT)
+    assert isinstance(result, Rejected) and result.reason == binance.TOO_DEEPLY_NESTED
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting():
+    assert isinstance(parse_frame(envelope({**TRADE, "x": "[[[[[[[[[[{{{{{{{{{{"}), LIMIT), Trade)
+
+
+SUBSCRIBED = frozenset({"BTCUSDT"})
+TRADE_US = TRADE["T"] * 1000
+
+
+def test_a_trade_of_a_symbol_not_subscribed_is_rejected():
+    trade = parse_frame(envelope({**TRADE, "s": "DOGEUSDT"}), LIMIT)
+    assert screen_trade(trade, SUBSCRIBED, TRADE_US).reason == binance.UNSUBSCRIBED_SYMBOL
+    assert screen_trade(parse_frame(envelope(TRADE), LIMIT), SUBSCRIBED, TRADE_US) is None
+
+
+@pytest.mark.parametrize("distance_us, accepted", [
+    (0, True), (MAX_CLOCK_DISTANCE_US, True), (-MAX_CLOCK_DISTANCE_US, True),
+    (MAX_CLOCK_DISTANCE_US + 1000, False), (-MAX_CLOCK_DISTANCE_US - 1000, False),
+])
+def test_trade_times_far_from_receipt_are_rejected(distance_us, accepted):
+    trade = parse_frame(envelope(TRADE), LIMIT)
+    verdict = screen_trade(trade, SUBSCRIBED, TRADE_US + distance_us)
+    assert (verdict is None) == accepted
+    assert accepted or verdict.reason == binance.TIMESTAMP_OUT_OF_RANGE

@@ -4,7 +4,7 @@ from k2actors.core.backoff import backoff_delay
 from k2actors.core.breaker import BreakerState, CircuitBreaker
 from k2actors.core.failover import Attempt, DarkDeadline, FailoverPolicy
 from k2actors.core.reasons import reason_label
-from k2actors.core.sequence import BatchSequence, Gap, SequenceTracker, Verdict
+from k2actors.core.sequence import DEDUP_WINDOW_IDS, BatchSequence, Gap, SequenceTracker, Verdict
 from k2actors.core.telemetry import CATALOGUE, MetricBuffer, MetricDeltas
 
 KEY = ("BINANCE", "BTCUSDT")
@@ -23,6 +23,23 @@ def test_repeats_and_old_ids_are_duplicates():
         tracker.observe(KEY, i, 0)
     assert tracker.observe(KEY, 3, 0) is Verdict.DUPLICATE
     assert tracker.observe(KEY, 1, 0) is Verdict.DUPLICATE
+
+
+def test_ids_further_back_than_the_dedup_window_are_regressions_not_duplicates():
+    tracker = SequenceTracker()
+    tracker.observe(KEY, 500_000, 0.0)
+    assert tracker.observe(KEY, 500_000 - DEDUP_WINDOW_IDS, 0.0) is Verdict.DUPLICATE
+    assert tracker.observe(KEY, 500_000 - DEDUP_WINDOW_IDS - 1, 0.0) is Verdict.REGRESSED
+    assert tracker.last_id(KEY) == 500_000
+
+
+def test_a_declared_gap_far_behind_is_still_recovered_not_regressed():
+    tracker = SequenceTracker()
+    tracker.observe(KEY, 1, 0.0)
+    tracker.observe(KEY, 10, 0.0)
+    tracker.declare_due(0.0)
+    tracker.observe(KEY, 10 + 2 * DEDUP_WINDOW_IDS, 0.0)
+    assert tracker.observe(KEY, 5, 0.0) is Verdict.RECOVERED
 
 
 def test_symbols_and_venues_are_tracked_apart():

@@ -89,18 +89,31 @@ def test_trades_arrive_exactly_once_field_for_field(start_service, simulator, br
             assert record["vendor_data"]["is_buyer_maker"] == str(row["isBuyerMaker"]).lower()
 
 
-MALFORMED = {
-    "not_json": "{not json",
-    "unexpected_shape": "[1, 2, 3]",
-    "missing_field": json.dumps({"stream": "btcusdt@trade", "data": {"e": "trade", "s": "BTCUSDT", "t": 1}}),
-    "wrong_type": json.dumps({"stream": "btcusdt@trade", "data": {"e": "trade", "E": 1, "s": "BTCUSDT", "t": "1",
-                                                                "p": "1.0", "q": "1.0", "T": 1, "m": True}}),
-    "invalid_decimal": json.dumps({"stream": "btcusdt@trade", "data": {"e": "trade", "E": 1, "s": "BTCUSDT", "t": 1,
-                                                                     "p": "one", "q": "1.0", "T": 1, "m": True}}),
-    "decimal_out_of_range": json.dumps({"stream": "btcusdt@trade", "data": {"e": "trade", "E": 1, "s": "BTCUSDT",
-                                                                          "t": 1, "p": "1.0", "q": "0.000000001", "T": 1, "m": True}}),
-    "unknown_event": json.dumps({"stream": "btcusdt@kline", "data": {"e": "kline"}}),
-}
+def malformed_frames() -> dict[str, str]:
+    """One frame per DLQ reason for a frame from the exchange (frame_too_large aside)."""
+    now_ms = int(time.time() * 1000)
+
+    def trade(**fields) -> str:
+        data = {"e": "trade", "E": now_ms, "s": "BTCUSDT", "t": 1, "p": "1.0", "q": "1.0", "T": now_ms, "m": True}
+        return json.dumps({"stream": "btcusdt@trade", "data": {**data, **fields}})
+
+    return {
+        "not_json": "{not json",
+        "unexpected_shape": "[1, 2, 3]",
+        "missing_field": json.dumps({"stream": "btcusdt@trade", "data": {"e": "trade", "s": "BTCUSDT", "t": 1}}),
+        "wrong_type": trade(t="1"),
+        "invalid_decimal": trade(p="one"),
+        "decimal_out_of_range": trade(q="0.000000001"),
+        "unknown_event": json.dumps({"stream": "btcusdt@kline", "data": {"e": "kline"}}),
+        "too_deeply_nested": "[" * 100 + "]" * 100,
+        "id_out_of_range": trade(t=2**63),
+        "non_finite_number": trade(p="NaN"),
+        "non_positive_price": trade(p="-1.0"),
+        "non_positive_quantity": trade(q="0"),
+        "unsubscribed_symbol": trade(s="DOGEUSDT"),
+        "timestamp_out_of_range": trade(T=1),
+        "id_regressed": trade(t=1),  # the simulator's ids start at 1,000,000
+    }
 
 
 def test_malformed_frames_go_to_the_dlq_while_trades_keep_flowing(start_service, simulator, broker, topic):
@@ -108,12 +121,13 @@ def test_malformed_frames_go_to_the_dlq_while_trades_keep_flowing(start_service,
     service.wait_ready()
     wait_until(lambda: service.metric("k2_kafka_messages_produced_total") >= 50, 60, "trades flowing")
     oversized = json.dumps({"stream": "btcusdt@trade", "data": {"e": "trade", "padding": "x" * 100_000}})
-    simulator.endpoint(0).send_raw(list(MALFORMED.values()) + [b"\x80binary\xff", oversized])
-    wait_until(lambda: service.metric("k2_dlq_messages_total") >= len(MALFORMED) + 2, 30, "dead letters counted")
+    malformed = malformed_frames()
+    simulator.endpoint(0).send_raw(list(malformed.values()) + [b"\x80binary\xff", oversized])
+    wait_until(lambda: service.metric("k2_dlq_messages_total") >= len(malformed) + 2, 30, "dead letters counted")
     produced = service.metric("k2_kafka_messages_produced_total")
     wait_until(lambda: service.metric("k2_kafka_messages_produced_total") > produced + 50, 30, "trades after the bad frames")
     samples = service.metrics()
-    for reason in MALFORMED:
+    for reason in malformed:
         assert samples[f'k2_dlq_messages_total{{reason="{reason}"}}'] >= 1
         assert samples[f'k2_binance_message_errors_total{{error_type="{reason}"}}'] >= 1
     assert service.stop() == 0
@@ -124,10 +138,10 @@ def test_malformed_frames_go_to_the_dlq_while_trades_keep_flowing(start_service,
         headers = {k: v.decode() for k, v in letter.headers()}
         assert headers["endpoint"] == simulator.urls[0] and int(headers["received_at_us"]) > 0 and headers["detail"]
         by_reason.setdefault(headers["reason"], []).append(letter.value())
-    for reason, raw in MALFORMED.items():
-        assert raw.encode() in by_reason[reason], reason
-    assert b"\x80binary\xff" in by_reason["not_json"]
-    assert by_reason["frame_too_large"] == [oversized.encode()[:65536]]
+    expected = {reason: [raw.encode()] for reason, raw in malformed.items()}
+    expected["not_json"].append(b"\x80binary\xff")
+    expected["frame_too_large"] = [oversized.encode()[:65536]]
+    assert by_reason == expected
     assert len(read_partitions(broker.bootstrap_servers, topic)) >= produced + 50
 
 

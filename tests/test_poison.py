@@ -15,7 +15,7 @@ from tests.poison_actors import RecordRefusingProducer, Sink
 
 URL = "ws://exchange.example/stream"
 TRADE = {"stream": "btcusdt@trade", "data": {"e": "trade", "E": 1, "s": "BTCUSDT", "t": 7, "p": "1.5", "q": "2",
-                                             "T": 1, "m": True}}
+                                             "T": 1_700_000_000_000, "m": True}}
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def actors():
     try:
         producer = system.createActor(RecordRefusingProducer)
         normaliser = system.createActor(Normaliser)
-        system.tell(normaliser, NormaliserSetup(producer, system.createActor(Sink), 0.0, {}, 100_000, 65536))
+        system.tell(normaliser, NormaliserSetup(producer, system.createActor(Sink), 0.0, frozenset({"BTCUSDT"}), {}, 100_000, 65536))
         yield system, normaliser, producer
     finally:
         system.shutdown()

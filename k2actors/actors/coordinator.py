@@ -165,7 +165,7 @@ class FailoverCoordinator(Actor):
             message = ProducerSetup(config.kafka, children[METRICS])
         elif role == NORMALISER:
             message = NormaliserSetup(
-                children[PRODUCER], children[METRICS], GAP_GRACE_SECONDS, self._quote_assets,
+                children[PRODUCER], children[METRICS], GAP_GRACE_SECONDS, frozenset(config.binance.symbols), self._quote_assets,
                 config.kafka.max_buffered_records, config.binance.max_frame_bytes,
             )
         else:

@@ -17,6 +17,7 @@ from thespian.actors import Actor, PoisonMessage, WakeupMessage
 
 from k2actors.actors import TICK, note_poison, report_alive, seconds
 from k2actors.core.binance import (
+    ID_REGRESSED,
     INTERNAL_ERROR,
     POISON_MESSAGE,
     Rejected,
@@ -25,8 +26,8 @@ from k2actors.core.binance import (
     Trade,
     parse_frame,
 )
-from k2actors.core.normalise import Delivery, normalise_trade
-from k2actors.core.sequence import BatchSequence, SequenceTracker, Verdict
+from k2actors.core.normalise import Delivery, normalise_trade, screen_trade
+from k2actors.core.sequence import DEDUP_WINDOW_IDS, BatchSequence, SequenceTracker, Verdict
 from k2actors.core.telemetry import MetricBuffer
 from k2actors.messages import (
     BatchesDelivered,
@@ -51,6 +52,9 @@ RESEND_BATCH_RECORDS = 5000
 BATCH_GRACE_SECONDS = 2.0
 # Steady-state trades are summarised in the log at this interval, never logged one by one.
 SUMMARY_EVERY_SECONDS = 60.0
+# Dead letters are logged one by one up to this many per reason and interval; a flood of
+# garbage is then summarised, not copied into the log (every one is still counted and kept).
+DEAD_LETTERS_LOGGED_PER_REASON = 10
 
 
 class Normaliser(Actor):
@@ -73,6 +77,7 @@ class Normaliser(Actor):
         self._early: list[tuple[RawBatch, object]] = []
         self._ticks = 0
         self._summary: dict[str, int] = {}  # trades published per symbol since the last summary
+        self._dead_letter_counts: dict[str, int] = {}  # per reason since the last summary
         self._summary_at = time.monotonic()
 
     def receiveMessage(self, message, sender):
@@ -249,8 +254,17 @@ class Normaliser(Actor):
         record = normalise_trade(trade, delivery, self._setup.quote_assets)
         if isinstance(record, Rejected):
             return record
+        implausible = screen_trade(trade, self._setup.symbols, delivery.received_us)
+        if implausible is not None:
+            return implausible
         self._metrics.inc("k2_binance_messages_received_total", trade.symbol)
-        verdict = self._tracker.observe((delivery.venue, trade.symbol), trade.trade_id, now)
+        key = (delivery.venue, trade.symbol)
+        verdict = self._tracker.observe(key, trade.trade_id, now)
+        if verdict is Verdict.REGRESSED:
+            return Rejected(
+                ID_REGRESSED,
+                f"trade id {trade.trade_id} is more than {DEDUP_WINDOW_IDS} behind {self._tracker.last_id(key)}, the highest seen",
+            )
         if verdict is Verdict.DUPLICATE:
             self._metrics.inc("k2_binance_duplicate_trades_total", trade.symbol)
             return None
@@ -267,10 +281,18 @@ class Normaliser(Actor):
         counts = ", ".join(f"{symbol} {count}" for symbol, count in sorted(self._summary.items())) or "none"
         log.info("%d trades in the last %.0f s (%s); %d records waiting for Kafka",
                  sum(self._summary.values()), now - self._summary_at, counts, self._held)
-        self._summary, self._summary_at = {}, now
+        if self._dead_letter_counts:
+            reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(self._dead_letter_counts.items()))
+            log.warning("%d dead letters in the last %.0f s (%s)",
+                        sum(self._dead_letter_counts.values()), now - self._summary_at, reasons)
+        self._summary, self._dead_letter_counts, self._summary_at = {}, {}, now
 
     def _dead_letter(self, raw: bytes, rejected: Rejected, url: str, received_us: int) -> DeadLetter:
-        log.warning("dead letter from %s: %s (%s)", url, rejected.reason, rejected.detail)
+        count = self._dead_letter_counts[rejected.reason] = self._dead_letter_counts.get(rejected.reason, 0) + 1
+        if count <= DEAD_LETTERS_LOGGED_PER_REASON:
+            log.warning("dead letter from %s: %s (%s)", url, rejected.reason, rejected.detail)
+        elif count == DEAD_LETTERS_LOGGED_PER_REASON + 1:
+            log.warning("more dead letters for %s: counted, and summarised within %.0f s", rejected.reason, SUMMARY_EVERY_SECONDS)
         self._metrics.inc("k2_binance_message_errors_total", rejected.reason)
         return DeadLetter(raw[: self._setup.max_frame_bytes], rejected.reason, rejected.detail, url, received_us)
 

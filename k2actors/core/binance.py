@@ -19,10 +19,28 @@ UNKNOWN_EVENT = "unknown_event"
 INVALID_DECIMAL = "invalid_decimal"
 DECIMAL_OUT_OF_RANGE = "decimal_out_of_range"
 FRAME_TOO_LARGE = "frame_too_large"
+TOO_DEEPLY_NESTED = "too_deeply_nested"
+ID_OUT_OF_RANGE = "id_out_of_range"
+NON_FINITE_NUMBER = "non_finite_number"
+NON_POSITIVE_PRICE = "non_positive_price"
+NON_POSITIVE_QUANTITY = "non_positive_quantity"
+UNSUBSCRIBED_SYMBOL = "unsubscribed_symbol"
+TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
+ID_REGRESSED = "id_regressed"
 # Not the exchange's fault: the service failed on a frame (a bug) or on a record.
 INTERNAL_ERROR = "internal_error"
 SERIALIZATION_FAILED = "serialization_failed"
 POISON_MESSAGE = "poison_message"  # an actor failed twice on the message that carried it
+# Every reason a frame from the exchange can be rejected for (the service's own failures aside).
+EXCHANGE_REASONS = (
+    NOT_JSON, UNEXPECTED_SHAPE, MISSING_FIELD, WRONG_TYPE, UNKNOWN_EVENT, INVALID_DECIMAL, DECIMAL_OUT_OF_RANGE,
+    FRAME_TOO_LARGE, TOO_DEEPLY_NESTED, ID_OUT_OF_RANGE, NON_FINITE_NUMBER, NON_POSITIVE_PRICE,
+    NON_POSITIVE_QUANTITY, UNSUBSCRIBED_SYMBOL, TIMESTAMP_OUT_OF_RANGE, ID_REGRESSED,
+)
+
+# A trade frame nests two levels deep; anything much deeper is not from Binance.
+MAX_JSON_DEPTH = 8
+MAX_TRADE_ID = 2**63 - 1  # an Avro long
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +95,14 @@ def parse_frame(raw: bytes | str, max_bytes: int) -> Event:
         return Rejected(FRAME_TOO_LARGE, f"{len(raw)} bytes, more than {max_bytes}; the dead letter keeps the first {max_bytes}")
     try:
         message = json.loads(raw)
+    except RecursionError:
+        return Rejected(TOO_DEEPLY_NESTED, "nesting exhausted the JSON parser")
     except (ValueError, UnicodeDecodeError) as exc:
         return Rejected(NOT_JSON, str(exc)[:200])
+    # Counting brackets is cheap and bounds the depth from above, so a plain trade frame
+    # never pays for the walk.
+    if _bracket_count(raw) > MAX_JSON_DEPTH and _depth(message) > MAX_JSON_DEPTH:
+        return Rejected(TOO_DEEPLY_NESTED, f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
     if not isinstance(message, dict):
         return Rejected(UNEXPECTED_SHAPE, f"top level is {type(message).__name__}, not an object")
     if "result" in message and "id" in message:
@@ -97,6 +121,22 @@ def parse_frame(raw: bytes | str, max_bytes: int) -> Event:
     return Rejected(UNKNOWN_EVENT, f"event type {str(event_type)[:50]!r}")
 
 
+def _bracket_count(raw: bytes | str) -> int:
+    if isinstance(raw, str):
+        return raw.count("{") + raw.count("[")
+    return raw.count(b"{") + raw.count(b"[")
+
+
+def _depth(value: object) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def _trade(payload: dict) -> Trade | Rejected:
     for name, kind, description in _TRADE_FIELDS:
         if name not in payload:
@@ -104,6 +144,8 @@ def _trade(payload: dict) -> Trade | Rejected:
         value = payload[name]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             return Rejected(WRONG_TYPE, f"trade field {name!r} is {type(value).__name__}, expected {description}")
+    if not 0 <= payload["t"] <= MAX_TRADE_ID:
+        return Rejected(ID_OUT_OF_RANGE, f"trade id {str(payload['t'])[:40]} is outside 0..{MAX_TRADE_ID}")
     best_match = payload.get("M")
     if best_match is not None and not isinstance(best_match, bool):
         return Rejected(WRONG_TYPE, f"trade field 'M' is {type(best_match).__name__}, expected a boolean")

@@ -6,16 +6,32 @@ schema's decimal(18, 8), never floats.
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Mapping
 
-from k2actors.core.binance import DECIMAL_OUT_OF_RANGE, INVALID_DECIMAL, Rejected, Trade
+from k2actors.core.binance import (
+    DECIMAL_OUT_OF_RANGE,
+    INVALID_DECIMAL,
+    NON_FINITE_NUMBER,
+    NON_POSITIVE_PRICE,
+    NON_POSITIVE_QUANTITY,
+    TIMESTAMP_OUT_OF_RANGE,
+    UNSUBSCRIBED_SYMBOL,
+    Rejected,
+    Trade,
+)
 
 DECIMAL_PRECISION = 18
 DECIMAL_SCALE = 8
 _QUANTUM = Decimal(1).scaleb(-DECIMAL_SCALE)
+# Binance writes plain decimals; Decimal() would also take "1e3", " 1", "1_000" or other scripts' digits.
+_PLAIN_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?", re.ASCII)
+# A streamed trade further than this from its moment of receipt is not believed: no
+# connection lives longer, so it is a broken message or a broken clock, and either is loud.
+MAX_CLOCK_DISTANCE_US = 24 * 3600 * 1_000_000
 # uuid5 namespace for message ids: the same (venue, symbol, trade id) always gets the same id.
 MESSAGE_ID_NAMESPACE = uuid.UUID("6f1c2a55-0b0e-5d8f-9a43-8f3c1b2d4e70")
 
@@ -54,13 +70,17 @@ def quote_currency(symbol: str, quote_assets: Mapping[str, str]) -> str:
     return "UNKNOWN"
 
 
-def exact_decimal(text: str, field_name: str) -> Decimal | Rejected:
+def exact_decimal(text: str, field_name: str, non_positive_reason: str) -> Decimal | Rejected:
     try:
         value = Decimal(text)
     except InvalidOperation:
         return Rejected(INVALID_DECIMAL, f"{field_name} {text[:40]!r} is not a decimal number")
     if not value.is_finite():
-        return Rejected(INVALID_DECIMAL, f"{field_name} {text[:40]!r} is not finite")
+        return Rejected(NON_FINITE_NUMBER, f"{field_name} {text[:40]!r} is not finite")
+    if not _PLAIN_DECIMAL.fullmatch(text):
+        return Rejected(INVALID_DECIMAL, f"{field_name} {text[:40]!r} is not a plain decimal number")
+    if value <= 0:
+        return Rejected(non_positive_reason, f"{field_name} {text[:40]!r} is not above zero")
     scaled = value.quantize(_QUANTUM) if value.adjusted() < DECIMAL_PRECISION else None
     if scaled is None or scaled != value or len(scaled.as_tuple().digits) > DECIMAL_PRECISION:
         return Rejected(
@@ -70,11 +90,24 @@ def exact_decimal(text: str, field_name: str) -> Decimal | Rejected:
     return scaled
 
 
+def screen_trade(trade: Trade, subscribed: frozenset[str], received_us: int) -> Rejected | None:
+    """What a streamed trade must satisfy beyond its shape: we asked for its symbol, and its
+    time is plausible."""
+    if trade.symbol not in subscribed:
+        return Rejected(UNSUBSCRIBED_SYMBOL, f"symbol {trade.symbol[:40]!r} was not subscribed")
+    if abs(trade.trade_time_ms * 1000 - received_us) > MAX_CLOCK_DISTANCE_US:
+        return Rejected(
+            TIMESTAMP_OUT_OF_RANGE,
+            f"trade time {trade.trade_time_ms} ms is more than 24 h from its receipt at {received_us // 1000} ms",
+        )
+    return None
+
+
 def normalise_trade(trade: Trade, delivery: Delivery, quote_assets: Mapping[str, str]) -> dict | Rejected:
-    price = exact_decimal(trade.price, "price")
+    price = exact_decimal(trade.price, "price", NON_POSITIVE_PRICE)
     if isinstance(price, Rejected):
         return price
-    quantity = exact_decimal(trade.quantity, "quantity")
+    quantity = exact_decimal(trade.quantity, "quantity", NON_POSITIVE_QUANTITY)
     if isinstance(quantity, Rejected):
         return quantity
     vendor_data = {

@@ -17,6 +17,9 @@ Key = tuple[str, str]  # (venue, symbol)
 
 # Missing ranges remembered per key; beyond this the oldest are forgotten (bounded memory).
 MAX_OPEN_RANGES = 1000
+# How far behind the highest id an id may come and still be taken for a duplicate of one
+# already published: a mirror lagging by this many trades is not a mirror but a bad message.
+DEDUP_WINDOW_IDS = 100_000
 
 
 class Verdict(Enum):
@@ -24,6 +27,7 @@ class Verdict(Enum):
     DUPLICATE = "duplicate"  # already published: drop
     FILLED = "filled"  # inside a gap not yet declared: publish
     RECOVERED = "recovered"  # inside a gap already declared missing: publish, count as recovered
+    REGRESSED = "regressed"  # further back than any duplicate could be: reject
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +83,7 @@ class SequenceTracker:
             if gap.first <= trade_id <= gap.last:
                 _remove_id(state.missing, index, trade_id)
                 return Verdict.RECOVERED if gap.declared else Verdict.FILLED
-        return Verdict.DUPLICATE
+        return Verdict.DUPLICATE if trade_id >= state.high - DEDUP_WINDOW_IDS else Verdict.REGRESSED
 
     def declare_due(self, now: float) -> list[Gap]:
         """Gaps whose grace period has passed and that are still (partly) missing."""
