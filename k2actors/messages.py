@@ -54,6 +54,7 @@ class PipelineStopped:
 @dataclass(frozen=True)
 class MetricsSetup:
     port: int
+    bind_address: str
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ class ConnectionSetup:
     stale_timeout_seconds: float
     max_connection_age_seconds: float
     max_buffered_frames: int
+    tls_ca_file: str
+    tls_verify: bool
     normaliser: object
     metrics: object
 

@@ -16,6 +16,7 @@ from typing import Callable
 from thespian.actors import ActorSystem
 
 from k2actors.actors.coordinator import FailoverCoordinator
+from k2actors.clients import exchange_tls
 from k2actors.config import BinanceConfig, Config
 from k2actors.core.binance import MAX_URL_LENGTH, quote_assets
 from k2actors.logs import logging_config
@@ -50,10 +51,11 @@ def fetch_quote_assets(binance: BinanceConfig) -> dict[str, str]:
     query = "?" + urllib.parse.urlencode({"symbols": json.dumps(list(binance.symbols), separators=(",", ":"))})
     if len(query) > MAX_URL_LENGTH:
         query = ""  # too long for a URL: ask for every symbol instead
+    tls = exchange_tls(binance.tls_ca_file, binance.tls_verify)
     for venue in venues:
         url = f"{binance.rest_urls[venue]}/api/v3/exchangeInfo{query}"
         try:
-            with urllib.request.urlopen(url, timeout=EXCHANGE_INFO_TIMEOUT_SECONDS) as response:
+            with urllib.request.urlopen(url, timeout=EXCHANGE_INFO_TIMEOUT_SECONDS, context=tls) as response:
                 assets = quote_assets(json.load(response))
         except (OSError, ValueError) as exc:
             log.warning("exchangeInfo from %s unavailable (%s): quote currencies come from symbol suffixes", venue, exc)
@@ -91,7 +93,7 @@ class Pipeline:
         if not isinstance(reply, PipelineStarted):
             self.close()
             raise RuntimeError(f"the pipeline did not start within {START_TIMEOUT_SECONDS} s")
-        log.info("pipeline started; metrics on port %d", reply.metrics_port)
+        log.info("pipeline started; metrics on port %d", reply.metrics_port, extra={"event": "service_started"})
         return self
 
     def wait(self, stop: threading.Event) -> str | None:
@@ -136,6 +138,9 @@ def run(config: Config, on_started: Callable[[], None] | None = None, stop: thre
     stop = stop or threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda number, frame: stop.set())
+    if not config.binance.tls_verify:
+        log.warning("binance.tls_verify is false: exchange certificates are NOT verified; "
+                    "anyone on the network path can feed this service trades", extra={"event": "tls_unverified"})
     try:
         pipeline = Pipeline(config).start()
     except RuntimeError as exc:
@@ -146,14 +151,15 @@ def run(config: Config, on_started: Callable[[], None] | None = None, stop: thre
             on_started()
         failure = pipeline.wait(stop)
         if failure:
-            log.error("pipeline failed: %s", failure)
+            log.error("pipeline failed: %s", failure, extra={"event": "service_failed"})
             return 1
         log.info("stopping: draining and flushing")
         undelivered = pipeline.stop()
     finally:
         pipeline.close()
     if undelivered:
-        log.error("stopped, %s", "without confirmation from the pipeline" if undelivered < 0 else f"{undelivered} records undelivered")
+        log.error("stopped, %s", "without confirmation from the pipeline" if undelivered < 0 else f"{undelivered} records undelivered",
+                  extra={"event": "service_stopped", "undelivered": undelivered})
         return 1
-    log.info("stopped cleanly: every trade received was delivered")
+    log.info("stopped cleanly: every trade received was delivered", extra={"event": "service_stopped", "undelivered": 0})
     return 0

@@ -18,6 +18,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
+from k2actors.clients import kafka_settings, registry_settings
 from k2actors.config import Config
 
 
@@ -39,11 +40,7 @@ def readable(record: dict) -> str:
 
 def run_tail(config: Config, topic: str | None, from_beginning: bool, max_records: int | None, as_json: bool) -> int:
     topic = topic or config.kafka.topic
-    consumer = Consumer({
-        "bootstrap.servers": config.kafka.bootstrap_servers,
-        "group.id": "k2actors-tail",
-        "enable.auto.commit": False,
-    })
+    consumer = Consumer({**kafka_settings(config.kafka), "group.id": "k2actors-tail", "enable.auto.commit": False})
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -58,7 +55,7 @@ def run_tail(config: Config, topic: str | None, from_beginning: bool, max_record
             return 1
         start = OFFSET_BEGINNING if from_beginning else OFFSET_END
         consumer.assign([TopicPartition(topic, p, start) for p in metadata.partitions])
-        decode = AvroDeserializer(SchemaRegistryClient({"url": config.kafka.schema_registry_url}))
+        decode = AvroDeserializer(SchemaRegistryClient(registry_settings(config.kafka)))
         context = SerializationContext(topic, MessageField.VALUE)
         printed = 0
         while not stop.is_set() and (max_records is None or printed < max_records):

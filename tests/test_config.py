@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from k2actors.config import (
     _PARSERS,
@@ -15,6 +16,8 @@ from k2actors.config import (
     load_config,
     venue_of,
 )
+from k2actors.actors.producer import producer_settings
+from k2actors.clients import kafka_settings, registry_settings
 from tests.conftest import REPO
 
 
@@ -25,6 +28,60 @@ def test_repo_config_yaml_states_the_built_in_defaults():
 def test_every_key_has_a_parser():
     keys = {(section, f.name) for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
     assert keys == set(_PARSERS)
+
+
+def test_every_key_is_in_the_repo_config_yaml_and_the_readme():
+    stated = yaml.safe_load((REPO / "config.yaml").read_text())
+    readme = (REPO / "README.md").read_text()
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            assert f.name in stated[section], f"{section}.{f.name} missing from config.yaml"
+            assert f"`{section}.{f.name}`" in readme, f"{section}.{f.name} missing from README.md"
+
+
+def test_secrets_come_from_the_environment_or_from_files(tmp_path):
+    secret_file = tmp_path / "registry-password"
+    secret_file.write_text("from-a-file\n")
+    config = load_config(None, {
+        "K2_KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
+        "K2_KAFKA_SASL_MECHANISM": "scram-sha-512",
+        "K2_KAFKA_SASL_USERNAME": "k2",
+        "K2_KAFKA_SASL_PASSWORD": "from-the-environment",
+        "K2_KAFKA_SCHEMA_REGISTRY_USERNAME": "reader",
+        "K2_KAFKA_SCHEMA_REGISTRY_PASSWORD_FILE": str(secret_file),
+    })
+    kafka = config.kafka
+    assert (kafka.security_protocol, kafka.sasl_mechanism) == ("SASL_SSL", "SCRAM-SHA-512")
+    assert (kafka.sasl_password, kafka.schema_registry_password) == ("from-the-environment", "from-a-file")
+    assert "from-the-environment" not in repr(config) and "from-a-file" not in repr(config)
+    printed = json.dumps(effective_config(config))
+    assert "from-the-environment" not in printed and "from-a-file" not in printed
+    assert effective_config(config)["kafka"]["sasl_password"] == "***"
+
+
+def test_security_settings_reach_every_client(tmp_path):
+    ca, certificate, key = (tmp_path / name for name in ("ca.pem", "client.pem", "client.key"))
+    for path in (ca, certificate, key):
+        path.write_text("PEM")
+    config = load_config(None, {
+        "K2_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "K2_KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
+        "K2_KAFKA_SASL_USERNAME": "k2", "K2_KAFKA_SASL_PASSWORD": "pw",
+        "K2_KAFKA_SSL_CA_LOCATION": str(ca), "K2_KAFKA_SSL_CERTIFICATE_LOCATION": str(certificate),
+        "K2_KAFKA_SSL_KEY_LOCATION": str(key), "K2_KAFKA_SSL_KEY_PASSWORD": "kpw",
+        "K2_KAFKA_SCHEMA_REGISTRY_URL": "https://registry.example:8081",
+        "K2_KAFKA_SCHEMA_REGISTRY_USERNAME": "reader", "K2_KAFKA_SCHEMA_REGISTRY_PASSWORD": "rpw",
+        "K2_KAFKA_SCHEMA_REGISTRY_CA_LOCATION": str(ca),
+    })
+    settings = producer_settings(config.kafka)
+    assert {k: settings[k] for k in ("security.protocol", "sasl.mechanism", "sasl.username", "sasl.password")} == {
+        "security.protocol": "sasl_ssl", "sasl.mechanism": "SCRAM-SHA-256", "sasl.username": "k2", "sasl.password": "pw"}
+    assert (settings["ssl.ca.location"], settings["ssl.certificate.location"], settings["ssl.key.location"]) == (
+        str(ca), str(certificate), str(key))
+    assert settings["ssl.key.password"] == "kpw"
+    assert registry_settings(config.kafka) == {
+        "url": "https://registry.example:8081", "basic.auth.user.info": "reader:rpw", "ssl.ca.location": str(ca)}
+    # The plain default adds nothing a plaintext broker would refuse.
+    assert kafka_settings(Config().kafka) == {"bootstrap.servers": "localhost:9092", "security.protocol": "plaintext"}
 
 
 def test_defaults_match_the_documented_deployment():
@@ -130,6 +187,19 @@ def test_venue_follows_the_host(url, venue):
         ("", {"K2_KAFKA_BOOTSTRAP_SERVER": "x:1"}, "kafka.bootstrap_server", "one of the keys"),
         ("- a list\n", {}, "<root>", "mapping of sections"),
         ("binance: [\n", {}, "--config", "valid YAML"),
+        ("", {"K2_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "K2_KAFKA_SASL_USERNAME": "k2"}, "kafka.sasl_password", "set when"),
+        ("", {"K2_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "K2_KAFKA_SASL_PASSWORD": "x"}, "kafka.sasl_username", "set when"),
+        ("", {"K2_KAFKA_SECURITY_PROTOCOL": "KERBEROS"}, "kafka.security_protocol", "SASL_SSL"),
+        ("", {"K2_KAFKA_SASL_MECHANISM": "GSSAPI"}, "kafka.sasl_mechanism", "SCRAM-SHA-512"),
+        ("", {"K2_KAFKA_SSL_CA_LOCATION": "/nonexistent/ca.pem"}, "kafka.ssl_ca_location", "existing file"),
+        ("", {"K2_BINANCE_TLS_CA_FILE": "/nonexistent/ca.pem"}, "binance.tls_ca_file", "existing file"),
+        ("", {"K2_KAFKA_SASL_PASSWORD_FILE": "/nonexistent/secret"}, "kafka.sasl_password_file", "existing file"),
+        ("", {"K2_KAFKA_SASL_PASSWORD_FILE": "/etc/hostname", "K2_KAFKA_SASL_PASSWORD": "x"},
+         "kafka.sasl_password_file", "one source per secret"),
+        ("", {"K2_KAFKA_SCHEMA_REGISTRY_USERNAME": "reader"}, "kafka.schema_registry_password", "together with"),
+        ("", {"K2_KAFKA_SSL_CERTIFICATE_LOCATION": "/etc/hostname"}, "kafka.ssl_key_location", "together with"),
+        ("", {"K2_METRICS_BIND_ADDRESS": "localhost"}, "metrics.bind_address", "IP address"),
+        ("", {"K2_BINANCE_TLS_VERIFY": "sometimes"}, "binance.tls_verify", "true or false"),
     ],
 )
 def test_invalid_values_name_key_value_and_expectation(tmp_path, yaml_text, env, key, fragment):
@@ -174,7 +244,7 @@ def test_validate_config_prints_the_effective_config_with_credentials_redacted()
 
 
 def test_effective_config_is_plain_data():
-    assert json.loads(json.dumps(effective_config(Config())))["metrics"] == {"port": 9091}
+    assert json.loads(json.dumps(effective_config(Config())))["metrics"] == {"port": 9091, "bind_address": "0.0.0.0"}
 
 
 @pytest.mark.parametrize("args", [["--help"], ["start", "--help"], ["validate-config", "--help"], ["demo", "--help"], ["tail", "--help"]])

@@ -241,3 +241,30 @@ def test_more_symbols_than_one_connection_carries_take_more_connections(start_se
     assert {s for s in ids if s > "S1023USDT"}, "no trade from the second connection's symbols"
     assert missing_and_duplicates(ids) == (0, 0)
     assert "ended" not in service.log().split("stopping:")[0]  # past 1024 streams the simulator closes with 1008
+
+
+def test_json_logs_name_each_event_with_its_fields(start_service, simulator):
+    service = start_service(K2_LOG_FORMAT="json")
+    service.wait_ready()
+    wait_until(lambda: service.metric("k2_kafka_messages_produced_total") >= 300, 60, "trades flowing")
+    simulator.endpoint(0).send_raw(["{not json"])
+    simulator.endpoint(0).drop()
+    wait_until(lambda: service.metric("k2_binance_reconnects_total") >= 1, 30, "a reconnect")
+    wait_until(lambda: service.metric("k2_binance_trade_gaps_total") >= 1, 30, "the gap the drop left declared")
+    assert service.stop() == 0
+    lines = [json.loads(line) for line in service.log().splitlines()]
+    assert all({"time", "level", "logger", "actor", "event", "message"} <= set(line) for line in lines)
+    events = {}
+    for line in lines:
+        events.setdefault(line["event"], []).append(line)
+    url = simulator.urls[0]
+    assert events["connection_opened"][0]["endpoint"] == url and events["connection_opened"][0]["actor"] == "connection"
+    ended = events["connection_ended"][0]
+    assert (ended["endpoint"], ended["reason"], ended["level"]) == (url, "connection_lost", "WARNING")
+    assert events["reconnect_scheduled"][0]["endpoint"] == url
+    letter = events["dead_letter"][0]
+    assert (letter["reason"], letter["endpoint"]) == ("not_json", url)
+    gap = events["gap_declared"][0]
+    assert gap["symbol"] in ("BTCUSDT", "ETHUSDT", "BNBUSDT") and gap["last_id"] - gap["first_id"] + 1 == gap["missing"] > 0
+    assert events["service_stopped"][-1]["undelivered"] == 0
+    assert len(lines) < 100  # more than 300 trades: never logged one by one

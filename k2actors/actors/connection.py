@@ -12,6 +12,7 @@ import collections
 import logging
 import os
 import socket
+import ssl
 import threading
 import time
 
@@ -26,11 +27,13 @@ from thespian.actors import (
 )
 
 from k2actors.actors import TICK, note_poison, report_alive, seconds
+from k2actors.clients import exchange_tls
 from k2actors.core.binance import (
     SUBSCRIBE_INTERVAL_SECONDS,
     SubscriptionPlan,
     connection_plans,
 )
+from k2actors.core.reasons import reason_label
 from k2actors.core.telemetry import MetricBuffer
 from k2actors.messages import (
     Connect,
@@ -58,9 +61,10 @@ CONNECT_TIMEOUT_SECONDS = 10
 class _Reader(threading.Thread):
     """Reads one websocket connection until it ends; hands frames over under a lock."""
 
-    def __init__(self, plan: SubscriptionPlan, wake_fd: int, room: threading.Event):
+    def __init__(self, plan: SubscriptionPlan, wake_fd: int, room: threading.Event, tls: ssl.SSLContext):
         super().__init__(name="ws-reader", daemon=True)
         self._plan = plan
+        self._tls = tls
         self._room = room  # cleared while the actor's backlog is full: stop reading, let TCP push back
         self._wake_fd = wake_fd
         self._lock = threading.Lock()
@@ -91,7 +95,8 @@ class _Reader(threading.Thread):
     def run(self) -> None:
         try:
             ws = websocket.create_connection(
-                self._plan.url, timeout=CONNECT_TIMEOUT_SECONDS, skip_utf8_validation=True, enable_multithread=True
+                self._plan.url, timeout=CONNECT_TIMEOUT_SECONDS, skip_utf8_validation=True, enable_multithread=True,
+                sslopt={"context": self._tls},
             )
         except Exception as exc:  # every failure to connect is reported, whatever its type
             self._end(f"connect failed: {_describe(exc)}")
@@ -158,10 +163,11 @@ class _Link:
     readers are live: the current one streams until its successor has delivered a frame,
     then retires."""
 
-    def __init__(self, plan: SubscriptionPlan, wake_fd: int, room: threading.Event):
+    def __init__(self, plan: SubscriptionPlan, wake_fd: int, room: threading.Event, tls: ssl.SSLContext):
         self._plan = plan
         self._wake_fd = wake_fd
         self._room = room
+        self._tls = tls
         self.reader = self._open()
         self.successor: _Reader | None = None
         self.retiring: list[_Reader] = []
@@ -169,7 +175,7 @@ class _Link:
         self._leftover: list[tuple[int, bytes]] = []  # frames of readers dropped since the last take
 
     def _open(self) -> _Reader:
-        reader = _Reader(self._plan, self._wake_fd, self._room)
+        reader = _Reader(self._plan, self._wake_fd, self._room, self._tls)
         reader.start()
         return reader
 
@@ -208,7 +214,8 @@ class _Link:
             return self.rotation_reason
         if successor is not None and successor.ended_reason is not None:
             self._drop(successor)
-            log.warning("replacement connection failed (%s); keeping the current one", successor.ended_reason)
+            log.warning("replacement connection failed (%s); keeping the current one", successor.ended_reason,
+                        extra={"event": "rotation_failed", "reason": successor.ended_reason})
             self.successor = None
         elif self.reader.ended_reason is not None and successor is not None:
             # The old connection went first (a serverShutdown does that): the successor takes over.
@@ -288,13 +295,16 @@ class ConnectionActor(Actor):
         log.info(
             "connecting to %s (%d symbols, %d connection%s)",
             self._setup.endpoint.url, len(self._setup.symbols), len(plans), "s" if len(plans) > 1 else "",
+            extra={"event": "connection_connecting", "endpoint": self._setup.endpoint.url},
         )
         self._reported_open = False
-        self._links = [_Link(plan, self._wake_w, self._room) for plan in plans]
+        tls = exchange_tls(self._setup.tls_ca_file, self._setup.tls_verify)
+        self._links = [_Link(plan, self._wake_w, self._room, tls) for plan in plans]
 
     def _rotate(self, reason: str) -> None:
         if any([link.rotate(reason) for link in self._links]):
-            log.info("replacing the connection to %s before closing it (%s)", self._setup.endpoint.url, reason)
+            log.info("replacing the connection to %s before closing it (%s)", self._setup.endpoint.url, reason,
+                     extra={"event": "rotation_started", "endpoint": self._setup.endpoint.url, "reason": reason})
 
     def _forward_frames(self, everything: bool = False) -> None:
         backlog = self._backlog
@@ -313,7 +323,8 @@ class ConnectionActor(Actor):
         limit, url = self._setup.max_buffered_frames, self._setup.endpoint.url
         if self._room.is_set() and len(self._backlog) >= limit:
             self._room.clear()
-            log.warning("reading from %s paused: %d frames waiting for the normaliser", url, len(self._backlog))
+            log.warning("reading from %s paused: %d frames waiting for the normaliser", url, len(self._backlog),
+                        extra={"event": "reading_paused", "endpoint": url, "waiting_frames": len(self._backlog)})
             self._metrics.inc("k2_binance_read_pauses_total", url)
         elif not self._room.is_set() and len(self._backlog) < limit // 2:
             now = time.monotonic()
@@ -321,19 +332,20 @@ class ConnectionActor(Actor):
                 for reader in link.readers():
                     reader.last_frame_at = now  # the silence was ours, not the exchange's
             self._room.set()
-            log.warning("reading from %s resumed", url)
+            log.warning("reading from %s resumed", url, extra={"event": "reading_resumed", "endpoint": url})
 
     def _report_state(self) -> None:
         url = self._setup.endpoint.url
         for link in self._links:
             rotated = link.settle()
             if rotated:
-                log.info("connection to %s replaced (%s); closing the old one", url, rotated)
+                log.info("connection to %s replaced (%s); closing the old one", url, rotated,
+                         extra={"event": "rotation_completed", "endpoint": url, "reason": rotated})
                 self._metrics.inc("k2_connection_rotations_total", url, rotated)
         self._forward_frames()  # what the readers settled above left behind
         if self._links and not self._reported_open and all(link.reader.opened for link in self._links):
             self._reported_open = True
-            log.info("connected to %s", url)
+            log.info("connected to %s", url, extra={"event": "connection_opened", "endpoint": url})
             self._metrics.set("k2_binance_connection_status", 1, url)
             self.send(self._coordinator, ConnectionOpened(url))
         ended = next((link.reader.ended_reason for link in self._links if link.reader.ended_reason is not None), None)
@@ -344,7 +356,8 @@ class ConnectionActor(Actor):
                 link.join()
             self._forward_frames()  # what arrived just before the end
             streamed = any(link.reader.streamed for link in self._links)
-            log.warning("connection to %s ended: %s", url, ended)
+            log.warning("connection to %s ended: %s", url, ended,
+                        extra={"event": "connection_ended", "endpoint": url, "reason": reason_label(ended), "detail": ended})
             self._metrics.set("k2_binance_connection_status", 0, url)
             self.send(self._coordinator, ConnectionClosed(url, ended, streamed))
             self._links = []
@@ -391,7 +404,8 @@ class ConnectionActor(Actor):
             # more as PoisonedFrames, and then is only counted and logged: never a loop.
             self.send(self._setup.normaliser, PoisonedFrames(batch.url, batch.frames, str(poison.details)[:200]))
         elif isinstance(batch, PoisonedFrames):
-            log.error("%d frames from %s could not even be dead-lettered; they are lost", len(batch.frames), batch.url)
+            log.error("%d frames from %s could not even be dead-lettered; they are lost", len(batch.frames), batch.url,
+                      extra={"event": "frames_lost", "endpoint": batch.url, "count": len(batch.frames)})
         self._flush_metrics()
 
     def _flush_metrics(self) -> None:

@@ -160,7 +160,7 @@ class FailoverCoordinator(Actor):
     def _wire(self, role: str) -> None:
         config, children = self._config, self._children
         if role == METRICS:
-            message = MetricsSetup(config.metrics.port)
+            message = MetricsSetup(config.metrics.port, config.metrics.bind_address)
         elif role == PRODUCER:
             message = ProducerSetup(config.kafka, children[METRICS])
         elif role == NORMALISER:
@@ -173,8 +173,8 @@ class FailoverCoordinator(Actor):
             binance = config.binance
             message = ConnectionSetup(
                 self._endpoints[url], binance.symbols, binance.stale_timeout_seconds,
-                binance.max_connection_age_seconds, config.kafka.max_buffered_records, children[NORMALISER],
-                children[METRICS],
+                binance.max_connection_age_seconds, config.kafka.max_buffered_records,
+                binance.tls_ca_file, binance.tls_verify, children[NORMALISER], children[METRICS],
             )
         self.send(children[role], message)
 
@@ -185,7 +185,9 @@ class FailoverCoordinator(Actor):
         previous = self._circuits.get(policy, BreakerState.CLOSED)
         if state is not previous:
             level = logging.ERROR if state is BreakerState.OPEN else logging.WARNING
-            log.log(level, "circuit for %s: %s -> %s", ", ".join(policy.urls), previous.name.lower(), state.name.lower())
+            log.log(level, "circuit for %s: %s -> %s", ", ".join(policy.urls), previous.name.lower(), state.name.lower(),
+                    extra={"event": "circuit_changed", "endpoints": list(policy.urls),
+                           "from_state": previous.name.lower(), "to_state": state.name.lower()})
             self._circuits[policy] = state
 
     def _connect(self, url: str) -> None:
@@ -209,8 +211,10 @@ class FailoverCoordinator(Actor):
         self._note_circuit(policy)
         self._metrics.inc("k2_binance_reconnects_total", message.url, reason_label(message.reason))
         if attempt.url != message.url:
-            log.warning("failing over from %s to %s", message.url, attempt.url)
-        log.info("next attempt: %s in %.1f s", attempt.url, attempt.delay)
+            log.warning("failing over from %s to %s", message.url, attempt.url,
+                        extra={"event": "failover", "from_endpoint": message.url, "endpoint": attempt.url})
+        log.info("next attempt: %s in %.1f s", attempt.url, attempt.delay,
+                 extra={"event": "reconnect_scheduled", "endpoint": attempt.url, "delay_seconds": round(attempt.delay, 3)})
         self.wakeupAfter(seconds(attempt.delay), ("connect", attempt.url))
 
     def _report_exchange(self) -> None:
@@ -242,13 +246,14 @@ class FailoverCoordinator(Actor):
     def _on_child_exited(self, address) -> None:
         role = self._role_of(address)
         if role is not None and not self._stopping:
-            log.error("%s actor exited; restarting it", role)
+            log.error("%s actor exited; restarting it", role, extra={"event": "actor_restarting", "role": role, "reason": "exited"})
             self._restart(role, "exited")
 
     def _check_heartbeats(self, now: float) -> None:
         for role, (pid, heard_at) in list(self._heartbeats.items()):
             if now - heard_at > HEARTBEAT_TIMEOUT_SECONDS:
-                log.error("%s actor (pid %s) silent for %.0f s; replacing it", role, pid, now - heard_at)
+                log.error("%s actor (pid %s) silent for %.0f s; replacing it", role, pid, now - heard_at,
+                          extra={"event": "actor_restarting", "role": role, "pid": pid, "reason": "silent"})
                 if pid is not None:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)  # hung, perhaps: it must not come back to life
@@ -289,7 +294,7 @@ class FailoverCoordinator(Actor):
                     f"no endpoint has streamed for circuit_breaker.exit_after_open_seconds "
                     f"({self._config.circuit_breaker.exit_after_open_seconds:g} s) with the circuit open"
                 )
-                log.error("giving up: %s", reason)
+                log.error("giving up: %s", reason, extra={"event": "service_giving_up"})
                 self.send(self._service, PipelineFailed(reason))
         metrics = self._children[METRICS]
         pids = {role: pid for role, (pid, _) in self._heartbeats.items() if pid is not None}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -60,6 +61,10 @@ def build_registry() -> tuple[CollectorRegistry, dict]:
         else:
             metrics[spec.name] = Histogram(spec.name, spec.help, spec.labels, buckets=LATENCY_BUCKETS, registry=registry)
     return registry, metrics
+
+
+class _IPv6HTTPServer(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 
 
 class Status:
@@ -155,23 +160,24 @@ class MetricsActor(Actor):
                 memory = self._metrics["k2_service_memory_bytes"]
                 memory.set_function(lambda: tree_memory_bytes(*self._status.roots()))
             self._coordinator = sender
-            self._serve(message.port, sender)
+            self._serve(message.bind_address, message.port, sender)
         elif isinstance(message, ActorExitRequest) and self._server:
             self._server.shutdown()
             self._server.server_close()
 
-    def _serve(self, port: int, sender) -> None:
+    def _serve(self, address: str, port: int, sender) -> None:
         if self._server is not None:
             self.send(sender, MetricsReady(port))
             return
         try:
-            self._server = ThreadingHTTPServer(("0.0.0.0", port), _handler(self._registry, self._status))
+            server_class = _IPv6HTTPServer if ":" in address else ThreadingHTTPServer
+            self._server = server_class((address, port), _handler(self._registry, self._status))
         except OSError as exc:
-            self.send(sender, SetupFailed("metrics", f"cannot listen on port {port}: {exc.strerror}"))
+            self.send(sender, SetupFailed("metrics", f"cannot listen on {address} port {port}: {exc.strerror}"))
             return
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True).start()
-        log.info("metrics, health and readiness on port %d", port)
+        log.info("metrics, health and readiness on %s port %d", address, port)
         self.send(sender, MetricsReady(port))
 
     def _apply(self, deltas: MetricDeltas) -> None:

@@ -120,7 +120,8 @@ class Normaliser(Actor):
         batches = sorted(self._unacked.values(), key=lambda batch: batch.seq)
         records = [record for batch in batches for record in batch.records]
         dead_letters = [letter for batch in batches for letter in batch.dead_letters]
-        log.warning("producer replaced: re-sending %d unconfirmed records", len(records) + len(dead_letters))
+        log.warning("producer replaced: re-sending %d unconfirmed records", len(records) + len(dead_letters),
+                    extra={"event": "records_resent", "count": len(records) + len(dead_letters)})
         self._metrics.inc("k2_kafka_resent_records_total", amount=len(records))
         self._unacked.clear()
         for start in range(0, max(len(records), len(dead_letters)), RESEND_BATCH_RECORDS):
@@ -167,11 +168,13 @@ class Normaliser(Actor):
         if self._held >= self._setup.max_buffered_records:
             if not self._holding_back:
                 self._holding_back = True
-                log.warning("%d records waiting for Kafka: holding the connections back", self._held)
+                log.warning("%d records waiting for Kafka: holding the connections back", self._held,
+                            extra={"event": "backpressure_on", "waiting_records": self._held})
             return
         if self._holding_back:
             self._holding_back = False
-            log.warning("Kafka caught up (%d records waiting): connections released", self._held)
+            log.warning("Kafka caught up (%d records waiting): connections released", self._held,
+                        extra={"event": "backpressure_off", "waiting_records": self._held})
         untaken, self._untaken = self._untaken, []
         for sender, seq in untaken:
             self.send(sender, RawBatchTaken(seq))
@@ -226,7 +229,8 @@ class Normaliser(Actor):
             ]
             self._publish([], letters + list(batch.dead_letters))
         else:
-            log.error("%d dead letters could not be produced; they are lost", len(batch.dead_letters))
+            log.error("%d dead letters could not be produced; they are lost", len(batch.dead_letters),
+                      extra={"event": "dead_letters_lost", "count": len(batch.dead_letters)})
         self._release()
 
     def _dead_letter_frames(self, poisoned: PoisonedFrames) -> None:
@@ -244,7 +248,7 @@ class Normaliser(Actor):
         elif isinstance(event, Rejected):
             dead_letters.append(self._dead_letter(raw, event, delivery.endpoint, delivery.received_us))
         elif isinstance(event, ServerShutdown):
-            log.warning("%s announced serverShutdown", delivery.endpoint)
+            log.warning("%s announced serverShutdown", delivery.endpoint, extra={"event": "server_shutdown", "endpoint": delivery.endpoint})
             self.send(self._coordinator, ServerShutdownNotice(delivery.endpoint))
         elif isinstance(event, SubscriptionReply):
             log.debug("%s answered request %r: %r", delivery.endpoint, event.request_id, event.result)
@@ -269,7 +273,8 @@ class Normaliser(Actor):
             self._metrics.inc("k2_binance_duplicate_trades_total", trade.symbol)
             return None
         if verdict is Verdict.RECOVERED:
-            log.warning("trade %s %s-%d arrived after it was declared missing", trade.symbol, delivery.venue, trade.trade_id)
+            log.warning("trade %s %s-%d arrived after it was declared missing", trade.symbol, delivery.venue, trade.trade_id,
+                        extra={"event": "trade_recovered", "venue": delivery.venue, "symbol": trade.symbol, "trade_id": trade.trade_id})
             self._metrics.inc("k2_binance_recovered_trades_total", trade.symbol)
         self._summary[trade.symbol] = self._summary.get(trade.symbol, 0) + 1
         return record
@@ -280,17 +285,20 @@ class Normaliser(Actor):
             return
         counts = ", ".join(f"{symbol} {count}" for symbol, count in sorted(self._summary.items())) or "none"
         log.info("%d trades in the last %.0f s (%s); %d records waiting for Kafka",
-                 sum(self._summary.values()), now - self._summary_at, counts, self._held)
+                 sum(self._summary.values()), now - self._summary_at, counts, self._held,
+                 extra={"event": "trade_summary", "trades": dict(self._summary), "waiting_records": self._held})
         if self._dead_letter_counts:
             reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(self._dead_letter_counts.items()))
             log.warning("%d dead letters in the last %.0f s (%s)",
-                        sum(self._dead_letter_counts.values()), now - self._summary_at, reasons)
+                        sum(self._dead_letter_counts.values()), now - self._summary_at, reasons,
+                        extra={"event": "dead_letter_summary", "reasons": dict(self._dead_letter_counts)})
         self._summary, self._dead_letter_counts, self._summary_at = {}, {}, now
 
     def _dead_letter(self, raw: bytes, rejected: Rejected, url: str, received_us: int) -> DeadLetter:
         count = self._dead_letter_counts[rejected.reason] = self._dead_letter_counts.get(rejected.reason, 0) + 1
         if count <= DEAD_LETTERS_LOGGED_PER_REASON:
-            log.warning("dead letter from %s: %s (%s)", url, rejected.reason, rejected.detail)
+            log.warning("dead letter from %s: %s (%s)", url, rejected.reason, rejected.detail,
+                        extra={"event": "dead_letter", "endpoint": url, "reason": rejected.reason, "detail": rejected.detail})
         elif count == DEAD_LETTERS_LOGGED_PER_REASON + 1:
             log.warning("more dead letters for %s: counted, and summarised within %.0f s", rejected.reason, SUMMARY_EVERY_SECONDS)
         self._metrics.inc("k2_binance_message_errors_total", rejected.reason)
@@ -301,7 +309,8 @@ class Normaliser(Actor):
         for url, batches in self._batches.items():
             lost = batches.lost(now)
             if lost:
-                log.error("%d batches from %s never arrived (seq %s)", len(lost), url, ", ".join(map(str, lost[:20])))
+                log.error("%d batches from %s never arrived (seq %s)", len(lost), url, ", ".join(map(str, lost[:20])),
+                          extra={"event": "batches_lost", "endpoint": url, "count": len(lost)})
                 self._metrics.inc("k2_actor_batches_lost_total", "connection_to_normaliser", amount=len(lost))
         self._finish_drain()
 
@@ -310,6 +319,8 @@ class Normaliser(Actor):
             log.error(
                 "gap in %s %s: %d trades missing, ids %d to %d",
                 gap.venue, gap.symbol, gap.size, gap.first_id, gap.last_id,
+                extra={"event": "gap_declared", "venue": gap.venue, "symbol": gap.symbol,
+                       "first_id": gap.first_id, "last_id": gap.last_id, "missing": gap.size},
             )
             self._metrics.inc("k2_binance_trade_gaps_total", gap.symbol)
             self._metrics.inc("k2_binance_missing_trades_total", gap.symbol, amount=gap.size)

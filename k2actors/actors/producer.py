@@ -25,6 +25,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from thespian.actors import Actor, ActorExitRequest, WakeupMessage
 
 from k2actors.actors import TICK, report_alive, seconds
+from k2actors.clients import kafka_settings, registry_settings
 from k2actors.config import KafkaConfig
 from k2actors.core.backoff import backoff_delay
 from k2actors.core.binance import SERIALIZATION_FAILED
@@ -42,6 +43,9 @@ from k2actors.messages import (
 )
 
 log = logging.getLogger("k2actors.producer")
+# librdkafka's own log lines, through the service's logging (one format, JSON included)
+# rather than printed to stderr by the C library.
+LIBRDKAFKA_LOG = logging.getLogger("k2actors.librdkafka")
 
 TICK_SECONDS = 0.1
 SETUP_RETRY_BASE_SECONDS = 1.0
@@ -58,7 +62,7 @@ def trade_schema() -> str:
 
 def producer_settings(kafka: KafkaConfig) -> dict:
     return {
-        "bootstrap.servers": kafka.bootstrap_servers,
+        **kafka_settings(kafka),
         "client.id": "k2actors",
         "enable.idempotence": kafka.enable_idempotence,
         "acks": kafka.acks,
@@ -108,7 +112,7 @@ class _Preparation(threading.Thread):
         try:
             if kafka.create_topics:
                 self._create_topics()
-            registry = SchemaRegistryClient({"url": kafka.schema_registry_url})
+            registry = SchemaRegistryClient(registry_settings(kafka))
             subject = f"{kafka.topic}-value"
             schema_id = registry.register_schema(subject, Schema(trade_schema(), "AVRO"))
             self.serializer = AvroSerializer(registry, trade_schema())
@@ -119,19 +123,22 @@ class _Preparation(threading.Thread):
 
     def _create_topics(self) -> None:
         kafka = self._kafka
-        admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
-        existing = admin.list_topics(timeout=10).topics
-        missing = [t for t in (kafka.topic, kafka.dead_letter_topic) if t not in existing]
-        if not missing:
-            return
-        futures = admin.create_topics([NewTopic(t, num_partitions=kafka.topic_partitions) for t in missing])
-        for topic, future in futures.items():
-            try:
-                future.result(timeout=10)
-                log.info("created topic %s with %d partitions", topic, kafka.topic_partitions)
-            except KafkaException as exc:
-                if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                    raise
+        admin = AdminClient({**kafka_settings(kafka), "logger": LIBRDKAFKA_LOG})
+        try:
+            existing = admin.list_topics(timeout=10).topics
+            missing = [t for t in (kafka.topic, kafka.dead_letter_topic) if t not in existing]
+            futures = admin.create_topics([NewTopic(t, num_partitions=kafka.topic_partitions) for t in missing]) if missing else {}
+            for topic, future in futures.items():
+                try:
+                    future.result(timeout=10)
+                    log.info("created topic %s with %d partitions", topic, kafka.topic_partitions)
+                except KafkaException as exc:
+                    if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                        raise
+        finally:
+            # librdkafka queues its log lines until polled: this is where a refused SASL
+            # handshake or TLS certificate says why the broker was unreachable.
+            admin.poll(0)
 
 
 class ProducerActor(Actor):
@@ -198,6 +205,7 @@ class ProducerActor(Actor):
             log.error(
                 "producer setup failed (attempt %d), retrying in %.1f s: %s",
                 self._setup_attempts, delay, preparation.failure,
+                extra={"event": "kafka_setup_failed", "attempt": self._setup_attempts, "detail": preparation.failure},
             )
             self._report(False, f"setup failed: {preparation.failure}")
             self.wakeupAfter(seconds(delay), "setup")
@@ -205,7 +213,7 @@ class ProducerActor(Actor):
         kafka = self._setup.kafka
         self._serializer = preparation.serializer
         self._context = SerializationContext(kafka.topic, MessageField.VALUE)
-        self._producer = Producer({**producer_settings(kafka), "error_cb": self._on_kafka_error})
+        self._producer = Producer({**producer_settings(kafka), "error_cb": self._on_kafka_error, "logger": LIBRDKAFKA_LOG})
         self._poller = threading.Thread(target=self._poll, name="kafka-poll", daemon=True)
         self._poller.start()
         self._last_ack_at = time.monotonic()
@@ -230,7 +238,8 @@ class ProducerActor(Actor):
             try:
                 value = self._serializer(record, self._context)
             except Exception as exc:  # one record the schema refuses must not sink the batch
-                log.error("record %s could not be serialized: %s", record["trade_id"], exc)
+                log.error("record %s could not be serialized: %s", record["trade_id"], exc,
+                          extra={"event": "serialization_failed", "trade_id": record["trade_id"]})
                 raw = json.dumps(record, default=str).encode()
                 detail = f"{type(exc).__name__}: {exc}"[:200]
                 dead_letters.append(DeadLetter(raw, SERIALIZATION_FAILED, detail, record["vendor_data"]["endpoint"], record["ingestion_timestamp"]))
@@ -279,7 +288,7 @@ class ProducerActor(Actor):
                 d.completed.append(pending)
 
     def _on_kafka_error(self, error) -> None:
-        log.error("kafka client error: %s", error.str())
+        log.error("kafka client error: %s", error.str(), extra={"event": "kafka_error", "error": error.name()})
         if error.fatal():
             self._fatal = error.str()
 
@@ -293,7 +302,7 @@ class ProducerActor(Actor):
         if self._fatal:
             # This producer can deliver nothing more. Exiting hands the work to a new one: the
             # coordinator recreates this actor and the Normaliser re-sends every unconfirmed batch.
-            log.error("fatal kafka error, recreating the producer: %s", self._fatal)
+            log.error("fatal kafka error, recreating the producer: %s", self._fatal, extra={"event": "kafka_fatal_error"})
             self._stopping.set()
             self.send(self.myAddress, ActorExitRequest())
             return
@@ -316,7 +325,8 @@ class ProducerActor(Actor):
         for topic, count in produced.items():
             self._metrics.inc("k2_kafka_messages_produced_total", topic, amount=count)
         for topic, name, description in errors:
-            log.error("kafka did not take a record for %s: %s (%s)", topic, name, description)
+            log.error("kafka did not take a record for %s: %s (%s)", topic, name, description,
+                      extra={"event": "delivery_failed", "topic": topic, "error": name})
             self._metrics.inc("k2_kafka_produce_errors_total", topic, name)
         if receive_to_ack:
             self._metrics.observe("k2_trade_receive_to_ack_seconds", receive_to_ack)

@@ -4,12 +4,15 @@ Serves the subset of the Confluent REST API that confluent-kafka's SchemaRegistr
 and Avro serde use: register a schema under a subject, look it up, fetch by id, list
 subjects and versions, read and set compatibility, and a backward-compatibility check
 for Avro records (a field the new schema adds must have a default). Storage is memory.
+Optionally HTTP basic auth and TLS, as a secured registry would ask of its clients.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import ssl
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -102,6 +105,7 @@ def backward_compatible(new_schema: str, old_schema: str) -> bool:
 
 class _Handler(BaseHTTPRequestHandler):
     store: SchemaStore
+    authorization: str | None  # the expected Authorization header, when basic auth is on
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format, *args):  # noqa: A002 - the stand-in stays quiet
@@ -125,6 +129,8 @@ class _Handler(BaseHTTPRequestHandler):
             match = re.fullmatch(pattern, path)
             if route_method == method and match:
                 body = self._body() if method in ("POST", "PUT") else None
+                if self.authorization and self.headers.get("Authorization") != self.authorization:
+                    return self._reply(401, {"error_code": 401, "message": "Unauthorized"})
                 status, payload = handler(self.store, *map(unquote, match.groups()), body=body)
                 return self._reply(status, payload)
         self._reply(404, {"error_code": 404, "message": f"no route for {method} {path}"})
@@ -236,17 +242,27 @@ _ROUTES = (
 class SchemaRegistryDouble:
     """Runs the stand-in on a background thread: `with SchemaRegistryDouble() as registry: registry.url`."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        credentials: tuple[str, str] | None = None,
+        tls: ssl.SSLContext | None = None,
+    ):
         self.store = SchemaStore()
-        handler = type("Handler", (_Handler,), {"store": self.store})
+        authorization = "Basic " + base64.b64encode(":".join(credentials).encode()).decode() if credentials else None
+        handler = type("Handler", (_Handler,), {"store": self.store, "authorization": authorization})
         self._server = ThreadingHTTPServer((host, port), handler)
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+        self._scheme = "https" if tls else "http"
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="schema-registry", daemon=True)
 
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{self._scheme}://{host}:{port}"
 
     def start(self) -> "SchemaRegistryDouble":
         self._thread.start()

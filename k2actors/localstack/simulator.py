@@ -23,6 +23,7 @@ import asyncio
 import collections
 import json
 import random
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -152,9 +153,11 @@ class ExchangeSimulator:
         tape: str | Path | None = None,
         host: str = "127.0.0.1",
         seed: int = 7,
+        tls: ssl.SSLContext | None = None,
     ):
         self.market = Market(tuple(symbols), rate, seed)
         self.host = host
+        self._tls = tls  # a server context: wss:// and https:// instead of ws:// and http://
         self.ping_interval = ping_interval
         self.pong_timeout = pong_timeout
         self._tick = tick
@@ -186,10 +189,11 @@ class ExchangeSimulator:
     @property
     def urls(self) -> list[str]:
         """The combined-stream base URL of each endpoint, as config expects it."""
-        return [f"ws://{self.host}:{e.port}/stream" for e in self._endpoints]
+        scheme = "wss" if self._tls else "ws"
+        return [f"{scheme}://{self.host}:{e.port}/stream" for e in self._endpoints]
 
     def rest_url(self, index: int = 0) -> str:
-        return f"http://{self.host}:{self._endpoints[index].port}"
+        return f"{'https' if self._tls else 'http'}://{self.host}:{self._endpoints[index].port}"
 
     def endpoint(self, index: int) -> "EndpointControl":
         return EndpointControl(self, self._endpoints[index])
@@ -218,6 +222,7 @@ class ExchangeSimulator:
                 ping_interval=None,  # Binance-style pings are sent by _ping_loop
                 max_size=2**20,
                 compression=None,
+                ssl=self._tls,
             )
             endpoint.port = endpoint.server.sockets[0].getsockname()[1]
         if self._tape is None:
