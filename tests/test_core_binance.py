@@ -1,5 +1,6 @@
 import json
 import uuid
+from pathlib import Path
 from decimal import Decimal
 
 import pytest
@@ -252,3 +253,9 @@ def test_trade_times_far_from_receipt_are_rejected(distance_us, accepted):
     verdict = screen_trade(trade, SUBSCRIBED, TRADE_US + distance_us)
     assert (verdict is None) == accepted
     assert accepted or verdict.reason == binance.TIMESTAMP_OUT_OF_RANGE
+
+
+def test_every_dlq_reason_is_documented():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    reasons = (*binance.EXCHANGE_REASONS, binance.INTERNAL_ERROR, binance.SERIALIZATION_FAILED, binance.POISON_MESSAGE)
+    assert [reason for reason in reasons if f"`{reason}`" not in readme] == []
