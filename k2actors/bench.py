@@ -71,13 +71,16 @@ def symbol_names(count: int) -> tuple[str, ...]:
 
 
 def tape_frames(symbols: tuple[str, ...], count: int) -> list[str]:
+    # Trade times from now on, one per millisecond: the service refuses trades timed
+    # implausibly far from their receipt, and a tape is replayed within minutes.
+    start_ms = int(time.time() * 1000)
     frames = []
     for n in range(count):
         symbol = symbols[n % len(symbols)]
         trade_id = FIRST_ID + n // len(symbols)
         data = (
-            f'{{"e":"trade","E":{1_700_000_000_000 + n},"s":"{symbol}","t":{trade_id},"p":"{40000 + n % 997}.12000000",'
-            f'"q":"0.{n % 99999 + 1:08d}","T":{1_700_000_000_000 + n},"m":{"true" if n % 2 else "false"},"M":true}}'
+            f'{{"e":"trade","E":{start_ms + n},"s":"{symbol}","t":{trade_id},"p":"{40000 + n % 997}.12000000",'
+            f'"q":"0.{n % 99999 + 1:08d}","T":{start_ms + n},"m":{"true" if n % 2 else "false"},"M":true}}'
         )
         frames.append(f'{{"stream":"{symbol.lower()}@trade","data":{data}}}')
     return frames
