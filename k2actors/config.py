@@ -62,6 +62,8 @@ class BinanceConfig:
     max_reconnect_attempts: int = 10
     max_connection_age_seconds: float = 82800.0  # Binance closes a connection at 24 h
     max_frame_bytes: int = 65536  # a trade frame is about 250 bytes
+    # Fill declared gaps from the venue's REST trade history (rest_urls).
+    backfill: bool = True
     # wss:// and https:// are verified against certifi's CA bundle, plus this PEM file if set.
     tls_ca_file: str = ""
     tls_verify: bool = True
@@ -457,6 +459,7 @@ _PARSERS = {
     ("binance", "max_connection_age_seconds"): _number(float, 1.0),
     ("binance", "rest_urls"): _rest_urls,
     ("binance", "max_frame_bytes"): _number(int, 1024, 16 * 1024 * 1024),
+    ("binance", "backfill"): _boolean,
     ("binance", "tls_ca_file"): _optional_file,
     ("binance", "tls_verify"): _boolean,
     ("kafka", "bootstrap_servers"): _text,

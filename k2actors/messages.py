@@ -80,9 +80,45 @@ class NormaliserSetup:
     metrics: object
     gap_grace_seconds: float
     symbols: frozenset[str]  # subscribed; a trade of any other symbol is a dead letter
+    backfill: object | None  # the BackfillActor, when binance.backfill is on
     quote_assets: dict
     max_buffered_records: int
     max_frame_bytes: int
+
+
+@dataclass(frozen=True)
+class BackfillSetup:
+    normaliser: object
+    metrics: object
+    rest_urls: dict  # venue -> REST base URL
+    tls_ca_file: str
+    tls_verify: bool
+
+
+@dataclass(frozen=True)
+class BackfillRequest:
+    """A declared gap: fetch these ids from the venue's trade history."""
+
+    venue: str
+    symbol: str
+    first_id: int
+    last_id: int
+
+
+@dataclass(frozen=True, repr=False)
+class BackfilledTrades:
+    """A page of trade history inside a gap, in id order; rows that are not trades come
+    as (row as JSON, Rejected) for the DLQ."""
+
+    venue: str
+    symbol: str
+    url: str
+    received_us: int
+    trades: tuple
+    rejected: tuple
+
+    def __repr__(self) -> str:
+        return f"BackfilledTrades({self.venue} {self.symbol}, {len(self.trades)} trades, {len(self.rejected)} rejected)"
 
 
 @dataclass(frozen=True)

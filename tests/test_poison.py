@@ -24,7 +24,7 @@ def actors():
     try:
         producer = system.createActor(RecordRefusingProducer)
         normaliser = system.createActor(Normaliser)
-        system.tell(normaliser, NormaliserSetup(producer, system.createActor(Sink), 0.0, frozenset({"BTCUSDT"}), {}, 100_000, 65536))
+        system.tell(normaliser, NormaliserSetup(producer, system.createActor(Sink), 0.0, frozenset({"BTCUSDT"}), None, {}, 100_000, 65536))
         yield system, normaliser, producer
     finally:
         system.shutdown()

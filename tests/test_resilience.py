@@ -46,17 +46,18 @@ def test_every_actor_killed_in_turn_is_replaced_and_only_reported_gaps_are_lost(
     connection = f"connection {simulator.urls[0]}"
     # The metrics actor first: its restart starts every counter afresh (the coordinator
     # still holds the count of that restart and reports it to the new one).
-    for role in ("metrics", "producer", "normaliser", connection):
+    for role in ("metrics", "producer", "normaliser", "backfill", connection):
         pid = wait_until(lambda: service.health().get("actors", {}).get(role), 20, f"the {role} actor's pid")
         os.kill(pid, signal.SIGKILL)
         wait_for_new_pid(service, role, pid)
         wait_for_trades(service, service.metric("k2_kafka_messages_produced_total") + 50)
     samples = settle(service)
-    assert total(samples, "k2_actor_restarts_total") == 4
+    assert total(samples, "k2_actor_restarts_total") == 5
     assert service.stop() == 0, service.log()
 
     missing, duplicates = missing_and_duplicates(trade_ids(broker, registry, topic))
-    assert missing == total(samples, "k2_binance_missing_trades_total") - total(samples, "k2_binance_recovered_trades_total")
+    assert missing == (total(samples, "k2_binance_missing_trades_total") - total(samples, "k2_binance_recovered_trades_total")
+                       - total(samples, "k2_backfill_trades_total"))
     assert duplicates <= total(samples, "k2_kafka_resent_records_total")
 
 
@@ -102,8 +103,10 @@ def test_hot_standby_losing_its_primary_loses_and_duplicates_nothing(start_servi
 
 
 @pytest.mark.parametrize("fault", ["drop", "stall"])
-def test_cold_failover_reports_its_gap_exactly(fault, start_service, simulator, broker, registry, topic):
-    service = start_service(K2_BINANCE_MAX_RECONNECT_ATTEMPTS="2", K2_BINANCE_STALE_TIMEOUT_SECONDS="1.5")
+def test_cold_failover_without_backfill_reports_its_gap_exactly(fault, start_service, simulator, broker, registry, topic):
+    service = start_service(
+        K2_BINANCE_MAX_RECONNECT_ATTEMPTS="2", K2_BINANCE_STALE_TIMEOUT_SECONDS="1.5", K2_BINANCE_BACKFILL="false",
+    )
     service.wait_ready()
     wait_for_trades(service, 150)
     primary = simulator.endpoint(0)

@@ -14,6 +14,7 @@ from thespian.actors import Actor, ChildActorExited, WakeupMessage
 
 from k2actors import processes
 from k2actors.actors import TICK, seconds
+from k2actors.actors.backfill import BackfillActor
 from k2actors.actors.connection import ConnectionActor
 from k2actors.actors.metrics import MetricsActor
 from k2actors.actors.normaliser import Normaliser
@@ -24,6 +25,7 @@ from k2actors.core.failover import DarkDeadline, FailoverPolicy
 from k2actors.core.reasons import reason_label
 from k2actors.core.telemetry import MetricBuffer
 from k2actors.messages import (
+    BackfillSetup,
     ComponentStatus,
     Connect,
     ConnectionClosed,
@@ -59,8 +61,8 @@ GAP_GRACE_SECONDS = 2.0
 # without a ChildActorExited (SIGKILL), and it is replaced.
 HEARTBEAT_TIMEOUT_SECONDS = 10.0
 
-METRICS, PRODUCER, NORMALISER = "metrics", "producer", "normaliser"
-_CLASSES = {METRICS: MetricsActor, PRODUCER: ProducerActor, NORMALISER: Normaliser}
+METRICS, PRODUCER, NORMALISER, BACKFILL = "metrics", "producer", "normaliser", "backfill"
+_CLASSES = {METRICS: MetricsActor, PRODUCER: ProducerActor, NORMALISER: Normaliser, BACKFILL: BackfillActor}
 
 
 def _connection_role(url: str) -> str:
@@ -141,8 +143,11 @@ class FailoverCoordinator(Actor):
         if self._started:
             return
         self._started = True
-        for role in (PRODUCER, NORMALISER, *map(_connection_role, self._endpoints)):
-            self._spawn(role)
+        roles = (PRODUCER, NORMALISER, *self._backfill_role(), *map(_connection_role, self._endpoints))
+        for role in roles:  # every address first: the Normaliser and the backfill know each other
+            self._create(role)
+        for role in roles:
+            self._wire(role)
         for policy in dict.fromkeys(self._policies.values()):
             self._connect(policy.first().url)
         if not self._endpoints:
@@ -151,11 +156,16 @@ class FailoverCoordinator(Actor):
         self.send(self._service, PipelineStarted(port))
         self._on_wakeup(TICK)
 
+    def _backfill_role(self) -> tuple[str, ...]:
+        return (BACKFILL,) if self._config.binance.backfill and self._endpoints else ()
+
     def _spawn(self, role: str) -> None:
-        cls = _CLASSES.get(role, ConnectionActor)
-        self._children[role] = self.createActor(cls)
-        self._heartbeats[role] = (None, time.monotonic())
+        self._create(role)
         self._wire(role)
+
+    def _create(self, role: str) -> None:
+        self._children[role] = self.createActor(_CLASSES.get(role, ConnectionActor))
+        self._heartbeats[role] = (None, time.monotonic())
 
     def _wire(self, role: str) -> None:
         config, children = self._config, self._children
@@ -165,9 +175,14 @@ class FailoverCoordinator(Actor):
             message = ProducerSetup(config.kafka, children[METRICS])
         elif role == NORMALISER:
             message = NormaliserSetup(
-                children[PRODUCER], children[METRICS], GAP_GRACE_SECONDS, frozenset(config.binance.symbols), self._quote_assets,
+                children[PRODUCER], children[METRICS], GAP_GRACE_SECONDS, frozenset(config.binance.symbols),
+                children.get(BACKFILL), self._quote_assets,
                 config.kafka.max_buffered_records, config.binance.max_frame_bytes,
             )
+        elif role == BACKFILL:
+            binance = config.binance
+            message = BackfillSetup(children[NORMALISER], children[METRICS], binance.rest_urls,
+                                    binance.tls_ca_file, binance.tls_verify)
         else:
             url = role.removeprefix(_connection_role(""))
             binance = config.binance
@@ -264,9 +279,10 @@ class FailoverCoordinator(Actor):
         self._spawn(role)
         # Whoever talks to the new actor must learn its address.
         dependants = {
-            METRICS: [PRODUCER, NORMALISER, *map(_connection_role, self._endpoints)],
+            METRICS: [PRODUCER, *self._backfill_role(), NORMALISER, *map(_connection_role, self._endpoints)],
             PRODUCER: [NORMALISER],
-            NORMALISER: [*map(_connection_role, self._endpoints)],
+            NORMALISER: [*self._backfill_role(), *map(_connection_role, self._endpoints)],
+            BACKFILL: [NORMALISER],
         }.get(role, [])
         for dependant in dependants:
             self._wire(dependant)

@@ -8,6 +8,7 @@ reason. Record batches stay held until the producer says they were delivered.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -30,6 +31,8 @@ from k2actors.core.normalise import Delivery, normalise_trade, screen_trade
 from k2actors.core.sequence import DEDUP_WINDOW_IDS, BatchSequence, SequenceTracker, Verdict
 from k2actors.core.telemetry import MetricBuffer
 from k2actors.messages import (
+    BackfilledTrades,
+    BackfillRequest,
     BatchesDelivered,
     DeadLetter,
     Drain,
@@ -86,6 +89,8 @@ class Normaliser(Actor):
                 self._early.append((message, sender))
             else:
                 self._normalise(message, sender)
+        elif isinstance(message, BackfilledTrades):
+            self._take_backfill(message)
         elif isinstance(message, BatchesDelivered):
             for seq in message.seqs:
                 self._forget(seq)
@@ -106,6 +111,7 @@ class Normaliser(Actor):
 
     def _configure(self, setup: NormaliserSetup, sender) -> None:
         rewired = self._setup is not None and setup.producer != self._setup.producer
+        new_backfill = self._setup is not None and setup.backfill != self._setup.backfill
         if self._setup is None:
             self.wakeupAfter(seconds(TICK_SECONDS), TICK)
         self._setup, self._coordinator = setup, sender
@@ -113,6 +119,9 @@ class Normaliser(Actor):
             self.send(setup.producer, SequenceQuery())
         elif rewired:
             self._resend_unconfirmed(setup.producer)
+        if new_backfill and self._tracker is not None:
+            for gap in self._tracker.open_gaps():  # the old backfill actor's work died with it
+                self._request_backfill(gap)
 
     def _resend_unconfirmed(self, producer) -> None:
         """A new producer never saw what the old one held: send it everything unconfirmed,
@@ -240,11 +249,7 @@ class Normaliser(Actor):
     def _take(self, raw: bytes, delivery: Delivery, now: float, records: list, dead_letters: list) -> None:
         event = parse_frame(raw, self._setup.max_frame_bytes)
         if isinstance(event, Trade):
-            record = self._accept(event, delivery, now)
-            if isinstance(record, Rejected):
-                dead_letters.append(self._dead_letter(raw, record, delivery.endpoint, delivery.received_us))
-            elif record is not None:
-                records.append(record)
+            self._route(self._accept(event, delivery, now), lambda: raw, delivery, records, dead_letters)
         elif isinstance(event, Rejected):
             dead_letters.append(self._dead_letter(raw, event, delivery.endpoint, delivery.received_us))
         elif isinstance(event, ServerShutdown):
@@ -253,26 +258,56 @@ class Normaliser(Actor):
         elif isinstance(event, SubscriptionReply):
             log.debug("%s answered request %r: %r", delivery.endpoint, event.request_id, event.result)
 
-    def _accept(self, trade: Trade, delivery: Delivery, now: float) -> dict | Rejected | None:
+    def _route(self, outcome, raw, delivery: Delivery, records: list, dead_letters: list) -> None:
+        """A record to publish, a rejection to the DLQ (`raw()` gives its bytes), or nothing (a duplicate)."""
+        if isinstance(outcome, Rejected):
+            dead_letters.append(self._dead_letter(raw(), outcome, delivery.endpoint, delivery.received_us))
+        elif outcome is not None:
+            records.append(outcome)
+
+    def _take_backfill(self, page: BackfilledTrades) -> None:
+        """A page of REST history inside a gap: shaped like streamed trades, marked backfilled,
+        and published in id order; ids published meanwhile are duplicates as ever."""
+        if self._tracker is None:
+            return  # not tracking yet: no gap of this Normaliser's can be open
+        now, delivery = time.monotonic(), Delivery(page.venue, page.url, page.received_us)
+        records, dead_letters = [], []
+        for raw, rejected in page.rejected:
+            dead_letters.append(self._dead_letter(raw, rejected, page.url, page.received_us))
+        for trade in sorted(page.trades, key=lambda t: t.trade_id):
+            raw = lambda trade=trade: json.dumps(dataclasses.asdict(trade)).encode()  # noqa: E731 - only for a dead letter
+            self._route(self._accept(trade, delivery, now, backfilled=True), raw, delivery, records, dead_letters)
+        if records:
+            self._metrics.inc("k2_backfill_trades_total", page.symbol, amount=len(records))
+            log.info("backfilled %d trades of %s %s, ids %d to %d", len(records), page.venue, page.symbol,
+                     records[0]["source_sequence"], records[-1]["source_sequence"],
+                     extra={"event": "trades_backfilled", "venue": page.venue, "symbol": page.symbol, "count": len(records),
+                            "first_id": records[0]["source_sequence"], "last_id": records[-1]["source_sequence"]})
+        self._publish(records, dead_letters)
+
+    def _accept(self, trade: Trade, delivery: Delivery, now: float, backfilled: bool = False) -> dict | Rejected | None:
         # Validate before tracking: a trade that cannot be stored must not claim its id.
         record = normalise_trade(trade, delivery, self._setup.quote_assets)
         if isinstance(record, Rejected):
             return record
-        implausible = screen_trade(trade, self._setup.symbols, delivery.received_us)
-        if implausible is not None:
-            return implausible
-        self._metrics.inc("k2_binance_messages_received_total", trade.symbol)
+        if backfilled:
+            record["vendor_data"]["backfilled"] = "true"
+        else:  # history is old by nature; only a streamed trade must be timely
+            implausible = screen_trade(trade, self._setup.symbols, delivery.received_us)
+            if implausible is not None:
+                return implausible
+            self._metrics.inc("k2_binance_messages_received_total", trade.symbol)
         key = (delivery.venue, trade.symbol)
         verdict = self._tracker.observe(key, trade.trade_id, now)
-        if verdict is Verdict.REGRESSED:
+        if verdict is Verdict.REGRESSED and not backfilled:
             return Rejected(
                 ID_REGRESSED,
                 f"trade id {trade.trade_id} is more than {DEDUP_WINDOW_IDS} behind {self._tracker.last_id(key)}, the highest seen",
             )
-        if verdict is Verdict.DUPLICATE:
+        if verdict in (Verdict.DUPLICATE, Verdict.REGRESSED):  # history outside every open gap is a duplicate
             self._metrics.inc("k2_binance_duplicate_trades_total", trade.symbol)
             return None
-        if verdict is Verdict.RECOVERED:
+        if verdict is Verdict.RECOVERED and not backfilled:
             log.warning("trade %s %s-%d arrived after it was declared missing", trade.symbol, delivery.venue, trade.trade_id,
                         extra={"event": "trade_recovered", "venue": delivery.venue, "symbol": trade.symbol, "trade_id": trade.trade_id})
             self._metrics.inc("k2_binance_recovered_trades_total", trade.symbol)
@@ -324,6 +359,11 @@ class Normaliser(Actor):
             )
             self._metrics.inc("k2_binance_trade_gaps_total", gap.symbol)
             self._metrics.inc("k2_binance_missing_trades_total", gap.symbol, amount=gap.size)
+            self._request_backfill(gap)
+
+    def _request_backfill(self, gap) -> None:
+        if self._setup.backfill is not None:
+            self.send(self._setup.backfill, BackfillRequest(gap.venue, gap.symbol, gap.first_id, gap.last_id))
 
     def _finish_drain(self) -> None:
         if self._drain is None:

@@ -161,6 +161,50 @@ def _trade(payload: dict) -> Trade | Rejected:
     )
 
 
+# (field, accepted type, description) for a row of GET /api/v3/historicalTrades.
+_HISTORY_FIELDS = (
+    ("id", int, "an integer"),
+    ("price", str, "a decimal string"),
+    ("qty", str, "a decimal string"),
+    ("time", int, "an integer"),
+    ("isBuyerMaker", bool, "a boolean"),
+)
+
+
+def historical_trades(body: bytes, symbol: str) -> list[tuple[object, Trade | Rejected]] | Rejected:
+    """Each row of a historicalTrades answer with its Trade (event time = trade time) or why
+    not, or why the whole answer is unusable."""
+    try:
+        rows = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        return Rejected(NOT_JSON, str(exc)[:200])
+    if not isinstance(rows, list):
+        return Rejected(UNEXPECTED_SHAPE, f"historicalTrades answered {type(rows).__name__}, not a list")
+    return [(row, _history_row(row, symbol)) for row in rows]
+
+
+def _history_row(row: object, symbol: str) -> Trade | Rejected:
+    if not isinstance(row, dict):
+        return Rejected(UNEXPECTED_SHAPE, f"a historicalTrades row is {type(row).__name__}, not an object")
+    for name, kind, description in _HISTORY_FIELDS:
+        value = row.get(name)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return Rejected(MISSING_FIELD if value is None else WRONG_TYPE, f"row field {name!r} is not {description}")
+    if not 0 <= row["id"] <= MAX_TRADE_ID:
+        return Rejected(ID_OUT_OF_RANGE, f"trade id {str(row['id'])[:40]} is outside 0..{MAX_TRADE_ID}")
+    best_match = row.get("isBestMatch")
+    return Trade(
+        symbol=symbol,
+        trade_id=row["id"],
+        price=row["price"],
+        quantity=row["qty"],
+        trade_time_ms=row["time"],
+        event_time_ms=row["time"],
+        buyer_is_maker=row["isBuyerMaker"],
+        best_match=best_match if isinstance(best_match, bool) else None,
+    )
+
+
 def quote_assets(exchange_info: object) -> dict[str, str]:
     """Each symbol's quote asset from a REST exchangeInfo answer; entries that do not fit are skipped."""
     symbols = exchange_info.get("symbols") if isinstance(exchange_info, dict) else None

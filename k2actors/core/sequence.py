@@ -95,6 +95,15 @@ class SequenceTracker:
                     due.append(Gap(venue, symbol, gap.first, gap.last))
         return due
 
+    def open_gaps(self) -> list[Gap]:
+        """Ranges declared missing that are still missing."""
+        return [
+            Gap(venue, symbol, gap.first, gap.last)
+            for (venue, symbol), state in self._states.items()
+            for gap in state.missing
+            if gap.declared
+        ]
+
     def last_id(self, key: Key) -> int | None:
         state = self._states.get(key)
         return state.high if state else None

@@ -11,7 +11,8 @@ misses what happened meanwhile. Each endpoint serves:
   second, 1024 streams per connection) enforced with close code 1008;
 - scripted faults (`EndpointControl`): drop without a close frame, stall with the socket
   open, a serverShutdown event, refusal of new connections, malformed frames;
-- REST `GET /api/v3/historicalTrades` and `/api/v3/exchangeInfo` from the same history.
+- REST `GET /api/v3/historicalTrades` and `/api/v3/exchangeInfo` from the same history, with
+  Binance's `X-MBX-USED-WEIGHT-1M` header, and scripted refusals (429, 418, 5xx) with Retry-After.
 
 With `tape=PATH` the endpoints replay a JSONL file of raw messages instead of the live
 market: every connection receives every line, in order, as one frame.
@@ -137,6 +138,8 @@ class _Endpoint:
         self.refusing = False
         self.server = None
         self.port = 0
+        self.history_faults: collections.deque[tuple[int, float | None]] = collections.deque()  # (status, Retry-After)
+        self.history_requests: list[float] = []  # when each historicalTrades request came (monotonic)
 
 
 class ExchangeSimulator:
@@ -267,6 +270,8 @@ class ExchangeSimulator:
 
     def _http(self, endpoint: _Endpoint, connection: ServerConnection, request):
         path = urlsplit(request.path)
+        if path.path == "/api/v3/historicalTrades":
+            return self._history(endpoint, connection, parse_qs(path.query))
         if path.path.startswith("/api/"):
             return _rest(self.market, connection, path.path, parse_qs(path.query))
         if endpoint.refusing:
@@ -277,6 +282,21 @@ class ExchangeSimulator:
         if len(streams) > MAX_STREAMS_PER_CONNECTION:
             return connection.respond(HTTPStatus.BAD_REQUEST, "too many streams\n")
         return None
+
+    def _history(self, endpoint: _Endpoint, connection: ServerConnection, query: dict):
+        """historicalTrades, with Binance's weight header and any scripted refusals."""
+        now = time.monotonic()
+        endpoint.history_requests.append(now)
+        if endpoint.history_faults:
+            status, retry_after = endpoint.history_faults.popleft()
+            response = connection.respond(status, json.dumps({"code": -1003, "msg": f"scripted HTTP {status}"}))
+            if retry_after is not None:
+                response.headers["Retry-After"] = str(retry_after)
+            return response
+        response = _rest(self.market, connection, "/api/v3/historicalTrades", query)
+        used = 25 * sum(1 for t in endpoint.history_requests if now - t < 60)
+        response.headers["X-MBX-USED-WEIGHT-1M"] = str(used)
+        return response
 
     async def _serve_client(self, endpoint: _Endpoint, connection: ServerConnection) -> None:
         path = urlsplit(connection.request.path)
@@ -418,6 +438,13 @@ class EndpointControl:
     def refuse(self, refusing: bool = True) -> None:
         """Answer new connection attempts with HTTP 503."""
         self._endpoint.refusing = refusing
+
+    def refuse_history(self, status: int, times: int, retry_after: float | None = None) -> None:
+        """Answer the next `times` historicalTrades requests with `status` (429, 418, 503...)."""
+        self._endpoint.history_faults.extend([(status, retry_after)] * times)
+
+    def history_request_times(self) -> list[float]:
+        return list(self._endpoint.history_requests)
 
     def server_shutdown(self) -> None:
         event = json.dumps({"e": "serverShutdown", "E": int(time.time() * 1000)})
