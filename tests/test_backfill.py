@@ -112,6 +112,7 @@ def test_history_that_stays_down_is_given_up_with_its_range_logged(start_service
     samples = settle(service, 1)
     assert service.stop() == 0, service.log()
     declared = total(samples, "k2_binance_missing_trades_total")
-    assert sum(v for k, v in samples.items() if 'reason="rest_unavailable"' in k) == declared
+    unfilled = {k: v for k, v in samples.items() if k.startswith("k2_backfill_unfilled_trades_total{")}
+    assert sum(unfilled.values()) == declared and all('reason="rest_unavailable"' in k for k in unfilled)
     assert missing_and_duplicates(trade_ids(broker, registry, topic))[0] == declared
     assert "(rest_unavailable): they stay missing" in service.log()
