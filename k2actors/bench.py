@@ -37,7 +37,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from prometheus_client.parser import text_string_to_metric_families
 
 from k2actors import processes
-from k2actors.actors.producer import producer_settings, trade_schema
+from k2actors.actors.producer import producer_settings, schema_for
 from k2actors.config import KafkaConfig
 from k2actors.core.binance import parse_frame
 from k2actors.core.normalise import Delivery, normalise_trade
@@ -112,7 +112,7 @@ def websocket_ceiling(url: str, symbols: tuple[str, ...], expected: int) -> floa
 def producer_ceiling(broker: str, registry_url: str, frames: list[str], topic: str) -> float:
     """Records per second a bare producer delivers, same settings and record size as the service."""
     kafka = KafkaConfig(bootstrap_servers=broker, schema_registry_url=registry_url, topic=topic)
-    serializer = AvroSerializer(SchemaRegistryClient({"url": registry_url}), trade_schema())
+    serializer = AvroSerializer(SchemaRegistryClient({"url": registry_url}), schema_for("trade"))
     context = SerializationContext(topic, MessageField.VALUE)
     delivery = Delivery("BINANCE", "ws://bench", time.time_ns() // 1000)
     values = []

@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from k2actors.core.binance import AGG_TRADE, BOOK_TICKER, STREAM_TYPES, TRADE
+
 VENUES = ("BINANCE", "BINANCEUS")
 MODES = ("failover", "hot_standby")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -55,6 +57,7 @@ class BinanceConfig:
         Endpoint("wss://data-stream.binance.vision/stream", "BINANCE"),
     )
     symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT", "BNBUSDT")
+    streams: tuple[str, ...] = (TRADE,)  # any of STREAM_TYPES
     mode: str = "failover"
     stale_timeout_seconds: float = 30.0
     reconnect_delay_seconds: float = 5.0
@@ -82,6 +85,8 @@ class KafkaConfig:
     bootstrap_servers: str = "localhost:9092"
     schema_registry_url: str = "http://localhost:8081"
     topic: str = "market.crypto.trades.binance"
+    aggtrade_topic: str = "market.crypto.aggtrades.binance"
+    quote_topic: str = "market.crypto.quotes.binance"
     dlq_topic: str = ""
     create_topics: bool = True
     topic_partitions: int = 3
@@ -108,6 +113,9 @@ class KafkaConfig:
     @property
     def dead_letter_topic(self) -> str:
         return self.dlq_topic or f"{self.topic}.dlq"
+
+    def topic_for(self, stream: str) -> str:
+        return {TRADE: self.topic, AGG_TRADE: self.aggtrade_topic, BOOK_TICKER: self.quote_topic}[stream]
 
 
 @dataclass(frozen=True)
@@ -347,6 +355,13 @@ def _symbols(key: str, value: Any) -> tuple[str, ...]:
     return tuple(symbols)
 
 
+def _streams(key: str, value: Any) -> tuple[str, ...]:
+    items = _list(key, value)
+    if not items or any(item not in STREAM_TYPES for item in items) or len(set(items)) != len(items):
+        raise ConfigError(key, value, f"a non-empty list, without repeats, of {', '.join(STREAM_TYPES)}")
+    return tuple(items)
+
+
 def venue_of(url: str) -> str:
     """binance.us is a different exchange with its own trade ids; every other host is Binance."""
     host = urlsplit(url).hostname or ""
@@ -451,6 +466,7 @@ _PARSERS = {
     ("binance", "websocket_url"): _endpoint_or_text,
     ("binance", "failover_urls"): _endpoints,
     ("binance", "symbols"): _symbols,
+    ("binance", "streams"): _streams,
     ("binance", "mode"): _choice(MODES, str.lower),
     ("binance", "stale_timeout_seconds"): _number(float, 0.1),
     ("binance", "reconnect_delay_seconds"): _number(float, 0.0),
@@ -465,6 +481,8 @@ _PARSERS = {
     ("kafka", "bootstrap_servers"): _text,
     ("kafka", "schema_registry_url"): _http_url,
     ("kafka", "topic"): _topic,
+    ("kafka", "aggtrade_topic"): _topic,
+    ("kafka", "quote_topic"): _topic,
     ("kafka", "dlq_topic"): _optional_topic,
     ("kafka", "create_topics"): _boolean,
     ("kafka", "topic_partitions"): _number(int, 1, 10000),

@@ -71,6 +71,7 @@ class SetupFailed:
 @dataclass(frozen=True)
 class ProducerSetup:
     kafka: KafkaConfig
+    streams: tuple[str, ...]  # binance.streams: each has its topic and schema subject
     metrics: object  # ActorAddress
 
 
@@ -125,6 +126,7 @@ class BackfilledTrades:
 class ConnectionSetup:
     endpoint: Endpoint
     symbols: tuple[str, ...]
+    streams: tuple[str, ...]
     stale_timeout_seconds: float
     max_connection_age_seconds: float
     max_buffered_frames: int
@@ -247,12 +249,13 @@ class DeadLetter:
     detail: str
     endpoint: str
     received_us: int
+    stream: str  # the stream type it came on, or "unknown"
 
 
 @dataclass(frozen=True, repr=False)
 class RecordBatch:
     seq: int
-    records: tuple[dict, ...]
+    records: tuple[tuple[str, dict], ...]  # (stream type, record): the stream type picks topic and schema
     dead_letters: tuple[DeadLetter, ...]
 
     def __repr__(self) -> str:
@@ -274,7 +277,7 @@ class SequenceQuery:
 
 @dataclass(frozen=True)
 class SequenceState:
-    last_ids: dict  # (venue, symbol) -> highest trade id handed to Kafka
+    last_ids: dict  # (stream type, venue, symbol) -> highest id (trade, aggregate, update) handed to Kafka
 
 
 # --- to the MetricsActor (MetricDeltas lives in core.telemetry) ---

@@ -32,6 +32,12 @@ def _plain(value):
 
 def readable(record: dict) -> str:
     time_text = record["timestamp"].isoformat(timespec="microseconds")
+    if "quote_id" in record:  # QuoteV2
+        return (
+            f"{time_text} {record['exchange']:<9} {record['symbol']:<10} QUOTE "
+            f"{record['bid_quantity']} @ {record['bid_price']} / {record['ask_quantity']} @ {record['ask_price']} "
+            f"{record['currency']}  {record['quote_id']}"
+        )
     return (
         f"{time_text} {record['exchange']:<9} {record['symbol']:<10} {record['side']:<4} "
         f"{record['quantity']} @ {record['price']} {record['currency']}  {record['trade_id']}"

@@ -110,6 +110,7 @@ def test_defaults_match_the_documented_deployment():
          (Endpoint("wss://a.example/stream", "BINANCE"),)),
         ("K2_BINANCE_SYMBOLS", "btcusdt, ETHUSDT", "binance", "symbols", ("BTCUSDT", "ETHUSDT")),
         ("K2_BINANCE_SYMBOLS", '["SOLUSDT"]', "binance", "symbols", ("SOLUSDT",)),
+        ("K2_BINANCE_STREAMS", "trade,bookTicker", "binance", "streams", ("trade", "bookTicker")),
         ("K2_BINANCE_MODE", "hot_standby", "binance", "mode", "hot_standby"),
         ("K2_BINANCE_STALE_TIMEOUT_SECONDS", "12.5", "binance", "stale_timeout_seconds", 12.5),
         ("K2_BINANCE_RECONNECT_DELAY_SECONDS", "1", "binance", "reconnect_delay_seconds", 1.0),
@@ -200,6 +201,9 @@ def test_venue_follows_the_host(url, venue):
         ("", {"K2_KAFKA_SSL_CERTIFICATE_LOCATION": "/etc/hostname"}, "kafka.ssl_key_location", "together with"),
         ("", {"K2_METRICS_BIND_ADDRESS": "localhost"}, "metrics.bind_address", "IP address"),
         ("", {"K2_BINANCE_TLS_VERIFY": "sometimes"}, "binance.tls_verify", "true or false"),
+        ("", {"K2_BINANCE_STREAMS": "trade,depth"}, "binance.streams", "trade, aggTrade, bookTicker"),
+        ("", {"K2_BINANCE_STREAMS": "trade,trade"}, "binance.streams", "without repeats"),
+        ("binance:\n  streams: []\n", {}, "binance.streams", "non-empty"),
     ],
 )
 def test_invalid_values_name_key_value_and_expectation(tmp_path, yaml_text, env, key, fragment):

@@ -12,6 +12,8 @@ from k2actors.core.normalise import (
     Delivery,
     exact_decimal,
     message_id,
+    normalise_agg_trade,
+    normalise_quote,
     normalise_trade,
     quote_currency,
     screen_trade,
@@ -259,3 +261,76 @@ def test_every_dlq_reason_is_documented():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     reasons = (*binance.EXCHANGE_REASONS, binance.INTERNAL_ERROR, binance.SERIALIZATION_FAILED, binance.POISON_MESSAGE)
     assert [reason for reason in reasons if f"`{reason}`" not in readme] == []
+
+
+AGG = {"e": "aggTrade", "E": 1700000000123, "s": "BTCUSDT", "a": 77, "p": "43210.12", "q": "0.50000000",
+       "f": 100, "l": 105, "T": 1700000000120, "m": False, "M": True}
+BOOK = {"u": 400900217, "s": "BNBUSDT", "b": "25.35190000", "B": "31.21000000", "a": "25.36520000", "A": "40.66000000"}
+
+
+def test_aggregate_trades_parse_and_become_trade_records_with_their_trade_range():
+    frame = json.dumps({"stream": "btcusdt@aggTrade", "data": AGG})
+    agg = parse_frame(frame, LIMIT)
+    assert agg == binance.AggTrade("BTCUSDT", 77, "43210.12", "0.50000000", 100, 105, 1700000000120, 1700000000123, False, True)
+    record = normalise_agg_trade(agg, DELIVERY, {})
+    assert (record["trade_id"], record["source_sequence"], record["side"]) == ("BINANCE-AGG-77", 77, "BUY")
+    assert record["vendor_data"]["first_trade_id"] == "100" and record["vendor_data"]["last_trade_id"] == "105"
+    assert record["vendor_data"]["stream"] == "aggTrade"
+    assert record["message_id"] != message_id("BINANCE", "BTCUSDT", 77)  # never a trade's id
+
+
+def test_book_tickers_parse_from_combined_and_raw_streams_and_become_quotes():
+    expected = binance.BookTicker("BNBUSDT", 400900217, "25.35190000", "31.21000000", "25.36520000", "40.66000000")
+    assert parse_frame(json.dumps({"stream": "bnbusdt@bookTicker", "data": BOOK}), LIMIT) == expected
+    assert parse_frame(json.dumps(BOOK), LIMIT) == expected
+    record = normalise_quote(expected, DELIVERY, {})
+    assert record["quote_id"] == "BINANCE-400900217" and record["source_sequence"] == 400900217
+    assert (record["bid_price"], record["ask_quantity"]) == (Decimal("25.3519"), Decimal("40.66"))
+    assert record["timestamp"] == DELIVERY.received_us and record["currency"] == "USDT"
+    assert "side" not in record and "trade_conditions" not in record
+
+
+@pytest.mark.parametrize(
+    "frame, reason, stream",
+    [
+        ({"stream": "btcusdt@aggTrade", "data": {**AGG, "f": 106}}, binance.INVALID_TRADE_RANGE, "aggTrade"),
+        ({"stream": "btcusdt@aggTrade", "data": {**AGG, "a": "77"}}, binance.WRONG_TYPE, "aggTrade"),
+        ({"stream": "btcusdt@aggTrade", "data": {k: v for k, v in AGG.items() if k != "l"}}, binance.MISSING_FIELD, "aggTrade"),
+        ({"stream": "bnbusdt@bookTicker", "data": {k: v for k, v in BOOK.items() if k != "A"}}, binance.MISSING_FIELD, "bookTicker"),
+        ({"stream": "bnbusdt@bookTicker", "data": {**BOOK, "u": -5}}, binance.ID_OUT_OF_RANGE, "bookTicker"),
+        ({"stream": "bnbusdt@bookTicker", "data": [1]}, binance.UNEXPECTED_SHAPE, "bookTicker"),
+        ({"stream": "btcusdt@trade", "data": {**TRADE, "p": 5}}, binance.WRONG_TYPE, "trade"),
+        ({"stream": "btcusdt@kline", "data": {"e": "kline"}}, binance.UNKNOWN_EVENT, "unknown"),
+    ],
+)
+def test_rejections_name_the_stream_they_came_on(frame, reason, stream):
+    rejected = parse_frame(json.dumps(frame), LIMIT)
+    assert (rejected.reason, rejected.stream) == (reason, stream)
+
+
+@pytest.mark.parametrize(
+    "fields, reason",
+    [({"b": "25.4", "a": "25.3"}, binance.CROSSED_QUOTE), ({"B": "0"}, binance.NON_POSITIVE_QUANTITY),
+     ({"a": "-1"}, binance.NON_POSITIVE_PRICE), ({"b": "NaN"}, binance.NON_FINITE_NUMBER)],
+)
+def test_quotes_that_cannot_be_true_are_rejected(fields, reason):
+    book = parse_frame(json.dumps({**BOOK, **fields}), LIMIT)
+    assert normalise_quote(book, DELIVERY, {}).reason == reason
+
+
+def test_a_locked_quote_is_a_quote():
+    assert isinstance(normalise_quote(parse_frame(json.dumps({**BOOK, "a": BOOK["b"]}), LIMIT), DELIVERY, {}), dict)
+
+
+def test_a_symbols_streams_share_a_connection_within_the_limit():
+    symbols = tuple(f"S{i:04d}USDT" for i in range(700))
+    plans = binance.connection_plans("wss://x/stream", symbols, ("trade", "aggTrade", "bookTicker"))
+    assert len(plans) == 3  # 341 symbols (1023 streams) per connection
+    streams = [
+        stream
+        for plan in plans
+        for stream in ([s for m in plan.subscribe_messages for s in json.loads(m)["params"]]
+                       or plan.url.split("streams=")[1].split("/"))
+    ]
+    assert all(len(plan.url) <= binance.MAX_URL_LENGTH for plan in plans)
+    assert len(streams) == 2100 and streams[:3] == ["s0000usdt@trade", "s0000usdt@aggTrade", "s0000usdt@bookTicker"]

@@ -4,7 +4,7 @@ from k2actors.core.backoff import backoff_delay
 from k2actors.core.breaker import BreakerState, CircuitBreaker
 from k2actors.core.failover import Attempt, DarkDeadline, FailoverPolicy
 from k2actors.core.reasons import reason_label
-from k2actors.core.sequence import DEDUP_WINDOW_IDS, BatchSequence, Gap, SequenceTracker, Verdict
+from k2actors.core.sequence import DEDUP_WINDOW_IDS, BatchSequence, Gap, LatestUpdate, SequenceTracker, StreamSequences, Verdict
 from k2actors.core.telemetry import CATALOGUE, MetricBuffer, MetricDeltas
 
 KEY = ("BINANCE", "BTCUSDT")
@@ -246,3 +246,21 @@ def test_a_new_receiver_starts_from_the_first_batch_it_sees():
     batches.observe(500, 0)
     assert batches.complete_through(500) and batches.lost(10) == []
     assert BatchSequence(2).complete_through(0)
+
+
+def test_quotes_only_move_forward():
+    quotes = LatestUpdate()
+    assert [quotes.observe(KEY, u) for u in (10, 15, 15, 12, 40)] == [
+        Verdict.NEW, Verdict.NEW, Verdict.DUPLICATE, Verdict.DUPLICATE, Verdict.NEW]
+
+
+def test_each_stream_type_is_tracked_apart_and_resumed_from_the_producer():
+    sequences = StreamSequences(0.0)
+    sequences.resume({("trade", "BINANCE", "BTCUSDT"): 100, ("aggTrade", "BINANCE", "BTCUSDT"): 50,
+                      ("bookTicker", "BINANCE", "BTCUSDT"): 900})
+    assert sequences.observe("trade", KEY, 101, 0.0) is Verdict.NEW
+    assert sequences.observe("aggTrade", KEY, 51, 0.0) is Verdict.NEW
+    assert sequences.observe("bookTicker", KEY, 900, 0.0) is Verdict.DUPLICATE
+    assert sequences.observe("bookTicker", KEY, 950, 0.0) is Verdict.NEW  # a jump is no gap
+    sequences.observe("aggTrade", KEY, 55, 0.0)
+    assert sequences.declare_due(0.0) == [("aggTrade", Gap("BINANCE", "BTCUSDT", 52, 54))]

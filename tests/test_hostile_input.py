@@ -12,9 +12,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from k2actors.actors.normaliser import DEAD_LETTERS_LOGGED_PER_REASON
-from k2actors.actors.producer import trade_schema
-from k2actors.core.binance import EXCHANGE_REASONS, Rejected, ServerShutdown, SubscriptionReply, Trade, parse_frame
-from k2actors.core.normalise import Delivery, normalise_trade, screen_trade
+from k2actors.actors.producer import schema_for
+from k2actors.core.binance import (
+    EXCHANGE_REASONS,
+    STREAM_TYPES,
+    AggTrade,
+    BookTicker,
+    Rejected,
+    ServerShutdown,
+    SubscriptionReply,
+    Trade,
+    parse_frame,
+)
+from k2actors.core.normalise import Delivery, normalise_agg_trade, normalise_quote, normalise_trade, screen_trade
 from k2actors.core.sequence import SequenceTracker, Verdict
 from k2actors.readback import missing_and_duplicates, read_partitions
 from tests.conftest import trade_ids, wait_until
@@ -23,7 +33,8 @@ LIMIT = 4096
 RECEIVED_US = 1_700_000_000_000_000
 SUBSCRIBED = frozenset({"BTCUSDT", "ETHUSDT"})
 DELIVERY = Delivery("BINANCE", "wss://stream.binance.com:9443/stream", RECEIVED_US)
-SCHEMA = fastavro.parse_schema(json.loads(trade_schema()))
+SCHEMAS = {stream: fastavro.parse_schema(json.loads(schema_for(stream))) for stream in STREAM_TYPES}
+SHAPES = {Trade: ("trade", normalise_trade), AggTrade: ("aggTrade", normalise_agg_trade), BookTicker: ("bookTicker", normalise_quote)}
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
@@ -64,31 +75,65 @@ def trade_like(draw) -> dict:
 
 
 TRADE_LIKE = trade_like()
+
+# The same for the other stream types: a valid event with a few fields changed or removed.
+VALID_AGG = {"e": "aggTrade", "E": RECEIVED_US // 1000, "s": "ETHUSDT", "a": 7, "p": "2300.5", "q": "1.25",
+             "f": 100, "l": 104, "T": RECEIVED_US // 1000, "m": False, "M": True}
+VALID_BOOK = {"u": 9000, "s": "BTCUSDT", "b": "43000.10", "B": "0.5", "a": "43000.20", "A": "1.5"}
+OTHER_FIELDS = {
+    "a": st.integers(min_value=-10, max_value=2**64) | DECIMAL_TEXT | JSON,
+    "f": st.integers(min_value=-10, max_value=200) | JSON,
+    "l": st.integers(min_value=-10, max_value=200) | JSON,
+    "u": st.integers(min_value=-10, max_value=2**64) | JSON,
+    "b": DECIMAL_TEXT | JSON,
+    "B": DECIMAL_TEXT | JSON,
+    "A": DECIMAL_TEXT | JSON,
+    **{name: TRADE_FIELDS[name] for name in ("s", "p", "q", "T", "E", "m", "M")},
+}
+
+
+@st.composite
+def mutated(draw, valid: dict) -> dict:
+    data = dict(valid)
+    for name in draw(st.lists(st.sampled_from(sorted(valid)), max_size=3, unique=True)):
+        if draw(st.integers(0, 4)) and name in OTHER_FIELDS:
+            data[name] = draw(OTHER_FIELDS[name])
+        else:
+            del data[name]
+    return data
 FRAMES = st.one_of(
     st.binary(max_size=600),
     JSON.map(json.dumps),
     TRADE_LIKE.map(lambda data: json.dumps({"stream": "btcusdt@trade", "data": data})),
     TRADE_LIKE.map(json.dumps),
+    mutated(VALID_AGG).map(lambda data: json.dumps({"stream": "ethusdt@aggTrade", "data": data})),
+    mutated(VALID_BOOK).map(lambda data: json.dumps({"stream": "btcusdt@bookTicker", "data": data})),
+    mutated(VALID_BOOK).map(json.dumps),
 )
 
 
 def outcome(raw: bytes | str):
     """What the service makes of one frame: a record, a control event, or a dead letter."""
     event = parse_frame(raw, LIMIT)
-    if not isinstance(event, Trade):
+    if type(event) not in SHAPES:
         return event
-    record = normalise_trade(event, DELIVERY, {})
+    stream, shape = SHAPES[type(event)]
+    record = shape(event, DELIVERY, {})
     if isinstance(record, Rejected):
         return record
-    return screen_trade(event, SUBSCRIBED, RECEIVED_US) or record
+    return screen_trade(event, SUBSCRIBED, RECEIVED_US) or (stream, record)
 
 
 def assert_record_or_dead_letter(result) -> None:
     if isinstance(result, Rejected):
         assert result.reason in EXCHANGE_REASONS and result.detail
-    elif isinstance(result, dict):
-        fastavro.schemaless_writer(io.BytesIO(), SCHEMA, result)  # raises if the schema refuses it
-        assert result["price"] > 0 and result["quantity"] > 0
+    elif isinstance(result, tuple):
+        stream, record = result
+        fastavro.schemaless_writer(io.BytesIO(), SCHEMAS[stream], record)  # raises if the schema refuses it
+        if stream == "bookTicker":
+            assert 0 < record["bid_price"] <= record["ask_price"] and record["bid_quantity"] > 0 < record["ask_quantity"]
+        else:
+            assert record["price"] > 0 and record["quantity"] > 0
     else:
         assert isinstance(result, (ServerShutdown, SubscriptionReply))
 

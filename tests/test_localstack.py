@@ -8,7 +8,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from k2actors.actors.producer import trade_schema
+from k2actors.actors.producer import schema_for
 from k2actors.localstack.simulator import ExchangeSimulator
 from tests.conftest import http_get, wait_until
 
@@ -212,17 +212,17 @@ def test_rest_history_matches_the_stream():
 
 def test_registry_double_through_confluent_client(registry):
     client = SchemaRegistryClient({"url": registry.url})
-    schema = Schema(trade_schema(), "AVRO")
+    schema = Schema(schema_for("trade"), "AVRO")
     schema_id = client.register_schema("test-registry-value", schema)
     assert client.register_schema("test-registry-value", schema) == schema_id
     fetched = client.get_schema(schema_id)
-    assert json.loads(fetched.schema_str) == json.loads(trade_schema())
+    assert json.loads(fetched.schema_str) == json.loads(schema_for("trade"))
     latest = client.get_latest_version("test-registry-value")
     assert (latest.schema_id, latest.version) == (schema_id, 1)
     assert client.lookup_schema("test-registry-value", schema).schema_id == schema_id
     assert "test-registry-value" in client.get_subjects()
     assert client.get_compatibility() == "BACKWARD"
-    evolved = json.loads(trade_schema())
+    evolved = json.loads(schema_for("trade"))
     evolved["fields"].append({"name": "extra", "type": "string"})
     assert client.test_compatibility("test-registry-value", Schema(json.dumps(evolved), "AVRO")) is False
     evolved["fields"][-1]["default"] = ""

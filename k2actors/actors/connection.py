@@ -291,7 +291,7 @@ class ConnectionActor(Actor):
         self._connect_pending = self._setup is None
         if self._connect_pending or self._links:
             return
-        plans = connection_plans(self._setup.endpoint.url, self._setup.symbols)
+        plans = connection_plans(self._setup.endpoint.url, self._setup.symbols, self._setup.streams)
         log.info(
             "connecting to %s (%d symbols, %d connection%s)",
             self._setup.endpoint.url, len(self._setup.symbols), len(plans), "s" if len(plans) > 1 else "",

@@ -172,7 +172,7 @@ class FailoverCoordinator(Actor):
         if role == METRICS:
             message = MetricsSetup(config.metrics.port, config.metrics.bind_address)
         elif role == PRODUCER:
-            message = ProducerSetup(config.kafka, children[METRICS])
+            message = ProducerSetup(config.kafka, config.binance.streams, children[METRICS])
         elif role == NORMALISER:
             message = NormaliserSetup(
                 children[PRODUCER], children[METRICS], GAP_GRACE_SECONDS, frozenset(config.binance.symbols),
@@ -187,7 +187,7 @@ class FailoverCoordinator(Actor):
             url = role.removeprefix(_connection_role(""))
             binance = config.binance
             message = ConnectionSetup(
-                self._endpoints[url], binance.symbols, binance.stale_timeout_seconds,
+                self._endpoints[url], binance.symbols, binance.streams, binance.stale_timeout_seconds,
                 binance.max_connection_age_seconds, config.kafka.max_buffered_records,
                 binance.tls_ca_file, binance.tls_verify, children[NORMALISER], children[METRICS],
             )

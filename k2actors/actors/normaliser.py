@@ -18,17 +18,23 @@ from thespian.actors import Actor, PoisonMessage, WakeupMessage
 
 from k2actors.actors import TICK, note_poison, report_alive, seconds
 from k2actors.core.binance import (
+    AGG_TRADE,
+    BOOK_TICKER,
     ID_REGRESSED,
     INTERNAL_ERROR,
     POISON_MESSAGE,
+    TRADE,
+    UNKNOWN_STREAM,
+    AggTrade,
+    BookTicker,
     Rejected,
     ServerShutdown,
     SubscriptionReply,
     Trade,
     parse_frame,
 )
-from k2actors.core.normalise import Delivery, normalise_trade, screen_trade
-from k2actors.core.sequence import DEDUP_WINDOW_IDS, BatchSequence, SequenceTracker, Verdict
+from k2actors.core.normalise import Delivery, normalise_agg_trade, normalise_quote, normalise_trade, screen_trade
+from k2actors.core.sequence import DEDUP_WINDOW_IDS, BatchSequence, StreamSequences, Verdict
 from k2actors.core.telemetry import MetricBuffer
 from k2actors.messages import (
     BackfilledTrades,
@@ -59,6 +65,14 @@ SUMMARY_EVERY_SECONDS = 60.0
 # garbage is then summarised, not copied into the log (every one is still counted and kept).
 DEAD_LETTERS_LOGGED_PER_REASON = 10
 
+# Per event type: its stream type, how it becomes a record, and its id in the stream's sequence.
+_SHAPES = {
+    Trade: (TRADE, normalise_trade, lambda event: event.trade_id),
+    AggTrade: (AGG_TRADE, normalise_agg_trade, lambda event: event.agg_id),
+    BookTicker: (BOOK_TICKER, normalise_quote, lambda event: event.update_id),
+}
+_GAP_NOUNS = {TRADE: "trades", AGG_TRADE: "aggregate trades"}
+
 
 class Normaliser(Actor):
     def __init__(self) -> None:
@@ -66,7 +80,7 @@ class Normaliser(Actor):
         self._parent_pid = os.getppid()
         self._setup: NormaliserSetup | None = None
         self._coordinator = None
-        self._tracker: SequenceTracker | None = None
+        self._sequences: StreamSequences | None = None
         self._metrics = MetricBuffer()
         self._batches: dict[str, BatchSequence] = {}  # per endpoint URL, the RawBatches seen
         self._seq = 0
@@ -85,7 +99,7 @@ class Normaliser(Actor):
 
     def receiveMessage(self, message, sender):
         if isinstance(message, RawBatch):
-            if self._tracker is None:
+            if self._sequences is None:
                 self._early.append((message, sender))
             else:
                 self._normalise(message, sender)
@@ -115,12 +129,12 @@ class Normaliser(Actor):
         if self._setup is None:
             self.wakeupAfter(seconds(TICK_SECONDS), TICK)
         self._setup, self._coordinator = setup, sender
-        if self._tracker is None:
+        if self._sequences is None:
             self.send(setup.producer, SequenceQuery())
         elif rewired:
             self._resend_unconfirmed(setup.producer)
-        if new_backfill and self._tracker is not None:
-            for gap in self._tracker.open_gaps():  # the old backfill actor's work died with it
+        if new_backfill and self._sequences is not None:
+            for gap in self._sequences.gapless[TRADE].open_gaps():  # the old backfill actor's work died with it
                 self._request_backfill(gap)
 
     def _resend_unconfirmed(self, producer) -> None:
@@ -144,12 +158,12 @@ class Normaliser(Actor):
             self.send(producer, merged)
 
     def _resume(self, last_ids: dict) -> None:
-        if self._tracker is not None:
+        if self._sequences is not None:
             return
-        self._tracker = SequenceTracker(self._setup.gap_grace_seconds)
-        self._tracker.resume(last_ids)
+        self._sequences = StreamSequences(self._setup.gap_grace_seconds)
+        self._sequences.resume(last_ids)
         if last_ids:
-            log.info("resuming trade id tracking of %d symbols from the producer's state", len(last_ids))
+            log.info("resuming id tracking of %d streams from the producer's state", len(last_ids))
         early, self._early = self._early, []
         for batch, sender in early:
             self._normalise(batch, sender)
@@ -231,10 +245,10 @@ class Normaliser(Actor):
             detail = str(poison.details)[:200]
             letters = [
                 self._dead_letter(
-                    json.dumps(record, default=str).encode(), Rejected(POISON_MESSAGE, detail),
+                    json.dumps(record, default=str).encode(), Rejected(POISON_MESSAGE, detail, stream),
                     record["vendor_data"]["endpoint"], record["ingestion_timestamp"],
                 )
-                for record in batch.records
+                for stream, record in batch.records
             ]
             self._publish([], letters + list(batch.dead_letters))
         else:
@@ -248,7 +262,7 @@ class Normaliser(Actor):
 
     def _take(self, raw: bytes, delivery: Delivery, now: float, records: list, dead_letters: list) -> None:
         event = parse_frame(raw, self._setup.max_frame_bytes)
-        if isinstance(event, Trade):
+        if type(event) in _SHAPES:
             self._route(self._accept(event, delivery, now), lambda: raw, delivery, records, dead_letters)
         elif isinstance(event, Rejected):
             dead_letters.append(self._dead_letter(raw, event, delivery.endpoint, delivery.received_us))
@@ -268,7 +282,7 @@ class Normaliser(Actor):
     def _take_backfill(self, page: BackfilledTrades) -> None:
         """A page of REST history inside a gap: shaped like streamed trades, marked backfilled,
         and published in id order; ids published meanwhile are duplicates as ever."""
-        if self._tracker is None:
+        if self._sequences is None:
             return  # not tracking yet: no gap of this Normaliser's can be open
         now, delivery = time.monotonic(), Delivery(page.venue, page.url, page.received_us)
         records, dead_letters = [], []
@@ -278,41 +292,42 @@ class Normaliser(Actor):
             raw = lambda trade=trade: json.dumps(dataclasses.asdict(trade)).encode()  # noqa: E731 - only for a dead letter
             self._route(self._accept(trade, delivery, now, backfilled=True), raw, delivery, records, dead_letters)
         if records:
+            first_id, last_id = records[0][1]["source_sequence"], records[-1][1]["source_sequence"]
             self._metrics.inc("k2_backfill_trades_total", page.symbol, amount=len(records))
-            log.info("backfilled %d trades of %s %s, ids %d to %d", len(records), page.venue, page.symbol,
-                     records[0]["source_sequence"], records[-1]["source_sequence"],
+            log.info("backfilled %d trades of %s %s, ids %d to %d", len(records), page.venue, page.symbol, first_id, last_id,
                      extra={"event": "trades_backfilled", "venue": page.venue, "symbol": page.symbol, "count": len(records),
-                            "first_id": records[0]["source_sequence"], "last_id": records[-1]["source_sequence"]})
+                            "first_id": first_id, "last_id": last_id})
         self._publish(records, dead_letters)
 
-    def _accept(self, trade: Trade, delivery: Delivery, now: float, backfilled: bool = False) -> dict | Rejected | None:
-        # Validate before tracking: a trade that cannot be stored must not claim its id.
-        record = normalise_trade(trade, delivery, self._setup.quote_assets)
+    def _accept(self, event, delivery: Delivery, now: float, backfilled: bool = False):
+        """(stream type, record) to publish, a Rejected for the DLQ, or None (a duplicate)."""
+        stream, shape, event_id = _SHAPES[type(event)]
+        # Validate before tracking: an event that cannot be stored must not claim its id.
+        record = shape(event, delivery, self._setup.quote_assets)
+        if not backfilled and not isinstance(record, Rejected):  # history is old by nature; a stream must be timely
+            record = screen_trade(event, self._setup.symbols, delivery.received_us) or record
         if isinstance(record, Rejected):
-            return record
+            return record if record.stream != UNKNOWN_STREAM else dataclasses.replace(record, stream=stream)
         if backfilled:
             record["vendor_data"]["backfilled"] = "true"
-        else:  # history is old by nature; only a streamed trade must be timely
-            implausible = screen_trade(trade, self._setup.symbols, delivery.received_us)
-            if implausible is not None:
-                return implausible
-            self._metrics.inc("k2_binance_messages_received_total", trade.symbol)
-        key = (delivery.venue, trade.symbol)
-        verdict = self._tracker.observe(key, trade.trade_id, now)
+        else:
+            self._metrics.inc("k2_binance_messages_received_total", event.symbol, stream)
+        key = (delivery.venue, event.symbol)
+        verdict = self._sequences.observe(stream, key, event_id(event), now)
         if verdict is Verdict.REGRESSED and not backfilled:
-            return Rejected(
-                ID_REGRESSED,
-                f"trade id {trade.trade_id} is more than {DEDUP_WINDOW_IDS} behind {self._tracker.last_id(key)}, the highest seen",
-            )
+            highest = self._sequences.gapless[stream].last_id(key)
+            return Rejected(ID_REGRESSED, f"{stream} id {event_id(event)} is more than {DEDUP_WINDOW_IDS} behind {highest}, the highest seen", stream)
         if verdict in (Verdict.DUPLICATE, Verdict.REGRESSED):  # history outside every open gap is a duplicate
-            self._metrics.inc("k2_binance_duplicate_trades_total", trade.symbol)
+            self._metrics.inc("k2_binance_duplicate_trades_total", event.symbol, stream)
             return None
         if verdict is Verdict.RECOVERED and not backfilled:
-            log.warning("trade %s %s-%d arrived after it was declared missing", trade.symbol, delivery.venue, trade.trade_id,
-                        extra={"event": "trade_recovered", "venue": delivery.venue, "symbol": trade.symbol, "trade_id": trade.trade_id})
-            self._metrics.inc("k2_binance_recovered_trades_total", trade.symbol)
-        self._summary[trade.symbol] = self._summary.get(trade.symbol, 0) + 1
-        return record
+            log.warning("%s %s %s-%d arrived after it was declared missing", stream, event.symbol, delivery.venue, event_id(event),
+                        extra={"event": "trade_recovered", "venue": delivery.venue, "symbol": event.symbol,
+                               "stream": stream, "trade_id": event_id(event)})
+            self._metrics.inc("k2_binance_recovered_trades_total", event.symbol)
+        summary_key = event.symbol if stream == TRADE else f"{event.symbol}@{stream}"
+        self._summary[summary_key] = self._summary.get(summary_key, 0) + 1
+        return stream, record
 
     def _log_summary(self) -> None:
         now = time.monotonic()
@@ -336,8 +351,8 @@ class Normaliser(Actor):
                         extra={"event": "dead_letter", "endpoint": url, "reason": rejected.reason, "detail": rejected.detail})
         elif count == DEAD_LETTERS_LOGGED_PER_REASON + 1:
             log.warning("more dead letters for %s: counted, and summarised within %.0f s", rejected.reason, SUMMARY_EVERY_SECONDS)
-        self._metrics.inc("k2_binance_message_errors_total", rejected.reason)
-        return DeadLetter(raw[: self._setup.max_frame_bytes], rejected.reason, rejected.detail, url, received_us)
+        self._metrics.inc("k2_binance_message_errors_total", rejected.reason, rejected.stream)
+        return DeadLetter(raw[: self._setup.max_frame_bytes], rejected.reason, rejected.detail, url, received_us, rejected.stream)
 
     def _declare_lost_batches(self) -> None:
         now = time.monotonic()
@@ -350,16 +365,17 @@ class Normaliser(Actor):
         self._finish_drain()
 
     def _declare_gaps(self) -> None:
-        for gap in self._tracker.declare_due(time.monotonic()) if self._tracker else ():
+        for stream, gap in self._sequences.declare_due(time.monotonic()) if self._sequences else ():
             log.error(
-                "gap in %s %s: %d trades missing, ids %d to %d",
-                gap.venue, gap.symbol, gap.size, gap.first_id, gap.last_id,
-                extra={"event": "gap_declared", "venue": gap.venue, "symbol": gap.symbol,
+                "gap in %s %s: %d %s missing, ids %d to %d",
+                gap.venue, gap.symbol, gap.size, _GAP_NOUNS[stream], gap.first_id, gap.last_id,
+                extra={"event": "gap_declared", "venue": gap.venue, "symbol": gap.symbol, "stream": stream,
                        "first_id": gap.first_id, "last_id": gap.last_id, "missing": gap.size},
             )
-            self._metrics.inc("k2_binance_trade_gaps_total", gap.symbol)
-            self._metrics.inc("k2_binance_missing_trades_total", gap.symbol, amount=gap.size)
-            self._request_backfill(gap)
+            self._metrics.inc("k2_binance_trade_gaps_total", gap.symbol, stream)
+            self._metrics.inc("k2_binance_missing_trades_total", gap.symbol, stream, amount=gap.size)
+            if stream == TRADE:  # the REST history serves trades
+                self._request_backfill(gap)
 
     def _request_backfill(self, gap) -> None:
         if self._setup.backfill is not None:

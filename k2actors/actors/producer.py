@@ -28,7 +28,7 @@ from k2actors.actors import TICK, report_alive, seconds
 from k2actors.clients import kafka_settings, registry_settings
 from k2actors.config import KafkaConfig
 from k2actors.core.backoff import backoff_delay
-from k2actors.core.binance import SERIALIZATION_FAILED
+from k2actors.core.binance import AGG_TRADE, BOOK_TICKER, SERIALIZATION_FAILED, TRADE
 from k2actors.core.telemetry import MetricBuffer
 from k2actors.messages import (
     BatchesDelivered,
@@ -56,8 +56,21 @@ HEARTBEAT_EVERY_TICKS = 10
 ACK_OVERDUE_SECONDS = 5.0
 
 
-def trade_schema() -> str:
-    return resources.files("k2actors").joinpath("schemas/trade_v2.avsc").read_text()
+# Aggregate trades are trades too: TradeV2, on a topic of their own.
+SCHEMA_FILES = {TRADE: "trade_v2.avsc", AGG_TRADE: "trade_v2.avsc", BOOK_TICKER: "quote_v2.avsc"}
+
+
+def schema_for(stream: str) -> str:
+    return resources.files("k2actors").joinpath(f"schemas/{SCHEMA_FILES[stream]}").read_text()
+
+
+@dataclass(frozen=True)
+class _Outlet:
+    """Where one stream type's records go."""
+
+    topic: str
+    serializer: AvroSerializer
+    context: SerializationContext
 
 
 def producer_settings(kafka: KafkaConfig) -> dict:
@@ -99,12 +112,13 @@ class _Deliveries:
 
 
 class _Preparation(threading.Thread):
-    """Create missing topics and register the schema; no record is produced before both."""
+    """Create missing topics and register the schemas; no record is produced before both."""
 
-    def __init__(self, kafka: KafkaConfig):
+    def __init__(self, kafka: KafkaConfig, streams: tuple[str, ...]):
         super().__init__(name="kafka-setup", daemon=True)
         self._kafka = kafka
-        self.serializer: AvroSerializer | None = None
+        self._streams = streams
+        self.outlets: dict[str, _Outlet] = {}
         self.failure: str | None = None
 
     def run(self) -> None:
@@ -113,20 +127,23 @@ class _Preparation(threading.Thread):
             if kafka.create_topics:
                 self._create_topics()
             registry = SchemaRegistryClient(registry_settings(kafka))
-            subject = f"{kafka.topic}-value"
-            schema_id = registry.register_schema(subject, Schema(trade_schema(), "AVRO"))
-            self.serializer = AvroSerializer(registry, trade_schema())
+            for stream in self._streams:
+                topic = kafka.topic_for(stream)
+                subject = f"{topic}-value"
+                schema_id = registry.register_schema(subject, Schema(schema_for(stream), "AVRO"))
+                log.info("schema registered as id %s under subject %s", schema_id, subject)
+                serializer = AvroSerializer(registry, schema_for(stream))
+                self.outlets[stream] = _Outlet(topic, serializer, SerializationContext(topic, MessageField.VALUE))
         except Exception as exc:  # registry or broker not there yet: the actor retries, and says so
             self.failure = f"{type(exc).__name__}: {exc}"[:300]
-            return
-        log.info("schema registered as id %s under subject %s", schema_id, subject)
 
     def _create_topics(self) -> None:
         kafka = self._kafka
         admin = AdminClient({**kafka_settings(kafka), "logger": LIBRDKAFKA_LOG})
         try:
             existing = admin.list_topics(timeout=10).topics
-            missing = [t for t in (kafka.topic, kafka.dead_letter_topic) if t not in existing]
+            wanted = [*map(kafka.topic_for, self._streams), kafka.dead_letter_topic]
+            missing = [t for t in wanted if t not in existing]
             futures = admin.create_topics([NewTopic(t, num_partitions=kafka.topic_partitions) for t in missing]) if missing else {}
             for topic, future in futures.items():
                 try:
@@ -148,8 +165,7 @@ class ProducerActor(Actor):
         self._setup: ProducerSetup | None = None
         self._coordinator = None
         self._producer: Producer | None = None
-        self._serializer: AvroSerializer | None = None
-        self._context: SerializationContext | None = None
+        self._outlets: dict[str, _Outlet] = {}
         self._waiting: list[tuple[RecordBatch, object]] = []  # arrived before Kafka and the schema were ready
         self._deliveries = _Deliveries()
         self._poller: threading.Thread | None = None
@@ -158,7 +174,7 @@ class ProducerActor(Actor):
         self._flush: tuple[object, int, float] | None = None  # (reply to, last batch, deadline)
         self._metrics = MetricBuffer()
         self._kafka_status: tuple[bool, str] | None = None
-        self._last_ids: dict[tuple[str, str], int] = {}  # (venue, symbol) -> highest trade id handed to Kafka
+        self._last_ids: dict[tuple[str, str, str], int] = {}  # (stream, venue, symbol) -> highest id handed to Kafka
         self._preparing: _Preparation | None = None
         self._ticks = 0
         self._last_ack_at = time.monotonic()
@@ -191,7 +207,7 @@ class ProducerActor(Actor):
     # --- setup: topics and schema on a thread of its own, so the actor never blocks ---
 
     def _prepare(self) -> None:
-        self._preparing = _Preparation(self._setup.kafka)
+        self._preparing = _Preparation(self._setup.kafka, self._setup.streams)
         self._preparing.start()
 
     def _check_preparation(self) -> None:
@@ -211,8 +227,7 @@ class ProducerActor(Actor):
             self.wakeupAfter(seconds(delay), "setup")
             return
         kafka = self._setup.kafka
-        self._serializer = preparation.serializer
-        self._context = SerializationContext(kafka.topic, MessageField.VALUE)
+        self._outlets = preparation.outlets
         self._producer = Producer({**producer_settings(kafka), "error_cb": self._on_kafka_error, "logger": LIBRDKAFKA_LOG})
         self._poller = threading.Thread(target=self._poll, name="kafka-poll", daemon=True)
         self._poller.start()
@@ -230,32 +245,36 @@ class ProducerActor(Actor):
             with self._deliveries.lock:
                 self._deliveries.completed.append(pending)
             return
-        topic, last_ids = self._setup.kafka.topic, self._last_ids
+        last_ids = self._last_ids
         dead_letters = list(batch.dead_letters)
-        for record in batch.records:
-            key = (record["exchange"], record["symbol"])
+        for stream, record in batch.records:
+            outlet = self._outlets[stream]
+            key = (stream, record["exchange"], record["symbol"])
             last_ids[key] = max(last_ids.get(key, record["source_sequence"]), record["source_sequence"])
             try:
-                value = self._serializer(record, self._context)
+                value = outlet.serializer(record, outlet.context)
             except Exception as exc:  # one record the schema refuses must not sink the batch
-                log.error("record %s could not be serialized: %s", record["trade_id"], exc,
-                          extra={"event": "serialization_failed", "trade_id": record["trade_id"]})
+                log.error("record %s could not be serialized: %s", record["message_id"], exc,
+                          extra={"event": "serialization_failed", "message_id": record["message_id"]})
                 raw = json.dumps(record, default=str).encode()
                 detail = f"{type(exc).__name__}: {exc}"[:200]
-                dead_letters.append(DeadLetter(raw, SERIALIZATION_FAILED, detail, record["vendor_data"]["endpoint"], record["ingestion_timestamp"]))
+                dead_letters.append(DeadLetter(
+                    raw, SERIALIZATION_FAILED, detail, record["vendor_data"]["endpoint"], record["ingestion_timestamp"], stream,
+                ))
                 continue
             report = partial(self._delivered, pending, record["ingestion_timestamp"], record["timestamp"])
-            self._send(topic, record["symbol"].encode(), value, None, report)
+            self._send(outlet.topic, record["symbol"].encode(), value, None, report)
         for letter in dead_letters:
             headers = [
                 ("reason", letter.reason.encode()),
                 ("detail", letter.detail.encode()),
                 ("endpoint", letter.endpoint.encode()),
                 ("received_at_us", str(letter.received_us).encode()),
+                ("stream", letter.stream.encode()),
             ]
             report = partial(self._delivered, pending, None, None)
             self._send(self._setup.kafka.dead_letter_topic, None, letter.raw, headers, report)
-            self._metrics.inc("k2_dlq_messages_total", letter.reason)
+            self._metrics.inc("k2_dlq_messages_total", letter.reason, letter.stream)
 
     def _send(self, topic, key, value, headers, report) -> None:
         while True:

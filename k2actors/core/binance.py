@@ -27,6 +27,8 @@ NON_POSITIVE_QUANTITY = "non_positive_quantity"
 UNSUBSCRIBED_SYMBOL = "unsubscribed_symbol"
 TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
 ID_REGRESSED = "id_regressed"
+INVALID_TRADE_RANGE = "invalid_trade_range"  # an aggTrade whose first trade id is after its last
+CROSSED_QUOTE = "crossed_quote"  # a bookTicker whose best bid is above its best ask
 # Not the exchange's fault: the service failed on a frame (a bug) or on a record.
 INTERNAL_ERROR = "internal_error"
 SERIALIZATION_FAILED = "serialization_failed"
@@ -35,8 +37,14 @@ POISON_MESSAGE = "poison_message"  # an actor failed twice on the message that c
 EXCHANGE_REASONS = (
     NOT_JSON, UNEXPECTED_SHAPE, MISSING_FIELD, WRONG_TYPE, UNKNOWN_EVENT, INVALID_DECIMAL, DECIMAL_OUT_OF_RANGE,
     FRAME_TOO_LARGE, TOO_DEEPLY_NESTED, ID_OUT_OF_RANGE, NON_FINITE_NUMBER, NON_POSITIVE_PRICE,
-    NON_POSITIVE_QUANTITY, UNSUBSCRIBED_SYMBOL, TIMESTAMP_OUT_OF_RANGE, ID_REGRESSED,
+    NON_POSITIVE_QUANTITY, UNSUBSCRIBED_SYMBOL, TIMESTAMP_OUT_OF_RANGE, ID_REGRESSED, INVALID_TRADE_RANGE, CROSSED_QUOTE,
 )
+
+# The stream types a connection can subscribe to (`binance.streams`); a frame whose type
+# cannot be told is labelled UNKNOWN_STREAM.
+TRADE, AGG_TRADE, BOOK_TICKER = "trade", "aggTrade", "bookTicker"
+STREAM_TYPES = (TRADE, AGG_TRADE, BOOK_TICKER)
+UNKNOWN_STREAM = "unknown"
 
 # A trade frame nests two levels deep; anything much deeper is not from Binance.
 MAX_JSON_DEPTH = 8
@@ -53,6 +61,32 @@ class Trade:
     event_time_ms: int
     buyer_is_maker: bool
     best_match: bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class AggTrade:
+    symbol: str
+    agg_id: int
+    price: str
+    quantity: str
+    first_trade_id: int
+    last_trade_id: int
+    trade_time_ms: int
+    event_time_ms: int
+    buyer_is_maker: bool
+    best_match: bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class BookTicker:
+    """Best bid and ask. Binance's spot bookTicker carries no time: the receipt time stands in."""
+
+    symbol: str
+    update_id: int
+    bid_price: str
+    bid_quantity: str
+    ask_price: str
+    ask_quantity: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +108,12 @@ class ServerShutdown:
 class Rejected:
     reason: str
     detail: str
+    stream: str = UNKNOWN_STREAM  # the stream type the frame came on, when it can be told
 
 
-Event = Trade | SubscriptionReply | ServerShutdown | Rejected
+Event = Trade | AggTrade | BookTicker | SubscriptionReply | ServerShutdown | Rejected
 
-# (field, accepted types, description) for a trade payload; bool is excluded from ints below.
+# (field, accepted type, description) per payload; bool is excluded from ints below.
 _TRADE_FIELDS = (
     ("s", str, "a string"),
     ("t", int, "an integer"),
@@ -87,6 +122,25 @@ _TRADE_FIELDS = (
     ("T", int, "an integer"),
     ("E", int, "an integer"),
     ("m", bool, "a boolean"),
+)
+_AGG_TRADE_FIELDS = (
+    ("s", str, "a string"),
+    ("a", int, "an integer"),
+    ("p", str, "a decimal string"),
+    ("q", str, "a decimal string"),
+    ("f", int, "an integer"),
+    ("l", int, "an integer"),
+    ("T", int, "an integer"),
+    ("E", int, "an integer"),
+    ("m", bool, "a boolean"),
+)
+_BOOK_TICKER_FIELDS = (
+    ("u", int, "an integer"),
+    ("s", str, "a string"),
+    ("b", str, "a decimal string"),
+    ("B", str, "a decimal string"),
+    ("a", str, "a decimal string"),
+    ("A", str, "a decimal string"),
 )
 
 
@@ -108,17 +162,35 @@ def parse_frame(raw: bytes | str, max_bytes: int) -> Event:
     if "result" in message and "id" in message:
         return SubscriptionReply(message["id"], message["result"])
     payload = message["data"] if "stream" in message and "data" in message else message
+    stream = _stream_type(message.get("stream"), payload)
     if not isinstance(payload, dict):
-        return Rejected(UNEXPECTED_SHAPE, f"data is {type(payload).__name__}, not an object")
+        return Rejected(UNEXPECTED_SHAPE, f"data is {type(payload).__name__}, not an object", stream)
     event_type = payload.get("e")
-    if event_type == "trade":
+    if stream == TRADE:
         return _trade(payload)
+    if stream == AGG_TRADE:
+        return _agg_trade(payload)
+    if stream == BOOK_TICKER:
+        return _book_ticker(payload)
     if event_type == "serverShutdown":
         event_time = payload.get("E")
         return ServerShutdown(event_time if isinstance(event_time, int) else None)
     if event_type is None:
         return Rejected(MISSING_FIELD, "no event type 'e'")
     return Rejected(UNKNOWN_EVENT, f"event type {str(event_type)[:50]!r}")
+
+
+def _stream_type(stream_name: object, payload: object) -> str:
+    """Trades say what they are in `e`; a bookTicker payload has no `e`, so its stream name
+    (combined streams) or its fields (raw streams) tell."""
+    event_type = payload.get("e") if isinstance(payload, dict) else None
+    if event_type in (TRADE, AGG_TRADE):
+        return event_type
+    if isinstance(stream_name, str) and stream_name.endswith("@" + BOOK_TICKER):
+        return BOOK_TICKER
+    if event_type is None and isinstance(payload, dict) and "u" in payload and "b" in payload and "a" in payload:
+        return BOOK_TICKER
+    return UNKNOWN_STREAM
 
 
 def _bracket_count(raw: bytes | str) -> int:
@@ -137,19 +209,23 @@ def _depth(value: object) -> int:
     return deepest
 
 
-def _trade(payload: dict) -> Trade | Rejected:
-    for name, kind, description in _TRADE_FIELDS:
+def _fields(payload: dict, fields: tuple, stream: str, id_field: str) -> Rejected | None:
+    """Every field present with its type, the id an Avro long, and `M`, if sent, a boolean."""
+    for name, kind, description in fields:
         if name not in payload:
-            return Rejected(MISSING_FIELD, f"trade field {name!r} is missing")
+            return Rejected(MISSING_FIELD, f"{stream} field {name!r} is missing", stream)
         value = payload[name]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            return Rejected(WRONG_TYPE, f"trade field {name!r} is {type(value).__name__}, expected {description}")
-    if not 0 <= payload["t"] <= MAX_TRADE_ID:
-        return Rejected(ID_OUT_OF_RANGE, f"trade id {str(payload['t'])[:40]} is outside 0..{MAX_TRADE_ID}")
-    best_match = payload.get("M")
-    if best_match is not None and not isinstance(best_match, bool):
-        return Rejected(WRONG_TYPE, f"trade field 'M' is {type(best_match).__name__}, expected a boolean")
-    return Trade(
+            return Rejected(WRONG_TYPE, f"{stream} field {name!r} is {type(value).__name__}, expected {description}", stream)
+    if not 0 <= payload[id_field] <= MAX_TRADE_ID:
+        return Rejected(ID_OUT_OF_RANGE, f"{stream} id {str(payload[id_field])[:40]} is outside 0..{MAX_TRADE_ID}", stream)
+    if payload.get("M") is not None and not isinstance(payload["M"], bool):
+        return Rejected(WRONG_TYPE, f"{stream} field 'M' is {type(payload['M']).__name__}, expected a boolean", stream)
+    return None
+
+
+def _trade(payload: dict) -> Trade | Rejected:
+    return _fields(payload, _TRADE_FIELDS, TRADE, "t") or Trade(
         symbol=payload["s"],
         trade_id=payload["t"],
         price=payload["p"],
@@ -157,7 +233,36 @@ def _trade(payload: dict) -> Trade | Rejected:
         trade_time_ms=payload["T"],
         event_time_ms=payload["E"],
         buyer_is_maker=payload["m"],
-        best_match=best_match,
+        best_match=payload.get("M"),
+    )
+
+
+def _agg_trade(payload: dict) -> AggTrade | Rejected:
+    rejected = _fields(payload, _AGG_TRADE_FIELDS, AGG_TRADE, "a")
+    if rejected is None and not 0 <= payload["f"] <= payload["l"] <= MAX_TRADE_ID:
+        rejected = Rejected(INVALID_TRADE_RANGE, f"trade ids {payload['f']} to {payload['l']} are not a range of ids", AGG_TRADE)
+    return rejected or AggTrade(
+        symbol=payload["s"],
+        agg_id=payload["a"],
+        price=payload["p"],
+        quantity=payload["q"],
+        first_trade_id=payload["f"],
+        last_trade_id=payload["l"],
+        trade_time_ms=payload["T"],
+        event_time_ms=payload["E"],
+        buyer_is_maker=payload["m"],
+        best_match=payload.get("M"),
+    )
+
+
+def _book_ticker(payload: dict) -> BookTicker | Rejected:
+    return _fields(payload, _BOOK_TICKER_FIELDS, BOOK_TICKER, "u") or BookTicker(
+        symbol=payload["s"],
+        update_id=payload["u"],
+        bid_price=payload["b"],
+        bid_quantity=payload["B"],
+        ask_price=payload["a"],
+        ask_quantity=payload["A"],
     )
 
 
@@ -185,13 +290,10 @@ def historical_trades(body: bytes, symbol: str) -> list[tuple[object, Trade | Re
 
 def _history_row(row: object, symbol: str) -> Trade | Rejected:
     if not isinstance(row, dict):
-        return Rejected(UNEXPECTED_SHAPE, f"a historicalTrades row is {type(row).__name__}, not an object")
-    for name, kind, description in _HISTORY_FIELDS:
-        value = row.get(name)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            return Rejected(MISSING_FIELD if value is None else WRONG_TYPE, f"row field {name!r} is not {description}")
-    if not 0 <= row["id"] <= MAX_TRADE_ID:
-        return Rejected(ID_OUT_OF_RANGE, f"trade id {str(row['id'])[:40]} is outside 0..{MAX_TRADE_ID}")
+        return Rejected(UNEXPECTED_SHAPE, f"a historicalTrades row is {type(row).__name__}, not an object", TRADE)
+    rejected = _fields(row, _HISTORY_FIELDS, TRADE, "id")
+    if rejected is not None:
+        return rejected
     best_match = row.get("isBestMatch")
     return Trade(
         symbol=symbol,
@@ -232,9 +334,9 @@ class SubscriptionPlan:
     subscribe_messages: tuple[str, ...]  # JSON, to be sent SUBSCRIBE_INTERVAL_SECONDS apart
 
 
-def subscription_plan(base_url: str, symbols: tuple[str, ...]) -> SubscriptionPlan:
-    """How one connection asks for the trade streams of `symbols` on a combined endpoint."""
-    streams = [f"{symbol.lower()}@trade" for symbol in symbols]
+def subscription_plan(base_url: str, symbols: tuple[str, ...], stream_types: tuple[str, ...] = (TRADE,)) -> SubscriptionPlan:
+    """How one connection asks for the streams of `symbols` on a combined endpoint."""
+    streams = [f"{symbol.lower()}@{stream_type}" for symbol in symbols for stream_type in stream_types]
     url = f"{base_url}?streams=" + "/".join(streams)
     if len(url) <= MAX_URL_LENGTH:
         return SubscriptionPlan(url, ())
@@ -245,9 +347,11 @@ def subscription_plan(base_url: str, symbols: tuple[str, ...]) -> SubscriptionPl
     return SubscriptionPlan(base_url, messages)
 
 
-def connection_plans(base_url: str, symbols: tuple[str, ...]) -> list[SubscriptionPlan]:
-    """One plan per connection, each within Binance's stream limit."""
+def connection_plans(base_url: str, symbols: tuple[str, ...], stream_types: tuple[str, ...] = (TRADE,)) -> list[SubscriptionPlan]:
+    """One plan per connection, each within Binance's stream limit; a symbol's streams
+    share a connection."""
+    per_connection = MAX_STREAMS_PER_CONNECTION // len(stream_types)
     return [
-        subscription_plan(base_url, symbols[start : start + MAX_STREAMS_PER_CONNECTION])
-        for start in range(0, len(symbols), MAX_STREAMS_PER_CONNECTION)
+        subscription_plan(base_url, symbols[start : start + per_connection], stream_types)
+        for start in range(0, len(symbols), per_connection)
     ]

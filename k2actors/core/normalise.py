@@ -13,6 +13,9 @@ from decimal import Decimal, InvalidOperation
 from typing import Mapping
 
 from k2actors.core.binance import (
+    AGG_TRADE,
+    BOOK_TICKER,
+    CROSSED_QUOTE,
     DECIMAL_OUT_OF_RANGE,
     INVALID_DECIMAL,
     NON_FINITE_NUMBER,
@@ -20,6 +23,8 @@ from k2actors.core.binance import (
     NON_POSITIVE_QUANTITY,
     TIMESTAMP_OUT_OF_RANGE,
     UNSUBSCRIBED_SYMBOL,
+    AggTrade,
+    BookTicker,
     Rejected,
     Trade,
 )
@@ -56,8 +61,10 @@ class Delivery:
     received_us: int
 
 
-def message_id(venue: str, symbol: str, trade_id: int) -> str:
-    return str(uuid.uuid5(MESSAGE_ID_NAMESPACE, f"{venue}:{symbol}:{trade_id}"))
+def message_id(venue: str, symbol: str, trade_id: int, stream: str = "") -> str:
+    """Trades keep the name `venue:symbol:id`; other streams' ids live in a space of their own."""
+    name = f"{venue}:{symbol}:{trade_id}" if not stream else f"{venue}:{symbol}:{stream}:{trade_id}"
+    return str(uuid.uuid5(MESSAGE_ID_NAMESPACE, name))
 
 
 def quote_currency(symbol: str, quote_assets: Mapping[str, str]) -> str:
@@ -90,11 +97,13 @@ def exact_decimal(text: str, field_name: str, non_positive_reason: str) -> Decim
     return scaled
 
 
-def screen_trade(trade: Trade, subscribed: frozenset[str], received_us: int) -> Rejected | None:
-    """What a streamed trade must satisfy beyond its shape: we asked for its symbol, and its
-    time is plausible."""
+def screen_trade(trade: Trade | AggTrade | BookTicker, subscribed: frozenset[str], received_us: int) -> Rejected | None:
+    """What a streamed event must satisfy beyond its shape: we asked for its symbol, and its
+    time, if it has one, is plausible."""
     if trade.symbol not in subscribed:
         return Rejected(UNSUBSCRIBED_SYMBOL, f"symbol {trade.symbol[:40]!r} was not subscribed")
+    if isinstance(trade, BookTicker):
+        return None
     if abs(trade.trade_time_ms * 1000 - received_us) > MAX_CLOCK_DISTANCE_US:
         return Rejected(
             TIMESTAMP_OUT_OF_RANGE,
@@ -104,6 +113,26 @@ def screen_trade(trade: Trade, subscribed: frozenset[str], received_us: int) -> 
 
 
 def normalise_trade(trade: Trade, delivery: Delivery, quote_assets: Mapping[str, str]) -> dict | Rejected:
+    return _trade_record(
+        trade, delivery, quote_assets, message_id(delivery.venue, trade.symbol, trade.trade_id),
+        f"{delivery.venue}-{trade.trade_id}", trade.trade_id, {},
+    )
+
+
+def normalise_agg_trade(agg: AggTrade, delivery: Delivery, quote_assets: Mapping[str, str]) -> dict | Rejected:
+    """An aggregate trade as a TradeV2 record: its aggregate id is the source sequence, and
+    the trade ids it aggregates are in vendor_data."""
+    vendor_data = {"stream": AGG_TRADE, "first_trade_id": str(agg.first_trade_id), "last_trade_id": str(agg.last_trade_id)}
+    return _trade_record(
+        agg, delivery, quote_assets, message_id(delivery.venue, agg.symbol, agg.agg_id, AGG_TRADE),
+        f"{delivery.venue}-AGG-{agg.agg_id}", agg.agg_id, vendor_data,
+    )
+
+
+def _trade_record(
+    trade: Trade | AggTrade, delivery: Delivery, quote_assets: Mapping[str, str],
+    record_id: str, trade_id: str, sequence: int, extra_vendor_data: dict[str, str],
+) -> dict | Rejected:
     price = exact_decimal(trade.price, "price", NON_POSITIVE_PRICE)
     if isinstance(price, Rejected):
         return price
@@ -114,12 +143,13 @@ def normalise_trade(trade: Trade, delivery: Delivery, quote_assets: Mapping[str,
         "event_time": str(trade.event_time_ms),
         "is_buyer_maker": "true" if trade.buyer_is_maker else "false",
         "endpoint": delivery.endpoint,
+        **extra_vendor_data,
     }
     if trade.best_match is not None:
         vendor_data["is_best_match"] = "true" if trade.best_match else "false"
     return {
-        "message_id": message_id(delivery.venue, trade.symbol, trade.trade_id),
-        "trade_id": f"{delivery.venue}-{trade.trade_id}",
+        "message_id": record_id,
+        "trade_id": trade_id,
         "symbol": trade.symbol,
         "exchange": delivery.venue,
         "asset_class": "crypto",
@@ -129,8 +159,40 @@ def normalise_trade(trade: Trade, delivery: Delivery, quote_assets: Mapping[str,
         "currency": quote_currency(trade.symbol, quote_assets),
         "side": "SELL" if trade.buyer_is_maker else "BUY",
         "trade_conditions": [],
-        "source_sequence": trade.trade_id,
+        "source_sequence": sequence,
         "platform_sequence": None,
         "ingestion_timestamp": delivery.received_us,
         "vendor_data": vendor_data,
+    }
+
+
+def normalise_quote(book: BookTicker, delivery: Delivery, quote_assets: Mapping[str, str]) -> dict | Rejected:
+    """A bookTicker as a QuoteV2 record (schemas/quote_v2.avsc). The spot bookTicker has no
+    time of its own, so `timestamp` is the receipt time."""
+    values = {}
+    for name, text, non_positive in (
+        ("bid_price", book.bid_price, NON_POSITIVE_PRICE),
+        ("bid_quantity", book.bid_quantity, NON_POSITIVE_QUANTITY),
+        ("ask_price", book.ask_price, NON_POSITIVE_PRICE),
+        ("ask_quantity", book.ask_quantity, NON_POSITIVE_QUANTITY),
+    ):
+        value = exact_decimal(text, name, non_positive)
+        if isinstance(value, Rejected):
+            return value
+        values[name] = value
+    if values["bid_price"] > values["ask_price"]:
+        return Rejected(CROSSED_QUOTE, f"bid {book.bid_price[:40]} is above ask {book.ask_price[:40]}", BOOK_TICKER)
+    return {
+        "message_id": message_id(delivery.venue, book.symbol, book.update_id, BOOK_TICKER),
+        "quote_id": f"{delivery.venue}-{book.update_id}",
+        "symbol": book.symbol,
+        "exchange": delivery.venue,
+        "asset_class": "crypto",
+        "timestamp": delivery.received_us,
+        **values,
+        "currency": quote_currency(book.symbol, quote_assets),
+        "source_sequence": book.update_id,
+        "platform_sequence": None,
+        "ingestion_timestamp": delivery.received_us,
+        "vendor_data": {"stream": BOOK_TICKER, "endpoint": delivery.endpoint},
     }

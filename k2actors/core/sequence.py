@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from k2actors.core.binance import AGG_TRADE, TRADE
+
 Key = tuple[str, str]  # (venue, symbol)
 
 # Missing ranges remembered per key; beyond this the oldest are forgotten (bounded memory).
@@ -151,3 +153,47 @@ class BatchSequence:
         return (last == 0 or (self._high is not None and self._high >= last)) and not any(
             seq <= last for seq in self._missing
         )
+
+
+class LatestUpdate:
+    """Quote update ids per (venue, symbol): they only increase, with jumps (an order book
+    changes between quotes), so there is no gap to find; an update no newer than the last
+    published is a duplicate from another connection, or stale."""
+
+    def __init__(self) -> None:
+        self._last: dict[Key, int] = {}
+
+    def resume(self, last_ids: dict[Key, int]) -> None:
+        for key, last_id in last_ids.items():
+            self._last.setdefault(key, last_id)
+
+    def observe(self, key: Key, update_id: int) -> Verdict:
+        if update_id <= self._last.get(key, -1):
+            return Verdict.DUPLICATE
+        self._last[key] = update_id
+        return Verdict.NEW
+
+
+class StreamSequences:
+    """Id tracking for every stream type: trade and aggregate trade ids run consecutively per
+    symbol (gaps are found), quote update ids only increase."""
+
+    def __init__(self, grace_seconds: float):
+        self.gapless = {TRADE: SequenceTracker(grace_seconds), AGG_TRADE: SequenceTracker(grace_seconds)}
+        self._quotes = LatestUpdate()
+
+    def resume(self, last_ids: dict[tuple[str, str, str], int]) -> None:
+        """From the producer's (stream, venue, symbol) -> highest id handed to Kafka."""
+        by_stream: dict[str, dict[Key, int]] = {}
+        for (stream, venue, symbol), last_id in last_ids.items():
+            by_stream.setdefault(stream, {})[(venue, symbol)] = last_id
+        for stream, ids in by_stream.items():
+            (self.gapless[stream] if stream in self.gapless else self._quotes).resume(ids)
+
+    def observe(self, stream: str, key: Key, event_id: int, now: float) -> Verdict:
+        if stream in self.gapless:
+            return self.gapless[stream].observe(key, event_id, now)
+        return self._quotes.observe(key, event_id)
+
+    def declare_due(self, now: float) -> list[tuple[str, Gap]]:
+        return [(stream, gap) for stream, tracker in self.gapless.items() for gap in tracker.declare_due(now)]

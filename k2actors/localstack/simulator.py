@@ -4,7 +4,9 @@ One live market (per symbol: consecutive trade ids on a shared clock) served by 
 endpoints on their own ports, like Binance's mirrors, so a client that is disconnected
 misses what happened meanwhile. Each endpoint serves:
 
-- `/stream?streams=btcusdt@trade/...` (combined envelope) and `/ws/<stream>[/<stream>...]`;
+- `/stream?streams=btcusdt@trade/...` (combined envelope) and `/ws/<stream>[/<stream>...]`,
+  for the trade, aggTrade and bookTicker streams of each symbol (aggregate trades group a
+  tick's consecutive trades at one price and side; each trade moves the best bid and ask);
 - a ping every `ping_interval` seconds with a payload the pong must echo, and a drop of
   clients that do not answer within `pong_timeout`;
 - SUBSCRIBE, UNSUBSCRIBE and LIST_SUBSCRIPTIONS; Binance's limits (5 incoming messages per
@@ -71,6 +73,8 @@ class Market:
         self._next_id = {s: 1_000_000 + 1000 * i for i, s in enumerate(symbols)}
         self._due = {s: 0.0 for s in symbols}
         self._history = {s: collections.deque(maxlen=HISTORY_PER_SYMBOL) for s in symbols}
+        self._next_agg_id = {s: 500_000 + 1000 * i for i, s in enumerate(symbols)}
+        self._next_update_id = {s: 7_000_000 + 1000 * i for i, s in enumerate(symbols)}
         self._last_tick: float | None = None
 
     def tick(self, now: float) -> list[tuple[str, SimTrade]]:
@@ -101,6 +105,39 @@ class Market:
         self._history[symbol].append(trade)
         return trade
 
+    def frames(self, trades: list[tuple[str, SimTrade]], event_ms: int) -> dict[str, list[str]]:
+        """Stream name -> payloads, for every stream of the symbols that traded."""
+        frames: dict[str, list[str]] = {}
+        by_symbol: dict[str, list[SimTrade]] = {}
+        for symbol, trade in trades:
+            by_symbol.setdefault(symbol, []).append(trade)
+        for symbol, symbol_trades in by_symbol.items():
+            name = symbol.lower()
+            frames[f"{name}@trade"] = [trade_payload(symbol, trade, event_ms) for trade in symbol_trades]
+            frames[f"{name}@aggTrade"] = [self._agg_payload(symbol, run, event_ms) for run in _runs(symbol_trades)]
+            frames[f"{name}@bookTicker"] = [self._book_payload(symbol, trade) for trade in symbol_trades]
+        return frames
+
+    def _agg_payload(self, symbol: str, run: list[SimTrade], event_ms: int) -> str:
+        agg_id = self._next_agg_id[symbol]
+        self._next_agg_id[symbol] += 1
+        units = sum(int(t.quantity.replace(".", "")) for t in run)
+        first = run[0]
+        return (
+            f'{{"e":"aggTrade","E":{event_ms},"s":"{symbol}","a":{agg_id},"p":"{first.price}","q":"{_units_text(units)}",'
+            f'"f":{first.trade_id},"l":{run[-1].trade_id},"T":{first.time_ms},'
+            f'"m":{"true" if first.buyer_is_maker else "false"},"M":true}}'
+        )
+
+    def _book_payload(self, symbol: str, trade: SimTrade) -> str:
+        self._next_update_id[symbol] += self._random.randint(1, 5)  # the book changes between quotes too
+        cents = int(trade.price.split(".")[0]) * 100 + int(trade.price.split(".")[1][:2])
+        return (
+            f'{{"u":{self._next_update_id[symbol]},"s":"{symbol}","b":"{_cents_text(cents - 1)}",'
+            f'"B":"{_units_text(self._random.randint(1_000, 9_000_000))}","a":"{_cents_text(cents + 1)}",'
+            f'"A":"{_units_text(self._random.randint(1_000, 9_000_000))}"}}'
+        )
+
     def last_id(self, symbol: str) -> int:
         return self._next_id[symbol] - 1
 
@@ -112,6 +149,17 @@ class Market:
             return list(trades)[-limit:]
         start = max(from_id - trades[0].trade_id, 0)
         return [trades[i] for i in range(start, min(start + limit, len(trades)))]
+
+
+def _runs(trades: list[SimTrade]) -> list[list[SimTrade]]:
+    """Consecutive trades at one price and side: one aggregate trade each."""
+    runs: list[list[SimTrade]] = []
+    for trade in trades:
+        if runs and (runs[-1][-1].price, runs[-1][-1].buyer_is_maker) == (trade.price, trade.buyer_is_maker):
+            runs[-1].append(trade)
+        else:
+            runs.append([trade])
+    return runs
 
 
 def trade_payload(symbol: str, trade: SimTrade, event_ms: int) -> str:
@@ -253,11 +301,10 @@ class ExchangeSimulator:
             await asyncio.sleep(self._tick)
 
     def _broadcast(self, trades: list[tuple[str, SimTrade]], event_ms: int) -> None:
-        frames = {}
-        for symbol, trade in trades:
-            stream = f"{symbol.lower()}@trade"
-            payload = trade_payload(symbol, trade, event_ms)
-            frames.setdefault(stream, []).append((payload, f'{{"stream":"{stream}","data":{payload}}}'))
+        frames = {
+            stream: [(payload, f'{{"stream":"{stream}","data":{payload}}}') for payload in payloads]
+            for stream, payloads in self.market.frames(trades, event_ms).items()
+        }
         for endpoint in self._endpoints:
             if endpoint.stalled:
                 continue

@@ -1,0 +1,63 @@
+"""The aggTrade and bookTicker streams beside trades: each to its own topic under its own
+subject, deduplicated across mirrors, and their bad frames to the DLQ under their own
+reasons. Against the simulator, which serves all three from one market."""
+
+import json
+import time
+
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from k2actors.readback import missing_and_duplicates, read_partitions
+from tests.conftest import trade_ids, wait_until
+
+
+def records(broker, registry, topic: str) -> list[dict]:
+    decode = AvroDeserializer(SchemaRegistryClient({"url": registry.url}))
+    context = SerializationContext(topic, MessageField.VALUE)
+    return [decode(message.value(), context) for message in read_partitions(broker.bootstrap_servers, topic)]
+
+
+def test_every_stream_type_reaches_its_own_topic_once(start_service, simulator, broker, registry, topic):
+    agg_topic, quote_topic = f"{topic}.agg", f"{topic}.quotes"
+    service = start_service(
+        K2_BINANCE_STREAMS="trade,aggTrade,bookTicker", K2_BINANCE_MODE="hot_standby",
+        K2_KAFKA_AGGTRADE_TOPIC=agg_topic, K2_KAFKA_QUOTE_TOPIC=quote_topic,
+    )
+    service.wait_ready()
+    produced = lambda name: service.metrics().get(f'k2_kafka_messages_produced_total{{topic="{name}"}}', 0)  # noqa: E731
+    wait_until(lambda: min(produced(topic), produced(agg_topic), produced(quote_topic)) >= 100, 60, "all three streams")
+    now_ms = int(time.time() * 1000)
+    bad_agg = {"stream": "btcusdt@aggTrade", "data": {"e": "aggTrade", "E": now_ms, "s": "BTCUSDT", "a": 1, "p": "1.0",
+                                                       "q": "1.0", "f": 9, "l": 3, "T": now_ms, "m": True}}
+    crossed = {"stream": "btcusdt@bookTicker", "data": {"u": 1, "s": "BTCUSDT", "b": "2.0", "B": "1.0", "a": "1.0", "A": "1.0"}}
+    simulator.endpoint(0).send_raw([json.dumps(bad_agg), json.dumps(crossed)])
+    wait_until(lambda: service.metric("k2_dlq_messages_total") >= 2, 30, "two dead letters")
+    samples = service.metrics()
+    assert service.stop() == 0, service.log()
+
+    assert missing_and_duplicates(trade_ids(broker, registry, topic)) == (0, 0)
+    assert missing_and_duplicates(trade_ids(broker, registry, agg_topic)) == (0, 0)  # aggregate ids consecutive, once
+    aggs = records(broker, registry, agg_topic)
+    for symbol in ("BTCUSDT", "ETHUSDT", "BNBUSDT"):
+        ranges = sorted((int(r["vendor_data"]["first_trade_id"]), int(r["vendor_data"]["last_trade_id"]))
+                        for r in aggs if r["symbol"] == symbol)
+        assert all(first <= last for first, last in ranges)
+        assert all(ranges[i][1] + 1 == ranges[i + 1][0] for i in range(len(ranges) - 1))  # every trade in one aggregate
+    assert all(r["trade_id"].startswith("BINANCE-AGG-") and r["vendor_data"]["stream"] == "aggTrade" for r in aggs)
+
+    quotes = records(broker, registry, quote_topic)
+    for symbol in ("BTCUSDT", "ETHUSDT", "BNBUSDT"):
+        updates = [q["source_sequence"] for q in quotes if q["symbol"] == symbol]
+        assert updates and updates == sorted(set(updates))  # once each, in order
+    assert all(q["bid_price"] < q["ask_price"] and q["quote_id"] == f"BINANCE-{q['source_sequence']}" for q in quotes)
+    duplicates = {k: v for k, v in samples.items() if k.startswith("k2_binance_duplicate_trades_total{")}
+    assert all(any(f'stream="{stream}"' in k and v > 0 for k, v in duplicates.items())
+               for stream in ("trade", "aggTrade", "bookTicker"))  # the mirrors overlapped on every stream
+
+    assert {f"{topic}-value", f"{agg_topic}-value", f"{quote_topic}-value"} <= set(registry.store.subjects())
+    letters = {(h["stream"], h["reason"]) for h in (
+        {k: v.decode() for k, v in m.headers()} for m in read_partitions(broker.bootstrap_servers, f"{topic}.dlq"))}
+    assert letters == {("aggTrade", "invalid_trade_range"), ("bookTicker", "crossed_quote")}
+    assert samples['k2_dlq_messages_total{reason="crossed_quote",stream="bookTicker"}'] == 1
