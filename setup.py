@@ -20,7 +20,6 @@ setup(
         "confluent-kafka[avro,schemaregistry]>=2.6",
         "certifi",
         "avro>=1.11",
-        "fastavro>=1.9",
         "prometheus-client>=0.20",
         "pyyaml>=6.0",
     ],

@@ -268,33 +268,3 @@ def test_json_logs_name_each_event_with_its_fields(start_service, simulator):
     assert gap["symbol"] in ("BTCUSDT", "ETHUSDT", "BNBUSDT") and gap["last_id"] - gap["first_id"] + 1 == gap["missing"] > 0
     assert events["service_stopped"][-1]["undelivered"] == 0
     assert len(lines) < 100  # more than 300 trades: never logged one by one
-
-
-def test_the_producer_writes_confluents_wire_format(registry):
-    """Records the producer encodes itself are byte for byte what confluent-kafka's
-    AvroSerializer writes, and decode with its deserializer."""
-    from confluent_kafka.schema_registry import Schema
-    from confluent_kafka.schema_registry.avro import AvroSerializer
-
-    from k2actors.actors.producer import _Outlet, schema_for
-    from k2actors.core.binance import parse_frame
-    from k2actors.core.normalise import Delivery, normalise_agg_trade, normalise_quote, normalise_trade
-
-    delivery = Delivery("BINANCE", "wss://stream.binance.com:9443/stream", 1_700_000_000_125_000)
-    frames = {
-        "trade": (normalise_trade, {"e": "trade", "E": 1, "s": "BTCUSDT", "t": 42, "p": "43210.12", "q": "0.0015",
-                                    "T": 1_700_000_000_120, "m": True, "M": True}),
-        "aggTrade": (normalise_agg_trade, {"e": "aggTrade", "E": 1, "s": "BTCUSDT", "a": 7, "p": "1.5", "q": "2",
-                                           "f": 1, "l": 3, "T": 1_700_000_000_120, "m": False}),
-        "bookTicker": (normalise_quote, {"u": 9, "s": "BTCUSDT", "b": "1.25", "B": "3", "a": "1.5", "A": "4"}),
-    }
-    client = SchemaRegistryClient({"url": registry.url})
-    for stream, (shape, data) in frames.items():
-        subject = f"wire-format-{stream}-value"
-        schema_id = client.register_schema(subject, Schema(schema_for(stream), "AVRO"))
-        record = shape(parse_frame(json.dumps(data), 65536), delivery, {})
-        context = SerializationContext(f"wire-format-{stream}", MessageField.VALUE)
-        encoded = _Outlet(f"wire-format-{stream}", schema_id, schema_for(stream)).encode(record)
-        assert encoded == AvroSerializer(client, schema_for(stream))(record, context)
-        decoded = AvroDeserializer(client)(encoded, context)
-        assert decoded["message_id"] == record["message_id"] and decoded["source_sequence"] == record["source_sequence"]

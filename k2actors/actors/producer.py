@@ -8,11 +8,9 @@ has answered for every record in it.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
-import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -21,8 +19,9 @@ from importlib import resources
 
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
-import fastavro
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
 from thespian.actors import Actor, ActorExitRequest, WakeupMessage
 
 from k2actors.actors import TICK, report_alive, seconds
@@ -65,21 +64,13 @@ def schema_for(stream: str) -> str:
     return resources.files("k2actors").joinpath(f"schemas/{SCHEMA_FILES[stream]}").read_text()
 
 
+@dataclass(frozen=True)
 class _Outlet:
-    """Where one stream type's records go, and how they are written: Confluent's wire format
-    (magic byte 0, the 4-byte schema id, the Avro body) with the schema parsed once. The
-    same bytes as confluent-kafka's AvroSerializer, at about 60% of its cost per record."""
+    """Where one stream type's records go."""
 
-    def __init__(self, topic: str, schema_id: int, schema: str):
-        self.topic = topic
-        self._header = b"\x00" + struct.pack(">I", schema_id)
-        self._schema = fastavro.parse_schema(json.loads(schema))
-
-    def encode(self, record: dict) -> bytes:
-        buffer = io.BytesIO()
-        buffer.write(self._header)
-        fastavro.schemaless_writer(buffer, self._schema, record)
-        return buffer.getvalue()
+    topic: str
+    serializer: AvroSerializer
+    context: SerializationContext
 
 
 def producer_settings(kafka: KafkaConfig) -> dict:
@@ -141,7 +132,8 @@ class _Preparation(threading.Thread):
                 subject = f"{topic}-value"
                 schema_id = registry.register_schema(subject, Schema(schema_for(stream), "AVRO"))
                 log.info("schema registered as id %s under subject %s", schema_id, subject)
-                self.outlets[stream] = _Outlet(topic, schema_id, schema_for(stream))
+                serializer = AvroSerializer(registry, schema_for(stream))
+                self.outlets[stream] = _Outlet(topic, serializer, SerializationContext(topic, MessageField.VALUE))
         except Exception as exc:  # registry or broker not there yet: the actor retries, and says so
             self.failure = f"{type(exc).__name__}: {exc}"[:300]
 
@@ -260,7 +252,7 @@ class ProducerActor(Actor):
             key = (stream, record["exchange"], record["symbol"])
             last_ids[key] = max(last_ids.get(key, record["source_sequence"]), record["source_sequence"])
             try:
-                value = outlet.encode(record)
+                value = outlet.serializer(record, outlet.context)
             except Exception as exc:  # one record the schema refuses must not sink the batch
                 log.error("record %s could not be serialized: %s", record["message_id"], exc,
                           extra={"event": "serialization_failed", "message_id": record["message_id"]})

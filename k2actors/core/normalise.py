@@ -6,7 +6,6 @@ schema's decimal(18, 8), never floats.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import uuid
 from dataclasses import dataclass
@@ -32,15 +31,14 @@ from k2actors.core.binance import (
 
 DECIMAL_PRECISION = 18
 DECIMAL_SCALE = 8
+_QUANTUM = Decimal(1).scaleb(-DECIMAL_SCALE)
 # Binance writes plain decimals; Decimal() would also take "1e3", " 1", "1_000" or other scripts' digits.
-_PLAIN_DECIMAL = re.compile(r"(-?)([0-9]+)(?:\.([0-9]+))?", re.ASCII)
-_INTEGER_DIGITS = DECIMAL_PRECISION - DECIMAL_SCALE
+_PLAIN_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?", re.ASCII)
 # A streamed trade further than this from its moment of receipt is not believed: no
 # connection lives longer, so it is a broken message or a broken clock, and either is loud.
 MAX_CLOCK_DISTANCE_US = 24 * 3600 * 1_000_000
 # uuid5 namespace for message ids: the same (venue, symbol, trade id) always gets the same id.
 MESSAGE_ID_NAMESPACE = uuid.UUID("6f1c2a55-0b0e-5d8f-9a43-8f3c1b2d4e70")
-_NAMESPACE_BYTES = MESSAGE_ID_NAMESPACE.bytes
 
 # Quote assets, longest first so that e.g. FDUSD wins over USD.
 _QUOTE_SUFFIXES = tuple(
@@ -64,14 +62,9 @@ class Delivery:
 
 
 def message_id(venue: str, symbol: str, trade_id: int, stream: str = "") -> str:
-    """uuid5 of `venue:symbol:id` (other streams: `venue:symbol:stream:id`), as uuid.uuid5
-    computes it, without building UUID objects: this runs for every record."""
+    """Trades keep the name `venue:symbol:id`; other streams' ids live in a space of their own."""
     name = f"{venue}:{symbol}:{trade_id}" if not stream else f"{venue}:{symbol}:{stream}:{trade_id}"
-    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name.encode()).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    text = digest.hex()
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    return str(uuid.uuid5(MESSAGE_ID_NAMESPACE, name))
 
 
 def quote_currency(symbol: str, quote_assets: Mapping[str, str]) -> str:
@@ -85,30 +78,23 @@ def quote_currency(symbol: str, quote_assets: Mapping[str, str]) -> str:
 
 
 def exact_decimal(text: str, field_name: str, non_positive_reason: str) -> Decimal | Rejected:
-    """The value at scale 8, judged from the text itself: a plain decimal needs no arithmetic
-    to tell whether it is above zero and fits decimal(18, 8), and this runs for every record."""
-    plain = _PLAIN_DECIMAL.fullmatch(text)
-    if plain is None:
-        return _not_plain(text, field_name)
-    sign, whole, fraction = plain[1], plain[2].lstrip("0"), (plain[3] or "").rstrip("0")
-    if sign or not (whole or fraction):
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        return Rejected(INVALID_DECIMAL, f"{field_name} {text[:40]!r} is not a decimal number")
+    if not value.is_finite():
+        return Rejected(NON_FINITE_NUMBER, f"{field_name} {text[:40]!r} is not finite")
+    if not _PLAIN_DECIMAL.fullmatch(text):
+        return Rejected(INVALID_DECIMAL, f"{field_name} {text[:40]!r} is not a plain decimal number")
+    if value <= 0:
         return Rejected(non_positive_reason, f"{field_name} {text[:40]!r} is not above zero")
-    if len(fraction) > DECIMAL_SCALE or len(whole) > _INTEGER_DIGITS:
+    scaled = value.quantize(_QUANTUM) if value.adjusted() < DECIMAL_PRECISION else None
+    if scaled is None or scaled != value or len(scaled.as_tuple().digits) > DECIMAL_PRECISION:
         return Rejected(
             DECIMAL_OUT_OF_RANGE,
             f"{field_name} {text[:40]!r} does not fit decimal({DECIMAL_PRECISION},{DECIMAL_SCALE})",
         )
-    return Decimal(f"{whole or '0'}.{fraction:0<{DECIMAL_SCALE}}")
-
-
-def _not_plain(text: str, field_name: str) -> Rejected:
-    try:
-        finite = Decimal(text).is_finite()
-    except InvalidOperation:
-        return Rejected(INVALID_DECIMAL, f"{field_name} {text[:40]!r} is not a decimal number")
-    if not finite:
-        return Rejected(NON_FINITE_NUMBER, f"{field_name} {text[:40]!r} is not finite")
-    return Rejected(INVALID_DECIMAL, f"{field_name} {text[:40]!r} is not a plain decimal number")
+    return scaled
 
 
 def screen_trade(trade: Trade | AggTrade | BookTicker, subscribed: frozenset[str], received_us: int) -> Rejected | None:
