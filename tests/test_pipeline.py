@@ -141,7 +141,9 @@ def test_malformed_frames_go_to_the_dlq_while_trades_keep_flowing(start_service,
     expected = {reason: [raw.encode()] for reason, raw in malformed.items()}
     expected["not_json"].append(b"\x80binary\xff")
     expected["frame_too_large"] = [oversized.encode()[:65536]]
-    assert by_reason == expected
+    # Dead letters have no key, so they spread over partitions: their order is not kept.
+    assert {reason: sorted(raws) for reason, raws in by_reason.items()} == {
+        reason: sorted(raws) for reason, raws in expected.items()}
     assert len(read_partitions(broker.bootstrap_servers, topic)) >= produced + 50
 
 

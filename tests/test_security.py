@@ -67,10 +67,10 @@ def test_wss_and_https_verified_against_a_custom_ca(start_service, simulator, ca
 
 def test_a_certificate_no_trusted_ca_signed_is_refused(start_service):
     service = start_service()  # certifi's bundle only: the test CA is unknown to it
-    wait_until(lambda: "CERTIFICATE_VERIFY_FAILED" in service.log(), 30, "the certificate refused")
-    assert service.get("/ready")[0] == 503
+    wait_until(lambda: "connect failed: SSLCertVerificationError" in service.log(), 30, "the stream's certificate refused")
+    wait_until(lambda: service.get("/ready")[0] == 503, 30, "/ready to answer 503")
     assert produced(service) == 0
-    assert "exchangeInfo from BINANCE unavailable" in service.log()
+    assert "exchangeInfo from BINANCE unavailable" in service.log() and "CERTIFICATE_VERIFY_FAILED" in service.log()
 
 
 def test_verification_off_connects_and_warns_at_start(start_service):
@@ -107,7 +107,8 @@ def test_a_wrong_registry_password_is_retried_loudly_and_never_logged(start_serv
         K2_KAFKA_SCHEMA_REGISTRY_CA_LOCATION=ca_file,
     )
     wait_until(lambda: "Unauthorized" in service.log(), 30, "the registry's refusal logged")
-    assert service.get("/ready")[0] == 503 and produced(service) == 0
+    wait_until(lambda: service.get("/ready")[0] == 503, 30, "/ready to answer 503")
+    assert produced(service) == 0
     assert secured_registry.store.subjects() == []
     assert service.stop() == 1  # trades were received that never reached Kafka, and it says so
     assert "records undelivered" in service.log()
@@ -128,7 +129,7 @@ def test_kafka_sasl_settings_reach_the_broker_and_the_password_no_log_line(start
     }
     service = start_service(K2_BINANCE_TLS_CA_FILE=ca_file, K2_LOG_LEVEL="DEBUG", K2_LOG_FORMAT="json", **sasl)
     wait_until(lambda: "SCRAM-SHA-512" in service.log(), 30, "the SASL handshake failure logged")
-    assert service.get("/ready")[0] == 503
+    wait_until(lambda: service.get("/ready")[0] == 503, 30, "/ready to answer 503")
     assert service.stop() in (0, 1)
     lines = [json.loads(line) for line in service.log().splitlines()]  # every line is JSON, librdkafka's too
     assert any(line["logger"] == "k2actors.librdkafka" and "SCRAM-SHA-512" in line["message"] for line in lines)

@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from typing import Mapping
 
 from thespian.actors import Actor, ActorExitRequest, WakeupMessage
 
@@ -90,8 +91,9 @@ class _Fetcher(threading.Thread):
             self._budget.spend(now, HISTORICAL_TRADES_WEIGHT)
             status, body, headers = self._get(url, gap.symbol, from_id, limit)
             self._post("request", str(status or "error"))
-            if "X-MBX-USED-WEIGHT-1M" in headers and headers["X-MBX-USED-WEIGHT-1M"].isdigit():
-                self._budget.observe_used(time.monotonic(), int(headers["X-MBX-USED-WEIGHT-1M"]))
+            used = headers.get("X-MBX-USED-WEIGHT-1M") or ""
+            if used.isdigit():
+                self._budget.observe_used(time.monotonic(), int(used))
             if status == 200:
                 failures = 0
                 self._take_page(gap, url, body)
@@ -121,19 +123,20 @@ class _Fetcher(threading.Thread):
         for first_id, last_id in page.unserved:
             self._post("unfilled", gap, (first_id, last_id), "not_served", "the venue's history does not serve these ids")
 
-    def _get(self, url: str, symbol: str, from_id: int, limit: int) -> tuple[int | None, bytes, dict]:
+    def _get(self, url: str, symbol: str, from_id: int, limit: int) -> tuple[int | None, bytes, Mapping[str, str]]:
+        """Status (None: no answer), body and headers (looked up case-insensitively)."""
         query = urllib.parse.urlencode({"symbol": symbol, "fromId": from_id, "limit": limit})
         try:
             with urllib.request.urlopen(f"{url}/api/v3/historicalTrades?{query}", timeout=REQUEST_TIMEOUT_SECONDS,
                                         context=self._tls) as response:
-                return response.status, response.read(), dict(response.headers)
+                return response.status, response.read(), response.headers
         except urllib.error.HTTPError as error:
-            return error.code, error.read(), dict(error.headers)
+            return error.code, error.read(), error.headers
         except OSError as exc:  # refused, reset, timed out, TLS
             return None, str(exc).encode(), {}
 
 
-def _retry_after(headers: dict, default: float) -> float:
+def _retry_after(headers: Mapping[str, str], default: float) -> float:
     try:
         return max(float(headers.get("Retry-After", default)), 0.0)
     except ValueError:
