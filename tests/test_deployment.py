@@ -134,8 +134,8 @@ def test_dashboard_and_alerts_use_only_metrics_the_service_exports(start_service
 def test_dashboard_covers_what_operators_watch():
     dashboard = json.loads(DASHBOARD.read_text())
     titles = " ".join(panel["title"].lower() for panel in dashboard["panels"])
-    for topic in ("trades per second", "latency", "connection", "circuit", "reconnects", "missing", "dead letters",
-                  "producer errors", "memory"):
+    for topic in ("events per second", "latency", "connection", "circuit", "reconnects", "missing", "dead letters",
+                  "producer errors", "memory", "backfill"):
         assert topic in titles
     datasource = yaml.safe_load((REPO / "monitoring/grafana/provisioning/datasources/prometheus.yml").read_text())
     assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
