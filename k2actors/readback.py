@@ -33,13 +33,17 @@ def read_partitions(bootstrap: str, topic: str, timeout: float = 10.0) -> list[M
         consumer.close()
 
 
-def trade_ids(bootstrap: str, registry_url: str, topic: str, timeout: float = 10.0) -> dict[str, list[int]]:
-    """The trade ids in `topic` per symbol, in offset order, decoded through the registry."""
+def records(bootstrap: str, registry_url: str, topic: str, timeout: float = 10.0) -> list[dict]:
+    """Every record now in `topic`, decoded through the registry, in offset order per partition."""
     deserialize = AvroDeserializer(SchemaRegistryClient({"url": registry_url}))
     context = SerializationContext(topic, MessageField.VALUE)
+    return [deserialize(message.value(), context) for message in read_partitions(bootstrap, topic, timeout)]
+
+
+def trade_ids(bootstrap: str, registry_url: str, topic: str, timeout: float = 10.0) -> dict[str, list[int]]:
+    """The trade ids in `topic` per symbol, in offset order, decoded through the registry."""
     ids: dict[str, list[int]] = {}
-    for message in read_partitions(bootstrap, topic, timeout):
-        record = deserialize(message.value(), context)
+    for record in records(bootstrap, registry_url, topic, timeout):
         ids.setdefault(record["symbol"], []).append(record["source_sequence"])
     return ids
 

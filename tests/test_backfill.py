@@ -5,22 +5,15 @@ limits, and what cannot be filled stays counted and logged with its range."""
 import os
 import signal
 
-from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.avro import AvroDeserializer
-from confluent_kafka.serialization import MessageField, SerializationContext
-
-from k2actors.readback import missing_and_duplicates, read_partitions
+from k2actors.readback import missing_and_duplicates, records
 from tests.conftest import trade_ids, wait_until
 from tests.test_resilience import settle, total, wait_for_new_pid, wait_for_trades
 
 
 def backfilled_ids(broker, registry, topic: str) -> dict[str, list[int]]:
     """Per symbol, the ids of records marked backfilled, in offset order."""
-    decode = AvroDeserializer(SchemaRegistryClient({"url": registry.url}))
-    context = SerializationContext(topic, MessageField.VALUE)
     ids: dict[str, list[int]] = {}
-    for message in read_partitions(broker.bootstrap_servers, topic):
-        record = decode(message.value(), context)
+    for record in records(broker.bootstrap_servers, registry.url, topic):
         if record["vendor_data"].get("backfilled") == "true":
             assert record["vendor_data"]["endpoint"].startswith("http://")
             ids.setdefault(record["symbol"], []).append(record["source_sequence"])

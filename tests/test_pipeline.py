@@ -15,7 +15,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from k2actors.core.normalise import message_id
 from k2actors.core.telemetry import CATALOGUE
-from k2actors.readback import missing_and_duplicates, read_partitions
+from k2actors.readback import missing_and_duplicates, read_partitions, records
 from tests.conftest import http_get, trade_ids, wait_until
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT")
@@ -58,14 +58,14 @@ def test_trades_arrive_exactly_once_field_for_field(start_service, simulator, br
     deserialize = AvroDeserializer(SchemaRegistryClient({"url": registry.url}))
     context = SerializationContext(topic, MessageField.VALUE)
     ids: dict[str, list[int]] = {}
-    records = []
+    decoded = []
     for message in messages:
         record = deserialize(message.value(), context)
         assert record == decode_with_avro_library(message.value(), registry.url) | {
             "timestamp": record["timestamp"], "ingestion_timestamp": record["ingestion_timestamp"]}
         assert message.key() == record["symbol"].encode()
         ids.setdefault(record["symbol"], []).append(record["source_sequence"])
-        records.append(record)
+        decoded.append(record)
 
     assert set(ids) == set(SYMBOLS)
     for symbol, seen in ids.items():
@@ -73,7 +73,7 @@ def test_trades_arrive_exactly_once_field_for_field(start_service, simulator, br
         assert seen == list(range(seen[0], seen[0] + len(seen))), f"{symbol}: gap or duplicate"
 
     for symbol in SYMBOLS:
-        mine = {r["source_sequence"]: r for r in records if r["symbol"] == symbol}
+        mine = {r["source_sequence"]: r for r in decoded if r["symbol"] == symbol}
         history = rest_history(simulator, symbol, min(mine), len(mine))
         for trade_id, record in mine.items():
             row = history[trade_id]
@@ -188,12 +188,7 @@ def test_currency_is_the_quote_asset_from_exchange_info(start_service, simulator
     service.wait_ready()
     wait_until(lambda: service.metric("k2_kafka_messages_produced_total") >= 20, 60, "20 trades in Kafka")
     assert service.stop() == 0, service.log()
-    deserialize = AvroDeserializer(SchemaRegistryClient({"url": registry.url}))
-    currencies = {
-        (record["symbol"], record["currency"])
-        for message in read_partitions(broker.bootstrap_servers, topic)
-        for record in [deserialize(message.value(), SerializationContext(topic, MessageField.VALUE))]
-    }
+    currencies = {(record["symbol"], record["currency"]) for record in records(broker.bootstrap_servers, registry.url, topic)}
     assert currencies == {("BTCEURI", "EURI"), ("BTCUSDT", "USDT")}
     assert "exchangeInfo from BINANCE: quote assets of 2 symbols" in service.log()
 
@@ -204,9 +199,8 @@ def test_without_exchange_info_the_suffix_table_names_the_currency(start_service
     wait_until(lambda: service.metric("k2_kafka_messages_produced_total") >= 20, 60, "20 trades in Kafka")
     assert service.stop() == 0, service.log()
     assert "exchangeInfo from BINANCE unavailable" in service.log()
-    deserialize = AvroDeserializer(SchemaRegistryClient({"url": registry.url}))
-    for message in read_partitions(broker.bootstrap_servers, topic):
-        assert deserialize(message.value(), SerializationContext(topic, MessageField.VALUE))["currency"] == "USDT"
+    for record in records(broker.bootstrap_servers, registry.url, topic):
+        assert record["currency"] == "USDT"
 
 
 @pytest.mark.parametrize("simulator", [{"rate": 2000}], indirect=True)

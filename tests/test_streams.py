@@ -5,18 +5,8 @@ reasons. Against the simulator, which serves all three from one market."""
 import json
 import time
 
-from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.avro import AvroDeserializer
-from confluent_kafka.serialization import MessageField, SerializationContext
-
-from k2actors.readback import missing_and_duplicates, read_partitions
+from k2actors.readback import missing_and_duplicates, read_partitions, records
 from tests.conftest import trade_ids, wait_until
-
-
-def records(broker, registry, topic: str) -> list[dict]:
-    decode = AvroDeserializer(SchemaRegistryClient({"url": registry.url}))
-    context = SerializationContext(topic, MessageField.VALUE)
-    return [decode(message.value(), context) for message in read_partitions(broker.bootstrap_servers, topic)]
 
 
 def test_every_stream_type_reaches_its_own_topic_once(start_service, simulator, broker, registry, topic):
@@ -39,7 +29,7 @@ def test_every_stream_type_reaches_its_own_topic_once(start_service, simulator, 
 
     assert missing_and_duplicates(trade_ids(broker, registry, topic)) == (0, 0)
     assert missing_and_duplicates(trade_ids(broker, registry, agg_topic)) == (0, 0)  # aggregate ids consecutive, once
-    aggs = records(broker, registry, agg_topic)
+    aggs = records(broker.bootstrap_servers, registry.url, agg_topic)
     for symbol in ("BTCUSDT", "ETHUSDT", "BNBUSDT"):
         ranges = sorted((int(r["vendor_data"]["first_trade_id"]), int(r["vendor_data"]["last_trade_id"]))
                         for r in aggs if r["symbol"] == symbol)
@@ -47,7 +37,7 @@ def test_every_stream_type_reaches_its_own_topic_once(start_service, simulator, 
         assert all(ranges[i][1] + 1 == ranges[i + 1][0] for i in range(len(ranges) - 1))  # every trade in one aggregate
     assert all(r["trade_id"].startswith("BINANCE-AGG-") and r["vendor_data"]["stream"] == "aggTrade" for r in aggs)
 
-    quotes = records(broker, registry, quote_topic)
+    quotes = records(broker.bootstrap_servers, registry.url, quote_topic)
     for symbol in ("BTCUSDT", "ETHUSDT", "BNBUSDT"):
         updates = [q["source_sequence"] for q in quotes if q["symbol"] == symbol]
         assert updates and updates == sorted(set(updates))  # once each, in order
