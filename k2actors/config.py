@@ -253,8 +253,8 @@ def _build_section(section: str, values: dict[str, Any]):
         key = f"{section}.{name}"
         if name not in known:
             raise ConfigError(key, value, f"one of the keys {', '.join(known)}")
-        if name.removesuffix(SECRET_FILE_SUFFIX) in secrets and name != name.removesuffix(SECRET_FILE_SUFFIX):
-            secret = name.removesuffix(SECRET_FILE_SUFFIX)
+        secret = name.removesuffix(SECRET_FILE_SUFFIX)
+        if secret != name and secret in secrets:
             if secret in values:
                 raise ConfigError(key, value, f"not set together with {section}.{secret}: one source per secret")
             parsed[secret] = _secret_file(key, value)
