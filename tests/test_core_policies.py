@@ -264,3 +264,5 @@ def test_each_stream_type_is_tracked_apart_and_resumed_from_the_producer():
     assert sequences.observe("bookTicker", KEY, 950, 0.0) is Verdict.NEW  # a jump is no gap
     sequences.observe("aggTrade", KEY, 55, 0.0)
     assert sequences.declare_due(0.0) == [("aggTrade", Gap("BINANCE", "BTCUSDT", 52, 54))]
+    assert sequences.open_gaps("aggTrade") == [Gap("BINANCE", "BTCUSDT", 52, 54)] and sequences.open_gaps("trade") == []
+    assert (sequences.last_id("trade", KEY), sequences.last_id("aggTrade", KEY)) == (101, 55)

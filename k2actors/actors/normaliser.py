@@ -134,7 +134,7 @@ class Normaliser(Actor):
         elif rewired:
             self._resend_unconfirmed(setup.producer)
         if new_backfill and self._sequences is not None:
-            for gap in self._sequences.gapless[TRADE].open_gaps():  # the old backfill actor's work died with it
+            for gap in self._sequences.open_gaps(TRADE):  # the old backfill actor's work died with it
                 self._request_backfill(gap)
 
     def _resend_unconfirmed(self, producer) -> None:
@@ -315,7 +315,7 @@ class Normaliser(Actor):
         key = (delivery.venue, event.symbol)
         verdict = self._sequences.observe(stream, key, event_id(event), now)
         if verdict is Verdict.REGRESSED and not backfilled:
-            highest = self._sequences.gapless[stream].last_id(key)
+            highest = self._sequences.last_id(stream, key)
             return Rejected(ID_REGRESSED, f"{stream} id {event_id(event)} is more than {DEDUP_WINDOW_IDS} behind {highest}, the highest seen", stream)
         if verdict in (Verdict.DUPLICATE, Verdict.REGRESSED):  # history outside every open gap is a duplicate
             self._metrics.inc("k2_binance_duplicate_trades_total", event.symbol, stream)

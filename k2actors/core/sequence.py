@@ -179,7 +179,7 @@ class StreamSequences:
     symbol (gaps are found), quote update ids only increase."""
 
     def __init__(self, grace_seconds: float):
-        self.gapless = {TRADE: SequenceTracker(grace_seconds), AGG_TRADE: SequenceTracker(grace_seconds)}
+        self._gapless = {TRADE: SequenceTracker(grace_seconds), AGG_TRADE: SequenceTracker(grace_seconds)}
         self._quotes = LatestUpdate()
 
     def resume(self, last_ids: dict[tuple[str, str, str], int]) -> None:
@@ -188,12 +188,20 @@ class StreamSequences:
         for (stream, venue, symbol), last_id in last_ids.items():
             by_stream.setdefault(stream, {})[(venue, symbol)] = last_id
         for stream, ids in by_stream.items():
-            (self.gapless[stream] if stream in self.gapless else self._quotes).resume(ids)
+            (self._gapless[stream] if stream in self._gapless else self._quotes).resume(ids)
 
     def observe(self, stream: str, key: Key, event_id: int, now: float) -> Verdict:
-        if stream in self.gapless:
-            return self.gapless[stream].observe(key, event_id, now)
+        if stream in self._gapless:
+            return self._gapless[stream].observe(key, event_id, now)
         return self._quotes.observe(key, event_id)
 
     def declare_due(self, now: float) -> list[tuple[str, Gap]]:
-        return [(stream, gap) for stream, tracker in self.gapless.items() for gap in tracker.declare_due(now)]
+        return [(stream, gap) for stream, tracker in self._gapless.items() for gap in tracker.declare_due(now)]
+
+    def open_gaps(self, stream: str) -> list[Gap]:
+        """Declared and still missing, for a stream type whose ids run consecutively."""
+        return self._gapless[stream].open_gaps()
+
+    def last_id(self, stream: str, key: Key) -> int | None:
+        """The highest id seen, for a stream type whose ids run consecutively."""
+        return self._gapless[stream].last_id(key)
