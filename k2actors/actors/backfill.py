@@ -99,9 +99,10 @@ class _Fetcher(threading.Thread):
                 self._take_page(gap, url, body)
             elif status in (429, 418):
                 retry_after = _retry_after(headers, DEFAULT_RETRY_AFTER_SECONDS[status])
-                self._budget.block(time.monotonic(), retry_after)
-                if status == 418:
+                if status == 418:  # banned: gaps are given up until then, not waited for
                     self._banned_until = time.monotonic() + retry_after
+                else:
+                    self._budget.block(time.monotonic(), retry_after)
                 self._post("limited", gap, status, retry_after)
             else:
                 failures += 1

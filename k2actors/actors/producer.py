@@ -130,9 +130,10 @@ class _Preparation(threading.Thread):
             for stream in self._streams:
                 topic = kafka.topic_for(stream)
                 subject = f"{topic}-value"
-                schema_id = registry.register_schema(subject, Schema(schema_for(stream), "AVRO"))
+                schema = schema_for(stream)
+                schema_id = registry.register_schema(subject, Schema(schema, "AVRO"))
                 log.info("schema registered as id %s under subject %s", schema_id, subject)
-                serializer = AvroSerializer(registry, schema_for(stream))
+                serializer = AvroSerializer(registry, schema)
                 self.outlets[stream] = _Outlet(topic, serializer, SerializationContext(topic, MessageField.VALUE))
         except Exception as exc:  # registry or broker not there yet: the actor retries, and says so
             self.failure = f"{type(exc).__name__}: {exc}"[:300]
