@@ -16,7 +16,7 @@ from k2actors.core.normalise import (
     normalise_quote,
     normalise_trade,
     quote_currency,
-    screen_trade,
+    screen_event,
 )
 
 LIMIT = 65536
@@ -242,8 +242,8 @@ TRADE_US = TRADE["T"] * 1000
 
 def test_a_trade_of_a_symbol_not_subscribed_is_rejected():
     trade = parse_frame(envelope({**TRADE, "s": "DOGEUSDT"}), LIMIT)
-    assert screen_trade(trade, SUBSCRIBED, TRADE_US).reason == binance.UNSUBSCRIBED_SYMBOL
-    assert screen_trade(parse_frame(envelope(TRADE), LIMIT), SUBSCRIBED, TRADE_US) is None
+    assert screen_event(trade, SUBSCRIBED, TRADE_US).reason == binance.UNSUBSCRIBED_SYMBOL
+    assert screen_event(parse_frame(envelope(TRADE), LIMIT), SUBSCRIBED, TRADE_US) is None
 
 
 @pytest.mark.parametrize("distance_us, accepted", [
@@ -252,7 +252,7 @@ def test_a_trade_of_a_symbol_not_subscribed_is_rejected():
 ])
 def test_trade_times_far_from_receipt_are_rejected(distance_us, accepted):
     trade = parse_frame(envelope(TRADE), LIMIT)
-    verdict = screen_trade(trade, SUBSCRIBED, TRADE_US + distance_us)
+    verdict = screen_event(trade, SUBSCRIBED, TRADE_US + distance_us)
     assert (verdict is None) == accepted
     assert accepted or verdict.reason == binance.TIMESTAMP_OUT_OF_RANGE
 

@@ -24,7 +24,7 @@ from k2actors.core.binance import (
     Trade,
     parse_frame,
 )
-from k2actors.core.normalise import Delivery, normalise_agg_trade, normalise_quote, normalise_trade, screen_trade
+from k2actors.core.normalise import Delivery, normalise_agg_trade, normalise_quote, normalise_trade, screen_event
 from k2actors.core.sequence import SequenceTracker, Verdict
 from k2actors.readback import missing_and_duplicates, read_partitions
 from tests.conftest import trade_ids, wait_until
@@ -121,7 +121,7 @@ def outcome(raw: bytes | str):
     record = shape(event, DELIVERY, {})
     if isinstance(record, Rejected):
         return record
-    return screen_trade(event, SUBSCRIBED, RECEIVED_US) or (stream, record)
+    return screen_event(event, SUBSCRIBED, RECEIVED_US) or (stream, record)
 
 
 def assert_record_or_dead_letter(result) -> None:

@@ -33,7 +33,7 @@ from k2actors.core.binance import (
     Trade,
     parse_frame,
 )
-from k2actors.core.normalise import Delivery, normalise_agg_trade, normalise_quote, normalise_trade, screen_trade
+from k2actors.core.normalise import Delivery, normalise_agg_trade, normalise_quote, normalise_trade, screen_event
 from k2actors.core.sequence import DEDUP_WINDOW_IDS, BatchSequence, StreamSequences, Verdict
 from k2actors.core.telemetry import MetricBuffer
 from k2actors.messages import (
@@ -305,7 +305,7 @@ class Normaliser(Actor):
         # Validate before tracking: an event that cannot be stored must not claim its id.
         record = shape(event, delivery, self._setup.quote_assets)
         if not backfilled and not isinstance(record, Rejected):  # history is old by nature; a stream must be timely
-            record = screen_trade(event, self._setup.symbols, delivery.received_us) or record
+            record = screen_event(event, self._setup.symbols, delivery.received_us) or record
         if isinstance(record, Rejected):
             return record if record.stream != UNKNOWN_STREAM else dataclasses.replace(record, stream=stream)
         if backfilled:

@@ -97,17 +97,17 @@ def exact_decimal(text: str, field_name: str, non_positive_reason: str) -> Decim
     return scaled
 
 
-def screen_trade(trade: Trade | AggTrade | BookTicker, subscribed: frozenset[str], received_us: int) -> Rejected | None:
+def screen_event(event: Trade | AggTrade | BookTicker, subscribed: frozenset[str], received_us: int) -> Rejected | None:
     """What a streamed event must satisfy beyond its shape: we asked for its symbol, and its
     time, if it has one, is plausible."""
-    if trade.symbol not in subscribed:
-        return Rejected(UNSUBSCRIBED_SYMBOL, f"symbol {trade.symbol[:40]!r} was not subscribed")
-    if isinstance(trade, BookTicker):
+    if event.symbol not in subscribed:
+        return Rejected(UNSUBSCRIBED_SYMBOL, f"symbol {event.symbol[:40]!r} was not subscribed")
+    if isinstance(event, BookTicker):
         return None
-    if abs(trade.trade_time_ms * 1000 - received_us) > MAX_CLOCK_DISTANCE_US:
+    if abs(event.trade_time_ms * 1000 - received_us) > MAX_CLOCK_DISTANCE_US:
         return Rejected(
             TIMESTAMP_OUT_OF_RANGE,
-            f"trade time {trade.trade_time_ms} ms is more than 24 h from its receipt at {received_us // 1000} ms",
+            f"trade time {event.trade_time_ms} ms is more than 24 h from its receipt at {received_us // 1000} ms",
         )
     return None
 
