@@ -131,7 +131,8 @@ class Market:
 
     def _book_payload(self, symbol: str, trade: SimTrade) -> str:
         self._next_update_id[symbol] += self._random.randint(1, 5)  # the book changes between quotes too
-        cents = int(trade.price.split(".")[0]) * 100 + int(trade.price.split(".")[1][:2])
+        whole, fraction = trade.price.split(".")
+        cents = int(whole) * 100 + int(fraction[:2])
         return (
             f'{{"u":{self._next_update_id[symbol]},"s":"{symbol}","b":"{_cents_text(cents - 1)}",'
             f'"B":"{_units_text(self._random.randint(1_000, 9_000_000))}","a":"{_cents_text(cents + 1)}",'
