@@ -60,6 +60,8 @@ def run_demo(config: Config, duration: float | None, rate: float) -> int:
                 enabled=True,
                 websocket_url=Endpoint(exchange.urls[0], "BINANCE"),
                 failover_urls=(Endpoint(exchange.urls[1], "BINANCE"),),
+                # exchangeInfo and backfill ask the simulator too: the demo never leaves the machine
+                rest_urls={**config.binance.rest_urls, "BINANCE": exchange.rest_url()},
                 reconnect_delay_seconds=0.5,
             ),
             kafka=replace(config.kafka, bootstrap_servers=broker.bootstrap_servers, schema_registry_url=registry.url),

@@ -22,6 +22,7 @@ def test_demo_runs_offline_and_stops_cleanly():
     delivered = [int(re.search(r"delivered (\d+)", line).group(1)) for line in lines]
     assert delivered[-1] > delivered[0] and delivered[-1] > 0
     assert "every trade received was delivered" in result.stderr
+    assert "exchangeInfo from BINANCE: quote assets of 3 symbols" in result.stderr  # from the simulator, offline
 
 
 def test_tail_prints_trades_from_the_topic(start_service, broker, topic):
