@@ -3,10 +3,13 @@ subject, deduplicated across mirrors, and their bad frames to the DLQ under thei
 reasons. Against the simulator, which serves all three from one market."""
 
 import json
+import re
+import subprocess
+import sys
 import time
 
 from k2actors.readback import missing_and_duplicates, read_partitions, records
-from tests.conftest import trade_ids, wait_until
+from tests.conftest import REPO, trade_ids, wait_until
 
 
 def test_every_stream_type_reaches_its_own_topic_once(start_service, simulator, broker, registry, topic):
@@ -51,3 +54,12 @@ def test_every_stream_type_reaches_its_own_topic_once(start_service, simulator, 
         {k: v.decode() for k, v in m.headers()} for m in read_partitions(broker.bootstrap_servers, f"{topic}.dlq"))}
     assert letters == {("aggTrade", "invalid_trade_range"), ("bookTicker", "crossed_quote")}
     assert samples['k2_dlq_messages_total{reason="crossed_quote",stream="bookTicker"}'] == 1
+
+    tail = subprocess.run(
+        [sys.executable, "-m", "k2actors", "tail", "--topic", quote_topic, "--from-beginning", "--max", "3"],
+        capture_output=True, text=True, timeout=60, cwd=REPO, env=service.env,
+    )
+    assert tail.returncode == 0, tail.stderr
+    lines = tail.stdout.splitlines()
+    assert len(lines) == 3
+    assert all(re.fullmatch(r"\S+ BINANCE +[A-Z]+ +QUOTE [\d.]+ @ [\d.]+ / [\d.]+ @ [\d.]+ USDT  BINANCE-\d+", line) for line in lines)
