@@ -5,20 +5,11 @@ import logging
 import os
 from datetime import timedelta
 
-import thespian.system.transport
 from thespian.actors import Actor, ActorExitRequest, PoisonMessage
 
 from k2actors.messages import Heartbeat
 
 TICK = "tick"
-
-# Thespian's TCP transport pauses a transmit whose ACK read finds nothing yet (EAGAIN) for its
-# minimum backoff, 20 ms x 1.7 = 34 ms, and that happens to a busy actor's sends now and then:
-# measured between two process actors that also answer each other, it made the hop's p99
-# 34 ms instead of 2.8 ms, and it was most of the service's receive-to-ack p99. Failures that
-# persist still back off as before, up to Thespian's 7.3 s, only from 1.7 ms. Every actor
-# process imports this module, so the setting holds in each of them.
-thespian.system.transport.MIN_BACKOFF_DELAY = timedelta(milliseconds=1)
 
 
 def seconds(value: float) -> timedelta:
