@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from thespian.actors import Actor, ActorExitRequest, PoisonMessage
 
+import k2actors.thespian_transport  # noqa: F401  (patches the transport in every actor process)
 from k2actors.messages import Heartbeat
 
 TICK = "tick"

@@ -1,0 +1,78 @@
+"""The one change to Thespian's TCP transport (k2actors/thespian_transport.py), on real sockets:
+a transmit whose ACK has not arrived yet keeps waiting unpaused, and the ACK, once there,
+completes it as before."""
+
+import pickle
+import socket
+from datetime import timedelta
+
+import pytest
+from thespian.actors import ActorAddress
+from thespian.system.transport import SendStatus, TransmitIntent
+from thespian.system.transport.streamBuffer import ReceiveBuffer, ackMsg
+from thespian.system.transport.TCPTransport import TCPTransport
+
+import k2actors.thespian_transport as transport_change
+
+
+@pytest.fixture
+def waiting_for_ack():
+    """A transmit whose message is sent and whose ACK is awaited on a real connected socket;
+    the other end is the receiver's side."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    intent = TransmitIntent(ActorAddress("receiver"), "message")
+    intent.socket = ours
+    intent.ackbuf = ReceiveBuffer(pickle.loads)
+    intent.stage = TCPTransport._XMITStepWaitForAck
+    yield intent, theirs
+    ours.close()
+    theirs.close()
+
+
+def transport() -> TCPTransport:
+    """Just the state a finishing transmit touches, without opening a listening socket."""
+    bare = object.__new__(TCPTransport)
+    bare._finished_intents = []
+    return bare
+
+
+def test_every_actor_process_runs_the_change():
+    import k2actors.actors  # noqa: F401  (what each actor module imports first)
+
+    assert TCPTransport._next_XMIT_4 is transport_change._read_ack_when_readable
+
+
+def test_thespian_alone_pauses_a_transmit_whose_ack_is_not_there_yet(waiting_for_ack):
+    intent, _ = waiting_for_ack
+    assert transport_change._read_ack(transport(), intent) is True
+    assert intent.backoffPause() >= timedelta(milliseconds=30)  # 20 ms x 1.7, out of the select set
+
+
+def test_a_transmit_whose_ack_is_not_there_yet_keeps_waiting_unpaused(waiting_for_ack):
+    intent, _ = waiting_for_ack
+    for _ in range(3):
+        assert TCPTransport._next_XMIT_4(transport(), intent) is True
+    assert intent.backoffPause() == timedelta(0)
+    assert intent.stage == TCPTransport._XMITStepWaitForAck
+
+
+def test_the_ack_once_there_completes_the_transmit(waiting_for_ack):
+    intent, theirs = waiting_for_ack
+    sender = transport()
+    TCPTransport._next_XMIT_4(sender, intent)
+    theirs.sendall(ackMsg)
+    # Thespian reads at most 20 bytes before it knows a packet's length; the ACK is 21.
+    steps = [TCPTransport._next_XMIT_4(sender, intent) for _ in range(2)]
+    assert steps == [True, False]
+    assert sender._finished_intents == [(intent, SendStatus.Sent)]
+
+
+def test_a_receiver_that_closed_still_takes_thespians_retry_path(waiting_for_ack):
+    intent, theirs = waiting_for_ack
+    theirs.close()
+    TCPTransport._next_XMIT_4(transport(), intent)
+    # closed, shut down and scheduled to connect again after Thespian's retry period
+    assert intent.stage == TCPTransport._XMITStepSendConnect
+    assert not hasattr(intent, "socket")
+    assert "retry#1" in intent.identify()
