@@ -10,7 +10,9 @@ and configuration path as in production, configured through K2_* variables). Pha
    the pipeline's sustained rate (acknowledged by Kafka) is measured over the middle of it;
 3. latency at fixed offered rates: receive-to-ack and exchange-to-ack percentiles from the
    service's own histograms;
-4. optionally a soak: memory sampled at a fixed rate, and its slope.
+4. optionally a soak: memory sampled at a fixed rate, and its slope;
+5. optionally scaling: maximum load again with 1 to N connections' worth of symbols
+   (1,024 trade streams each), with how busy the machine's cores were.
 
 Every phase ends by reading its topic back: a missing or duplicated trade fails the run.
 """
@@ -39,7 +41,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from k2actors import processes
 from k2actors.actors.producer import producer_settings, schema_for
 from k2actors.config import KafkaConfig
-from k2actors.core.binance import parse_frame
+from k2actors.core.binance import MAX_STREAMS_PER_CONNECTION, parse_frame
 from k2actors.core.normalise import Delivery, normalise_trade
 from k2actors.localstack.broker import TansuBroker
 from k2actors.localstack.registry import SchemaRegistryDouble
@@ -60,6 +62,7 @@ class Options:
     soak_minutes: float = 0.0
     soak_rate: float = 5000.0
     output: Path = Path("bench-results.json")
+    connections: int = 0  # scaling: also run maximum load with 1..connections connections' worth of symbols
     config: str | None = None  # passed to the service, as `start --config` takes it
 
 
@@ -94,9 +97,8 @@ def write_tape(path: Path, frames: list[str]) -> None:
 
 
 def websocket_ceiling(url: str, symbol: str, expected: int) -> float:
-    """Frames per second a bare websocket-client connection receives, first frame to last.
-    A tape reaches every connection whatever it subscribed, so one stream in the URL will do
-    (all of them would not fit in a URL past a hundred symbols or so)."""
+    """Frames per second a bare websocket-client connection receives, first frame to last,
+    from a tape of one symbol's trades."""
     ws = websocket.create_connection(f"{url}?streams={symbol.lower()}@trade", skip_utf8_validation=True)
     try:
         ws.recv()
@@ -265,17 +267,27 @@ def percentile(before: list[tuple[float, float]], after: list[tuple[float, float
 # --- the phases ---
 
 
-def max_load(stack, options: Options, symbols: tuple[str, ...], ceiling: float, workdir: Path) -> dict:
+def machine_cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat") as stat:
+        times = [int(n) for n in stat.readline().split()[1:]]
+    idle = times[3] + times[4]  # idle and iowait
+    return sum(times) - idle, sum(times)
+
+
+def max_load(stack, options: Options, symbols: tuple[str, ...], ceiling: float, workdir: Path,
+             name: str = "max-load") -> dict:
     broker, registry = stack
     count = int(ceiling * options.duration * 1.25) // len(symbols) * len(symbols)
-    tape = workdir / "max-load.tape"
+    tape = workdir / f"{name}.tape"
     write_tape(tape, tape_frames(symbols, count))
-    topic = "bench.max-load"
+    topic = f"bench.{name}"
     with ExchangeSimulator(symbols, rate=0, endpoints=2, tape=tape) as exchange:
+        tape.unlink()  # loaded; a tape is hundreds of megabytes, the log is what to keep
         service = ServiceProcess(
             service_env(broker.bootstrap_servers, registry.url, exchange.urls[0], symbols, topic, options.mode,
                         exchange.urls[1:]),
-            workdir / "max-load.log", options.config,
+            workdir / f"{name}.log", options.config,
         )
         try:
             service.wait_ready()
@@ -285,7 +297,7 @@ def max_load(stack, options: Options, symbols: tuple[str, ...], ceiling: float, 
             deadline = time.monotonic() + options.duration * 10 + 60
             while time.monotonic() < deadline:
                 produced = service.total("k2_kafka_messages_produced_total")
-                trace.append((time.monotonic(), produced))
+                trace.append((time.monotonic(), produced, machine_cpu_jiffies()))
                 if produced >= count:
                     break
                 time.sleep(SAMPLE_SECONDS)
@@ -294,16 +306,19 @@ def max_load(stack, options: Options, symbols: tuple[str, ...], ceiling: float, 
             reported_missing = service.total("k2_binance_missing_trades_total")
         finally:
             service.stop()
-    window = [(t, n) for t, n in trace if 0.05 * count <= n <= 0.95 * count]
+    window = [(t, n, jiffies) for t, n, jiffies in trace if 0.05 * count <= n <= 0.95 * count]
     if len(window) < 2:
-        raise BenchFailure("the maximum-load phase produced too few samples to measure a rate")
-    (t0, n0), (t1, n1) = window[0], window[-1]
+        raise BenchFailure(f"the {name} phase produced too few samples to measure a rate")
+    (t0, n0, (busy0, total0)), (t1, n1, (busy1, total1)) = window[0], window[-1]
     expected = {s: (FIRST_ID, FIRST_ID + count // len(symbols) - 1) for s in symbols}
     check = loss_and_duplicates(broker.bootstrap_servers, registry.url, topic, expected)
     return {
         "trades": count,
         "window_seconds": round(t1 - t0, 1),
         "rate": (n1 - n0) / (t1 - t0),
+        "symbols": len(symbols),
+        "connections": -(-len(symbols) // MAX_STREAMS_PER_CONNECTION),
+        "machine_cpu_busy": (busy1 - busy0) / (total1 - total0) if total1 > total0 else None,
         "memory_start_bytes": memory_start,
         "memory_end_bytes": memory_end,
         "cpu_microseconds_per_trade": cpu / count * 1e6,
@@ -384,11 +399,13 @@ def _run(options: Options) -> int:
     print(f"tapes and service logs in {workdir}", flush=True)
     with TansuBroker() as broker, SchemaRegistryDouble() as registry:
         stack = (broker, registry)
-        probe = tape_frames(symbols, 20_000 // len(symbols) * len(symbols))
+        probe = tape_frames(symbols[:1], 20_000)
         write_tape(workdir / "ceiling.tape", probe)
-        with ExchangeSimulator(symbols, rate=0, endpoints=1, tape=workdir / "ceiling.tape") as exchange:
+        with ExchangeSimulator(symbols[:1], rate=0, endpoints=1, tape=workdir / "ceiling.tape") as exchange:
             ws_ceiling = websocket_ceiling(exchange.urls[0], symbols[0], len(probe))
-        kafka_ceiling = producer_ceiling(broker.bootstrap_servers, registry.url, probe, "bench.ceiling")
+        (workdir / "ceiling.tape").unlink()
+        kafka_ceiling = producer_ceiling(broker.bootstrap_servers, registry.url,
+                                         tape_frames(symbols, 20_000 // len(symbols) * len(symbols)), "bench.ceiling")
         results["ceilings"] = {"websocket_receive_rate": ws_ceiling, "producer_delivery_rate": kafka_ceiling}
         print(f"ceilings: websocket receive {ws_ceiling:,.0f}/s, producer delivery {kafka_ceiling:,.0f}/s", flush=True)
 
@@ -406,11 +423,17 @@ def _run(options: Options) -> int:
         if options.soak_minutes:
             results["soak"] = fixed_rate(stack, options, symbols, options.soak_rate, options.soak_minutes * 60, workdir,
                                          "soak", memory_every=10.0)
+        results["scaling"] = []
+        for connections in range(1, options.connections + 1):
+            many = symbol_names(connections * MAX_STREAMS_PER_CONNECTION)
+            phase = max_load(stack, options, many, ws_ceiling, workdir, f"max-load-{connections}-connections")
+            results["scaling"].append(phase)
+            print(f"{connections} connection(s), {len(many)} symbols: {phase['rate']:,.0f}/s, "
+                  f"machine CPU {phase['machine_cpu_busy']:.0%} busy", flush=True)
     options.output.write_text(json.dumps(results, indent=2) + "\n")
     print(format_table(results))
     print(f"figures written to {options.output}")
-    phases = [results["max_load"], *results["fixed_rates"], *([results["soak"]] if "soak" in results else [])]
-    bad = [p for p in phases if p["missing"] or p["duplicates"] or p["reported_missing"]]
+    bad = [p for p in _phases(results) if p["missing"] or p["duplicates"] or p["reported_missing"]]
     if bad:
         print(f"FAILED: trades lost or duplicated in {len(bad)} phase(s): "
               + "; ".join(f"missing {p['missing']}, duplicates {p['duplicates']}" for p in bad), file=sys.stderr)
@@ -433,6 +456,7 @@ def format_table(results: dict) -> str:
         f"| ... as a fraction of the websocket ceiling | {load['fraction_of_websocket_ceiling']:.0%} |",
         f"| ... as a fraction of the producer ceiling | {load['fraction_of_producer_ceiling']:.0%} |",
         f"| CPU time per trade (whole service) | {load['cpu_microseconds_per_trade']:.0f} µs |",
+        f"| machine's CPU busy during maximum load (service, simulator, broker) | {load['machine_cpu_busy']:.0%} |",
         f"| memory of the whole service (PSS), start / end of maximum load | {load['memory_start_bytes'] / 2**20:.0f} / {load['memory_end_bytes'] / 2**20:.0f} MiB |",
     ]
     for phase in results["fixed_rates"]:
@@ -449,7 +473,15 @@ def format_table(results: dict) -> str:
         soak = results["soak"]
         lines.append(f"| soak at {soak['offered_rate']:,.0f}/s: memory at end, slope | "
                      f"{soak['memory_end_bytes'] / 2**20:.0f} MiB, {soak['memory_slope_bytes_per_minute'] / 2**20:+.2f} MiB/min |")
-    phases = [load, *results["fixed_rates"], *([results["soak"]] if "soak" in results else [])]
+    for phase in results["scaling"]:
+        lines.append(f"| maximum load, {phase['connections']} connection(s) ({phase['symbols']:,} symbols): "
+                     f"rate, machine CPU busy | {phase['rate']:,.0f} trades/s, {phase['machine_cpu_busy']:.0%} |")
+    phases = _phases(results)
     lines.append(f"| trades missing / duplicated (all phases) | {sum(p['missing'] for p in phases)} / "
                  f"{sum(p['duplicates'] for p in phases)} |")
     return "\n".join(lines)
+
+
+def _phases(results: dict) -> list[dict]:
+    return [results["max_load"], *results["fixed_rates"], *([results["soak"]] if "soak" in results else []),
+            *results["scaling"]]

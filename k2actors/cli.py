@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--mode", choices=("failover", "hot_standby"), default="failover", help="binance.mode to run (default failover)")
     bench.add_argument("--soak", type=float, default=0.0, metavar="MINUTES", help="also soak at --soak-rate and report the memory slope")
     bench.add_argument("--soak-rate", type=float, default=5000.0, metavar="R", help="trades per second while soaking (default 5000)")
+    bench.add_argument("--connections", type=int, default=0, metavar="N",
+                       help="also run maximum load with 1 to N connections' worth of symbols (1,024 each)")
     bench.add_argument("--output", default="bench-results.json", metavar="PATH", help="where to write the figures as JSON")
     tail = command("tail", "Print the trades in the topic, decoded through the Schema Registry.")
     tail.add_argument("--topic", help="topic to read (default: kafka.topic from the config)")
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         from k2actors.bench import Options, run_bench
 
         return run_bench(Options(
-            args.symbols, args.rates, args.duration, args.mode, args.soak, args.soak_rate, Path(args.output), args.config,
+            symbols=args.symbols, rates=args.rates, duration=args.duration, mode=args.mode, soak_minutes=args.soak,
+            soak_rate=args.soak_rate, output=Path(args.output), config=args.config, connections=args.connections,
         ))
     if args.command == "demo":
         from k2actors.demo import run_demo

@@ -191,6 +191,34 @@ def test_tape_replay(tmp_path):
     assert received == tape.read_text().splitlines()
 
 
+def test_tape_lines_of_a_stream_go_to_its_subscribers_from_when_they_subscribe(tmp_path):
+    def line(stream: str, n: int) -> str:
+        return json.dumps({"stream": stream, "data": {"n": n}}, separators=(",", ":"))
+
+    tape = tmp_path / "tape.jsonl"
+    lines = [line(("a@trade", "b@trade", "c@trade")[n % 3], n) for n in range(30)]
+    lines.insert(7, "not json")
+    tape.write_text("\n".join(lines) + "\n")
+
+    def of(stream: str) -> list[str]:
+        return [x for x in lines if x.startswith(f'{{"stream":"{stream}"')]
+
+    with ExchangeSimulator(symbols=("BTCUSDT",), tape=tape) as sim:
+        by_url = websocket.create_connection(sim.urls[0] + "?streams=a@trade")
+        later = websocket.create_connection(sim.urls[0])
+        assert later.recv() == "not json"  # lines of no stream reach every connection as it opens
+        later.send(json.dumps({"method": "SUBSCRIBE", "params": ["b@trade"], "id": 1}))
+        from_url = [by_url.recv() for _ in range(len(of("a@trade")) + 1)]
+        subscribed = [later.recv() for _ in range(len(of("b@trade")) + 1)]
+        later.settimeout(0.5)
+        with pytest.raises(websocket.WebSocketTimeoutException):
+            later.recv()
+        by_url.close()
+        later.close()
+    assert from_url == [x for x in lines if x == "not json" or x in of("a@trade")]
+    assert [x for x in subscribed if '"result"' not in x] == of("b@trade")
+
+
 def test_rest_history_matches_the_stream():
     with ExchangeSimulator(symbols=("BTCUSDT",), rate=100) as sim:
         ws = websocket.create_connection(sim.urls[0] + "?streams=btcusdt@trade")

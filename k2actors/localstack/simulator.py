@@ -17,7 +17,10 @@ misses what happened meanwhile. Each endpoint serves:
   Binance's `X-MBX-USED-WEIGHT-1M` header, and scripted refusals (429, 418, 5xx) with Retry-After.
 
 With `tape=PATH` the endpoints replay a JSONL file of raw messages instead of the live
-market: every connection receives every line, in order, as one frame.
+market, each line as one frame, in tape order. A line in the combined envelope
+(`{"stream":"btcusdt@trade",...}`) goes to the connections subscribed to its stream, from
+the moment they subscribe (in the URL or by SUBSCRIBE), as Binance would send it; any other
+line (garbage included) goes to every connection when it opens.
 """
 
 from __future__ import annotations
@@ -213,7 +216,7 @@ class ExchangeSimulator:
         self.ping_interval = ping_interval
         self.pong_timeout = pong_timeout
         self._tick = tick
-        self._tape = Path(tape).read_text().splitlines() if tape else None
+        self._tape = [(_tape_stream(line), line) for line in Path(tape).read_text().splitlines()] if tape else None
         self._endpoints = [_Endpoint(i) for i in range(endpoints)]
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="exchange-simulator", daemon=True)
@@ -355,9 +358,7 @@ class ExchangeSimulator:
             asyncio.create_task(self._write(client)),
             asyncio.create_task(self._ping_loop(endpoint, client)),
         ]
-        if self._tape is not None:
-            for line in self._tape:
-                client.queue.put_nowait(line)
+        self._replay(client, client.streams, opening=True)
         try:
             async for message in connection:
                 await self._handle_request(client, message)
@@ -367,6 +368,13 @@ class ExchangeSimulator:
             endpoint.clients.discard(client)
             for task in tasks:
                 task.cancel()
+
+    def _replay(self, client: _Client, streams: set[str], opening: bool = False) -> None:
+        if self._tape is None:
+            return
+        for stream, line in self._tape:
+            if stream in streams or (opening and stream is None):
+                client.queue.put_nowait(line)
 
     async def _write(self, client: _Client) -> None:
         try:
@@ -409,6 +417,7 @@ class ExchangeSimulator:
             if len(streams) > MAX_STREAMS_PER_CONNECTION:
                 await client.connection.close(1008, "Too many streams")
                 return
+            self._replay(client, streams - client.streams)
             client.streams = streams
             reply = None
         elif method == "UNSUBSCRIBE":
@@ -420,6 +429,15 @@ class ExchangeSimulator:
             await client.connection.send(json.dumps({"error": {"code": 2, "msg": f"Unknown method {method}"}, "id": request_id}))
             return
         await client.connection.send(json.dumps({"result": reply, "id": request_id}))
+
+
+def _tape_stream(line: str) -> str | None:
+    """The stream of a tape line in the combined envelope, as the bench writes it; None otherwise."""
+    prefix = '{"stream":"'
+    if not line.startswith(prefix):
+        return None
+    end = line.find('"', len(prefix))
+    return line[len(prefix) : end] if end > 0 else None
 
 
 def _requested_streams(path: str, query: dict) -> list[str] | None:
