@@ -12,7 +12,7 @@ def test_a_short_benchmark_reports_every_figure_and_loses_nothing(tmp_path):
     output = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, "benchmarks/run.py", "--symbols", "2", "--rates", "300", "--duration", "4",
-         "--output", str(output)],
+         "--connections", "2", "--output", str(output)],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -25,4 +25,9 @@ def test_a_short_benchmark_reports_every_figure_and_loses_nothing(tmp_path):
     assert phase["offered_rate"] == 300 and phase["records"] > 0
     assert (phase["missing"], phase["duplicates"]) == (0, 0)
     assert phase["receive_to_ack_p50_ms"] <= phase["receive_to_ack_p99_ms"] <= phase["receive_to_ack_p99_9_ms"]
+    # more symbols than one connection carries: the tape reaches each by its subscriptions
+    assert [(p["connections"], p["symbols"]) for p in figures["scaling"]] == [(1, 1024), (2, 2048)]
+    for phase in figures["scaling"]:
+        assert (phase["missing"], phase["duplicates"], phase["records"]) == (0, 0, phase["trades"])
+        assert phase["rate"] > 0 and 0 < phase["machine_cpu_busy"] <= 1
     assert "| pipeline sustained rate" in result.stdout and "trades missing / duplicated (all phases) | 0 / 0 |" in result.stdout
