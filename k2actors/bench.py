@@ -267,6 +267,14 @@ def percentile(before: list[tuple[float, float]], after: list[tuple[float, float
 # --- the phases ---
 
 
+def start_service(stack, exchange: ExchangeSimulator, options: Options, symbols: tuple[str, ...], topic: str,
+                  log_path: Path) -> ServiceProcess:
+    broker, registry = stack
+    env = service_env(broker.bootstrap_servers, registry.url, exchange.urls[0], symbols, topic, options.mode,
+                      exchange.urls[1:])
+    return ServiceProcess(env, log_path, options.config)
+
+
 def machine_cpu_jiffies() -> tuple[int, int]:
     """(busy, total) CPU time of the whole machine so far, from /proc/stat."""
     with open("/proc/stat") as stat:
@@ -284,16 +292,12 @@ def max_load(stack, options: Options, symbols: tuple[str, ...], ceiling: float, 
     topic = f"bench.{name}"
     with ExchangeSimulator(symbols, rate=0, endpoints=2, tape=tape) as exchange:
         tape.unlink()  # loaded; a tape is hundreds of megabytes, the log is what to keep
-        service = ServiceProcess(
-            service_env(broker.bootstrap_servers, registry.url, exchange.urls[0], symbols, topic, options.mode,
-                        exchange.urls[1:]),
-            workdir / f"{name}.log", options.config,
-        )
+        service = start_service(stack, exchange, options, symbols, topic, workdir / f"{name}.log")
         try:
             service.wait_ready()
             memory_start = service.total("k2_service_memory_bytes")
             cpu_start = service.cpu_seconds()
-            trace = []  # (time, acknowledged)
+            trace = []  # (time, acknowledged, machine CPU jiffies)
             deadline = time.monotonic() + options.duration * 10 + 60
             while time.monotonic() < deadline:
                 produced = service.total("k2_kafka_messages_produced_total")
@@ -332,11 +336,7 @@ def fixed_rate(stack, options: Options, symbols: tuple[str, ...], rate: float, s
     broker, registry = stack
     topic = f"bench.{name}"
     with ExchangeSimulator(symbols, rate=rate / len(symbols), endpoints=2) as exchange:
-        service = ServiceProcess(
-            service_env(broker.bootstrap_servers, registry.url, exchange.urls[0], symbols, topic, options.mode,
-                        exchange.urls[1:]),
-            workdir / f"{name}.log", options.config,
-        )
+        service = start_service(stack, exchange, options, symbols, topic, workdir / f"{name}.log")
         try:
             service.wait_ready()
             time.sleep(2)  # past connection and warm-up
@@ -396,7 +396,7 @@ def _run(options: Options) -> int:
     symbols = symbol_names(options.symbols)
     results: dict = {"options": {**options.__dict__, "output": str(options.output)}, "machine": {"cpus": os.cpu_count()}}
     workdir = Path(tempfile.mkdtemp(prefix="k2actors-bench-"))
-    print(f"tapes and service logs in {workdir}", flush=True)
+    print(f"service logs in {workdir}", flush=True)
     with TansuBroker() as broker, SchemaRegistryDouble() as registry:
         stack = (broker, registry)
         probe = tape_frames(symbols[:1], 20_000)
