@@ -17,6 +17,7 @@ from k2actors.core.normalise import (
     normalise_trade,
     quote_currency,
     screen_event,
+    shape_event,
 )
 
 LIMIT = 65536
@@ -255,6 +256,20 @@ def test_trade_times_far_from_receipt_are_rejected(distance_us, accepted):
     verdict = screen_event(trade, SUBSCRIBED, TRADE_US + distance_us)
     assert (verdict is None) == accepted
     assert accepted or verdict.reason == binance.TIMESTAMP_OUT_OF_RANGE
+
+
+def test_a_streamed_event_is_screened_and_rest_history_is_not():
+    old = parse_frame(envelope(TRADE), LIMIT)
+    late = Delivery("BINANCE", "wss://x/stream", TRADE_US + 2 * MAX_CLOCK_DISTANCE_US)
+    streamed = shape_event(old, late, {}, SUBSCRIBED)
+    assert (streamed.reason, streamed.stream) == (binance.TIMESTAMP_OUT_OF_RANGE, binance.TRADE)
+    stream, record = shape_event(old, late, {}, None)
+    assert (stream, record["source_sequence"]) == (binance.TRADE, 42)
+
+
+def test_a_rejection_from_shaping_names_its_stream():
+    rejected = shape_event(parse_frame(envelope({**TRADE, "p": "0"}), LIMIT), Delivery("BINANCE", "wss://x", TRADE_US), {}, SUBSCRIBED)
+    assert (rejected.reason, rejected.stream) == (binance.NON_POSITIVE_PRICE, binance.TRADE)
 
 
 def test_every_dlq_reason_is_documented():

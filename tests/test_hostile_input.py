@@ -16,15 +16,12 @@ from k2actors.actors.producer import schema_for
 from k2actors.core.binance import (
     EXCHANGE_REASONS,
     STREAM_TYPES,
-    AggTrade,
-    BookTicker,
     Rejected,
     ServerShutdown,
     SubscriptionReply,
-    Trade,
     parse_frame,
 )
-from k2actors.core.normalise import Delivery, normalise_agg_trade, normalise_quote, normalise_trade, screen_event
+from k2actors.core.normalise import SHAPES, Delivery, shape_event
 from k2actors.core.sequence import SequenceTracker, Verdict
 from k2actors.readback import missing_and_duplicates, read_partitions
 from tests.conftest import trade_ids, wait_until
@@ -34,7 +31,6 @@ RECEIVED_US = 1_700_000_000_000_000
 SUBSCRIBED = frozenset({"BTCUSDT", "ETHUSDT"})
 DELIVERY = Delivery("BINANCE", "wss://stream.binance.com:9443/stream", RECEIVED_US)
 SCHEMAS = {stream: fastavro.parse_schema(json.loads(schema_for(stream))) for stream in STREAM_TYPES}
-SHAPES = {Trade: ("trade", normalise_trade), AggTrade: ("aggTrade", normalise_agg_trade), BookTicker: ("bookTicker", normalise_quote)}
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
@@ -117,11 +113,7 @@ def outcome(raw: bytes | str):
     event = parse_frame(raw, LIMIT)
     if type(event) not in SHAPES:
         return event
-    stream, shape = SHAPES[type(event)]
-    record = shape(event, DELIVERY, {})
-    if isinstance(record, Rejected):
-        return record
-    return screen_event(event, SUBSCRIBED, RECEIVED_US) or (stream, record)
+    return shape_event(event, DELIVERY, {}, SUBSCRIBED)
 
 
 def assert_record_or_dead_letter(result) -> None:

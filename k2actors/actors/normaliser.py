@@ -19,21 +19,16 @@ from thespian.actors import Actor, PoisonMessage, WakeupMessage
 from k2actors.actors import TICK, note_poison, report_alive, seconds
 from k2actors.core.binance import (
     AGG_TRADE,
-    BOOK_TICKER,
     ID_REGRESSED,
     INTERNAL_ERROR,
     POISON_MESSAGE,
     TRADE,
-    UNKNOWN_STREAM,
-    AggTrade,
-    BookTicker,
     Rejected,
     ServerShutdown,
     SubscriptionReply,
-    Trade,
     parse_frame,
 )
-from k2actors.core.normalise import Delivery, normalise_agg_trade, normalise_quote, normalise_trade, screen_event
+from k2actors.core.normalise import SHAPES, Delivery, shape_event
 from k2actors.core.sequence import DEDUP_WINDOW_IDS, BatchSequence, StreamSequences, Verdict
 from k2actors.core.telemetry import MetricBuffer
 from k2actors.messages import (
@@ -65,12 +60,6 @@ SUMMARY_EVERY_SECONDS = 60.0
 # garbage is then summarised, not copied into the log (every one is still counted and kept).
 DEAD_LETTERS_LOGGED_PER_REASON = 10
 
-# Per event type: its stream type, how it becomes a record, and its id in the stream's sequence.
-_SHAPES = {
-    Trade: (TRADE, normalise_trade, lambda event: event.trade_id),
-    AggTrade: (AGG_TRADE, normalise_agg_trade, lambda event: event.agg_id),
-    BookTicker: (BOOK_TICKER, normalise_quote, lambda event: event.update_id),
-}
 _GAP_NOUNS = {TRADE: "trades", AGG_TRADE: "aggregate trades"}
 
 
@@ -262,7 +251,7 @@ class Normaliser(Actor):
 
     def _take(self, raw: bytes, delivery: Delivery, now: float, records: list, dead_letters: list) -> None:
         event = parse_frame(raw, self._setup.max_frame_bytes)
-        if type(event) in _SHAPES:
+        if type(event) in SHAPES:
             self._route(self._accept(event, delivery, now), lambda: raw, delivery, records, dead_letters)
         elif isinstance(event, Rejected):
             dead_letters.append(self._dead_letter(raw, event, delivery.endpoint, delivery.received_us))
@@ -301,13 +290,12 @@ class Normaliser(Actor):
 
     def _accept(self, event, delivery: Delivery, now: float, backfilled: bool = False):
         """(stream type, record) to publish, a Rejected for the DLQ, or None (a duplicate)."""
-        stream, shape, event_id = _SHAPES[type(event)]
         # Validate before tracking: an event that cannot be stored must not claim its id.
-        record = shape(event, delivery, self._setup.quote_assets)
-        if not backfilled and not isinstance(record, Rejected):  # history is old by nature; a stream must be timely
-            record = screen_event(event, self._setup.symbols, delivery.received_us) or record
-        if isinstance(record, Rejected):
-            return record if record.stream != UNKNOWN_STREAM else dataclasses.replace(record, stream=stream)
+        shaped = shape_event(event, delivery, self._setup.quote_assets, None if backfilled else self._setup.symbols)
+        if isinstance(shaped, Rejected):
+            return shaped
+        stream, record = shaped
+        _, _, event_id = SHAPES[type(event)]
         if backfilled:
             record["vendor_data"]["backfilled"] = "true"
         else:

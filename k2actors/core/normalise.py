@@ -6,6 +6,7 @@ schema's decimal(18, 8), never floats.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import uuid
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from k2actors.core.binance import (
     NON_POSITIVE_PRICE,
     NON_POSITIVE_QUANTITY,
     TIMESTAMP_OUT_OF_RANGE,
+    TRADE,
+    UNKNOWN_STREAM,
     UNSUBSCRIBED_SYMBOL,
     AggTrade,
     BookTicker,
@@ -196,3 +199,27 @@ def normalise_quote(book: BookTicker, delivery: Delivery, quote_assets: Mapping[
         "ingestion_timestamp": delivery.received_us,
         "vendor_data": {"stream": BOOK_TICKER, "endpoint": delivery.endpoint},
     }
+
+
+# Each exchange event type: its stream type, how it becomes a record, and its sequence id.
+SHAPES = {
+    Trade: (TRADE, normalise_trade, lambda event: event.trade_id),
+    AggTrade: (AGG_TRADE, normalise_agg_trade, lambda event: event.agg_id),
+    BookTicker: (BOOK_TICKER, normalise_quote, lambda event: event.update_id),
+}
+
+
+def shape_event(
+    event: Trade | AggTrade | BookTicker, delivery: Delivery, quote_assets: Mapping[str, str],
+    subscribed: frozenset[str] | None,
+) -> tuple[str, dict] | Rejected:
+    """(stream type, record) for an exchange event, or why it is refused, the Rejected naming
+    its stream. A streamed event is also screened against `subscribed` and its receipt time;
+    REST history (`subscribed` None) is old by nature and asked for by symbol, so it is not."""
+    stream, shape, _ = SHAPES[type(event)]
+    record = shape(event, delivery, quote_assets)
+    if subscribed is not None and not isinstance(record, Rejected):
+        record = screen_event(event, subscribed, delivery.received_us) or record
+    if isinstance(record, Rejected):
+        return record if record.stream != UNKNOWN_STREAM else dataclasses.replace(record, stream=stream)
+    return stream, record
