@@ -71,7 +71,9 @@ def run_demo(config: Config, duration: float | None, rate: float) -> int:
             f"k2actors demo: exchange simulator {exchange.urls[0]} ({rate:g} trades/s per symbol), "
             f"Kafka {broker.bootstrap_servers}, Schema Registry {registry.url}, "
             f"metrics http://127.0.0.1:{demo.metrics.port}/metrics\n"
-            f"Topic {demo.kafka.topic}. " + (f"Stopping after {duration:g} s." if duration else "Ctrl-C to stop."),
+            f"Topic {demo.kafka.topic}. " + (f"Stopping after {duration:g} s." if duration else "Ctrl-C to stop.") + "\n"
+            f"Its trades, from another terminal: K2_KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers} "
+            f"K2_KAFKA_SCHEMA_REGISTRY_URL={registry.url} python -m k2actors tail",
             flush=True,
         )
         stop = threading.Event()

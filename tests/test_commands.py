@@ -1,6 +1,7 @@
 """`demo` and `tail` as a new user would run them."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -23,6 +24,27 @@ def test_demo_runs_offline_and_stops_cleanly():
     assert delivered[-1] > delivered[0] and delivered[-1] > 0
     assert "every trade received was delivered" in result.stderr
     assert "exchangeInfo from BINANCE: quote assets of 3 symbols" in result.stderr  # from the simulator, offline
+
+
+def test_the_demo_says_how_to_tail_its_trades_and_that_works():
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "k2actors", "demo", "--duration", "20"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO,
+    )
+    try:
+        hint = next(line for line in demo.stdout if "python -m k2actors tail" in line)
+        command = hint.split(": ", 1)[1].split()
+        env = dict(assignment.split("=", 1) for assignment in command if "=" in assignment)
+        assert command[len(env):] == ["python", "-m", "k2actors", "tail"]
+        tail = subprocess.run(
+            [sys.executable, "-m", "k2actors", "tail", "--from-beginning", "--max", "3"],
+            capture_output=True, text=True, timeout=60, cwd=REPO, env={**os.environ, **env},
+        )
+        assert tail.returncode == 0, tail.stderr[-2000:]
+        assert len(re.findall(r"USDT +(BUY|SELL) ", tail.stdout)) == 3
+    finally:
+        demo.terminate()
+        demo.wait(30)
 
 
 def test_tail_prints_trades_from_the_topic(start_service, broker, topic):
