@@ -1,12 +1,14 @@
 """Reading a topic back to check it: every record now in it, and its trade ids per symbol.
 
 The benchmark and the tests prove "nothing lost, nothing duplicated" with these. Reads by
-partition assignment, without a consumer group, up to the end offsets seen at the start.
+partition assignment, without a consumer group, up to the end offsets seen at the start;
+a read that stalls raises rather than coming back short.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 from confluent_kafka import Consumer, Message, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
@@ -16,36 +18,51 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 def read_partitions(bootstrap: str, topic: str, timeout: float = 10.0) -> list[Message]:
     """Every record now in `topic`."""
+    return list(_messages(bootstrap, topic, timeout))
+
+
+def records(bootstrap: str, registry_url: str, topic: str, timeout: float = 10.0) -> list[dict]:
+    """Every record now in `topic`, decoded through the registry, in offset order per partition."""
+    return list(_decoded(bootstrap, registry_url, topic, timeout))
+
+
+def trade_ids(bootstrap: str, registry_url: str, topic: str, timeout: float = 10.0) -> dict[str, list[int]]:
+    """The trade ids in `topic` per symbol, in offset order, decoded through the registry.
+    Only the ids are kept: a soak's millions of records never sit in memory at once."""
+    ids: dict[str, list[int]] = {}
+    for record in _decoded(bootstrap, registry_url, topic, timeout):
+        ids.setdefault(record["symbol"], []).append(record["source_sequence"])
+    return ids
+
+
+def _decoded(bootstrap: str, registry_url: str, topic: str, timeout: float) -> Iterator[dict]:
+    deserialize = AvroDeserializer(SchemaRegistryClient({"url": registry_url}))
+    context = SerializationContext(topic, MessageField.VALUE)
+    for message in _messages(bootstrap, topic, timeout):
+        yield deserialize(message.value(), context)
+
+
+def _messages(bootstrap: str, topic: str, timeout: float) -> Iterator[Message]:
+    """Every record now in `topic`, as it is read. A read that stalls for `timeout` seconds
+    raises: a short read must never pass for records missing from the topic."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "k2actors-readback", "enable.auto.commit": False})
     try:
         metadata = consumer.list_topics(topic, timeout=10).topics[topic]
         ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in metadata.partitions}
         consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-        remaining, records = sum(ends.values()), []
+        remaining = sum(ends.values())
         deadline = time.monotonic() + timeout
-        while remaining > 0 and time.monotonic() < deadline:
+        while remaining > 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic} back: {remaining} of {sum(ends.values())} records "
+                                   f"not read, none arrived for {timeout:.0f} s")
             for message in consumer.consume(10_000, 0.5):
                 if message.error() is None:
-                    records.append(message)
                     remaining -= 1
-        return records
+                    deadline = time.monotonic() + timeout
+                    yield message
     finally:
         consumer.close()
-
-
-def records(bootstrap: str, registry_url: str, topic: str, timeout: float = 10.0) -> list[dict]:
-    """Every record now in `topic`, decoded through the registry, in offset order per partition."""
-    deserialize = AvroDeserializer(SchemaRegistryClient({"url": registry_url}))
-    context = SerializationContext(topic, MessageField.VALUE)
-    return [deserialize(message.value(), context) for message in read_partitions(bootstrap, topic, timeout)]
-
-
-def trade_ids(bootstrap: str, registry_url: str, topic: str, timeout: float = 10.0) -> dict[str, list[int]]:
-    """The trade ids in `topic` per symbol, in offset order, decoded through the registry."""
-    ids: dict[str, list[int]] = {}
-    for record in records(bootstrap, registry_url, topic, timeout):
-        ids.setdefault(record["symbol"], []).append(record["source_sequence"])
-    return ids
 
 
 def missing_and_duplicates(

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+from k2actors.bench import _slope
 from tests.conftest import REPO
 
 
@@ -12,7 +13,7 @@ def test_a_short_benchmark_reports_every_figure_and_loses_nothing(tmp_path):
     output = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, "benchmarks/run.py", "--symbols", "2", "--rates", "300", "--duration", "4",
-         "--connections", "2", "--output", str(output)],
+         "--connections", "2", "--soak", "0.5", "--soak-rate", "300", "--output", str(output)],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -25,9 +26,20 @@ def test_a_short_benchmark_reports_every_figure_and_loses_nothing(tmp_path):
     assert phase["offered_rate"] == 300 and phase["records"] > 0
     assert (phase["missing"], phase["duplicates"]) == (0, 0)
     assert phase["receive_to_ack_p50_ms"] <= phase["receive_to_ack_p99_ms"] <= phase["receive_to_ack_p99_9_ms"]
+    soak = figures["soak"]
+    assert (soak["missing"], soak["duplicates"]) == (0, 0) and soak["records"] > 0
+    assert len(soak["memory_samples"]) >= 2 and soak["memory_end_bytes"] == soak["memory_samples"][-1][1] > 0
+    assert {"memory_slope_bytes_per_minute", "memory_slope_second_half_bytes_per_minute"} <= soak.keys()
     # more symbols than one connection carries: the tape reaches each by its subscriptions
     assert [(p["connections"], p["symbols"]) for p in figures["scaling"]] == [(1, 1024), (2, 2048)]
     for phase in figures["scaling"]:
         assert (phase["missing"], phase["duplicates"], phase["records"]) == (0, 0, phase["trades"])
         assert phase["rate"] > 0 and 0 < phase["machine_cpu_busy"] <= 1
-    assert "| pipeline sustained rate" in result.stdout and "trades missing / duplicated (all phases) | 0 / 0 |" in result.stdout
+    assert "| pipeline sustained rate" in result.stdout and "| soak at 300/s" in result.stdout and "trades missing / duplicated (all phases) | 0 / 0 |" in result.stdout
+
+
+def test_the_memory_slope_is_the_least_squares_slope():
+    assert _slope([(0, 10), (1, 12), (2, 14), (3, 16)]) == 2
+    assert _slope([(0, 5), (1, 7), (2, 5), (3, 7)]) == 0.4  # noisy but level-ish: small, not zero
+    assert _slope([(0, 9), (10, 9), (20, 9)]) == 0
+    assert _slope([(0, 9)]) == 0  # one sample: no trend to speak of

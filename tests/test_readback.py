@@ -1,0 +1,28 @@
+"""The readback that proves "nothing lost, nothing duplicated" must never come back short
+and pass for a loss: a read that stalls raises."""
+
+import pytest
+from confluent_kafka import Producer
+
+from k2actors.readback import read_partitions
+
+
+def test_a_read_that_stalls_raises_instead_of_coming_back_short(broker, topic):
+    # A transaction's commit marker takes an offset that no consumer ever receives, so the
+    # end offset promises one record more than can be read.
+    producer = Producer({"bootstrap.servers": broker.bootstrap_servers, "transactional.id": f"{topic}-readback"})
+    producer.init_transactions(10)
+    producer.begin_transaction()
+    producer.produce(topic, b"only record", key=b"k")
+    producer.commit_transaction(10)
+    with pytest.raises(TimeoutError, match=f"reading {topic} back: 1 of 2 records not read"):
+        read_partitions(broker.bootstrap_servers, topic, timeout=2)
+
+
+def test_a_complete_read_returns_every_record(broker, topic):
+    producer = Producer({"bootstrap.servers": broker.bootstrap_servers})
+    for index in range(5):
+        producer.produce(topic, str(index).encode(), key=str(index).encode())
+    assert producer.flush(10) == 0
+    assert sorted(message.value() for message in read_partitions(broker.bootstrap_servers, topic, timeout=2)) == [
+        b"0", b"1", b"2", b"3", b"4"]
