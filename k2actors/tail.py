@@ -7,9 +7,12 @@ starts at once.
 from __future__ import annotations
 
 import json
+import logging
+import re
 import signal
 import sys
 import threading
+import time
 from datetime import datetime
 from decimal import Decimal
 
@@ -44,9 +47,39 @@ def readable(record: dict) -> str:
     )
 
 
+# librdkafka's suffix that makes each retry's line differ from the last one's.
+_RETRY_TIMING = re.compile(r" \(after \d+ms in state \w+(, \d+ identical error\(s\) suppressed)?\)$")
+REPEAT_AFTER_SECONDS = 60.0
+
+
+class _LibrdkafkaLines(logging.Handler):
+    """librdkafka's own log lines. An absent broker brings about twenty a second, all alike.
+    Until the topic is found they are only kept, and the last one is the reason tail gives.
+    Once records stream, each distinct line is printed at most once a minute, so that a
+    broker lost meanwhile is not mistaken for a quiet market."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last = ""
+        self.printing = False
+        self._printed_at: dict[str, float] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.last = record.getMessage().rpartition("]: ")[2]
+        text, now = _RETRY_TIMING.sub("", self.last), time.monotonic()
+        if self.printing and now - self._printed_at.get(text, -REPEAT_AFTER_SECONDS) >= REPEAT_AFTER_SECONDS:
+            self._printed_at[text] = now
+            print(f"k2actors tail: kafka: {text}", file=sys.stderr, flush=True)
+
+
 def run_tail(config: Config, topic: str | None, from_beginning: bool, max_records: int | None, as_json: bool) -> int:
     topic = topic or config.kafka.topic
-    consumer = Consumer({**kafka_settings(config.kafka), "group.id": "k2actors-tail", "enable.auto.commit": False})
+    lines = _LibrdkafkaLines()
+    librdkafka_log = logging.Logger("k2actors.tail.librdkafka")
+    librdkafka_log.addHandler(lines)
+    consumer = Consumer({
+        **kafka_settings(config.kafka), "group.id": "k2actors-tail", "enable.auto.commit": False, "logger": librdkafka_log,
+    })
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -54,12 +87,20 @@ def run_tail(config: Config, topic: str | None, from_beginning: bool, max_record
         try:
             metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
         except KafkaException as exc:
-            print(f"k2actors tail: cannot reach Kafka at {config.kafka.bootstrap_servers}: {exc.args[0].str()}", file=sys.stderr)
+            consumer.poll(0)  # serves the log lines queued meanwhile
+            reason = f" ({lines.last})" if lines.last else ""
+            print(f"k2actors tail: cannot reach Kafka at {config.kafka.bootstrap_servers}: {exc.args[0].str()}{reason}",
+                  file=sys.stderr)
             return 1
         if metadata is None or metadata.error is not None or not metadata.partitions:
             print(f"k2actors tail: topic {topic} not found at {config.kafka.bootstrap_servers}", file=sys.stderr)
             return 1
+        lines.printing = True
         start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+        # On stderr, so stdout stays records only: a quiet topic then still shows tail is working.
+        partitions = len(metadata.partitions)
+        print(f"k2actors tail: reading {topic} ({partitions} partition{'s' if partitions > 1 else ''}) from the "
+              f"{'oldest' if from_beginning else 'newest'} record; Ctrl-C stops", file=sys.stderr, flush=True)
         consumer.assign([TopicPartition(topic, p, start) for p in metadata.partitions])
         decode = AvroDeserializer(SchemaRegistryClient(registry_settings(config.kafka)))
         context = SerializationContext(topic, MessageField.VALUE)
