@@ -50,11 +50,11 @@ def _messages(bootstrap: str, topic: str, timeout: float) -> Iterator[Message]:
         metadata = consumer.list_topics(topic, timeout=10).topics[topic]
         ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in metadata.partitions}
         consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-        remaining = sum(ends.values())
+        total = remaining = sum(ends.values())
         deadline = time.monotonic() + timeout
         while remaining > 0:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic} back: {remaining} of {sum(ends.values())} records "
+                raise TimeoutError(f"reading {topic} back: {remaining} of {total} records "
                                    f"not read, none arrived for {timeout:.0f} s")
             for message in consumer.consume(10_000, 0.5):
                 if message.error() is None:
