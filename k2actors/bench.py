@@ -39,7 +39,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from prometheus_client.parser import text_string_to_metric_families
 
 from k2actors import processes
-from k2actors.actors.producer import producer_settings, schema_for
+from k2actors.outlets import producer_settings, schema_for
 from k2actors.config import KafkaConfig
 from k2actors.core.binance import MAX_STREAMS_PER_CONNECTION, parse_frame
 from k2actors.core.normalise import Delivery, normalise_trade

@@ -7,9 +7,20 @@ actors is best effort: the receiver notices a batch that never came.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+from thespian.actors import ActorAddress
 
 from k2actors.config import Config, Endpoint, KafkaConfig
+from k2actors.core.binance import Rejected, Trade
+from k2actors.core.reasons import EndReason
+
+# A K2 v2 record as the Avro serializer takes it (TradeV2 or QuoteV2).
+Record = dict[str, Any]
+# (stream type, venue, symbol) -> the highest id of that stream handed to Kafka.
+LastIds = Mapping[tuple[str, str, str], int]
 
 # --- service (main process) <-> FailoverCoordinator ---
 
@@ -17,7 +28,7 @@ from k2actors.config import Config, Endpoint, KafkaConfig
 @dataclass(frozen=True)
 class StartPipeline:
     config: Config
-    quote_assets: dict  # symbol -> quote asset, from exchangeInfo; may be empty
+    quote_assets: Mapping[str, str]  # symbol -> quote asset, from exchangeInfo; may be empty
     service_pid: int  # the service's main process: when it is gone, the actor system must go too
 
 
@@ -72,26 +83,26 @@ class SetupFailed:
 class ProducerSetup:
     kafka: KafkaConfig
     streams: tuple[str, ...]  # binance.streams: each has its topic and schema subject
-    metrics: object  # ActorAddress
+    metrics: ActorAddress
 
 
 @dataclass(frozen=True)
 class NormaliserSetup:
-    producer: object
-    metrics: object
+    producer: ActorAddress
+    metrics: ActorAddress
     gap_grace_seconds: float
     symbols: frozenset[str]  # subscribed; a trade of any other symbol is a dead letter
-    backfill: object | None  # the BackfillActor, when binance.backfill is on
-    quote_assets: dict
+    backfill: ActorAddress | None  # the BackfillActor, when binance.backfill is on
+    quote_assets: Mapping[str, str]
     max_buffered_records: int
     max_frame_bytes: int
 
 
 @dataclass(frozen=True)
 class BackfillSetup:
-    normaliser: object
-    metrics: object
-    rest_urls: dict  # venue -> REST base URL
+    normaliser: ActorAddress
+    metrics: ActorAddress
+    rest_urls: Mapping[str, str]  # venue -> REST base URL
     tls_ca_file: str
     tls_verify: bool
 
@@ -115,8 +126,8 @@ class BackfilledTrades:
     symbol: str
     url: str
     received_us: int
-    trades: tuple
-    rejected: tuple
+    trades: tuple[Trade, ...]
+    rejected: tuple[tuple[bytes, Rejected], ...]  # (the row as JSON, why it is no trade)
 
     def __repr__(self) -> str:
         return f"BackfilledTrades({self.venue} {self.symbol}, {len(self.trades)} trades, {len(self.rejected)} rejected)"
@@ -132,8 +143,8 @@ class ConnectionSetup:
     max_buffered_frames: int
     tls_ca_file: str
     tls_verify: bool
-    normaliser: object
-    metrics: object
+    normaliser: ActorAddress
+    metrics: ActorAddress
 
 
 @dataclass(frozen=True)
@@ -157,7 +168,7 @@ class Rotate:
 class Drain:
     """Finish every batch up to these sequence numbers (per endpoint URL), then flush."""
 
-    last_batches: dict
+    last_batches: Mapping[str, int]
 
 
 @dataclass(frozen=True)
@@ -170,7 +181,8 @@ class Flush:
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """Every child, every second: silence means it is hung or was killed without a word."""
+    """Every child, at least once a second while its message loop turns (a busy child beats
+    between data messages, never behind them): silence means it is hung or was killed."""
 
     pid: int
 
@@ -183,7 +195,8 @@ class ConnectionOpened:
 @dataclass(frozen=True)
 class ConnectionClosed:
     url: str
-    reason: str
+    reason: EndReason
+    detail: str
     was_streaming: bool
 
 
@@ -255,7 +268,7 @@ class DeadLetter:
 @dataclass(frozen=True, repr=False)
 class RecordBatch:
     seq: int
-    records: tuple[tuple[str, dict], ...]  # (stream type, record): the stream type picks topic and schema
+    records: tuple[tuple[str, Record], ...]  # (stream type, record): the stream type picks topic and schema
     dead_letters: tuple[DeadLetter, ...]
 
     def __repr__(self) -> str:
@@ -277,7 +290,7 @@ class SequenceQuery:
 
 @dataclass(frozen=True)
 class SequenceState:
-    last_ids: dict  # (stream type, venue, symbol) -> highest id (trade, aggregate, update) handed to Kafka
+    last_ids: LastIds
 
 
 # --- to the MetricsActor (MetricDeltas lives in core.telemetry) ---
@@ -296,4 +309,4 @@ class ComponentStatus:
 class CoordinatorAlive:
     """Input to /health: the coordinator's heartbeat, with the process of every actor."""
 
-    pids: dict  # role -> pid
+    pids: Mapping[str, int]  # role (or service, actor_system, coordinator) -> pid

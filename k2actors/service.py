@@ -11,7 +11,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from typing import Callable
+from collections.abc import Callable
 
 from thespian.actors import ActorSystem
 
@@ -73,7 +73,7 @@ class Pipeline:
         self._system: ActorSystem | None = None
         self._coordinator = None
 
-    def start(self) -> "Pipeline":
+    def start(self) -> Pipeline:
         # Actor processes are forked from here: they must not take a terminal's Ctrl-C, which
         # is for this process to turn into an orderly stop.
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)

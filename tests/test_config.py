@@ -16,7 +16,7 @@ from k2actors.config import (
     load_config,
     venue_of,
 )
-from k2actors.actors.producer import producer_settings
+from k2actors.outlets import producer_settings
 from k2actors.clients import kafka_settings, registry_settings
 from tests.conftest import REPO
 

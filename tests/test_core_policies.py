@@ -3,7 +3,6 @@ import pytest
 from k2actors.core.backoff import backoff_delay
 from k2actors.core.breaker import BreakerState, CircuitBreaker
 from k2actors.core.failover import Attempt, DarkDeadline, FailoverPolicy
-from k2actors.core.reasons import reason_label
 from k2actors.core.sequence import DEDUP_WINDOW_IDS, BatchSequence, Gap, LatestUpdate, SequenceTracker, StreamSequences, Verdict
 from k2actors.core.telemetry import CATALOGUE, MetricBuffer, MetricDeltas
 
@@ -190,16 +189,6 @@ def test_dark_deadline_resets_once_anything_streams():
     assert not deadline.expired(100, streaming=False, circuit_open=True)
     assert not deadline.expired(159, streaming=False, circuit_open=True)
     assert deadline.expired(160, streaming=False, circuit_open=True)
-
-
-@pytest.mark.parametrize(
-    "reason, label",
-    [("connect failed: ConnectionRefusedError", "connect_failed"), ("stale: no frame for 3.0 s", "stale"),
-     ("server closed the connection (code 1008)", "server_closed"), ("connection lost without a close frame", "connection_lost"),
-     ("something odd", "other")],
-)
-def test_reason_labels_are_bounded(reason, label):
-    assert reason_label(reason) == label
 
 
 def test_metric_buffer_accumulates_and_empties():

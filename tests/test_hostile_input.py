@@ -11,8 +11,8 @@ import fastavro
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from k2actors.actors.normaliser import DEAD_LETTERS_LOGGED_PER_REASON
-from k2actors.actors.producer import schema_for
+from k2actors.core.ledger import DEAD_LETTERS_LOGGED_PER_REASON
+from k2actors.outlets import schema_for
 from k2actors.core.binance import (
     EXCHANGE_REASONS,
     STREAM_TYPES,

@@ -149,7 +149,7 @@ def test_kafka_sasl_settings_reach_the_broker_and_the_password_no_log_line(start
 def test_librdkafka_accepts_every_security_setting_the_config_can_produce(ca_file, tmp_path, ca):
     """mTLS and SASL_SSL settings as the service builds them: librdkafka loads the files and
     takes every key (an unknown key or unreadable file fails at construction)."""
-    from k2actors.actors.producer import producer_settings
+    from k2actors.outlets import producer_settings
     from k2actors.config import load_config
 
     client = ca.issue_cert("k2actors-client")

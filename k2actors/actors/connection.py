@@ -1,14 +1,13 @@
-"""ConnectionActor: one websocket to one endpoint; where a trade enters the service.
+"""ConnectionActor: one websocket per 1024 streams to one endpoint; where a trade enters.
 
-A reader thread blocks on the socket (websocket-client answers every ping with the same
+A reader thread blocks on each socket (websocket-client answers every ping with the same
 payload) and stamps each frame with its receive time. It wakes the actor through a pipe
-that the actor watches with ThespianWatch, so the actor never blocks and batches form by
-themselves: whatever arrived since the last wake-up goes to the Normaliser as one RawBatch.
+the actor watches with ThespianWatch, so the actor never blocks and batches form by
+themselves. The flow window, the watchdog and rotation are k2actors.core.link's.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import socket
@@ -17,24 +16,23 @@ import threading
 import time
 
 import websocket
-from thespian.actors import (
-    Actor,
-    ActorExitRequest,
-    PoisonMessage,
-    ThespianWatch,
-    WakeupMessage,
-    WatchMessage,
-)
+from thespian.actors import ActorAddress, ThespianWatch, WatchMessage
 
-from k2actors.actors import TICK, note_poison, report_alive, seconds
+from k2actors.actors.shell import Supervised
 from k2actors.clients import exchange_tls
-from k2actors.core.binance import (
-    SUBSCRIBE_INTERVAL_SECONDS,
-    SubscriptionPlan,
-    connection_plans,
+from k2actors.core.binance import SUBSCRIBE_INTERVAL_SECONDS, SubscriptionPlan, connection_plans
+from k2actors.core.link import (
+    Drop,
+    FlowWindow,
+    Frame,
+    ReadingPaused,
+    Retire,
+    Rotation,
+    RotationCompleted,
+    RotationFailed,
+    silent_for,
 )
-from k2actors.core.reasons import reason_label
-from k2actors.core.telemetry import MetricBuffer
+from k2actors.core.reasons import ConnectionEnd, EndReason
 from k2actors.messages import (
     Connect,
     ConnectionClosed,
@@ -50,41 +48,36 @@ from k2actors.messages import (
 
 log = logging.getLogger("k2actors.connection")
 
-MAX_BATCH_FRAMES = 5000
-# RawBatches sent but not yet taken by the Normaliser. With the window full, frames wait
-# here and leave together in the next batch: under load batches grow by themselves, and the
-# actor never floods a mailbox (a flooded mailbox delays even its heartbeats).
-WINDOW_BATCHES = 4
 CONNECT_TIMEOUT_SECONDS = 10
 
 
 class _Reader(threading.Thread):
     """Reads one websocket connection until it ends; hands frames over under a lock."""
 
-    def __init__(self, plan: SubscriptionPlan, wake_fd: int, room: threading.Event, tls: ssl.SSLContext):
+    def __init__(self, plan: SubscriptionPlan, wake_fd: int, reading: threading.Event, tls: ssl.SSLContext):
         super().__init__(name="ws-reader", daemon=True)
         self._plan = plan
         self._tls = tls
-        self._room = room  # cleared while the actor's backlog is full: stop reading, let TCP push back
+        self._reading = reading  # cleared while the actor's backlog is full: let TCP push back
         self._wake_fd = wake_fd
         self._lock = threading.Lock()
-        self._frames: list[tuple[int, bytes]] = []
+        self._frames: list[Frame] = []
         self._signalled = False
         self._socket: websocket.WebSocket | None = None
-        self._close_reason: str | None = None
+        self._closed_here: ConnectionEnd | None = None
         self.opened = False
         self.opened_at = 0.0
-        self.streamed = False  # at least one data frame arrived
-        self.ended_reason: str | None = None
+        self.streamed = False
+        self.ended: ConnectionEnd | None = None
         self.last_frame_at = time.monotonic()
 
-    def take(self) -> list[tuple[int, bytes]]:
+    def take(self) -> list[Frame]:
         with self._lock:
             frames, self._frames, self._signalled = self._frames, [], False
             return frames
 
-    def close(self, reason: str) -> None:
-        self._close_reason = self._close_reason or reason
+    def close(self, end: ConnectionEnd) -> None:
+        self._closed_here = self._closed_here or end
         ws = self._socket
         if ws is not None and ws.sock is not None:
             try:
@@ -99,29 +92,29 @@ class _Reader(threading.Thread):
                 sslopt={"context": self._tls},
             )
         except Exception as exc:  # every failure to connect is reported, whatever its type
-            self._end(f"connect failed: {_describe(exc)}")
+            self._end(ConnectionEnd(EndReason.CONNECT_FAILED, f"connect failed: {_describe(exc)}"))
             return
         ws.settimeout(None)
         self._socket = ws
-        if self._close_reason:
+        if self._closed_here:
             ws.close()
-            self._end(self._close_reason)
+            self._end(self._closed_here)
             return
         self.opened = True
         self.opened_at = self.last_frame_at = time.monotonic()
         self._wake()
         self._end(self._read(ws))
 
-    def _read(self, ws: websocket.WebSocket) -> str:
+    def _read(self, ws: websocket.WebSocket) -> ConnectionEnd:
         try:
             for index, message in enumerate(self._plan.subscribe_messages):
                 if index:
                     time.sleep(SUBSCRIBE_INTERVAL_SECONDS)  # frames wait in the socket meanwhile
                 ws.send(message)
             while True:
-                while not self._room.wait(0.5):
-                    if self._close_reason:
-                        return self._close_reason
+                while not self._reading.wait(0.5):
+                    if self._closed_here:
+                        return self._closed_here
                 opcode, frame = ws.recv_data_frame(True)
                 received_us = time.time_ns() // 1000
                 self.last_frame_at = time.monotonic()
@@ -134,14 +127,20 @@ class _Reader(threading.Thread):
                             self._signalled = True
                             os.write(self._wake_fd, b"f")
                 elif opcode == websocket.ABNF.OPCODE_CLOSE:
-                    return self._close_reason or f"server closed the connection ({_close_code(frame.data)})"
+                    return self._unless_closed_here(EndReason.SERVER_CLOSED, f"server closed the connection ({_close_code(frame.data)})")
+        except websocket.WebSocketConnectionClosedException:
+            return self._unless_closed_here(EndReason.CONNECTION_LOST, "connection lost without a close frame")
         except Exception as exc:
-            return self._close_reason or _describe(exc)
+            return self._unless_closed_here(EndReason.OTHER, _describe(exc))
         finally:
             ws.shutdown()
 
-    def _end(self, reason: str) -> None:
-        self.ended_reason = reason
+    def _unless_closed_here(self, reason: EndReason, detail: str) -> ConnectionEnd:
+        """Closing a socket here makes it fail on the reader's side: the closer's reason stands."""
+        return self._closed_here or ConnectionEnd(reason, detail)
+
+    def _end(self, end: ConnectionEnd) -> None:
+        self.ended = end
         self._wake()
 
     def _wake(self) -> None:
@@ -149,90 +148,14 @@ class _Reader(threading.Thread):
 
 
 def _describe(exc: Exception) -> str:
-    if isinstance(exc, websocket.WebSocketConnectionClosedException):
-        return "connection lost without a close frame"
-    return f"{type(exc).__name__}: {exc}"[:300] or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}"[:300]
 
 
 def _close_code(data: bytes) -> str:
     return f"code {int.from_bytes(data[:2], 'big')}" if len(data) >= 2 else "no code"
 
 
-class _Link:
-    """One websocket connection's worth of streams. During a make-before-break rotation two
-    readers are live: the current one streams until its successor has delivered a frame,
-    then retires."""
-
-    def __init__(self, plan: SubscriptionPlan, wake_fd: int, room: threading.Event, tls: ssl.SSLContext):
-        self._plan = plan
-        self._wake_fd = wake_fd
-        self._room = room
-        self._tls = tls
-        self.reader = self._open()
-        self.successor: _Reader | None = None
-        self.retiring: list[_Reader] = []
-        self.rotation_reason = ""
-        self._leftover: list[tuple[int, bytes]] = []  # frames of readers dropped since the last take
-
-    def _open(self) -> _Reader:
-        reader = _Reader(self._plan, self._wake_fd, self._room, self._tls)
-        reader.start()
-        return reader
-
-    def readers(self) -> list[_Reader]:
-        return [r for r in (*self.retiring, self.reader, self.successor) if r is not None]
-
-    def take(self) -> list[tuple[int, bytes]]:
-        """Oldest reader first, so that each batch keeps the order in which frames were sent."""
-        frames, self._leftover = self._leftover, []
-        for reader in self.readers():
-            frames.extend(reader.take())
-        return frames
-
-    def _drop(self, reader: _Reader) -> None:
-        reader.join()  # it set ended_reason as its last act: the join is immediate
-        self._leftover.extend(reader.take())
-
-    def rotate(self, reason: str) -> bool:
-        if not self.reader.opened or self.reader.ended_reason is not None or self.successor is not None:
-            return False
-        self.rotation_reason = reason
-        self.successor = self._open()
-        return True
-
-    def settle(self) -> str | None:
-        """Retire what has ended; promote a successor that streams. Returns the rotation
-        reason when a rotation completed just now."""
-        for reader in [r for r in self.retiring if r.ended_reason is not None]:
-            self._drop(reader)
-            self.retiring.remove(reader)
-        successor = self.successor
-        if successor is not None and successor.streamed:
-            self.reader.close(f"rotated: {self.rotation_reason}")
-            self.retiring.append(self.reader)
-            self.reader, self.successor = successor, None
-            return self.rotation_reason
-        if successor is not None and successor.ended_reason is not None:
-            self._drop(successor)
-            log.warning("replacement connection failed (%s); keeping the current one", successor.ended_reason,
-                        extra={"event": "rotation_failed", "reason": successor.ended_reason})
-            self.successor = None
-        elif self.reader.ended_reason is not None and successor is not None:
-            # The old connection went first (a serverShutdown does that): the successor takes over.
-            self._drop(self.reader)
-            self.reader, self.successor = successor, None
-        return None
-
-    def close(self, reason: str) -> None:
-        for reader in self.readers():
-            reader.close(reason)
-
-    def join(self) -> None:
-        for reader in self.readers():
-            reader.join(timeout=CONNECT_TIMEOUT_SECONDS)
-
-
-class ConnectionActor(Actor):
+class ConnectionActor(Supervised[ConnectionSetup]):
     """Owns the connections to one endpoint URL: one per MAX_STREAMS_PER_CONNECTION symbols.
 
     They stream, fail and are reported as one: if any of them ends, all are closed and the
@@ -240,175 +163,166 @@ class ConnectionActor(Actor):
     the Normaliser drops rotation overlaps as duplicates.
     """
 
+    SETUP = ConnectionSetup
+
     def __init__(self) -> None:
         super().__init__()
-        self._parent_pid = os.getppid()
-        self._setup: ConnectionSetup | None = None
-        self._coordinator = None
-        self._links: list[_Link] = []
+        self._links: list[Rotation[_Reader]] = []
+        self._leftover: list[Frame] = []  # frames of readers dropped since the last take
         self._reported_open = False
-        self._connect_pending = False  # Connect overtook ConnectionSetup: delivery order is not guaranteed
         self._wake_r, self._wake_w = os.pipe()
-        self._seq = 0
-        self._taken = 0  # the last RawBatch seq the Normaliser has taken
-        self._backlog: collections.deque[tuple[int, bytes]] = collections.deque()  # waiting for room in the window
-        self._room = threading.Event()  # set while the backlog has room: the readers read
-        self._room.set()
-        self._metrics = MetricBuffer()
+        self._flow = FlowWindow(0)
+        self._plans: list[SubscriptionPlan] = []  # one per link
+        self._reading = threading.Event()  # set while the readers may read
+        self._reading.set()
+        self._tls = ssl.create_default_context()
 
-    def receiveMessage(self, message, sender):
-        if isinstance(message, WatchMessage):
-            os.read(self._wake_r, 65536)
-            self._report_state()  # it forwards the frames too, once readers that ended are settled
-        elif isinstance(message, WakeupMessage):
-            self._on_tick()
-        elif isinstance(message, RawBatchTaken):
-            self._taken = max(self._taken, message.seq)
-            self._forward_frames()
-        elif isinstance(message, ConnectionSetup):
-            first = self._setup is None
-            if first or message.normaliser != self._setup.normaliser:
-                self._taken = self._seq  # a new Normaliser: nothing is in flight to it
-            self._setup, self._coordinator = message, sender
-            if first:
-                self.wakeupAfter(seconds(1), TICK)
-            if self._connect_pending:
-                self._connect()
-        elif isinstance(message, Connect):
-            self._connect()
-        elif isinstance(message, Rotate):
-            self._rotate(message.reason)
-        elif isinstance(message, StopReading):
-            self._stop_reading(sender)
-        elif isinstance(message, PoisonMessage):
-            self._on_poison(message)
-        elif isinstance(message, ActorExitRequest):
-            for link in self._links:
-                link.close("actor exiting")
+    @property
+    def _url(self) -> str:
+        return self.setup.endpoint.url
+
+    def metrics_address(self) -> ActorAddress:
+        return self.setup.metrics
+
+    def configure(self, previous: ConnectionSetup | None) -> None:
+        if previous is None:
+            self._flow = FlowWindow(self.setup.max_buffered_frames)
+            self._tls = exchange_tls(self.setup.tls_ca_file, self.setup.tls_verify)
+        elif previous.normaliser != self.setup.normaliser:
+            self._flow.new_receiver()
+
+    def watched(self) -> ThespianWatch:
         return ThespianWatch([self._wake_r])
 
-    def _connect(self) -> None:
-        self._connect_pending = self._setup is None
-        if self._connect_pending or self._links:
+    def receiveMsg_WatchMessage(self, message: WatchMessage, sender: ActorAddress) -> None:
+        os.read(self._wake_r, 65536)
+        if self._setup is not None:
+            self._settle()
+
+    def receiveMsg_RawBatchTaken(self, message: RawBatchTaken, sender: ActorAddress) -> None:
+        self._flow.taken(message.seq)
+        self._forward_frames()
+
+    def receiveMsg_Connect(self, message: Connect, sender: ActorAddress) -> None:
+        if self._links:
             return
-        plans = connection_plans(self._setup.endpoint.url, self._setup.symbols, self._setup.streams)
-        log.info(
-            "connecting to %s (%d symbols, %d connection%s)",
-            self._setup.endpoint.url, len(self._setup.symbols), len(plans), "s" if len(plans) > 1 else "",
-            extra={"event": "connection_connecting", "endpoint": self._setup.endpoint.url},
-        )
+        setup = self.setup
+        plans = connection_plans(self._url, setup.symbols, setup.streams)
+        log.info("connecting to %s (%d symbols, %d connection%s)", self._url, len(setup.symbols), len(plans),
+                 "s" if len(plans) > 1 else "", extra={"event": "connection_connecting", "endpoint": self._url})
         self._reported_open = False
-        tls = exchange_tls(self._setup.tls_ca_file, self._setup.tls_verify)
-        self._links = [_Link(plan, self._wake_w, self._room, tls) for plan in plans]
+        self._plans = plans
+        self._links = [Rotation(self._open(plan)) for plan in plans]
+
+    def _open(self, plan: SubscriptionPlan) -> _Reader:
+        reader = _Reader(plan, self._wake_w, self._reading, self._tls)
+        reader.start()
+        return reader
+
+    def receiveMsg_Rotate(self, message: Rotate, sender: ActorAddress) -> None:
+        self._rotate(message.reason)
 
     def _rotate(self, reason: str) -> None:
-        if any([link.rotate(reason) for link in self._links]):
-            log.info("replacing the connection to %s before closing it (%s)", self._setup.endpoint.url, reason,
-                     extra={"event": "rotation_started", "endpoint": self._setup.endpoint.url, "reason": reason})
+        rotating = [(link, plan) for link, plan in zip(self._links, self._plans) if link.can_rotate()]
+        for link, plan in rotating:
+            link.begin(self._open(plan), reason)
+        if rotating:
+            log.info("replacing the connection to %s before closing it (%s)", self._url, reason,
+                     extra={"event": "rotation_started", "endpoint": self._url, "reason": reason})
+
+    def receiveMsg_StopReading(self, message: StopReading, sender: ActorAddress) -> None:
+        self._close_all("service stopping")
+        self._forward_frames(everything=True)
+        self._links = []
+        self.metrics.set("k2_binance_connection_status", 0, self._url)
+        self.send(sender, ReadingStopped(self._url, self._flow.seq))
+
+    def on_exit(self) -> None:
+        for link in self._links:
+            for reader in link.readers():
+                reader.close(ConnectionEnd(EndReason.CLOSED_HERE, "actor exiting"))
+
+    def on_poison(self, message: object, detail: str) -> None:
+        if isinstance(message, RawBatch):
+            # Its frames still reach the DLQ, unparsed. If even that fails it comes back once
+            # more as PoisonedFrames, and then is only counted and logged: never a loop.
+            self.send(self.setup.normaliser, PoisonedFrames(message.url, message.frames, detail))
+        elif isinstance(message, PoisonedFrames):
+            log.error("%d frames from %s could not even be dead-lettered; they are lost", len(message.frames), message.url,
+                      extra={"event": "frames_lost", "endpoint": message.url, "count": len(message.frames)})
+
+    def on_tick(self, now: float) -> None:
+        setup = self.setup
+        for link in self._links:
+            for reader in link.readers():
+                silence = silent_for(reader, now, setup.stale_timeout_seconds) if self._flow.reading else None
+                if silence is not None:
+                    reader.close(ConnectionEnd(EndReason.STALE, f"stale: no frame for {silence:.1f} s"))
+        if any(link.current.opened and now - link.current.opened_at > setup.max_connection_age_seconds for link in self._links):
+            self._rotate("max_age")
+        self.metrics.set("k2_binance_connection_status", 1 if self._links and self._reported_open else 0, self._url)
+
+    # --- what the readers reported ---
+
+    def _settle(self) -> None:
+        for link in self._links:
+            for event in link.settle():
+                if isinstance(event, Retire):
+                    event.reader.close(event.end)
+                elif isinstance(event, Drop):
+                    event.reader.join()  # it set `ended` as its last act: the join is immediate
+                    self._leftover.extend(event.reader.take())
+                elif isinstance(event, RotationCompleted):
+                    log.info("connection to %s replaced (%s); closing the old one", self._url, event.reason,
+                             extra={"event": "rotation_completed", "endpoint": self._url, "reason": event.reason})
+                    self.metrics.inc("k2_connection_rotations_total", self._url, event.reason)
+                elif isinstance(event, RotationFailed):
+                    log.warning("replacement connection failed (%s); keeping the current one", event.end,
+                                extra={"event": "rotation_failed", "reason": event.end.reason.value})
+        self._forward_frames()
+        if self._links and not self._reported_open and all(link.current.opened for link in self._links):
+            self._reported_open = True
+            log.info("connected to %s", self._url, extra={"event": "connection_opened", "endpoint": self._url})
+            self.metrics.set("k2_binance_connection_status", 1, self._url)
+            self.send(self.coordinator, ConnectionOpened(self._url))
+        end = next((link.current.ended for link in self._links if link.current.ended is not None), None)
+        if end is not None:
+            self._close_all("another connection to the endpoint ended")
+            self._forward_frames()  # what arrived just before the end
+            streamed = any(link.current.streamed for link in self._links)
+            log.warning("connection to %s ended: %s", self._url, end, extra={
+                "event": "connection_ended", "endpoint": self._url, "reason": end.reason.value, "detail": end.detail})
+            self.metrics.set("k2_binance_connection_status", 0, self._url)
+            self.send(self.coordinator, ConnectionClosed(self._url, end.reason, end.detail, streamed))
+            self._links = []
+        self.flush_metrics()
+
+    def _close_all(self, detail: str) -> None:
+        readers = [reader for link in self._links for reader in link.readers()]
+        for reader in readers:
+            reader.close(ConnectionEnd(EndReason.CLOSED_HERE, detail))
+        for reader in readers:
+            reader.join(timeout=CONNECT_TIMEOUT_SECONDS)
 
     def _forward_frames(self, everything: bool = False) -> None:
-        backlog = self._backlog
+        frames, self._leftover = self._leftover, []
         for link in self._links:
-            backlog.extend(link.take())
-        while backlog and (everything or self._seq - self._taken < WINDOW_BATCHES):
-            self._seq += 1
-            chunk = tuple(backlog.popleft() for _ in range(min(MAX_BATCH_FRAMES, len(backlog))))
-            self.send(self._setup.normaliser, RawBatch(self._setup.endpoint.url, self._setup.endpoint.venue, self._seq, chunk))
-        self._push_back()
-
-    def _push_back(self) -> None:
-        """Bounded memory without loss: while the Normaliser is this far behind, the readers stop
-        reading and TCP slows the sender. (Binance drops a client that falls too far behind;
-        that ends as a reconnect and a reported gap, never as unbounded memory.)"""
-        limit, url = self._setup.max_buffered_frames, self._setup.endpoint.url
-        if self._room.is_set() and len(self._backlog) >= limit:
-            self._room.clear()
-            log.warning("reading from %s paused: %d frames waiting for the normaliser", url, len(self._backlog),
-                        extra={"event": "reading_paused", "endpoint": url, "waiting_frames": len(self._backlog)})
-            self._metrics.inc("k2_binance_read_pauses_total", url)
-        elif not self._room.is_set() and len(self._backlog) < limit // 2:
+            for reader in link.readers():
+                frames.extend(reader.take())
+        self._flow.add(frames)
+        setup = self.setup
+        for seq, chunk in self._flow.release(everything):
+            self.send(setup.normaliser, RawBatch(self._url, setup.endpoint.venue, seq, chunk))
+        change = self._flow.reading_change()
+        if isinstance(change, ReadingPaused):
+            self._reading.clear()
+            log.warning("reading from %s paused: %d frames waiting for the normaliser", self._url, change.waiting_frames,
+                        extra={"event": "reading_paused", "endpoint": self._url, "waiting_frames": change.waiting_frames})
+            self.metrics.inc("k2_binance_read_pauses_total", self._url)
+        elif change is not None:
             now = time.monotonic()
             for link in self._links:
                 for reader in link.readers():
                     reader.last_frame_at = now  # the silence was ours, not the exchange's
-            self._room.set()
-            log.warning("reading from %s resumed", url, extra={"event": "reading_resumed", "endpoint": url})
-
-    def _report_state(self) -> None:
-        url = self._setup.endpoint.url
-        for link in self._links:
-            rotated = link.settle()
-            if rotated:
-                log.info("connection to %s replaced (%s); closing the old one", url, rotated,
-                         extra={"event": "rotation_completed", "endpoint": url, "reason": rotated})
-                self._metrics.inc("k2_connection_rotations_total", url, rotated)
-        self._forward_frames()  # what the readers settled above left behind
-        if self._links and not self._reported_open and all(link.reader.opened for link in self._links):
-            self._reported_open = True
-            log.info("connected to %s", url, extra={"event": "connection_opened", "endpoint": url})
-            self._metrics.set("k2_binance_connection_status", 1, url)
-            self.send(self._coordinator, ConnectionOpened(url))
-        ended = next((link.reader.ended_reason for link in self._links if link.reader.ended_reason is not None), None)
-        if ended is not None:
-            for link in self._links:
-                link.close("another connection to the endpoint ended")
-            for link in self._links:
-                link.join()
-            self._forward_frames()  # what arrived just before the end
-            streamed = any(link.reader.streamed for link in self._links)
-            log.warning("connection to %s ended: %s", url, ended,
-                        extra={"event": "connection_ended", "endpoint": url, "reason": reason_label(ended), "detail": ended})
-            self._metrics.set("k2_binance_connection_status", 0, url)
-            self.send(self._coordinator, ConnectionClosed(url, ended, streamed))
-            self._links = []
-        self._flush_metrics()
-
-    def _on_tick(self) -> None:
-        if self._setup is not None:
-            now = time.monotonic()
-            for link in self._links:
-                for reader in (link.reader, link.successor):
-                    self._check_stale(reader, now)
-            if any(link.reader.opened and now - link.reader.opened_at > self._setup.max_connection_age_seconds
-                   for link in self._links):
-                self._rotate("max_age")
-            streaming = 1 if self._links and self._reported_open else 0
-            self._metrics.set("k2_binance_connection_status", streaming, self._setup.endpoint.url)
-            self._flush_metrics()
-            report_alive(self, self._coordinator, self._parent_pid)
-        self.wakeupAfter(seconds(1), TICK)
-
-    def _check_stale(self, reader: _Reader | None, now: float) -> None:
-        if reader and reader.opened and reader.ended_reason is None and self._room.is_set():
-            silent_for = now - reader.last_frame_at
-            if silent_for > self._setup.stale_timeout_seconds:
-                reader.close(f"stale: no frame for {silent_for:.1f} s")
-
-    def _stop_reading(self, sender) -> None:
-        for link in self._links:
-            link.close("service stopping")
-        for link in self._links:
-            link.join()
-        self._forward_frames(everything=True)
-        self._links = []
-        if self._setup:
-            self._metrics.set("k2_binance_connection_status", 0, self._setup.endpoint.url)
-            self._flush_metrics()
-        self.send(sender, ReadingStopped(self._setup.endpoint.url if self._setup else "", self._seq))
-
-    def _on_poison(self, poison: PoisonMessage) -> None:
-        note_poison(log, self._metrics, poison)
-        batch = poison.poisonMessage
-        if isinstance(batch, RawBatch):
-            # Its frames still reach the DLQ, unparsed. If even that fails it comes back once
-            # more as PoisonedFrames, and then is only counted and logged: never a loop.
-            self.send(self._setup.normaliser, PoisonedFrames(batch.url, batch.frames, str(poison.details)[:200]))
-        elif isinstance(batch, PoisonedFrames):
-            log.error("%d frames from %s could not even be dead-lettered; they are lost", len(batch.frames), batch.url,
-                      extra={"event": "frames_lost", "endpoint": batch.url, "count": len(batch.frames)})
-        self._flush_metrics()
-
-    def _flush_metrics(self) -> None:
-        deltas = self._metrics.take()
-        if deltas:
-            self.send(self._setup.metrics, deltas)
+            self._reading.set()
+            log.warning("reading from %s resumed", self._url, extra={"event": "reading_resumed", "endpoint": self._url})

@@ -1,6 +1,8 @@
 """FailoverCoordinator: the supervisor. Creates every other actor, wires them together,
 decides which connections are active, restarts children that die, and stops the
-pipeline in order (stop reading, drain the normaliser, flush the producer)."""
+pipeline in order (stop reading, drain the normaliser, flush the producer). Failover and
+the circuit breaker are k2actors.core.failover's; who to restart and rewire is
+k2actors.core.supervision's."""
 
 from __future__ import annotations
 
@@ -10,19 +12,19 @@ import os
 import signal
 import time
 
-from thespian.actors import Actor, ChildActorExited, WakeupMessage
+from thespian.actors import ActorAddress, ActorTypeDispatcher, ChildActorExited, WakeupMessage
 
 from k2actors import processes
-from k2actors.actors import TICK, seconds
 from k2actors.actors.backfill import BackfillActor
 from k2actors.actors.connection import ConnectionActor
 from k2actors.actors.metrics import MetricsActor
 from k2actors.actors.normaliser import Normaliser
 from k2actors.actors.producer import ProducerActor
-from k2actors.config import Config
+from k2actors.actors.shell import TICK, seconds
+from k2actors.config import Endpoint
 from k2actors.core.breaker import BreakerState, CircuitBreaker
 from k2actors.core.failover import DarkDeadline, FailoverPolicy
-from k2actors.core.reasons import reason_label
+from k2actors.core.supervision import ActorRole, ConnectionRole, Restart, Role, Supervision
 from k2actors.core.telemetry import MetricBuffer
 from k2actors.messages import (
     BackfillSetup,
@@ -57,76 +59,97 @@ log = logging.getLogger("k2actors.coordinator")
 # With several connections live (hot standby, or old and new during a rotation) one may
 # run ahead of another for a moment; gaps are declared only when they outlast this.
 GAP_GRACE_SECONDS = 2.0
-# Every child reports each second; this much silence means it is hung or was killed
-# without a ChildActorExited (SIGKILL), and it is replaced.
-HEARTBEAT_TIMEOUT_SECONDS = 10.0
-
-METRICS, PRODUCER, NORMALISER, BACKFILL = "metrics", "producer", "normaliser", "backfill"
-_CLASSES = {METRICS: MetricsActor, PRODUCER: ProducerActor, NORMALISER: Normaliser, BACKFILL: BackfillActor}
+_CLASSES = {Role.METRICS: MetricsActor, Role.PRODUCER: ProducerActor, Role.NORMALISER: Normaliser, Role.BACKFILL: BackfillActor}
 
 
-def _connection_role(url: str) -> str:
-    return f"connection {url}"
+class _Started:
+    """What the coordinator holds once StartPipeline has come."""
+
+    def __init__(self, start: StartPipeline, service: ActorAddress):
+        self.config = start.config
+        self.quote_assets = start.quote_assets
+        self.service_pid = start.service_pid
+        self.service = service
+        self.dark = DarkDeadline(start.config.circuit_breaker.exit_after_open_seconds)
+        binance = start.config.binance
+        self.endpoints: dict[str, Endpoint] = {e.url: e for e in binance.endpoints} if binance.enabled else {}
+        self.supervision = Supervision(tuple(self.endpoints), binance.backfill)
 
 
-class FailoverCoordinator(Actor):
+class FailoverCoordinator(ActorTypeDispatcher):
     def __init__(self) -> None:
         super().__init__()
-        self._config: Config | None = None
-        self._service = None
-        self._children: dict[str, object] = {}  # role -> address
+        self._run: _Started | None = None
+        self._children: dict[ActorRole, ActorAddress] = {}
         self._policies: dict[str, FailoverPolicy] = {}  # endpoint URL -> the policy it belongs to
-        self._endpoints = {}  # URL -> Endpoint
         self._wanted: set[str] = set()  # URLs that should be connected now
         self._streaming: set[str] = set()
-        self._started = False
+        self._pipeline_started = False
         self._stopping = False
-        self._stop_reply = None
+        self._stop_reply: ActorAddress | None = None
         self._reading_stopped: dict[str, int] = {}
         self._metrics = MetricBuffer()
-        self._quote_assets: dict[str, str] = {}
-        self._service_pid = 0
-        self._heartbeats: dict[str, tuple[int | None, float]] = {}  # role -> (pid, when last heard)
-        self._dark: DarkDeadline | None = None
         self._circuits: dict[FailoverPolicy, BreakerState] = {}  # last state logged
 
-    def receiveMessage(self, message, sender):
-        if isinstance(message, WakeupMessage):
-            self._on_wakeup(message.payload)
-        elif isinstance(message, ConnectionOpened):
-            self._on_opened(message.url)
-        elif isinstance(message, ConnectionClosed):
-            self._on_closed(message)
-        elif isinstance(message, Heartbeat):
-            self._on_heartbeat(sender, message.pid)
-        elif isinstance(message, ServerShutdownNotice):
-            self._on_server_shutdown(message.url)
-        elif isinstance(message, ChildActorExited):
-            self._on_child_exited(message.childAddress)
-        elif isinstance(message, StartPipeline):
-            self._quote_assets, self._service_pid = message.quote_assets, message.service_pid
-            self._start(message.config, sender)
-        elif isinstance(message, MetricsReady):
-            self._start_pipeline(message.port)
-        elif isinstance(message, SetupFailed):
-            log.error("%s could not start: %s", message.component, message.reason)
-            self.send(self._service, PipelineFailed(f"{message.component}: {message.reason}"))
-        elif isinstance(message, StopPipeline):
-            self._stop(sender)
-        elif isinstance(message, ReadingStopped):
-            self._on_reading_stopped(message)
-        elif isinstance(message, Flushed):
+    @property
+    def run(self) -> _Started:
+        if self._run is None:
+            raise RuntimeError("the coordinator has not been started")
+        return self._run
+
+    def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: ActorAddress) -> None:
+        self._on_wakeup(message.payload)
+
+    def receiveMsg_ConnectionOpened(self, message: ConnectionOpened, sender: ActorAddress) -> None:
+        self._on_opened(message.url)
+
+    def receiveMsg_ConnectionClosed(self, message: ConnectionClosed, sender: ActorAddress) -> None:
+        self._on_closed(message)
+
+    def receiveMsg_Heartbeat(self, message: Heartbeat, sender: ActorAddress) -> None:
+        role = self._role_of(sender)
+        if role is not None:
+            self.run.supervision.heartbeat(role, message.pid, time.monotonic())
+
+    def receiveMsg_ServerShutdownNotice(self, message: ServerShutdownNotice, sender: ActorAddress) -> None:
+        role = ConnectionRole(message.url)
+        if role in self._children and not self._stopping:
+            self.send(self._children[role], Rotate("server_shutdown"))
+
+    def receiveMsg_ChildActorExited(self, message: ChildActorExited, sender: ActorAddress) -> None:
+        role = self._role_of(message.childAddress)
+        if role is not None and not self._stopping:
+            self._restart(self.run.supervision.exited(role))
+
+    def receiveMsg_StartPipeline(self, message: StartPipeline, sender: ActorAddress) -> None:
+        self._start(message, sender)
+
+    def receiveMsg_MetricsReady(self, message: MetricsReady, sender: ActorAddress) -> None:
+        self._start_pipeline(message.port)
+
+    def receiveMsg_SetupFailed(self, message: SetupFailed, sender: ActorAddress) -> None:
+        log.error("%s could not start: %s", message.component, message.reason)
+        self.send(self.run.service, PipelineFailed(f"{message.component}: {message.reason}"))
+
+    def receiveMsg_StopPipeline(self, message: StopPipeline, sender: ActorAddress) -> None:
+        self._stop(sender)
+
+    def receiveMsg_ReadingStopped(self, message: ReadingStopped, sender: ActorAddress) -> None:
+        self._on_reading_stopped(message)
+
+    def receiveMsg_Flushed(self, message: Flushed, sender: ActorAddress) -> None:
+        if self._stop_reply is not None:
             self.send(self._stop_reply, PipelineStopped(message.undelivered))
 
     # --- start and wiring ---
 
-    def _start(self, config: Config, sender) -> None:
-        self._config, self._service = config, sender
-        self._dark = DarkDeadline(config.circuit_breaker.exit_after_open_seconds)
+    def _start(self, start: StartPipeline, sender: ActorAddress) -> None:
+        self._run = _Started(start, sender)
+        config = start.config
         binance = config.binance
-        self._endpoints = {e.url: e for e in binance.endpoints} if binance.enabled else {}
-        for venue in dict.fromkeys(e.venue for e in self._endpoints.values()):
-            urls = tuple(url for url, e in self._endpoints.items() if e.venue == venue)
+        endpoints = self._run.endpoints
+        for venue in dict.fromkeys(e.venue for e in endpoints.values()):
+            urls = tuple(url for url, e in endpoints.items() if e.venue == venue)
             groups = [urls] if binance.mode == "failover" else [(url,) for url in urls]
             for group in groups:
                 policy = FailoverPolicy(
@@ -137,60 +160,54 @@ class FailoverCoordinator(Actor):
                     CircuitBreaker(config.circuit_breaker.failure_threshold, config.circuit_breaker.reset_timeout_seconds),
                 )
                 self._policies.update({url: policy for url in group})
-        self._spawn(METRICS)
+        self._spawn(Role.METRICS)
 
     def _start_pipeline(self, port: int) -> None:
-        if self._started:
+        if self._pipeline_started:
             return
-        self._started = True
-        roles = (PRODUCER, NORMALISER, *self._backfill_role(), *map(_connection_role, self._endpoints))
+        self._pipeline_started = True
+        roles = self.run.supervision.pipeline
         for role in roles:  # every address first: the Normaliser and the backfill know each other
             self._create(role)
         for role in roles:
             self._wire(role)
         for policy in dict.fromkeys(self._policies.values()):
             self._connect(policy.first().url)
-        if not self._endpoints:
+        if not self.run.endpoints:
             log.warning("binance.enabled is false: no exchange connection will be made")
         self._report_exchange()
-        self.send(self._service, PipelineStarted(port))
+        self.send(self.run.service, PipelineStarted(port))
         self._on_wakeup(TICK)
 
-    def _backfill_role(self) -> tuple[str, ...]:
-        return (BACKFILL,) if self._config.binance.backfill and self._endpoints else ()
-
-    def _spawn(self, role: str) -> None:
+    def _spawn(self, role: ActorRole) -> None:
         self._create(role)
         self._wire(role)
 
-    def _create(self, role: str) -> None:
-        self._children[role] = self.createActor(_CLASSES.get(role, ConnectionActor))
-        self._heartbeats[role] = (None, time.monotonic())
+    def _create(self, role: ActorRole) -> None:
+        self._children[role] = self.createActor(ConnectionActor if isinstance(role, ConnectionRole) else _CLASSES[role])
+        self.run.supervision.started(role, time.monotonic())
 
-    def _wire(self, role: str) -> None:
-        config, children = self._config, self._children
-        if role == METRICS:
-            message = MetricsSetup(config.metrics.port, config.metrics.bind_address)
-        elif role == PRODUCER:
-            message = ProducerSetup(config.kafka, config.binance.streams, children[METRICS])
-        elif role == NORMALISER:
-            message = NormaliserSetup(
-                children[PRODUCER], children[METRICS], GAP_GRACE_SECONDS, frozenset(config.binance.symbols),
-                children.get(BACKFILL), self._quote_assets,
-                config.kafka.max_buffered_records, config.binance.max_frame_bytes,
-            )
-        elif role == BACKFILL:
-            binance = config.binance
-            message = BackfillSetup(children[NORMALISER], children[METRICS], binance.rest_urls,
-                                    binance.tls_ca_file, binance.tls_verify)
-        else:
-            url = role.removeprefix(_connection_role(""))
-            binance = config.binance
+    def _wire(self, role: ActorRole) -> None:
+        config, children = self.run.config, self._children
+        binance, kafka, metrics = config.binance, config.kafka, children[Role.METRICS]
+        message: MetricsSetup | ProducerSetup | NormaliserSetup | BackfillSetup | ConnectionSetup
+        if isinstance(role, ConnectionRole):
             message = ConnectionSetup(
-                self._endpoints[url], binance.symbols, binance.streams, binance.stale_timeout_seconds,
-                binance.max_connection_age_seconds, config.kafka.max_buffered_records,
-                binance.tls_ca_file, binance.tls_verify, children[NORMALISER], children[METRICS],
+                self.run.endpoints[role.url], binance.symbols, binance.streams, binance.stale_timeout_seconds,
+                binance.max_connection_age_seconds, kafka.max_buffered_records,
+                binance.tls_ca_file, binance.tls_verify, children[Role.NORMALISER], metrics,
             )
+        elif role is Role.METRICS:
+            message = MetricsSetup(config.metrics.port, config.metrics.bind_address)
+        elif role is Role.PRODUCER:
+            message = ProducerSetup(kafka, binance.streams, metrics)
+        elif role is Role.NORMALISER:
+            message = NormaliserSetup(
+                children[Role.PRODUCER], metrics, GAP_GRACE_SECONDS, frozenset(binance.symbols),
+                children.get(Role.BACKFILL), self.run.quote_assets, kafka.max_buffered_records, binance.max_frame_bytes,
+            )
+        else:
+            message = BackfillSetup(children[Role.NORMALISER], metrics, binance.rest_urls, binance.tls_ca_file, binance.tls_verify)
         self.send(children[role], message)
 
     # --- connections ---
@@ -208,7 +225,7 @@ class FailoverCoordinator(Actor):
     def _connect(self, url: str) -> None:
         self._note_circuit(self._policies[url])
         self._wanted = {u for u in self._wanted if self._policies[u] is not self._policies[url]} | {url}
-        self.send(self._children[_connection_role(url)], Connect())
+        self.send(self._children[ConnectionRole(url)], Connect())
 
     def _on_opened(self, url: str) -> None:
         self._policies[url].connected()
@@ -224,7 +241,7 @@ class FailoverCoordinator(Actor):
         policy = self._policies[message.url]
         attempt = policy.failed(time.monotonic(), message.was_streaming)
         self._note_circuit(policy)
-        self._metrics.inc("k2_binance_reconnects_total", message.url, reason_label(message.reason))
+        self._metrics.inc("k2_binance_reconnects_total", message.url, message.reason.value)
         if attempt.url != message.url:
             log.warning("failing over from %s to %s", message.url, attempt.url,
                         extra={"event": "failover", "from_endpoint": message.url, "endpoint": attempt.url})
@@ -235,63 +252,38 @@ class FailoverCoordinator(Actor):
     def _report_exchange(self) -> None:
         if self._streaming:
             status = ComponentStatus("exchange", True, "streaming from " + ", ".join(sorted(self._streaming)))
-        elif not self._endpoints:
+        elif not self.run.endpoints:
             status = ComponentStatus("exchange", False, "binance.enabled is false")
         else:
             now = time.monotonic()
             circuits = {url: p.circuit(now).name.lower() for url, p in self._policies.items()}
             status = ComponentStatus("exchange", False, f"no endpoint streaming; circuits: {circuits}")
-        self.send(self._children[METRICS], status)
-
-    def _on_server_shutdown(self, url: str) -> None:
-        role = _connection_role(url)
-        if role in self._children and not self._stopping:
-            self.send(self._children[role], Rotate("server_shutdown"))
+        self.send(self._children[Role.METRICS], status)
 
     # --- supervision ---
 
-    def _on_heartbeat(self, sender, pid: int) -> None:
-        role = self._role_of(sender)
-        if role is not None:
-            self._heartbeats[role] = (pid, time.monotonic())
-
-    def _role_of(self, address) -> str | None:
+    def _role_of(self, address: ActorAddress) -> ActorRole | None:
         return next((r for r, a in self._children.items() if a == address), None)
 
-    def _on_child_exited(self, address) -> None:
-        role = self._role_of(address)
-        if role is not None and not self._stopping:
-            log.error("%s actor exited; restarting it", role, extra={"event": "actor_restarting", "role": role, "reason": "exited"})
-            self._restart(role, "exited")
-
-    def _check_heartbeats(self, now: float) -> None:
-        for role, (pid, heard_at) in list(self._heartbeats.items()):
-            if now - heard_at > HEARTBEAT_TIMEOUT_SECONDS:
-                log.error("%s actor (pid %s) silent for %.0f s; replacing it", role, pid, now - heard_at,
-                          extra={"event": "actor_restarting", "role": role, "pid": pid, "reason": "silent"})
-                if pid is not None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)  # hung, perhaps: it must not come back to life
-                self._restart(role, "silent")
-
-    def _restart(self, role: str, reason: str) -> None:
-        self._metrics.inc("k2_actor_restarts_total", role.split(" ")[0], reason)
+    def _restart(self, restart: Restart) -> None:
+        role = restart.role
+        if restart.reason == "exited":
+            log.error("%s actor exited; restarting it", role, extra={"event": "actor_restarting", "role": str(role), "reason": "exited"})
+        else:
+            log.error("%s actor (pid %s) silent for %.0f s; replacing it", role, restart.pid, restart.silent_for,
+                      extra={"event": "actor_restarting", "role": str(role), "pid": restart.pid, "reason": "silent"})
+        if restart.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(restart.pid, signal.SIGKILL)  # hung, perhaps: it must not come back to life
+        self._metrics.inc("k2_actor_restarts_total", restart.kind, restart.reason)
         self._spawn(role)
-        # Whoever talks to the new actor must learn its address.
-        dependants = {
-            METRICS: [PRODUCER, *self._backfill_role(), NORMALISER, *map(_connection_role, self._endpoints)],
-            PRODUCER: [NORMALISER],
-            NORMALISER: [*self._backfill_role(), *map(_connection_role, self._endpoints)],
-            BACKFILL: [NORMALISER],
-        }.get(role, [])
-        for dependant in dependants:
+        for dependant in restart.rewire:
             self._wire(dependant)
-        url = role.removeprefix(_connection_role(""))
-        if url in self._wanted:
-            self._streaming.discard(url)
+        if isinstance(role, ConnectionRole) and role.url in self._wanted:
+            self._streaming.discard(role.url)
             self.send(self._children[role], Connect())
 
-    def _on_wakeup(self, payload) -> None:
+    def _on_wakeup(self, payload: object) -> None:
         if isinstance(payload, tuple) and payload[0] == "connect":
             if not self._stopping:
                 self._connect(payload[1])
@@ -301,26 +293,27 @@ class FailoverCoordinator(Actor):
         for url, policy in self._policies.items():
             self._metrics.set("k2_circuit_breaker_state", int(policy.breaker_states(now)[url]), url)
             circuit_open = circuit_open or policy.circuit(now) is not BreakerState.CLOSED
-        if not processes.exists(self._service_pid):
+        run = self.run
+        if not processes.exists(run.service_pid):
             self._end_orphaned_actor_system()
         if not self._stopping:
-            self._check_heartbeats(now)
-            if self._endpoints and self._dark.expired(now, bool(self._streaming), circuit_open):
+            for restart in run.supervision.silent(now):
+                self._restart(restart)
+            if run.endpoints and run.dark.expired(now, bool(self._streaming), circuit_open):
                 reason = (
                     f"no endpoint has streamed for circuit_breaker.exit_after_open_seconds "
-                    f"({self._config.circuit_breaker.exit_after_open_seconds:g} s) with the circuit open"
+                    f"({run.config.circuit_breaker.exit_after_open_seconds:g} s) with the circuit open"
                 )
                 log.error("giving up: %s", reason, extra={"event": "service_giving_up"})
-                self.send(self._service, PipelineFailed(reason))
-        metrics = self._children[METRICS]
-        pids = {role: pid for role, (pid, _) in self._heartbeats.items() if pid is not None}
-        roots = {"service": self._service_pid, "actor_system": os.getppid(), "coordinator": os.getpid()}
-        self.send(metrics, CoordinatorAlive({**roots, **pids}))
+                self.send(run.service, PipelineFailed(reason))
+        metrics = self._children[Role.METRICS]
+        roots = {"service": run.service_pid, "actor_system": os.getppid(), "coordinator": os.getpid()}
+        self.send(metrics, CoordinatorAlive({**roots, **run.supervision.pids()}))
         self._report_exchange()
         deltas = self._metrics.take()
         if deltas:
             self.send(metrics, deltas)
-        self.send(self._service, PipelineAlive())
+        self.send(run.service, PipelineAlive())
         self.wakeupAfter(seconds(1), TICK)
 
     def _end_orphaned_actor_system(self) -> None:
@@ -328,7 +321,7 @@ class FailoverCoordinator(Actor):
         or a restarted service would find this one still streaming beside it. Nothing there has
         anything left to do: every process under Thespian's admin (this actor's parent) is
         ended, then the admin, then this actor, which has no one left to tell."""
-        log.error("the service process %d is gone; shutting the actor system down", self._service_pid)
+        log.error("the service process %d is gone; shutting the actor system down", self.run.service_pid)
         admin = os.getppid()
         for pid in [*(processes.descendants(admin, processes.process_table()) - {os.getpid()}), admin]:
             with contextlib.suppress(ProcessLookupError):  # it may have ended meanwhile
@@ -337,15 +330,15 @@ class FailoverCoordinator(Actor):
 
     # --- orderly stop ---
 
-    def _stop(self, sender) -> None:
+    def _stop(self, sender: ActorAddress) -> None:
         self._stopping, self._stop_reply = True, sender
-        connections = [role for role in self._children if role.startswith(_connection_role(""))]
+        connections = [role for role in self._children if isinstance(role, ConnectionRole)]
         for role in connections:
             self.send(self._children[role], StopReading())
         if not connections:
-            self.send(self._children[NORMALISER], Drain({}))
+            self.send(self._children[Role.NORMALISER], Drain({}))
 
     def _on_reading_stopped(self, message: ReadingStopped) -> None:
         self._reading_stopped[message.url] = message.last_batch
-        if len(self._reading_stopped) == len(self._endpoints):
-            self.send(self._children[NORMALISER], Drain(dict(self._reading_stopped)))
+        if len(self._reading_stopped) == len(self.run.endpoints):
+            self.send(self._children[Role.NORMALISER], Drain(dict(self._reading_stopped)))

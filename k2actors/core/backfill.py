@@ -4,9 +4,16 @@ an answer covers, and how much of Binance's request weight may be spent on it.""
 from __future__ import annotations
 
 import collections
+import json
+import logging
+import random
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from k2actors.core.binance import Trade
+from k2actors.core.backoff import backoff_delay
+from k2actors.core.binance import Rejected, Trade, historical_trades
+from k2actors.core.telemetry import LogLine, MetricBuffer
+from k2actors.messages import BackfilledTrades
 
 HISTORICAL_TRADES_WEIGHT = 25  # Binance's weight of GET /api/v3/historicalTrades
 PAGE_LIMIT = 1000  # rows per historicalTrades answer, at most
@@ -106,3 +113,217 @@ class RequestBudget:
     def _expire(self, now: float) -> None:
         while self._spent and now - self._spent[0][0] >= WINDOW_SECONDS:
             self._spent.popleft()
+
+
+# --- the whole of backfill: gaps queued, one request at a time, what each answer means ---
+
+# A page that fails this many times running (connection refused, 5xx) gives the gap up.
+MAX_ATTEMPTS = 5
+RETRY_BASE_SECONDS = 0.5
+RETRY_MAX_SECONDS = 10.0
+# Retry-After when a 429 or 418 does not say; an IP ban (418) lasts minutes to days.
+DEFAULT_RETRY_AFTER_SECONDS = {429: 60.0, 418: 600.0}
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRequest:
+    """GET {base_url}/api/v3/historicalTrades?symbol=&fromId=&limit="""
+
+    base_url: str
+    symbol: str
+    from_id: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryResponse:
+    status: int | None  # None: no answer (refused, reset, timed out)
+    body: bytes
+    headers: Mapping[str, str]  # looked up case-insensitively by the shell's HTTP client
+    received_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class PageFetched:
+    page: BackfilledTrades
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimited:
+    venue: str
+    status: int
+    retry_after: float
+
+    def report(self) -> LogLine:
+        return LogLine(logging.ERROR if self.status == 418 else logging.WARNING,
+                       f"trade history of {self.venue} refused with HTTP {self.status}: waiting {self.retry_after:.0f} s "
+                       "as Retry-After says",
+                       {"event": "backfill_rate_limited", "venue": self.venue, "status": self.status, "retry_after": self.retry_after})
+
+
+@dataclass(frozen=True, slots=True)
+class Unfilled:
+    gap: GapFill
+    first_id: int
+    last_id: int
+    reason: str  # rest_unavailable, rest_unusable, not_served, banned
+    detail: str
+
+    def report(self) -> LogLine:
+        gap = self.gap
+        return LogLine(logging.ERROR, f"cannot backfill {gap.venue} {gap.symbol} ids {self.first_id} to {self.last_id} "
+                                      f"({self.reason}): they stay missing; {self.detail}",
+                       {"event": "backfill_failed", "venue": gap.venue, "symbol": gap.symbol, "first_id": self.first_id,
+                        "last_id": self.last_id, "reason": self.reason, "detail": self.detail})
+
+
+@dataclass(frozen=True, slots=True)
+class GapStarted:
+    gap: GapFill
+
+    def report(self) -> LogLine:
+        gap = self.gap
+        return LogLine(logging.INFO, f"backfilling {gap.venue} {gap.symbol} ids {gap.first_id} to {gap.last_id}",
+                       {"event": "backfill_started", "venue": gap.venue, "symbol": gap.symbol,
+                        "first_id": gap.first_id, "last_id": gap.last_id})
+
+
+@dataclass(frozen=True, slots=True)
+class GapFilled:
+    gap: GapFill
+
+    def report(self) -> LogLine:
+        gap = self.gap
+        return LogLine(logging.INFO, f"backfilled {gap.venue} {gap.symbol} ids {gap.first_id} to {gap.last_id}",
+                       {"event": "backfill_completed", "venue": gap.venue, "symbol": gap.symbol,
+                        "first_id": gap.first_id, "last_id": gap.last_id})
+
+
+BackfillEvent = PageFetched | RateLimited | Unfilled | GapStarted | GapFilled
+GapKey = tuple[str, str, int, int]  # venue, symbol, first id, last id
+
+
+class Backfill:
+    """Declared gaps, filled in order one page at a time: within the request weight, waiting
+    as Retry-After says on 429, giving every gap up while an IP ban (418) lasts, retrying a
+    failed page with backoff and giving its gap up after MAX_ATTEMPTS. The shell performs
+    each HistoryRequest and hands back its HistoryResponse; one is in flight at a time."""
+
+    def __init__(self, rest_urls: Mapping[str, str], metrics: MetricBuffer, budget: RequestBudget | None = None,
+                 draw: Callable[[], float] = random.random):
+        self._rest_urls = rest_urls
+        self.metrics = metrics
+        self._budget = budget or RequestBudget()
+        self._draw = draw
+        self._queue: collections.deque[GapFill] = collections.deque()
+        self._requested_at: dict[GapKey, float] = {}  # open gaps, and when they were asked for
+        self._partly_unfilled: set[GapKey] = set()
+        self._in_flight = False
+        self._failures = 0  # of the current page, running
+        self._retry_at = 0.0
+        self._banned_until = 0.0
+
+    @property
+    def open_gaps(self) -> int:
+        return len(self._requested_at)
+
+    def add(self, venue: str, symbol: str, first_id: int, last_id: int, now: float) -> list[BackfillEvent]:
+        key = (venue, symbol, first_id, last_id)
+        if key in self._requested_at:
+            return []
+        gap = GapFill(venue, symbol, first_id, last_id)
+        self._requested_at[key] = now
+        self._queue.append(gap)
+        return [GapStarted(gap)]
+
+    def next_request(self, now: float) -> tuple[HistoryRequest | None, list[BackfillEvent]]:
+        """The request to make now, if any (and gaps given up meanwhile, during a ban)."""
+        events: list[BackfillEvent] = []
+        if self._in_flight:
+            return None, events
+        while self._queue and now < self._banned_until:
+            gap = self._queue[0]
+            first_id, last_id = gap.give_up()
+            events.append(self._unfilled(gap, first_id, last_id, "banned", "the venue banned this IP (HTTP 418)"))
+            events += self._finish(now)
+        if not self._queue or now < self._retry_at or self._budget.delay(now, HISTORICAL_TRADES_WEIGHT) > 0:
+            return None, events
+        gap = self._queue[0]
+        from_id, limit = gap.request()
+        self._budget.spend(now, HISTORICAL_TRADES_WEIGHT)
+        self._in_flight = True
+        return HistoryRequest(self._rest_urls[gap.venue], gap.symbol, from_id, limit), events
+
+    def answer(self, response: HistoryResponse, now: float) -> list[BackfillEvent]:
+        """What the venue answered to the last request."""
+        self._in_flight = False
+        gap = self._queue[0]
+        self.metrics.inc("k2_backfill_requests_total", str(response.status or "error"))
+        used = response.headers.get("X-MBX-USED-WEIGHT-1M") or ""
+        if used.isdigit():
+            self._budget.observe_used(now, int(used))
+        events: list[BackfillEvent] = []
+        if response.status == 200:
+            self._failures = 0
+            events += self._take_page(gap, response)
+        elif response.status in (429, 418):
+            retry_after = _retry_after(response.headers, DEFAULT_RETRY_AFTER_SECONDS[response.status])
+            if response.status == 418:  # banned: gaps are given up until then, not waited for
+                self._banned_until = now + retry_after
+            else:
+                self._budget.block(now, retry_after)
+            events.append(RateLimited(gap.venue, response.status, retry_after))
+        else:
+            self._failures += 1
+            if self._failures >= MAX_ATTEMPTS:
+                detail = f"{self._failures} attempts failed, the last: {response.status or ''} {response.body[:200]!r}"
+                first_id, last_id = gap.give_up()
+                events.append(self._unfilled(gap, first_id, last_id, "rest_unavailable", detail))
+            else:
+                self._retry_at = now + backoff_delay(self._failures, RETRY_BASE_SECONDS, RETRY_MAX_SECONDS, self._draw)
+        if gap.done:
+            events += self._finish(now)
+        return events
+
+    def _take_page(self, gap: GapFill, response: HistoryResponse) -> list[BackfillEvent]:
+        parsed = historical_trades(response.body, gap.symbol)
+        if isinstance(parsed, Rejected):
+            first_id, last_id = gap.give_up()
+            return [self._unfilled(gap, first_id, last_id, "rest_unusable", f"{parsed.reason}: {parsed.detail}")]
+        trades = [event for _, event in parsed if not isinstance(event, Rejected)]
+        rejected = tuple((json.dumps(row).encode(), event) for row, event in parsed if isinstance(event, Rejected))
+        page = gap.take(trades)
+        fetched = BackfilledTrades(gap.venue, gap.symbol, self._rest_urls[gap.venue], response.received_us,
+                                   tuple(page.trades), rejected)
+        return [PageFetched(fetched), *(
+            self._unfilled(gap, first_id, last_id, "not_served", "the venue's history does not serve these ids")
+            for first_id, last_id in page.unserved
+        )]
+
+    def _unfilled(self, gap: GapFill, first_id: int, last_id: int, reason: str, detail: str) -> Unfilled:
+        self.metrics.inc("k2_backfill_unfilled_trades_total", gap.symbol, reason, amount=last_id - first_id + 1)
+        self._partly_unfilled.add(_key(gap))
+        return Unfilled(gap, first_id, last_id, reason, detail)
+
+    def _finish(self, now: float) -> list[BackfillEvent]:
+        gap = self._queue.popleft()
+        self._failures, self._retry_at = 0, 0.0
+        key = _key(gap)
+        requested_at = self._requested_at.pop(key)
+        if key in self._partly_unfilled:
+            self._partly_unfilled.discard(key)
+            return []
+        self.metrics.inc("k2_backfill_gaps_filled_total", gap.symbol)
+        self.metrics.observe("k2_backfill_latency_seconds", [now - requested_at])
+        return [GapFilled(gap)]
+
+
+def _key(gap: GapFill) -> GapKey:
+    return gap.venue, gap.symbol, gap.first_id, gap.last_id
+
+
+def _retry_after(headers: Mapping[str, str], default: float) -> float:
+    try:
+        return max(float(headers.get("Retry-After", default)), 0.0)
+    except ValueError:
+        return default

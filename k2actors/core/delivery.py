@@ -1,0 +1,129 @@
+"""The producer's account of what Kafka acknowledged, without Kafka.
+
+librdkafka reports each record's delivery on the producer's poll thread; `Deliveries`
+collects those reports (under a lock, the only thing the two threads share) and the actor
+takes them once a tick: which RecordBatches are complete and to whom to confirm them, what
+was produced per topic, what failed, and the latencies. `KafkaReadiness` turns that into the
+Kafka line of /ready.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+A = TypeVar("A")  # who to confirm a batch to, opaque here
+
+# Records waiting this long for an acknowledgement make Kafka "not ready".
+ACK_OVERDUE_SECONDS = 5.0
+# While Kafka is failing, its /ready detail is refreshed this often (it counts seconds).
+FAILING_REPORT_SECONDS = 1.0
+
+
+@dataclass(eq=False)
+class PendingBatch(Generic[A]):
+    seq: int
+    outstanding: int  # records and dead letters Kafka has not answered for yet
+    reply_to: A
+
+
+@dataclass
+class DeliveryReport(Generic[A]):
+    confirmations: list[tuple[A, list[int]]] = field(default_factory=list)  # (reply to, batch seqs)
+    produced: dict[str, int] = field(default_factory=dict)  # per topic
+    errors: list[tuple[str, str, str]] = field(default_factory=list)  # (topic, error name, description)
+    receive_to_ack: list[float] = field(default_factory=list)  # seconds
+    exchange_to_ack: list[float] = field(default_factory=list)
+
+
+class Deliveries(Generic[A]):
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._report: DeliveryReport[A] = DeliveryReport()
+        self._completed: list[PendingBatch[A]] = []
+        self.failed = 0  # records Kafka refused, in all
+
+    def expect(self, seq: int, outstanding: int, reply_to: A) -> PendingBatch[A]:
+        pending = PendingBatch(seq, outstanding, reply_to)
+        if outstanding == 0:
+            with self._lock:
+                self._completed.append(pending)
+        return pending
+
+    def acknowledged(self, pending: PendingBatch[A], topic: str, latencies: tuple[float, float] | None) -> None:
+        """Kafka took a record; `latencies` (receive to ack, exchange to ack) for a trade."""
+        with self._lock:
+            report = self._report
+            report.produced[topic] = report.produced.get(topic, 0) + 1
+            if latencies is not None:
+                report.receive_to_ack.append(latencies[0])
+                report.exchange_to_ack.append(latencies[1])
+            self._answered(pending)
+
+    def refused(self, pending: PendingBatch[A], topic: str, name: str, description: str) -> None:
+        with self._lock:
+            self.failed += 1
+            self._report.errors.append((topic, name, description))
+            self._answered(pending)
+
+    def _answered(self, pending: PendingBatch[A]) -> None:
+        pending.outstanding -= 1
+        if pending.outstanding == 0:
+            self._completed.append(pending)
+
+    def take(self) -> DeliveryReport[A]:
+        """Everything since the last take; completed batches grouped by whom to tell, one
+        message each (after an outage thousands of batches complete at once)."""
+        with self._lock:
+            report, self._report = self._report, DeliveryReport()
+            completed, self._completed = self._completed, []
+        for pending in completed:
+            entry = next((e for e in report.confirmations if e[0] == pending.reply_to), None)  # addresses are not hashable
+            if entry is None:
+                entry = (pending.reply_to, [])
+                report.confirmations.append(entry)
+            entry[1].append(pending.seq)
+        return report
+
+
+class KafkaReadiness:
+    """The Kafka check of /ready: ok while records are acknowledged, not while deliveries fail
+    or records wait too long. `observe` returns (ok, detail) when it is worth sending: on any
+    change, and about once a second while failing."""
+
+    def __init__(self, bootstrap_servers: str) -> None:
+        self._servers = bootstrap_servers
+        self._last: tuple[bool, str] | None = None
+        self._sent_at = 0.0
+        self._acked_at: float | None = None
+
+    def setup_failed(self, failure: str, now: float) -> tuple[bool, str] | None:
+        return self._say(False, f"setup failed ({self._servers}): {failure}", now)
+
+    def connected(self, now: float) -> tuple[bool, str] | None:
+        self._acked_at = now
+        return self._say(True, f"connected to {self._servers}, nothing delivered yet", now)
+
+    def observe(self, report: DeliveryReport[A], waiting: int, now: float) -> tuple[bool, str] | None:
+        if report.produced:
+            self._acked_at = now
+            return self._say(True, f"delivering to {self._servers}", now)
+        if report.errors:
+            return self._say(False, f"delivery to {self._servers} failing: {report.errors[-1][1]}", now)
+        if self._acked_at is not None and waiting and now - self._acked_at > ACK_OVERDUE_SECONDS:
+            return self._say(False, f"no acknowledgement from {self._servers} for {now - self._acked_at:.0f} s; "
+                                    f"{waiting} records waiting", now)
+        return None
+
+    def current(self) -> tuple[bool, str] | None:
+        return self._last
+
+    def _say(self, ok: bool, detail: str, now: float) -> tuple[bool, str] | None:
+        last = self._last
+        self._last = (ok, detail)
+        changed = last is None or last[0] != ok or (ok and last[1] != detail)
+        if changed or (not ok and now - self._sent_at >= FAILING_REPORT_SECONDS):
+            self._sent_at = now
+            return ok, detail
+        return None

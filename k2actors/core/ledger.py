@@ -1,0 +1,523 @@
+"""The Normaliser's ledger: what was received, published, acknowledged and missing.
+
+Frames come in as RawBatches from the connections and pages of REST history from backfill;
+they leave as RecordBatches for the producer. The ledger shapes them (parse, normalise,
+screen), tracks every stream's ids (duplicates dropped, gaps declared after a grace), holds
+each RecordBatch until the producer says Kafka acknowledged it, and decides backpressure:
+past `max_buffered_records` unacknowledged, no RawBatch is released back to its connection.
+
+No I/O, no actors: each method is fed data and the time and returns events for the shell
+to act on (send, log). Counters accumulate in `metrics`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from k2actors.core.binance import (
+    AGG_TRADE,
+    ID_REGRESSED,
+    INTERNAL_ERROR,
+    POISON_MESSAGE,
+    TRADE,
+    AggTrade,
+    BookTicker,
+    Rejected,
+    ServerShutdown,
+    SubscriptionReply,
+    Trade,
+    parse_frame,
+)
+from k2actors.core.normalise import SHAPES, Delivery, record_dead_letter, shape_event
+from k2actors.core.sequence import DEDUP_WINDOW_IDS, BatchSequence, Gap, StreamSequences, Verdict
+from k2actors.core.telemetry import LogLine, MetricBuffer
+from k2actors.messages import (
+    BackfilledTrades,
+    DeadLetter,
+    LastIds,
+    PoisonedFrames,
+    RawBatch,
+    Record,
+    RecordBatch,
+)
+
+A = TypeVar("A")  # the address of a connection, opaque here
+
+# A new producer gets what the old one held merged into batches of this many records:
+# thousands of small messages would choke its mailbox.
+RESEND_BATCH_RECORDS = 5000
+# Batches can overtake one another between actors; one is lost only when this late.
+BATCH_GRACE_SECONDS = 2.0
+# Steady-state trades are summarised at this interval, never logged one by one.
+SUMMARY_EVERY_SECONDS = 60.0
+# Dead letters are logged one by one up to this many per reason and interval; a flood of
+# garbage is then summarised, not copied into the log (every one is still counted and kept).
+DEAD_LETTERS_LOGGED_PER_REASON = 10
+# How a gap of each gapless stream type is named in the log.
+GAP_NOUNS = {TRADE: "trades", AGG_TRADE: "aggregate trades"}
+
+
+# --- what the shell is asked to do ---
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    batch: RecordBatch
+
+
+@dataclass(frozen=True, slots=True)
+class Release(Generic[A]):
+    """The Normaliser is done with this RawBatch: its connection may send another."""
+
+    to: A
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class GapDeclared:
+    """Ids missing past the grace period: counted, logged, and (trades) to be backfilled."""
+
+    stream: str
+    gap: Gap
+
+    def report(self) -> LogLine:
+        gap = self.gap
+        return LogLine(
+            logging.ERROR,
+            f"gap in {gap.venue} {gap.symbol}: {gap.size} {GAP_NOUNS[self.stream]} missing, ids {gap.first_id} to {gap.last_id}",
+            {"event": "gap_declared", "venue": gap.venue, "symbol": gap.symbol, "stream": self.stream,
+             "first_id": gap.first_id, "last_id": gap.last_id, "missing": gap.size},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownAnnounced:
+    """The exchange announced serverShutdown on this endpoint: rotate now."""
+
+    url: str
+
+    def report(self) -> LogLine:
+        return LogLine(logging.WARNING, f"{self.url} announced serverShutdown", {"event": "server_shutdown", "endpoint": self.url})
+
+
+@dataclass(frozen=True, slots=True)
+class Drained:
+    """Every batch asked for by the drain has been handled: flush through `last_seq`."""
+
+    last_seq: int
+
+
+# --- what is only worth saying ---
+
+
+@dataclass(frozen=True, slots=True)
+class Backpressure:
+    on: bool  # on: the connections are held back; off: released again
+    waiting_records: int
+
+    def report(self) -> LogLine:
+        if self.on:
+            message = f"{self.waiting_records} records waiting for Kafka: holding the connections back"
+        else:
+            message = f"Kafka caught up ({self.waiting_records} records waiting): connections released"
+        return LogLine(logging.WARNING, message, {"event": "backpressure_on" if self.on else "backpressure_off",
+                                                  "waiting_records": self.waiting_records})
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """An id arrived after it had been declared missing; it is published."""
+
+    stream: str
+    venue: str
+    symbol: str
+    event_id: int
+
+    def report(self) -> LogLine:
+        return LogLine(logging.WARNING, f"{self.stream} {self.symbol} {self.venue}-{self.event_id} arrived after it was declared missing",
+                       {"event": "trade_recovered", "venue": self.venue, "symbol": self.symbol, "stream": self.stream,
+                        "trade_id": self.event_id})
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLettered:
+    """Worth a log line: the first few per reason and interval."""
+
+    letter: DeadLetter
+
+    def report(self) -> LogLine:
+        letter = self.letter
+        return LogLine(logging.WARNING, f"dead letter from {letter.endpoint}: {letter.reason} ({letter.detail})",
+                       {"event": "dead_letter", "endpoint": letter.endpoint, "reason": letter.reason, "detail": letter.detail})
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLettersThrottled:
+    """From here on this reason's dead letters are counted and summarised, not logged."""
+
+    reason: str
+
+    def report(self) -> LogLine:
+        return LogLine(logging.WARNING, f"more dead letters for {self.reason}: counted, and summarised within "
+                                        f"{SUMMARY_EVERY_SECONDS:.0f} s")
+
+
+@dataclass(frozen=True, slots=True)
+class FrameFailed:
+    """Handling a frame raised: a bug, which costs that frame (to the DLQ) and nothing else."""
+
+    url: str
+    trace: str
+
+    def report(self) -> LogLine:
+        return LogLine(logging.ERROR, f"frame from {self.url} could not be handled:\n{self.trace}")
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionAnswered:
+    url: str
+    request_id: object
+    result: object
+
+    def report(self) -> LogLine:
+        return LogLine(logging.DEBUG, f"{self.url} answered request {self.request_id!r}: {self.result!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchesLost:
+    url: str
+    seqs: tuple[int, ...]
+
+    def report(self) -> LogLine:
+        return LogLine(logging.ERROR, f"{len(self.seqs)} batches from {self.url} never arrived "
+                                      f"(seq {', '.join(map(str, self.seqs[:20]))})",
+                       {"event": "batches_lost", "endpoint": self.url, "count": len(self.seqs)})
+
+
+@dataclass(frozen=True, slots=True)
+class Backfilled:
+    venue: str
+    symbol: str
+    count: int
+    first_id: int
+    last_id: int
+
+    def report(self) -> LogLine:
+        return LogLine(logging.INFO, f"backfilled {self.count} trades of {self.venue} {self.symbol}, ids {self.first_id} to {self.last_id}",
+                       {"event": "trades_backfilled", "venue": self.venue, "symbol": self.symbol, "count": self.count,
+                        "first_id": self.first_id, "last_id": self.last_id})
+
+
+@dataclass(frozen=True, slots=True)
+class Resent:
+    records: int  # records and dead letters handed to a new producer
+
+    def report(self) -> LogLine:
+        return LogLine(logging.WARNING, f"producer replaced: re-sending {self.records} unconfirmed records",
+                       {"event": "records_resent", "count": self.records})
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLettersLost:
+    """A batch of dead letters alone that the producer failed on twice: never sent again."""
+
+    count: int
+
+    def report(self) -> LogLine:
+        return LogLine(logging.ERROR, f"{self.count} dead letters could not be produced; they are lost",
+                       {"event": "dead_letters_lost", "count": self.count})
+
+
+@dataclass(frozen=True, slots=True)
+class TradeSummary:
+    seconds: float
+    trades: Mapping[str, int]  # per symbol (or symbol@stream)
+    waiting_records: int
+
+    def report(self) -> LogLine:
+        counts = ", ".join(f"{symbol} {count}" for symbol, count in sorted(self.trades.items())) or "none"
+        return LogLine(logging.INFO, f"{sum(self.trades.values())} trades in the last {self.seconds:.0f} s ({counts}); "
+                                     f"{self.waiting_records} records waiting for Kafka",
+                       {"event": "trade_summary", "trades": dict(self.trades), "waiting_records": self.waiting_records})
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterSummary:
+    seconds: float
+    reasons: Mapping[str, int]
+
+    def report(self) -> LogLine:
+        reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(self.reasons.items()))
+        return LogLine(logging.WARNING, f"{sum(self.reasons.values())} dead letters in the last {self.seconds:.0f} s ({reasons})",
+                       {"event": "dead_letter_summary", "reasons": dict(self.reasons)})
+
+
+Said = (
+    GapDeclared | ShutdownAnnounced | Backpressure | Recovered | DeadLettered | DeadLettersThrottled | FrameFailed
+    | SubscriptionAnswered | BatchesLost | Backfilled | Resent | DeadLettersLost | TradeSummary | DeadLetterSummary
+)
+Event = Publish | Release[A] | Drained | Said
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """What the ledger is configured with."""
+
+    gap_grace_seconds: float
+    symbols: frozenset[str]  # subscribed; a streamed event of any other symbol is a dead letter
+    quote_assets: Mapping[str, str]
+    max_buffered_records: int
+    max_frame_bytes: int
+
+
+class Ledger(Generic[A]):
+    def __init__(self, rules: Rules, last_ids: LastIds, now: float, metrics: MetricBuffer):
+        """`last_ids`: what the producer handed to Kafka, where id tracking continues from."""
+        self._rules = rules
+        self._sequences = StreamSequences(rules.gap_grace_seconds)
+        self._sequences.resume(last_ids)
+        self.metrics = metrics
+        self._received: dict[str, BatchSequence] = {}  # per endpoint URL, the RawBatches seen
+        self._seq = 0  # the last RecordBatch numbered
+        self._unacked: dict[int, RecordBatch] = {}
+        self.held = 0  # records and dead letters in _unacked
+        self._untaken: list[tuple[A, int]] = []  # RawBatches not yet released to their connection
+        self._holding_back = False
+        self._drain: Mapping[str, int] | None = None
+        self._summary_at = now
+        self._trades: dict[str, int] = {}  # published per symbol since the last summary
+        self._dead_letters: dict[str, int] = {}  # per reason since the last summary
+
+    # --- what comes in ---
+
+    def take_raw(self, batch: RawBatch, sender: A, now: float) -> list[Event[A]]:
+        self._received.setdefault(batch.url, BatchSequence(BATCH_GRACE_SECONDS)).observe(batch.seq, now)
+        events: list[Event[A]] = []
+        records: list[tuple[str, Record]] = []
+        letters: list[DeadLetter] = []
+        for received_us, raw in batch.frames:
+            delivery = Delivery(batch.venue, batch.url, received_us)
+            try:
+                self._take_frame(raw, delivery, now, records, letters, events)
+            except Exception as exc:  # a bug costs one frame, to the DLQ, never the batch or the actor
+                events.append(FrameFailed(batch.url, traceback.format_exc()))
+                rejected = Rejected(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:200])
+                letters.append(self._dead_letter(raw, rejected, delivery, events))
+        if batch.frames:
+            self.metrics.set("k2_binance_last_message_timestamp_seconds", batch.frames[-1][0] / 1e6)
+        self._publish(records, letters, events)
+        self._declare_gaps(now, events)
+        self._untaken.append((sender, batch.seq))
+        self._release(events)
+        self._check_drain(events)
+        return events
+
+    def take_backfill(self, page: BackfilledTrades, now: float) -> list[Event[A]]:
+        """A page of REST history inside a gap: shaped like streamed trades, marked backfilled,
+        and published in id order; ids published meanwhile are duplicates as ever."""
+        delivery = Delivery(page.venue, page.url, page.received_us)
+        events: list[Event[A]] = []
+        letters = [self._dead_letter(raw, rejected, delivery, events) for raw, rejected in page.rejected]
+        records: list[tuple[str, Record]] = []
+        for trade in sorted(page.trades, key=lambda t: t.trade_id):
+            outcome = self._accept(trade, delivery, now, backfilled=True, events=events)
+            if isinstance(outcome, Rejected):
+                letters.append(self._dead_letter(json.dumps(dataclasses.asdict(trade)).encode(), outcome, delivery, events))
+            elif outcome is not None:
+                records.append(outcome)
+        if records:
+            first_id, last_id = records[0][1]["source_sequence"], records[-1][1]["source_sequence"]
+            self.metrics.inc("k2_backfill_trades_total", page.symbol, amount=len(records))
+            events.append(Backfilled(page.venue, page.symbol, len(records), first_id, last_id))
+        self._publish(records, letters, events)
+        return events
+
+    def take_poisoned_frames(self, poisoned: PoisonedFrames) -> list[Event[A]]:
+        """Frames of a RawBatch the Normaliser failed on twice: to the DLQ unparsed."""
+        events: list[Event[A]] = []
+        rejected = Rejected(POISON_MESSAGE, poisoned.detail)
+        letters = [self._dead_letter(raw, rejected, Delivery("", poisoned.url, received_us), events)
+                   for received_us, raw in poisoned.frames]
+        self._publish([], letters, events)
+        return events
+
+    # --- what the producer answers ---
+
+    def delivered(self, seqs: tuple[int, ...]) -> list[Event[A]]:
+        for seq in seqs:
+            self._forget(seq)
+        events: list[Event[A]] = []
+        self._release(events)
+        return events
+
+    def poisoned(self, batch: RecordBatch, detail: str) -> list[Event[A]]:
+        """The producer failed twice on a batch: its records go to the DLQ as JSON instead.
+        A batch of dead letters alone that fails is counted and reported, never sent again."""
+        events: list[Event[A]] = []
+        if self._forget(batch.seq) is None:
+            return events
+        if batch.records:
+            letters = [record_dead_letter(record, stream, POISON_MESSAGE, detail) for stream, record in batch.records]
+            for letter in letters:
+                self._count_dead_letter(letter, events)
+            self._publish([], letters + list(batch.dead_letters), events)
+        else:
+            events.append(DeadLettersLost(len(batch.dead_letters)))
+        self._release(events)
+        return events
+
+    def resend(self) -> list[Event[A]]:
+        """A new producer never saw what the old one held: everything unacknowledged again,
+        merged into a few large batches."""
+        batches = sorted(self._unacked.values(), key=lambda batch: batch.seq)
+        records = [record for batch in batches for record in batch.records]
+        letters = [letter for batch in batches for letter in batch.dead_letters]
+        self.metrics.inc("k2_kafka_resent_records_total", amount=len(records))
+        self._unacked.clear()
+        self.held = 0
+        events: list[Event[A]] = [Resent(len(records) + len(letters))]
+        for start in range(0, max(len(records), len(letters)), RESEND_BATCH_RECORDS):
+            end = start + RESEND_BATCH_RECORDS
+            self._publish(records[start:end], letters[start:end], events)
+        return events
+
+    # --- time, and the orderly stop ---
+
+    def tick(self, now: float) -> list[Event[A]]:
+        events: list[Event[A]] = []
+        for url, received in self._received.items():
+            lost = received.lost(now)
+            if lost:
+                self.metrics.inc("k2_actor_batches_lost_total", "connection_to_normaliser", amount=len(lost))
+                events.append(BatchesLost(url, tuple(lost)))
+        self._declare_gaps(now, events)
+        if now - self._summary_at >= SUMMARY_EVERY_SECONDS:
+            events.append(TradeSummary(now - self._summary_at, self._trades, self.held))
+            if self._dead_letters:
+                events.append(DeadLetterSummary(now - self._summary_at, self._dead_letters))
+            self._trades, self._dead_letters, self._summary_at = {}, {}, now
+        self.metrics.set("k2_buffered_records", self.held)
+        self._check_drain(events)
+        return events
+
+    def drain(self, last_batches: Mapping[str, int]) -> list[Event[A]]:
+        """Finish every RawBatch up to these numbers (per endpoint URL), then say Drained."""
+        self._drain = last_batches
+        events: list[Event[A]] = []
+        self._check_drain(events)
+        return events
+
+    def open_gaps(self, stream: str) -> list[Gap]:
+        return self._sequences.open_gaps(stream)
+
+    # --- inside ---
+
+    def _take_frame(self, raw: bytes, delivery: Delivery, now: float, records: list[tuple[str, Record]],
+                    letters: list[DeadLetter], events: list[Event[A]]) -> None:
+        event = parse_frame(raw, self._rules.max_frame_bytes)
+        if isinstance(event, (Trade, AggTrade, BookTicker)):
+            outcome = self._accept(event, delivery, now, backfilled=False, events=events)
+            if isinstance(outcome, Rejected):
+                letters.append(self._dead_letter(raw, outcome, delivery, events))
+            elif outcome is not None:
+                records.append(outcome)
+        elif isinstance(event, Rejected):
+            letters.append(self._dead_letter(raw, event, delivery, events))
+        elif isinstance(event, ServerShutdown):
+            events.append(ShutdownAnnounced(delivery.endpoint))
+        elif isinstance(event, SubscriptionReply):
+            events.append(SubscriptionAnswered(delivery.endpoint, event.request_id, event.result))
+
+    def _accept(self, event: Trade | AggTrade | BookTicker, delivery: Delivery, now: float, backfilled: bool,
+                events: list[Event[A]]) -> tuple[str, Record] | Rejected | None:
+        """(stream type, record) to publish, a Rejected for the DLQ, or None (a duplicate)."""
+        # Validate before tracking: an event that cannot be stored must not claim its id.
+        shaped = shape_event(event, delivery, self._rules.quote_assets, None if backfilled else self._rules.symbols)
+        if isinstance(shaped, Rejected):
+            return shaped
+        stream, record = shaped
+        event_id = SHAPES[type(event)][2](event)
+        if backfilled:
+            record["vendor_data"]["backfilled"] = "true"
+        else:
+            self.metrics.inc("k2_binance_messages_received_total", event.symbol, stream)
+        key = (delivery.venue, event.symbol)
+        verdict = self._sequences.observe(stream, key, event_id, now)
+        if verdict is Verdict.REGRESSED and not backfilled:
+            highest = self._sequences.last_id(stream, key)
+            detail = f"{stream} id {event_id} is more than {DEDUP_WINDOW_IDS} behind {highest}, the highest seen"
+            return Rejected(ID_REGRESSED, detail, stream)
+        if verdict in (Verdict.DUPLICATE, Verdict.REGRESSED):  # history outside every open gap is a duplicate
+            self.metrics.inc("k2_binance_duplicate_trades_total", event.symbol, stream)
+            return None
+        if verdict is Verdict.RECOVERED and not backfilled:
+            events.append(Recovered(stream, delivery.venue, event.symbol, event_id))
+            self.metrics.inc("k2_binance_recovered_trades_total", event.symbol)
+        summary_key = event.symbol if stream == TRADE else f"{event.symbol}@{stream}"
+        self._trades[summary_key] = self._trades.get(summary_key, 0) + 1
+        return stream, record
+
+    def _dead_letter(self, raw: bytes, rejected: Rejected, delivery: Delivery, events: list[Event[A]]) -> DeadLetter:
+        letter = DeadLetter(raw[: self._rules.max_frame_bytes], rejected.reason, rejected.detail, delivery.endpoint,
+                            delivery.received_us, rejected.stream)
+        self._count_dead_letter(letter, events)
+        return letter
+
+    def _count_dead_letter(self, letter: DeadLetter, events: list[Event[A]]) -> None:
+        count = self._dead_letters[letter.reason] = self._dead_letters.get(letter.reason, 0) + 1
+        if count <= DEAD_LETTERS_LOGGED_PER_REASON:
+            events.append(DeadLettered(letter))
+        elif count == DEAD_LETTERS_LOGGED_PER_REASON + 1:
+            events.append(DeadLettersThrottled(letter.reason))
+        self.metrics.inc("k2_binance_message_errors_total", letter.reason, letter.stream)
+
+    def _publish(self, records: list[tuple[str, Record]], letters: list[DeadLetter], events: list[Event[A]]) -> None:
+        if records or letters:
+            self._seq += 1
+            batch = RecordBatch(self._seq, tuple(records), tuple(letters))
+            self._unacked[batch.seq] = batch
+            self.held += len(records) + len(letters)
+            events.append(Publish(batch))
+
+    def _forget(self, seq: int) -> RecordBatch | None:
+        """The batch is no longer this ledger's to hold (acknowledged, or given up)."""
+        batch = self._unacked.pop(seq, None)
+        if batch is not None:
+            self.held -= len(batch.records) + len(batch.dead_letters)
+        return batch
+
+    def _release(self, events: list[Event[A]]) -> None:
+        """Release the connections' RawBatches, but only while fewer than max_buffered_records
+        wait for Kafka: past that their windows stay full, their readers pause, and TCP slows
+        the exchange. Memory stays bounded, nothing is shed."""
+        if self.held >= self._rules.max_buffered_records:
+            if not self._holding_back:
+                self._holding_back = True
+                events.append(Backpressure(True, self.held))
+            return
+        if self._holding_back:
+            self._holding_back = False
+            events.append(Backpressure(False, self.held))
+        untaken, self._untaken = self._untaken, []
+        events.extend(Release(sender, seq) for sender, seq in untaken)
+
+    def _declare_gaps(self, now: float, events: list[Event[A]]) -> None:
+        for stream, gap in self._sequences.declare_due(now):
+            self.metrics.inc("k2_binance_trade_gaps_total", gap.symbol, stream)
+            self.metrics.inc("k2_binance_missing_trades_total", gap.symbol, stream, amount=gap.size)
+            events.append(GapDeclared(stream, gap))
+
+    def _check_drain(self, events: list[Event[A]]) -> None:
+        if self._drain is None:
+            return
+        if all(url in self._received and self._received[url].complete_through(last) or last == 0
+               for url, last in self._drain.items()):
+            self._drain = None
+            events.append(Drained(self._seq))
+
