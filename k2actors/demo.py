@@ -30,7 +30,8 @@ def sample_totals(port: int) -> dict[str, float]:
 
 
 def _report_every_second(port: int, symbols: tuple[str, ...], stop: threading.Event) -> None:
-    previous, started = {}, time.monotonic()
+    previous: dict[str, float] = {}
+    started = time.monotonic()
     while not stop.wait(1.0):
         try:
             totals = sample_totals(port)

@@ -88,7 +88,8 @@ class Preparation(threading.Thread):
 
     def _create_topics(self) -> None:
         kafka = self._kafka
-        admin = AdminClient({**kafka_settings(kafka), "logger": LIBRDKAFKA_LOG})
+        settings: dict[str, Any] = {**kafka_settings(kafka), "logger": LIBRDKAFKA_LOG}
+        admin = AdminClient(settings)
         try:
             existing = admin.list_topics(timeout=10).topics
             wanted = [*map(kafka.topic_for, self._streams), kafka.dead_letter_topic]

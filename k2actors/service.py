@@ -86,7 +86,8 @@ class Pipeline:
         finally:
             signal.signal(signal.SIGINT, previous)
         self._coordinator = self._system.createActor(FailoverCoordinator)
-        reply = self._system.ask(self._coordinator, StartPipeline(self.config, fetch_quote_assets(self.config.binance), os.getpid()), START_TIMEOUT_SECONDS)
+        start = StartPipeline(self.config, fetch_quote_assets(self.config.binance), os.getpid())
+        reply = self._system.ask(self._coordinator, start, START_TIMEOUT_SECONDS)
         if isinstance(reply, PipelineFailed):
             self.close()
             raise RuntimeError(reply.reason)
@@ -96,11 +97,17 @@ class Pipeline:
         log.info("pipeline started; metrics on port %d", reply.metrics_port, extra={"event": "service_started"})
         return self
 
+    @property
+    def system(self) -> ActorSystem:
+        if self._system is None:
+            raise RuntimeError("the pipeline is not running")
+        return self._system
+
     def wait(self, stop: threading.Event) -> str | None:
         """Until `stop` is set (returns None) or the pipeline fails (returns why)."""
         heard_at = time.monotonic()
         while not stop.is_set():
-            message = self._system.listen(0.5)
+            message = self.system.listen(0.5)
             if isinstance(message, PipelineFailed):
                 return message.reason
             if isinstance(message, PipelineAlive):
@@ -111,10 +118,10 @@ class Pipeline:
 
     def stop(self) -> int:
         """Stop reading, drain, flush; the number of records Kafka did not acknowledge."""
-        self._system.tell(self._coordinator, StopPipeline())
+        self.system.tell(self._coordinator, StopPipeline())
         deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
-            message = self._system.listen(max(deadline - time.monotonic(), 0.01))
+            message = self.system.listen(max(deadline - time.monotonic(), 0.01))
             if isinstance(message, PipelineStopped):
                 return message.undelivered
         log.error("the pipeline did not finish draining within %d s", STOP_TIMEOUT_SECONDS)

@@ -102,7 +102,7 @@ def test_history_that_stays_down_is_given_up_with_its_range_logged(start_service
     service = start_service(K2_BINANCE_MAX_RECONNECT_ATTEMPTS="2")
     cold_failover(service, simulator)
     wait_until(lambda: service.metric("k2_backfill_gaps_open") == 0, 90, "every gap given up")
-    samples = settle(service, 1)
+    samples = settle(service)
     assert service.stop() == 0, service.log()
     declared = total(samples, "k2_binance_missing_trades_total")
     unfilled = {k: v for k, v in samples.items() if k.startswith("k2_backfill_unfilled_trades_total{")}

@@ -6,6 +6,7 @@ import sys
 import pytest
 import yaml
 
+from k2actors.clients import kafka_settings, registry_settings
 from k2actors.config import (
     _PARSERS,
     SECTIONS,
@@ -17,7 +18,6 @@ from k2actors.config import (
     venue_of,
 )
 from k2actors.outlets import producer_settings
-from k2actors.clients import kafka_settings, registry_settings
 from tests.conftest import REPO
 
 

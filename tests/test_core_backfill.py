@@ -3,9 +3,23 @@ import json
 import pytest
 
 from k2actors.core import binance
-from k2actors.core.backfill import PAGE_LIMIT, GapFill, RequestBudget
+from k2actors.core.backfill import (
+    MAX_ATTEMPTS,
+    PAGE_LIMIT,
+    Backfill,
+    GapFill,
+    GapFilled,
+    GapStarted,
+    HistoryRequest,
+    HistoryResponse,
+    PageFetched,
+    RateLimited,
+    RequestBudget,
+    Unfilled,
+)
 from k2actors.core.binance import Rejected, Trade, historical_trades
 from k2actors.core.sequence import SequenceTracker
+from k2actors.core.telemetry import MetricBuffer
 
 
 def trades(*ids: int) -> list[Trade]:
@@ -116,3 +130,121 @@ def test_open_gaps_are_the_declared_ranges_still_missing():
     tracker.declare_due(1.0)
     tracker.observe(("BINANCE", "BTCUSDT"), 5, 1.5)
     assert [(g.first_id, g.last_id) for g in tracker.open_gaps()] == [(2, 4), (6, 9)]
+
+
+# --- Backfill: the whole policy, fed answers and the time ---
+
+
+REST = "http://rest.example"
+
+
+def rows(*ids: int) -> bytes:
+    return json.dumps([{"id": i, "price": "1.5", "qty": "2", "quoteQty": "3", "time": 1_700_000_000_000 + i,
+                        "isBuyerMaker": True, "isBestMatch": True} for i in ids]).encode()
+
+
+def answer(status: int | None, body: bytes = b"[]", **headers: str) -> HistoryResponse:
+    return HistoryResponse(status, body, {name.replace("_", "-"): value for name, value in headers.items()}, 1)
+
+
+def backfill() -> Backfill:
+    return Backfill({"BINANCE": REST}, MetricBuffer(), draw=lambda: 1.0)
+
+
+def test_a_gap_is_fetched_page_by_page_and_reported_filled():
+    fill = backfill()
+    assert [type(e) for e in fill.add("BINANCE", "BTCUSDT", 10, 1509, 0.0)] == [GapStarted]
+    assert fill.add("BINANCE", "BTCUSDT", 10, 1509, 0.0) == []  # asked twice: one gap
+    request, _ = fill.next_request(0.0)
+    assert request == HistoryRequest(REST, "BTCUSDT", 10, 1000)
+    assert fill.next_request(0.0) == (None, [])  # one request in flight at a time
+    [page] = fill.answer(answer(200, rows(*range(10, 1010))), 0.5)
+    assert isinstance(page, PageFetched) and len(page.page.trades) == 1000 and page.page.url == REST
+    request, _ = fill.next_request(0.5)
+    assert request == HistoryRequest(REST, "BTCUSDT", 1010, 500)
+    events = fill.answer(answer(200, rows(*range(1010, 1510))), 1.5)
+    assert [type(e) for e in events] == [PageFetched, GapFilled] and fill.open_gaps == 0
+    deltas = fill.metrics.take()
+    assert ("k2_backfill_gaps_filled_total", ("BTCUSDT",), 1) in deltas.counters
+    assert deltas.observations == (("k2_backfill_latency_seconds", (1.5,)),)
+    assert ("k2_backfill_requests_total", ("200",), 2) in deltas.counters
+
+
+def test_ids_the_venue_no_longer_serves_are_reported_unfilled():
+    fill = backfill()
+    fill.add("BINANCE", "BTCUSDT", 10, 20, 0.0)
+    fill.next_request(0.0)
+    events = fill.answer(answer(200, rows(*range(15, 21))), 0.1)
+    assert [type(e) for e in events] == [PageFetched, Unfilled]
+    assert (events[1].first_id, events[1].last_id, events[1].reason) == (10, 14, "not_served")
+    assert fill.open_gaps == 0
+    assert ("k2_backfill_gaps_filled_total", ("BTCUSDT",), 1) not in fill.metrics.take().counters  # partly unfilled
+
+
+def test_429_waits_as_long_as_retry_after_says():
+    fill = backfill()
+    fill.add("BINANCE", "BTCUSDT", 10, 20, 0.0)
+    fill.next_request(0.0)
+    assert fill.answer(answer(429, retry_after="1.5"), 0.0) == [RateLimited("BINANCE", 429, 1.5)]
+    assert fill.next_request(1.4)[0] is None
+    assert fill.next_request(1.5)[0] == HistoryRequest(REST, "BTCUSDT", 10, 11)
+
+
+def test_a_ban_gives_up_every_gap_until_it_ends():
+    fill = backfill()
+    fill.add("BINANCE", "BTCUSDT", 10, 20, 0.0)
+    fill.add("BINANCE", "ETHUSDT", 5, 6, 0.0)
+    fill.next_request(0.0)
+    assert fill.answer(answer(418, retry_after="600"), 0.0) == [RateLimited("BINANCE", 418, 600.0)]
+    request, events = fill.next_request(1.0)
+    assert request is None
+    assert [(e.gap.symbol, e.first_id, e.last_id, e.reason) for e in events] == [
+        ("BTCUSDT", 10, 20, "banned"), ("ETHUSDT", 5, 6, "banned")]
+    fill.add("BINANCE", "BTCUSDT", 30, 31, 599.0)
+    assert [e.reason for e in fill.next_request(599.0)[1]] == ["banned"]
+    fill.add("BINANCE", "BTCUSDT", 40, 41, 600.0)
+    assert fill.next_request(600.0)[0] == HistoryRequest(REST, "BTCUSDT", 40, 2)
+
+
+def test_a_page_that_keeps_failing_is_retried_with_backoff_then_given_up():
+    fill = backfill()
+    fill.add("BINANCE", "BTCUSDT", 10, 20, 0.0)
+    now, events = 0.0, []
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        request, _ = fill.next_request(now)
+        assert request is not None, attempt
+        events = fill.answer(answer(None, b"connection refused"), now)
+        if attempt < MAX_ATTEMPTS:
+            assert events == [] and fill.next_request(now)[0] is None  # backing off
+            now += 10.0
+    [unfilled] = events
+    assert (unfilled.reason, unfilled.first_id, unfilled.last_id) == ("rest_unavailable", 10, 20)
+    assert "connection refused" in unfilled.detail and fill.open_gaps == 0
+
+
+def test_an_answer_that_is_not_a_list_makes_the_gap_unfillable():
+    fill = backfill()
+    fill.add("BINANCE", "BTCUSDT", 10, 20, 0.0)
+    fill.next_request(0.0)
+    [unfilled] = fill.answer(answer(200, b'{"code": -1121}'), 0.1)
+    assert isinstance(unfilled, Unfilled) and unfilled.reason == "rest_unusable"
+
+
+def test_the_weight_the_venue_reports_is_spent_too():
+    fill = backfill()
+    fill.add("BINANCE", "BTCUSDT", 10, 5000, 0.0)
+    fill.next_request(0.0)
+    fill.answer(answer(200, rows(*range(10, 1010)), **{"x-mbx-used-weight-1m": "1000"}), 0.0)
+    assert fill.next_request(1.0)[0] is None  # someone else on this IP spent our minute
+    assert fill.next_request(60.0)[0] is not None
+
+
+def test_log_lines_say_what_happened():
+    fill = backfill()
+    [started] = fill.add("BINANCE", "BTCUSDT", 10, 20, 0.0)
+    assert started.report().message == "backfilling BINANCE BTCUSDT ids 10 to 20"
+    fill.next_request(0.0)
+    [limited] = fill.answer(answer(418, retry_after="60"), 0.0)
+    assert limited.report().message.startswith("trade history of BINANCE refused with HTTP 418")
+    [unfilled] = fill.next_request(1.0)[1]
+    assert "(banned): they stay missing" in unfilled.report().message

@@ -1,7 +1,7 @@
 import json
 import uuid
-from pathlib import Path
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 

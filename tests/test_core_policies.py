@@ -1,4 +1,3 @@
-import pytest
 
 from k2actors.core.backoff import backoff_delay
 from k2actors.core.breaker import BreakerState, CircuitBreaker

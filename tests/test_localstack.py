@@ -8,8 +8,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from k2actors.outlets import schema_for
 from k2actors.localstack.simulator import ExchangeSimulator
+from k2actors.outlets import schema_for
 from tests.conftest import http_get, wait_until
 
 

@@ -13,10 +13,26 @@ from k2actors.readback import missing_and_duplicates, read_partitions
 from tests.conftest import trade_ids, wait_until
 
 
-def settle(service, seconds: float = 4.0) -> dict[str, float]:
-    """Let gap grace periods pass and metrics arrive, then read them."""
-    time.sleep(seconds)
-    return service.metrics()
+# What a fault test compares with Kafka: settled once none of them moves between two scrapes.
+SETTLING = ("k2_binance_missing_trades_total", "k2_binance_recovered_trades_total", "k2_backfill_trades_total",
+            "k2_backfill_unfilled_trades_total", "k2_actor_restarts_total", "k2_kafka_resent_records_total")
+
+
+def settle(service, timeout: float = 60) -> dict[str, float]:
+    """The metrics once the service has settled: no id inside its gap grace, no backfill open,
+    and the counters under test unchanged across two scrapes a Normaliser tick apart."""
+
+    def settled() -> dict[str, float] | None:
+        before = service.metrics()
+        if total(before, "k2_binance_gaps_pending") or total(before, "k2_backfill_gaps_open"):
+            return None
+        time.sleep(1.0)  # two ticks of the Normaliser, which flushes its counters every tick
+        after = service.metrics()
+        moved = any(total(before, name) != total(after, name) for name in SETTLING)
+        pending = total(after, "k2_binance_gaps_pending") or total(after, "k2_backfill_gaps_open")
+        return None if moved or pending else after
+
+    return wait_until(settled, timeout, "gaps, backfill and restarts to settle")
 
 
 def total(samples: dict[str, float], name: str) -> float:
@@ -47,7 +63,7 @@ def test_every_actor_killed_in_turn_is_replaced_and_only_reported_gaps_are_lost(
     # The metrics actor first: its restart starts every counter afresh (the coordinator
     # still holds the count of that restart and reports it to the new one).
     for role in ("metrics", "producer", "normaliser", "backfill", connection):
-        pid = wait_until(lambda: service.health().get("actors", {}).get(role), 20, f"the {role} actor's pid")
+        pid = wait_until(lambda role=role: service.health().get("actors", {}).get(role), 20, f"the {role} actor's pid")
         os.kill(pid, signal.SIGKILL)
         wait_for_new_pid(service, role, pid)
         wait_for_trades(service, service.metric("k2_kafka_messages_produced_total") + 50)

@@ -4,6 +4,8 @@ completes it as before."""
 
 import pickle
 import socket
+import subprocess
+import sys
 from datetime import timedelta
 
 import pytest
@@ -37,10 +39,18 @@ def transport() -> TCPTransport:
     return bare
 
 
-def test_every_actor_process_runs_the_change():
-    import k2actors.actors  # noqa: F401  (what each actor module imports first)
-
-    assert TCPTransport._next_XMIT_4 is transport_change._read_ack_when_readable
+@pytest.mark.parametrize("module", ["coordinator", "connection", "normaliser", "producer", "backfill", "metrics"])
+def test_every_actor_process_runs_the_change(module):
+    """Thespian starts each actor in a fresh process that imports the actor's module: that
+    import alone must install the change."""
+    probe = (
+        f"import k2actors.actors.{module}\n"
+        "from thespian.system.transport.TCPTransport import TCPTransport\n"
+        "import k2actors.thespian_transport as change\n"
+        "print(TCPTransport._next_XMIT_4 is change._read_ack_when_readable)"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "True", result.stderr
 
 
 def test_thespian_alone_pauses_a_transmit_whose_ack_is_not_there_yet(waiting_for_ack):

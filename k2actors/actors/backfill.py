@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from email.message import Message
 
 from thespian.actors import ActorAddress
 
@@ -53,11 +54,16 @@ class _Fetcher(threading.Thread):
         try:
             with urllib.request.urlopen(f"{request.base_url}/api/v3/historicalTrades?{query}",
                                         timeout=REQUEST_TIMEOUT_SECONDS, context=self._tls) as response:
-                return HistoryResponse(response.status, response.read(), response.headers, time.time_ns() // 1000)
+                return HistoryResponse(response.status, response.read(), _lower(response.headers), time.time_ns() // 1000)
         except urllib.error.HTTPError as error:
-            return HistoryResponse(error.code, error.read(), error.headers, time.time_ns() // 1000)
+            return HistoryResponse(error.code, error.read(), _lower(error.headers), time.time_ns() // 1000)
         except OSError as exc:  # refused, reset, timed out, TLS
             return HistoryResponse(None, str(exc).encode(), {}, time.time_ns() // 1000)
+
+
+def _lower(headers: Message) -> dict[str, str]:
+    """HTTP header names are case-insensitive: the core looks them up in lower case."""
+    return {name.lower(): value for name, value in headers.items()}
 
 
 class BackfillActor(Supervised[BackfillSetup]):

@@ -8,6 +8,7 @@ themselves. The flow window, the watchdog and rotation are k2actors.core.link's.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -80,10 +81,8 @@ class _Reader(threading.Thread):
         self._closed_here = self._closed_here or end
         ws = self._socket
         if ws is not None and ws.sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 ws.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def run(self) -> None:
         try:
@@ -223,7 +222,7 @@ class ConnectionActor(Supervised[ConnectionSetup]):
         self._rotate(message.reason)
 
     def _rotate(self, reason: str) -> None:
-        rotating = [(link, plan) for link, plan in zip(self._links, self._plans) if link.can_rotate()]
+        rotating = [(link, plan) for link, plan in zip(self._links, self._plans, strict=True) if link.can_rotate()]
         for link, plan in rotating:
             link.begin(self._open(plan), reason)
         if rotating:

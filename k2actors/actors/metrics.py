@@ -45,18 +45,35 @@ from k2actors.processes import tree_memory_bytes
 
 log = logging.getLogger("k2actors.metrics")
 
-def build_registry() -> tuple[CollectorRegistry, dict[str, Counter | Gauge | Histogram]]:
-    registry = CollectorRegistry()
-    metrics = {}
-    for spec in CATALOGUE.values():
-        if spec.kind == COUNTER:
-            # prometheus_client appends _total to counters itself.
-            metrics[spec.name] = Counter(spec.name.removesuffix("_total"), spec.help, spec.labels, registry=registry)
-        elif spec.kind == GAUGE:
-            metrics[spec.name] = Gauge(spec.name, spec.help, spec.labels, registry=registry)
-        else:
-            metrics[spec.name] = Histogram(spec.name, spec.help, spec.labels, buckets=LATENCY_BUCKETS, registry=registry)
-    return registry, metrics
+class _Registry:
+    """The Prometheus objects of the metric catalogue, by kind."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.counters: dict[str, Counter] = {}
+        self.gauges: dict[str, Gauge] = {}
+        self.histograms: dict[str, Histogram] = {}
+        for spec in CATALOGUE.values():
+            if spec.kind == COUNTER:
+                # prometheus_client appends _total to counters itself.
+                self.counters[spec.name] = Counter(spec.name.removesuffix("_total"), spec.help, spec.labels, registry=self.registry)
+            elif spec.kind == GAUGE:
+                self.gauges[spec.name] = Gauge(spec.name, spec.help, spec.labels, registry=self.registry)
+            else:
+                self.histograms[spec.name] = Histogram(spec.name, spec.help, spec.labels, buckets=LATENCY_BUCKETS,
+                                                       registry=self.registry)
+
+    def apply(self, deltas: MetricDeltas) -> None:
+        for name, labels, amount in deltas.counters:
+            counter = self.counters[name]
+            (counter.labels(*labels) if labels else counter).inc(amount)
+        for name, labels, value in deltas.gauges:
+            gauge = self.gauges[name]
+            (gauge.labels(*labels) if labels else gauge).set(value)
+        for name, values in deltas.observations:
+            histogram = self.histograms[name]
+            for value in values:
+                histogram.observe(value)
 
 
 class _IPv6HTTPServer(ThreadingHTTPServer):
@@ -92,13 +109,13 @@ class MetricsActor(Supervised[MetricsSetup]):
 
     def __init__(self) -> None:
         super().__init__()
-        self._registry, self._metrics = build_registry()
+        self._registry = _Registry()
         self._status = Status()
         self._server: ThreadingHTTPServer | None = None
 
     def configure(self, previous: MetricsSetup | None) -> None:
         if previous is None:
-            memory = self._metrics["k2_service_memory_bytes"]
+            memory = self._registry.gauges["k2_service_memory_bytes"]
             memory.set_function(lambda: tree_memory_bytes(*self._status.roots()))
         self._serve(self.setup.bind_address, self.setup.port)
 
@@ -106,7 +123,7 @@ class MetricsActor(Supervised[MetricsSetup]):
         return self.myAddress
 
     def receiveMsg_MetricDeltas(self, deltas: MetricDeltas, sender: ActorAddress) -> None:
-        self._apply(deltas)
+        self._registry.apply(deltas)
 
     def receiveMsg_ComponentStatus(self, message: ComponentStatus, sender: ActorAddress) -> None:
         self._status.update(message.component, message.ok, message.detail)
@@ -125,7 +142,7 @@ class MetricsActor(Supervised[MetricsSetup]):
             return
         try:
             server_class = _IPv6HTTPServer if ":" in address else ThreadingHTTPServer
-            self._server = server_class((address, port), _handler(self._registry, self._status))
+            self._server = server_class((address, port), _handler(self._registry.registry, self._status))
         except OSError as exc:
             self.send(self.coordinator, SetupFailed("metrics", f"cannot listen on {address} port {port}: {exc.strerror}"))
             return
@@ -133,15 +150,3 @@ class MetricsActor(Supervised[MetricsSetup]):
         threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True).start()
         log.info("metrics, health and readiness on %s port %d", address, port)
         self.send(self.coordinator, MetricsReady(port))
-
-    def _apply(self, deltas: MetricDeltas) -> None:
-        for name, labels, amount in deltas.counters:
-            metric = self._metrics[name]
-            (metric.labels(*labels) if labels else metric).inc(amount)
-        for name, labels, value in deltas.gauges:
-            metric = self._metrics[name]
-            (metric.labels(*labels) if labels else metric).set(value)
-        for name, values in deltas.observations:
-            histogram = self._metrics[name]
-            for value in values:
-                histogram.observe(value)

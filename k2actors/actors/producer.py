@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
-from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 from thespian.actors import ActorAddress, ActorExitRequest
@@ -122,7 +122,7 @@ class ProducerActor(Supervised[ProducerSetup]):
             key = (stream, record["exchange"], record["symbol"])
             last_ids[key] = max(last_ids.get(key, record["source_sequence"]), record["source_sequence"])
             try:
-                value = outlet.serializer(record, outlet.context)
+                value = outlet.serializer(record, outlet.context) or b""
             except Exception as exc:  # one record the schema refuses must not sink the batch
                 log.error("record %s could not be serialized: %s", record["message_id"], exc,
                           extra={"event": "serialization_failed", "message_id": record["message_id"]})
@@ -134,7 +134,8 @@ class ProducerActor(Supervised[ProducerSetup]):
             self._send(self.setup.kafka.dead_letter_topic, None, letter.raw, _headers(letter), partial(self._delivered, pending, None))
             self.metrics.inc("k2_dlq_messages_total", letter.reason, letter.stream)
 
-    def _send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None, report: Any) -> None:
+    def _send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, str | bytes | None]] | None,
+              report: Callable[[KafkaError | None, Message], None]) -> None:
         producer = self._producer
         assert producer is not None  # batches are held until it exists
         while True:
@@ -152,12 +153,13 @@ class ProducerActor(Supervised[ProducerSetup]):
     def _delivered(self, pending: PendingBatch[ActorAddress], times_us: tuple[int, int] | None,
                    error: KafkaError | None, message: Message) -> None:
         """Runs on the poll thread."""
+        topic = message.topic() or ""
         if error is not None:
-            self._deliveries.refused(pending, message.topic(), error.name(), error.str())
+            self._deliveries.refused(pending, topic, error.name(), error.str())
             return
         now_us = time.time_ns() // 1000
         latencies = None if times_us is None else ((now_us - times_us[0]) / 1e6, (now_us - times_us[1]) / 1e6)
-        self._deliveries.acknowledged(pending, message.topic(), latencies)
+        self._deliveries.acknowledged(pending, topic, latencies)
 
     def _on_kafka_error(self, error: KafkaError) -> None:
         log.error("kafka client error: %s", error.str(), extra={"event": "kafka_error", "error": error.name()})
@@ -219,7 +221,7 @@ class ProducerActor(Supervised[ProducerSetup]):
         self.send(self.coordinator, Flushed(undelivered))
 
 
-def _headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
+def _headers(letter: DeadLetter) -> list[tuple[str, str | bytes | None]]:
     return [
         ("reason", letter.reason.encode()),
         ("detail", letter.detail.encode()),

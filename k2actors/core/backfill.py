@@ -42,6 +42,10 @@ class GapFill:
     def __post_init__(self) -> None:
         self.next_id = self.first_id
 
+    def fields(self) -> dict[str, object]:
+        """Its fields in a JSON log line."""
+        return {"venue": self.venue, "symbol": self.symbol, "first_id": self.first_id, "last_id": self.last_id}
+
     @property
     def done(self) -> bool:
         return self.next_id > self.last_id
@@ -139,7 +143,7 @@ class HistoryRequest:
 class HistoryResponse:
     status: int | None  # None: no answer (refused, reset, timed out)
     body: bytes
-    headers: Mapping[str, str]  # looked up case-insensitively by the shell's HTTP client
+    headers: Mapping[str, str]  # names in lower case
     received_us: int
 
 
@@ -184,8 +188,7 @@ class GapStarted:
     def report(self) -> LogLine:
         gap = self.gap
         return LogLine(logging.INFO, f"backfilling {gap.venue} {gap.symbol} ids {gap.first_id} to {gap.last_id}",
-                       {"event": "backfill_started", "venue": gap.venue, "symbol": gap.symbol,
-                        "first_id": gap.first_id, "last_id": gap.last_id})
+                       {"event": "backfill_started", **gap.fields()})
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,8 +198,7 @@ class GapFilled:
     def report(self) -> LogLine:
         gap = self.gap
         return LogLine(logging.INFO, f"backfilled {gap.venue} {gap.symbol} ids {gap.first_id} to {gap.last_id}",
-                       {"event": "backfill_completed", "venue": gap.venue, "symbol": gap.symbol,
-                        "first_id": gap.first_id, "last_id": gap.last_id})
+                       {"event": "backfill_completed", **gap.fields()})
 
 
 BackfillEvent = PageFetched | RateLimited | Unfilled | GapStarted | GapFilled
@@ -259,7 +261,7 @@ class Backfill:
         self._in_flight = False
         gap = self._queue[0]
         self.metrics.inc("k2_backfill_requests_total", str(response.status or "error"))
-        used = response.headers.get("X-MBX-USED-WEIGHT-1M") or ""
+        used = response.headers.get("x-mbx-used-weight-1m") or ""
         if used.isdigit():
             self._budget.observe_used(now, int(used))
         events: list[BackfillEvent] = []
@@ -324,6 +326,6 @@ def _key(gap: GapFill) -> GapKey:
 
 def _retry_after(headers: Mapping[str, str], default: float) -> float:
     try:
-        return max(float(headers.get("Retry-After", default)), 0.0)
+        return max(float(headers.get("retry-after", default)), 0.0)
     except ValueError:
         return default

@@ -92,7 +92,8 @@ class FailoverPolicy:
     def _wait_for_trial(self, now: float) -> Attempt:
         self._index = 0
         self._failures = 0
-        return Attempt(self.active, max(self._breaker.reopens_at() - now, 0.0))
+        reopens_at = self._breaker.reopens_at()  # open, so it has a time
+        return Attempt(self.active, max((reopens_at or now) - now, 0.0))
 
 
 class DarkDeadline:

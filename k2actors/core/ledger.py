@@ -34,7 +34,7 @@ from k2actors.core.binance import (
     Trade,
     parse_frame,
 )
-from k2actors.core.normalise import SHAPES, Delivery, record_dead_letter, shape_event
+from k2actors.core.normalise import Delivery, event_id, record_dead_letter, shape_event
 from k2actors.core.sequence import DEDUP_WINDOW_IDS, BatchSequence, Gap, StreamSequences, Verdict
 from k2actors.core.telemetry import LogLine, MetricBuffer
 from k2actors.messages import (
@@ -403,6 +403,7 @@ class Ledger(Generic[A]):
                 events.append(DeadLetterSummary(now - self._summary_at, self._dead_letters))
             self._trades, self._dead_letters, self._summary_at = {}, {}, now
         self.metrics.set("k2_buffered_records", self.held)
+        self.metrics.set("k2_binance_gaps_pending", self._sequences.pending())
         self._check_drain(events)
         return events
 
@@ -442,22 +443,22 @@ class Ledger(Generic[A]):
         if isinstance(shaped, Rejected):
             return shaped
         stream, record = shaped
-        event_id = SHAPES[type(event)][2](event)
+        tracked_id = event_id(event)
         if backfilled:
             record["vendor_data"]["backfilled"] = "true"
         else:
             self.metrics.inc("k2_binance_messages_received_total", event.symbol, stream)
         key = (delivery.venue, event.symbol)
-        verdict = self._sequences.observe(stream, key, event_id, now)
+        verdict = self._sequences.observe(stream, key, tracked_id, now)
         if verdict is Verdict.REGRESSED and not backfilled:
             highest = self._sequences.last_id(stream, key)
-            detail = f"{stream} id {event_id} is more than {DEDUP_WINDOW_IDS} behind {highest}, the highest seen"
+            detail = f"{stream} id {tracked_id} is more than {DEDUP_WINDOW_IDS} behind {highest}, the highest seen"
             return Rejected(ID_REGRESSED, detail, stream)
         if verdict in (Verdict.DUPLICATE, Verdict.REGRESSED):  # history outside every open gap is a duplicate
             self.metrics.inc("k2_binance_duplicate_trades_total", event.symbol, stream)
             return None
         if verdict is Verdict.RECOVERED and not backfilled:
-            events.append(Recovered(stream, delivery.venue, event.symbol, event_id))
+            events.append(Recovered(stream, delivery.venue, event.symbol, tracked_id))
             self.metrics.inc("k2_binance_recovered_trades_total", event.symbol)
         summary_key = event.symbol if stream == TRADE else f"{event.symbol}@{stream}"
         self._trades[summary_key] = self._trades.get(summary_key, 0) + 1

@@ -210,12 +210,17 @@ def normalise_quote(book: BookTicker, delivery: Delivery, quote_assets: Mapping[
     }
 
 
-# Each exchange event type: its stream type, how it becomes a record, and its sequence id.
-SHAPES = {
-    Trade: (TRADE, normalise_trade, lambda event: event.trade_id),
-    AggTrade: (AGG_TRADE, normalise_agg_trade, lambda event: event.agg_id),
-    BookTicker: (BOOK_TICKER, normalise_quote, lambda event: event.update_id),
-}
+def event_id(event: Trade | AggTrade | BookTicker) -> int:
+    """The id a stream type is tracked by: trade id, aggregate id or update id."""
+    if isinstance(event, Trade):
+        return event.trade_id
+    return event.agg_id if isinstance(event, AggTrade) else event.update_id
+
+
+def stream_of(event: Trade | AggTrade | BookTicker) -> str:
+    if isinstance(event, Trade):
+        return TRADE
+    return AGG_TRADE if isinstance(event, AggTrade) else BOOK_TICKER
 
 
 def shape_event(
@@ -225,8 +230,14 @@ def shape_event(
     """(stream type, record) for an exchange event, or why it is refused, the Rejected naming
     its stream. A streamed event is also screened against `subscribed` and its receipt time;
     REST history (`subscribed` None) is old by nature and asked for by symbol, so it is not."""
-    stream, shape, _ = SHAPES[type(event)]
-    record = shape(event, delivery, quote_assets)
+    stream = stream_of(event)
+    record: Record | Rejected
+    if isinstance(event, Trade):
+        record = normalise_trade(event, delivery, quote_assets)
+    elif isinstance(event, AggTrade):
+        record = normalise_agg_trade(event, delivery, quote_assets)
+    else:
+        record = normalise_quote(event, delivery, quote_assets)
     if subscribed is not None and not isinstance(record, Rejected):
         record = screen_event(event, subscribed, delivery.received_us) or record
     if isinstance(record, Rejected):

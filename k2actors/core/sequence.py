@@ -10,6 +10,7 @@ arrival is still published (as a recovery) rather than discarded as a duplicate.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -97,6 +98,10 @@ class SequenceTracker:
                     due.append(Gap(venue, symbol, gap.first, gap.last))
         return due
 
+    def pending(self) -> int:
+        """Ids noticed missing and still inside their grace period (not declared yet)."""
+        return sum(gap.last - gap.first + 1 for state in self._states.values() for gap in state.missing if not gap.declared)
+
     def open_gaps(self) -> list[Gap]:
         """Ranges declared missing that are still missing."""
         return [
@@ -182,13 +187,13 @@ class StreamSequences:
         self._gapless = {TRADE: SequenceTracker(grace_seconds), AGG_TRADE: SequenceTracker(grace_seconds)}
         self._quotes = LatestUpdate()
 
-    def resume(self, last_ids: dict[tuple[str, str, str], int]) -> None:
+    def resume(self, last_ids: Mapping[tuple[str, str, str], int]) -> None:
         """From the producer's (stream, venue, symbol) -> highest id handed to Kafka."""
         by_stream: dict[str, dict[Key, int]] = {}
         for (stream, venue, symbol), last_id in last_ids.items():
             by_stream.setdefault(stream, {})[(venue, symbol)] = last_id
         for stream, ids in by_stream.items():
-            (self._gapless[stream] if stream in self._gapless else self._quotes).resume(ids)
+            (self._gapless.get(stream, self._quotes)).resume(ids)
 
     def observe(self, stream: str, key: Key, event_id: int, now: float) -> Verdict:
         if stream in self._gapless:
@@ -197,6 +202,9 @@ class StreamSequences:
 
     def declare_due(self, now: float) -> list[tuple[str, Gap]]:
         return [(stream, gap) for stream, tracker in self._gapless.items() for gap in tracker.declare_due(now)]
+
+    def pending(self) -> int:
+        return sum(tracker.pending() for tracker in self._gapless.values())
 
     def open_gaps(self, stream: str) -> list[Gap]:
         """Declared and still missing, for a stream type whose ids run consecutively."""

@@ -39,6 +39,7 @@ CATALOGUE = {
         MetricSpec("k2_binance_last_message_timestamp_seconds", GAUGE, (), "Unix time of the last frame received from any endpoint."),
         MetricSpec("k2_binance_duplicate_trades_total", COUNTER, ("symbol", "stream"), "Events dropped because their id was already published (quotes: not newer than the last)."),
         MetricSpec("k2_binance_trade_gaps_total", COUNTER, ("symbol", "stream"), "Runs of missing trade (or aggregate trade) ids declared."),
+        MetricSpec("k2_binance_gaps_pending", GAUGE, (), "Trade (or aggregate trade) ids noticed missing and still inside the grace period before a gap is declared."),
         MetricSpec("k2_binance_missing_trades_total", COUNTER, ("symbol", "stream"), "Trade (or aggregate trade) ids declared missing."),
         MetricSpec("k2_binance_recovered_trades_total", COUNTER, ("symbol",), "Trades that arrived after their id had been declared missing."),
         MetricSpec("k2_kafka_messages_produced_total", COUNTER, ("topic",), "Records acknowledged by Kafka."),

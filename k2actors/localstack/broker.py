@@ -43,6 +43,8 @@ class TansuBroker:
 
     @property
     def pid(self) -> int:
+        if self._process is None:
+            raise RuntimeError("the broker is not running")
         return self._process.pid
 
     def freeze(self) -> None:

@@ -14,6 +14,7 @@ import json
 import re
 import ssl
 import threading
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
@@ -166,8 +167,8 @@ def _register(store, subject, body):
         return 422, {"error_code": 42201, "message": "Invalid schema"}
     latest = store.version(subject, "latest")
     level = store.compatibility.get(subject, store.compatibility[None])
-    if latest and level.startswith("BACKWARD") and store.lookup(subject, _schema_body(body)) is None:
-        if not backward_compatible(body["schema"], store.by_id(latest[0])["schema"]):
+    if (latest and level.startswith("BACKWARD") and store.lookup(subject, _schema_body(body)) is None
+            and not backward_compatible(body["schema"], store.by_id(latest[0])["schema"])):
             return 409, {"error_code": 409, "message": "Schema being registered is incompatible with an earlier schema"}
     return 200, {"id": store.register(subject, _schema_body(body))}
 
@@ -223,7 +224,7 @@ def _compatibility(store, subject, version, body):
     return 200, {"is_compatible": backward_compatible(body["schema"], store.by_id(found[0])["schema"])}
 
 
-_ROUTES = (
+_ROUTES: tuple[tuple[str, str, Callable[..., tuple[int, object]]], ...] = (
     ("POST", r"/subjects/([^/]+)/versions", _register),
     ("POST", r"/subjects/([^/]+)", _lookup),
     ("GET", r"/schemas/ids/(\d+)", _get_schema),
@@ -262,7 +263,7 @@ class SchemaRegistryDouble:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"{self._scheme}://{host}:{port}"
+        return f"{self._scheme}://{host!s}:{port}"
 
     def start(self) -> SchemaRegistryDouble:
         self._thread.start()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import json
 import random
 import ssl
@@ -37,7 +38,7 @@ from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 MAX_STREAMS_PER_CONNECTION = 1024
@@ -75,7 +76,7 @@ class Market:
         self._price = {s: _START_PRICES_CENTS.get(s, 10_000) for s in symbols}
         self._next_id = {s: 1_000_000 + 1000 * i for i, s in enumerate(symbols)}
         self._due = {s: 0.0 for s in symbols}
-        self._history = {s: collections.deque(maxlen=HISTORY_PER_SYMBOL) for s in symbols}
+        self._history: dict[str, collections.deque[SimTrade]] = {s: collections.deque(maxlen=HISTORY_PER_SYMBOL) for s in symbols}
         self._next_agg_id = {s: 500_000 + 1000 * i for i, s in enumerate(symbols)}
         self._next_update_id = {s: 7_000_000 + 1000 * i for i, s in enumerate(symbols)}
         self._last_tick: float | None = None
@@ -188,7 +189,7 @@ class _Endpoint:
         self.clients: set[_Client] = set()
         self.stalled = False
         self.refusing = False
-        self.server = None
+        self.server: Server | None = None
         self.port = 0
         self.history_faults: collections.deque[tuple[int, float | None]] = collections.deque()  # (status, Retry-After)
         self.history_requests: list[float] = []  # when each historicalTrades request came (monotonic)
@@ -269,28 +270,30 @@ class ExchangeSimulator:
 
     async def _start(self) -> None:
         for endpoint in self._endpoints:
-            endpoint.server = await serve(
-                lambda connection, e=endpoint: self._serve_client(e, connection),
+            server = endpoint.server = await serve(
+                functools.partial(self._serve_client, endpoint),
                 self.host,
                 0,
-                process_request=lambda connection, request, e=endpoint: self._http(e, connection, request),
+                process_request=functools.partial(self._http, endpoint),
                 ping_interval=None,  # Binance-style pings are sent by _ping_loop
                 max_size=2**20,
                 compression=None,
                 ssl=self._tls,
             )
-            endpoint.port = endpoint.server.sockets[0].getsockname()[1]
+            endpoint.port = server.sockets[0].getsockname()[1]
         if self._tape is None:
             self._ticker = asyncio.get_running_loop().create_task(self._run_market())
 
     async def _stop(self) -> None:
         self._stopping = True
+        servers = [endpoint.server for endpoint in self._endpoints if endpoint.server is not None]
+        for server in servers:
+            server.close()
         for endpoint in self._endpoints:
-            endpoint.server.close()
             for client in list(endpoint.clients):
                 client.connection.transport.abort()
-        for endpoint in self._endpoints:
-            await endpoint.server.wait_closed()
+        for server in servers:
+            await server.wait_closed()
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in tasks:
             task.cancel()
@@ -350,8 +353,9 @@ class ExchangeSimulator:
         return response
 
     async def _serve_client(self, endpoint: _Endpoint, connection: ServerConnection) -> None:
+        assert connection.request is not None  # the handshake is done
         path = urlsplit(connection.request.path)
-        streams = _requested_streams(path.path, parse_qs(path.query))
+        streams = _requested_streams(path.path, parse_qs(path.query)) or []
         client = _Client(connection, set(streams), combined=path.path.startswith("/stream"))
         endpoint.clients.add(client)
         tasks = [

@@ -1,0 +1,276 @@
+"""k2actors.core.ledger, directly: what the Normaliser receives, publishes, holds and declares
+missing, under reordering, loss, overlap, resend and restart. No processes, no broker."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from k2actors.core.binance import Trade
+from k2actors.core.ledger import (
+    BATCH_GRACE_SECONDS,
+    DEAD_LETTERS_LOGGED_PER_REASON,
+    RESEND_BATCH_RECORDS,
+    SUMMARY_EVERY_SECONDS,
+    Backfilled,
+    Backpressure,
+    BatchesLost,
+    DeadLettered,
+    DeadLettersLost,
+    DeadLettersThrottled,
+    DeadLetterSummary,
+    Drained,
+    FrameFailed,
+    GapDeclared,
+    Ledger,
+    Publish,
+    Recovered,
+    Release,
+    Resent,
+    Rules,
+    ShutdownAnnounced,
+    TradeSummary,
+)
+from k2actors.core.sequence import Gap
+from k2actors.core.telemetry import MetricBuffer
+from k2actors.messages import BackfilledTrades, PoisonedFrames, RawBatch
+
+PRIMARY, MIRROR = "ws://primary/stream", "ws://mirror/stream"
+T0_MS = 1_700_000_000_000
+GRACE = 2.0
+
+
+def trade_frame(trade_id: int, symbol: str = "BTCUSDT") -> bytes:
+    data = {"e": "trade", "E": T0_MS + trade_id, "s": symbol, "t": trade_id, "p": "1.5", "q": "2", "T": T0_MS + trade_id,
+            "m": True, "M": True}
+    return json.dumps({"stream": f"{symbol.lower()}@trade", "data": data}).encode()
+
+
+def raw(url: str, seq: int, *frames: bytes) -> RawBatch:
+    return RawBatch(url, "BINANCE", seq, tuple((T0_MS * 1000, frame) for frame in frames))
+
+
+def ledger(max_buffered: int = 100_000, last_ids: Mapping[tuple[str, str, str], int] | None = None,
+           quote_assets: Mapping[str, str] | None = None) -> Ledger[str]:
+    rules = Rules(GRACE, frozenset({"BTCUSDT", "ETHUSDT"}), {} if quote_assets is None else quote_assets, max_buffered, 65536)
+    return Ledger(rules, last_ids or {}, 0.0, MetricBuffer())
+
+
+def published(events: list) -> list[int]:
+    return [record["source_sequence"] for e in events if isinstance(e, Publish) for _, record in e.batch.records]
+
+
+def of(kind: type, events: list) -> list:
+    return [e for e in events if isinstance(e, kind)]
+
+
+def counters(book: Ledger[str]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for name, _, amount in book.metrics.take().counters:
+        totals[name] = totals.get(name, 0) + amount
+    return totals
+
+
+def test_a_batch_of_trades_is_published_and_released_to_its_connection():
+    book = ledger()
+    events = book.take_raw(raw(PRIMARY, 1, trade_frame(10), trade_frame(11)), "connection", 0.0)
+    assert published(events) == [10, 11]
+    assert of(Release, events) == [Release("connection", 1)]
+    [publish] = of(Publish, events)
+    assert publish.batch.seq == 1 and book.held == 2
+    assert book.delivered((1,)) == [] and book.held == 0
+
+
+def test_the_same_trade_from_two_connections_is_published_once():
+    book = ledger()
+    first = book.take_raw(raw(PRIMARY, 1, trade_frame(10), trade_frame(11)), "a", 0.0)
+    second = book.take_raw(raw(MIRROR, 1, trade_frame(11), trade_frame(12)), "b", 0.1)
+    assert published(first) + published(second) == [10, 11, 12]
+    assert counters(book)["k2_binance_duplicate_trades_total"] == 1
+
+
+def test_a_gap_is_declared_after_the_grace_unless_filled_within_it():
+    book = ledger()
+    book.take_raw(raw(PRIMARY, 1, trade_frame(10), trade_frame(15)), "a", 0.0)
+    book.take_raw(raw(MIRROR, 1, trade_frame(12)), "b", 1.0)  # a lagging mirror fills one id in time
+    assert of(GapDeclared, book.tick(GRACE - 0.1)) == []
+    events = book.tick(GRACE)
+    assert of(GapDeclared, events) == [GapDeclared("trade", Gap("BINANCE", "BTCUSDT", 11, 11)),
+                                       GapDeclared("trade", Gap("BINANCE", "BTCUSDT", 13, 14))]
+    assert counters(book)["k2_binance_missing_trades_total"] == 3
+    assert book.open_gaps("trade") == [Gap("BINANCE", "BTCUSDT", 11, 11), Gap("BINANCE", "BTCUSDT", 13, 14)]
+    late = book.take_raw(raw(MIRROR, 2, trade_frame(13)), "b", 5.0)
+    assert published(late) == [13] and of(Recovered, late) == [Recovered("trade", "BINANCE", "BTCUSDT", 13)]
+
+
+def test_past_max_buffered_records_the_connections_are_held_back_until_kafka_catches_up():
+    book = ledger(max_buffered=3)
+    events = book.take_raw(raw(PRIMARY, 1, *map(trade_frame, (1, 2, 3))), "a", 0.0)
+    assert of(Release, events) == [] and of(Backpressure, events) == [Backpressure(True, 3)]
+    events = book.take_raw(raw(PRIMARY, 2, trade_frame(4)), "a", 0.1)
+    assert of(Release, events) == [] and of(Backpressure, events) == []  # said once
+    events = book.delivered((1,))
+    assert events == [Backpressure(False, 1), Release("a", 1), Release("a", 2)]
+
+
+def test_a_new_producer_gets_everything_unacknowledged_merged_and_renumbered():
+    book = ledger()
+    for seq in range(1, 4):
+        book.take_raw(raw(PRIMARY, seq, trade_frame(seq)), "a", 0.0)
+    book.delivered((2,))
+    events = book.resend()
+    assert of(Resent, events) == [Resent(2)]
+    [publish] = of(Publish, events)
+    assert publish.batch.seq == 4 and published(events) == [1, 3] and book.held == 2
+    assert counters(book)["k2_kafka_resent_records_total"] == 2
+    book.delivered((1, 3))  # the old numbers mean nothing now
+    assert book.held == 2
+    book.delivered((4,))
+    assert book.held == 0
+
+
+def test_a_resend_larger_than_one_batch_is_split():
+    book = ledger()
+    frames = [trade_frame(i) for i in range(1, RESEND_BATCH_RECORDS + 2)]
+    book.take_raw(raw(PRIMARY, 1, *frames), "a", 0.0)
+    assert [len(e.batch.records) for e in of(Publish, book.resend())] == [RESEND_BATCH_RECORDS, 1]
+
+
+def test_a_restarted_ledger_continues_from_what_the_producer_handed_to_kafka():
+    book = ledger(last_ids={("trade", "BINANCE", "BTCUSDT"): 100})
+    events = book.take_raw(raw(PRIMARY, 1, *map(trade_frame, (99, 100, 101, 104))), "a", 0.0)
+    assert published(events) == [101, 104]
+    assert of(GapDeclared, book.tick(GRACE)) == [GapDeclared("trade", Gap("BINANCE", "BTCUSDT", 102, 103))]
+
+
+def test_records_the_producer_failed_on_twice_become_dead_letters_once():
+    book = ledger()
+    [publish] = of(Publish, book.take_raw(raw(PRIMARY, 1, trade_frame(7)), "a", 0.0))
+    events = book.poisoned(publish.batch, "ValueError: no")
+    [letters] = of(Publish, events)
+    [letter] = letters.batch.dead_letters
+    assert (letter.reason, letter.endpoint, json.loads(letter.raw)["trade_id"]) == ("poison_message", PRIMARY, "BINANCE-7")
+    assert book.poisoned(publish.batch, "again") == []  # already given up: never sent round again
+    assert book.poisoned(letters.batch, "dead letters too") == [DeadLettersLost(1)]
+    assert book.held == 0
+
+
+def test_frames_a_normaliser_failed_on_go_to_the_dlq_unparsed():
+    book = ledger()
+    [publish] = of(Publish, book.take_poisoned_frames(PoisonedFrames(PRIMARY, ((1, b"x"), (2, b"y")), "KeyError")))
+    assert [(letter.raw, letter.reason) for letter in publish.batch.dead_letters] == [(b"x", "poison_message"), (b"y", "poison_message")]
+
+
+class _Exploding(dict[str, str]):
+    def __contains__(self, key: object) -> bool:
+        raise RuntimeError("a bug")
+
+
+def test_a_frame_the_ledger_fails_on_costs_that_frame_and_nothing_else():
+    book = ledger(quote_assets=_Exploding())
+    events = book.take_raw(raw(PRIMARY, 1, trade_frame(1), b"not json"), "a", 0.0)
+    [failed] = of(FrameFailed, events)
+    assert "RuntimeError: a bug" in failed.trace
+    [publish] = of(Publish, events)
+    assert [letter.reason for letter in publish.batch.dead_letters] == ["internal_error", "not_json"]
+    assert of(Release, events) == [Release("a", 1)]
+
+
+def test_dead_letters_are_said_one_by_one_up_to_a_bound_then_summarised():
+    book = ledger()
+    events = book.take_raw(raw(PRIMARY, 1, *[b"garbage"] * (DEAD_LETTERS_LOGGED_PER_REASON + 5)), "a", 0.0)
+    assert len(of(DeadLettered, events)) == DEAD_LETTERS_LOGGED_PER_REASON
+    assert of(DeadLettersThrottled, events) == [DeadLettersThrottled("not_json")]
+    summary = book.tick(SUMMARY_EVERY_SECONDS)
+    assert of(DeadLetterSummary, summary)[0].reasons == {"not_json": DEAD_LETTERS_LOGGED_PER_REASON + 5}
+    assert of(TradeSummary, summary)[0].trades == {}
+    assert len(of(DeadLettered, book.take_raw(raw(PRIMARY, 2, b"garbage"), "a", 61.0))) == 1  # a new interval
+
+
+def test_a_server_shutdown_frame_is_announced():
+    frame = json.dumps({"stream": "btcusdt@trade", "data": {"e": "serverShutdown", "E": T0_MS}}).encode()
+    assert of(ShutdownAnnounced, ledger().take_raw(raw(PRIMARY, 1, frame), "a", 0.0)) == [ShutdownAnnounced(PRIMARY)]
+
+
+def test_a_batch_that_never_arrives_is_reported_after_its_grace():
+    book = ledger()
+    book.take_raw(raw(PRIMARY, 1, trade_frame(1)), "a", 0.0)
+    book.take_raw(raw(PRIMARY, 3, trade_frame(3)), "a", 0.0)
+    assert of(BatchesLost, book.tick(BATCH_GRACE_SECONDS - 0.1)) == []
+    assert of(BatchesLost, book.tick(BATCH_GRACE_SECONDS)) == [BatchesLost(PRIMARY, (2,))]
+
+
+def test_a_drain_waits_for_every_batch_asked_for():
+    book = ledger()
+    book.take_raw(raw(PRIMARY, 1, trade_frame(1)), "a", 0.0)
+    assert book.drain({PRIMARY: 2, MIRROR: 0}) == []
+    events = book.take_raw(raw(PRIMARY, 2, trade_frame(2)), "a", 0.1)
+    assert of(Drained, events) == [Drained(2)]
+
+
+def test_a_drain_is_not_held_up_forever_by_a_lost_batch():
+    book = ledger()
+    book.take_raw(raw(PRIMARY, 1, trade_frame(1)), "a", 0.0)
+    book.take_raw(raw(PRIMARY, 3, trade_frame(3)), "a", 0.0)
+    assert book.drain({PRIMARY: 3}) == []
+    assert of(Drained, book.tick(BATCH_GRACE_SECONDS)) == [Drained(2)]
+
+
+def history(*ids: int) -> BackfilledTrades:
+    trades = tuple(Trade("BTCUSDT", i, "1.5", "2", T0_MS + i, T0_MS + i, True, True) for i in ids)
+    return BackfilledTrades("BINANCE", "BTCUSDT", "http://rest", T0_MS * 1000, trades, ())
+
+
+def test_backfilled_trades_fill_the_gap_in_id_order_and_are_marked():
+    book = ledger()
+    book.take_raw(raw(PRIMARY, 1, trade_frame(10), trade_frame(14)), "a", 0.0)
+    book.tick(GRACE)
+    events = book.take_backfill(history(13, 11, 12, 14), 3.0)  # 14 was streamed: a duplicate
+    assert published(events) == [11, 12, 13]
+    assert all(record["vendor_data"]["backfilled"] == "true" for e in of(Publish, events) for _, record in e.batch.records)
+    assert of(Backfilled, events) == [Backfilled("BINANCE", "BTCUSDT", 3, 11, 13)]
+    assert of(Recovered, events) == []  # backfill is the plan, not a surprise
+    assert book.open_gaps("trade") == []
+
+
+def deliveries() -> st.SearchStrategy[list[tuple[str, list[int]]]]:
+    """Two mirrors of one symbol's trades 1..60: each connection drops some ids and their
+    batches interleave; a batch is a run of ids in order."""
+    return st.lists(st.tuples(st.sampled_from([PRIMARY, MIRROR]), st.lists(st.integers(1, 60), max_size=8).map(sorted)),
+                    max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(deliveries(), st.integers(1, 4))
+def test_every_id_is_published_once_or_declared_missing(batches, restart_after):
+    """Whatever overlaps, losses and reorderings two mirrors produce, and with a restart from
+    what was published: no id is published twice, and every id between the first and the
+    highest is either published or declared missing."""
+    book = ledger()
+    seqs = {PRIMARY: 0, MIRROR: 0}
+    out: list[int] = []
+    declared: set[int] = set()
+
+    def run(events: list) -> None:
+        out.extend(published(events))
+        for gap in of(GapDeclared, events):
+            declared.update(range(gap.gap.first_id, gap.gap.last_id + 1))
+
+    for index, (url, ids) in enumerate(batches):
+        seqs[url] += 1
+        run(book.take_raw(raw(url, seqs[url], *map(trade_frame, ids)), url, float(index)))
+        if index == restart_after and out:  # a new Normaliser, resumed from what the producer handed on
+            run(book.tick(index + GRACE))
+            book = ledger(last_ids={("trade", "BINANCE", "BTCUSDT"): max(out)})
+    run(book.tick(len(batches) + GRACE))
+    assert len(out) == len(set(out))
+    if out:
+        assert set(range(min(out), max(out) + 1)) <= set(out) | declared
+
+
+def test_an_unsubscribed_symbol_is_a_dead_letter():
+    [publish] = of(Publish, ledger().take_raw(raw(PRIMARY, 1, trade_frame(1, "XRPUSDT")), "a", 0.0))
+    assert [letter.reason for letter in publish.batch.dead_letters] == ["unsubscribed_symbol"]

@@ -1,0 +1,93 @@
+"""k2actors.core.supervision and k2actors.core.delivery, directly."""
+
+from __future__ import annotations
+
+import pytest
+
+from k2actors.core.delivery import ACK_OVERDUE_SECONDS, Deliveries, DeliveryReport, KafkaReadiness
+from k2actors.core.supervision import HEARTBEAT_TIMEOUT_SECONDS, ConnectionRole, Restart, Role, Supervision
+
+URLS = ("ws://a/stream", "ws://b/stream")
+A, B = (ConnectionRole(url) for url in URLS)
+
+
+def supervision(backfill: bool = True) -> Supervision:
+    plan = Supervision(URLS, backfill)
+    for role in (Role.METRICS, *plan.pipeline):
+        plan.started(role, 0.0)
+    return plan
+
+
+def test_the_pipeline_is_every_child_but_metrics_in_wiring_order():
+    assert supervision().pipeline == (Role.PRODUCER, Role.NORMALISER, Role.BACKFILL, A, B)
+    assert supervision(backfill=False).pipeline == (Role.PRODUCER, Role.NORMALISER, A, B)
+    assert Supervision((), backfill=True).pipeline == (Role.PRODUCER, Role.NORMALISER)  # nothing to backfill from
+
+
+@pytest.mark.parametrize(
+    "role, rewire",
+    [
+        (Role.METRICS, (Role.PRODUCER, Role.BACKFILL, Role.NORMALISER, A, B)),
+        (Role.PRODUCER, (Role.NORMALISER,)),
+        (Role.BACKFILL, (Role.NORMALISER,)),
+        (Role.NORMALISER, (Role.BACKFILL, A, B)),
+        (A, ()),
+    ],
+)
+def test_a_restarted_child_is_made_known_to_whoever_talks_to_it(role, rewire):
+    assert supervision().exited(role) == Restart(role, "exited", None, 0.0, rewire)
+
+
+def test_only_a_child_silent_past_the_timeout_is_replaced_and_its_pid_is_named():
+    plan = supervision()
+    for role, pid in ((Role.METRICS, 10), (Role.PRODUCER, 11), (Role.NORMALISER, 12), (Role.BACKFILL, 13), (A, 14)):
+        plan.heartbeat(role, pid, 5.0)
+    plan.heartbeat(B, 15, 5.0 + HEARTBEAT_TIMEOUT_SECONDS)
+    assert plan.silent(5.0 + HEARTBEAT_TIMEOUT_SECONDS) == []
+    silent = plan.silent(5.1 + HEARTBEAT_TIMEOUT_SECONDS)
+    assert [(r.role, r.pid, r.reason) for r in silent] == [
+        (Role.METRICS, 10, "silent"), (Role.PRODUCER, 11, "silent"), (Role.NORMALISER, 12, "silent"),
+        (Role.BACKFILL, 13, "silent"), (A, 14, "silent")]
+    assert plan.pids() == {"metrics": 10, "producer": 11, "normaliser": 12, "backfill": 13,
+                           "connection ws://a/stream": 14, "connection ws://b/stream": 15}
+
+
+def test_a_child_that_never_beat_is_replaced_too_without_a_pid_to_kill():
+    plan = supervision()
+    [*_, last] = plan.silent(HEARTBEAT_TIMEOUT_SECONDS + 1)
+    assert last.pid is None and last.kind == "connection"
+
+
+def test_a_restart_starts_the_childs_clock_afresh():
+    plan = supervision()
+    plan.started(Role.PRODUCER, 20.0)
+    assert Role.PRODUCER not in [r.role for r in plan.silent(25.0)]
+
+
+def test_batches_are_confirmed_once_every_record_is_answered_grouped_by_sender():
+    deliveries: Deliveries[str] = Deliveries()
+    first, second, third = deliveries.expect(1, 2, "n1"), deliveries.expect(2, 1, "n2"), deliveries.expect(3, 1, "n1")
+    deliveries.acknowledged(first, "trades", (0.01, 0.02))
+    deliveries.acknowledged(second, "trades", None)
+    deliveries.refused(third, "trades.dlq", "MSG_SIZE_TOO_LARGE", "too large")
+    report = deliveries.take()
+    assert report.confirmations == [("n2", [2]), ("n1", [3])]  # batch 1 still waits for a record
+    assert report.produced == {"trades": 2} and report.errors == [("trades.dlq", "MSG_SIZE_TOO_LARGE", "too large")]
+    assert report.receive_to_ack == [0.01] and report.exchange_to_ack == [0.02] and deliveries.failed == 1
+    deliveries.acknowledged(first, "trades", None)
+    assert deliveries.take().confirmations == [("n1", [1])]
+    assert deliveries.expect(4, 0, "n1").outstanding == 0 and deliveries.take().confirmations == [("n1", [4])]
+
+
+def test_kafka_readiness_says_so_on_change_and_names_the_servers():
+    readiness = KafkaReadiness("kafka:29092")
+    assert readiness.setup_failed("KafkaException: timed out", 0.0) == (False, "setup failed (kafka:29092): KafkaException: timed out")
+    assert readiness.connected(1.0) == (True, "connected to kafka:29092, nothing delivered yet")
+    assert readiness.observe(DeliveryReport(), 10, 1.5) is None
+    assert readiness.observe(DeliveryReport(produced={"t": 3}), 0, 2.0) == (True, "delivering to kafka:29092")
+    assert readiness.observe(DeliveryReport(produced={"t": 3}), 0, 2.1) is None  # unchanged
+    overdue = 2.0 + ACK_OVERDUE_SECONDS + 1
+    assert readiness.observe(DeliveryReport(), 7, overdue) == (False, "no acknowledgement from kafka:29092 for 6 s; 7 records waiting")
+    assert readiness.observe(DeliveryReport(), 7, overdue + 0.5) is None
+    assert readiness.observe(DeliveryReport(), 7, overdue + 1.0) == (False, "no acknowledgement from kafka:29092 for 7 s; 7 records waiting")
+    assert readiness.current() == (False, "no acknowledgement from kafka:29092 for 7 s; 7 records waiting")
