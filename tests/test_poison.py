@@ -11,7 +11,7 @@ from thespian.actors import ActorSystem
 from k2actors.actors.normaliser import Normaliser
 from k2actors.messages import NormaliserSetup, PoisonedFrames, RawBatch
 from k2actors.net import free_port
-from tests.poison_actors import RecordRefusingProducer, Sink
+from tests.actors import RecordRefusingProducer, Sink
 
 URL = "ws://exchange.example/stream"
 TRADE = {"stream": "btcusdt@trade", "data": {"e": "trade", "E": 1, "s": "BTCUSDT", "t": 7, "p": "1.5", "q": "2",

@@ -1,7 +1,12 @@
-"""Actors for test_poison.py. Thespian needs actor classes importable from a module."""
+"""Actors for the tests that run real actor systems. Thespian needs actor classes importable
+from a module."""
 
-from thespian.actors import Actor
+import time
+from dataclasses import dataclass
 
+from thespian.actors import Actor, ActorAddress
+
+from k2actors.actors.shell import Supervised
 from k2actors.messages import BatchesDelivered, RecordBatch, SequenceQuery, SequenceState
 
 
@@ -27,3 +32,31 @@ class RecordRefusingProducer(Actor):
 class Sink(Actor):
     def receiveMessage(self, message, sender):
         pass
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    seconds_per_job: float
+
+
+@dataclass(frozen=True)
+class Job:
+    number: int
+
+
+@dataclass(frozen=True)
+class JobDone:
+    number: int
+
+
+class SlowWorker(Supervised[WorkerSetup]):
+    """A supervised actor whose every job takes a while, as a CPU-starved producer's would."""
+
+    SETUP = WorkerSetup
+
+    def metrics_address(self) -> ActorAddress:
+        return self.myAddress
+
+    def receiveMsg_Job(self, job: Job, sender: ActorAddress) -> None:
+        time.sleep(self.setup.seconds_per_job)  # busy, not hung: it finishes every job
+        self.send(sender, JobDone(job.number))
