@@ -12,7 +12,6 @@ from k2actors.net import free_port
 from k2actors.readback import missing_and_duplicates, read_partitions
 from tests.conftest import trade_ids, wait_until
 
-
 # What a fault test compares with Kafka: settled once none of them moves between two scrapes.
 SETTLING = ("k2_binance_missing_trades_total", "k2_binance_recovered_trades_total", "k2_backfill_trades_total",
             "k2_backfill_unfilled_trades_total", "k2_actor_restarts_total", "k2_kafka_resent_records_total")

@@ -1,6 +1,7 @@
 """The shared actor shell in a real actor system: heartbeats ride on the message loop, so a
 busy actor working through a backlog keeps beating and is never taken for a dead one."""
 
+import itertools
 import time
 
 import pytest
@@ -39,5 +40,5 @@ def test_a_busy_actor_keeps_beating_while_it_works_through_a_backlog(system):
             done.append(message.number)
     assert done == list(range(JOBS))
     assert JOBS * SECONDS_PER_JOB > HEARTBEAT_TIMEOUT_SECONDS  # the backlog alone would outlast supervision
-    gaps = [later - earlier for earlier, later in zip(beats, beats[1:])]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(beats)]
     assert len(beats) >= JOBS * SECONDS_PER_JOB / 2 and max(gaps) < 3 * SECONDS_PER_JOB + 1, gaps
