@@ -64,7 +64,6 @@ class BinanceConfig:
     stale_timeout_seconds: float = 30.0
     reconnect_delay_seconds: float = 5.0
     reconnect_max_delay_seconds: float = 60.0
-    max_reconnect_attempts: int = 10
     max_connection_age_seconds: float = 82800.0  # Binance closes a connection at 24 h
     max_frame_bytes: int = 65536  # a trade frame is about 250 bytes
     # Fill declared gaps from the venue's REST trade history (rest_urls).
@@ -471,7 +470,6 @@ _PARSERS = {
     ("binance", "stale_timeout_seconds"): _number(float, 0.1),
     ("binance", "reconnect_delay_seconds"): _number(float, 0.0),
     ("binance", "reconnect_max_delay_seconds"): _number(float, 0.0),
-    ("binance", "max_reconnect_attempts"): _number(int, 1),
     ("binance", "max_connection_age_seconds"): _number(float, 1.0),
     ("binance", "rest_urls"): _rest_urls,
     ("binance", "max_frame_bytes"): _number(int, 1024, 16 * 1024 * 1024),

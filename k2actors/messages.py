@@ -188,7 +188,10 @@ class Heartbeat:
 
 
 @dataclass(frozen=True)
-class ConnectionOpened:
+class ConnectionStreaming:
+    """Data flows from the endpoint (a handshake alone is not enough: a flapping endpoint
+    accepts and drops)."""
+
     url: str
 
 
@@ -198,6 +201,7 @@ class ConnectionClosed:
     reason: EndReason
     detail: str
     was_streaming: bool
+    last_frame_at: float | None  # monotonic (one clock for every process of the machine); None: no frame came
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ def assert_every_gap_filled(service, samples, broker, registry, topic) -> None:
 
 
 def test_a_cold_failover_ends_with_no_trade_missing(start_service, simulator, broker, registry, topic):
-    service = start_service(K2_BINANCE_MAX_RECONNECT_ATTEMPTS="2")
+    service = start_service()
     cold_failover(service, simulator)
     samples = settle(service)
     assert service.stop() == 0, service.log()
@@ -71,7 +71,7 @@ def test_a_killed_connection_actor_ends_with_no_trade_missing(start_service, sim
 
 def test_rate_limited_history_is_retried_after_the_time_it_names(start_service, simulator, broker, registry, topic):
     simulator.endpoint(0).refuse_history(429, 2, retry_after=1.5)
-    service = start_service(K2_BINANCE_MAX_RECONNECT_ATTEMPTS="2")
+    service = start_service()
     cold_failover(service, simulator)
     wait_until(lambda: service.metric("k2_backfill_gaps_open") == 0 and service.metric("k2_backfill_gaps_filled_total") > 0,
                60, "every gap backfilled")
@@ -86,7 +86,7 @@ def test_rate_limited_history_is_retried_after_the_time_it_names(start_service, 
 
 def test_an_ip_ban_stops_backfill_and_leaves_the_gaps_reported(start_service, simulator, broker, registry, topic):
     simulator.endpoint(0).refuse_history(418, 1, retry_after=600)
-    service = start_service(K2_BINANCE_MAX_RECONNECT_ATTEMPTS="2")
+    service = start_service()
     cold_failover(service, simulator)
     samples = settle(service)
     assert service.stop() == 0, service.log()
@@ -99,7 +99,7 @@ def test_an_ip_ban_stops_backfill_and_leaves_the_gaps_reported(start_service, si
 
 def test_history_that_stays_down_is_given_up_with_its_range_logged(start_service, simulator, broker, registry, topic):
     simulator.endpoint(0).refuse_history(503, 1000)
-    service = start_service(K2_BINANCE_MAX_RECONNECT_ATTEMPTS="2")
+    service = start_service()
     cold_failover(service, simulator)
     wait_until(lambda: service.metric("k2_backfill_gaps_open") == 0, 90, "every gap given up")
     samples = settle(service)

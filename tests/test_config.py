@@ -114,7 +114,6 @@ def test_defaults_match_the_documented_deployment():
         ("K2_BINANCE_MODE", "hot_standby", "binance", "mode", "hot_standby"),
         ("K2_BINANCE_STALE_TIMEOUT_SECONDS", "12.5", "binance", "stale_timeout_seconds", 12.5),
         ("K2_BINANCE_RECONNECT_DELAY_SECONDS", "1", "binance", "reconnect_delay_seconds", 1.0),
-        ("K2_BINANCE_MAX_RECONNECT_ATTEMPTS", "4", "binance", "max_reconnect_attempts", 4),
         ("K2_BINANCE_MAX_CONNECTION_AGE_SECONDS", "3600", "binance", "max_connection_age_seconds", 3600.0),
         ("K2_BINANCE_REST_URLS", "binance=http://127.0.0.1:9000/", "binance", "rest_urls",
          {"BINANCE": "http://127.0.0.1:9000", "BINANCEUS": "https://api.binance.us"}),

@@ -1,7 +1,10 @@
 
+import pytest
+
 from k2actors.core.backoff import backoff_delay
 from k2actors.core.breaker import BreakerState, CircuitBreaker
-from k2actors.core.failover import Attempt, DarkDeadline, FailoverPolicy
+from k2actors.core.failover import Attempt, AttemptBudget, DarkDeadline, FailoverPolicy
+from k2actors.core.reasons import EndReason
 from k2actors.core.sequence import DEDUP_WINDOW_IDS, BatchSequence, Gap, LatestUpdate, SequenceTracker, StreamSequences, Verdict
 from k2actors.core.telemetry import CATALOGUE, MetricBuffer, MetricDeltas
 
@@ -131,46 +134,68 @@ def test_failed_trial_reopens_and_success_closes():
     assert breaker.state(20) is BreakerState.CLOSED and breaker.reopens_at() is None
 
 
-def policy(urls=("a", "b", "c"), attempts=2, threshold=3, reset=30):
-    return FailoverPolicy(urls, attempts, 1.0, 8.0, CircuitBreaker(threshold, reset), draw=lambda: 1.0)
+REFUSED, LOST, STALE = EndReason.CONNECT_FAILED, EndReason.CONNECTION_LOST, EndReason.STALE
 
 
-def test_retries_with_backoff_then_fails_over_in_order():
+def policy(urls=("a", "b", "c"), threshold=3, reset=30, budget=None):
+    return FailoverPolicy(urls, 1.0, 8.0, CircuitBreaker(threshold, reset), budget or AttemptBudget(), draw=lambda: 1.0)
+
+
+def test_a_failing_endpoint_is_left_at_once_and_a_failed_round_waits():
     p = policy()
-    assert p.first() == Attempt("a", 0)
-    assert p.failed(0, was_streaming=False) == Attempt("a", 1.0)
-    assert p.failed(1, was_streaming=False) == Attempt("b", 0)
-    assert p.failed(2, was_streaming=False) == Attempt("b", 1.0)
-    assert p.failed(3, was_streaming=False) == Attempt("c", 0)
+    assert p.first(0) == Attempt("a", 0)
+    assert p.ended(0, REFUSED, "connect failed: refused", streamed=False) == Attempt("b", 0)
+    assert p.ended(1, LOST, "lost", streamed=False) == Attempt("c", 0)  # opened and dropped without data: a failure
+    assert p.ended(2, STALE, "stale", streamed=True) == Attempt("a", 1.0)  # stale counts even after data; the round waits
+    assert p.left == {"a": "connect failed: refused", "b": "lost", "c": "stale"}
 
 
-def test_circuit_opens_when_every_endpoint_failed_then_trials_the_first():
+def test_the_round_wait_grows_with_the_outage_up_to_the_cap():
+    p = policy(urls=("only",), threshold=100)
+    p.first(0)
+    waits = [p.ended(now, REFUSED, "refused", streamed=False).delay for now in (0, 4, 10, 30)]
+    assert waits == [1.0, 2.0, 5.0, 8.0]  # half the time without data, at least the base, at most the cap
+
+
+def test_a_streaming_connection_that_drops_reconnects_at_once_to_the_same_endpoint():
     p = policy()
+    p.first(0)
+    p.ended(0, REFUSED, "refused", streamed=False)
+    assert p.streaming(3) == 3  # data flowing from b, three seconds after the start
+    assert p.ended(10, LOST, "lost", streamed=True) == Attempt("b", 0)
+    assert p.ended(10.1, REFUSED, "refused", streamed=False) == Attempt("a", 0)  # then round robin from there
+    assert p.streaming(11) == pytest.approx(1.0) and p.left == {"b": "refused"}
+
+
+def test_circuit_opens_after_failed_rounds_then_trials_the_first():
+    p = policy(threshold=2)
+    p.first(0)
     for now in range(5):
-        p.failed(now, was_streaming=False)
+        p.ended(now, REFUSED, "refused", streamed=False)
     assert p.circuit(5) is BreakerState.CLOSED
-    attempt = p.failed(5, was_streaming=False)  # c exhausted: third endpoint failure
-    assert p.circuit(5) is BreakerState.OPEN
-    assert attempt == Attempt("a", 30)
+    attempt = p.ended(5, REFUSED, "refused", streamed=False)  # the second round failed
+    assert p.circuit(5) is BreakerState.OPEN and attempt == Attempt("a", 30)
     assert p.breaker_states(6) == {"a": BreakerState.OPEN, "b": BreakerState.OPEN, "c": BreakerState.OPEN}
     assert p.breaker_states(35)["a"] is BreakerState.HALF_OPEN
-    assert p.failed(35, was_streaming=False) == Attempt("a", 30)  # the trial failed: open again
+    assert p.ended(35, REFUSED, "refused", streamed=False) == Attempt("a", 30)  # the trial failed: open again
     assert p.circuit(36) is BreakerState.OPEN
-    p.connected()
-    assert p.circuit(36) is BreakerState.CLOSED
+    p.streaming(70)
+    assert p.circuit(70) is BreakerState.CLOSED
 
 
-def test_a_streaming_connection_that_drops_reconnects_at_once():
-    p = policy()
-    p.failed(0, was_streaming=False)
-    assert p.failed(1, was_streaming=True) == Attempt("a", 0)
-    assert p.failed(2, was_streaming=False) == Attempt("a", 1.0)  # attempts counted afresh
+def test_a_handshake_alone_never_closes_a_circuit_flapping_is_failure():
+    p = policy(urls=("only",), threshold=1, reset=10)
+    p.first(0)
+    assert p.ended(0, LOST, "accepted, then dropped", streamed=False) == Attempt("only", 10)
+    assert p.circuit(0) is BreakerState.OPEN
 
 
-def test_single_endpoint_cycles_back_to_itself():
-    p = policy(urls=("only",), attempts=1, threshold=2)
-    assert p.failed(0, was_streaming=False) == Attempt("only", 0)
-    assert p.failed(1, was_streaming=False) == Attempt("only", 30)
+def test_attempts_stay_within_the_per_ip_limit():
+    budget = AttemptBudget(limit=3, window=300)
+    p = policy(urls=("a", "b"), threshold=1000, budget=budget)
+    delays = [p.first(0).delay] + [p.ended(0, REFUSED, "refused", streamed=False).delay for _ in range(4)]
+    assert delays[:3] == [0, 0, 1.0]
+    assert delays[3] >= 300 and delays[4] >= 300  # the fourth attempt waits for the window
 
 
 def test_dark_deadline_counts_from_the_first_open_circuit_without_streaming():
@@ -254,3 +279,11 @@ def test_each_stream_type_is_tracked_apart_and_resumed_from_the_producer():
     assert sequences.declare_due(0.0) == [("aggTrade", Gap("BINANCE", "BTCUSDT", 52, 54))]
     assert sequences.open_gaps("aggTrade") == [Gap("BINANCE", "BTCUSDT", 52, 54)] and sequences.open_gaps("trade") == []
     assert (sequences.last_id("trade", KEY), sequences.last_id("aggTrade", KEY)) == (101, 55)
+
+
+def test_time_without_data_counts_from_the_last_frame_of_a_connection_that_went_stale():
+    p = policy()
+    p.first(0)
+    p.streaming(1)
+    p.ended(40, STALE, "stale: no frame for 30.0 s", streamed=True, last_frame_at=10)
+    assert p.streaming(41) == 31

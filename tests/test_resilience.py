@@ -120,7 +120,7 @@ def test_hot_standby_losing_its_primary_loses_and_duplicates_nothing(start_servi
 @pytest.mark.parametrize("fault", ["drop", "stall"])
 def test_cold_failover_without_backfill_reports_its_gap_exactly(fault, start_service, simulator, broker, registry, topic):
     service = start_service(
-        K2_BINANCE_MAX_RECONNECT_ATTEMPTS="2", K2_BINANCE_STALE_TIMEOUT_SECONDS="1.5", K2_BINANCE_BACKFILL="false",
+        K2_BINANCE_STALE_TIMEOUT_SECONDS="1.5", K2_BINANCE_BACKFILL="false",
     )
     service.wait_ready()
     wait_for_trades(service, 150)
@@ -171,7 +171,7 @@ def test_circuit_opens_half_opens_and_closes_again(start_service, simulator):
     for index in (0, 1):
         simulator.endpoint(index).refuse()
     service = start_service(
-        K2_BINANCE_MAX_RECONNECT_ATTEMPTS="1", K2_CIRCUIT_BREAKER_FAILURE_THRESHOLD="2",
+        K2_CIRCUIT_BREAKER_FAILURE_THRESHOLD="2",
         K2_CIRCUIT_BREAKER_RESET_TIMEOUT_SECONDS="2",
     )
     state = f'k2_circuit_breaker_state{{url="{simulator.urls[0]}"}}'
@@ -192,7 +192,7 @@ def test_exits_non_zero_when_no_endpoint_streams_for_too_long(start_service, sim
     for index in (0, 1):
         simulator.endpoint(index).refuse()
     service = start_service(
-        K2_BINANCE_MAX_RECONNECT_ATTEMPTS="1", K2_CIRCUIT_BREAKER_FAILURE_THRESHOLD="2",
+        K2_CIRCUIT_BREAKER_FAILURE_THRESHOLD="2",
         K2_CIRCUIT_BREAKER_RESET_TIMEOUT_SECONDS="1", K2_CIRCUIT_BREAKER_EXIT_AFTER_OPEN_SECONDS="3",
     )
     assert service.process.wait(60) == 1

@@ -37,8 +37,8 @@ from k2actors.core.reasons import ConnectionEnd, EndReason
 from k2actors.messages import (
     Connect,
     ConnectionClosed,
-    ConnectionOpened,
     ConnectionSetup,
+    ConnectionStreaming,
     PoisonedFrames,
     RawBatch,
     RawBatchTaken,
@@ -169,6 +169,7 @@ class ConnectionActor(Supervised[ConnectionSetup]):
         self._links: list[Rotation[_Reader]] = []
         self._leftover: list[Frame] = []  # frames of readers dropped since the last take
         self._reported_open = False
+        self._reported_streaming = False
         self._wake_r, self._wake_w = os.pipe()
         self._flow = FlowWindow(0)
         self._plans: list[SubscriptionPlan] = []  # one per link
@@ -209,7 +210,7 @@ class ConnectionActor(Supervised[ConnectionSetup]):
         plans = connection_plans(self._url, setup.symbols, setup.streams)
         log.info("connecting to %s (%d symbols, %d connection%s)", self._url, len(setup.symbols), len(plans),
                  "s" if len(plans) > 1 else "", extra={"event": "connection_connecting", "endpoint": self._url})
-        self._reported_open = False
+        self._reported_open = self._reported_streaming = False
         self._plans = plans
         self._links = [Rotation(self._open(plan)) for plan in plans]
 
@@ -259,7 +260,7 @@ class ConnectionActor(Supervised[ConnectionSetup]):
                     reader.close(ConnectionEnd(EndReason.STALE, f"stale: no frame for {silence:.1f} s"))
         if any(link.current.opened and now - link.current.opened_at > setup.max_connection_age_seconds for link in self._links):
             self._rotate("max_age")
-        self.metrics.set("k2_binance_connection_status", 1 if self._links and self._reported_open else 0, self._url)
+        self.metrics.set("k2_binance_connection_status", 1 if self._links and self._reported_streaming else 0, self._url)
 
     # --- what the readers reported ---
 
@@ -282,17 +283,20 @@ class ConnectionActor(Supervised[ConnectionSetup]):
         if self._links and not self._reported_open and all(link.current.opened for link in self._links):
             self._reported_open = True
             log.info("connected to %s", self._url, extra={"event": "connection_opened", "endpoint": self._url})
+        if self._links and not self._reported_streaming and any(link.current.streamed for link in self._links):
+            self._reported_streaming = True
             self.metrics.set("k2_binance_connection_status", 1, self._url)
-            self.send(self.coordinator, ConnectionOpened(self._url))
+            self.send(self.coordinator, ConnectionStreaming(self._url))
         end = next((link.current.ended for link in self._links if link.current.ended is not None), None)
         if end is not None:
             self._close_all("another connection to the endpoint ended")
             self._forward_frames()  # what arrived just before the end
             streamed = any(link.current.streamed for link in self._links)
+            last_frame_at = max((link.current.last_frame_at for link in self._links if link.current.opened), default=None)
             log.warning("connection to %s ended: %s", self._url, end, extra={
                 "event": "connection_ended", "endpoint": self._url, "reason": end.reason.value, "detail": end.detail})
             self.metrics.set("k2_binance_connection_status", 0, self._url)
-            self.send(self.coordinator, ConnectionClosed(self._url, end.reason, end.detail, streamed))
+            self.send(self.coordinator, ConnectionClosed(self._url, end.reason, end.detail, streamed, last_frame_at))
             self._links = []
         self.flush_metrics()
 

@@ -23,7 +23,7 @@ from k2actors.actors.producer import ProducerActor
 from k2actors.actors.shell import TICK, seconds
 from k2actors.config import Endpoint
 from k2actors.core.breaker import BreakerState, CircuitBreaker
-from k2actors.core.failover import DarkDeadline, FailoverPolicy
+from k2actors.core.failover import AttemptBudget, DarkDeadline, FailoverPolicy
 from k2actors.core.supervision import ActorRole, ConnectionRole, Restart, Role, Supervision
 from k2actors.core.telemetry import MetricBuffer
 from k2actors.messages import (
@@ -31,8 +31,8 @@ from k2actors.messages import (
     ComponentStatus,
     Connect,
     ConnectionClosed,
-    ConnectionOpened,
     ConnectionSetup,
+    ConnectionStreaming,
     CoordinatorAlive,
     Drain,
     Flushed,
@@ -100,8 +100,8 @@ class FailoverCoordinator(ActorTypeDispatcher):
     def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: ActorAddress) -> None:
         self._on_wakeup(message.payload)
 
-    def receiveMsg_ConnectionOpened(self, message: ConnectionOpened, sender: ActorAddress) -> None:
-        self._on_opened(message.url)
+    def receiveMsg_ConnectionStreaming(self, message: ConnectionStreaming, sender: ActorAddress) -> None:
+        self._on_streaming(message.url)
 
     def receiveMsg_ConnectionClosed(self, message: ConnectionClosed, sender: ActorAddress) -> None:
         self._on_closed(message)
@@ -148,16 +148,17 @@ class FailoverCoordinator(ActorTypeDispatcher):
         config = start.config
         binance = config.binance
         endpoints = self._run.endpoints
+        budget = AttemptBudget()  # one IP: every venue's attempts count against the same limit
         for venue in dict.fromkeys(e.venue for e in endpoints.values()):
             urls = tuple(url for url, e in endpoints.items() if e.venue == venue)
             groups = [urls] if binance.mode == "failover" else [(url,) for url in urls]
             for group in groups:
                 policy = FailoverPolicy(
                     group,
-                    binance.max_reconnect_attempts,
                     binance.reconnect_delay_seconds,
                     binance.reconnect_max_delay_seconds,
                     CircuitBreaker(config.circuit_breaker.failure_threshold, config.circuit_breaker.reset_timeout_seconds),
+                    budget,
                 )
                 self._policies.update({url: policy for url in group})
         self._spawn(Role.METRICS)
@@ -172,7 +173,7 @@ class FailoverCoordinator(ActorTypeDispatcher):
         for role in roles:
             self._wire(role)
         for policy in dict.fromkeys(self._policies.values()):
-            self._connect(policy.first().url)
+            self._connect(policy.first(time.monotonic()).url)
         if not self.run.endpoints:
             log.warning("binance.enabled is false: no exchange connection will be made")
         self._report_exchange()
@@ -227,11 +228,15 @@ class FailoverCoordinator(ActorTypeDispatcher):
         self._wanted = {u for u in self._wanted if self._policies[u] is not self._policies[url]} | {url}
         self.send(self._children[ConnectionRole(url)], Connect())
 
-    def _on_opened(self, url: str) -> None:
-        self._policies[url].connected()
-        self._note_circuit(self._policies[url])
+    def _on_streaming(self, url: str) -> None:
+        policy = self._policies[url]
+        dark_for = policy.streaming(time.monotonic())
+        self._note_circuit(policy)
         self._streaming.add(url)
         self._report_exchange()
+        if dark_for is not None:
+            log.info("streaming from %s after %.1f s without data from %s", url, dark_for, ", ".join(policy.urls),
+                     extra={"event": "streaming", "endpoint": url, "seconds_without_data": round(dark_for, 3)})
 
     def _on_closed(self, message: ConnectionClosed) -> None:
         self._streaming.discard(message.url)
@@ -239,25 +244,28 @@ class FailoverCoordinator(ActorTypeDispatcher):
         if self._stopping:
             return
         policy = self._policies[message.url]
-        attempt = policy.failed(time.monotonic(), message.was_streaming)
+        attempt = policy.ended(time.monotonic(), message.reason, message.detail, message.was_streaming, message.last_frame_at)
         self._note_circuit(policy)
         self._metrics.inc("k2_binance_reconnects_total", message.url, message.reason.value)
         if attempt.url != message.url:
-            log.warning("failing over from %s to %s", message.url, attempt.url,
-                        extra={"event": "failover", "from_endpoint": message.url, "endpoint": attempt.url})
+            log.warning("failing over from %s to %s (%s)", message.url, attempt.url, message.detail,
+                        extra={"event": "failover", "from_endpoint": message.url, "endpoint": attempt.url,
+                               "reason": message.reason.value})
         log.info("next attempt: %s in %.1f s", attempt.url, attempt.delay,
                  extra={"event": "reconnect_scheduled", "endpoint": attempt.url, "delay_seconds": round(attempt.delay, 3)})
         self.wakeupAfter(seconds(attempt.delay), ("connect", attempt.url))
 
     def _report_exchange(self) -> None:
+        # Which endpoint is in use, and why the others were left.
+        left = "".join(f"; left {url}: {why}" for p in dict.fromkeys(self._policies.values()) for url, why in p.left.items())
         if self._streaming:
-            status = ComponentStatus("exchange", True, "streaming from " + ", ".join(sorted(self._streaming)))
+            status = ComponentStatus("exchange", True, "streaming from " + ", ".join(sorted(self._streaming)) + left)
         elif not self.run.endpoints:
             status = ComponentStatus("exchange", False, "binance.enabled is false")
         else:
             now = time.monotonic()
-            circuits = {url: p.circuit(now).name.lower() for url, p in self._policies.items()}
-            status = ComponentStatus("exchange", False, f"no endpoint streaming; circuits: {circuits}")
+            circuits = ", ".join(f"{url} {p.circuit(now).name.lower()}" for url, p in self._policies.items())
+            status = ComponentStatus("exchange", False, f"no endpoint streaming; circuits: {circuits}{left}")
         self.send(self._children[Role.METRICS], status)
 
     # --- supervision ---

@@ -189,6 +189,7 @@ class _Endpoint:
         self.clients: set[_Client] = set()
         self.stalled = False
         self.refusing = False
+        self.flapping = False
         self.server: Server | None = None
         self.port = 0
         self.history_faults: collections.deque[tuple[int, float | None]] = collections.deque()  # (status, Retry-After)
@@ -353,6 +354,9 @@ class ExchangeSimulator:
         return response
 
     async def _serve_client(self, endpoint: _Endpoint, connection: ServerConnection) -> None:
+        if endpoint.flapping:  # a load balancer in front of a dead server: the handshake, then nothing
+            connection.transport.abort()
+            return
         assert connection.request is not None  # the handshake is done
         path = urlsplit(connection.request.path)
         streams = _requested_streams(path.path, parse_qs(path.query)) or []
@@ -504,6 +508,10 @@ class EndpointControl:
     def stall(self, stalled: bool = True) -> None:
         """Keep sockets open but send nothing at all, pings included."""
         self._endpoint.stalled = stalled
+
+    def flap(self, flapping: bool = True) -> None:
+        """Complete each new websocket handshake, then drop the connection at once."""
+        self._endpoint.flapping = flapping
 
     def refuse(self, refusing: bool = True) -> None:
         """Answer new connection attempts with HTTP 503."""
