@@ -115,6 +115,11 @@ class KafkaConfig:
     def dead_letter_topic(self) -> str:
         return self.dlq_topic or f"{self.topic}.dlq"
 
+    @property
+    def state_topic(self) -> str:
+        """Checkpoints of what each stream's topic holds, read on start to resume (compacted)."""
+        return f"{self.topic}.state"
+
     def topic_for(self, stream: str) -> str:
         return {TRADE: self.topic, AGG_TRADE: self.aggtrade_topic, BOOK_TICKER: self.quote_topic}[stream]
 

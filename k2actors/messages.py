@@ -15,12 +15,14 @@ from thespian.actors import ActorAddress
 
 from k2actors.config import Config, Endpoint, KafkaConfig
 from k2actors.core.binance import Rejected, Trade
+from k2actors.core.ranges import StreamPosition
 from k2actors.core.reasons import EndReason
 
 # A K2 v2 record as the Avro serializer takes it (TradeV2 or QuoteV2).
 Record = dict[str, Any]
-# (stream type, venue, symbol) -> the highest id of that stream handed to Kafka.
-LastIds = Mapping[tuple[str, str, str], int]
+# (stream type, venue, symbol) -> where that stream stands in Kafka: its highest id, and
+# the ids below it that are not there.
+Positions = Mapping[tuple[str, str, str], StreamPosition]
 
 # --- service (main process) <-> FailoverCoordinator ---
 
@@ -57,6 +59,7 @@ class PipelineAlive:
 @dataclass(frozen=True)
 class PipelineStopped:
     undelivered: int  # records Kafka never acknowledged; 0 on a clean stop
+    missing: int  # trade ids declared missing and not (yet) backfilled: the next start fills them
 
 
 # --- FailoverCoordinator -> children: setup and control ---
@@ -174,6 +177,7 @@ class Drain:
 @dataclass(frozen=True)
 class Flush:
     last_batch: int
+    missing: int  # carried on to PipelineStopped
 
 
 # --- children -> FailoverCoordinator ---
@@ -218,6 +222,7 @@ class ServerShutdownNotice:
 @dataclass(frozen=True)
 class Flushed:
     undelivered: int
+    missing: int
 
 
 # --- the path of a trade ---
@@ -294,7 +299,7 @@ class SequenceQuery:
 
 @dataclass(frozen=True)
 class SequenceState:
-    last_ids: LastIds
+    positions: Positions
 
 
 # --- to the MetricsActor (MetricDeltas lives in core.telemetry) ---

@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
-from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from k2actors.clients import kafka_settings, registry_settings
 from k2actors.config import KafkaConfig
-from k2actors.core.binance import AGG_TRADE, BOOK_TICKER, TRADE
+from k2actors.core.binance import AGG_TRADE, BOOK_TICKER, STREAM_TYPES, TRADE
+from k2actors.core.ranges import IdRanges
+from k2actors.core.resume import Checkpoint, CheckpointError, Key, held
 
 log = logging.getLogger("k2actors.producer")
 # librdkafka's own log lines, through the service's logging (one format, JSON included)
@@ -60,13 +64,15 @@ class Outlet:
 
 
 class Preparation(threading.Thread):
-    """Create missing topics and register the schemas; no record is produced before both."""
+    """Create missing topics, register the schemas, and find out what each stream's topic
+    already holds (k2actors.core.resume); no record is produced before all three."""
 
     def __init__(self, kafka: KafkaConfig, streams: tuple[str, ...]):
         super().__init__(name="kafka-setup", daemon=True)
         self._kafka = kafka
         self._streams = streams
         self.outlets: dict[str, Outlet] = {}
+        self.held: dict[str, dict[Key, IdRanges]] = {}  # per stream type: what its topic holds
         self.failure: str | None = None
 
     def run(self) -> None:
@@ -83,6 +89,15 @@ class Preparation(threading.Thread):
                 log.info("schema registered as id %s under subject %s", schema_id, subject)
                 serializer = AvroSerializer(registry, schema)
                 self.outlets[stream] = Outlet(topic, serializer, SerializationContext(topic, MessageField.VALUE))
+            started = time.monotonic()
+            checkpoints = read_checkpoints(kafka)
+            for stream in self._streams:
+                self.held[stream], tail = read_held(kafka, registry, stream, checkpoints.get(stream))
+                streams = len(self.held[stream])
+                log.info("%s: %d streams resumed from Kafka (checkpoint %s, %d records after it) in %.2f s",
+                         kafka.topic_for(stream), streams, "found" if stream in checkpoints else "none", tail,
+                         time.monotonic() - started, extra={"event": "kafka_resume_read", "topic": kafka.topic_for(stream),
+                                                            "streams": streams, "tail_records": tail})
         except Exception as exc:  # registry or broker not there yet: the actor retries, and says so
             self.failure = f"{type(exc).__name__}: {exc}"[:300]
 
@@ -92,13 +107,16 @@ class Preparation(threading.Thread):
         admin = AdminClient(settings)
         try:
             existing = admin.list_topics(timeout=10).topics
-            wanted = [*map(kafka.topic_for, self._streams), kafka.dead_letter_topic]
-            missing = [t for t in wanted if t not in existing]
-            futures = admin.create_topics([NewTopic(t, num_partitions=kafka.topic_partitions) for t in missing]) if missing else {}
+            topics = (*map(kafka.topic_for, self._streams), kafka.dead_letter_topic)
+            wanted = [NewTopic(topic, num_partitions=kafka.topic_partitions) for topic in topics]
+            # One partition, compacted: only each stream type's newest checkpoint matters.
+            wanted.append(NewTopic(kafka.state_topic, num_partitions=1, config={"cleanup.policy": "compact"}))
+            missing = [t for t in wanted if t.topic not in existing]
+            futures = admin.create_topics(missing) if missing else {}
             for topic, future in futures.items():
                 try:
                     future.result(timeout=10)
-                    log.info("created topic %s with %d partitions", topic, kafka.topic_partitions)
+                    log.info("created topic %s", topic)
                 except KafkaException as exc:
                     if "TOPIC_ALREADY_EXISTS" not in str(exc):
                         raise
@@ -106,3 +124,78 @@ class Preparation(threading.Thread):
             # librdkafka queues its log lines until polled: this is where a refused SASL
             # handshake or TLS certificate says why the broker was unreachable.
             admin.poll(0)
+
+
+# Without a checkpoint (the first start of this version on a topic) only the newest records
+# of each partition are read; ids before them count as published.
+TAIL_WITHOUT_CHECKPOINT = 10_000
+READ_TIMEOUT_SECONDS = 10.0
+
+
+def _consumer(kafka: KafkaConfig) -> Consumer:
+    # A short fetch wait: the end of a partition is reported as soon as the broker has nothing more.
+    return Consumer({**kafka_settings(kafka), "group.id": "k2actors-resume", "enable.auto.commit": False, "fetch.wait.max.ms": 50,
+                     "enable.partition.eof": True, "logger": LIBRDKAFKA_LOG})
+
+
+def _read_to_end(consumer: Consumer, starts: dict[TopicPartition, int]) -> Iterator[Message]:
+    """Every record from the given offsets until each partition reports its end. Ends are not
+    counted from end offsets (a broker may report the start of its last batch): a partition
+    is done when the consumer says it reached the end."""
+    open_partitions = {(tp.topic, tp.partition) for tp in starts}
+    consumer.assign([TopicPartition(tp.topic, tp.partition, offset) for tp, offset in starts.items()])
+    deadline = time.monotonic() + READ_TIMEOUT_SECONDS
+    while open_partitions:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"resume: partitions {sorted(open_partitions)} sent nothing for {READ_TIMEOUT_SECONDS:.0f} s")
+        for message in consumer.consume(10_000, 0.5):
+            deadline = time.monotonic() + READ_TIMEOUT_SECONDS
+            error = message.error()
+            if error is None:
+                yield message
+            elif error.code() == KafkaError._PARTITION_EOF:
+                open_partitions.discard((message.topic(), message.partition()))
+            else:
+                raise KafkaException(error)
+
+
+def read_checkpoints(kafka: KafkaConfig) -> dict[str, Checkpoint]:
+    """The newest checkpoint of each stream type in the state topic (its last few records)."""
+    consumer = _consumer(kafka)
+    try:
+        partition = TopicPartition(kafka.state_topic, 0)
+        low, high = consumer.get_watermark_offsets(partition, timeout=10)
+        found: dict[str, Checkpoint] = {}
+        for message in _read_to_end(consumer, {partition: max(low, high - 2 * len(STREAM_TYPES))}):
+            try:
+                checkpoint = Checkpoint.decode(message.value() or b"")
+            except CheckpointError as exc:
+                log.error("state topic %s offset %d: %s; ignored", kafka.state_topic, message.offset(), exc)
+                continue
+            found[checkpoint.stream] = checkpoint
+        return found
+    finally:
+        consumer.close()
+
+
+def read_held(kafka: KafkaConfig, registry: SchemaRegistryClient, stream: str,
+              checkpoint: Checkpoint | None) -> tuple[dict[Key, IdRanges], int]:
+    """What the stream's topic holds: the checkpoint plus every record after its offsets,
+    and how many records that tail read."""
+    topic = kafka.topic_for(stream)
+    consumer = _consumer(kafka)
+    deserialize = AvroDeserializer(registry)
+    context = SerializationContext(topic, MessageField.VALUE)
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        starts = {}
+        for number in partitions:
+            partition = TopicPartition(topic, number)
+            low, high = consumer.get_watermark_offsets(partition, timeout=10)
+            start = checkpoint.offsets.get(number, low) if checkpoint else high - TAIL_WITHOUT_CHECKPOINT
+            starts[partition] = max(low, start)
+        tail = [(record["exchange"], record["symbol"], record["source_sequence"])
+                for record in (deserialize(message.value(), context) for message in _read_to_end(consumer, starts))]
+        return held(checkpoint, tail), len(tail)
+    finally:
+        consumer.close()

@@ -3,13 +3,16 @@ way an operator meets it, with a healthy mirror and REST history, and reads the 
 every trade the simulator printed between the first and the last one in Kafka is there,
 exactly once, the ones missed during the failover backfilled."""
 
+import contextlib
 import json
+import os
+import signal
 
 import pytest
 
 from k2actors.readback import missing_and_duplicates
 from tests.conftest import trade_ids, wait_until
-from tests.test_resilience import settle, total, wait_for_trades
+from tests.test_resilience import settle, total, wait_for_new_pid, wait_for_trades
 
 
 def fail_primary(fault: str, simulator) -> None:
@@ -46,3 +49,66 @@ def test_a_failing_primary_is_left_for_the_mirror_and_nothing_is_lost(fault, sta
     attempts_on_primary = [line for line in lines if line.get("event") == "connection_connecting"
                            and line["endpoint"] == simulator.urls[0]]
     assert len(attempts_on_primary) <= 3
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_a_restart_resumes_from_kafka_and_backfills_what_was_printed_while_down(how, start_service, simulator, broker,
+                                                                                registry, topic):
+    first = start_service()
+    first.wait_ready()
+    wait_for_trades(first, 150)
+    if how == "SIGTERM":
+        assert first.stop() == 0, first.log()
+    else:
+        first.process.kill()  # the whole service at once: no drain, no flush, no last checkpoint
+        first.process.wait()
+    before = simulator.last_ids()
+    wait_until(lambda: all(simulator.last_ids()[s] >= before[s] + 100 for s in before), 30, "trades printed while down")
+    second = start_service()
+    second.wait_ready()
+    wait_until(lambda: total(second.metrics(), "k2_backfill_trades_total") > 0, 60, "the downtime backfilled")
+    wait_for_trades(second, second.metric("k2_kafka_messages_produced_total") + 150)
+    samples = settle(second)
+    assert second.stop() == 0, second.log()
+
+    assert missing_and_duplicates(trade_ids(broker, registry, topic)) == (0, 0)
+    assert total(samples, "k2_backfill_unfilled_trades_total") == 0
+    assert total(samples, "k2_binance_missing_trades_total") >= 300  # the downtime, declared as gaps
+    assert "resuming id tracking of 3 streams from what Kafka holds" in second.log()
+
+
+@pytest.mark.parametrize("role", ["producer", "normaliser", "connection"])
+def test_a_killed_actor_is_replaced_and_nothing_is_lost_or_duplicated(role, start_service, simulator, broker, registry, topic):
+    service = start_service()
+    service.wait_ready()
+    wait_for_trades(service, 150)
+    name = f"connection {simulator.urls[0]}" if role == "connection" else role
+    pid = wait_until(lambda: service.health().get("actors", {}).get(name), 20, f"the {role} actor's pid")
+    os.kill(pid, signal.SIGKILL)
+    wait_for_new_pid(service, name, pid)
+    wait_for_trades(service, service.metric("k2_kafka_messages_produced_total") + 150)
+    samples = settle(service)
+    assert service.stop() == 0, service.log()
+
+    assert missing_and_duplicates(trade_ids(broker, registry, topic)) == (0, 0)
+    assert total(samples, "k2_actor_restarts_total") == 1
+    assert total(samples, "k2_backfill_unfilled_trades_total") == 0
+
+
+def test_a_producer_frozen_past_the_heartbeat_timeout_is_replaced_without_duplicates(start_service, broker, registry, topic):
+    service = start_service()
+    service.wait_ready()
+    wait_for_trades(service, 150)
+    pid = wait_until(lambda: service.health().get("actors", {}).get("producer"), 20, "the producer's pid")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for_new_pid(service, "producer", pid, timeout=40)  # replaced after the heartbeat timeout
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)  # the supervisor killed it; were it alive it would wake up fenced out
+    wait_for_trades(service, service.metric("k2_kafka_messages_produced_total") + 150)
+    samples = settle(service)
+    assert service.stop() == 0, service.log()
+
+    assert missing_and_duplicates(trade_ids(broker, registry, topic)) == (0, 0)
+    assert samples['k2_actor_restarts_total{actor="producer",reason="silent"}'] == 1

@@ -34,6 +34,7 @@ from k2actors.core.ledger import (
     ShutdownAnnounced,
     TradeSummary,
 )
+from k2actors.core.ranges import StreamPosition
 from k2actors.core.sequence import Gap
 from k2actors.core.telemetry import MetricBuffer
 from k2actors.messages import BackfilledTrades, PoisonedFrames, RawBatch
@@ -53,10 +54,10 @@ def raw(url: str, seq: int, *frames: bytes) -> RawBatch:
     return RawBatch(url, "BINANCE", seq, tuple((T0_MS * 1000, frame) for frame in frames))
 
 
-def ledger(max_buffered: int = 100_000, last_ids: Mapping[tuple[str, str, str], int] | None = None,
+def ledger(max_buffered: int = 100_000, positions: Mapping[tuple[str, str, str], StreamPosition] | None = None,
            quote_assets: Mapping[str, str] | None = None) -> Ledger[str]:
     rules = Rules(GRACE, frozenset({"BTCUSDT", "ETHUSDT"}), {} if quote_assets is None else quote_assets, max_buffered, 65536)
-    return Ledger(rules, last_ids or {}, 0.0, MetricBuffer())
+    return Ledger(rules, positions or {}, 0.0, MetricBuffer())
 
 
 def published(events: list) -> list[int]:
@@ -140,7 +141,7 @@ def test_a_resend_larger_than_one_batch_is_split():
 
 
 def test_a_restarted_ledger_continues_from_what_the_producer_handed_to_kafka():
-    book = ledger(last_ids={("trade", "BINANCE", "BTCUSDT"): 100})
+    book = ledger(positions={("trade", "BINANCE", "BTCUSDT"): StreamPosition(100)})
     events = book.take_raw(raw(PRIMARY, 1, *map(trade_frame, (99, 100, 101, 104))), "a", 0.0)
     assert published(events) == [101, 104]
     assert of(GapDeclared, book.tick(GRACE)) == [GapDeclared("trade", Gap("BINANCE", "BTCUSDT", 102, 103))]
@@ -208,7 +209,7 @@ def test_a_drain_waits_for_every_batch_asked_for():
     book.take_raw(raw(PRIMARY, 1, trade_frame(1)), "a", 0.0)
     assert book.drain({PRIMARY: 2, MIRROR: 0}) == []
     events = book.take_raw(raw(PRIMARY, 2, trade_frame(2)), "a", 0.1)
-    assert of(Drained, events) == [Drained(2)]
+    assert of(Drained, events) == [Drained(2, 0)]
 
 
 def test_a_drain_is_not_held_up_forever_by_a_lost_batch():
@@ -216,7 +217,15 @@ def test_a_drain_is_not_held_up_forever_by_a_lost_batch():
     book.take_raw(raw(PRIMARY, 1, trade_frame(1)), "a", 0.0)
     book.take_raw(raw(PRIMARY, 3, trade_frame(3)), "a", 0.0)
     assert book.drain({PRIMARY: 3}) == []
-    assert of(Drained, book.tick(BATCH_GRACE_SECONDS)) == [Drained(2)]
+    assert of(Drained, book.tick(BATCH_GRACE_SECONDS)) == [Drained(2, 1)]  # trade 2 came in the lost batch
+
+
+def test_a_drain_declares_gaps_still_inside_their_grace_and_says_what_is_missing():
+    book = ledger()
+    book.take_raw(raw(PRIMARY, 1, trade_frame(10), trade_frame(14)), "a", 0.0)
+    events = book.drain({PRIMARY: 1})  # at once: no grace waited for
+    assert of(GapDeclared, events) == [GapDeclared("trade", Gap("BINANCE", "BTCUSDT", 11, 13))]
+    assert of(Drained, events) == [Drained(1, 3)]
 
 
 def history(*ids: int) -> BackfilledTrades:
@@ -264,7 +273,7 @@ def test_every_id_is_published_once_or_declared_missing(batches, restart_after):
         run(book.take_raw(raw(url, seqs[url], *map(trade_frame, ids)), url, float(index)))
         if index == restart_after and out:  # a new Normaliser, resumed from what the producer handed on
             run(book.tick(index + GRACE))
-            book = ledger(last_ids={("trade", "BINANCE", "BTCUSDT"): max(out)})
+            book = ledger(positions={("trade", "BINANCE", "BTCUSDT"): StreamPosition(max(out))})
     run(book.tick(len(batches) + GRACE))
     assert len(out) == len(set(out))
     if out:

@@ -4,6 +4,7 @@ import pytest
 from k2actors.core.backoff import backoff_delay
 from k2actors.core.breaker import BreakerState, CircuitBreaker
 from k2actors.core.failover import Attempt, AttemptBudget, DarkDeadline, FailoverPolicy
+from k2actors.core.ranges import StreamPosition
 from k2actors.core.reasons import EndReason
 from k2actors.core.sequence import DEDUP_WINDOW_IDS, BatchSequence, Gap, LatestUpdate, SequenceTracker, StreamSequences, Verdict
 from k2actors.core.telemetry import CATALOGUE, MetricBuffer, MetricDeltas
@@ -88,7 +89,7 @@ def test_late_arrival_after_declaration_is_recovered():
 
 def test_resume_continues_from_published_ids():
     tracker = SequenceTracker(grace_seconds=0)
-    tracker.resume({KEY: 10})
+    tracker.resume({KEY: StreamPosition(10)}, 0)
     assert tracker.observe(KEY, 9, 0) is Verdict.DUPLICATE
     assert tracker.observe(KEY, 11, 0) is Verdict.NEW
     assert tracker.observe(KEY, 14, 0) is Verdict.NEW
@@ -98,9 +99,20 @@ def test_resume_continues_from_published_ids():
 def test_resume_never_rewinds_a_symbol_already_seen():
     tracker = SequenceTracker()
     tracker.observe(KEY, 20, 0)
-    tracker.resume({KEY: 10, ("BINANCE", "ETHUSDT"): 5})
+    tracker.resume({KEY: StreamPosition(10), ("BINANCE", "ETHUSDT"): StreamPosition(5)}, 0)
     assert tracker.last_id(KEY) == 20
     assert tracker.observe(("BINANCE", "ETHUSDT"), 6, 0) is Verdict.NEW
+
+
+def test_resume_declares_the_holes_kafka_holds_after_the_grace_and_fills_them():
+    tracker = SequenceTracker(grace_seconds=2)
+    tracker.resume({KEY: StreamPosition(20, ((5, 6), (10, 12)))}, now=100)
+    assert tracker.pending() == 5
+    assert tracker.observe(KEY, 11, 101) is Verdict.FILLED
+    assert tracker.observe(KEY, 7, 101) is Verdict.DUPLICATE
+    assert tracker.declare_due(102) == [Gap("BINANCE", "BTCUSDT", 5, 6), Gap("BINANCE", "BTCUSDT", 10, 10),
+                                        Gap("BINANCE", "BTCUSDT", 12, 12)]
+    assert tracker.pending() == 0 and tracker.observe(KEY, 21, 103) is Verdict.NEW
 
 
 def test_gap_size():
@@ -269,8 +281,8 @@ def test_quotes_only_move_forward():
 
 def test_each_stream_type_is_tracked_apart_and_resumed_from_the_producer():
     sequences = StreamSequences(0.0)
-    sequences.resume({("trade", "BINANCE", "BTCUSDT"): 100, ("aggTrade", "BINANCE", "BTCUSDT"): 50,
-                      ("bookTicker", "BINANCE", "BTCUSDT"): 900})
+    sequences.resume({("trade", "BINANCE", "BTCUSDT"): StreamPosition(100), ("aggTrade", "BINANCE", "BTCUSDT"): StreamPosition(50),
+                      ("bookTicker", "BINANCE", "BTCUSDT"): StreamPosition(900)}, 0.0)
     assert sequences.observe("trade", KEY, 101, 0.0) is Verdict.NEW
     assert sequences.observe("aggTrade", KEY, 51, 0.0) is Verdict.NEW
     assert sequences.observe("bookTicker", KEY, 900, 0.0) is Verdict.DUPLICATE

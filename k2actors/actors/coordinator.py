@@ -139,7 +139,7 @@ class FailoverCoordinator(ActorTypeDispatcher):
 
     def receiveMsg_Flushed(self, message: Flushed, sender: ActorAddress) -> None:
         if self._stop_reply is not None:
-            self.send(self._stop_reply, PipelineStopped(message.undelivered))
+            self.send(self._stop_reply, PipelineStopped(message.undelivered, message.missing))
 
     # --- start and wiring ---
 

@@ -75,9 +75,12 @@ class Normaliser(Supervised[NormaliserSetup]):
             return
         setup = self.setup
         rules = Rules(setup.gap_grace_seconds, setup.symbols, setup.quote_assets, setup.max_buffered_records, setup.max_frame_bytes)
-        self._ledger = Ledger(rules, message.last_ids, time.monotonic(), self.metrics)
-        if message.last_ids:
-            log.info("resuming id tracking of %d streams from the producer's state", len(message.last_ids))
+        self._ledger = Ledger(rules, message.positions, time.monotonic(), self.metrics)
+        if message.positions:
+            missing = sum(last - first + 1 for position in message.positions.values() for first, last in position.missing)
+            log.info("resuming id tracking of %d streams from what Kafka holds; %d ids below the highest are missing "
+                     "and will be declared and backfilled", len(message.positions), missing,
+                     extra={"event": "resumed", "streams": len(message.positions), "missing": missing})
         self.release_held()
 
     def receiveMsg_RawBatch(self, message: RawBatch, sender: ActorAddress) -> None:
@@ -115,7 +118,7 @@ class Normaliser(Supervised[NormaliserSetup]):
                 self.send(event.to, RawBatchTaken(event.seq))
             elif isinstance(event, Drained):
                 self.flush_metrics()
-                self.send(self.setup.producer, Flush(event.last_seq))
+                self.send(self.setup.producer, Flush(event.last_seq, event.missing))
             else:
                 log_line(log, event.report())
                 if isinstance(event, GapDeclared) and event.stream == TRADE:  # the REST history serves trades

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -20,8 +21,9 @@ from thespian.actors import ActorAddress, ActorExitRequest
 from k2actors.actors.shell import Supervised, seconds
 from k2actors.core.backoff import backoff_delay
 from k2actors.core.binance import SERIALIZATION_FAILED
-from k2actors.core.delivery import Deliveries, KafkaReadiness, PendingBatch
+from k2actors.core.delivery import Deliveries, KafkaReadiness, Landed, PendingBatch
 from k2actors.core.normalise import record_dead_letter
+from k2actors.core.ranges import IdRanges
 from k2actors.messages import (
     BatchesDelivered,
     ComponentStatus,
@@ -40,15 +42,17 @@ log = logging.getLogger("k2actors.producer")
 SETUP_RETRY_BASE_SECONDS = 1.0
 SETUP_RETRY_MAX_SECONDS = 30.0
 FLUSH_DEADLINE_SECONDS = 10.0
+# What Kafka acknowledged is checkpointed this often (k2actors.core.resume).
+CHECKPOINT_EVERY_SECONDS = 1.0
 RETRY_SETUP = "retry setup"
 
 
 class ProducerActor(Supervised[ProducerSetup]):
     SETUP = ProducerSetup
     TICK_SECONDS = 0.1
-    # Answered before Kafka is ready too: the Normaliser must not wait for the broker to
-    # track ids, and a stop must not wait for it to flush.
-    UNHELD = (SequenceQuery, Flush)
+    # A stop must not wait for Kafka to be ready. (A SequenceQuery does: the answer is what
+    # Kafka holds, read during the preparation.)
+    UNHELD = (Flush,)
 
     def __init__(self) -> None:
         super().__init__()
@@ -58,8 +62,11 @@ class ProducerActor(Supervised[ProducerSetup]):
         self._readiness = KafkaReadiness("")
         self._stopping = threading.Event()
         self._setup_attempts = 0
-        self._flush: tuple[int, float] | None = None  # (last batch, deadline)
-        self._last_ids: dict[tuple[str, str, str], int] = {}  # (stream, venue, symbol) -> highest id handed to Kafka
+        self._flush: tuple[Flush, float] | None = None  # (what to flush, deadline)
+        # (stream, venue, symbol) -> ids in Kafka or handed to it: what Kafka held at start, and
+        # every id produced since. An id already there is never produced again (a resend).
+        self._handed: dict[tuple[str, str, str], IdRanges] = {}
+        self._checkpoint_at = 0.0
         self._preparing: Preparation | None = None
         self._fatal: str | None = None
 
@@ -77,7 +84,8 @@ class ProducerActor(Supervised[ProducerSetup]):
             self.send(self.setup.metrics, ComponentStatus("kafka", *status))  # a new MetricsActor
 
     def receiveMsg_SequenceQuery(self, message: SequenceQuery, sender: ActorAddress) -> None:
-        self.send(sender, SequenceState(dict(self._last_ids)))
+        positions = {key: position for key, ranges in self._handed.items() if (position := ranges.position()) is not None}
+        self.send(sender, SequenceState(positions))
 
     # --- setup: topics and schema on a thread of its own, so the actor never blocks ---
 
@@ -103,6 +111,9 @@ class ProducerActor(Supervised[ProducerSetup]):
             self.wakeupAfter(seconds(delay), RETRY_SETUP)
             return
         self._outlets = preparation.outlets
+        for stream, ids in preparation.held.items():
+            self._deliveries.resume_from(stream, ids)
+            self._handed.update({(stream, venue, symbol): ranges for (venue, symbol), ranges in ids.items()})
         settings = {**producer_settings(self.setup.kafka), "error_cb": self._on_kafka_error, "logger": LIBRDKAFKA_LOG}
         producer = self._producer = Producer(settings)
         threading.Thread(target=self._poll, args=(producer,), name="kafka-poll", daemon=True).start()
@@ -112,15 +123,19 @@ class ProducerActor(Supervised[ProducerSetup]):
     # --- producing ---
 
     def receiveMsg_RecordBatch(self, batch: RecordBatch, sender: ActorAddress) -> None:
-        pending = self._deliveries.expect(batch.seq, len(batch.records) + len(batch.dead_letters), sender)
+        records = []
+        for stream, record in batch.records:
+            key = (stream, record["exchange"], record["symbol"])
+            if self._handed.setdefault(key, IdRanges()).add(record["source_sequence"]):
+                records.append((stream, record))
+        if len(records) < len(batch.records):  # a resend after a producer restart: some had landed
+            self.metrics.inc("k2_kafka_records_already_in_kafka_total", amount=len(batch.records) - len(records))
+        pending = self._deliveries.expect(batch.seq, len(records) + len(batch.dead_letters), sender)
         if pending.outstanding == 0:
             return
-        last_ids = self._last_ids
         dead_letters = list(batch.dead_letters)
-        for stream, record in batch.records:
+        for stream, record in records:
             outlet = self._outlets[stream]
-            key = (stream, record["exchange"], record["symbol"])
-            last_ids[key] = max(last_ids.get(key, record["source_sequence"]), record["source_sequence"])
             try:
                 value = outlet.serializer(record, outlet.context) or b""
             except Exception as exc:  # one record the schema refuses must not sink the batch
@@ -128,8 +143,9 @@ class ProducerActor(Supervised[ProducerSetup]):
                           extra={"event": "serialization_failed", "message_id": record["message_id"]})
                 dead_letters.append(record_dead_letter(record, stream, SERIALIZATION_FAILED, f"{type(exc).__name__}: {exc}"[:200]))
                 continue
-            latencies = (record["ingestion_timestamp"], record["timestamp"])
-            self._send(outlet.topic, record["symbol"].encode(), value, None, partial(self._delivered, pending, latencies))
+            trade = _Trade(stream, (record["exchange"], record["symbol"]), record["source_sequence"],
+                           record["ingestion_timestamp"], record["timestamp"])
+            self._send(outlet.topic, record["symbol"].encode(), value, None, partial(self._delivered, pending, trade))
         for letter in dead_letters:
             self._send(self.setup.kafka.dead_letter_topic, None, letter.raw, _headers(letter), partial(self._delivered, pending, None))
             self.metrics.inc("k2_dlq_messages_total", letter.reason, letter.stream)
@@ -150,16 +166,20 @@ class ProducerActor(Supervised[ProducerSetup]):
         while not self._stopping.is_set():
             producer.poll(0.1)
 
-    def _delivered(self, pending: PendingBatch[ActorAddress], times_us: tuple[int, int] | None,
+    def _delivered(self, pending: PendingBatch[ActorAddress], trade: _Trade | None,
                    error: KafkaError | None, message: Message) -> None:
         """Runs on the poll thread."""
         topic = message.topic() or ""
         if error is not None:
             self._deliveries.refused(pending, topic, error.name(), error.str())
             return
+        if trade is None:
+            self._deliveries.acknowledged(pending, topic, None, None)
+            return
         now_us = time.time_ns() // 1000
-        latencies = None if times_us is None else ((now_us - times_us[0]) / 1e6, (now_us - times_us[1]) / 1e6)
-        self._deliveries.acknowledged(pending, topic, latencies)
+        latencies = ((now_us - trade.received_us) / 1e6, (now_us - trade.trade_us) / 1e6)
+        landed = Landed(trade.stream, trade.key, trade.event_id, message.partition() or 0, message.offset() or 0)
+        self._deliveries.acknowledged(pending, topic, latencies, landed)
 
     def _on_kafka_error(self, error: KafkaError) -> None:
         log.error("kafka client error: %s", error.str(), extra={"event": "kafka_error", "error": error.name()})
@@ -167,7 +187,7 @@ class ProducerActor(Supervised[ProducerSetup]):
             self._fatal = error.str()
 
     def receiveMsg_Flush(self, message: Flush, sender: ActorAddress) -> None:
-        self._flush = (message.last_batch, time.monotonic() + FLUSH_DEADLINE_SECONDS)
+        self._flush = (message, time.monotonic() + FLUSH_DEADLINE_SECONDS)
         self._check_flush()
 
     def on_exit(self) -> None:
@@ -197,7 +217,18 @@ class ProducerActor(Supervised[ProducerSetup]):
             self.metrics.observe("k2_trade_receive_to_ack_seconds", report.receive_to_ack)
             self.metrics.observe("k2_trade_exchange_to_ack_seconds", report.exchange_to_ack)
         self._report(self._readiness.observe(report, len(self._producer) if self._producer else 0, now))
+        if now - self._checkpoint_at >= CHECKPOINT_EVERY_SECONDS:
+            self._checkpoint_at = now
+            self._write_checkpoints()
         self._check_flush()
+
+    def _write_checkpoints(self) -> bool:
+        """What Kafka acknowledged since the last checkpoint, to the state topic; whether
+        there was anything to write."""
+        checkpoints = self._deliveries.checkpoints()
+        for checkpoint in checkpoints:
+            self._send(self.setup.kafka.state_topic, checkpoint.stream.encode(), checkpoint.encode(), None, _ignore)
+        return bool(checkpoints)
 
     def _report(self, status: tuple[bool, str] | None) -> None:
         if status is not None:
@@ -206,19 +237,36 @@ class ProducerActor(Supervised[ProducerSetup]):
     def _check_flush(self) -> None:
         if self._flush is None:
             return
-        last_batch, deadline = self._flush
+        flush, deadline = self._flush
         outstanding = len(self._producer) if self._producer else sum(
             len(batch.records) + len(batch.dead_letters) for batch, _ in self._held if isinstance(batch, RecordBatch)
         )
         if outstanding and time.monotonic() < deadline:
             return
+        if not outstanding and self._producer is not None and self._write_checkpoints():
+            return  # the last checkpoint, so that the next start reads no tail at all; its ack comes at a later tick
         self._flush = None
         undelivered = outstanding + self._deliveries.failed
         if undelivered:
             log.error("stopping with %d records Kafka did not acknowledge", undelivered)
         else:
-            log.info("all records up to batch %d delivered", last_batch)
-        self.send(self.coordinator, Flushed(undelivered))
+            log.info("all records up to batch %d delivered", flush.last_batch)
+        self.send(self.coordinator, Flushed(undelivered, flush.missing))
+
+
+@dataclass(frozen=True, slots=True)
+class _Trade:
+    """What the delivery report of one record needs to know about it."""
+
+    stream: str
+    key: tuple[str, str]  # (venue, symbol)
+    event_id: int
+    received_us: int
+    trade_us: int
+
+
+def _ignore(error: KafkaError | None, message: Message) -> None:
+    """A checkpoint that did not land is superseded by the next one within a second."""
 
 
 def _headers(letter: DeadLetter) -> list[tuple[str, str | bytes | None]]:

@@ -13,6 +13,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from k2actors.core.ranges import IdRanges
+from k2actors.core.resume import Acknowledged, Checkpoint, Key
+
 A = TypeVar("A")  # who to confirm a batch to, opaque here
 
 # Records waiting this long for an acknowledgement make Kafka "not ready".
@@ -26,6 +29,17 @@ class PendingBatch(Generic[A]):
     seq: int
     outstanding: int  # records and dead letters Kafka has not answered for yet
     reply_to: A
+
+
+@dataclass(frozen=True, slots=True)
+class Landed:
+    """Where a record of a tracked stream landed: for checkpoints."""
+
+    stream: str
+    key: Key
+    event_id: int
+    partition: int
+    offset: int
 
 
 @dataclass
@@ -42,7 +56,16 @@ class Deliveries(Generic[A]):
         self._lock = threading.Lock()
         self._report: DeliveryReport[A] = DeliveryReport()
         self._completed: list[PendingBatch[A]] = []
+        self._acknowledged = Acknowledged()
         self.failed = 0  # records Kafka refused, in all
+
+    def resume_from(self, stream: str, ids: dict[Key, IdRanges]) -> None:
+        with self._lock:
+            self._acknowledged.resume_from(stream, ids)
+
+    def checkpoints(self) -> list[Checkpoint]:
+        with self._lock:
+            return self._acknowledged.due()
 
     def expect(self, seq: int, outstanding: int, reply_to: A) -> PendingBatch[A]:
         pending = PendingBatch(seq, outstanding, reply_to)
@@ -51,11 +74,15 @@ class Deliveries(Generic[A]):
                 self._completed.append(pending)
         return pending
 
-    def acknowledged(self, pending: PendingBatch[A], topic: str, latencies: tuple[float, float] | None) -> None:
-        """Kafka took a record; `latencies` (receive to ack, exchange to ack) for a trade."""
+    def acknowledged(self, pending: PendingBatch[A], topic: str, latencies: tuple[float, float] | None,
+                     landed: Landed | None) -> None:
+        """Kafka took a record; `latencies` (receive to ack, exchange to ack) and where it
+        landed for a record of a stream, None for a dead letter."""
         with self._lock:
             report = self._report
             report.produced[topic] = report.produced.get(topic, 0) + 1
+            if landed is not None:
+                self._acknowledged.acknowledged(landed.stream, landed.key, landed.event_id, landed.partition, landed.offset)
             if latencies is not None:
                 report.receive_to_ack.append(latencies[0])
                 report.exchange_to_ack.append(latencies[1])

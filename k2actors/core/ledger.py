@@ -40,8 +40,8 @@ from k2actors.core.telemetry import LogLine, MetricBuffer
 from k2actors.messages import (
     BackfilledTrades,
     DeadLetter,
-    LastIds,
     PoisonedFrames,
+    Positions,
     RawBatch,
     Record,
     RecordBatch,
@@ -108,9 +108,11 @@ class ShutdownAnnounced:
 
 @dataclass(frozen=True, slots=True)
 class Drained:
-    """Every batch asked for by the drain has been handled: flush through `last_seq`."""
+    """Every batch asked for by the drain has been handled: flush through `last_seq`.
+    `missing`: ids declared missing and not filled (every gap is declared by then)."""
 
     last_seq: int
+    missing: int
 
 
 # --- what is only worth saying ---
@@ -277,11 +279,11 @@ class Rules:
 
 
 class Ledger(Generic[A]):
-    def __init__(self, rules: Rules, last_ids: LastIds, now: float, metrics: MetricBuffer):
-        """`last_ids`: what the producer handed to Kafka, where id tracking continues from."""
+    def __init__(self, rules: Rules, positions: Positions, now: float, metrics: MetricBuffer):
+        """`positions`: where each stream stands in Kafka, where id tracking continues from."""
         self._rules = rules
         self._sequences = StreamSequences(rules.gap_grace_seconds)
-        self._sequences.resume(last_ids)
+        self._sequences.resume(positions, now)
         self.metrics = metrics
         self._received: dict[str, BatchSequence] = {}  # per endpoint URL, the RawBatches seen
         self._seq = 0  # the last RecordBatch numbered
@@ -520,5 +522,7 @@ class Ledger(Generic[A]):
         if all(url in self._received and self._received[url].complete_through(last) or last == 0
                for url, last in self._drain.items()):
             self._drain = None
-            events.append(Drained(self._seq))
+            self._declare_gaps(float("inf"), events)  # a stop says what it knows is missing, grace or not
+            missing = sum(gap.size for stream in GAP_NOUNS for gap in self._sequences.open_gaps(stream))
+            events.append(Drained(self._seq, missing))
 

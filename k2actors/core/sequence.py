@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from k2actors.core.binance import AGG_TRADE, TRADE
+from k2actors.core.ranges import StreamPosition
 
 Key = tuple[str, str]  # (venue, symbol)
 
@@ -64,12 +65,14 @@ class SequenceTracker:
         self._grace = grace_seconds
         self._states: dict[Key, _SymbolState] = {}
 
-    def resume(self, last_ids: dict[Key, int]) -> None:
-        """Continue from ids already published (a restarted Normaliser): what follows them
-        without a break is new, anything before them a duplicate, a jump a gap."""
-        for key, last_id in last_ids.items():
+    def resume(self, positions: Mapping[Key, StreamPosition], now: float) -> None:
+        """Continue from what Kafka holds (a restart): what follows the highest id without a
+        break is new, a jump a gap; below it the holes are missing (declared after the grace,
+        then backfilled) and everything else a duplicate."""
+        for key, position in positions.items():
             if key not in self._states:
-                self._states[key] = _SymbolState(high=last_id)
+                missing = [_Range(first, last, now) for first, last in position.missing[-MAX_OPEN_RANGES:]]
+                self._states[key] = _SymbolState(position.high, missing)
 
     def observe(self, key: Key, trade_id: int, now: float) -> Verdict:
         state = self._states.get(key)
@@ -168,9 +171,9 @@ class LatestUpdate:
     def __init__(self) -> None:
         self._last: dict[Key, int] = {}
 
-    def resume(self, last_ids: dict[Key, int]) -> None:
-        for key, last_id in last_ids.items():
-            self._last.setdefault(key, last_id)
+    def resume(self, positions: Mapping[Key, StreamPosition], now: float) -> None:
+        for key, position in positions.items():
+            self._last.setdefault(key, position.high)
 
     def observe(self, key: Key, update_id: int) -> Verdict:
         if update_id <= self._last.get(key, -1):
@@ -187,13 +190,13 @@ class StreamSequences:
         self._gapless = {TRADE: SequenceTracker(grace_seconds), AGG_TRADE: SequenceTracker(grace_seconds)}
         self._quotes = LatestUpdate()
 
-    def resume(self, last_ids: Mapping[tuple[str, str, str], int]) -> None:
-        """From the producer's (stream, venue, symbol) -> highest id handed to Kafka."""
-        by_stream: dict[str, dict[Key, int]] = {}
-        for (stream, venue, symbol), last_id in last_ids.items():
-            by_stream.setdefault(stream, {})[(venue, symbol)] = last_id
-        for stream, ids in by_stream.items():
-            (self._gapless.get(stream, self._quotes)).resume(ids)
+    def resume(self, positions: Mapping[tuple[str, str, str], StreamPosition], now: float) -> None:
+        """From the producer's (stream, venue, symbol) -> where the stream stands in Kafka."""
+        by_stream: dict[str, dict[Key, StreamPosition]] = {}
+        for (stream, venue, symbol), position in positions.items():
+            by_stream.setdefault(stream, {})[(venue, symbol)] = position
+        for stream, streams in by_stream.items():
+            (self._gapless.get(stream, self._quotes)).resume(streams, now)
 
     def observe(self, stream: str, key: Key, event_id: int, now: float) -> Verdict:
         if stream in self._gapless:
