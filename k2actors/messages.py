@@ -14,7 +14,7 @@ from typing import Any
 from thespian.actors import ActorAddress
 
 from k2actors.config import Config, Endpoint, KafkaConfig
-from k2actors.core.binance import Rejected, Trade
+from k2actors.core.binance import AggTrade, Rejected, Trade
 from k2actors.core.ranges import StreamPosition
 from k2actors.core.reasons import EndReason
 
@@ -112,8 +112,9 @@ class BackfillSetup:
 
 @dataclass(frozen=True)
 class BackfillRequest:
-    """A declared gap: fetch these ids from the venue's trade history."""
+    """A declared gap: fetch these ids from the venue's history of this stream type."""
 
+    stream: str  # trade or aggTrade
     venue: str
     symbol: str
     first_id: int
@@ -122,18 +123,19 @@ class BackfillRequest:
 
 @dataclass(frozen=True, repr=False)
 class BackfilledTrades:
-    """A page of trade history inside a gap, in id order; rows that are not trades come
-    as (row as JSON, Rejected) for the DLQ."""
+    """A page of history inside a gap, in id order; rows that are not trades come as
+    (row as JSON, Rejected) for the DLQ."""
 
+    stream: str  # trade or aggTrade
     venue: str
     symbol: str
     url: str
     received_us: int
-    trades: tuple[Trade, ...]
+    trades: tuple[Trade | AggTrade, ...]
     rejected: tuple[tuple[bytes, Rejected], ...]  # (the row as JSON, why it is no trade)
 
     def __repr__(self) -> str:
-        return f"BackfilledTrades({self.venue} {self.symbol}, {len(self.trades)} trades, {len(self.rejected)} rejected)"
+        return f"BackfilledTrades({self.stream} {self.venue} {self.symbol}, {len(self.trades)} events, {len(self.rejected)} rejected)"
 
 
 @dataclass(frozen=True)

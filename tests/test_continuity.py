@@ -112,3 +112,28 @@ def test_a_producer_frozen_past_the_heartbeat_timeout_is_replaced_without_duplic
 
     assert missing_and_duplicates(trade_ids(broker, registry, topic)) == (0, 0)
     assert samples['k2_actor_restarts_total{actor="producer",reason="silent"}'] == 1
+
+
+def test_aggregate_trades_missed_in_a_failover_are_backfilled_too(start_service, simulator, broker, registry, topic):
+    agg_topic = f"{topic}.agg"
+    # The circuit stays closed: this test wants the venue back as soon as the mirror answers.
+    service = start_service(K2_BINANCE_STREAMS="trade,aggTrade", K2_KAFKA_AGGTRADE_TOPIC=agg_topic,
+                            K2_CIRCUIT_BREAKER_FAILURE_THRESHOLD="1000")
+    service.wait_ready()
+    wait_for_trades(service, 300)
+    mirror = simulator.endpoint(1)
+    mirror.refuse()  # for a moment nothing answers, so aggregate trades are missed for certain
+    fail_primary("refusing", simulator)
+    wait_until(lambda: service.metric("k2_binance_reconnects_total") >= 2, 30, "the mirror refusing too")
+    mirror.refuse(False)
+    aggregate_gaps = lambda: sum(v for k, v in service.metrics().items()  # noqa: E731
+                                 if k.startswith("k2_binance_missing_trades_total{") and 'stream="aggTrade"' in k)
+    wait_until(aggregate_gaps, 30, "an aggregate trade gap declared")
+    wait_for_trades(service, service.metric("k2_kafka_messages_produced_total") + 300)
+    samples = settle(service)
+    assert service.stop() == 0, service.log()
+
+    assert missing_and_duplicates(trade_ids(broker, registry, topic)) == (0, 0)
+    assert missing_and_duplicates(trade_ids(broker, registry, agg_topic)) == (0, 0)
+    assert total(samples, "k2_backfill_unfilled_trades_total") == 0
+    assert "backfilled" in service.log() and "aggregate trades of BINANCE" in service.log()

@@ -153,15 +153,15 @@ def backfill() -> Backfill:
 
 def test_a_gap_is_fetched_page_by_page_and_reported_filled():
     fill = backfill()
-    assert [type(e) for e in fill.add("BINANCE", "BTCUSDT", 10, 1509, 0.0)] == [GapStarted]
-    assert fill.add("BINANCE", "BTCUSDT", 10, 1509, 0.0) == []  # asked twice: one gap
+    assert [type(e) for e in fill.add("trade", "BINANCE", "BTCUSDT", 10, 1509, 0.0)] == [GapStarted]
+    assert fill.add("trade", "BINANCE", "BTCUSDT", 10, 1509, 0.0) == []  # asked twice: one gap
     request, _ = fill.next_request(0.0)
-    assert request == HistoryRequest(REST, "BTCUSDT", 10, 1000)
+    assert request == HistoryRequest(REST, "/api/v3/historicalTrades", "BTCUSDT", 10, 1000)
     assert fill.next_request(0.0) == (None, [])  # one request in flight at a time
     [page] = fill.answer(answer(200, rows(*range(10, 1010))), 0.5)
     assert isinstance(page, PageFetched) and len(page.page.trades) == 1000 and page.page.url == REST
     request, _ = fill.next_request(0.5)
-    assert request == HistoryRequest(REST, "BTCUSDT", 1010, 500)
+    assert request == HistoryRequest(REST, "/api/v3/historicalTrades", "BTCUSDT", 1010, 500)
     events = fill.answer(answer(200, rows(*range(1010, 1510))), 1.5)
     assert [type(e) for e in events] == [PageFetched, GapFilled] and fill.open_gaps == 0
     deltas = fill.metrics.take()
@@ -172,7 +172,7 @@ def test_a_gap_is_fetched_page_by_page_and_reported_filled():
 
 def test_ids_the_venue_no_longer_serves_are_reported_unfilled():
     fill = backfill()
-    fill.add("BINANCE", "BTCUSDT", 10, 20, 0.0)
+    fill.add("trade", "BINANCE", "BTCUSDT", 10, 20, 0.0)
     fill.next_request(0.0)
     events = fill.answer(answer(200, rows(*range(15, 21))), 0.1)
     assert [type(e) for e in events] == [PageFetched, Unfilled]
@@ -183,32 +183,32 @@ def test_ids_the_venue_no_longer_serves_are_reported_unfilled():
 
 def test_429_waits_as_long_as_retry_after_says():
     fill = backfill()
-    fill.add("BINANCE", "BTCUSDT", 10, 20, 0.0)
+    fill.add("trade", "BINANCE", "BTCUSDT", 10, 20, 0.0)
     fill.next_request(0.0)
     assert fill.answer(answer(429, retry_after="1.5"), 0.0) == [RateLimited("BINANCE", 429, 1.5)]
     assert fill.next_request(1.4)[0] is None
-    assert fill.next_request(1.5)[0] == HistoryRequest(REST, "BTCUSDT", 10, 11)
+    assert fill.next_request(1.5)[0] == HistoryRequest(REST, "/api/v3/historicalTrades", "BTCUSDT", 10, 11)
 
 
 def test_a_ban_gives_up_every_gap_until_it_ends():
     fill = backfill()
-    fill.add("BINANCE", "BTCUSDT", 10, 20, 0.0)
-    fill.add("BINANCE", "ETHUSDT", 5, 6, 0.0)
+    fill.add("trade", "BINANCE", "BTCUSDT", 10, 20, 0.0)
+    fill.add("trade", "BINANCE", "ETHUSDT", 5, 6, 0.0)
     fill.next_request(0.0)
     assert fill.answer(answer(418, retry_after="600"), 0.0) == [RateLimited("BINANCE", 418, 600.0)]
     request, events = fill.next_request(1.0)
     assert request is None
     assert [(e.gap.symbol, e.first_id, e.last_id, e.reason) for e in events] == [
         ("BTCUSDT", 10, 20, "banned"), ("ETHUSDT", 5, 6, "banned")]
-    fill.add("BINANCE", "BTCUSDT", 30, 31, 599.0)
+    fill.add("trade", "BINANCE", "BTCUSDT", 30, 31, 599.0)
     assert [e.reason for e in fill.next_request(599.0)[1]] == ["banned"]
-    fill.add("BINANCE", "BTCUSDT", 40, 41, 600.0)
-    assert fill.next_request(600.0)[0] == HistoryRequest(REST, "BTCUSDT", 40, 2)
+    fill.add("trade", "BINANCE", "BTCUSDT", 40, 41, 600.0)
+    assert fill.next_request(600.0)[0] == HistoryRequest(REST, "/api/v3/historicalTrades", "BTCUSDT", 40, 2)
 
 
 def test_a_page_that_keeps_failing_is_retried_with_backoff_then_given_up():
     fill = backfill()
-    fill.add("BINANCE", "BTCUSDT", 10, 20, 0.0)
+    fill.add("trade", "BINANCE", "BTCUSDT", 10, 20, 0.0)
     now, events = 0.0, []
     for attempt in range(1, MAX_ATTEMPTS + 1):
         request, _ = fill.next_request(now)
@@ -224,7 +224,7 @@ def test_a_page_that_keeps_failing_is_retried_with_backoff_then_given_up():
 
 def test_an_answer_that_is_not_a_list_makes_the_gap_unfillable():
     fill = backfill()
-    fill.add("BINANCE", "BTCUSDT", 10, 20, 0.0)
+    fill.add("trade", "BINANCE", "BTCUSDT", 10, 20, 0.0)
     fill.next_request(0.0)
     [unfilled] = fill.answer(answer(200, b'{"code": -1121}'), 0.1)
     assert isinstance(unfilled, Unfilled) and unfilled.reason == "rest_unusable"
@@ -232,7 +232,7 @@ def test_an_answer_that_is_not_a_list_makes_the_gap_unfillable():
 
 def test_the_weight_the_venue_reports_is_spent_too():
     fill = backfill()
-    fill.add("BINANCE", "BTCUSDT", 10, 5000, 0.0)
+    fill.add("trade", "BINANCE", "BTCUSDT", 10, 5000, 0.0)
     fill.next_request(0.0)
     fill.answer(answer(200, rows(*range(10, 1010)), **{"x-mbx-used-weight-1m": "1000"}), 0.0)
     assert fill.next_request(1.0)[0] is None  # someone else on this IP spent our minute
@@ -241,10 +241,45 @@ def test_the_weight_the_venue_reports_is_spent_too():
 
 def test_log_lines_say_what_happened():
     fill = backfill()
-    [started] = fill.add("BINANCE", "BTCUSDT", 10, 20, 0.0)
+    [started] = fill.add("trade", "BINANCE", "BTCUSDT", 10, 20, 0.0)
     assert started.report().message == "backfilling BINANCE BTCUSDT ids 10 to 20"
     fill.next_request(0.0)
     [limited] = fill.answer(answer(418, retry_after="60"), 0.0)
     assert limited.report().message.startswith("trade history of BINANCE refused with HTTP 418")
     [unfilled] = fill.next_request(1.0)[1]
     assert "(banned): they stay missing" in unfilled.report().message
+
+
+def agg_rows(*ids: int) -> bytes:
+    return json.dumps([{"a": i, "p": "1.5", "q": "2", "f": 10 * i, "l": 10 * i + 2, "T": 1_700_000_000_000 + i,
+                        "m": False, "M": True} for i in ids]).encode()
+
+
+def test_an_aggregate_trade_gap_is_filled_from_agg_trades_at_its_own_weight():
+    fill = backfill()
+    fill.add("aggTrade", "BINANCE", "BTCUSDT", 50, 52, 0.0)
+    request, _ = fill.next_request(0.0)
+    assert request == HistoryRequest(REST, "/api/v3/aggTrades", "BTCUSDT", 50, 3)
+    [page, filled] = fill.answer(answer(200, agg_rows(50, 51, 52)), 0.2)
+    assert isinstance(page, PageFetched) and page.page.stream == "aggTrade"
+    assert [t.agg_id for t in page.page.trades] == [50, 51, 52] and page.page.trades[0].first_trade_id == 500
+    assert isinstance(filled, GapFilled)
+
+
+def test_agg_trades_weigh_less_so_more_of_them_fit_a_minute():
+    fill = Backfill({"BINANCE": REST}, MetricBuffer(), budget=RequestBudget(weight_per_minute=100), draw=lambda: 1.0)
+    for first in range(0, 30_000, 1000):
+        fill.add("aggTrade", "BINANCE", "BTCUSDT", first, first + 999, 0.0)
+    made = 0
+    while (request := fill.next_request(0.0)[0]) is not None:
+        made += 1
+        fill.answer(answer(200, agg_rows(*range(request.from_id, request.from_id + request.limit))), 0.0)
+    assert made == 100 // 4  # historicalTrades would have had 100 // 25
+
+
+def test_an_agg_trades_row_that_is_not_an_aggregate_trade_is_rejected_alone():
+    rows = json.loads(agg_rows(1, 2))
+    rows[1]["f"] = "x"
+    [(_, first), (_, second)] = binance.historical_agg_trades(json.dumps(rows).encode(), "BTCUSDT")
+    assert first.agg_id == 1 and first.event_time_ms == first.trade_time_ms
+    assert isinstance(second, Rejected) and second.reason == "wrong_type" and second.stream == "aggTrade"

@@ -230,7 +230,7 @@ def test_a_drain_declares_gaps_still_inside_their_grace_and_says_what_is_missing
 
 def history(*ids: int) -> BackfilledTrades:
     trades = tuple(Trade("BTCUSDT", i, "1.5", "2", T0_MS + i, T0_MS + i, True, True) for i in ids)
-    return BackfilledTrades("BINANCE", "BTCUSDT", "http://rest", T0_MS * 1000, trades, ())
+    return BackfilledTrades("trade", "BINANCE", "BTCUSDT", "http://rest", T0_MS * 1000, trades, ())
 
 
 def test_backfilled_trades_fill_the_gap_in_id_order_and_are_marked():
@@ -240,7 +240,7 @@ def test_backfilled_trades_fill_the_gap_in_id_order_and_are_marked():
     events = book.take_backfill(history(13, 11, 12, 14), 3.0)  # 14 was streamed: a duplicate
     assert published(events) == [11, 12, 13]
     assert all(record["vendor_data"]["backfilled"] == "true" for e in of(Publish, events) for _, record in e.batch.records)
-    assert of(Backfilled, events) == [Backfilled("BINANCE", "BTCUSDT", 3, 11, 13)]
+    assert of(Backfilled, events) == [Backfilled("trade", "BINANCE", "BTCUSDT", 3, 11, 13)]
     assert of(Recovered, events) == []  # backfill is the plan, not a surprise
     assert book.open_gaps("trade") == []
 

@@ -52,7 +52,7 @@ class _Fetcher(threading.Thread):
     def _get(self, request: HistoryRequest) -> HistoryResponse:
         query = urllib.parse.urlencode({"symbol": request.symbol, "fromId": request.from_id, "limit": request.limit})
         try:
-            with urllib.request.urlopen(f"{request.base_url}/api/v3/historicalTrades?{query}",
+            with urllib.request.urlopen(f"{request.base_url}{request.path}?{query}",
                                         timeout=REQUEST_TIMEOUT_SECONDS, context=self._tls) as response:
                 return HistoryResponse(response.status, response.read(), _lower(response.headers), time.time_ns() // 1000)
         except urllib.error.HTTPError as error:
@@ -86,7 +86,8 @@ class BackfillActor(Supervised[BackfillSetup]):
 
     def receiveMsg_BackfillRequest(self, message: BackfillRequest, sender: ActorAddress) -> None:
         if self._backfill is not None:
-            self._act(self._backfill.add(message.venue, message.symbol, message.first_id, message.last_id, time.monotonic()))
+            self._act(self._backfill.add(message.stream, message.venue, message.symbol, message.first_id, message.last_id,
+                                         time.monotonic()))
 
     def on_tick(self, now: float) -> None:
         if self._backfill is None or self._fetcher is None:

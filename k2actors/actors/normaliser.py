@@ -15,8 +15,7 @@ import time
 from thespian.actors import ActorAddress
 
 from k2actors.actors.shell import Supervised
-from k2actors.core.binance import TRADE
-from k2actors.core.ledger import Drained, Event, GapDeclared, Ledger, Publish, Release, Rules, ShutdownAnnounced
+from k2actors.core.ledger import GAP_NOUNS, Drained, Event, GapDeclared, Ledger, Publish, Release, Rules, ShutdownAnnounced
 from k2actors.core.sequence import Gap
 from k2actors.core.telemetry import log_line
 from k2actors.messages import (
@@ -67,8 +66,9 @@ class Normaliser(Supervised[NormaliserSetup]):
         if previous is not None and self.setup.producer != previous.producer:
             self._act(self._ledger.resend())
         if previous is not None and self.setup.backfill != previous.backfill:
-            for gap in self._ledger.open_gaps(TRADE):  # the old backfill actor's work died with it
-                self._request_backfill(gap)
+            for stream in GAP_NOUNS:  # the old backfill actor's work died with it
+                for gap in self._ledger.open_gaps(stream):
+                    self._request_backfill(stream, gap)
 
     def receiveMsg_SequenceState(self, message: SequenceState, sender: ActorAddress) -> None:
         if self._ledger is not None:
@@ -106,9 +106,9 @@ class Normaliser(Supervised[NormaliserSetup]):
         if self._ledger is not None:
             self._act(self._ledger.tick(now))
 
-    def _request_backfill(self, gap: Gap) -> None:
+    def _request_backfill(self, stream: str, gap: Gap) -> None:
         if self.setup.backfill is not None:
-            self.send(self.setup.backfill, BackfillRequest(gap.venue, gap.symbol, gap.first_id, gap.last_id))
+            self.send(self.setup.backfill, BackfillRequest(stream, gap.venue, gap.symbol, gap.first_id, gap.last_id))
 
     def _act(self, events: list[Event[ActorAddress]]) -> None:
         for event in events:
@@ -121,7 +121,7 @@ class Normaliser(Supervised[NormaliserSetup]):
                 self.send(self.setup.producer, Flush(event.last_seq, event.missing))
             else:
                 log_line(log, event.report())
-                if isinstance(event, GapDeclared) and event.stream == TRADE:  # the REST history serves trades
-                    self._request_backfill(event.gap)
+                if isinstance(event, GapDeclared):  # the REST history serves trades and aggregate trades
+                    self._request_backfill(event.stream, event.gap)
                 elif isinstance(event, ShutdownAnnounced):
                     self.send(self.coordinator, ServerShutdownNotice(event.url))

@@ -1,5 +1,6 @@
-"""Filling declared gaps from the exchange's trade history: which ids to ask for next, what
-an answer covers, and how much of Binance's request weight may be spent on it."""
+"""Filling declared gaps from the exchange's history (trades from historicalTrades, aggregate
+trades from aggTrades): which ids to ask for next, what an answer covers, and how much of
+Binance's request weight may be spent on it."""
 
 from __future__ import annotations
 
@@ -7,16 +8,33 @@ import collections
 import json
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from k2actors.core.backoff import backoff_delay
-from k2actors.core.binance import Rejected, Trade, historical_trades
+from k2actors.core.binance import AGG_TRADE, TRADE, AggTrade, Rejected, Trade, historical_agg_trades, historical_trades
+from k2actors.core.normalise import event_id
 from k2actors.core.telemetry import LogLine, MetricBuffer
 from k2actors.messages import BackfilledTrades
 
 HISTORICAL_TRADES_WEIGHT = 25  # Binance's weight of GET /api/v3/historicalTrades
-PAGE_LIMIT = 1000  # rows per historicalTrades answer, at most
+AGG_TRADES_WEIGHT = 4  # and of GET /api/v3/aggTrades (since March 2025)
+PAGE_LIMIT = 1000  # rows per answer, at most
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """Where a gapless stream type's history is served, what a request weighs, how to read it."""
+
+    path: str
+    weight: int
+    parse: Callable[[bytes, str], Sequence[tuple[object, Trade | AggTrade | Rejected]] | Rejected]
+
+
+HISTORY = {
+    TRADE: History("/api/v3/historicalTrades", HISTORICAL_TRADES_WEIGHT, historical_trades),
+    AGG_TRADE: History("/api/v3/aggTrades", AGG_TRADES_WEIGHT, historical_agg_trades),
+}
 # Binance allows 6,000 weight per minute per IP; backfill takes at most a sixth of it
 # (40 pages, 40,000 trades a minute), leaving the rest to whatever else shares the IP.
 WEIGHT_PER_MINUTE = 1000
@@ -25,7 +43,7 @@ WINDOW_SECONDS = 60.0
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    trades: list[Trade]  # inside the gap, in id order, each id once
+    trades: list[Trade | AggTrade]  # inside the gap, in id order, each id once
     unserved: list[tuple[int, int]]  # id ranges the venue no longer serves (or skipped)
 
 
@@ -37,6 +55,7 @@ class GapFill:
     symbol: str
     first_id: int
     last_id: int
+    stream: str = TRADE
     next_id: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -44,7 +63,8 @@ class GapFill:
 
     def fields(self) -> dict[str, object]:
         """Its fields in a JSON log line."""
-        return {"venue": self.venue, "symbol": self.symbol, "first_id": self.first_id, "last_id": self.last_id}
+        return {"venue": self.venue, "symbol": self.symbol, "stream": self.stream, "first_id": self.first_id,
+                "last_id": self.last_id}
 
     @property
     def done(self) -> bool:
@@ -54,11 +74,11 @@ class GapFill:
         """fromId and limit of the next page."""
         return self.next_id, min(PAGE_LIMIT, self.last_id - self.next_id + 1)
 
-    def take(self, trades: list[Trade]) -> Page:
+    def take(self, trades: list[Trade | AggTrade]) -> Page:
         """An answer to `request()`: what it fills, and which ids it shows cannot be had."""
         start = self.next_id
-        ids = sorted({t.trade_id for t in trades if start <= t.trade_id})
-        by_id = {t.trade_id: t for t in trades}
+        by_id = {event_id(t): t for t in trades}
+        ids = sorted(i for i in by_id if start <= i)
         reached = min(ids[-1], self.last_id) if ids else self.last_id
         unserved, expected = [], start
         for trade_id in (i for i in ids if i <= reached):
@@ -131,9 +151,10 @@ DEFAULT_RETRY_AFTER_SECONDS = {429: 60.0, 418: 600.0}
 
 @dataclass(frozen=True, slots=True)
 class HistoryRequest:
-    """GET {base_url}/api/v3/historicalTrades?symbol=&fromId=&limit="""
+    """GET {base_url}{path}?symbol=&fromId=&limit="""
 
     base_url: str
+    path: str
     symbol: str
     from_id: int
     limit: int
@@ -202,7 +223,7 @@ class GapFilled:
 
 
 BackfillEvent = PageFetched | RateLimited | Unfilled | GapStarted | GapFilled
-GapKey = tuple[str, str, int, int]  # venue, symbol, first id, last id
+GapKey = tuple[str, str, str, int, int]  # stream type, venue, symbol, first id, last id
 
 
 class Backfill:
@@ -229,11 +250,11 @@ class Backfill:
     def open_gaps(self) -> int:
         return len(self._requested_at)
 
-    def add(self, venue: str, symbol: str, first_id: int, last_id: int, now: float) -> list[BackfillEvent]:
-        key = (venue, symbol, first_id, last_id)
+    def add(self, stream: str, venue: str, symbol: str, first_id: int, last_id: int, now: float) -> list[BackfillEvent]:
+        gap = GapFill(venue, symbol, first_id, last_id, stream)
+        key = _key(gap)
         if key in self._requested_at:
             return []
-        gap = GapFill(venue, symbol, first_id, last_id)
         self._requested_at[key] = now
         self._queue.append(gap)
         return [GapStarted(gap)]
@@ -248,13 +269,16 @@ class Backfill:
             first_id, last_id = gap.give_up()
             events.append(self._unfilled(gap, first_id, last_id, "banned", "the venue banned this IP (HTTP 418)"))
             events += self._finish(now)
-        if not self._queue or now < self._retry_at or self._budget.delay(now, HISTORICAL_TRADES_WEIGHT) > 0:
+        if not self._queue or now < self._retry_at:
             return None, events
         gap = self._queue[0]
+        history = HISTORY[gap.stream]
+        if self._budget.delay(now, history.weight) > 0:
+            return None, events
         from_id, limit = gap.request()
-        self._budget.spend(now, HISTORICAL_TRADES_WEIGHT)
+        self._budget.spend(now, history.weight)
         self._in_flight = True
-        return HistoryRequest(self._rest_urls[gap.venue], gap.symbol, from_id, limit), events
+        return HistoryRequest(self._rest_urls[gap.venue], history.path, gap.symbol, from_id, limit), events
 
     def answer(self, response: HistoryResponse, now: float) -> list[BackfillEvent]:
         """What the venue answered to the last request."""
@@ -288,14 +312,14 @@ class Backfill:
         return events
 
     def _take_page(self, gap: GapFill, response: HistoryResponse) -> list[BackfillEvent]:
-        parsed = historical_trades(response.body, gap.symbol)
+        parsed = HISTORY[gap.stream].parse(response.body, gap.symbol)
         if isinstance(parsed, Rejected):
             first_id, last_id = gap.give_up()
             return [self._unfilled(gap, first_id, last_id, "rest_unusable", f"{parsed.reason}: {parsed.detail}")]
         trades = [event for _, event in parsed if not isinstance(event, Rejected)]
         rejected = tuple((json.dumps(row).encode(), event) for row, event in parsed if isinstance(event, Rejected))
         page = gap.take(trades)
-        fetched = BackfilledTrades(gap.venue, gap.symbol, self._rest_urls[gap.venue], response.received_us,
+        fetched = BackfilledTrades(gap.stream, gap.venue, gap.symbol, self._rest_urls[gap.venue], response.received_us,
                                    tuple(page.trades), rejected)
         return [PageFetched(fetched), *(
             self._unfilled(gap, first_id, last_id, "not_served", "the venue's history does not serve these ids")
@@ -321,7 +345,7 @@ class Backfill:
 
 
 def _key(gap: GapFill) -> GapKey:
-    return gap.venue, gap.symbol, gap.first_id, gap.last_id
+    return gap.stream, gap.venue, gap.symbol, gap.first_id, gap.last_id
 
 
 def _retry_after(headers: Mapping[str, str], default: float) -> float:

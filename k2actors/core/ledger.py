@@ -204,6 +204,7 @@ class BatchesLost:
 
 @dataclass(frozen=True, slots=True)
 class Backfilled:
+    stream: str
     venue: str
     symbol: str
     count: int
@@ -211,9 +212,10 @@ class Backfilled:
     last_id: int
 
     def report(self) -> LogLine:
-        return LogLine(logging.INFO, f"backfilled {self.count} trades of {self.venue} {self.symbol}, ids {self.first_id} to {self.last_id}",
-                       {"event": "trades_backfilled", "venue": self.venue, "symbol": self.symbol, "count": self.count,
-                        "first_id": self.first_id, "last_id": self.last_id})
+        return LogLine(logging.INFO, f"backfilled {self.count} {GAP_NOUNS[self.stream]} of {self.venue} {self.symbol}, "
+                                     f"ids {self.first_id} to {self.last_id}",
+                       {"event": "trades_backfilled", "venue": self.venue, "symbol": self.symbol, "stream": self.stream,
+                        "count": self.count, "first_id": self.first_id, "last_id": self.last_id})
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,7 +329,7 @@ class Ledger(Generic[A]):
         events: list[Event[A]] = []
         letters = [self._dead_letter(raw, rejected, delivery, events) for raw, rejected in page.rejected]
         records: list[tuple[str, Record]] = []
-        for trade in sorted(page.trades, key=lambda t: t.trade_id):
+        for trade in sorted(page.trades, key=event_id):
             outcome = self._accept(trade, delivery, now, backfilled=True, events=events)
             if isinstance(outcome, Rejected):
                 letters.append(self._dead_letter(json.dumps(dataclasses.asdict(trade)).encode(), outcome, delivery, events))
@@ -336,7 +338,7 @@ class Ledger(Generic[A]):
         if records:
             first_id, last_id = records[0][1]["source_sequence"], records[-1][1]["source_sequence"]
             self.metrics.inc("k2_backfill_trades_total", page.symbol, amount=len(records))
-            events.append(Backfilled(page.venue, page.symbol, len(records), first_id, last_id))
+            events.append(Backfilled(page.stream, page.venue, page.symbol, len(records), first_id, last_id))
         self._publish(records, letters, events)
         return events
 

@@ -12,9 +12,11 @@ misses what happened meanwhile. Each endpoint serves:
 - SUBSCRIBE, UNSUBSCRIBE and LIST_SUBSCRIPTIONS; Binance's limits (5 incoming messages per
   second, 1024 streams per connection) enforced with close code 1008;
 - scripted faults (`EndpointControl`): drop without a close frame, stall with the socket
-  open, a serverShutdown event, refusal of new connections, malformed frames;
-- REST `GET /api/v3/historicalTrades` and `/api/v3/exchangeInfo` from the same history, with
-  Binance's `X-MBX-USED-WEIGHT-1M` header, and scripted refusals (429, 418, 5xx) with Retry-After.
+  open, a handshake followed by a drop (flapping), a serverShutdown event, refusal of new
+  connections, malformed frames;
+- REST `GET /api/v3/historicalTrades`, `/api/v3/aggTrades` and `/api/v3/exchangeInfo` from
+  the same history, with Binance's `X-MBX-USED-WEIGHT-1M` header, and scripted refusals
+  (429, 418, 5xx) with Retry-After.
 
 With `tape=PATH` the endpoints replay a JSONL file of raw messages instead of the live
 market, each line as one frame, in tape order. A line in the combined envelope
@@ -78,6 +80,8 @@ class Market:
         self._due = {s: 0.0 for s in symbols}
         self._history: dict[str, collections.deque[SimTrade]] = {s: collections.deque(maxlen=HISTORY_PER_SYMBOL) for s in symbols}
         self._next_agg_id = {s: 500_000 + 1000 * i for i, s in enumerate(symbols)}
+        self._agg_history: dict[str, collections.deque[dict[str, object]]] = {
+            s: collections.deque(maxlen=HISTORY_PER_SYMBOL) for s in symbols}
         self._next_update_id = {s: 7_000_000 + 1000 * i for i, s in enumerate(symbols)}
         self._last_tick: float | None = None
 
@@ -127,11 +131,10 @@ class Market:
         self._next_agg_id[symbol] += 1
         units = sum(int(t.quantity.replace(".", "")) for t in run)
         first = run[0]
-        return (
-            f'{{"e":"aggTrade","E":{event_ms},"s":"{symbol}","a":{agg_id},"p":"{first.price}","q":"{_units_text(units)}",'
-            f'"f":{first.trade_id},"l":{run[-1].trade_id},"T":{first.time_ms},'
-            f'"m":{"true" if first.buyer_is_maker else "false"},"M":true}}'
-        )
+        row = {"a": agg_id, "p": first.price, "q": _units_text(units), "f": first.trade_id, "l": run[-1].trade_id,
+               "T": first.time_ms, "m": first.buyer_is_maker, "M": True}
+        self._agg_history[symbol].append(row)  # what GET /api/v3/aggTrades serves
+        return json.dumps({"e": "aggTrade", "E": event_ms, "s": symbol, **row}, separators=(",", ":"))
 
     def _book_payload(self, symbol: str, trade: SimTrade) -> str:
         self._next_update_id[symbol] += self._random.randint(1, 5)  # the book changes between quotes too
@@ -145,6 +148,15 @@ class Market:
 
     def last_id(self, symbol: str) -> int:
         return self._next_id[symbol] - 1
+
+    def agg_history(self, symbol: str, from_id: int | None, limit: int) -> list[dict[str, object]]:
+        rows = self._agg_history[symbol]
+        if not rows:
+            return []
+        if from_id is None:
+            return list(rows)[-limit:]
+        start = max(from_id - int(str(rows[0]["a"])), 0)
+        return [rows[i] for i in range(start, min(start + limit, len(rows)))]
 
     def history(self, symbol: str, from_id: int | None, limit: int) -> list[SimTrade]:
         trades = self._history[symbol]
@@ -325,8 +337,8 @@ class ExchangeSimulator:
 
     def _http(self, endpoint: _Endpoint, connection: ServerConnection, request):
         path = urlsplit(request.path)
-        if path.path == "/api/v3/historicalTrades":
-            return self._history(endpoint, connection, parse_qs(path.query))
+        if path.path in _HISTORY_WEIGHTS:
+            return self._history(endpoint, connection, path.path, parse_qs(path.query))
         if path.path.startswith("/api/"):
             return _rest(self.market, connection, path.path, parse_qs(path.query))
         if endpoint.refusing:
@@ -338,8 +350,8 @@ class ExchangeSimulator:
             return connection.respond(HTTPStatus.BAD_REQUEST, "too many streams\n")
         return None
 
-    def _history(self, endpoint: _Endpoint, connection: ServerConnection, query: dict):
-        """historicalTrades, with Binance's weight header and any scripted refusals."""
+    def _history(self, endpoint: _Endpoint, connection: ServerConnection, path: str, query: dict):
+        """historicalTrades or aggTrades, with Binance's weight header and any scripted refusals."""
         now = time.monotonic()
         endpoint.history_requests.append(now)
         if endpoint.history_faults:
@@ -348,8 +360,8 @@ class ExchangeSimulator:
             if retry_after is not None:
                 response.headers["Retry-After"] = str(retry_after)
             return response
-        response = _rest(self.market, connection, "/api/v3/historicalTrades", query)
-        used = 25 * sum(1 for t in endpoint.history_requests if now - t < 60)
+        response = _rest(self.market, connection, path, query)
+        used = _HISTORY_WEIGHTS[path] * sum(1 for t in endpoint.history_requests if now - t < 60)
         response.headers["X-MBX-USED-WEIGHT-1M"] = str(used)
         return response
 
@@ -456,13 +468,17 @@ def _requested_streams(path: str, query: dict) -> list[str] | None:
     return None
 
 
+# Binance's request weight of each history endpoint.
+_HISTORY_WEIGHTS = {"/api/v3/historicalTrades": 25, "/api/v3/aggTrades": 4}
+
+
 def _rest(market: Market, connection: ServerConnection, path: str, query: dict):
     def answer(status: int, payload) -> object:
         response = connection.respond(status, json.dumps(payload))
         response.headers["Content-Type"] = "application/json"
         return response
 
-    if path == "/api/v3/historicalTrades":
+    if path in _HISTORY_WEIGHTS:
         symbol = query.get("symbol", [""])[0]
         if symbol not in market.symbols:
             return answer(400, {"code": -1121, "msg": "Invalid symbol."})
@@ -471,6 +487,8 @@ def _rest(market: Market, connection: ServerConnection, path: str, query: dict):
             from_id = int(query["fromId"][0]) if "fromId" in query else None
         except ValueError:
             return answer(400, {"code": -1100, "msg": "Illegal characters found in a parameter."})
+        if path == "/api/v3/aggTrades":
+            return answer(200, market.agg_history(symbol, from_id, limit))
         rows = [
             {"id": t.trade_id, "price": t.price, "qty": t.quantity, "time": t.time_ms,
              "isBuyerMaker": t.buyer_is_maker, "isBestMatch": True}
