@@ -72,3 +72,48 @@ def tree_cpu_seconds(*roots: int) -> float:
             continue
         total_ticks += int(fields[11]) + int(fields[12])
     return total_ticks / os.sysconf("SC_CLK_TCK")
+
+
+class CpuLimit:
+    """A cgroup that holds the processes put in it (and their children) to a share of one
+    CPU, as compose's `cpus:` does: cgroup v2 `cpu.max` or v1 `cpu.cfs_quota_us`. Root only."""
+
+    PERIOD_US = 100_000
+
+    def __init__(self, cpus: float, name: str):
+        unified = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+        self._root = "/sys/fs/cgroup" if unified else "/sys/fs/cgroup/cpu"
+        self.path = os.path.join(self._root, name)
+        os.makedirs(self.path, exist_ok=True)
+        quota = int(cpus * self.PERIOD_US)
+        if unified:
+            self._write("cpu.max", f"{quota} {self.PERIOD_US}")
+        else:
+            self._write("cpu.cfs_period_us", str(self.PERIOD_US))
+            self._write("cpu.cfs_quota_us", str(quota))
+
+    def join(self) -> None:
+        """Put the calling process in (its children follow): for `preexec_fn`."""
+        self._write("cgroup.procs", str(os.getpid()))
+
+    def throttled_seconds(self) -> float:
+        """How long the processes were held back by the limit, in all."""
+        with open(os.path.join(self.path, "cpu.stat")) as stat:
+            fields = dict(line.split() for line in stat)
+        return int(fields["throttled_usec"]) / 1e6 if "throttled_usec" in fields else int(fields["throttled_time"]) / 1e9
+
+    def remove(self) -> None:
+        """Move whatever is left back to the root group, and remove the group."""
+        with open(os.path.join(self.path, "cgroup.procs")) as procs:
+            pids = procs.read().split()
+        for pid in pids:
+            try:
+                with open(os.path.join(self._root, "cgroup.procs"), "w") as root:
+                    root.write(pid)
+            except OSError:  # it ended meanwhile
+                continue
+        os.rmdir(self.path)
+
+    def _write(self, name: str, value: str) -> None:
+        with open(os.path.join(self.path, name), "w") as control:
+            control.write(value)

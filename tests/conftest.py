@@ -21,6 +21,7 @@ from k2actors.localstack.broker import TansuBroker
 from k2actors.localstack.registry import SchemaRegistryDouble
 from k2actors.localstack.simulator import ExchangeSimulator
 from k2actors.net import free_port
+from k2actors.processes import CpuLimit
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -84,6 +85,7 @@ class Service:
     topic: str
     log_path: Path
     env: dict = field(default_factory=dict)
+    cpu_limit: CpuLimit | None = None
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.metrics_port}{path}"
@@ -128,8 +130,10 @@ class Service:
 def start_service(broker, registry, simulator, topic, tmp_path):
     """Start `python -m k2actors start` against the local stack; extra env overrides allowed."""
     started: list[Service] = []
+    limits: list[CpuLimit] = []
 
-    def start(**overrides: str) -> Service:
+    def start(*, cpus: float | None = None, **overrides: str) -> Service:
+        """`cpus`: hold the whole service (every actor process) to that share of one CPU."""
         port = free_port()
         env = {
             **os.environ,
@@ -145,11 +149,13 @@ def start_service(broker, registry, simulator, topic, tmp_path):
             **overrides,
         }
         log_path = tmp_path / f"service-{len(started)}.log"
+        limit = CpuLimit(cpus, f"k2actors-test-{os.getpid()}-{len(started)}") if cpus else None
+        limits.extend([limit] if limit else [])
         process = subprocess.Popen(
             [sys.executable, "-m", "k2actors", "start"], env=env, cwd=REPO,
-            stdout=log_path.open("w"), stderr=subprocess.STDOUT,
+            stdout=log_path.open("w"), stderr=subprocess.STDOUT, preexec_fn=limit.join if limit else None,
         )
-        service = Service(process, port, topic, log_path, env)
+        service = Service(process, port, topic, log_path, env, limit)
         started.append(service)
         return service
 
@@ -158,3 +164,5 @@ def start_service(broker, registry, simulator, topic, tmp_path):
         if service.process.poll() is None:
             service.process.kill()
             service.process.wait()
+    for limit in limits:
+        limit.remove()

@@ -63,7 +63,8 @@ def test_a_restart_resumes_from_kafka_and_backfills_what_was_printed_while_down(
         first.process.kill()  # the whole service at once: no drain, no flush, no last checkpoint
         first.process.wait()
     before = simulator.last_ids()
-    wait_until(lambda: all(simulator.last_ids()[s] >= before[s] + 100 for s in before), 30, "trades printed while down")
+    # 5 s down: 250 trades per symbol at the simulator's 50 a second
+    wait_until(lambda: all(simulator.last_ids()[s] >= before[s] + 250 for s in before), 30, "trades printed while down")
     second = start_service()
     second.wait_ready()
     wait_until(lambda: total(second.metrics(), "k2_backfill_trades_total") > 0, 60, "the downtime backfilled")
@@ -73,7 +74,7 @@ def test_a_restart_resumes_from_kafka_and_backfills_what_was_printed_while_down(
 
     assert missing_and_duplicates(trade_ids(broker, registry, topic)) == (0, 0)
     assert total(samples, "k2_backfill_unfilled_trades_total") == 0
-    assert total(samples, "k2_binance_missing_trades_total") >= 300  # the downtime, declared as gaps
+    assert total(samples, "k2_binance_missing_trades_total") >= 3 * 250  # the downtime, declared as gaps
     assert "resuming id tracking of 3 streams from what Kafka holds" in second.log()
 
 
@@ -137,3 +138,29 @@ def test_aggregate_trades_missed_in_a_failover_are_backfilled_too(start_service,
     assert missing_and_duplicates(trade_ids(broker, registry, agg_topic)) == (0, 0)
     assert total(samples, "k2_backfill_unfilled_trades_total") == 0
     assert "backfilled" in service.log() and "aggregate trades of BINANCE" in service.log()
+
+
+@pytest.mark.parametrize("simulator", [{"rate": 2000}], indirect=True)  # 6,000 trades/s offered
+def test_held_to_half_a_cpu_it_falls_behind_holds_the_exchange_back_and_duplicates_nothing(
+    start_service, simulator, broker, registry, topic
+):
+    service = start_service(cpus=0.5, K2_KAFKA_MAX_BUFFERED_RECORDS="5000")
+    service.wait_ready(60)
+    pauses = f'k2_binance_read_pauses_total{{url="{simulator.urls[0]}"}}'
+    wait_until(lambda: service.metrics().get(pauses, 0) >= 1, 60, "reading to pause: the service is behind")
+    wait_for_trades(service, service.metric("k2_kafka_messages_produced_total") + 20_000, timeout=120)
+    simulator.set_rate(20)  # the burst is over: the service catches up and fills what it missed
+    printed = simulator.last_ids()
+
+    def caught_up() -> bool:
+        ids = trade_ids(broker, registry, topic)
+        return all(symbol in ids and max(ids[symbol]) >= last for symbol, last in printed.items())
+
+    wait_until(caught_up, 180, "every trade printed during the burst in Kafka")
+    samples = settle(service, timeout=180)
+    assert service.stop() == 0, service.log()
+
+    assert missing_and_duplicates(trade_ids(broker, registry, topic)) == (0, 0)
+    assert service.cpu_limit is not None and service.cpu_limit.throttled_seconds() > 0  # the limit was in force
+    assert total(samples, "k2_actor_restarts_total") == 0  # slow is not dead: nothing was replaced
+    assert total(samples, "k2_backfill_unfilled_trades_total") == 0
