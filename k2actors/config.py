@@ -68,6 +68,8 @@ class BinanceConfig:
     max_frame_bytes: int = 65536  # a trade frame is about 250 bytes
     # Fill declared gaps from the venue's REST trade history (rest_urls).
     backfill: bool = True
+    # How far back backfill reaches; missing ids older than this are reported, not fetched.
+    backfill_max_age_seconds: float = 86400.0
     # wss:// and https:// are verified against certifi's CA bundle, plus this PEM file if set.
     tls_ca_file: str = ""
     tls_verify: bool = True
@@ -479,6 +481,7 @@ _PARSERS = {
     ("binance", "rest_urls"): _rest_urls,
     ("binance", "max_frame_bytes"): _number(int, 1024, 16 * 1024 * 1024),
     ("binance", "backfill"): _boolean,
+    ("binance", "backfill_max_age_seconds"): _number(float, 1.0),
     ("binance", "tls_ca_file"): _optional_file,
     ("binance", "tls_verify"): _boolean,
     ("kafka", "bootstrap_servers"): _text,

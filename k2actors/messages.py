@@ -104,8 +104,10 @@ class NormaliserSetup:
 @dataclass(frozen=True)
 class BackfillSetup:
     normaliser: ActorAddress
+    producer: ActorAddress
     metrics: ActorAddress
     rest_urls: Mapping[str, str]  # venue -> REST base URL
+    max_age_seconds: float  # ids older than this are reported unfilled, not fetched
     tls_ca_file: str
     tls_verify: bool
 
@@ -115,6 +117,18 @@ class BackfillRequest:
     """A declared gap: fetch these ids from the venue's history of this stream type."""
 
     stream: str  # trade or aggTrade
+    venue: str
+    symbol: str
+    first_id: int
+    last_id: int
+
+
+@dataclass(frozen=True)
+class IdsAbandoned:
+    """Backfill gave these ids up (reported unfilled): the producer's checkpoints count them as
+    settled, so that the next start does not declare them missing again."""
+
+    stream: str
     venue: str
     symbol: str
     first_id: int

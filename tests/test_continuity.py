@@ -164,3 +164,32 @@ def test_held_to_half_a_cpu_it_falls_behind_holds_the_exchange_back_and_duplicat
     assert service.cpu_limit is not None and service.cpu_limit.throttled_seconds() > 0  # the limit was in force
     assert total(samples, "k2_actor_restarts_total") == 0  # slow is not dead: nothing was replaced
     assert total(samples, "k2_backfill_unfilled_trades_total") == 0
+
+
+def test_what_is_older_than_the_backfill_window_is_reported_with_its_ids_and_the_rest_filled(
+    start_service, simulator, broker, registry, topic
+):
+    first = start_service()
+    first.wait_ready()
+    wait_for_trades(first, 150)
+    assert first.stop() == 0, first.log()
+    before = simulator.last_ids()
+    wait_until(lambda: all(simulator.last_ids()[s] >= before[s] + 250 for s in before), 30, "5 s of trades printed while down")
+    second = start_service(K2_BINANCE_BACKFILL_MAX_AGE_SECONDS="6")  # the downtime and start-up span about 7 s
+    second.wait_ready()
+    wait_for_trades(second, second.metric("k2_kafka_messages_produced_total") + 150)
+    samples = settle(second)
+    assert second.stop() == 0, second.log()
+
+    too_old = {k: v for k, v in samples.items() if k.startswith("k2_backfill_unfilled_trades_total{")}
+    assert too_old and all('reason="too_old"' in k for k in too_old)
+    missing, duplicates = missing_and_duplicates(trade_ids(broker, registry, topic))
+    assert duplicates == 0 and missing == sum(too_old.values())  # exactly what was reported, nothing more
+    assert total(samples, "k2_backfill_trades_total") > 0  # the part inside the window was filled
+    assert "(too_old): they stay missing" in second.log()
+
+    third = start_service(K2_BINANCE_BACKFILL_MAX_AGE_SECONDS="6")  # reported once: the next start settles them
+    third.wait_ready()
+    wait_until(lambda: "resuming id tracking" in third.log(), 30, "the resume")
+    assert "0 ids below the highest are missing" in third.log()
+    assert third.stop() == 0, third.log()

@@ -143,12 +143,18 @@ def rows(*ids: int) -> bytes:
                         "isBuyerMaker": True, "isBestMatch": True} for i in ids]).encode()
 
 
-def answer(status: int | None, body: bytes = b"[]", **headers: str) -> HistoryResponse:
-    return HistoryResponse(status, body, {name.replace("_", "-"): value for name, value in headers.items()}, 1)
+T0_US = 1_700_000_000_000 * 1000  # the rows' trade times are T0 and a few ms on: answered at T0 they are recent
+
+
+def answer(status: int | None, body: bytes = b"[]", received_us: int = T0_US, **headers: str) -> HistoryResponse:
+    return HistoryResponse(status, body, {name.replace("_", "-"): value for name, value in headers.items()}, received_us)
+
+
+WINDOW_SECONDS = 3600.0
 
 
 def backfill() -> Backfill:
-    return Backfill({"BINANCE": REST}, MetricBuffer(), draw=lambda: 1.0)
+    return Backfill({"BINANCE": REST}, MetricBuffer(), WINDOW_SECONDS, draw=lambda: 1.0)
 
 
 def test_a_gap_is_fetched_page_by_page_and_reported_filled():
@@ -267,7 +273,8 @@ def test_an_aggregate_trade_gap_is_filled_from_agg_trades_at_its_own_weight():
 
 
 def test_agg_trades_weigh_less_so_more_of_them_fit_a_minute():
-    fill = Backfill({"BINANCE": REST}, MetricBuffer(), budget=RequestBudget(weight_per_minute=100), draw=lambda: 1.0)
+    fill = Backfill({"BINANCE": REST}, MetricBuffer(), WINDOW_SECONDS, budget=RequestBudget(weight_per_minute=100),
+                    draw=lambda: 1.0)
     for first in range(0, 30_000, 1000):
         fill.add("aggTrade", "BINANCE", "BTCUSDT", first, first + 999, 0.0)
     made = 0
@@ -283,3 +290,42 @@ def test_an_agg_trades_row_that_is_not_an_aggregate_trade_is_rejected_alone():
     [(_, first), (_, second)] = binance.historical_agg_trades(json.dumps(rows).encode(), "BTCUSDT")
     assert first.agg_id == 1 and first.event_time_ms == first.trade_time_ms
     assert isinstance(second, Rejected) and second.reason == "wrong_type" and second.stream == "aggTrade"
+
+
+LATER_US = T0_US + int(WINDOW_SECONDS * 1e6) + 500_000  # rows up to T0 + 500 ms are now older than the window
+
+
+def test_ids_older_than_the_window_in_a_page_are_reported_too_old_and_the_rest_published():
+    fill = backfill()
+    fill.add("trade", "BINANCE", "BTCUSDT", 0, 999, 0.0)
+    fill.next_request(0.0)
+    events = fill.answer(answer(200, rows(*range(0, 1000)), received_us=LATER_US), 0.1)  # row i was at T0 + i ms
+    [page] = [e for e in events if isinstance(e, PageFetched)]
+    assert [t.trade_id for t in page.page.trades] == list(range(500, 1000))
+    [too_old] = [e for e in events if isinstance(e, Unfilled)]
+    assert (too_old.first_id, too_old.last_id, too_old.reason) == (0, 499, "too_old")
+    assert "backfill_max_age_seconds" in too_old.detail
+
+
+def test_a_gap_that_starts_long_before_the_window_jumps_to_where_the_window_starts():
+    fill = backfill()
+    fill.add("trade", "BINANCE", "BTCUSDT", 0, 99_999, 0.0)
+    fill.next_request(0.0)
+    [too_old] = fill.answer(answer(200, rows(*range(0, 1000)), received_us=LATER_US + 10_000_000), 0.1)  # all old
+    assert (too_old.first_id, too_old.last_id) == (0, 999)
+    request, _ = fill.next_request(0.2)
+    assert request == HistoryRequest(REST, "/api/v3/aggTrades", "BTCUSDT", None, 1, (LATER_US + 10_000_000) // 1000 - 3_600_000)
+    assert request.query() == {"symbol": "BTCUSDT", "startTime": request.start_time_ms, "limit": 1}
+    [jumped] = fill.answer(answer(200, agg_rows(7000)), 0.3)  # its first trade is 70,000
+    assert (jumped.first_id, jumped.last_id, jumped.reason) == (1000, 69_999, "too_old")
+    assert fill.next_request(0.4)[0] == HistoryRequest(REST, "/api/v3/historicalTrades", "BTCUSDT", 70_000, 1000)
+
+
+def test_when_nothing_at_all_is_recent_enough_the_whole_rest_is_too_old():
+    fill = backfill()
+    fill.add("aggTrade", "BINANCE", "BTCUSDT", 0, 5000, 0.0)
+    fill.next_request(0.0)
+    fill.answer(answer(200, agg_rows(*range(0, 1000)), received_us=LATER_US + 10_000_000), 0.1)
+    fill.next_request(0.2)
+    [unfilled] = fill.answer(answer(200, b"[]"), 0.3)
+    assert (unfilled.first_id, unfilled.last_id, unfilled.reason) == (1000, 5000, "too_old") and fill.open_gaps == 0

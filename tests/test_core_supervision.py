@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from k2actors.core.delivery import ACK_OVERDUE_SECONDS, Deliveries, DeliveryReport, KafkaReadiness
+from k2actors.core.delivery import ACK_OVERDUE_SECONDS, Deliveries, DeliveryReport, KafkaReadiness, Landed
 from k2actors.core.supervision import HEARTBEAT_TIMEOUT_SECONDS, ConnectionRole, Restart, Role, Supervision
 
 URLS = ("ws://a/stream", "ws://b/stream")
@@ -28,7 +28,7 @@ def test_the_pipeline_is_every_child_but_metrics_in_wiring_order():
     "role, rewire",
     [
         (Role.METRICS, (Role.PRODUCER, Role.BACKFILL, Role.NORMALISER, A, B)),
-        (Role.PRODUCER, (Role.NORMALISER,)),
+        (Role.PRODUCER, (Role.NORMALISER, Role.BACKFILL)),
         (Role.BACKFILL, (Role.NORMALISER,)),
         (Role.NORMALISER, (Role.BACKFILL, A, B)),
         (A, ()),
@@ -67,15 +67,17 @@ def test_a_restart_starts_the_childs_clock_afresh():
 def test_batches_are_confirmed_once_every_record_is_answered_grouped_by_sender():
     deliveries: Deliveries[str] = Deliveries()
     first, second, third = deliveries.expect(1, 2, "n1"), deliveries.expect(2, 1, "n2"), deliveries.expect(3, 1, "n1")
-    deliveries.acknowledged(first, "trades", (0.01, 0.02))
-    deliveries.acknowledged(second, "trades", None)
+    deliveries.acknowledged(first, "trades", (0.01, 0.02), Landed("trade", ("BINANCE", "BTCUSDT"), 7, 0, 99))
+    deliveries.acknowledged(second, "trades", None, None)
     deliveries.refused(third, "trades.dlq", "MSG_SIZE_TOO_LARGE", "too large")
     report = deliveries.take()
     assert report.confirmations == [("n2", [2]), ("n1", [3])]  # batch 1 still waits for a record
     assert report.produced == {"trades": 2} and report.errors == [("trades.dlq", "MSG_SIZE_TOO_LARGE", "too large")]
     assert report.receive_to_ack == [0.01] and report.exchange_to_ack == [0.02] and deliveries.failed == 1
-    deliveries.acknowledged(first, "trades", None)
+    deliveries.acknowledged(first, "trades", None, None)
     assert deliveries.take().confirmations == [("n1", [1])]
+    [checkpoint] = deliveries.checkpoints()  # where the trade landed, for the next start
+    assert checkpoint.ids[("BINANCE", "BTCUSDT")].ranges() == [(7, 7)] and checkpoint.offsets == {0: 100}
     assert deliveries.expect(4, 0, "n1").outstanding == 0 and deliveries.take().confirmations == [("n1", [4])]
 
 

@@ -21,9 +21,9 @@ from thespian.actors import ActorAddress
 
 from k2actors.actors.shell import Supervised
 from k2actors.clients import exchange_tls
-from k2actors.core.backfill import Backfill, BackfillEvent, HistoryRequest, HistoryResponse, PageFetched
+from k2actors.core.backfill import Backfill, BackfillEvent, HistoryRequest, HistoryResponse, PageFetched, Unfilled
 from k2actors.core.telemetry import log_line
-from k2actors.messages import BackfillRequest, BackfillSetup
+from k2actors.messages import BackfillRequest, BackfillSetup, IdsAbandoned
 
 log = logging.getLogger("k2actors.backfill")
 
@@ -50,7 +50,7 @@ class _Fetcher(threading.Thread):
             self._answers.put(self._get(request))
 
     def _get(self, request: HistoryRequest) -> HistoryResponse:
-        query = urllib.parse.urlencode({"symbol": request.symbol, "fromId": request.from_id, "limit": request.limit})
+        query = urllib.parse.urlencode(request.query())
         try:
             with urllib.request.urlopen(f"{request.base_url}{request.path}?{query}",
                                         timeout=REQUEST_TIMEOUT_SECONDS, context=self._tls) as response:
@@ -80,7 +80,7 @@ class BackfillActor(Supervised[BackfillSetup]):
 
     def configure(self, previous: BackfillSetup | None) -> None:
         if previous is None:
-            self._backfill = Backfill(self.setup.rest_urls, self.metrics)
+            self._backfill = Backfill(self.setup.rest_urls, self.metrics, self.setup.max_age_seconds)
             self._fetcher = _Fetcher(self.setup)
             self._fetcher.start()
 
@@ -111,3 +111,6 @@ class BackfillActor(Supervised[BackfillSetup]):
                 self.send(self.setup.normaliser, event.page)
             else:
                 log_line(log, event.report())
+            if isinstance(event, Unfilled):
+                gap = event.gap
+                self.send(self.setup.producer, IdsAbandoned(gap.stream, gap.venue, gap.symbol, event.first_id, event.last_id))

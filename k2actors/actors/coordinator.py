@@ -208,7 +208,9 @@ class FailoverCoordinator(ActorTypeDispatcher):
                 children.get(Role.BACKFILL), self.run.quote_assets, kafka.max_buffered_records, binance.max_frame_bytes,
             )
         else:
-            message = BackfillSetup(children[Role.NORMALISER], metrics, binance.rest_urls, binance.tls_ca_file, binance.tls_verify)
+            message = BackfillSetup(children[Role.NORMALISER], children[Role.PRODUCER], metrics, binance.rest_urls,
+                                    binance.backfill_max_age_seconds,
+                                    binance.tls_ca_file, binance.tls_verify)
         self.send(children[role], message)
 
     # --- connections ---

@@ -30,6 +30,7 @@ from k2actors.messages import (
     DeadLetter,
     Flush,
     Flushed,
+    IdsAbandoned,
     ProducerSetup,
     RecordBatch,
     SequenceQuery,
@@ -82,6 +83,10 @@ class ProducerActor(Supervised[ProducerSetup]):
             self._prepare()
         elif (status := self._readiness.current()) is not None:
             self.send(self.setup.metrics, ComponentStatus("kafka", *status))  # a new MetricsActor
+
+    def receiveMsg_IdsAbandoned(self, message: IdsAbandoned, sender: ActorAddress) -> None:
+        # Not handed: should one still arrive from the exchange it is published after all.
+        self._deliveries.abandoned(message.stream, (message.venue, message.symbol), message.first_id, message.last_id)
 
     def receiveMsg_SequenceQuery(self, message: SequenceQuery, sender: ActorAddress) -> None:
         positions = {key: position for key, ranges in self._handed.items() if (position := ranges.position()) is not None}

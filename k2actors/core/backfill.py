@@ -57,6 +57,9 @@ class GapFill:
     last_id: int
     stream: str = TRADE
     next_id: int = field(init=False)
+    # Set when the ids from next_id on are older than the backfill window: the first id at
+    # this time (ms) is to be found before anything more is fetched.
+    locate_from_ms: int | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.next_id = self.first_id
@@ -151,13 +154,18 @@ DEFAULT_RETRY_AFTER_SECONDS = {429: 60.0, 418: 600.0}
 
 @dataclass(frozen=True, slots=True)
 class HistoryRequest:
-    """GET {base_url}{path}?symbol=&fromId=&limit="""
+    """GET {base_url}{path}?symbol=&fromId=&limit= (or startTime= instead of fromId=)"""
 
     base_url: str
     path: str
     symbol: str
-    from_id: int
+    from_id: int | None
     limit: int
+    start_time_ms: int | None = None
+
+    def query(self) -> dict[str, str | int]:
+        since: dict[str, str | int] = {"startTime": self.start_time_ms} if self.start_time_ms is not None else {}
+        return {"symbol": self.symbol, **({"fromId": self.from_id} if self.from_id is not None else since), "limit": self.limit}
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,9 +240,10 @@ class Backfill:
     failed page with backoff and giving its gap up after MAX_ATTEMPTS. The shell performs
     each HistoryRequest and hands back its HistoryResponse; one is in flight at a time."""
 
-    def __init__(self, rest_urls: Mapping[str, str], metrics: MetricBuffer, budget: RequestBudget | None = None,
-                 draw: Callable[[], float] = random.random):
+    def __init__(self, rest_urls: Mapping[str, str], metrics: MetricBuffer, max_age_seconds: float,
+                 budget: RequestBudget | None = None, draw: Callable[[], float] = random.random):
         self._rest_urls = rest_urls
+        self._max_age_ms = int(max_age_seconds * 1000)
         self.metrics = metrics
         self._budget = budget or RequestBudget()
         self._draw = draw
@@ -272,13 +281,18 @@ class Backfill:
         if not self._queue or now < self._retry_at:
             return None, events
         gap = self._queue[0]
-        history = HISTORY[gap.stream]
+        # Finding where the backfill window starts: one aggregate trade from that time on
+        # names both ids (`a`, and `f` of the trades it aggregates).
+        history = HISTORY[AGG_TRADE if gap.locate_from_ms is not None else gap.stream]
         if self._budget.delay(now, history.weight) > 0:
             return None, events
-        from_id, limit = gap.request()
         self._budget.spend(now, history.weight)
         self._in_flight = True
-        return HistoryRequest(self._rest_urls[gap.venue], history.path, gap.symbol, from_id, limit), events
+        base_url = self._rest_urls[gap.venue]
+        if gap.locate_from_ms is not None:
+            return HistoryRequest(base_url, history.path, gap.symbol, None, 1, gap.locate_from_ms), events
+        from_id, limit = gap.request()
+        return HistoryRequest(base_url, history.path, gap.symbol, from_id, limit), events
 
     def answer(self, response: HistoryResponse, now: float) -> list[BackfillEvent]:
         """What the venue answered to the last request."""
@@ -291,7 +305,7 @@ class Backfill:
         events: list[BackfillEvent] = []
         if response.status == 200:
             self._failures = 0
-            events += self._take_page(gap, response)
+            events += self._locate(gap, response) if gap.locate_from_ms is not None else self._take_page(gap, response)
         elif response.status in (429, 418):
             retry_after = _retry_after(response.headers, DEFAULT_RETRY_AFTER_SECONDS[response.status])
             if response.status == 418:  # banned: gaps are given up until then, not waited for
@@ -318,13 +332,41 @@ class Backfill:
             return [self._unfilled(gap, first_id, last_id, "rest_unusable", f"{parsed.reason}: {parsed.detail}")]
         trades = [event for _, event in parsed if not isinstance(event, Rejected)]
         rejected = tuple((json.dumps(row).encode(), event) for row, event in parsed if isinstance(event, Rejected))
+        start = gap.next_id
         page = gap.take(trades)
-        fetched = BackfilledTrades(gap.stream, gap.venue, gap.symbol, self._rest_urls[gap.venue], response.received_us,
-                                   tuple(page.trades), rejected)
-        return [PageFetched(fetched), *(
+        events: list[BackfillEvent] = [
             self._unfilled(gap, first_id, last_id, "not_served", "the venue's history does not serve these ids")
             for first_id, last_id in page.unserved
-        )]
+        ]
+        cutoff_ms = response.received_us // 1000 - self._max_age_ms
+        recent = [t for t in page.trades if t.trade_time_ms >= cutoff_ms]
+        if len(recent) < len(page.trades):  # ids ascend with time: the old ones come first
+            last_old = event_id(page.trades[len(page.trades) - len(recent) - 1])
+            events.append(self._too_old(gap, start, last_old))
+            if not recent and not gap.done:
+                gap.locate_from_ms = cutoff_ms
+        fetched = BackfilledTrades(gap.stream, gap.venue, gap.symbol, self._rest_urls[gap.venue], response.received_us,
+                                   tuple(recent), rejected)
+        return [PageFetched(fetched), *events] if recent or rejected else events
+
+    def _locate(self, gap: GapFill, response: HistoryResponse) -> list[BackfillEvent]:
+        """The answer to where the window starts: the ids before it are too old to fetch."""
+        parsed = historical_agg_trades(response.body, gap.symbol)
+        found = [] if isinstance(parsed, Rejected) else [event for _, event in parsed if isinstance(event, AggTrade)]
+        gap.locate_from_ms = None
+        if not found:  # nothing at all since the window's start: every id left is older
+            first_id, last_id = gap.give_up()
+            return [self._too_old(gap, first_id, last_id)]
+        window_starts = found[0].agg_id if gap.stream == AGG_TRADE else found[0].first_trade_id
+        if window_starts <= gap.next_id:
+            return []
+        first_id = gap.next_id
+        gap.next_id = min(window_starts, gap.last_id + 1)
+        return [self._too_old(gap, first_id, gap.next_id - 1)]
+
+    def _too_old(self, gap: GapFill, first_id: int, last_id: int) -> Unfilled:
+        detail = f"older than binance.backfill_max_age_seconds ({self._max_age_ms / 1000:g} s)"
+        return self._unfilled(gap, first_id, last_id, "too_old", detail)
 
     def _unfilled(self, gap: GapFill, first_id: int, last_id: int, reason: str, detail: str) -> Unfilled:
         self.metrics.inc("k2_backfill_unfilled_trades_total", gap.symbol, reason, amount=last_id - first_id + 1)

@@ -63,6 +63,10 @@ class Deliveries(Generic[A]):
         with self._lock:
             self._acknowledged.resume_from(stream, ids)
 
+    def abandoned(self, stream: str, key: Key, first_id: int, last_id: int) -> None:
+        with self._lock:
+            self._acknowledged.abandoned(stream, key, first_id, last_id)
+
     def checkpoints(self) -> list[Checkpoint]:
         with self._lock:
             return self._acknowledged.due()

@@ -66,6 +66,12 @@ class Acknowledged:
         offsets[partition] = max(offsets.get(partition, 0), offset + 1)
         self.changed.add(stream)
 
+    def abandoned(self, stream: str, key: Key, first_id: int, last_id: int) -> None:
+        """Ids given up as unfilled are settled: the next start must not declare them again."""
+        self.ids.setdefault(stream, {}).setdefault(key, IdRanges()).add_range(first_id, last_id)
+        self.offsets.setdefault(stream, {})
+        self.changed.add(stream)
+
     def resume_from(self, stream: str, ids: Mapping[Key, IdRanges]) -> None:
         """What Kafka held at start counts as acknowledged: the next checkpoint carries it on."""
         mine = self.ids.setdefault(stream, {})

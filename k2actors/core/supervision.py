@@ -84,7 +84,9 @@ class Supervision:
     def _dependants(self, role: ActorRole) -> tuple[ActorRole, ...]:
         if role is Role.METRICS:
             return (Role.PRODUCER, *self._backfill, Role.NORMALISER, *self._connections)
-        if role is Role.PRODUCER or role is Role.BACKFILL:
+        if role is Role.PRODUCER:
+            return (Role.NORMALISER, *self._backfill)
+        if role is Role.BACKFILL:
             return (Role.NORMALISER,)
         if role is Role.NORMALISER:
             return (*self._backfill, *self._connections)

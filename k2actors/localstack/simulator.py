@@ -149,8 +149,10 @@ class Market:
     def last_id(self, symbol: str) -> int:
         return self._next_id[symbol] - 1
 
-    def agg_history(self, symbol: str, from_id: int | None, limit: int) -> list[dict[str, object]]:
+    def agg_history(self, symbol: str, from_id: int | None, limit: int, start_ms: int | None = None) -> list[dict[str, object]]:
         rows = self._agg_history[symbol]
+        if start_ms is not None:  # Binance: from the first aggregate trade at or after startTime
+            return [row for row in rows if int(str(row["T"])) >= start_ms][:limit]
         if not rows:
             return []
         if from_id is None:
@@ -485,10 +487,11 @@ def _rest(market: Market, connection: ServerConnection, path: str, query: dict):
         try:
             limit = min(int(query.get("limit", ["500"])[0]), 1000)
             from_id = int(query["fromId"][0]) if "fromId" in query else None
+            start_ms = int(query["startTime"][0]) if "startTime" in query else None
         except ValueError:
             return answer(400, {"code": -1100, "msg": "Illegal characters found in a parameter."})
         if path == "/api/v3/aggTrades":
-            return answer(200, market.agg_history(symbol, from_id, limit))
+            return answer(200, market.agg_history(symbol, from_id, limit, start_ms))
         rows = [
             {"id": t.trade_id, "price": t.price, "qty": t.quantity, "time": t.time_ms,
              "isBuyerMaker": t.buyer_is_maker, "isBestMatch": True}
