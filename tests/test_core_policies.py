@@ -182,7 +182,7 @@ def test_a_streaming_connection_that_drops_reconnects_at_once_to_the_same_endpoi
 def test_circuit_opens_after_failed_rounds_then_trials_the_first():
     p = policy(threshold=2)
     p.first(0)
-    for now in range(5):
+    for now in range(1, 6):
         p.ended(now, REFUSED, "refused", streamed=False)
     assert p.circuit(5) is BreakerState.CLOSED
     attempt = p.ended(5, REFUSED, "refused", streamed=False)  # the second round failed
@@ -198,8 +198,19 @@ def test_circuit_opens_after_failed_rounds_then_trials_the_first():
 def test_a_handshake_alone_never_closes_a_circuit_flapping_is_failure():
     p = policy(urls=("only",), threshold=1, reset=10)
     p.first(0)
-    assert p.ended(0, LOST, "accepted, then dropped", streamed=False) == Attempt("only", 10)
-    assert p.circuit(0) is BreakerState.OPEN
+    assert p.ended(1, LOST, "accepted, then dropped", streamed=False) == Attempt("only", 10)
+    assert p.circuit(1) is BreakerState.OPEN
+
+
+def test_a_blip_shorter_than_the_base_delay_never_opens_the_circuit():
+    p = policy(urls=("only",), threshold=1, reset=10)
+    p.first(0)
+    p.streaming(0)
+    for now in (0.1, 0.3, 0.6, 0.9):  # failed rounds, but dark (since 0.1) for less than the 1 s base
+        assert p.ended(now, REFUSED, "refused", streamed=False).url == "only"
+    assert p.circuit(0.9) is BreakerState.CLOSED
+    p.ended(1.1, REFUSED, "refused", streamed=False)
+    assert p.circuit(1.1) is BreakerState.OPEN
 
 
 def test_attempts_stay_within_the_per_ip_limit():

@@ -5,7 +5,8 @@ fails its handshake, drops before delivering data, or goes stale is left at once
 next one. Only when a whole round of the venue's endpoints has failed is there a wait:
 full jitter, bounded by half of how long the venue has been without data (at least the
 base delay, at most the cap), so a short outage costs a few seconds and a long one is not
-hammered. Each failed round is one failure of the venue's circuit breaker; while it is
+hammered. Each failed round, once the venue has been without data for the base delay, is
+one failure of its circuit breaker (a blip of a few seconds never opens it); while it is
 open nothing is tried, and after the reset timeout one trial goes to the first endpoint
 (half-open). A connection that delivered data and then dropped is reconnected at once to
 the same endpoint; data flowing again is what counts as success, never a bare handshake.
@@ -109,11 +110,13 @@ class FailoverPolicy:
             self._index = self.urls.index(untried[0])
             return self._attempt(now, 0.0)
         self._tried.clear()  # the whole round failed
-        self._breaker.record_failure(now)
+        dark_for = now - self._dark_since
+        if dark_for >= self._base_delay:
+            self._breaker.record_failure(now)
         if self._breaker.state(now) is BreakerState.OPEN:
             return self._wait_for_trial(now)
         self._index = 0
-        bound = min(self._max_delay, max(self._base_delay, (now - self._dark_since) / 2))
+        bound = min(self._max_delay, max(self._base_delay, dark_for / 2))
         return self._attempt(now, self._draw() * bound)
 
     def breaker_states(self, now: float) -> dict[str, BreakerState]:
