@@ -99,6 +99,7 @@ class NormaliserSetup:
     quote_assets: Mapping[str, str]
     max_buffered_records: int
     max_frame_bytes: int
+    stale_timeout_seconds: float  # /ready: a venue without data for longer is not ready
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,21 @@ def backfilled_ids(broker, registry, topic: str) -> dict[str, list[int]]:
     return ids
 
 
+# The cold failover below refuses every endpoint for a moment: the circuit must not open
+# for its reset timeout meanwhile.
+NO_CIRCUIT = {"K2_CIRCUIT_BREAKER_FAILURE_THRESHOLD": "1000"}
+
+
 def cold_failover(service, simulator) -> None:
-    """Cut the primary while trades flow: the failover connection leaves a gap per symbol."""
+    """Cut the primary while trades flow, the mirror refusing for a moment too (a failover to
+    a healthy mirror takes milliseconds): the failover connection leaves a gap per symbol."""
     service.wait_ready()
     wait_for_trades(service, 150)
-    simulator.endpoint(0).refuse()
+    for index in (0, 1):
+        simulator.endpoint(index).refuse()
     simulator.endpoint(0).drop()
+    wait_until(lambda: service.metric("k2_binance_reconnects_total") >= 2, 30, "the mirror refusing too")
+    simulator.endpoint(1).refuse(False)
     wait_until(lambda: service.metrics().get(f'k2_binance_connection_status{{url="{simulator.urls[1]}"}}') == 1,
                30, "the failover connection")
     wait_until(lambda: service.metric("k2_binance_missing_trades_total") > 0, 30, "the gap declared")
@@ -47,7 +56,7 @@ def assert_every_gap_filled(service, samples, broker, registry, topic) -> None:
 
 
 def test_a_cold_failover_ends_with_no_trade_missing(start_service, simulator, broker, registry, topic):
-    service = start_service()
+    service = start_service(**NO_CIRCUIT)
     cold_failover(service, simulator)
     samples = settle(service)
     assert service.stop() == 0, service.log()
@@ -71,7 +80,7 @@ def test_a_killed_connection_actor_ends_with_no_trade_missing(start_service, sim
 
 def test_rate_limited_history_is_retried_after_the_time_it_names(start_service, simulator, broker, registry, topic):
     simulator.endpoint(0).refuse_history(429, 2, retry_after=1.5)
-    service = start_service()
+    service = start_service(**NO_CIRCUIT)
     cold_failover(service, simulator)
     wait_until(lambda: service.metric("k2_backfill_gaps_open") == 0 and service.metric("k2_backfill_gaps_filled_total") > 0,
                60, "every gap backfilled")
@@ -86,7 +95,7 @@ def test_rate_limited_history_is_retried_after_the_time_it_names(start_service, 
 
 def test_an_ip_ban_stops_backfill_and_leaves_the_gaps_reported(start_service, simulator, broker, registry, topic):
     simulator.endpoint(0).refuse_history(418, 1, retry_after=600)
-    service = start_service()
+    service = start_service(**NO_CIRCUIT)
     cold_failover(service, simulator)
     samples = settle(service)
     assert service.stop() == 0, service.log()
@@ -99,7 +108,7 @@ def test_an_ip_ban_stops_backfill_and_leaves_the_gaps_reported(start_service, si
 
 def test_history_that_stays_down_is_given_up_with_its_range_logged(start_service, simulator, broker, registry, topic):
     simulator.endpoint(0).refuse_history(503, 1000)
-    service = start_service()
+    service = start_service(**NO_CIRCUIT)
     cold_failover(service, simulator)
     wait_until(lambda: service.metric("k2_backfill_gaps_open") == 0, 90, "every gap given up")
     samples = settle(service)

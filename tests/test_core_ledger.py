@@ -18,6 +18,7 @@ from k2actors.core.ledger import (
     Backfilled,
     Backpressure,
     BatchesLost,
+    DataStatus,
     DeadLettered,
     DeadLettersLost,
     DeadLettersThrottled,
@@ -42,6 +43,7 @@ from k2actors.messages import BackfilledTrades, PoisonedFrames, RawBatch
 PRIMARY, MIRROR = "ws://primary/stream", "ws://mirror/stream"
 T0_MS = 1_700_000_000_000
 GRACE = 2.0
+STALE = 30.0
 
 
 def trade_frame(trade_id: int, symbol: str = "BTCUSDT") -> bytes:
@@ -56,7 +58,8 @@ def raw(url: str, seq: int, *frames: bytes) -> RawBatch:
 
 def ledger(max_buffered: int = 100_000, positions: Mapping[tuple[str, str, str], StreamPosition] | None = None,
            quote_assets: Mapping[str, str] | None = None) -> Ledger[str]:
-    rules = Rules(GRACE, frozenset({"BTCUSDT", "ETHUSDT"}), {} if quote_assets is None else quote_assets, max_buffered, 65536)
+    rules = Rules(GRACE, frozenset({"BTCUSDT", "ETHUSDT"}), {} if quote_assets is None else quote_assets, max_buffered, 65536,
+                  STALE)
     return Ledger(rules, positions or {}, 0.0, MetricBuffer())
 
 
@@ -283,3 +286,13 @@ def test_every_id_is_published_once_or_declared_missing(batches, restart_after):
 def test_an_unsubscribed_symbol_is_a_dead_letter():
     [publish] = of(Publish, ledger().take_raw(raw(PRIMARY, 1, trade_frame(1, "XRPUSDT")), "a", 0.0))
     assert [letter.reason for letter in publish.batch.dead_letters] == ["unsubscribed_symbol"]
+
+
+def test_ready_needs_data_from_every_venue_within_the_stale_timeout():
+    book = ledger()
+    assert of(DataStatus, book.tick(0.0)) == [DataStatus(False, "no data from the exchange yet")]
+    book.take_raw(raw(PRIMARY, 1, trade_frame(1)), "a", 1.0)
+    assert of(DataStatus, book.tick(2.0)) == [DataStatus(True, "data from BINANCE within the stale timeout")]
+    assert of(DataStatus, book.tick(3.0)) == []  # said once while it holds
+    assert of(DataStatus, book.tick(1.0 + STALE + 1)) == [DataStatus(False, "no data for 31 s from BINANCE")]
+    assert of(DataStatus, book.tick(1.0 + STALE + 2)) == [DataStatus(False, "no data for 32 s from BINANCE")]

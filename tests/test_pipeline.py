@@ -150,7 +150,7 @@ def test_malformed_frames_go_to_the_dlq_while_trades_keep_flowing(start_service,
 def test_health_ready_and_metrics_endpoints(start_service):
     service = start_service()
     body = service.wait_ready()
-    assert body["ready"] is True and body["checks"]["exchange"]["ok"] and body["checks"]["kafka"]["ok"]
+    assert body["ready"] is True and all(body["checks"][name]["ok"] for name in ("exchange", "data", "kafka"))
     status, health = service.get("/health")
     assert status == 200 and json.loads(health)["healthy"] is True
     wait_until(lambda: service.metric("k2_trade_receive_to_ack_seconds_count") > 0, 30, "latency observed")
@@ -164,6 +164,21 @@ def test_health_ready_and_metrics_endpoints(start_service):
     assert service.get("/nope")[0] == 404
     assert service.stop() == 0
     assert service.get("/health")[0] == 0  # nothing listens once stopped
+
+
+def test_not_ready_while_no_data_arrives_for_longer_than_the_stale_timeout(start_service, simulator):
+    service = start_service(K2_BINANCE_STALE_TIMEOUT_SECONDS="1.5")
+    service.wait_ready()
+    for index in (0, 1):
+        simulator.endpoint(index).stall()  # sockets open, handshakes answered, nothing sent
+    status, body = wait_until(lambda: (r := service.get("/ready"))[0] == 503 and not json.loads(r[1])["checks"]["data"]["ok"]
+                              and r, 30, "/ready 503 for want of data")
+    data = json.loads(body)["checks"]["data"]
+    assert data["detail"].startswith("no data for ") and data["detail"].endswith("s from BINANCE")
+    for index in (0, 1):
+        simulator.endpoint(index).stall(False)
+    service.wait_ready(timeout=60)
+    assert service.stop() == 0, service.log()
 
 
 def test_not_ready_while_no_endpoint_streams(start_service, simulator):

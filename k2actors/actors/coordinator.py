@@ -206,6 +206,7 @@ class FailoverCoordinator(ActorTypeDispatcher):
             message = NormaliserSetup(
                 children[Role.PRODUCER], metrics, GAP_GRACE_SECONDS, frozenset(binance.symbols),
                 children.get(Role.BACKFILL), self.run.quote_assets, kafka.max_buffered_records, binance.max_frame_bytes,
+                binance.stale_timeout_seconds,
             )
         else:
             message = BackfillSetup(children[Role.NORMALISER], children[Role.PRODUCER], metrics, binance.rest_urls,

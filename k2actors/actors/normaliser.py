@@ -15,13 +15,25 @@ import time
 from thespian.actors import ActorAddress
 
 from k2actors.actors.shell import Supervised
-from k2actors.core.ledger import GAP_NOUNS, Drained, Event, GapDeclared, Ledger, Publish, Release, Rules, ShutdownAnnounced
+from k2actors.core.ledger import (
+    GAP_NOUNS,
+    DataStatus,
+    Drained,
+    Event,
+    GapDeclared,
+    Ledger,
+    Publish,
+    Release,
+    Rules,
+    ShutdownAnnounced,
+)
 from k2actors.core.sequence import Gap
 from k2actors.core.telemetry import log_line
 from k2actors.messages import (
     BackfilledTrades,
     BackfillRequest,
     BatchesDelivered,
+    ComponentStatus,
     Drain,
     Flush,
     NormaliserSetup,
@@ -74,7 +86,8 @@ class Normaliser(Supervised[NormaliserSetup]):
         if self._ledger is not None:
             return
         setup = self.setup
-        rules = Rules(setup.gap_grace_seconds, setup.symbols, setup.quote_assets, setup.max_buffered_records, setup.max_frame_bytes)
+        rules = Rules(setup.gap_grace_seconds, setup.symbols, setup.quote_assets, setup.max_buffered_records,
+                      setup.max_frame_bytes, setup.stale_timeout_seconds)
         self._ledger = Ledger(rules, message.positions, time.monotonic(), self.metrics)
         if message.positions:
             missing = sum(last - first + 1 for position in message.positions.values() for first, last in position.missing)
@@ -116,6 +129,8 @@ class Normaliser(Supervised[NormaliserSetup]):
                 self.send(self.setup.producer, event.batch)
             elif isinstance(event, Release):
                 self.send(event.to, RawBatchTaken(event.seq))
+            elif isinstance(event, DataStatus):
+                self.send(self.setup.metrics, ComponentStatus("data", event.ok, event.detail))
             elif isinstance(event, Drained):
                 self.flush_metrics()
                 self.send(self.setup.producer, Flush(event.last_seq, event.missing))

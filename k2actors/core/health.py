@@ -11,7 +11,9 @@ import threading
 from collections.abc import Mapping
 
 HEALTH_SILENCE_SECONDS = 10.0
-READY_COMPONENTS = ("exchange", "kafka")
+# exchange: an endpoint of every venue is connected and streaming; data: every venue's data
+# arrived within the stale timeout; kafka: records are acknowledged.
+READY_COMPONENTS = ("exchange", "data", "kafka")
 
 
 class Status:

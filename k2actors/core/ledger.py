@@ -107,6 +107,14 @@ class ShutdownAnnounced:
 
 
 @dataclass(frozen=True, slots=True)
+class DataStatus:
+    """For /ready: whether every venue's data arrived within the stale timeout."""
+
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class Drained:
     """Every batch asked for by the drain has been handled: flush through `last_seq`.
     `missing`: ids declared missing and not filled (every gap is declared by then)."""
@@ -266,7 +274,7 @@ Said = (
     GapDeclared | ShutdownAnnounced | Backpressure | Recovered | DeadLettered | DeadLettersThrottled | FrameFailed
     | SubscriptionAnswered | BatchesLost | Backfilled | Resent | DeadLettersLost | TradeSummary | DeadLetterSummary
 )
-Event = Publish | Release[A] | Drained | Said
+Event = Publish | Release[A] | Drained | DataStatus | Said
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +286,7 @@ class Rules:
     quote_assets: Mapping[str, str]
     max_buffered_records: int
     max_frame_bytes: int
+    stale_timeout_seconds: float
 
 
 class Ledger(Generic[A]):
@@ -295,6 +304,8 @@ class Ledger(Generic[A]):
         self._holding_back = False
         self._drain: Mapping[str, int] | None = None
         self._summary_at = now
+        self._data_at: dict[str, float] = {}  # per venue, when its last frame arrived
+        self._data_status: DataStatus | None = None
         self._trades: dict[str, int] = {}  # published per symbol since the last summary
         self._dead_letters: dict[str, int] = {}  # per reason since the last summary
 
@@ -315,6 +326,7 @@ class Ledger(Generic[A]):
                 letters.append(self._dead_letter(raw, rejected, delivery, events))
         if batch.frames:
             self.metrics.set("k2_binance_last_message_timestamp_seconds", batch.frames[-1][0] / 1e6)
+            self._data_at[batch.venue] = now
         self._publish(records, letters, events)
         self._declare_gaps(now, events)
         self._untaken.append((sender, batch.seq))
@@ -406,6 +418,7 @@ class Ledger(Generic[A]):
             if self._dead_letters:
                 events.append(DeadLetterSummary(now - self._summary_at, self._dead_letters))
             self._trades, self._dead_letters, self._summary_at = {}, {}, now
+        self._check_data(now, events)
         self.metrics.set("k2_buffered_records", self.held)
         self.metrics.set("k2_binance_gaps_pending", self._sequences.pending())
         self._check_drain(events)
@@ -517,6 +530,20 @@ class Ledger(Generic[A]):
             self.metrics.inc("k2_binance_trade_gaps_total", gap.symbol, stream)
             self.metrics.inc("k2_binance_missing_trades_total", gap.symbol, stream, amount=gap.size)
             events.append(GapDeclared(stream, gap))
+
+    def _check_data(self, now: float, events: list[Event[A]]) -> None:
+        """Said on every change, and each tick while data is late (the detail counts seconds)."""
+        silent = {venue: now - at for venue, at in self._data_at.items() if now - at > self._rules.stale_timeout_seconds}
+        if not self._data_at:
+            status = DataStatus(False, "no data from the exchange yet")
+        elif silent:
+            late = ", ".join(f"{seconds:.0f} s from {venue}" for venue, seconds in sorted(silent.items()))
+            status = DataStatus(False, f"no data for {late}")
+        else:
+            status = DataStatus(True, "data from " + ", ".join(sorted(self._data_at)) + " within the stale timeout")
+        if status != self._data_status or not status.ok:
+            self._data_status = status
+            events.append(status)
 
     def _check_drain(self, events: list[Event[A]]) -> None:
         if self._drain is None:
