@@ -1,14 +1,16 @@
 # syntax=docker/dockerfile:1
 # k2actors: Binance trades to Kafka. Build: docker build -t k2actors .
+# PYTHON_IMAGE: the base image, for a registry mirror or an image built locally.
+ARG PYTHON_IMAGE=python:3.12-slim
 
-FROM python:3.12-slim AS build
+FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 # Wheels for the package and every dependency; anything that must compile does so here only.
 COPY setup.py README.md ./
 COPY k2actors ./k2actors
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
-FROM python:3.12-slim
+FROM ${PYTHON_IMAGE}
 RUN groupadd --system --gid 10001 k2 \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin k2
 COPY --from=build /wheels /wheels

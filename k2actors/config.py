@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import ipaddress
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,13 +228,13 @@ def _read_yaml(path: Path) -> dict[str, dict[str, Any]]:
         data = yaml.safe_load(path.read_text()) or {}
     except OSError as exc:
         raise ConfigError("--config", str(path), f"a readable YAML file ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError("--config", str(path), f"valid YAML ({exc})") from None
+    except yaml.YAMLError as exc:  # its message names the line; the file is named here
+        raise ConfigError("--config", str(path), f"valid YAML ({str(exc).replace('<unicode string>', str(path))})") from None
     if not isinstance(data, dict):
         raise ConfigError("<root>", data, "a mapping of sections")
     for section, values in data.items():
         if section not in SECTIONS:
-            raise ConfigError(str(section), values, f"one of the sections {', '.join(SECTIONS)}")
+            raise ConfigError(str(section), values, f"one of the sections {', '.join(SECTIONS)}{_closest(str(section), SECTIONS)}")
         if not isinstance(values, dict):
             raise ConfigError(section, values, "a mapping of keys")
     return data
@@ -244,11 +245,20 @@ def _environment_overrides(environ: Mapping[str, str]) -> list[tuple[str, str]]:
     prefixes = sorted(((f"K2_{s.upper()}_", s) for s in SECTIONS), key=lambda p: -len(p[0]))
     overrides = []
     for variable, text in sorted(environ.items()):
-        for prefix, section in prefixes:
-            if variable.startswith(prefix):
-                overrides.append((f"{section}.{variable[len(prefix):].lower()}", text))
-                break
+        section = next((s for prefix, s in prefixes if variable.startswith(prefix)), None)
+        if section is not None:
+            overrides.append((f"{section}.{variable[len(f'K2_{section.upper()}_'):].lower()}", text))
+        elif variable.startswith("K2_"):  # K2_METRIC_PORT would otherwise be ignored without a word
+            names = [f"K2_{s.upper()}_{f.name.upper()}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+            raise ConfigError(variable, text, f"a K2_<SECTION>_<KEY> variable of the sections {', '.join(SECTIONS)}"
+                                              f"{_closest(variable, names)}")
     return overrides
+
+
+def _closest(name: str, known: Iterable[str]) -> str:
+    """`; did you mean X?` when a known name is close to a misspelled one."""
+    matches = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {matches[0]}?" if matches else ""
 
 
 def _build_section(section: str, values: dict[str, Any]):
@@ -260,7 +270,7 @@ def _build_section(section: str, values: dict[str, Any]):
     for name, value in values.items():
         key = f"{section}.{name}"
         if name not in known:
-            raise ConfigError(key, value, f"one of the keys {', '.join(known)}")
+            raise ConfigError(key, value, f"one of the keys {', '.join(known)}{_closest(name, known)}")
         secret = name.removesuffix(SECRET_FILE_SUFFIX)
         if secret != name and secret in secrets:
             if secret in values:

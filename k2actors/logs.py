@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import UTC, datetime
 
 from k2actors.config import LogConfig
@@ -45,3 +46,29 @@ def logging_config(log: LogConfig) -> dict:
         "loggers": {"k2actors": {"level": log.level, "handlers": ["stderr"], "propagate": False}},
         "root": {"level": "WARNING", "handlers": ["stderr"]},
     }
+
+
+# librdkafka's suffix that makes each retry's line differ from the last one's.
+_RETRY_TIMING = re.compile(r" \(after \d+ms in state \w+(, \d+ identical error\(s\) suppressed)?\)$")
+
+
+class LastLibrdkafkaLine(logging.Handler):
+    """Keeps librdkafka's last line instead of printing it. An absent broker brings about
+    twenty alike a second; the last one is the reason a caller gives, once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last = ""  # as librdkafka said it
+        self.text = ""  # the same without its changing retry timing
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.last = record.getMessage().rpartition("]: ")[2]
+        self.text = _RETRY_TIMING.sub("", self.last)
+
+
+def quiet_librdkafka_logger(name: str) -> tuple[logging.Logger, LastLibrdkafkaLine]:
+    """A logger for a librdkafka client whose lines are kept, not printed."""
+    lines = LastLibrdkafkaLine()
+    logger = logging.Logger(name)
+    logger.addHandler(lines)
+    return logger, lines

@@ -195,6 +195,7 @@ class Drain:
 class Flush:
     last_batch: int
     missing: int  # carried on to PipelineStopped
+    unprocessed: int = 0  # frames the Normaliser never handled (Kafka was never ready): undelivered too
 
 
 # --- children -> FailoverCoordinator ---

@@ -22,6 +22,7 @@ from k2actors.config import KafkaConfig
 from k2actors.core.binance import AGG_TRADE, BOOK_TICKER, STREAM_TYPES, TRADE
 from k2actors.core.ranges import IdRanges
 from k2actors.core.resume import Checkpoint, CheckpointError, Key, held
+from k2actors.logs import quiet_librdkafka_logger
 
 log = logging.getLogger("k2actors.producer")
 # librdkafka's own log lines, through the service's logging (one format, JSON included)
@@ -74,6 +75,9 @@ class Preparation(threading.Thread):
         self.outlets: dict[str, Outlet] = {}
         self.held: dict[str, dict[Key, IdRanges]] = {}  # per stream type: what its topic holds
         self.failure: str | None = None
+        # Until Kafka answers, librdkafka retries about twenty times a second: its lines are
+        # kept, and the last one is part of the one line each failed attempt gives.
+        self._logger, self._librdkafka = quiet_librdkafka_logger("k2actors.librdkafka.setup")
 
     def run(self) -> None:
         kafka = self._kafka
@@ -90,20 +94,21 @@ class Preparation(threading.Thread):
                 serializer = AvroSerializer(registry, schema)
                 self.outlets[stream] = Outlet(topic, serializer, SerializationContext(topic, MessageField.VALUE))
             started = time.monotonic()
-            checkpoints = read_checkpoints(kafka)
+            checkpoints = read_checkpoints(kafka, self._logger)
             for stream in self._streams:
-                self.held[stream], tail = read_held(kafka, registry, stream, checkpoints.get(stream))
+                self.held[stream], tail = read_held(kafka, registry, stream, checkpoints.get(stream), self._logger)
                 streams = len(self.held[stream])
                 log.info("%s: %d streams resumed from Kafka (checkpoint %s, %d records after it) in %.2f s",
                          kafka.topic_for(stream), streams, "found" if stream in checkpoints else "none", tail,
                          time.monotonic() - started, extra={"event": "kafka_resume_read", "topic": kafka.topic_for(stream),
                                                             "streams": streams, "tail_records": tail})
         except Exception as exc:  # registry or broker not there yet: the actor retries, and says so
-            self.failure = f"{type(exc).__name__}: {exc}"[:300]
+            reason = f" ({self._librdkafka.last})" if self._librdkafka.last else ""
+            self.failure = f"{type(exc).__name__}: {exc}"[:300] + reason[:300]
 
     def _create_topics(self) -> None:
         kafka = self._kafka
-        settings: dict[str, Any] = {**kafka_settings(kafka), "logger": LIBRDKAFKA_LOG}
+        settings: dict[str, Any] = {**kafka_settings(kafka), "logger": self._logger}
         admin = AdminClient(settings)
         try:
             existing = admin.list_topics(timeout=10).topics
@@ -132,10 +137,10 @@ TAIL_WITHOUT_CHECKPOINT = 10_000
 READ_TIMEOUT_SECONDS = 10.0
 
 
-def _consumer(kafka: KafkaConfig) -> Consumer:
+def _consumer(kafka: KafkaConfig, logger: logging.Logger) -> Consumer:
     # A short fetch wait: the end of a partition is reported as soon as the broker has nothing more.
     return Consumer({**kafka_settings(kafka), "group.id": "k2actors-resume", "enable.auto.commit": False, "fetch.wait.max.ms": 50,
-                     "enable.partition.eof": True, "logger": LIBRDKAFKA_LOG})
+                     "enable.partition.eof": True, "logger": logger})
 
 
 def _read_to_end(consumer: Consumer, starts: dict[TopicPartition, int]) -> Iterator[Message]:
@@ -159,9 +164,9 @@ def _read_to_end(consumer: Consumer, starts: dict[TopicPartition, int]) -> Itera
                 raise KafkaException(error)
 
 
-def read_checkpoints(kafka: KafkaConfig) -> dict[str, Checkpoint]:
+def read_checkpoints(kafka: KafkaConfig, logger: logging.Logger = LIBRDKAFKA_LOG) -> dict[str, Checkpoint]:
     """The newest checkpoint of each stream type in the state topic (its last few records)."""
-    consumer = _consumer(kafka)
+    consumer = _consumer(kafka, logger)
     try:
         partition = TopicPartition(kafka.state_topic, 0)
         low, high = consumer.get_watermark_offsets(partition, timeout=10)
@@ -178,12 +183,12 @@ def read_checkpoints(kafka: KafkaConfig) -> dict[str, Checkpoint]:
         consumer.close()
 
 
-def read_held(kafka: KafkaConfig, registry: SchemaRegistryClient, stream: str,
-              checkpoint: Checkpoint | None) -> tuple[dict[Key, IdRanges], int]:
+def read_held(kafka: KafkaConfig, registry: SchemaRegistryClient, stream: str, checkpoint: Checkpoint | None,
+              logger: logging.Logger = LIBRDKAFKA_LOG) -> tuple[dict[Key, IdRanges], int]:
     """What the stream's topic holds: the checkpoint plus every record after its offsets,
     and how many records that tail read."""
     topic = kafka.topic_for(stream)
-    consumer = _consumer(kafka)
+    consumer = _consumer(kafka, logger)
     deserialize = AvroDeserializer(registry)
     context = SerializationContext(topic, MessageField.VALUE)
     try:

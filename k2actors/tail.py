@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import signal
 import sys
 import threading
@@ -23,6 +22,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from k2actors.clients import kafka_settings, registry_settings
 from k2actors.config import Config
+from k2actors.logs import LastLibrdkafkaLine
 
 
 def _plain(value):
@@ -47,29 +47,25 @@ def readable(record: dict) -> str:
     )
 
 
-# librdkafka's suffix that makes each retry's line differ from the last one's.
-_RETRY_TIMING = re.compile(r" \(after \d+ms in state \w+(, \d+ identical error\(s\) suppressed)?\)$")
 REPEAT_AFTER_SECONDS = 60.0
 
 
-class _LibrdkafkaLines(logging.Handler):
-    """librdkafka's own log lines. An absent broker brings about twenty a second, all alike.
-    Until the topic is found they are only kept, and the last one is the reason tail gives.
-    Once records stream, each distinct line is printed at most once a minute, so that a
-    broker lost meanwhile is not mistaken for a quiet market."""
+class _LibrdkafkaLines(LastLibrdkafkaLine):
+    """Until the topic is found librdkafka's lines are only kept, and the last one is the
+    reason tail gives. Once records stream, each distinct line is printed at most once a
+    minute, so that a broker lost meanwhile is not mistaken for a quiet market."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.last = ""
         self.printing = False
         self._printed_at: dict[str, float] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.last = record.getMessage().rpartition("]: ")[2]
-        text, now = _RETRY_TIMING.sub("", self.last), time.monotonic()
-        if self.printing and now - self._printed_at.get(text, -REPEAT_AFTER_SECONDS) >= REPEAT_AFTER_SECONDS:
-            self._printed_at[text] = now
-            print(f"k2actors tail: kafka: {text}", file=sys.stderr, flush=True)
+        super().emit(record)
+        now = time.monotonic()
+        if self.printing and now - self._printed_at.get(self.text, -REPEAT_AFTER_SECONDS) >= REPEAT_AFTER_SECONDS:
+            self._printed_at[self.text] = now
+            print(f"k2actors tail: kafka: {self.text}", file=sys.stderr, flush=True)
 
 
 def run_tail(config: Config, topic: str | None, from_beginning: bool, max_records: int | None, as_json: bool) -> int:

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -118,3 +119,39 @@ def test_tail_says_when_the_broker_goes_away_while_it_reads():
     reports = stderr[1:]
     assert reports and all(line.startswith("k2actors tail: kafka: ") for line in reports)
     assert len(reports) < 10, reports  # the retries are said once, not twenty times a second
+
+
+def _start(env: dict[str, str], seconds: float | None = None) -> subprocess.CompletedProcess:
+    """`start` as a user runs it; stopped with SIGINT after `seconds` when given."""
+    process = subprocess.Popen([sys.executable, "-m", "k2actors", "start"], env={**os.environ, **env}, cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if seconds is not None:
+        try:
+            process.wait(seconds)
+        except subprocess.TimeoutExpired:
+            process.send_signal(2)
+    stdout, stderr = process.communicate(timeout=60)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def test_a_metrics_port_in_use_is_one_clear_line_and_exit_1():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _start({"K2_BINANCE_ENABLED": "false", "K2_METRICS_BIND_ADDRESS": "127.0.0.1", "K2_METRICS_PORT": str(port),
+                         "K2_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    assert result.returncode == 1
+    assert f"cannot start: metrics: cannot listen on 127.0.0.1 port {port}: Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unreachable_kafka_is_one_line_per_attempt_naming_it_not_a_flood():
+    port = free_port()
+    result = _start({"K2_BINANCE_ENABLED": "false", "K2_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+                     "K2_KAFKA_SCHEMA_REGISTRY_URL": "http://127.0.0.1:1", "K2_METRICS_PORT": str(port)}, seconds=15)
+    lines = result.stderr.splitlines()
+    attempts = [line for line in lines if "producer setup failed" in line]
+    assert attempts and all("Kafka at 127.0.0.1:1" in line and "Connection refused" in line for line in attempts)
+    assert not [line for line in lines if "k2actors.librdkafka" in line]  # librdkafka's retries stay out of the log
+    assert len(lines) < 20 and result.returncode == 0, result.stderr  # a stop before Kafka answered is clean

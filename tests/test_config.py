@@ -203,6 +203,9 @@ def test_venue_follows_the_host(url, venue):
         ("", {"K2_BINANCE_STREAMS": "trade,depth"}, "binance.streams", "trade, aggTrade, bookTicker"),
         ("", {"K2_BINANCE_STREAMS": "trade,trade"}, "binance.streams", "without repeats"),
         ("binance:\n  streams: []\n", {}, "binance.streams", "non-empty"),
+        ("", {"K2_METRIC_PORT": "1"}, "K2_METRIC_PORT", "did you mean K2_METRICS_PORT?"),  # a misspelled section
+        ("binance:\n  symbol: [BTCUSDT]\n", {}, "binance.symbol", "did you mean symbols?"),
+        ("binanse:\n  symbols: [BTCUSDT]\n", {}, "binanse", "did you mean binance?"),
     ],
 )
 def test_invalid_values_name_key_value_and_expectation(tmp_path, yaml_text, env, key, fragment):
@@ -227,6 +230,13 @@ def test_bad_config_exits_2_naming_the_key_and_starts_nothing(command):
     assert result.returncode == 2
     assert "binance.websocket_url" in result.stderr and "ws:// or wss://" in result.stderr
     assert result.stdout == ""
+
+
+def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("binance:\n  symbols: [BTCUSDT\n")
+    result = run_cli("validate-config", "--config", str(path))
+    assert result.returncode == 2 and f'in "{path}", line 2' in result.stderr and "<unicode string>" not in result.stderr
 
 
 def test_missing_config_file_exits_2(tmp_path):

@@ -64,6 +64,8 @@ def test_kafka_runs_in_kraft_mode_with_an_internal_and_a_host_listener():
     assert "HOST://localhost:9092" in env["KAFKA_ADVERTISED_LISTENERS"]
     for name in ("kafka", "schema-registry"):
         assert "healthcheck" in COMPOSE["services"][name]
+    # the data volume is where Kafka writes, so topics outlive a recreated container
+    assert "kafka-data:/var/lib/kafka/data" in kafka["volumes"] and env["KAFKA_LOG_DIRS"] == "/var/lib/kafka/data"
 
 
 def test_dockerfile_passes_hadolint():
@@ -72,8 +74,10 @@ def test_dockerfile_passes_hadolint():
 
 
 def test_dockerfile_runs_the_service_as_a_non_root_user_on_a_slim_image():
+    assert ".venv" in (REPO / ".dockerignore").read_text().split()  # a local virtual environment stays out of the context
     stages = re.findall(r"^FROM (\S+)", DOCKERFILE, re.MULTILINE)
-    assert len(stages) == 2 and all(image.startswith("python:3.12-slim") for image in stages)
+    assert stages == ["${PYTHON_IMAGE}", "${PYTHON_IMAGE}"]
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.12-slim$", DOCKERFILE, re.MULTILINE)  # deployments are unchanged
     assert re.search(r"^USER (?!root|0\b)\S+", DOCKERFILE, re.MULTILINE)
     assert "EXPOSE 9091" in DOCKERFILE
     assert 'CMD ["python", "-m", "k2actors", "start", "--config", "/etc/k2actors/config.yaml"]' in DOCKERFILE

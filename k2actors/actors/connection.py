@@ -175,7 +175,7 @@ class ConnectionActor(Supervised[ConnectionSetup]):
         self._plans: list[SubscriptionPlan] = []  # one per link
         self._reading = threading.Event()  # set while the readers may read
         self._reading.set()
-        self._tls = ssl.create_default_context()
+        self._tls: ssl.SSLContext | None = None  # from the setup
 
     @property
     def _url(self) -> str:
@@ -187,7 +187,6 @@ class ConnectionActor(Supervised[ConnectionSetup]):
     def configure(self, previous: ConnectionSetup | None) -> None:
         if previous is None:
             self._flow = FlowWindow(self.setup.max_buffered_frames)
-            self._tls = exchange_tls(self.setup.tls_ca_file, self.setup.tls_verify)
         elif previous.normaliser != self.setup.normaliser:
             self._flow.new_receiver()
 
@@ -215,6 +214,8 @@ class ConnectionActor(Supervised[ConnectionSetup]):
         self._links = [Rotation(self._open(plan)) for plan in plans]
 
     def _open(self, plan: SubscriptionPlan) -> _Reader:
+        if self._tls is None:
+            self._tls = exchange_tls(self.setup.tls_ca_file, self.setup.tls_verify)
         reader = _Reader(plan, self._wake_w, self._reading, self._tls)
         reader.start()
         return reader

@@ -128,6 +128,7 @@ class FailoverCoordinator(ActorTypeDispatcher):
         self._start_pipeline(message.port)
 
     def receiveMsg_SetupFailed(self, message: SetupFailed, sender: ActorAddress) -> None:
+        self._stopping = True  # the service shuts everything down: nothing is to be restarted
         log.error("%s could not start: %s", message.component, message.reason)
         self.send(self.run.service, PipelineFailed(f"{message.component}: {message.reason}"))
 
@@ -289,7 +290,8 @@ class FailoverCoordinator(ActorTypeDispatcher):
         self._metrics.inc("k2_actor_restarts_total", restart.kind, restart.reason)
         self._spawn(role)
         for dependant in restart.rewire:
-            self._wire(dependant)
+            if dependant in self._children:  # the pipeline's actors exist only once metrics listen
+                self._wire(dependant)
         if isinstance(role, ConnectionRole) and role.url in self._wanted:
             self._streaming.discard(role.url)
             self.send(self._children[role], Connect())

@@ -52,7 +52,8 @@ log = logging.getLogger("k2actors.normaliser")
 class Normaliser(Supervised[NormaliserSetup]):
     SETUP = NormaliserSetup
     TICK_SECONDS = 0.5
-    UNHELD = (SequenceState,)  # what makes the Normaliser ready
+    # SequenceState makes the Normaliser ready; a stop (Drain) must not wait for that.
+    UNHELD = (SequenceState, Drain)
 
     def __init__(self) -> None:
         super().__init__()
@@ -109,7 +110,14 @@ class Normaliser(Supervised[NormaliserSetup]):
         self._act(self.ledger.take_poisoned_frames(message))
 
     def receiveMsg_Drain(self, message: Drain, sender: ActorAddress) -> None:
-        self._act(self.ledger.drain(message.last_batches))
+        if self._ledger is None:  # never ready: Kafka never answered, so what came was never handled
+            frames = sum(len(held.frames) for held, _ in self._held if isinstance(held, RawBatch))
+            if frames:
+                log.error("stopping before Kafka was ready: %d frames received were never handled; the next start "
+                          "resumes from Kafka and backfills their trades", frames, extra={"event": "frames_unhandled", "count": frames})
+            self.send(self.setup.producer, Flush(0, 0, frames))
+        else:
+            self._act(self._ledger.drain(message.last_batches))
 
     def on_poison(self, message: object, detail: str) -> None:
         if isinstance(message, RecordBatch) and self._ledger is not None:

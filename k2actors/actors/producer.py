@@ -110,7 +110,9 @@ class ProducerActor(Supervised[ProducerSetup]):
         if preparation.failure:
             self._setup_attempts += 1
             delay = backoff_delay(self._setup_attempts, SETUP_RETRY_BASE_SECONDS, SETUP_RETRY_MAX_SECONDS)
-            log.error("producer setup failed (attempt %d), retrying in %.1f s: %s", self._setup_attempts, delay, preparation.failure,
+            log.error("producer setup failed (attempt %d, Kafka at %s, Schema Registry at %s), retrying in %.1f s: %s",
+                      self._setup_attempts, self.setup.kafka.bootstrap_servers, self.setup.kafka.schema_registry_url, delay,
+                      preparation.failure,
                       extra={"event": "kafka_setup_failed", "attempt": self._setup_attempts, "detail": preparation.failure})
             self._report(self._readiness.setup_failed(preparation.failure, now))
             self.wakeupAfter(seconds(delay), RETRY_SETUP)
@@ -251,7 +253,7 @@ class ProducerActor(Supervised[ProducerSetup]):
         if not outstanding and self._producer is not None and self._write_checkpoints():
             return  # the last checkpoint, so that the next start reads no tail at all; its ack comes at a later tick
         self._flush = None
-        undelivered = outstanding + self._deliveries.failed
+        undelivered = outstanding + self._deliveries.failed + flush.unprocessed
         if undelivered:
             log.error("stopping with %d records Kafka did not acknowledge", undelivered)
         else:

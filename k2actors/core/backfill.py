@@ -64,6 +64,9 @@ class GapFill:
     def __post_init__(self) -> None:
         self.next_id = self.first_id
 
+    def __str__(self) -> str:
+        return f"{self.venue} {self.symbol} ids {self.first_id} to {self.last_id}"
+
     def fields(self) -> dict[str, object]:
         """Its fields in a JSON log line."""
         return {"venue": self.venue, "symbol": self.symbol, "stream": self.stream, "first_id": self.first_id,
@@ -206,8 +209,8 @@ class Unfilled:
         gap = self.gap
         return LogLine(logging.ERROR, f"cannot backfill {gap.venue} {gap.symbol} ids {self.first_id} to {self.last_id} "
                                       f"({self.reason}): they stay missing; {self.detail}",
-                       {"event": "backfill_failed", "venue": gap.venue, "symbol": gap.symbol, "first_id": self.first_id,
-                        "last_id": self.last_id, "reason": self.reason, "detail": self.detail})
+                       {"event": "backfill_failed", **gap.fields(), "first_id": self.first_id, "last_id": self.last_id,
+                        "reason": self.reason, "detail": self.detail})
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,9 +218,7 @@ class GapStarted:
     gap: GapFill
 
     def report(self) -> LogLine:
-        gap = self.gap
-        return LogLine(logging.INFO, f"backfilling {gap.venue} {gap.symbol} ids {gap.first_id} to {gap.last_id}",
-                       {"event": "backfill_started", **gap.fields()})
+        return LogLine(logging.INFO, f"backfilling {self.gap}", {"event": "backfill_started", **self.gap.fields()})
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,9 +226,7 @@ class GapFilled:
     gap: GapFill
 
     def report(self) -> LogLine:
-        gap = self.gap
-        return LogLine(logging.INFO, f"backfilled {gap.venue} {gap.symbol} ids {gap.first_id} to {gap.last_id}",
-                       {"event": "backfill_completed", **gap.fields()})
+        return LogLine(logging.INFO, f"backfilled {self.gap}", {"event": "backfill_completed", **self.gap.fields()})
 
 
 BackfillEvent = PageFetched | RateLimited | Unfilled | GapStarted | GapFilled
