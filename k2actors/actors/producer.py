@@ -12,8 +12,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 from confluent_kafka import KafkaError, Message, Producer
 from thespian.actors import ActorAddress, ActorExitRequest
@@ -131,9 +131,13 @@ class ProducerActor(Supervised[ProducerSetup]):
 
     def receiveMsg_RecordBatch(self, batch: RecordBatch, sender: ActorAddress) -> None:
         records = []
+        handed = self._handed
         for stream, record in batch.records:
             key = (stream, record["exchange"], record["symbol"])
-            if self._handed.setdefault(key, IdRanges()).add(record["source_sequence"]):
+            ranges = handed.get(key)
+            if ranges is None:
+                ranges = handed[key] = IdRanges()
+            if ranges.add(record["source_sequence"]):
                 records.append((stream, record))
         if len(records) < len(batch.records):  # a resend after a producer restart: some had landed
             self.metrics.inc("k2_kafka_records_already_in_kafka_total", amount=len(batch.records) - len(records))
@@ -261,9 +265,8 @@ class ProducerActor(Supervised[ProducerSetup]):
         self.send(self.coordinator, Flushed(undelivered, flush.missing))
 
 
-@dataclass(frozen=True, slots=True)
-class _Trade:
-    """What the delivery report of one record needs to know about it."""
+class _Trade(NamedTuple):
+    """What the delivery report of one record needs to know about it (one per record)."""
 
     stream: str
     key: tuple[str, str]  # (venue, symbol)

@@ -61,9 +61,16 @@ class Acknowledged:
     changed: set[str] = field(default_factory=set)
 
     def acknowledged(self, stream: str, key: Key, event_id: int, partition: int, offset: int) -> None:
-        self.ids.setdefault(stream, {}).setdefault(key, IdRanges()).add(event_id)
-        offsets = self.offsets.setdefault(stream, {})
-        offsets[partition] = max(offsets.get(partition, 0), offset + 1)
+        # Once per record acknowledged: nothing is built that is not needed.
+        ranges = self.ids.get(stream, {}).get(key)
+        if ranges is None:
+            ranges = self.ids.setdefault(stream, {})[key] = IdRanges()
+        ranges.add(event_id)
+        offsets = self.offsets.get(stream)
+        if offsets is None:
+            offsets = self.offsets[stream] = {}
+        if offset >= offsets.get(partition, 0):
+            offsets[partition] = offset + 1
         self.changed.add(stream)
 
     def abandoned(self, stream: str, key: Key, first_id: int, last_id: int) -> None:
