@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 
 
 def process_table() -> dict[int, int]:
@@ -117,3 +119,16 @@ class CpuLimit:
     def _write(self, name: str, value: str) -> None:
         with open(os.path.join(self.path, name), "w") as control:
             control.write(value)
+
+
+def end_actor_system(admin: int) -> None:
+    """Called in an actor whose service process was killed without a word: the actor system
+    it owned must go too, or a restarted service would find this one still streaming beside
+    it. Nothing there has anything left to do: every process under Thespian's admin (`admin`,
+    recorded when the actor system started) is ended, then the admin, then the caller, which
+    has no one left to tell. Never init's: an unknown admin (0) or init (1) ends the caller only."""
+    if admin > 1:
+        for pid in [*(descendants(admin, process_table()) - {os.getpid()}), admin]:
+            with contextlib.suppress(ProcessLookupError):  # it may have ended meanwhile
+                os.kill(pid, signal.SIGKILL)
+    os._exit(1)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from thespian.actors import ActorSystem
 
 from k2actors.actors.coordinator import FailoverCoordinator
+from k2actors.actors.shell import SERVICE_PID_VARIABLE
 from k2actors.clients import exchange_tls
 from k2actors.config import BinanceConfig, Config
 from k2actors.core.binance import MAX_URL_LENGTH, quote_assets
@@ -77,6 +78,7 @@ class Pipeline:
         # Actor processes are forked from here: they must not take a terminal's Ctrl-C, which
         # is for this process to turn into an orderly stop.
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        os.environ[SERVICE_PID_VARIABLE] = str(os.getpid())  # the actor processes inherit it
         try:
             self._system = ActorSystem(
                 "multiprocTCPBase",

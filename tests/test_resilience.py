@@ -255,6 +255,16 @@ def test_a_killed_service_process_leaves_no_actor_behind(start_service):
     wait_until(lambda: not _descendants_alive(actors), 20, "every actor process to exit")
 
 
+def test_with_service_and_coordinator_killed_at_once_the_other_actors_end_the_actor_system(start_service):
+    service = start_service()
+    service.wait_ready()
+    actors = wait_until(lambda: len(a := service.health().get("actors", {})) >= 5 and a, 20, "every actor's pid")
+    os.kill(actors["coordinator"], signal.SIGKILL)  # the one that would otherwise clean up
+    service.process.kill()
+    service.process.wait()
+    wait_until(lambda: not _descendants_alive(actors), 20, "every actor process to exit")
+
+
 def test_registry_down_at_start_is_retried_and_nothing_is_produced_without_a_schema(
     start_service, simulator, broker, topic
 ):

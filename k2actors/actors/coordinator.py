@@ -20,7 +20,7 @@ from k2actors.actors.connection import ConnectionActor
 from k2actors.actors.metrics import MetricsActor
 from k2actors.actors.normaliser import Normaliser
 from k2actors.actors.producer import ProducerActor
-from k2actors.actors.shell import TICK, seconds
+from k2actors.actors.shell import ADMIN_PID_VARIABLE, TICK, seconds
 from k2actors.config import Endpoint
 from k2actors.core.breaker import BreakerState, CircuitBreaker
 from k2actors.core.failover import AttemptBudget, DarkDeadline, FailoverPolicy
@@ -80,6 +80,8 @@ class FailoverCoordinator(ActorTypeDispatcher):
     def __init__(self) -> None:
         super().__init__()
         self._run: _Started | None = None
+        self._admin_pid = os.getppid()  # Thespian's admin, this process's parent
+        os.environ[ADMIN_PID_VARIABLE] = str(self._admin_pid)  # for the children, forked from here
         self._children: dict[ActorRole, ActorAddress] = {}
         self._policies: dict[str, FailoverPolicy] = {}  # endpoint URL -> the policy it belongs to
         self._wanted: set[str] = set()  # URLs that should be connected now
@@ -330,16 +332,8 @@ class FailoverCoordinator(ActorTypeDispatcher):
         self.wakeupAfter(seconds(1), TICK)
 
     def _end_orphaned_actor_system(self) -> None:
-        """The service process was killed without a word: the actor system it owned must go too,
-        or a restarted service would find this one still streaming beside it. Nothing there has
-        anything left to do: every process under Thespian's admin (this actor's parent) is
-        ended, then the admin, then this actor, which has no one left to tell."""
         log.error("the service process %d is gone; shutting the actor system down", self.run.service_pid)
-        admin = os.getppid()
-        for pid in [*(processes.descendants(admin, processes.process_table()) - {os.getpid()}), admin]:
-            with contextlib.suppress(ProcessLookupError):  # it may have ended meanwhile
-                os.kill(pid, signal.SIGKILL)
-        os._exit(1)
+        processes.end_actor_system(self._admin_pid)
 
     # --- orderly stop ---
 

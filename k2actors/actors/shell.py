@@ -28,11 +28,16 @@ from thespian.actors import (
     WakeupMessage,
 )
 
+from k2actors import processes
 from k2actors.core.telemetry import MetricBuffer
 from k2actors.messages import Heartbeat
 
 TICK = "tick"
 HEARTBEAT_SECONDS = 1.0
+# Set by the service process before it starts the actor system, and by the coordinator (for
+# Thespian's admin) before it creates its children: every actor process inherits both.
+SERVICE_PID_VARIABLE = "K2ACTORS_SERVICE_PID"
+ADMIN_PID_VARIABLE = "K2ACTORS_ADMIN_PID"
 
 S = TypeVar("S")
 log = logging.getLogger("k2actors.supervision")
@@ -145,14 +150,19 @@ class Supervised(ActorTypeDispatcher, Generic[S]):
         raise NotImplementedError
 
     def _beat(self) -> None:
-        """A heartbeat at most once a second; a child whose coordinator died (SIGKILL) exits
-        instead, so that a restarted service never finds the last one's actors streaming."""
+        """A heartbeat at most once a second; a child whose actor system or service process is
+        gone (SIGKILL, a shutdown that did not finish) exits instead, so that a restarted
+        service never finds the last one's actors streaming."""
         now = time.monotonic()
         if self._coordinator is None or now - self._beat_at < HEARTBEAT_SECONDS:
             return
         self._beat_at = now
-        if os.getppid() != self._parent_pid:
-            log.error("%s lost its coordinator; exiting", type(self).__name__)
+        service_pid = int(os.environ.get(SERVICE_PID_VARIABLE, "0"))
+        if service_pid and not processes.exists(service_pid):  # and the coordinator did not end the rest
+            log.error("%s: the service process %d is gone; shutting the actor system down", type(self).__name__, service_pid)
+            processes.end_actor_system(int(os.environ.get(ADMIN_PID_VARIABLE, "0")))
+        elif os.getppid() != self._parent_pid:
+            log.error("%s lost its actor system; exiting", type(self).__name__)
             self.send(self.myAddress, ActorExitRequest())
         else:
             self.send(self._coordinator, Heartbeat(os.getpid()))
