@@ -48,6 +48,10 @@ from k2actors.messages import (
 
 log = logging.getLogger("k2actors.normaliser")
 
+# A stop that comes while Kafka is still being reached waits this long for it (within the
+# service's 12 s for the whole stop), then reports what it never handled.
+DRAIN_WAIT_SECONDS = 4.0
+
 
 class Normaliser(Supervised[NormaliserSetup]):
     SETUP = NormaliserSetup
@@ -59,6 +63,7 @@ class Normaliser(Supervised[NormaliserSetup]):
         super().__init__()
         # Until the producer says where each stream stands, frames wait (the shell holds them).
         self._ledger: Ledger[ActorAddress] | None = None
+        self._drain: tuple[Drain, float] | None = None  # a stop asked for before the ledger: (it, until when)
 
     def ready(self) -> bool:
         return self._ledger is not None
@@ -96,6 +101,9 @@ class Normaliser(Supervised[NormaliserSetup]):
                      "and will be declared and backfilled", len(message.positions), missing,
                      extra={"event": "resumed", "streams": len(message.positions), "missing": missing})
         self.release_held()
+        if self._drain is not None:  # a stop came while Kafka was being reached
+            drain, self._drain = self._drain[0], None
+            self._act(self._ledger.drain(drain.last_batches))
 
     def receiveMsg_RawBatch(self, message: RawBatch, sender: ActorAddress) -> None:
         self._act(self.ledger.take_raw(message, sender, time.monotonic()))
@@ -110,12 +118,8 @@ class Normaliser(Supervised[NormaliserSetup]):
         self._act(self.ledger.take_poisoned_frames(message))
 
     def receiveMsg_Drain(self, message: Drain, sender: ActorAddress) -> None:
-        if self._ledger is None:  # never ready: Kafka never answered, so what came was never handled
-            frames = sum(len(held.frames) for held, _ in self._held if isinstance(held, RawBatch))
-            if frames:
-                log.error("stopping before Kafka was ready: %d frames received were never handled; the next start "
-                          "resumes from Kafka and backfills their trades", frames, extra={"event": "frames_unhandled", "count": frames})
-            self.send(self.setup.producer, Flush(0, 0, frames))
+        if self._ledger is None:  # Kafka has not answered yet: the drain waits for it a while
+            self._drain = (message, time.monotonic() + DRAIN_WAIT_SECONDS)
         else:
             self._act(self._ledger.drain(message.last_batches))
 
@@ -126,6 +130,13 @@ class Normaliser(Supervised[NormaliserSetup]):
     def on_tick(self, now: float) -> None:
         if self._ledger is not None:
             self._act(self._ledger.tick(now))
+        elif self._drain is not None and now > self._drain[1]:  # Kafka never answered: what came was never handled
+            self._drain = None
+            frames = sum(len(held.frames) for held, _ in self._held if isinstance(held, RawBatch))
+            if frames:
+                log.error("stopping before Kafka was ready: %d frames received were never handled; the next start "
+                          "resumes from Kafka and backfills their trades", frames, extra={"event": "frames_unhandled", "count": frames})
+            self.send(self.setup.producer, Flush(0, 0, frames))
 
     def _request_backfill(self, stream: str, gap: Gap) -> None:
         if self.setup.backfill is not None:
