@@ -37,6 +37,7 @@ class StartPipeline:
 @dataclass(frozen=True)
 class PipelineStarted:
     metrics_port: int
+    admin_pid: int  # Thespian's admin process: whatever of the actor system outlives a shutdown is ended
 
 
 @dataclass(frozen=True)

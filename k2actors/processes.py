@@ -126,9 +126,15 @@ def end_actor_system(admin: int) -> None:
     it owned must go too, or a restarted service would find this one still streaming beside
     it. Nothing there has anything left to do: every process under Thespian's admin (`admin`,
     recorded when the actor system started) is ended, then the admin, then the caller, which
-    has no one left to tell. Never init's: an unknown admin (0) or init (1) ends the caller only."""
-    if admin > 1:
-        for pid in [*(descendants(admin, process_table()) - {os.getpid()}), admin]:
+    has no one left to tell."""
+    kill_tree(admin)
+    os._exit(1)
+
+
+def kill_tree(root: int) -> None:
+    """SIGKILL every process under `root`, then `root`, but the caller. Never init's: an
+    unknown root (0) or init (1) is left alone."""
+    if root > 1:
+        for pid in [*(descendants(root, process_table()) - {os.getpid()}), root]:
             with contextlib.suppress(ProcessLookupError):  # it may have ended meanwhile
                 os.kill(pid, signal.SIGKILL)
-    os._exit(1)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from thespian.actors import ActorSystem
 
+from k2actors import processes
 from k2actors.actors.coordinator import FailoverCoordinator
 from k2actors.actors.shell import SERVICE_PID_VARIABLE
 from k2actors.clients import exchange_tls
@@ -73,6 +74,7 @@ class Pipeline:
         self.config = config
         self._system: ActorSystem | None = None
         self._coordinator = None
+        self._admin_pid = 0
 
     def start(self) -> Pipeline:
         # Actor processes are forked from here: they must not take a terminal's Ctrl-C, which
@@ -96,6 +98,7 @@ class Pipeline:
         if not isinstance(reply, PipelineStarted):
             self.close()
             raise RuntimeError(f"the pipeline did not start within {START_TIMEOUT_SECONDS} s")
+        self._admin_pid = reply.admin_pid
         log.info("pipeline started; metrics on port %d", reply.metrics_port, extra={"event": "service_started"})
         return self
 
@@ -134,6 +137,9 @@ class Pipeline:
         if self._system is not None:
             self._system.shutdown()
             self._system = None
+        # Thespian's shutdown can leave its admin, and an actor still waiting for a child it
+        # never heard the end of (a SIGKILLed one), running idle: what it leaves is ended here.
+        processes.kill_tree(self._admin_pid)
 
     def __enter__(self):
         return self.start()

@@ -68,7 +68,10 @@ def test_every_actor_killed_in_turn_is_replaced_and_only_reported_gaps_are_lost(
         wait_for_trades(service, service.metric("k2_kafka_messages_produced_total") + 50)
     samples = settle(service)
     assert total(samples, "k2_actor_restarts_total") == 5
+    actors = service.health()["actors"]
     assert service.stop() == 0, service.log()
+    # Thespian's shutdown leaves idle processes behind after SIGKILLed children; the service ends them
+    wait_until(lambda: not _descendants_alive(actors), 10, "every process of the actor system to exit")
 
     missing, duplicates = missing_and_duplicates(trade_ids(broker, registry, topic))
     assert missing == (total(samples, "k2_binance_missing_trades_total") - total(samples, "k2_binance_recovered_trades_total")

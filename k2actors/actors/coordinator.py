@@ -180,7 +180,7 @@ class FailoverCoordinator(ActorTypeDispatcher):
         if not self.run.endpoints:
             log.warning("binance.enabled is false: no exchange connection will be made")
         self._report_exchange()
-        self.send(self.run.service, PipelineStarted(port))
+        self.send(self.run.service, PipelineStarted(port, self._admin_pid))
         self._on_wakeup(TICK)
 
     def _spawn(self, role: ActorRole) -> None:
