@@ -94,14 +94,18 @@ class Preparation(threading.Thread):
                 serializer = AvroSerializer(registry, schema)
                 self.outlets[stream] = Outlet(topic, serializer, SerializationContext(topic, MessageField.VALUE))
             started = time.monotonic()
-            checkpoints = read_checkpoints(kafka, self._logger)
-            for stream in self._streams:
-                self.held[stream], tail = read_held(kafka, registry, stream, checkpoints.get(stream), self._logger)
-                streams = len(self.held[stream])
-                log.info("%s: %d streams resumed from Kafka (checkpoint %s, %d records after it) in %.2f s",
-                         kafka.topic_for(stream), streams, "found" if stream in checkpoints else "none", tail,
-                         time.monotonic() - started, extra={"event": "kafka_resume_read", "topic": kafka.topic_for(stream),
-                                                            "streams": streams, "tail_records": tail})
+            consumer = resume_consumer(kafka, self._logger)  # one for the whole read: each costs a connection and metadata
+            try:
+                checkpoints = read_checkpoints(consumer, kafka)
+                for stream in self._streams:
+                    self.held[stream], tail = read_held(consumer, kafka, registry, stream, checkpoints.get(stream))
+                    streams = len(self.held[stream])
+                    log.info("%s: %d streams resumed from Kafka (checkpoint %s, %d records after it) in %.2f s",
+                             kafka.topic_for(stream), streams, "found" if stream in checkpoints else "none", tail,
+                             time.monotonic() - started, extra={"event": "kafka_resume_read", "topic": kafka.topic_for(stream),
+                                                                "streams": streams, "tail_records": tail})
+            finally:
+                consumer.close()
         except Exception as exc:  # registry or broker not there yet: the actor retries, and says so
             reason = f" ({self._librdkafka.last})" if self._librdkafka.last else ""
             self.failure = f"{type(exc).__name__}: {exc}"[:300] + reason[:300]
@@ -137,8 +141,9 @@ TAIL_WITHOUT_CHECKPOINT = 10_000
 READ_TIMEOUT_SECONDS = 10.0
 
 
-def _consumer(kafka: KafkaConfig, logger: logging.Logger) -> Consumer:
-    # A short fetch wait: the end of a partition is reported as soon as the broker has nothing more.
+def resume_consumer(kafka: KafkaConfig, logger: logging.Logger = LIBRDKAFKA_LOG) -> Consumer:
+    """The consumer `read_checkpoints` and `read_held` read with; the caller closes it.
+    A short fetch wait: the end of a partition is reported as soon as the broker has nothing more."""
     return Consumer({**kafka_settings(kafka), "group.id": "k2actors-resume", "enable.auto.commit": False, "fetch.wait.max.ms": 50,
                      "enable.partition.eof": True, "logger": logger})
 
@@ -164,43 +169,34 @@ def _read_to_end(consumer: Consumer, starts: dict[TopicPartition, int]) -> Itera
                 raise KafkaException(error)
 
 
-def read_checkpoints(kafka: KafkaConfig, logger: logging.Logger = LIBRDKAFKA_LOG) -> dict[str, Checkpoint]:
+def read_checkpoints(consumer: Consumer, kafka: KafkaConfig) -> dict[str, Checkpoint]:
     """The newest checkpoint of each stream type in the state topic (its last few records)."""
-    consumer = _consumer(kafka, logger)
-    try:
-        partition = TopicPartition(kafka.state_topic, 0)
-        low, high = consumer.get_watermark_offsets(partition, timeout=10)
-        found: dict[str, Checkpoint] = {}
-        for message in _read_to_end(consumer, {partition: max(low, high - 2 * len(STREAM_TYPES))}):
-            try:
-                checkpoint = Checkpoint.decode(message.value() or b"")
-            except CheckpointError as exc:
-                log.error("state topic %s offset %d: %s; ignored", kafka.state_topic, message.offset(), exc)
-                continue
-            found[checkpoint.stream] = checkpoint
-        return found
-    finally:
-        consumer.close()
+    partition = TopicPartition(kafka.state_topic, 0)
+    low, high = consumer.get_watermark_offsets(partition, timeout=10)
+    found: dict[str, Checkpoint] = {}
+    for message in _read_to_end(consumer, {partition: max(low, high - 2 * len(STREAM_TYPES))}):
+        try:
+            checkpoint = Checkpoint.decode(message.value() or b"")
+        except CheckpointError as exc:
+            log.error("state topic %s offset %d: %s; ignored", kafka.state_topic, message.offset(), exc)
+            continue
+        found[checkpoint.stream] = checkpoint
+    return found
 
 
-def read_held(kafka: KafkaConfig, registry: SchemaRegistryClient, stream: str, checkpoint: Checkpoint | None,
-              logger: logging.Logger = LIBRDKAFKA_LOG) -> tuple[dict[Key, IdRanges], int]:
+def read_held(consumer: Consumer, kafka: KafkaConfig, registry: SchemaRegistryClient, stream: str,
+              checkpoint: Checkpoint | None) -> tuple[dict[Key, IdRanges], int]:
     """What the stream's topic holds: the checkpoint plus every record after its offsets,
     and how many records that tail read."""
     topic = kafka.topic_for(stream)
-    consumer = _consumer(kafka, logger)
     deserialize = AvroDeserializer(registry)
     context = SerializationContext(topic, MessageField.VALUE)
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        starts = {}
-        for number in partitions:
-            partition = TopicPartition(topic, number)
-            low, high = consumer.get_watermark_offsets(partition, timeout=10)
-            start = checkpoint.offsets.get(number, low) if checkpoint else high - TAIL_WITHOUT_CHECKPOINT
-            starts[partition] = max(low, start)
-        tail = [(record["exchange"], record["symbol"], record["source_sequence"])
-                for record in (deserialize(message.value(), context) for message in _read_to_end(consumer, starts))]
-        return held(checkpoint, tail), len(tail)
-    finally:
-        consumer.close()
+    starts = {}
+    for number in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
+        partition = TopicPartition(topic, number)
+        low, high = consumer.get_watermark_offsets(partition, timeout=10)
+        start = checkpoint.offsets.get(number, low) if checkpoint else high - TAIL_WITHOUT_CHECKPOINT
+        starts[partition] = max(low, start)
+    tail = [(record["exchange"], record["symbol"], record["source_sequence"])
+            for record in (deserialize(message.value(), context) for message in _read_to_end(consumer, starts))]
+    return held(checkpoint, tail), len(tail)

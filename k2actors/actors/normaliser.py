@@ -132,7 +132,7 @@ class Normaliser(Supervised[NormaliserSetup]):
             self._act(self._ledger.tick(now))
         elif self._drain is not None and now > self._drain[1]:  # Kafka never answered: what came was never handled
             self._drain = None
-            frames = sum(len(held.frames) for held, _ in self._held if isinstance(held, RawBatch))
+            frames = sum(len(batch.frames) for batch in self.held(RawBatch))
             if frames:
                 log.error("stopping before Kafka was ready: %d frames received were never handled; the next start "
                           "resumes from Kafka and backfills their trades", frames, extra={"event": "frames_unhandled", "count": frames})

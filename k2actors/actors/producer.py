@@ -250,7 +250,7 @@ class ProducerActor(Supervised[ProducerSetup]):
             return
         flush, deadline = self._flush
         outstanding = len(self._producer) if self._producer else sum(
-            len(batch.records) + len(batch.dead_letters) for batch, _ in self._held if isinstance(batch, RecordBatch)
+            len(batch.records) + len(batch.dead_letters) for batch in self.held(RecordBatch)
         )
         if outstanding and time.monotonic() < deadline:
             return

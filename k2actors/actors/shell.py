@@ -40,6 +40,7 @@ SERVICE_PID_VARIABLE = "K2ACTORS_SERVICE_PID"
 ADMIN_PID_VARIABLE = "K2ACTORS_ADMIN_PID"
 
 S = TypeVar("S")
+M = TypeVar("M")
 log = logging.getLogger("k2actors.supervision")
 
 
@@ -88,6 +89,10 @@ class Supervised(ActorTypeDispatcher, Generic[S]):
         else:
             self._held.append((message, sender))
         return self.watched()
+
+    def held(self, kind: type[M]) -> list[M]:
+        """The messages of this type held until ready()."""
+        return [message for message, _ in self._held if isinstance(message, kind)]
 
     def release_held(self) -> None:
         if self.ready():
