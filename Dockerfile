@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # k2actors: Binance trades to Kafka. Build: docker build -t k2actors .
 # PYTHON_IMAGE: the base image, for a registry mirror or an image built locally.
 ARG PYTHON_IMAGE=python:3.12-slim

@@ -1,4 +1,8 @@
 import json
+import signal
+import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -9,8 +13,9 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from k2actors.localstack.simulator import ExchangeSimulator
+from k2actors.net import free_port
 from k2actors.outlets import schema_for
-from tests.conftest import http_get, wait_until
+from tests.conftest import REPO, http_get, wait_until
 
 
 def test_broker_round_trip_through_a_consumer_group(broker, topic):
@@ -257,3 +262,42 @@ def test_registry_double_through_confluent_client(registry):
     assert client.test_compatibility("test-registry-value", Schema(json.dumps(evolved), "AVRO")) is True
     with pytest.raises(SchemaRegistryError):
         client.get_schema(9999)
+
+
+def test_stand_ins_run_as_foreground_processes_on_fixed_ports_until_sigterm():
+    """How the compose check runs them in containers: `python -m k2actors.localstack ...`."""
+    first = free_port()
+    while not _port_free(first + 1):
+        first = free_port()
+    registry_port = free_port()
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "k2actors.localstack", "--host", "127.0.0.1", "exchange",
+                          "--port", str(first), "--endpoints", "2", "--symbols", "BTCUSDT,ETHUSDT", "--rate", "50"],
+                         cwd=REPO, stdout=subprocess.PIPE, text=True),
+        subprocess.Popen([sys.executable, "-m", "k2actors.localstack", "--host", "127.0.0.1", "registry",
+                          "--port", str(registry_port)], cwd=REPO, stdout=subprocess.PIPE, text=True),
+    ]
+    try:
+        wait_until(lambda: http_get(f"http://127.0.0.1:{registry_port}/subjects") == (200, b"[]"), 15, "the registry")
+        wait_until(lambda: http_get(f"http://127.0.0.1:{first}/api/v3/exchangeInfo")[0] == 200, 15, "the exchange")
+        info = json.loads(http_get(f"http://127.0.0.1:{first + 1}/api/v3/exchangeInfo")[1])
+        assert [s["symbol"] for s in info["symbols"]] == ["BTCUSDT", "ETHUSDT"]
+        ws = websocket.create_connection(f"ws://127.0.0.1:{first + 1}/stream?streams=ethusdt@trade", timeout=5)
+        assert json.loads(ws.recv())["data"]["s"] == "ETHUSDT"
+        ws.close()
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+    outputs = [process.communicate(timeout=10)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0]
+    assert f"exchange listening on 127.0.0.1:{first}" in outputs[0]
+    assert f"registry listening on 127.0.0.1:{registry_port}" in outputs[1]
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

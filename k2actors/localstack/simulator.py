@@ -225,6 +225,7 @@ class ExchangeSimulator:
         host: str = "127.0.0.1",
         seed: int = 7,
         tls: ssl.SSLContext | None = None,
+        port: int = 0,
     ):
         self.market = Market(tuple(symbols), rate, seed)
         self.host = host
@@ -233,6 +234,7 @@ class ExchangeSimulator:
         self.pong_timeout = pong_timeout
         self._tick = tick
         self._tape = [(_tape_stream(line), line) for line in Path(tape).read_text().splitlines()] if tape else None
+        self._first_port = port  # endpoint i listens on port + i; 0: each on a free port
         self._endpoints = [_Endpoint(i) for i in range(endpoints)]
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="exchange-simulator", daemon=True)
@@ -288,7 +290,7 @@ class ExchangeSimulator:
             server = endpoint.server = await serve(
                 functools.partial(self._serve_client, endpoint),
                 self.host,
-                0,
+                self._first_port + endpoint.index if self._first_port else 0,
                 process_request=functools.partial(self._http, endpoint),
                 ping_interval=None,  # Binance-style pings are sent by _ping_loop
                 max_size=2**20,
