@@ -4,14 +4,21 @@ Everything runs here, in one run: the local broker, the registry double, the exc
 simulator, and the service itself as `python -m k2actors start` (the same command, actors
 and configuration path as in production, configured through K2_* variables). Phases:
 
-1. ceilings: how fast a bare websocket-client connection receives the simulator's frames,
-   and how fast a bare confluent-kafka producer delivers records of the same size;
+1. ceilings: how fast a bare websocket-client connection receives prepared frames (the
+   simulator writes a tape's frames encoded once, so the receiver is what is measured; the
+   simulator's own sending rate is reported apart), how fast a bare confluent-kafka producer
+   delivers records of the same size, and the bare loop: one process, one thread, websocket-
+   client -> parse -> shape -> Avro -> confluent-kafka, every record acknowledged, the honest
+   "no actors" reference;
 2. maximum load: the simulator replays a tape of consecutive trades as fast as it can, and
    the pipeline's sustained rate (acknowledged by Kafka) is measured over the middle of it;
-3. latency at fixed offered rates: receive-to-ack and exchange-to-ack percentiles from the
-   service's own histograms;
-4. optionally a soak: memory sampled at a fixed rate, and its slope;
-5. optionally scaling: maximum load again with 1 to N connections' worth of symbols
+3. fixed offered rates: CPU per trade, memory, and receive-to-ack, receive-to-produce (the
+   pipeline's own share) and exchange-to-ack percentiles from the service's own histograms;
+   memory with a quiet market (idle);
+4. held to a share of a CPU by a cgroup, as compose's `cpus:` holds it: fixed rates in
+   steps, up to the highest the service carries with nothing lost and under 2 s behind;
+5. optionally a soak: memory sampled at a fixed rate, and its slope;
+6. optionally scaling: maximum load again with 1 to N connections' worth of symbols
    (1,024 trade streams each), with how busy the machine's cores were.
 
 Every phase ends by reading its topic back: a missing or duplicated trade fails the run.
@@ -20,7 +27,9 @@ Every phase ends by reading its topic back: a missing or duplicated trade fails 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -37,6 +46,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from prometheus_client.parser import text_string_to_metric_families
+from thespian.actors import Actor, ActorExitRequest, ActorSystem
 
 from k2actors import processes
 from k2actors.config import KafkaConfig
@@ -47,16 +57,22 @@ from k2actors.localstack.registry import SchemaRegistryDouble
 from k2actors.localstack.simulator import ExchangeSimulator
 from k2actors.net import free_port
 from k2actors.outlets import producer_settings, schema_for
+from k2actors.processes import CpuLimit
 from k2actors.readback import missing_and_duplicates, trade_ids
 
 FIRST_ID = 1_000_000
 SAMPLE_SECONDS = 0.5
+# Held to a CPU share, a rate holds when this much of it is delivered, this close to the exchange.
+HOLDS_DELIVERED_FRACTION = 0.97
+HOLDS_BEHIND_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
 class Options:
     symbols: int = 3
-    rates: tuple[float, ...] = (1000.0, 10000.0)  # offered trades per second, all symbols together
+    rates: tuple[float, ...] = (500.0, 1000.0, 2000.0)  # offered trades per second, all symbols together
+    cpu_limit: float = 0.5  # a share of one CPU, as compose's `cpus:` gives it
+    limited_rates: tuple[float, ...] = (2000.0, 4000.0, 6000.0, 8000.0, 10000.0, 12000.0)
     duration: float = 30.0  # seconds of the maximum-load window, and of each latency phase / 2
     mode: str = "failover"
     soak_minutes: float = 0.0
@@ -101,14 +117,100 @@ def websocket_ceiling(url: str, symbol: str, expected: int) -> float:
     from a tape of one symbol's trades."""
     ws = websocket.create_connection(f"{url}?streams={symbol.lower()}@trade", skip_utf8_validation=True)
     try:
-        ws.recv()
+        ws.recv_data()
         started, received = time.perf_counter(), 1
         while received < expected:
-            ws.recv()
+            ws.recv_data()
             received += 1
         return (received - 1) / (time.perf_counter() - started)
     finally:
         ws.close()
+
+
+def bare_loop(stack, symbols: tuple[str, ...], count: int, workdir: Path) -> dict:
+    """The single-process reference, run in a process of its own so that its CPU time is
+    its own (librdkafka's threads included), on the same tape, broker and registry."""
+    broker, registry = stack
+    topic = "bench.bare-loop"
+    tape = workdir / "bare-loop.tape"
+    write_tape(tape, tape_frames(symbols, count))
+    _create_topic(broker.bootstrap_servers, topic)
+    with ExchangeSimulator(symbols, rate=0, endpoints=1, tape=tape) as exchange:
+        tape.unlink()
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            rate, cpu = pool.apply(_bare_loop_process, (exchange.urls[0], symbols, count, broker.bootstrap_servers,
+                                                        registry.url, topic))
+    expected = {s: (FIRST_ID, FIRST_ID + count // len(symbols) - 1) for s in symbols}
+    check = loss_and_duplicates(broker.bootstrap_servers, registry.url, topic, expected)
+    return {"rate": rate, "trades": count, "cpu_microseconds_per_trade": cpu / count * 1e6, **check}
+
+
+def _bare_loop_process(url: str, symbols: tuple[str, ...], count: int, bootstrap: str, registry_url: str,
+                       topic: str) -> tuple[float, float]:
+    """(trades per second from the first frame to the last acknowledgement, CPU seconds)."""
+    kafka = KafkaConfig(bootstrap_servers=bootstrap, schema_registry_url=registry_url, topic=topic)
+    serializer = AvroSerializer(SchemaRegistryClient({"url": registry_url}), schema_for("trade"))
+    context = SerializationContext(topic, MessageField.VALUE)
+    producer = Producer(producer_settings(kafka))
+    acknowledged = 0
+
+    def on_delivery(error, message):
+        nonlocal acknowledged
+        acknowledged += error is None
+
+    streams = "/".join(f"{symbol.lower()}@trade" for symbol in symbols)
+    ws = websocket.create_connection(f"{url}?streams={streams}", skip_utf8_validation=True)
+    cpu_start = _cpu_seconds_of_this_process()
+    started = 0.0
+    for n in range(count):
+        raw = ws.recv_data()[1]
+        if n == 0:
+            started = time.perf_counter()
+        trade = parse_frame(raw, 65536)
+        assert isinstance(trade, Trade), trade  # the tape is made of trades
+        record = normalise_trade(trade, Delivery("BINANCE", url, time.time_ns() // 1000), {})
+        assert not isinstance(record, Rejected), record
+        _produce(producer, topic, record["symbol"].encode(), serializer(record, context), on_delivery)
+    producer.flush(60)
+    elapsed = time.perf_counter() - started
+    cpu = _cpu_seconds_of_this_process() - cpu_start
+    ws.close()
+    if acknowledged != count:
+        raise BenchFailure(f"the bare loop had {acknowledged} of {count} records acknowledged")
+    return count / elapsed, cpu
+
+
+class EchoActor(Actor):
+    """Answers each message with itself, and "cpu" with its process's CPU time so far."""
+
+    def receiveMessage(self, message, sender):
+        if message == "cpu":
+            self.send(sender, _cpu_seconds_of_this_process())
+        elif not isinstance(message, ActorExitRequest):
+            self.send(sender, message)
+
+
+def thespian_message_cost(round_trips: int = 2000) -> float:
+    """CPU microseconds an actor process spends to take one small message and send one, on
+    multiprocTCPBase with this package's transport change: what every hop between the
+    pipeline's actors costs each side, whatever the batch carries."""
+    import k2actors.thespian_transport  # noqa: F401 - as every actor process has it
+
+    system = ActorSystem("multiprocTCPBase", {"Admin Port": free_port()})
+    try:
+        echo = system.createActor(EchoActor)
+        before = system.ask(echo, "cpu", 10)
+        for _ in range(round_trips):
+            system.ask(echo, b"x" * 250, 10)
+        after = system.ask(echo, "cpu", 10)
+    finally:
+        system.shutdown()
+    return (after - before) / round_trips * 1e6
+
+
+def _cpu_seconds_of_this_process() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def producer_ceiling(broker: str, registry_url: str, frames: list[str], topic: str) -> float:
@@ -134,18 +236,23 @@ def producer_ceiling(broker: str, registry_url: str, frames: list[str], topic: s
 
     started = time.perf_counter()
     for key, value in values:
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
-                break
-            except BufferError:
-                producer.poll(0.01)
-        producer.poll(0)
+        _produce(producer, topic, key, value, on_delivery)
     producer.flush(60)
     elapsed = time.perf_counter() - started
     if acknowledged != len(values):
         raise BenchFailure(f"the bare producer delivered {acknowledged} of {len(values)} records")
     return acknowledged / elapsed
+
+
+def _produce(producer: Producer, topic: str, key: bytes, value: bytes | None, on_delivery) -> None:
+    """One record, waiting while librdkafka's queue is full; delivery reports served as it goes."""
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+            break
+        except BufferError:
+            producer.poll(0.005)
+    producer.poll(0)
 
 
 def _create_topic(broker: str, topic: str) -> None:
@@ -162,13 +269,13 @@ class BenchFailure(Exception):
 
 
 class ServiceProcess:
-    def __init__(self, env: dict[str, str], log_path: Path, config: str | None):
+    def __init__(self, env: dict[str, str], log_path: Path, config: str | None, limit: CpuLimit | None = None):
         self.port = int(env["K2_METRICS_PORT"])
         self._log_path = log_path
         self._log = log_path.open("w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "k2actors", "start", *(["--config", config] if config else [])], env={**os.environ, **env},
-            stdout=self._log, stderr=subprocess.STDOUT,
+            stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=limit.join if limit else None,
         )
 
     def samples(self) -> dict[str, float]:
@@ -274,11 +381,11 @@ def percentile(before: list[tuple[float, float]], after: list[tuple[float, float
 
 
 def start_service(stack, exchange: ExchangeSimulator, options: Options, symbols: tuple[str, ...], topic: str,
-                  log_path: Path) -> ServiceProcess:
+                  log_path: Path, limit: CpuLimit | None = None) -> ServiceProcess:
     broker, registry = stack
     env = service_env(broker.bootstrap_servers, registry.url, exchange.urls[0], symbols, topic, options.mode,
                       exchange.urls[1:])
-    return ServiceProcess(env, log_path, options.config)
+    return ServiceProcess(env, log_path, options.config, limit)
 
 
 def machine_cpu_jiffies() -> tuple[int, int]:
@@ -338,31 +445,45 @@ def max_load(stack, options: Options, symbols: tuple[str, ...], ceiling: float, 
 
 
 def fixed_rate(stack, options: Options, symbols: tuple[str, ...], rate: float, seconds: float, workdir: Path,
-               name: str, memory_every: float | None = None) -> dict:
+               name: str, memory_every: float | None = None, cpus: float | None = None) -> dict:
+    """`cpus`: the whole service held to that share of one CPU by a cgroup."""
     broker, registry = stack
     topic = f"bench.{name}"
-    with ExchangeSimulator(symbols, rate=rate / len(symbols), endpoints=2) as exchange:
-        service = start_service(stack, exchange, options, symbols, topic, workdir / f"{name}.log")
-        try:
-            service.wait_ready()
-            time.sleep(2)  # past connection and warm-up
-            before = service.samples()
-            memory = []
-            started = time.monotonic()
-            while time.monotonic() - started < seconds:
-                time.sleep(memory_every or SAMPLE_SECONDS)
-                if memory_every:
-                    memory.append((time.monotonic() - started, service.total("k2_service_memory_bytes")))
-            after = service.samples()
-            reported_missing = service.total("k2_binance_missing_trades_total")
-        finally:
-            service.stop()
+    limit = CpuLimit(cpus, f"k2actors-bench-{os.getpid()}-{name}") if cpus else None
+    try:
+        with ExchangeSimulator(symbols, rate=rate / len(symbols), endpoints=2) as exchange:
+            service = start_service(stack, exchange, options, symbols, topic, workdir / f"{name}.log", limit)
+            try:
+                service.wait_ready()
+                time.sleep(2)  # past connection and warm-up
+                before, cpu_before = service.samples(), service.cpu_seconds()
+                memory = []
+                started = time.monotonic()
+                while time.monotonic() - started < seconds:
+                    time.sleep(memory_every or SAMPLE_SECONDS)
+                    if memory_every:
+                        memory.append((time.monotonic() - started, service.total("k2_service_memory_bytes")))
+                after, cpu_after = service.samples(), service.cpu_seconds()
+                exchange.set_rate(0)
+                _wait_drained(service, topic)
+                reported_missing = service.total("k2_binance_missing_trades_total")
+            finally:
+                service.stop()
+    finally:
+        if limit is not None:
+            limit.remove()
+    delivered = _sum(after, "k2_kafka_messages_produced_total") - _sum(before, "k2_kafka_messages_produced_total")
     result: dict[str, object] = {
         "offered_rate": rate,
-        "delivered_rate": (_sum(after, "k2_kafka_messages_produced_total") - _sum(before, "k2_kafka_messages_produced_total")) / seconds,
+        "delivered_rate": delivered / seconds,
+        "cpu_microseconds_per_trade": (cpu_after - cpu_before) / delivered * 1e6 if delivered else None,
+        "cores": (cpu_after - cpu_before) / seconds,
+        "memory_bytes": _sum(after, "k2_service_memory_bytes"),
         "reported_missing": reported_missing,
     }
-    for metric, label in (("k2_trade_receive_to_ack_seconds", "receive_to_ack"), ("k2_trade_exchange_to_ack_seconds", "exchange_to_ack")):
+    for metric, label in (("k2_trade_receive_to_ack_seconds", "receive_to_ack"),
+                          ("k2_trade_receive_to_produce_seconds", "receive_to_produce"),
+                          ("k2_trade_exchange_to_ack_seconds", "exchange_to_ack")):
         b, a = histogram(before, metric), histogram(after, metric)
         for q, suffix in ((0.5, "p50"), (0.99, "p99"), (0.999, "p99_9")):
             value = percentile(b, a, q)
@@ -375,6 +496,39 @@ def fixed_rate(stack, options: Options, symbols: tuple[str, ...], rate: float, s
         result["memory_slope_second_half_bytes_per_minute"] = _slope(memory[len(memory) // 2 :]) * 60
     result.update(loss_and_duplicates(broker.bootstrap_servers, registry.url, topic, None))
     return result
+
+
+def _wait_drained(service: ServiceProcess, topic: str, timeout: float = 120) -> None:
+    """With the market quiet, until every trade received is in Kafka: a phase that offered
+    more than the service carries ends with an orderly stop, not a stop with a backlog."""
+    deadline, previous = time.monotonic() + timeout, -1.0
+    while time.monotonic() < deadline:
+        samples = service.samples()
+        received = _sum(samples, "k2_binance_messages_received_total")
+        unique = received - _sum(samples, "k2_binance_duplicate_trades_total")
+        produced = samples.get(f"k2_kafka_messages_produced_total{{topic={topic}}}", 0.0)
+        if received == previous and produced >= unique and not _sum(samples, "k2_buffered_records"):
+            return
+        previous = received
+        time.sleep(SAMPLE_SECONDS)
+    raise BenchFailure(f"the service had not delivered what it received {timeout:.0f} s after the market went quiet")
+
+
+def cpu_limited(stack, options: Options, symbols: tuple[str, ...], seconds: float, workdir: Path) -> dict:
+    """Held to options.cpu_limit of a CPU: the offered rates in turn, until one does not hold
+    (less than HOLDS_DELIVERED_FRACTION of it delivered, p99 exchange-to-ack past
+    HOLDS_BEHIND_SECONDS, or a trade lost)."""
+    steps = []
+    for rate in options.limited_rates:
+        phase = fixed_rate(stack, options, symbols, rate, seconds, workdir, f"limited-{rate:.0f}", cpus=options.cpu_limit)
+        behind = phase["exchange_to_ack_p99_ms"]
+        phase["holds"] = (phase["delivered_rate"] >= HOLDS_DELIVERED_FRACTION * rate and behind is not None
+                          and behind < HOLDS_BEHIND_SECONDS * 1000 and not phase["missing"] and not phase["duplicates"])
+        steps.append(phase)
+        if not phase["holds"]:
+            break
+    held = [step["offered_rate"] for step in steps if step["holds"]]
+    return {"cpus": options.cpu_limit, "highest_rate_held": max(held, default=0.0), "steps": steps}
 
 
 def _sum(samples: dict[str, float], name: str) -> float:
@@ -405,43 +559,61 @@ def _run(options: Options) -> int:
     results: dict = {"options": {**options.__dict__, "output": str(options.output)}, "machine": {"cpus": os.cpu_count()}}
     workdir = Path(tempfile.mkdtemp(prefix="k2actors-bench-"))
     print(f"service logs in {workdir}", flush=True)
+    results["thespian_message_cpu_microseconds"] = message_cost = thespian_message_cost()
+    print(f"a Thespian message costs its receiver, which answers it, {message_cost:.0f} µs of CPU", flush=True)
     with TansuBroker() as broker, SchemaRegistryDouble() as registry:
         stack = (broker, registry)
-        probe = tape_frames(symbols[:1], 20_000)
+        probe = tape_frames(symbols[:1], 100_000)
         write_tape(workdir / "ceiling.tape", probe)
         with ExchangeSimulator(symbols[:1], rate=0, endpoints=1, tape=workdir / "ceiling.tape") as exchange:
             ws_ceiling = websocket_ceiling(exchange.urls[0], symbols[0], len(probe))
+            frames, sending_seconds = exchange.replays[0]
         (workdir / "ceiling.tape").unlink()
         kafka_ceiling = producer_ceiling(broker.bootstrap_servers, registry.url,
                                          tape_frames(symbols, 20_000 // len(symbols) * len(symbols)), "bench.ceiling")
-        results["ceilings"] = {"websocket_receive_rate": ws_ceiling, "producer_delivery_rate": kafka_ceiling}
-        print(f"ceilings: websocket receive {ws_ceiling:,.0f}/s, producer delivery {kafka_ceiling:,.0f}/s", flush=True)
+        bare = bare_loop(stack, symbols, max(int(20_000 * options.duration / 4), 20_000) // len(symbols) * len(symbols),
+                         workdir)
+        results["ceilings"] = {"websocket_receive_rate": ws_ceiling, "simulator_sending_rate": frames / sending_seconds,
+                               "producer_delivery_rate": kafka_ceiling, "bare_loop": bare}
+        print(f"ceilings: websocket receive {ws_ceiling:,.0f}/s (the simulator sends {frames / sending_seconds:,.0f}/s), "
+              f"producer delivery {kafka_ceiling:,.0f}/s, bare loop {bare['rate']:,.0f}/s at "
+              f"{bare['cpu_microseconds_per_trade']:.0f} µs per trade", flush=True)
 
-        load = max_load(stack, options, symbols, ws_ceiling, workdir)
+        load = max_load(stack, options, symbols, bare["rate"], workdir)
         load["fraction_of_websocket_ceiling"] = load["rate"] / ws_ceiling
-        load["fraction_of_producer_ceiling"] = load["rate"] / kafka_ceiling
+        load["fraction_of_bare_loop"] = load["rate"] / bare["rate"]
         results["max_load"] = load
-        print(f"maximum load: {load['rate']:,.0f}/s sustained over {load['window_seconds']} s", flush=True)
+        print(f"maximum load: {load['rate']:,.0f}/s sustained over {load['window_seconds']} s, "
+              f"{load['cpu_microseconds_per_trade']:.0f} µs per trade", flush=True)
 
+        results["idle"] = fixed_rate(stack, options, symbols, float(len(symbols)), 10, workdir, "idle")
+        print(f"idle (1 trade/s per symbol): {results['idle']['memory_bytes'] / 2**20:.0f} MiB", flush=True)
         results["fixed_rates"] = []
         for rate in options.rates:
             phase = fixed_rate(stack, options, symbols, rate, max(options.duration / 2, 5), workdir, f"rate-{rate:.0f}")
             results["fixed_rates"].append(phase)
-            print(f"at {rate:,.0f}/s: p99 receive to ack {_ms(phase['receive_to_ack_p99_ms'])}", flush=True)
+            print(f"at {rate:,.0f}/s: {_us(phase['cpu_microseconds_per_trade'])} per trade, "
+                  f"p99 receive to ack {_ms(phase['receive_to_ack_p99_ms'])}", flush=True)
+        if CpuLimit.available():
+            limited = cpu_limited(stack, options, symbols, max(options.duration / 2, 5), workdir)
+            results["cpu_limited"] = limited
+            print(f"held to {options.cpu_limit:g} CPU: carries {limited['highest_rate_held']:,.0f}/s", flush=True)
+        else:
+            print("held to a CPU share: skipped, no writable cgroup here (root on Linux is needed)", flush=True)
         if options.soak_minutes:
             results["soak"] = fixed_rate(stack, options, symbols, options.soak_rate, options.soak_minutes * 60, workdir,
                                          "soak", memory_every=10.0)
         results["scaling"] = []
         for connections in range(1, options.connections + 1):
             many = symbol_names(connections * MAX_STREAMS_PER_CONNECTION)
-            phase = max_load(stack, options, many, ws_ceiling, workdir, f"max-load-{connections}-connections")
+            phase = max_load(stack, options, many, bare["rate"], workdir, f"max-load-{connections}-connections")
             results["scaling"].append(phase)
             print(f"{connections} connection(s), {len(many)} symbols: {phase['rate']:,.0f}/s, "
                   f"machine CPU {phase['machine_cpu_busy']:.0%} busy", flush=True)
     options.output.write_text(json.dumps(results, indent=2) + "\n")
     print(format_table(results))
     print(f"figures written to {options.output}")
-    bad = [p for p in _phases(results) if p["missing"] or p["duplicates"] or p["reported_missing"]]
+    bad = [p for p in _phases(results) if p["missing"] or p["duplicates"] or p.get("reported_missing")]
     if bad:
         print(f"FAILED: trades lost or duplicated in {len(bad)} phase(s): "
               + "; ".join(f"missing {p['missing']}, duplicates {p['duplicates']}" for p in bad), file=sys.stderr)
@@ -453,31 +625,53 @@ def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f} ms"
 
 
+def _us(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f} µs"
+
+
+def _mib(value: float) -> str:
+    return f"{value / 2**20:.0f} MiB"
+
+
 def format_table(results: dict) -> str:
-    ceilings, load = results["ceilings"], results["max_load"]
+    ceilings, load, bare = results["ceilings"], results["max_load"], results["ceilings"]["bare_loop"]
     lines = [
         "| figure | value |",
         "|---|---|",
-        f"| websocket receive ceiling (bare websocket-client) | {ceilings['websocket_receive_rate']:,.0f} frames/s |",
+        f"| websocket receive ceiling (bare websocket-client, prepared frames) | {ceilings['websocket_receive_rate']:,.0f} frames/s |",
+        f"| ... the simulator's own sending rate (prepared frames) | {ceilings['simulator_sending_rate']:,.0f} frames/s |",
         f"| producer delivery ceiling (bare confluent-kafka) | {ceilings['producer_delivery_rate']:,.0f} records/s |",
+        f"| CPU of an actor taking one small Thespian message and sending one (multiprocTCPBase) | "
+        f"{_us(results['thespian_message_cpu_microseconds'])} |",
+        f"| bare loop, one process (websocket-client, parse, shape, Avro, confluent-kafka): rate, CPU per trade | "
+        f"{bare['rate']:,.0f} trades/s, {_us(bare['cpu_microseconds_per_trade'])} |",
         f"| pipeline sustained rate, maximum load ({load['window_seconds']} s window) | {load['rate']:,.0f} trades/s |",
-        f"| ... as a fraction of the websocket ceiling | {load['fraction_of_websocket_ceiling']:.0%} |",
-        f"| ... as a fraction of the producer ceiling | {load['fraction_of_producer_ceiling']:.0%} |",
-        f"| CPU time per trade (whole service) | {load['cpu_microseconds_per_trade']:.0f} µs |",
+        f"| ... as a fraction of the bare loop / of the websocket ceiling | {load['fraction_of_bare_loop']:.0%} / "
+        f"{load['fraction_of_websocket_ceiling']:.0%} |",
+        f"| CPU time per trade at maximum load (whole service) | {_us(load['cpu_microseconds_per_trade'])} |",
         f"| machine's CPU busy during maximum load (service, simulator, broker) | {load['machine_cpu_busy']:.0%} |",
-        f"| memory of the whole service (PSS), start / end of maximum load | {load['memory_start_bytes'] / 2**20:.0f} / "
-        f"{load['memory_end_bytes'] / 2**20:.0f} MiB |",
+        f"| memory of the whole service (PSS): idle / start / end of maximum load | {_mib(results['idle']['memory_bytes'])} / "
+        f"{_mib(load['memory_start_bytes'])} / {_mib(load['memory_end_bytes'])} |",
     ]
     for phase in results["fixed_rates"]:
         rate = f"{phase['offered_rate']:,.0f}/s"
-        lines.append(
-            f"| receive to ack p50 / p99 / p99.9 at {rate} | {_ms(phase['receive_to_ack_p50_ms'])} / "
-            f"{_ms(phase['receive_to_ack_p99_ms'])} / {_ms(phase['receive_to_ack_p99_9_ms'])} |"
-        )
-        lines.append(
-            f"| exchange to ack p50 / p99 / p99.9 at {rate} | {_ms(phase['exchange_to_ack_p50_ms'])} / "
-            f"{_ms(phase['exchange_to_ack_p99_ms'])} / {_ms(phase['exchange_to_ack_p99_9_ms'])} |"
-        )
+        lines += [
+            f"| at {rate}: CPU per trade, cores, memory | {_us(phase['cpu_microseconds_per_trade'])}, "
+            f"{phase['cores']:.2f}, {_mib(phase['memory_bytes'])} |",
+            f"| at {rate}: receive to ack p50 / p99 / p99.9 | {_ms(phase['receive_to_ack_p50_ms'])} / "
+            f"{_ms(phase['receive_to_ack_p99_ms'])} / {_ms(phase['receive_to_ack_p99_9_ms'])} |",
+            f"| at {rate}: receive to produce (the pipeline's share) p50 / p99 | {_ms(phase['receive_to_produce_p50_ms'])} / "
+            f"{_ms(phase['receive_to_produce_p99_ms'])} |",
+            f"| at {rate}: exchange to ack p50 / p99 / p99.9 | {_ms(phase['exchange_to_ack_p50_ms'])} / "
+            f"{_ms(phase['exchange_to_ack_p99_ms'])} / {_ms(phase['exchange_to_ack_p99_9_ms'])} |",
+        ]
+    if "cpu_limited" in results:
+        limited = results["cpu_limited"]
+        steps = ", ".join(f"{s['offered_rate']:,.0f}/s {'holds' if s['holds'] else 'does not hold'} "
+                          f"({s['delivered_rate']:,.0f}/s delivered, p99 {_ms(s['exchange_to_ack_p99_ms'])} behind)"
+                          for s in limited["steps"])
+        lines.append(f"| held to {limited['cpus']:g} CPU: highest rate carried (zero loss, < {HOLDS_BEHIND_SECONDS:g} s behind) | "
+                     f"{limited['highest_rate_held']:,.0f} trades/s: {steps} |")
     if "soak" in results:
         soak = results["soak"]
         lines.append(f"| soak at {soak['offered_rate']:,.0f}/s: memory at end; slope, whole soak / second half | "
@@ -493,5 +687,6 @@ def format_table(results: dict) -> str:
 
 
 def _phases(results: dict) -> list[dict]:
-    return [results["max_load"], *results["fixed_rates"], *([results["soak"]] if "soak" in results else []),
+    return [results["ceilings"]["bare_loop"], results["max_load"], results["idle"], *results["fixed_rates"],
+            *results.get("cpu_limited", {}).get("steps", []), *([results["soak"]] if "soak" in results else []),
             *results["scaling"]]

@@ -33,8 +33,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=20.0, metavar="N", help="simulated trades per second per symbol (default 20)")
     bench = command("bench", "Measure the pipeline against this machine's ceilings (local stack); figures as a table and JSON.")
     bench.add_argument("--symbols", type=int, default=3, metavar="N", help="number of symbols (default 3)")
-    bench.add_argument("--rates", type=_rates, default=(1000.0, 10000.0), metavar="R,R",
-                       help="fixed offered rates in trades per second, for latency (default 1000,10000)")
+    bench.add_argument("--rates", type=_rates, default=(500.0, 1000.0, 2000.0), metavar="R,R",
+                       help="fixed offered rates in trades per second: CPU per trade, memory, latency (default 500,1000,2000)")
+    bench.add_argument("--cpu-limit", type=float, default=0.5, metavar="CPUS",
+                       help="the share of a CPU the service is held to in the limited phase, as compose's cpus: gives it (default 0.5)")
+    bench.add_argument("--limited-rates", type=_rates, default=(2000.0, 4000.0, 6000.0, 8000.0, 10000.0, 12000.0),
+                       metavar="R,R", help="offered rates tried in turn while held to --cpu-limit (default 2000,4000,...,12000)")
     bench.add_argument("--duration", type=float, default=30.0, metavar="S",
                        help="seconds of the maximum-load window; each fixed rate runs half as long (default 30)")
     bench.add_argument("--mode", choices=("failover", "hot_standby"), default="failover", help="binance.mode to run (default failover)")
@@ -69,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         from k2actors.bench import Options, run_bench
 
         return run_bench(Options(
-            symbols=args.symbols, rates=args.rates, duration=args.duration, mode=args.mode, soak_minutes=args.soak,
+            symbols=args.symbols, rates=args.rates, cpu_limit=args.cpu_limit, limited_rates=args.limited_rates,
+            duration=args.duration, mode=args.mode, soak_minutes=args.soak,
             soak_rate=args.soak_rate, output=Path(args.output), config=args.config, connections=args.connections,
         ))
     if args.command == "demo":

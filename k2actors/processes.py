@@ -82,9 +82,19 @@ class CpuLimit:
 
     PERIOD_US = 100_000
 
-    def __init__(self, cpus: float, name: str):
+    @staticmethod
+    def _root_and_version() -> tuple[str, bool]:
+        """(where cpu cgroups are made, whether it is cgroup v2)"""
         unified = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
-        self._root = "/sys/fs/cgroup" if unified else "/sys/fs/cgroup/cpu"
+        return ("/sys/fs/cgroup" if unified else "/sys/fs/cgroup/cpu"), unified
+
+    @classmethod
+    def available(cls) -> bool:
+        """Whether this process may make one: root, where the cpu controller is mounted."""
+        return os.geteuid() == 0 and os.access(cls._root_and_version()[0], os.W_OK)
+
+    def __init__(self, cpus: float, name: str):
+        self._root, unified = self._root_and_version()
         self.path = os.path.join(self._root, name)
         os.makedirs(self.path, exist_ok=True)
         quota = int(cpus * self.PERIOD_US)

@@ -13,12 +13,18 @@ def test_a_short_benchmark_reports_every_figure_and_loses_nothing(tmp_path):
     output = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, "benchmarks/run.py", "--symbols", "2", "--rates", "300", "--duration", "4",
-         "--connections", "2", "--soak", "0.5", "--soak-rate", "300", "--output", str(output)],
+         "--limited-rates", "300,12000", "--connections", "2", "--soak", "0.5", "--soak-rate", "300", "--output", str(output)],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     figures = json.loads(output.read_text())
-    assert figures["ceilings"]["websocket_receive_rate"] > 0 and figures["ceilings"]["producer_delivery_rate"] > 0
+    ceilings = figures["ceilings"]
+    assert ceilings["websocket_receive_rate"] > 0 and ceilings["producer_delivery_rate"] > 0 and ceilings["simulator_sending_rate"] > 0
+    bare = ceilings["bare_loop"]
+    assert bare["rate"] > 0 and bare["cpu_microseconds_per_trade"] > 0
+    assert (bare["missing"], bare["duplicates"], bare["records"]) == (0, 0, bare["trades"])
+    assert figures["thespian_message_cpu_microseconds"] > 0
+    assert figures["idle"]["memory_bytes"] > 0 and (figures["idle"]["missing"], figures["idle"]["duplicates"]) == (0, 0)
     load = figures["max_load"]
     assert load["rate"] > 0 and load["cpu_microseconds_per_trade"] > 0 and load["memory_end_bytes"] > 0
     assert (load["missing"], load["duplicates"], load["records"]) == (0, 0, load["trades"])
@@ -26,6 +32,11 @@ def test_a_short_benchmark_reports_every_figure_and_loses_nothing(tmp_path):
     assert phase["offered_rate"] == 300 and phase["records"] > 0
     assert (phase["missing"], phase["duplicates"]) == (0, 0)
     assert phase["receive_to_ack_p50_ms"] <= phase["receive_to_ack_p99_ms"] <= phase["receive_to_ack_p99_9_ms"]
+    assert phase["receive_to_produce_p99_ms"] > 0 and phase["cpu_microseconds_per_trade"] > 0 and phase["memory_bytes"] > 0
+    # Held to 0.5 CPU: 300/s is carried, 12,000/s cannot be (about 3,000/s is), and the ladder stops there.
+    limited = figures["cpu_limited"]
+    assert [(step["offered_rate"], step["holds"]) for step in limited["steps"]] == [(300, True), (12_000, False)]
+    assert limited["highest_rate_held"] == 300 and limited["cpus"] == 0.5
     soak = figures["soak"]
     assert (soak["missing"], soak["duplicates"]) == (0, 0) and soak["records"] > 0
     assert len(soak["memory_samples"]) >= 2 and soak["memory_end_bytes"] == soak["memory_samples"][-1][1] > 0
@@ -35,7 +46,8 @@ def test_a_short_benchmark_reports_every_figure_and_loses_nothing(tmp_path):
     for phase in figures["scaling"]:
         assert (phase["missing"], phase["duplicates"], phase["records"]) == (0, 0, phase["trades"])
         assert phase["rate"] > 0 and 0 < phase["machine_cpu_busy"] <= 1
-    for row in ("| pipeline sustained rate", "| soak at 300/s", "trades missing / duplicated (all phases) | 0 / 0 |"):
+    for row in ("| pipeline sustained rate", "| bare loop, one process", "| held to 0.5 CPU", "| soak at 300/s",
+                "trades missing / duplicated (all phases) | 0 / 0 |"):
         assert row in result.stdout
 
 

@@ -145,6 +145,7 @@ class ProducerActor(Supervised[ProducerSetup]):
         if pending.outstanding == 0:
             return
         dead_letters = list(batch.dead_letters)
+        received: list[int] = []
         for stream, record in records:
             outlet = self._outlets[stream]
             try:
@@ -157,6 +158,10 @@ class ProducerActor(Supervised[ProducerSetup]):
             trade = _Trade(stream, (record["exchange"], record["symbol"]), record["source_sequence"],
                            record["ingestion_timestamp"], record["timestamp"])
             self._send(outlet.topic, record["symbol"].encode(), value, None, partial(self._delivered, pending, trade))
+            received.append(trade.received_us)
+        if received:
+            produced_us = time.time_ns() // 1000
+            self.metrics.observe("k2_trade_receive_to_produce_seconds", [(produced_us - us) / 1e6 for us in received])
         for letter in dead_letters:
             self._send(self.setup.kafka.dead_letter_topic, None, letter.raw, _headers(letter), partial(self._delivered, pending, None))
             self.metrics.inc("k2_dlq_messages_total", letter.reason, letter.stream)

@@ -62,6 +62,7 @@ CATALOGUE = {
         MetricSpec("k2_service_memory_bytes", GAUGE, (), "Memory of the whole service, every actor process (proportional set size), read at scrape time."),
         MetricSpec("k2_trade_exchange_to_ack_seconds", HISTOGRAM, (), "Exchange trade time to Kafka acknowledgement."),
         MetricSpec("k2_trade_receive_to_ack_seconds", HISTOGRAM, (), "Receipt from the exchange to Kafka acknowledgement."),
+        MetricSpec("k2_trade_receive_to_produce_seconds", HISTOGRAM, (), "Receipt from the exchange to the record handed to the Kafka client (the pipeline's own share)."),
     )
 }
 

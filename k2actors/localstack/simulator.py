@@ -19,7 +19,8 @@ misses what happened meanwhile. Each endpoint serves:
   (429, 418, 5xx) with Retry-After.
 
 With `tape=PATH` the endpoints replay a JSONL file of raw messages instead of the live
-market, each line as one frame, in tape order. A line in the combined envelope
+market, each line as one frame, in tape order, encoded once and written to the socket in
+large writes (so a replay runs at the speed of the receiver, not of one send() per frame). A line in the combined envelope
 (`{"stream":"btcusdt@trade",...}`) goes to the connections subscribed to its stream, from
 the moment they subscribe (in the URL or by SUBSCRIBE), as Binance would send it; any other
 line (garbage included) goes to every connection when it opens.
@@ -33,6 +34,7 @@ import functools
 import json
 import random
 import ssl
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -47,6 +49,8 @@ MAX_STREAMS_PER_CONNECTION = 1024
 MAX_INCOMING_PER_SECOND = 5
 HISTORY_PER_SYMBOL = 200_000
 CLIENT_QUEUE_LIMIT = 100_000  # frames queued for one client before it counts as too slow
+REPLAY_CHUNK_BYTES = 256 * 1024  # a replay's writes: whole frames, about this many bytes each
+REPLAY_BUFFER_BYTES = 4 * 1024 * 1024  # unsent bytes a replay lets pile up before it waits
 _START_PRICES_CENTS = {"BTCUSDT": 4_300_000, "ETHUSDT": 230_000, "BNBUSDT": 31_000}
 _QUOTES = ("USDT", "USDC", "FDUSD", "EURI", "BTC", "ETH", "BNB", "EUR", "USD")
 
@@ -188,12 +192,44 @@ def trade_payload(symbol: str, trade: SimTrade, event_ms: int) -> str:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """Tape lines as websocket text frames, cut into writes at frame boundaries only: the
+    connection's own frames (pings, replies) may go out between two writes."""
+
+    writes: tuple[bytes, ...]
+    frames: int
+
+
+def _prepare(lines: list[str]) -> _Prepared:
+    writes: list[bytes] = []
+    pending: list[bytes] = []
+    size = 0
+    for line in lines:
+        payload = line.encode()
+        length = len(payload)
+        if length < 126:
+            header = bytes((0x81, length))  # FIN + text; a server's frames are not masked
+        elif length < 65536:
+            header = struct.pack("!BBH", 0x81, 126, length)
+        else:
+            header = struct.pack("!BBQ", 0x81, 127, length)
+        pending += (header, payload)
+        size += len(header) + length
+        if size >= REPLAY_CHUNK_BYTES:
+            writes.append(b"".join(pending))
+            pending, size = [], 0
+    if pending:
+        writes.append(b"".join(pending))
+    return _Prepared(tuple(writes), len(lines))
+
+
 class _Client:
     def __init__(self, connection: ServerConnection, streams: set[str], combined: bool):
         self.connection = connection
         self.streams = streams
         self.combined = combined
-        self.queue: asyncio.Queue[str] = asyncio.Queue()
+        self.queue: asyncio.Queue[str | _Prepared] = asyncio.Queue()
         self.incoming: collections.deque[float] = collections.deque()
 
 
@@ -240,6 +276,9 @@ class ExchangeSimulator:
         self._thread = threading.Thread(target=self._loop.run_forever, name="exchange-simulator", daemon=True)
         self._stopping = False
         self._ticker: asyncio.Task | None = None
+        # (frames, seconds) of each tape replay that reached its last write: the simulator's
+        # own sending rate, reported apart from what a receiver made of it.
+        self.replays: list[tuple[int, float]] = []
 
     # --- lifecycle ---
 
@@ -396,16 +435,33 @@ class ExchangeSimulator:
     def _replay(self, client: _Client, streams: set[str], opening: bool = False) -> None:
         if self._tape is None:
             return
-        for stream, line in self._tape:
-            if stream in streams or (opening and stream is None):
-                client.queue.put_nowait(line)
+        lines = [line for stream, line in self._tape if stream in streams or (opening and stream is None)]
+        if lines:
+            client.queue.put_nowait(_prepare(lines))
 
     async def _write(self, client: _Client) -> None:
         try:
             while True:
-                await client.connection.send(await client.queue.get())
+                item = await client.queue.get()
+                if isinstance(item, _Prepared):
+                    await self._write_prepared(client, item)
+                else:
+                    await client.connection.send(item)
         except ConnectionClosed:
             pass
+
+    async def _write_prepared(self, client: _Client, prepared: _Prepared) -> None:
+        transport = client.connection.transport
+        started = time.perf_counter()
+        for data in prepared.writes:
+            while transport.get_write_buffer_size() > REPLAY_BUFFER_BYTES:
+                if transport.is_closing():
+                    return
+                await asyncio.sleep(0.001)  # the receiver is behind: TCP holds the rest back
+            if transport.is_closing():
+                return
+            transport.write(data)
+        self.replays.append((prepared.frames, time.perf_counter() - started))
 
     async def _ping_loop(self, endpoint: _Endpoint, client: _Client) -> None:
         while True:
