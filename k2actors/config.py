@@ -245,9 +245,10 @@ def _environment_overrides(environ: Mapping[str, str]) -> list[tuple[str, str]]:
     prefixes = sorted(((f"K2_{s.upper()}_", s) for s in SECTIONS), key=lambda p: -len(p[0]))
     overrides = []
     for variable, text in sorted(environ.items()):
-        section = next((s for prefix, s in prefixes if variable.startswith(prefix)), None)
-        if section is not None:
-            overrides.append((f"{section}.{variable[len(f'K2_{section.upper()}_'):].lower()}", text))
+        match = next(((prefix, s) for prefix, s in prefixes if variable.startswith(prefix)), None)
+        if match is not None:
+            prefix, section = match
+            overrides.append((f"{section}.{variable[len(prefix):].lower()}", text))
         elif variable.startswith("K2_"):  # K2_METRIC_PORT would otherwise be ignored without a word
             names = [f"K2_{s.upper()}_{f.name.upper()}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
             raise ConfigError(variable, text, f"a K2_<SECTION>_<KEY> variable of the sections {', '.join(SECTIONS)}"
