@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from k2actors.core.delivery import ACK_OVERDUE_SECONDS, Deliveries, DeliveryReport, KafkaReadiness, Landed
+from k2actors.core.binance import AGG_TRADE, BOOK_TICKER, TRADE
+from k2actors.core.delivery import ACK_OVERDUE_SECONDS, Admission, Deliveries, DeliveryReport, Handed, KafkaReadiness, Landed
+from k2actors.core.ranges import IdRanges, StreamPosition
 from k2actors.core.supervision import HEARTBEAT_TIMEOUT_SECONDS, ConnectionRole, Restart, Role, Supervision
 
 URLS = ("ws://a/stream", "ws://b/stream")
@@ -94,3 +98,44 @@ def test_kafka_readiness_says_so_on_change_and_names_the_servers():
     later = (False, "no acknowledgement from kafka:29092 for 7 s; 7 records waiting")
     assert readiness.observe(DeliveryReport(), 7, overdue + 1.0) == later  # refreshed once a second while failing
     assert readiness.current() == later
+
+
+def test_an_id_kafka_holds_or_was_handed_is_never_produced_again():
+    handed = Handed()
+    handed.resume(TRADE, {("BINANCE", "BTCUSDT"): IdRanges([(1, 10), (15, 20)])})
+    assert handed.admit(TRADE, "BINANCE", "BTCUSDT", 10) is Admission.IN_KAFKA  # held at start
+    assert handed.admit(TRADE, "BINANCE", "BTCUSDT", 12) is Admission.PRODUCE  # a hole below the high: filled
+    assert handed.admit(TRADE, "BINANCE", "BTCUSDT", 12) is Admission.IN_KAFKA  # and never twice
+    assert handed.admit(TRADE, "BINANCE", "BTCUSDT", 21) is Admission.PRODUCE
+    assert handed.admit(TRADE, "BINANCEUS", "BTCUSDT", 10) is Admission.PRODUCE  # another venue's ids
+    assert handed.admit(AGG_TRADE, "BINANCE", "BTCUSDT", 10) is Admission.PRODUCE  # another stream's ids
+    assert handed.positions() == {
+        (TRADE, "BINANCE", "BTCUSDT"): StreamPosition(21, ((11, 11), (13, 14))),
+        (TRADE, "BINANCEUS", "BTCUSDT"): StreamPosition(10),
+        (AGG_TRADE, "BINANCE", "BTCUSDT"): StreamPosition(10),
+    }
+
+
+@pytest.mark.parametrize("stream", [TRADE, AGG_TRADE])
+def test_a_trade_older_than_one_handed_is_still_produced(stream):
+    handed = Handed()
+    assert handed.admit(stream, "BINANCE", "ETHUSDT", 7000656) is Admission.PRODUCE
+    assert handed.admit(stream, "BINANCE", "ETHUSDT", 7000655) is Admission.PRODUCE  # ids, not order, say what is there
+
+
+def test_a_quote_older_than_one_handed_is_superseded_so_quotes_land_in_update_order():
+    handed = Handed()
+    assert handed.admit(BOOK_TICKER, "BINANCE", "ETHUSDT", 7000656) is Admission.PRODUCE
+    assert handed.admit(BOOK_TICKER, "BINANCE", "ETHUSDT", 7000655) is Admission.SUPERSEDED  # its batch came late
+    assert handed.admit(BOOK_TICKER, "BINANCE", "ETHUSDT", 7000656) is Admission.IN_KAFKA  # a resend
+    assert handed.admit(BOOK_TICKER, "BINANCE", "BNBUSDT", 5) is Admission.PRODUCE  # symbols apart
+    assert handed.admit(BOOK_TICKER, "BINANCE", "ETHUSDT", 7000700) is Admission.PRODUCE
+    assert handed.positions()[(BOOK_TICKER, "BINANCE", "ETHUSDT")].high == 7000700
+
+
+@given(st.lists(st.integers(0, 50), max_size=40))
+def test_whatever_order_quotes_arrive_in_what_is_produced_only_moves_forward(arrivals):
+    handed = Handed()
+    produced = [u for u in arrivals if handed.admit(BOOK_TICKER, "BINANCE", "BTCUSDT", u) is Admission.PRODUCE]
+    assert produced == sorted(set(produced))  # strictly increasing: no quote behind a newer one, none twice
+    assert (produced[-1] if produced else None) == (max(arrivals) if arrivals else None)  # the newest always lands

@@ -21,9 +21,8 @@ from thespian.actors import ActorAddress, ActorExitRequest
 from k2actors.actors.shell import Supervised, seconds
 from k2actors.core.backoff import backoff_delay
 from k2actors.core.binance import SERIALIZATION_FAILED
-from k2actors.core.delivery import Deliveries, KafkaReadiness, Landed, PendingBatch
+from k2actors.core.delivery import Admission, Deliveries, Handed, KafkaReadiness, Landed, PendingBatch
 from k2actors.core.normalise import record_dead_letter
-from k2actors.core.ranges import IdRanges
 from k2actors.messages import (
     BatchesDelivered,
     ComponentStatus,
@@ -64,9 +63,7 @@ class ProducerActor(Supervised[ProducerSetup]):
         self._stopping = threading.Event()
         self._setup_attempts = 0
         self._flush: tuple[Flush, float] | None = None  # (what to flush, deadline)
-        # (stream, venue, symbol) -> ids in Kafka or handed to it: what Kafka held at start, and
-        # every id produced since. An id already there is never produced again (a resend).
-        self._handed: dict[tuple[str, str, str], IdRanges] = {}
+        self._handed = Handed()
         self._checkpoint_at = 0.0
         self._preparing: Preparation | None = None
         self._fatal: str | None = None
@@ -89,8 +86,7 @@ class ProducerActor(Supervised[ProducerSetup]):
         self._deliveries.abandoned(message.stream, (message.venue, message.symbol), message.first_id, message.last_id)
 
     def receiveMsg_SequenceQuery(self, message: SequenceQuery, sender: ActorAddress) -> None:
-        positions = {key: position for key, ranges in self._handed.items() if (position := ranges.position()) is not None}
-        self.send(sender, SequenceState(positions))
+        self.send(sender, SequenceState(self._handed.positions()))
 
     # --- setup: topics and schema on a thread of its own, so the actor never blocks ---
 
@@ -120,7 +116,7 @@ class ProducerActor(Supervised[ProducerSetup]):
         self._outlets = preparation.outlets
         for stream, ids in preparation.held.items():
             self._deliveries.resume_from(stream, ids)
-            self._handed.update({(stream, venue, symbol): ranges for (venue, symbol), ranges in ids.items()})
+            self._handed.resume(stream, ids)
         settings = {**producer_settings(self.setup.kafka), "error_cb": self._on_kafka_error, "logger": LIBRDKAFKA_LOG}
         producer = self._producer = Producer(settings)
         threading.Thread(target=self._poll, args=(producer,), name="kafka-poll", daemon=True).start()
@@ -131,16 +127,21 @@ class ProducerActor(Supervised[ProducerSetup]):
 
     def receiveMsg_RecordBatch(self, batch: RecordBatch, sender: ActorAddress) -> None:
         records = []
-        handed = self._handed
+        in_kafka = 0
+        admit = self._handed.admit
         for stream, record in batch.records:
-            key = (stream, record["exchange"], record["symbol"])
-            ranges = handed.get(key)
-            if ranges is None:
-                ranges = handed[key] = IdRanges()
-            if ranges.add(record["source_sequence"]):
+            admission = admit(stream, record["exchange"], record["symbol"], record["source_sequence"])
+            if admission is Admission.PRODUCE:
                 records.append((stream, record))
-        if len(records) < len(batch.records):  # a resend after a producer restart: some had landed
-            self.metrics.inc("k2_kafka_records_already_in_kafka_total", amount=len(batch.records) - len(records))
+            elif admission is Admission.IN_KAFKA:  # a resend after a producer restart: some had landed
+                in_kafka += 1
+            else:
+                log.warning("quote %s of %s not produced: a newer one was handed to Kafka first (batch %d came late)",
+                            record["source_sequence"], record["symbol"], batch.seq,
+                            extra={"event": "quote_superseded", "symbol": record["symbol"], "batch": batch.seq})
+                self.metrics.inc("k2_kafka_quotes_superseded_total", record["symbol"])
+        if in_kafka:
+            self.metrics.inc("k2_kafka_records_already_in_kafka_total", amount=in_kafka)
         pending = self._deliveries.expect(batch.seq, len(records) + len(batch.dead_letters), sender)
         if pending.outstanding == 0:
             return

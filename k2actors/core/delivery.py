@@ -4,16 +4,18 @@ librdkafka reports each record's delivery on the producer's poll thread; `Delive
 collects those reports (under a lock, the only thing the two threads share) and the actor
 takes them once a tick: which RecordBatches are complete and to whom to confirm them, what
 was produced per topic, what failed, and the latencies. `KafkaReadiness` turns that into the
-Kafka line of /ready.
+Kafka line of /ready. `Handed` decides, record by record, whether one is produced at all.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Generic, NamedTuple, TypeVar
 
-from k2actors.core.ranges import IdRanges
+from k2actors.core.binance import BOOK_TICKER
+from k2actors.core.ranges import IdRanges, StreamPosition
 from k2actors.core.resume import Acknowledged, Checkpoint, Key
 
 A = TypeVar("A")  # who to confirm a batch to, opaque here
@@ -22,6 +24,42 @@ A = TypeVar("A")  # who to confirm a batch to, opaque here
 ACK_OVERDUE_SECONDS = 5.0
 # While Kafka is failing, its /ready detail is refreshed this often (it counts seconds).
 FAILING_REPORT_SECONDS = 1.0
+
+
+class Admission(Enum):
+    PRODUCE = "produce"
+    IN_KAFKA = "in_kafka"  # Kafka holds the id already, or it was handed to it: a resend
+    SUPERSEDED = "superseded"  # a quote older than one of its symbol already handed
+
+
+class Handed:
+    """Ids in Kafka or handed to it, per (stream, venue, symbol): what Kafka held at start,
+    and every id produced since. An id already there is never produced again.
+
+    The Normaliser publishes quotes of a symbol in update order, but Thespian does not always
+    deliver two RecordBatches in the order they were sent (a transmit that failed and waits to
+    retry is overtaken by later ones). A quote older than one already handed would put its
+    symbol's book back in time for every consumer, so it is not produced: the newer one
+    already says what it would. Trades and aggregate trades are tracked by id, so their order
+    does not matter."""
+
+    def __init__(self) -> None:
+        self._ids: dict[tuple[str, str, str], IdRanges] = {}
+
+    def resume(self, stream: str, ids: dict[Key, IdRanges]) -> None:
+        self._ids.update({(stream, venue, symbol): ranges for (venue, symbol), ranges in ids.items()})
+
+    def admit(self, stream: str, venue: str, symbol: str, event_id: int) -> Admission:
+        key = (stream, venue, symbol)
+        ranges = self._ids.get(key)
+        if ranges is None:
+            ranges = self._ids[key] = IdRanges()
+        elif stream == BOOK_TICKER and ranges.high is not None and event_id < ranges.high and event_id not in ranges:
+            return Admission.SUPERSEDED
+        return Admission.PRODUCE if ranges.add(event_id) else Admission.IN_KAFKA
+
+    def positions(self) -> dict[tuple[str, str, str], StreamPosition]:
+        return {key: position for key, ranges in self._ids.items() if (position := ranges.position()) is not None}
 
 
 @dataclass(eq=False)

@@ -46,6 +46,7 @@ CATALOGUE = {
         MetricSpec("k2_kafka_produce_errors_total", COUNTER, ("topic", "error_type"), "Records Kafka did not acknowledge."),
         MetricSpec("k2_dlq_messages_total", COUNTER, ("reason", "stream"), "Frames routed to the dead-letter topic."),
         MetricSpec("k2_kafka_records_already_in_kafka_total", COUNTER, (), "Records not produced because Kafka already held their id (a resend after a producer restart)."),
+        MetricSpec("k2_kafka_quotes_superseded_total", COUNTER, ("symbol",), "Quotes not produced because a newer one of their symbol reached the producer first (batches delivered out of order)."),
         MetricSpec("k2_kafka_resent_records_total", COUNTER, (), "Records re-sent to a recreated producer; some may be in Kafka twice, with the same message_id."),
         MetricSpec("k2_buffered_records", GAUGE, (), "Records waiting for Kafka's acknowledgement; at kafka.max_buffered_records the connections are held back."),
         MetricSpec("k2_circuit_breaker_state", GAUGE, ("url",), "Circuit breaker per endpoint: 0 closed, 1 half-open, 2 open."),
