@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from confluent_kafka import Producer
+from confluent_kafka import Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
@@ -84,7 +84,8 @@ def main() -> None:
             started = time.monotonic()
             consumer = resume_consumer(kafka)  # as the service reads: one consumer for the whole read
             try:
-                checkpoint = read_checkpoints(consumer, kafka).get(TRADE) if with_checkpoint else None
+                checkpoints = read_checkpoints(consumer, TopicPartition(kafka.state_topic, 0))
+                checkpoint = checkpoints.get(TRADE) if with_checkpoint else None
                 ids, tail = read_held(consumer, kafka, client, TRADE, checkpoint)
             finally:
                 consumer.close()

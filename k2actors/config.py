@@ -147,12 +147,21 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    enabled: bool = False
+    group_id: str = "k2actors"
+    # An instance that stops answering Kafka's group coordinator for this long loses its shards.
+    session_timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
 class Config:
     binance: BinanceConfig = field(default_factory=BinanceConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 SECTIONS: dict[str, type] = {
@@ -161,6 +170,7 @@ SECTIONS: dict[str, type] = {
     "circuit_breaker": CircuitBreakerConfig,
     "metrics": MetricsConfig,
     "log": LogConfig,
+    "cluster": ClusterConfig,
 }
 
 
@@ -529,4 +539,7 @@ _PARSERS = {
     ("metrics", "bind_address"): _ip_address,
     ("log", "level"): _choice(LOG_LEVELS, str.upper),
     ("log", "format"): _choice(LOG_FORMATS, str.lower),
+    ("cluster", "enabled"): _boolean,
+    ("cluster", "group_id"): _topic,  # it names the control topic
+    ("cluster", "session_timeout_seconds"): _number(float, 6.0, 300.0),
 }

@@ -13,7 +13,7 @@ from typing import Any
 
 from thespian.actors import ActorAddress
 
-from k2actors.config import Config, Endpoint, KafkaConfig
+from k2actors.config import ClusterConfig, Config, Endpoint, KafkaConfig
 from k2actors.core.binance import AggTrade, Rejected, Trade
 from k2actors.core.ranges import StreamPosition
 from k2actors.core.reasons import EndReason
@@ -88,6 +88,8 @@ class ProducerSetup:
     kafka: KafkaConfig
     streams: tuple[str, ...]  # binance.streams: each has its topic and schema subject
     metrics: ActorAddress
+    cluster: ClusterConfig
+    symbols: tuple[str, ...]  # binance.symbols: in cluster mode, what the shards are made of
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ class NormaliserSetup:
     max_buffered_records: int
     max_frame_bytes: int
     stale_timeout_seconds: float  # /ready: a venue without data for longer is not ready
+    owned: frozenset[str] | None  # cluster mode: the symbols of the shards this instance owns; None: every symbol
 
 
 @dataclass(frozen=True)
@@ -199,7 +202,72 @@ class Flush:
     unprocessed: int = 0  # frames the Normaliser never handled (Kafka was never ready): undelivered too
 
 
+@dataclass(frozen=True)
+class MembershipSetup:
+    cluster: ClusterConfig
+    kafka: KafkaConfig
+    shards: int  # the control topic has one partition per shard
+    metrics: ActorAddress
+
+
+@dataclass(frozen=True)
+class AcquireShard:
+    """To the producer: take the shard's transactional id (fencing its former owner), read
+    what Kafka holds for its symbols, then answer ShardAcquired."""
+
+    shard: int
+    symbols: tuple[str, ...]
+    acquisition: int  # said again in the answers: a late answer about an earlier one is told apart
+
+
+@dataclass(frozen=True)
+class ReleaseShard:
+    """To the producer: commit what the shard's writer holds, and produce no more of it."""
+
+    shard: int
+    acquisition: int  # the acquisition it ends (a later one of the same shard is left alone)
+
+
+@dataclass(frozen=True)
+class SymbolsOwned:
+    """To the Normaliser: the symbols of every shard this instance owns now, and where the
+    streams of the newly owned ones stand in Kafka (id tracking resumes from there)."""
+
+    symbols: frozenset[str]
+    positions: Positions
+
+
 # --- children -> FailoverCoordinator ---
+
+
+@dataclass(frozen=True)
+class ShardsAssigned:
+    """The group's assignment for this instance, after a rebalance (the whole set)."""
+
+    shards: tuple[int, ...]
+    generation: int | None  # the group's generation, when librdkafka says
+
+
+@dataclass(frozen=True)
+class ShardsLost:
+    """The group gave up on this instance (its session expired): another may own its shards."""
+
+
+@dataclass(frozen=True)
+class ShardAcquired:
+    shard: int
+    acquisition: int
+    positions: Positions  # where the shard's streams stand in Kafka
+
+
+@dataclass(frozen=True)
+class ShardFenced:
+    """The shard's transaction failed (another producer took its transactional id, or Kafka
+    refused it): the writer is gone."""
+
+    shard: int
+    acquisition: int
+    detail: str
 
 
 @dataclass(frozen=True)

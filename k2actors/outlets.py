@@ -37,6 +37,12 @@ def schema_for(stream: str) -> str:
     return resources.files("k2actors").joinpath(f"schemas/{SCHEMA_FILES[stream]}").read_text()
 
 
+def control_topic(kafka: KafkaConfig, group_id: str) -> str:
+    """Cluster mode: one partition per shard, assigned through the consumer group; each
+    shard's checkpoints are written to its partition."""
+    return f"{kafka.topic}.cluster.{group_id}"
+
+
 def producer_settings(kafka: KafkaConfig) -> dict[str, Any]:
     return {
         **kafka_settings(kafka),
@@ -68,10 +74,13 @@ class Preparation(threading.Thread):
     """Create missing topics, register the schemas, and find out what each stream's topic
     already holds (k2actors.core.resume); no record is produced before all three."""
 
-    def __init__(self, kafka: KafkaConfig, streams: tuple[str, ...]):
+    def __init__(self, kafka: KafkaConfig, streams: tuple[str, ...], resume: bool):
+        """`resume`: read what the topics hold for every symbol (in cluster mode each shard's
+        writer reads its own when the shard is acquired)."""
         super().__init__(name="kafka-setup", daemon=True)
         self._kafka = kafka
         self._streams = streams
+        self._resume = resume
         self.outlets: dict[str, Outlet] = {}
         self.held: dict[str, dict[Key, IdRanges]] = {}  # per stream type: what its topic holds
         self.failure: str | None = None
@@ -93,19 +102,9 @@ class Preparation(threading.Thread):
                 log.info("schema registered as id %s under subject %s", schema_id, subject)
                 serializer = AvroSerializer(registry, schema)
                 self.outlets[stream] = Outlet(topic, serializer, SerializationContext(topic, MessageField.VALUE))
-            started = time.monotonic()
-            consumer = resume_consumer(kafka, self._logger)  # one for the whole read: each costs a connection and metadata
-            try:
-                checkpoints = read_checkpoints(consumer, kafka)
-                for stream in self._streams:
-                    self.held[stream], tail = read_held(consumer, kafka, registry, stream, checkpoints.get(stream))
-                    streams = len(self.held[stream])
-                    log.info("%s: %d streams resumed from Kafka (checkpoint %s, %d records after it) in %.2f s",
-                             kafka.topic_for(stream), streams, "found" if stream in checkpoints else "none", tail,
-                             time.monotonic() - started, extra={"event": "kafka_resume_read", "topic": kafka.topic_for(stream),
-                                                                "streams": streams, "tail_records": tail})
-            finally:
-                consumer.close()
+            if self._resume:
+                self.held = read_what_kafka_holds(kafka, registry, self._streams, TopicPartition(kafka.state_topic, 0), None,
+                                                  self._logger)
         except Exception as exc:  # registry or broker not there yet: the actor retries, and says so
             reason = f" ({self._librdkafka.last})" if self._librdkafka.last else ""
             self.failure = f"{type(exc).__name__}: {exc}"[:300] + reason[:300]
@@ -143,9 +142,11 @@ READ_TIMEOUT_SECONDS = 10.0
 
 def resume_consumer(kafka: KafkaConfig, logger: logging.Logger = LIBRDKAFKA_LOG) -> Consumer:
     """The consumer `read_checkpoints` and `read_held` read with; the caller closes it.
-    A short fetch wait: the end of a partition is reported as soon as the broker has nothing more."""
+    A short fetch wait: the end of a partition is reported as soon as the broker has nothing more.
+    It reads committed records only: records of a transaction a fenced former owner of a shard
+    left open are aborted, and must count as missing (librdkafka's default, said here)."""
     return Consumer({**kafka_settings(kafka), "group.id": "k2actors-resume", "enable.auto.commit": False, "fetch.wait.max.ms": 50,
-                     "enable.partition.eof": True, "logger": logger})
+                     "enable.partition.eof": True, "isolation.level": "read_committed", "logger": logger})
 
 
 def _read_to_end(consumer: Consumer, starts: dict[TopicPartition, int]) -> Iterator[Message]:
@@ -169,16 +170,37 @@ def _read_to_end(consumer: Consumer, starts: dict[TopicPartition, int]) -> Itera
                 raise KafkaException(error)
 
 
-def read_checkpoints(consumer: Consumer, kafka: KafkaConfig) -> dict[str, Checkpoint]:
-    """The newest checkpoint of each stream type in the state topic (its last few records)."""
-    partition = TopicPartition(kafka.state_topic, 0)
+def read_what_kafka_holds(kafka: KafkaConfig, registry: SchemaRegistryClient, streams: tuple[str, ...],
+                          checkpoints: TopicPartition, symbols: frozenset[str] | None,
+                          logger: logging.Logger) -> dict[str, dict[Key, IdRanges]]:
+    """Per stream type, the ids its topic holds: the newest checkpoint in `checkpoints` and
+    the records after it; only of `symbols` when given (a shard's)."""
+    started = time.monotonic()
+    holds: dict[str, dict[Key, IdRanges]] = {}
+    consumer = resume_consumer(kafka, logger)  # one for the whole read: each costs a connection and metadata
+    try:
+        found = read_checkpoints(consumer, checkpoints)
+        for stream in streams:
+            ids, tail = read_held(consumer, kafka, registry, stream, found.get(stream))
+            holds[stream] = ids if symbols is None else {key: ranges for key, ranges in ids.items() if key[1] in symbols}
+            log.info("%s: %d streams resumed from Kafka (checkpoint %s, %d records after it) in %.2f s",
+                     kafka.topic_for(stream), len(holds[stream]), "found" if stream in found else "none", tail,
+                     time.monotonic() - started, extra={"event": "kafka_resume_read", "topic": kafka.topic_for(stream),
+                                                        "streams": len(holds[stream]), "tail_records": tail})
+    finally:
+        consumer.close()
+    return holds
+
+
+def read_checkpoints(consumer: Consumer, partition: TopicPartition) -> dict[str, Checkpoint]:
+    """The newest checkpoint of each stream type in a partition of checkpoints (its last few records)."""
     low, high = consumer.get_watermark_offsets(partition, timeout=10)
     found: dict[str, Checkpoint] = {}
     for message in _read_to_end(consumer, {partition: max(low, high - 2 * len(STREAM_TYPES))}):
         try:
             checkpoint = Checkpoint.decode(message.value() or b"")
         except CheckpointError as exc:
-            log.error("state topic %s offset %d: %s; ignored", kafka.state_topic, message.offset(), exc)
+            log.error("checkpoints %s[%d] offset %d: %s; ignored", partition.topic, partition.partition, message.offset(), exc)
             continue
         found[checkpoint.stream] = checkpoint
     return found

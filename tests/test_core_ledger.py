@@ -27,6 +27,7 @@ from k2actors.core.ledger import (
     FrameFailed,
     GapDeclared,
     Ledger,
+    NotOwnedDropped,
     Publish,
     Recovered,
     Release,
@@ -296,3 +297,33 @@ def test_ready_needs_data_from_every_venue_within_the_stale_timeout():
     assert of(DataStatus, book.tick(3.0)) == []  # said once while it holds
     assert of(DataStatus, book.tick(1.0 + STALE + 1)) == [DataStatus(False, "no data for 31 s from BINANCE")]
     assert of(DataStatus, book.tick(1.0 + STALE + 2)) == [DataStatus(False, "no data for 32 s from BINANCE")]
+
+
+def test_cluster_mode_publishes_only_owned_symbols_and_resumes_a_newly_owned_one_from_kafka():
+    rules = Rules(GRACE, frozenset({"BTCUSDT", "ETHUSDT"}), {}, 100_000, 65536, STALE)
+    book: Ledger[str] = Ledger(rules, {}, 0.0, MetricBuffer(), owned=frozenset())
+    assert of(DataStatus, book.tick(0.5)) == [DataStatus(True, "no symbols owned (cluster mode: a standby until the group "
+                                                             "assigns this instance a shard)")]
+    events = book.take_raw(raw(PRIMARY, 1, trade_frame(100), trade_frame(7, "ETHUSDT")), "c", 1.0)
+    assert published(events) == [] and of(NotOwnedDropped, events) == [NotOwnedDropped(2)]
+    assert counters(book)["k2_cluster_events_not_owned_total"] == 2
+
+    # BTCUSDT's shard acquired: Kafka holds up to 104, so 101 to 104 are duplicates and 105 on is new
+    book.own(frozenset({"BTCUSDT"}), {("trade", "BINANCE", "BTCUSDT"): StreamPosition(104)}, 2.0)
+    events = book.take_raw(raw(PRIMARY, 2, *(trade_frame(i) for i in range(101, 107)), trade_frame(8, "ETHUSDT")), "c", 2.0)
+    assert published(events) == [105, 106] and of(NotOwnedDropped, events) == [NotOwnedDropped(1)]
+
+    # released, then owned again after another instance published up to 120: tracking restarts from Kafka
+    book.own(frozenset(), {}, 3.0)
+    assert published(book.take_raw(raw(PRIMARY, 3, trade_frame(107)), "c", 3.0)) == []
+    book.own(frozenset({"BTCUSDT"}), {("trade", "BINANCE", "BTCUSDT"): StreamPosition(120)}, 4.0)
+    events = book.take_raw(raw(PRIMARY, 4, trade_frame(119), trade_frame(125)), "c", 4.0)
+    assert published(events) == [125]
+    assert [gap.gap for gap in of(GapDeclared, book.tick(4.0 + GRACE))] == [Gap("BINANCE", "BTCUSDT", 121, 124)]
+
+
+def test_a_symbol_outside_the_configuration_is_still_a_dead_letter_in_cluster_mode():
+    rules = Rules(GRACE, frozenset({"BTCUSDT"}), {}, 100_000, 65536, STALE)
+    book: Ledger[str] = Ledger(rules, {}, 0.0, MetricBuffer(), owned=frozenset())
+    events = book.take_raw(raw(PRIMARY, 1, trade_frame(1, "DOGEUSDT")), "c", 1.0)
+    assert [letter.reason for e in events if isinstance(e, Publish) for letter in e.batch.dead_letters] == ["unsubscribed_symbol"]

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from k2actors.core.binance import AGG_TRADE, BOOK_TICKER, TRADE
-from k2actors.core.delivery import ACK_OVERDUE_SECONDS, Admission, Deliveries, DeliveryReport, Handed, KafkaReadiness, Landed
+from k2actors.core.delivery import ACK_OVERDUE_SECONDS, NO_SHARD, Admission, Deliveries, DeliveryReport, Handed, KafkaReadiness, Landed
 from k2actors.core.ranges import IdRanges, StreamPosition
 from k2actors.core.supervision import HEARTBEAT_TIMEOUT_SECONDS, ConnectionRole, Restart, Role, Supervision
 
@@ -71,7 +71,7 @@ def test_a_restart_starts_the_childs_clock_afresh():
 def test_batches_are_confirmed_once_every_record_is_answered_grouped_by_sender():
     deliveries: Deliveries[str] = Deliveries()
     first, second, third = deliveries.expect(1, 2, "n1"), deliveries.expect(2, 1, "n2"), deliveries.expect(3, 1, "n1")
-    deliveries.acknowledged(first, "trades", (0.01, 0.02), Landed("trade", ("BINANCE", "BTCUSDT"), 7, 0, 99))
+    deliveries.acknowledged(first, "trades", (0.01, 0.02), Landed("trade", ("BINANCE", "BTCUSDT"), 7, 0, 99, NO_SHARD))
     deliveries.acknowledged(second, "trades", None, None)
     deliveries.refused(third, "trades.dlq", "MSG_SIZE_TOO_LARGE", "too large")
     report = deliveries.take()
@@ -80,7 +80,8 @@ def test_batches_are_confirmed_once_every_record_is_answered_grouped_by_sender()
     assert report.receive_to_ack == [0.01] and report.exchange_to_ack == [0.02] and deliveries.failed == 1
     deliveries.acknowledged(first, "trades", None, None)
     assert deliveries.take().confirmations == [("n1", [1])]
-    [checkpoint] = deliveries.checkpoints()  # where the trade landed, for the next start
+    [(shard, checkpoint)] = deliveries.checkpoints()  # where the trade landed, for the next start
+    assert shard == NO_SHARD
     assert checkpoint.ids[("BINANCE", "BTCUSDT")].ranges() == [(7, 7)] and checkpoint.offsets == {0: 100}
     assert deliveries.expect(4, 0, "n1").outstanding == 0 and deliveries.take().confirmations == [("n1", [4])]
 
@@ -139,3 +140,28 @@ def test_whatever_order_quotes_arrive_in_what_is_produced_only_moves_forward(arr
     produced = [u for u in arrivals if handed.admit(BOOK_TICKER, "BINANCE", "BTCUSDT", u) is Admission.PRODUCE]
     assert produced == sorted(set(produced))  # strictly increasing: no quote behind a newer one, none twice
     assert (produced[-1] if produced else None) == (max(arrivals) if arrivals else None)  # the newest always lands
+
+
+def test_in_cluster_mode_each_shard_keeps_its_own_checkpoints_and_forgets_them_when_released():
+    deliveries: Deliveries[str] = Deliveries()
+    deliveries.resume_from("trade", {("BINANCE", "BTCUSDT"): IdRanges([(1, 5)])}, shard=1)
+    pending = deliveries.expect(1, 3, "n")
+    deliveries.acknowledged(pending, "trades", None, Landed("trade", ("BINANCE", "BTCUSDT"), 6, 2, 40, 1))
+    deliveries.acknowledged(pending, "trades", None, Landed("trade", ("BINANCE", "ETHUSDT"), 9, 0, 7, 2))  # shard 2: not held
+    deliveries.released(pending)  # its shard's transaction did not commit: not a failure of this instance
+    report = deliveries.take()
+    assert report.confirmations == [("n", [1])] and report.released == 1 and deliveries.failed == 0
+    [(shard, checkpoint)] = deliveries.checkpoints()
+    assert shard == 1 and checkpoint.ids[("BINANCE", "BTCUSDT")].ranges() == [(1, 6)] and checkpoint.offsets == {2: 41}
+    deliveries.abandoned("trade", ("BINANCE", "ETHUSDT"), 10, 12, shard=2)  # a shard this instance does not hold
+    deliveries.forget(1)
+    deliveries.acknowledged(deliveries.expect(2, 1, "n"), "trades", None, Landed("trade", ("BINANCE", "BTCUSDT"), 7, 2, 41, 1))
+    assert deliveries.checkpoints() == []  # a late acknowledgement of a released shard is its next owner's to read
+
+
+def test_a_released_shards_ids_are_forgotten_so_its_next_acquisition_starts_from_kafka():
+    handed = Handed()
+    handed.resume(TRADE, {("BINANCE", "BTCUSDT"): IdRanges([(1, 10)]), ("BINANCE", "ETHUSDT"): IdRanges([(1, 3)])})
+    handed.forget(frozenset({"BTCUSDT"}))
+    assert set(handed.positions()) == {(TRADE, "BINANCE", "ETHUSDT")}
+    assert handed.admit(TRADE, "BINANCE", "BTCUSDT", 5) is Admission.PRODUCE

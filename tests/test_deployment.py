@@ -39,6 +39,7 @@ def test_binance_stream_service_is_declared_as_specified():
         "K2_KAFKA_SCHEMA_REGISTRY_URL": "http://schema-registry:8081",
         "K2_BINANCE_ENABLED": "true",
         "K2_LOG_FORMAT": "json",
+        "K2_CLUSTER_ENABLED": "true",  # replicas share the symbols: the service scales
     }
     assert service["depends_on"] == {
         "kafka": {"condition": "service_healthy"},
@@ -51,7 +52,7 @@ def test_binance_stream_service_is_declared_as_specified():
     assert resources["limits"] == {"cpus": "1.0", "memory": "512M"}
     assert resources["reservations"] == {"cpus": "0.25", "memory": "256M"}
     assert "./config.yaml:/etc/k2actors/config.yaml:ro" in service["volumes"]
-    assert "9091:9091" in service["ports"]
+    assert service["ports"] == ["9091"]  # a host port per replica
     assert service["networks"] == ["k2-network"]
 
 
@@ -95,7 +96,8 @@ def test_prometheus_files_pass_promtool(check):
 
 def test_prometheus_scrapes_the_stream_service():
     scrape = yaml.safe_load((REPO / "monitoring/prometheus.yml").read_text())["scrape_configs"]
-    assert ["binance-stream:9091"] in [job["static_configs"][0]["targets"] for job in scrape]
+    assert {"names": ["binance-stream"], "type": "A", "port": 9091, "refresh_interval": "15s"} in [
+        job["dns_sd_configs"][0] for job in scrape]  # every replica
 
 
 def healthcheck_command() -> list[str]:

@@ -57,7 +57,7 @@ class _Reader(threading.Thread):
 
     def __init__(self, plan: SubscriptionPlan, wake_fd: int, reading: threading.Event, tls: ssl.SSLContext):
         super().__init__(name="ws-reader", daemon=True)
-        self._plan = plan
+        self.plan = plan
         self._tls = tls
         self._reading = reading  # cleared while the actor's backlog is full: let TCP push back
         self._wake_fd = wake_fd
@@ -87,7 +87,7 @@ class _Reader(threading.Thread):
     def run(self) -> None:
         try:
             ws = websocket.create_connection(
-                self._plan.url, timeout=CONNECT_TIMEOUT_SECONDS, skip_utf8_validation=True, enable_multithread=True,
+                self.plan.url, timeout=CONNECT_TIMEOUT_SECONDS, skip_utf8_validation=True, enable_multithread=True,
                 sslopt={"context": self._tls},
             )
         except Exception as exc:  # every failure to connect is reported, whatever its type
@@ -106,7 +106,7 @@ class _Reader(threading.Thread):
 
     def _read(self, ws: websocket.WebSocket) -> ConnectionEnd:
         try:
-            for index, message in enumerate(self._plan.subscribe_messages):
+            for index, message in enumerate(self.plan.subscribe_messages):
                 if index:
                     time.sleep(SUBSCRIBE_INTERVAL_SECONDS)  # frames wait in the socket meanwhile
                 ws.send(message)
@@ -171,6 +171,10 @@ class ConnectionActor(Supervised[ConnectionSetup]):
         self._reported_open = False
         self._reported_streaming = False
         self._wake_r, self._wake_w = os.pipe()
+        # Thespian may report the pipe readable twice for one wake-up (it selects again before
+        # the first WatchMessage is handled): the second read must find it empty, not block
+        # until the next frame, or forever once the readers are closed.
+        os.set_blocking(self._wake_r, False)
         self._flow = FlowWindow(0)
         self._plans: list[SubscriptionPlan] = []  # one per link
         self._reading = threading.Event()  # set while the readers may read
@@ -187,14 +191,48 @@ class ConnectionActor(Supervised[ConnectionSetup]):
     def configure(self, previous: ConnectionSetup | None) -> None:
         if previous is None:
             self._flow = FlowWindow(self.setup.max_buffered_frames)
-        elif previous.normaliser != self.setup.normaliser:
+            return
+        if previous.normaliser != self.setup.normaliser:
             self._flow.new_receiver()
+        if previous.symbols != self.setup.symbols and self._links:
+            self._resubscribe()
+
+    def _resubscribe(self) -> None:
+        """Cluster mode: the instance's symbols changed. The connections are replaced make
+        before break, so the symbols that stay lose nothing; with no symbols left they close."""
+        setup = self.setup
+        if not setup.symbols:
+            log.info("no symbols to carry from %s: closing its connections", self._url,
+                     extra={"event": "connection_unneeded", "endpoint": self._url})
+            self._close_all("no symbols to carry")
+            self._forward_frames()
+            self._links = []
+            self._reported_streaming = False
+            return
+        plans = connection_plans(self._url, setup.symbols, setup.streams)
+        log.info("resubscribing %s to %d symbols", self._url, len(setup.symbols),
+                 extra={"event": "connection_resubscribing", "endpoint": self._url, "symbols": len(setup.symbols)})
+        if len(plans) != len(self._links):  # more or fewer connections: they are all replaced
+            self._plans = plans
+            self._replace_all("resubscribing to another number of connections")
+            return
+        for index, (link, plan) in enumerate(zip(self._links, plans, strict=True)):
+            if link.successor is not None:  # a replacement under way (it has not streamed): it is replaced too
+                link.successor.close(ConnectionEnd(EndReason.CLOSED_HERE, "resubscribing"))
+                link.successor = None
+            if link.can_rotate():
+                link.begin(self._open(plan), "resubscribe")
+            else:  # not open yet: nothing read to lose, so it is simply replaced
+                link.current.close(ConnectionEnd(EndReason.CLOSED_HERE, "resubscribing"))
+                self._links[index] = Rotation(self._open(plan))
+        self._plans = plans
 
     def watched(self) -> ThespianWatch:
         return ThespianWatch([self._wake_r])
 
     def receiveMsg_WatchMessage(self, message: WatchMessage, sender: ActorAddress) -> None:
-        os.read(self._wake_r, 65536)
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._wake_r, 65536)
         if self._setup is not None:
             self._settle()
 
@@ -281,6 +319,10 @@ class ConnectionActor(Supervised[ConnectionSetup]):
                     log.warning("replacement connection failed (%s); keeping the current one", event.end,
                                 extra={"event": "rotation_failed", "reason": event.end.reason.value})
         self._forward_frames()
+        if self._links and any(link.successor is None and link.current.ended is None and link.current.plan != plan
+                               for link, plan in zip(self._links, self._plans, strict=True)):
+            self._replace_all("a resubscribing connection failed")  # the subscription must not stay stale
+            return
         if self._links and not self._reported_open and all(link.current.opened for link in self._links):
             self._reported_open = True
             log.info("connected to %s", self._url, extra={"event": "connection_opened", "endpoint": self._url})
@@ -300,6 +342,16 @@ class ConnectionActor(Supervised[ConnectionSetup]):
             self.send(self.coordinator, ConnectionClosed(self._url, end.reason, end.detail, streamed, last_frame_at))
             self._links = []
         self.flush_metrics()
+
+    def _replace_all(self, detail: str) -> None:
+        """Close every connection and report it: the coordinator connects again at once."""
+        streamed = any(link.current.streamed for link in self._links)
+        last_frame_at = max((link.current.last_frame_at for link in self._links if link.current.opened), default=None)
+        self._close_all(detail)
+        self._forward_frames()
+        self._links = []
+        self.metrics.set("k2_binance_connection_status", 0, self._url)
+        self.send(self.coordinator, ConnectionClosed(self._url, EndReason.CLOSED_HERE, detail, streamed, last_frame_at))
 
     def _close_all(self, detail: str) -> None:
         readers = [reader for link in self._links for reader in link.readers()]

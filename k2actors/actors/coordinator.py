@@ -17,16 +17,19 @@ from thespian.actors import ActorAddress, ActorTypeDispatcher, ChildActorExited,
 from k2actors import processes
 from k2actors.actors.backfill import BackfillActor
 from k2actors.actors.connection import ConnectionActor
+from k2actors.actors.membership import MembershipActor
 from k2actors.actors.metrics import MetricsActor
 from k2actors.actors.normaliser import Normaliser
 from k2actors.actors.producer import ProducerActor
 from k2actors.actors.shell import ADMIN_PID_VARIABLE, TICK, seconds
 from k2actors.config import Endpoint
 from k2actors.core.breaker import BreakerState, CircuitBreaker
+from k2actors.core.cluster import Acquire, Release, ShardEvent, Shards
 from k2actors.core.failover import AttemptBudget, DarkDeadline, FailoverPolicy
 from k2actors.core.supervision import ActorRole, ConnectionRole, Restart, Role, Supervision
 from k2actors.core.telemetry import MetricBuffer
 from k2actors.messages import (
+    AcquireShard,
     BackfillSetup,
     ComponentStatus,
     Connect,
@@ -37,6 +40,7 @@ from k2actors.messages import (
     Drain,
     Flushed,
     Heartbeat,
+    MembershipSetup,
     MetricsReady,
     MetricsSetup,
     NormaliserSetup,
@@ -44,14 +48,21 @@ from k2actors.messages import (
     PipelineFailed,
     PipelineStarted,
     PipelineStopped,
+    Positions,
     ProducerSetup,
     ReadingStopped,
+    ReleaseShard,
     Rotate,
     ServerShutdownNotice,
     SetupFailed,
+    ShardAcquired,
+    ShardFenced,
+    ShardsAssigned,
+    ShardsLost,
     StartPipeline,
     StopPipeline,
     StopReading,
+    SymbolsOwned,
 )
 
 log = logging.getLogger("k2actors.coordinator")
@@ -59,7 +70,8 @@ log = logging.getLogger("k2actors.coordinator")
 # With several connections live (hot standby, or old and new during a rotation) one may
 # run ahead of another for a moment; gaps are declared only when they outlast this.
 GAP_GRACE_SECONDS = 2.0
-_CLASSES = {Role.METRICS: MetricsActor, Role.PRODUCER: ProducerActor, Role.NORMALISER: Normaliser, Role.BACKFILL: BackfillActor}
+_CLASSES = {Role.METRICS: MetricsActor, Role.PRODUCER: ProducerActor, Role.NORMALISER: Normaliser, Role.BACKFILL: BackfillActor,
+            Role.MEMBERSHIP: MembershipActor}
 
 
 class _Started:
@@ -73,7 +85,13 @@ class _Started:
         self.dark = DarkDeadline(start.config.circuit_breaker.exit_after_open_seconds)
         binance = start.config.binance
         self.endpoints: dict[str, Endpoint] = {e.url: e for e in binance.endpoints} if binance.enabled else {}
-        self.supervision = Supervision(tuple(self.endpoints), binance.backfill)
+        cluster = start.config.cluster
+        self.supervision = Supervision(tuple(self.endpoints), binance.backfill, cluster.enabled)
+        # Cluster mode: the shards this instance holds (k2actors.core.cluster); the symbols
+        # streamed are only those of the shards it owns.
+        self.shards = Shards(binance.symbols, cluster.session_timeout_seconds) if cluster.enabled else None
+        self.symbols: tuple[str, ...] = () if cluster.enabled else binance.symbols
+        self.generation: int | None = None
 
 
 class FailoverCoordinator(ActorTypeDispatcher):
@@ -144,6 +162,78 @@ class FailoverCoordinator(ActorTypeDispatcher):
         if self._stop_reply is not None:
             self.send(self._stop_reply, PipelineStopped(message.undelivered, message.missing))
 
+    # --- cluster mode ---
+
+    def receiveMsg_ShardsAssigned(self, message: ShardsAssigned, sender: ActorAddress) -> None:
+        run = self.run
+        if run.shards is None or self._stopping:
+            return
+        run.generation = message.generation
+        self._metrics.inc("k2_cluster_rebalances_total")
+        if message.generation is not None:
+            self._metrics.set("k2_cluster_generation", message.generation)
+        log.info("group %s assigned shards %s of %d (generation %s)", run.config.cluster.group_id, list(message.shards),
+                 len(run.shards.table), message.generation,
+                 extra={"event": "shards_assigned", "shards": list(message.shards), "generation": message.generation})
+        self._act_shards(run.shards.assign(message.shards))
+
+    def receiveMsg_ShardsLost(self, message: ShardsLost, sender: ActorAddress) -> None:
+        run = self.run
+        if run.shards is None or self._stopping:
+            return
+        log.error("this instance lost its place in group %s (its session expired): every shard is released until it "
+                  "rejoins", run.config.cluster.group_id, extra={"event": "shards_lost"})
+        self._act_shards(run.shards.lose())
+
+    def receiveMsg_ShardAcquired(self, message: ShardAcquired, sender: ActorAddress) -> None:
+        if self.run.shards is not None and not self._stopping:
+            self._act_shards(self.run.shards.acquired(message.shard, message.acquisition), message.positions)
+
+    def receiveMsg_ShardFenced(self, message: ShardFenced, sender: ActorAddress) -> None:
+        if self.run.shards is not None and not self._stopping:
+            self._act_shards(self.run.shards.fenced(message.shard, message.acquisition, time.monotonic()))
+
+    def _act_shards(self, events: list[ShardEvent], positions: Positions | None = None) -> None:
+        run = self.run
+        assert run.shards is not None
+        for event in events:
+            if isinstance(event, Acquire):
+                log.info("acquiring shard %d (%s)", event.shard, ", ".join(event.symbols),
+                         extra={"event": "shard_acquiring", "shard": event.shard})
+                self.send(self._children[Role.PRODUCER], AcquireShard(event.shard, event.symbols, event.acquisition))
+            elif isinstance(event, Release):
+                log.info("releasing shard %d (%s): %s", event.shard, ", ".join(event.symbols), event.reason,
+                         extra={"event": "shard_released", "shard": event.shard, "reason": event.reason})
+                self._metrics.inc("k2_cluster_shards_released_total", event.reason)
+                self.send(self._children[Role.PRODUCER], ReleaseShard(event.shard, event.acquisition))
+            elif event.symbols != run.symbols:
+                self._own(event.symbols, positions or {})
+        owned = sorted(run.shards.owned)
+        for shard in range(len(run.shards.table)):
+            self._metrics.set("k2_cluster_shard_owned", int(shard in run.shards.owned), str(shard))
+        self._metrics.set("k2_cluster_shards_owned", len(owned))
+        detail = (f"group {run.config.cluster.group_id}, generation {run.generation}: owns shards {owned} of "
+                  f"{len(run.shards.table)}" + (f", acquiring {sorted(run.shards.acquiring)}" if run.shards.acquiring else ""))
+        self.send(self._children[Role.METRICS], ComponentStatus("cluster", True, detail))
+
+    def _own(self, symbols: tuple[str, ...], positions: Positions) -> None:
+        """Stream these symbols from now on: the Normaliser first (tracking resumes from what
+        Kafka holds), then the connections."""
+        run = self.run
+        had_symbols = bool(run.symbols)
+        run.symbols = symbols
+        self.send(self._children[Role.NORMALISER], SymbolsOwned(frozenset(symbols), positions))
+        for role in run.supervision.pipeline:
+            if isinstance(role, ConnectionRole):
+                self._wire(role)
+        if not symbols:
+            self._wanted.clear()
+            self._streaming.clear()
+        elif not had_symbols:
+            for policy in dict.fromkeys(self._policies.values()):
+                self._connect(policy.first(time.monotonic()).url)
+        self._report_exchange()
+
     # --- start and wiring ---
 
     def _start(self, start: StartPipeline, sender: ActorAddress) -> None:
@@ -175,10 +265,12 @@ class FailoverCoordinator(ActorTypeDispatcher):
             self._create(role)
         for role in roles:
             self._wire(role)
-        for policy in dict.fromkeys(self._policies.values()):
+        for policy in dict.fromkeys(self._policies.values()) if self.run.symbols else ():
             self._connect(policy.first(time.monotonic()).url)
         if not self.run.endpoints:
             log.warning("binance.enabled is false: no exchange connection will be made")
+        if self.run.shards is not None:
+            self.send(self._children[Role.METRICS], ComponentStatus("cluster", False, f"joining group {self.run.config.cluster.group_id}"))
         self._report_exchange()
         self.send(self.run.service, PipelineStarted(port, self._admin_pid))
         self._on_wakeup(TICK)
@@ -192,25 +284,29 @@ class FailoverCoordinator(ActorTypeDispatcher):
         self.run.supervision.started(role, time.monotonic())
 
     def _wire(self, role: ActorRole) -> None:
-        config, children = self.run.config, self._children
+        run, children = self.run, self._children
+        config = run.config
         binance, kafka, metrics = config.binance, config.kafka, children[Role.METRICS]
-        message: MetricsSetup | ProducerSetup | NormaliserSetup | BackfillSetup | ConnectionSetup
+        message: MetricsSetup | ProducerSetup | NormaliserSetup | BackfillSetup | ConnectionSetup | MembershipSetup
         if isinstance(role, ConnectionRole):
             message = ConnectionSetup(
-                self.run.endpoints[role.url], binance.symbols, binance.streams, binance.stale_timeout_seconds,
+                run.endpoints[role.url], run.symbols, binance.streams, binance.stale_timeout_seconds,
                 binance.max_connection_age_seconds, kafka.max_buffered_records,
                 binance.tls_ca_file, binance.tls_verify, children[Role.NORMALISER], metrics,
             )
         elif role is Role.METRICS:
             message = MetricsSetup(config.metrics.port, config.metrics.bind_address)
         elif role is Role.PRODUCER:
-            message = ProducerSetup(kafka, binance.streams, metrics)
+            message = ProducerSetup(kafka, binance.streams, metrics, config.cluster, binance.symbols)
         elif role is Role.NORMALISER:
             message = NormaliserSetup(
                 children[Role.PRODUCER], metrics, GAP_GRACE_SECONDS, frozenset(binance.symbols),
-                children.get(Role.BACKFILL), self.run.quote_assets, kafka.max_buffered_records, binance.max_frame_bytes,
-                binance.stale_timeout_seconds,
+                children.get(Role.BACKFILL), run.quote_assets, kafka.max_buffered_records, binance.max_frame_bytes,
+                binance.stale_timeout_seconds, None if run.shards is None else frozenset(run.symbols),
             )
+        elif role is Role.MEMBERSHIP:
+            assert run.shards is not None
+            message = MembershipSetup(config.cluster, kafka, len(run.shards.table), metrics)
         else:
             message = BackfillSetup(children[Role.NORMALISER], children[Role.PRODUCER], metrics, binance.rest_urls,
                                     binance.backfill_max_age_seconds,
@@ -247,7 +343,7 @@ class FailoverCoordinator(ActorTypeDispatcher):
     def _on_closed(self, message: ConnectionClosed) -> None:
         self._streaming.discard(message.url)
         self._report_exchange()
-        if self._stopping:
+        if self._stopping or not self.run.symbols:  # cluster mode with no shard: nothing to connect for
             return
         policy = self._policies[message.url]
         attempt = policy.ended(time.monotonic(), message.reason, message.detail, message.was_streaming, message.last_frame_at)
@@ -266,6 +362,8 @@ class FailoverCoordinator(ActorTypeDispatcher):
         left = "".join(f"; left {url}: {why}" for p in dict.fromkeys(self._policies.values()) for url, why in p.left.items())
         if self._streaming:
             status = ComponentStatus("exchange", True, "streaming from " + ", ".join(sorted(self._streaming)) + left)
+        elif self.run.shards is not None and not self.run.symbols:
+            status = ComponentStatus("exchange", True, "no connection needed: this instance owns no shard")
         elif not self.run.endpoints:
             status = ComponentStatus("exchange", False, "binance.enabled is false")
         else:
@@ -297,6 +395,8 @@ class FailoverCoordinator(ActorTypeDispatcher):
         if isinstance(role, ConnectionRole) and role.url in self._wanted:
             self._streaming.discard(role.url)
             self.send(self._children[role], Connect())
+        if role is Role.PRODUCER and self.run.shards is not None:
+            self._act_shards(self.run.shards.producer_restarted(time.monotonic()))  # the new producer has no shard writers
 
     def _on_wakeup(self, payload: object) -> None:
         if isinstance(payload, tuple) and payload[0] == "connect":
@@ -314,6 +414,10 @@ class FailoverCoordinator(ActorTypeDispatcher):
         if not self._stopping:
             for restart in run.supervision.silent(now):
                 self._restart(restart)
+            if run.shards is not None:
+                due = run.shards.due(now)
+                if due:
+                    self._act_shards(due)
             if run.endpoints and run.dark.expired(now, bool(self._streaming), circuit_open):
                 reason = (
                     f"no endpoint has streamed for circuit_breaker.exit_after_open_seconds "

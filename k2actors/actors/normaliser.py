@@ -44,6 +44,7 @@ from k2actors.messages import (
     SequenceQuery,
     SequenceState,
     ServerShutdownNotice,
+    SymbolsOwned,
 )
 
 log = logging.getLogger("k2actors.normaliser")
@@ -94,7 +95,7 @@ class Normaliser(Supervised[NormaliserSetup]):
         setup = self.setup
         rules = Rules(setup.gap_grace_seconds, setup.symbols, setup.quote_assets, setup.max_buffered_records,
                       setup.max_frame_bytes, setup.stale_timeout_seconds)
-        self._ledger = Ledger(rules, message.positions, time.monotonic(), self.metrics)
+        self._ledger = Ledger(rules, message.positions, time.monotonic(), self.metrics, setup.owned)
         if message.positions:
             missing = sum(last - first + 1 for position in message.positions.values() for first, last in position.missing)
             log.info("resuming id tracking of %d streams from what Kafka holds; %d ids below the highest are missing "
@@ -104,6 +105,9 @@ class Normaliser(Supervised[NormaliserSetup]):
         if self._drain is not None:  # a stop came while Kafka was being reached
             drain, self._drain = self._drain[0], None
             self._act(self._ledger.drain(drain.last_batches))
+
+    def receiveMsg_SymbolsOwned(self, message: SymbolsOwned, sender: ActorAddress) -> None:
+        self.ledger.own(message.symbols, message.positions, time.monotonic())
 
     def receiveMsg_RawBatch(self, message: RawBatch, sender: ActorAddress) -> None:
         self._act(self.ledger.take_raw(message, sender, time.monotonic()))

@@ -4,6 +4,10 @@ Owns the confluent-kafka Producer. A poll thread serves delivery reports as they
 so acknowledgement latency is measured when the ack comes, not when the actor next wakes.
 A RecordBatch is confirmed to the Normaliser only once Kafka has answered for every record
 in it (k2actors.core.delivery keeps that account).
+
+In cluster mode each shard the instance acquires has a transactional writer of its own
+(k2actors.shard_writer), and a record is produced only through its shard's writer, once the
+shard is acquired; dead letters go through the idempotent producer as ever.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ from thespian.actors import ActorAddress, ActorExitRequest
 from k2actors.actors.shell import Supervised, seconds
 from k2actors.core.backoff import backoff_delay
 from k2actors.core.binance import SERIALIZATION_FAILED
-from k2actors.core.delivery import Admission, Deliveries, Handed, KafkaReadiness, Landed, PendingBatch
+from k2actors.core.cluster import shard_symbols, transactional_id
+from k2actors.core.delivery import NO_SHARD, Admission, Deliveries, Handed, KafkaReadiness, Landed, PendingBatch
 from k2actors.core.normalise import record_dead_letter
 from k2actors.messages import (
+    AcquireShard,
     BatchesDelivered,
     ComponentStatus,
     DeadLetter,
@@ -32,10 +38,14 @@ from k2actors.messages import (
     IdsAbandoned,
     ProducerSetup,
     RecordBatch,
+    ReleaseShard,
     SequenceQuery,
     SequenceState,
+    ShardAcquired,
+    ShardFenced,
 )
-from k2actors.outlets import LIBRDKAFKA_LOG, Outlet, Preparation, producer_settings
+from k2actors.outlets import LIBRDKAFKA_LOG, Outlet, Preparation, control_topic, producer_settings
+from k2actors.shard_writer import Outgoing, ShardWriter
 
 log = logging.getLogger("k2actors.producer")
 
@@ -67,6 +77,12 @@ class ProducerActor(Supervised[ProducerSetup]):
         self._checkpoint_at = 0.0
         self._preparing: Preparation | None = None
         self._fatal: str | None = None
+        # Cluster mode: the writer of each shard acquired or being acquired; each configured
+        # symbol's shard; and, for the shards acquired, which writer a symbol's records go to
+        # (None outside cluster mode: everything goes through the one producer).
+        self._writers: dict[int, ShardWriter] = {}
+        self._shard_of: dict[str, int] = {}
+        self._owned: dict[str, ShardWriter] | None = None
 
     def ready(self) -> bool:
         return self._producer is not None  # until Kafka and the schemas are ready, batches wait
@@ -77,13 +93,18 @@ class ProducerActor(Supervised[ProducerSetup]):
     def configure(self, previous: ProducerSetup | None) -> None:
         if previous is None:
             self._readiness = KafkaReadiness(self.setup.kafka.bootstrap_servers)
+            if self.setup.cluster.enabled:
+                self._owned = {}
+                self._shard_of = {symbol: shard for shard, symbols in enumerate(shard_symbols(self.setup.symbols))
+                                  for symbol in symbols}
             self._prepare()
         elif (status := self._readiness.current()) is not None:
             self.send(self.setup.metrics, ComponentStatus("kafka", *status))  # a new MetricsActor
 
     def receiveMsg_IdsAbandoned(self, message: IdsAbandoned, sender: ActorAddress) -> None:
         # Not handed: should one still arrive from the exchange it is published after all.
-        self._deliveries.abandoned(message.stream, (message.venue, message.symbol), message.first_id, message.last_id)
+        self._deliveries.abandoned(message.stream, (message.venue, message.symbol), message.first_id, message.last_id,
+                                   self._shard_of.get(message.symbol, NO_SHARD))
 
     def receiveMsg_SequenceQuery(self, message: SequenceQuery, sender: ActorAddress) -> None:
         self.send(sender, SequenceState(self._handed.positions()))
@@ -91,7 +112,7 @@ class ProducerActor(Supervised[ProducerSetup]):
     # --- setup: topics and schema on a thread of its own, so the actor never blocks ---
 
     def _prepare(self) -> None:
-        self._preparing = Preparation(self.setup.kafka, self.setup.streams)
+        self._preparing = Preparation(self.setup.kafka, self.setup.streams, resume=not self.setup.cluster.enabled)
         self._preparing.start()
 
     def on_wakeup(self, payload: object) -> None:
@@ -123,13 +144,70 @@ class ProducerActor(Supervised[ProducerSetup]):
         self._report(self._readiness.connected(now))
         self.release_held()
 
+    # --- cluster mode: shards ---
+
+    def receiveMsg_AcquireShard(self, message: AcquireShard, sender: ActorAddress) -> None:
+        setup = self.setup
+        current = self._writers.get(message.shard)
+        if current is not None and current.acquisition > message.acquisition:
+            return  # overtaken by a later acquisition of the shard
+        self._release(message.shard)  # a fenced writer's successor
+        writer = self._writers[message.shard] = ShardWriter(
+            message.shard, message.acquisition, frozenset(message.symbols), setup.kafka, setup.streams,
+            control_topic(setup.kafka, setup.cluster.group_id), transactional_id(setup.cluster.group_id, message.shard),
+            producer_settings(setup.kafka),
+        )
+        writer.start()
+
+    def receiveMsg_ReleaseShard(self, message: ReleaseShard, sender: ActorAddress) -> None:
+        writer = self._writers.get(message.shard)
+        if writer is not None and writer.acquisition == message.acquisition:  # not a later acquisition's writer
+            self._release(message.shard)
+
+    def _release(self, shard: int) -> None:
+        writer = self._writers.pop(shard, None)
+        if writer is None:
+            return
+        writer.retire()  # it commits what it was given: the next owner reads it
+        self._forget(writer)
+
+    def _forget(self, writer: ShardWriter) -> None:
+        if self._owned is not None:
+            for symbol in writer.symbols:
+                if self._owned.get(symbol) is writer:
+                    del self._owned[symbol]
+        self._handed.forget(writer.symbols)
+        self._deliveries.forget(writer.shard)
+
+    def _check_writers(self) -> None:
+        for shard, writer in list(self._writers.items()):
+            if writer.ended.is_set() and writer.failure is not None:
+                del self._writers[shard]
+                self._forget(writer)
+                log.warning("shard %d: its transaction failed, so it is released: %s", shard, writer.failure,
+                            extra={"event": "shard_fenced", "shard": shard, "detail": writer.failure})
+                self.send(self.coordinator, ShardFenced(shard, writer.acquisition, writer.failure))
+            elif writer.acquired.is_set() and self._owned is not None and writer.symbols.isdisjoint(self._owned):
+                positions = {}
+                for stream, ids in writer.held.items():
+                    self._handed.resume(stream, ids)
+                    self._deliveries.resume_from(stream, ids, shard)
+                    positions.update({(stream, venue, symbol): position for (venue, symbol), ranges in ids.items()
+                                      if (position := ranges.position()) is not None})
+                self._owned.update({symbol: writer for symbol in writer.symbols})
+                self.send(self.coordinator, ShardAcquired(shard, writer.acquisition, positions))
+
     # --- producing ---
 
     def receiveMsg_RecordBatch(self, batch: RecordBatch, sender: ActorAddress) -> None:
         records = []
-        in_kafka = 0
+        in_kafka = not_owned = 0
         admit = self._handed.admit
+        owned = self._owned
         for stream, record in batch.records:
+            if owned is not None and record["symbol"] not in owned:  # its shard was released meanwhile
+                not_owned += 1
+                continue
             admission = admit(stream, record["exchange"], record["symbol"], record["source_sequence"])
             if admission is Admission.PRODUCE:
                 records.append((stream, record))
@@ -142,6 +220,10 @@ class ProducerActor(Supervised[ProducerSetup]):
                 self.metrics.inc("k2_kafka_quotes_superseded_total", record["symbol"])
         if in_kafka:
             self.metrics.inc("k2_kafka_records_already_in_kafka_total", amount=in_kafka)
+        if not_owned:
+            log.info("%d records of batch %d not produced: their shard is no longer this instance's, and its next owner "
+                     "resumes from what Kafka holds", not_owned, batch.seq, extra={"event": "records_not_owned", "count": not_owned})
+            self.metrics.inc("k2_cluster_records_not_owned_total", amount=not_owned)
         pending = self._deliveries.expect(batch.seq, len(records) + len(batch.dead_letters), sender)
         if pending.outstanding == 0:
             return
@@ -156,19 +238,26 @@ class ProducerActor(Supervised[ProducerSetup]):
                           extra={"event": "serialization_failed", "message_id": record["message_id"]})
                 dead_letters.append(record_dead_letter(record, stream, SERIALIZATION_FAILED, f"{type(exc).__name__}: {exc}"[:200]))
                 continue
-            trade = _Trade(stream, (record["exchange"], record["symbol"]), record["source_sequence"],
-                           record["ingestion_timestamp"], record["timestamp"])
-            self._send(outlet.topic, record["symbol"].encode(), value, None, partial(self._delivered, pending, trade))
+            symbol = record["symbol"]
+            writer = owned[symbol] if owned is not None else None
+            trade = _Trade(stream, (record["exchange"], symbol), record["source_sequence"],
+                           record["ingestion_timestamp"], record["timestamp"], NO_SHARD if writer is None else writer.shard)
+            report = partial(self._delivered, pending, outlet.topic, trade)
+            if writer is None:
+                self._send(outlet.topic, symbol.encode(), value, None, report)
+            else:
+                writer.put(Outgoing(outlet.topic, None, symbol.encode(), value, report))
             received.append(trade.received_us)
         if received:
             produced_us = time.time_ns() // 1000
             self.metrics.observe("k2_trade_receive_to_produce_seconds", [(produced_us - us) / 1e6 for us in received])
         for letter in dead_letters:
-            self._send(self.setup.kafka.dead_letter_topic, None, letter.raw, _headers(letter), partial(self._delivered, pending, None))
+            topic = self.setup.kafka.dead_letter_topic
+            self._send(topic, None, letter.raw, _headers(letter), partial(self._delivered, pending, topic, None))
             self.metrics.inc("k2_dlq_messages_total", letter.reason, letter.stream)
 
     def _send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, str | bytes | None]] | None,
-              report: Callable[[KafkaError | None, Message], None]) -> None:
+              report: Callable[[KafkaError | None, Message | None], None]) -> None:
         producer = self._producer
         assert producer is not None  # batches are held until it exists
         while True:
@@ -183,19 +272,22 @@ class ProducerActor(Supervised[ProducerSetup]):
         while not self._stopping.is_set():
             producer.poll(0.1)
 
-    def _delivered(self, pending: PendingBatch[ActorAddress], trade: _Trade | None,
-                   error: KafkaError | None, message: Message) -> None:
-        """Runs on the poll thread."""
-        topic = message.topic() or ""
-        if error is not None:
-            self._deliveries.refused(pending, topic, error.name(), error.str())
+    def _delivered(self, pending: PendingBatch[ActorAddress], topic: str, trade: _Trade | None,
+                   error: KafkaError | None, message: Message | None) -> None:
+        """Runs on the poll thread (or a shard writer's). No message: never produced (a
+        shard released first)."""
+        if error is not None or message is None:
+            if trade is not None and trade.shard != NO_SHARD:  # the shard's transaction did not commit
+                self._deliveries.released(pending)
+            else:
+                self._deliveries.refused(pending, topic, error.name() if error else "NOT_PRODUCED", error.str() if error else "")
             return
         if trade is None:
             self._deliveries.acknowledged(pending, topic, None, None)
             return
         now_us = time.time_ns() // 1000
         latencies = ((now_us - trade.received_us) / 1e6, (now_us - trade.trade_us) / 1e6)
-        landed = Landed(trade.stream, trade.key, trade.event_id, message.partition() or 0, message.offset() or 0)
+        landed = Landed(trade.stream, trade.key, trade.event_id, message.partition() or 0, message.offset() or 0, trade.shard)
         self._deliveries.acknowledged(pending, topic, latencies, landed)
 
     def _on_kafka_error(self, error: KafkaError) -> None:
@@ -209,11 +301,16 @@ class ProducerActor(Supervised[ProducerSetup]):
 
     def on_exit(self) -> None:
         self._stopping.set()
+        for writer in self._writers.values():
+            writer.retire()
+        for writer in self._writers.values():
+            writer.join(timeout=FLUSH_DEADLINE_SECONDS)
 
     # --- the periodic tick: confirmations, metrics, status, flush ---
 
     def on_tick(self, now: float) -> None:
         self._check_preparation(now)
+        self._check_writers()
         if self._fatal:
             # This producer can deliver nothing more. Exiting hands the work to a new one: the
             # coordinator recreates this actor and the Normaliser re-sends every unconfirmed batch.
@@ -226,10 +323,18 @@ class ProducerActor(Supervised[ProducerSetup]):
             self.send(reply_to, BatchesDelivered(tuple(seqs)))
         for topic, count in report.produced.items():
             self.metrics.inc("k2_kafka_messages_produced_total", topic, amount=count)
+        if report.released:
+            log.info("%d records of released shards not committed: each shard's next owner resumes from what Kafka holds",
+                     report.released, extra={"event": "records_not_owned", "count": report.released})
+            self.metrics.inc("k2_cluster_records_not_owned_total", amount=report.released)
+        failures: dict[tuple[str, str], tuple[int, str]] = {}  # one line per topic and error, however many records
         for topic, name, description in report.errors:
-            log.error("kafka did not take a record for %s: %s (%s)", topic, name, description,
-                      extra={"event": "delivery_failed", "topic": topic, "error": name})
+            count, _ = failures.get((topic, name), (0, ""))
+            failures[(topic, name)] = (count + 1, description)
             self.metrics.inc("k2_kafka_produce_errors_total", topic, name)
+        for (topic, name), (count, description) in failures.items():
+            log.error("kafka did not take %d record%s for %s: %s (%s)", count, "s" if count > 1 else "", topic, name, description,
+                      extra={"event": "delivery_failed", "topic": topic, "error": name, "count": count})
         if report.receive_to_ack:
             self.metrics.observe("k2_trade_receive_to_ack_seconds", report.receive_to_ack)
             self.metrics.observe("k2_trade_exchange_to_ack_seconds", report.exchange_to_ack)
@@ -243,8 +348,11 @@ class ProducerActor(Supervised[ProducerSetup]):
         """What Kafka acknowledged since the last checkpoint, to the state topic; whether
         there was anything to write."""
         checkpoints = self._deliveries.checkpoints()
-        for checkpoint in checkpoints:
-            self._send(self.setup.kafka.state_topic, checkpoint.stream.encode(), checkpoint.encode(), None, _ignore)
+        for shard, checkpoint in checkpoints:
+            if shard == NO_SHARD:
+                self._send(self.setup.kafka.state_topic, checkpoint.stream.encode(), checkpoint.encode(), None, _ignore)
+            elif (writer := self._writers.get(shard)) is not None:
+                writer.checkpoint(checkpoint.stream.encode(), checkpoint.encode())  # in the shard's transaction
         return bool(checkpoints)
 
     def _report(self, status: tuple[bool, str] | None) -> None:
@@ -255,7 +363,7 @@ class ProducerActor(Supervised[ProducerSetup]):
         if self._flush is None:
             return
         flush, deadline = self._flush
-        outstanding = len(self._producer) if self._producer else sum(
+        outstanding = len(self._producer) + sum(writer.outstanding() for writer in self._writers.values()) if self._producer else sum(
             len(batch.records) + len(batch.dead_letters) for batch in self.held(RecordBatch)
         )
         if outstanding and time.monotonic() < deadline:
@@ -279,9 +387,10 @@ class _Trade(NamedTuple):
     event_id: int
     received_us: int
     trade_us: int
+    shard: int  # whose checkpoints it goes into: NO_SHARD outside cluster mode
 
 
-def _ignore(error: KafkaError | None, message: Message) -> None:
+def _ignore(error: KafkaError | None, message: Message | None) -> None:
     """A checkpoint that did not land is superseded by the next one within a second."""
 
 

@@ -58,6 +58,11 @@ class Handed:
             return Admission.SUPERSEDED
         return Admission.PRODUCE if ranges.add(event_id) else Admission.IN_KAFKA
 
+    def forget(self, symbols: frozenset[str]) -> None:
+        """The symbols' shard went to another instance: what it hands to Kafka is its own."""
+        for key in [key for key in self._ids if key[2] in symbols]:
+            del self._ids[key]
+
     def positions(self) -> dict[tuple[str, str, str], StreamPosition]:
         return {key: position for key, ranges in self._ids.items() if (position := ranges.position()) is not None}
 
@@ -69,6 +74,11 @@ class PendingBatch(Generic[A]):
     reply_to: A
 
 
+# The account of a record outside cluster mode; in cluster mode each shard has its own
+# (its checkpoints go with its transactions).
+NO_SHARD = -1
+
+
 class Landed(NamedTuple):
     """Where a record of a tracked stream landed: for checkpoints. (A tuple: one is made per
     record acknowledged, and a frozen dataclass costs several times as much to build.)"""
@@ -78,6 +88,7 @@ class Landed(NamedTuple):
     event_id: int
     partition: int
     offset: int
+    shard: int
 
 
 @dataclass
@@ -85,6 +96,7 @@ class DeliveryReport(Generic[A]):
     confirmations: list[tuple[A, list[int]]] = field(default_factory=list)  # (reply to, batch seqs)
     produced: dict[str, int] = field(default_factory=dict)  # per topic
     errors: list[tuple[str, str, str]] = field(default_factory=list)  # (topic, error name, description)
+    released: int = 0  # records of a shard whose transaction did not commit: its next owner's to resume
     receive_to_ack: list[float] = field(default_factory=list)  # seconds
     exchange_to_ack: list[float] = field(default_factory=list)
 
@@ -94,20 +106,28 @@ class Deliveries(Generic[A]):
         self._lock = threading.Lock()
         self._report: DeliveryReport[A] = DeliveryReport()
         self._completed: list[PendingBatch[A]] = []
-        self._acknowledged = Acknowledged()
+        self._accounts: dict[int, Acknowledged] = {}  # per shard, or NO_SHARD
         self.failed = 0  # records Kafka refused, in all
 
-    def resume_from(self, stream: str, ids: dict[Key, IdRanges]) -> None:
+    def resume_from(self, stream: str, ids: dict[Key, IdRanges], shard: int = NO_SHARD) -> None:
         with self._lock:
-            self._acknowledged.resume_from(stream, ids)
+            self._accounts.setdefault(shard, Acknowledged()).resume_from(stream, ids)
 
-    def abandoned(self, stream: str, key: Key, first_id: int, last_id: int) -> None:
+    def abandoned(self, stream: str, key: Key, first_id: int, last_id: int, shard: int = NO_SHARD) -> None:
         with self._lock:
-            self._acknowledged.abandoned(stream, key, first_id, last_id)
+            account = self._accounts.setdefault(NO_SHARD, Acknowledged()) if shard == NO_SHARD else self._accounts.get(shard)
+            if account is not None:  # a shard released meanwhile: its next owner settles its own gaps
+                account.abandoned(stream, key, first_id, last_id)
 
-    def checkpoints(self) -> list[Checkpoint]:
+    def forget(self, shard: int) -> None:
+        """The shard is no longer this instance's: its next owner keeps its account."""
         with self._lock:
-            return self._acknowledged.due()
+            self._accounts.pop(shard, None)
+
+    def checkpoints(self) -> list[tuple[int, Checkpoint]]:
+        """(shard or NO_SHARD, checkpoint) of every stream type that changed since the last call."""
+        with self._lock:
+            return [(shard, checkpoint) for shard, account in self._accounts.items() for checkpoint in account.due()]
 
     def expect(self, seq: int, outstanding: int, reply_to: A) -> PendingBatch[A]:
         pending = PendingBatch(seq, outstanding, reply_to)
@@ -124,7 +144,11 @@ class Deliveries(Generic[A]):
             report = self._report
             report.produced[topic] = report.produced.get(topic, 0) + 1
             if landed is not None:
-                self._acknowledged.acknowledged(landed.stream, landed.key, landed.event_id, landed.partition, landed.offset)
+                account = self._accounts.get(landed.shard)
+                if account is None and landed.shard == NO_SHARD:
+                    account = self._accounts[NO_SHARD] = Acknowledged()
+                if account is not None:  # a late acknowledgement of a released shard is its next owner's to read
+                    account.acknowledged(landed.stream, landed.key, landed.event_id, landed.partition, landed.offset)
             if latencies is not None:
                 report.receive_to_ack.append(latencies[0])
                 report.exchange_to_ack.append(latencies[1])
@@ -134,6 +158,14 @@ class Deliveries(Generic[A]):
         with self._lock:
             self.failed += 1
             self._report.errors.append((topic, name, description))
+            self._answered(pending)
+
+    def released(self, pending: PendingBatch[A]) -> None:
+        """Cluster mode: a record whose shard's transaction did not commit (the shard was
+        released, or fenced by its new owner). Not a failure of this instance: whoever
+        acquires the shard next reads what Kafka holds and backfills the rest."""
+        with self._lock:
+            self._report.released += 1
             self._answered(pending)
 
     def _answered(self, pending: PendingBatch[A]) -> None:

@@ -12,8 +12,10 @@ from collections.abc import Mapping
 
 HEALTH_SILENCE_SECONDS = 10.0
 # exchange: an endpoint of every venue is connected and streaming; data: every venue's data
-# arrived within the stale timeout; kafka: records are acknowledged.
+# arrived within the stale timeout; kafka: records are acknowledged; cluster (cluster mode
+# only, once reported): the instance has joined its group.
 READY_COMPONENTS = ("exchange", "data", "kafka")
+OPTIONAL_COMPONENTS = ("cluster",)
 
 
 class Status:
@@ -52,7 +54,7 @@ class Status:
                 name: {"ok": self._components[name][0], "detail": self._components[name][1]}
                 if name in self._components
                 else {"ok": False, "detail": "no report yet"}
-                for name in READY_COMPONENTS
+                for name in (*READY_COMPONENTS, *(name for name in OPTIONAL_COMPONENTS if name in self._components))
             }
         ready = all(check["ok"] for check in checks.values())
         return ready, {"ready": ready, "checks": checks}

@@ -260,6 +260,18 @@ class TradeSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class NotOwnedDropped:
+    """Cluster mode: events of symbols whose shard this instance no longer owns (frames
+    still on their way, or a backfill page) were dropped: their shard's owner publishes them."""
+
+    count: int
+
+    def report(self) -> LogLine:
+        return LogLine(logging.INFO, f"{self.count} events of symbols this instance no longer owns dropped "
+                                     f"(their shard's owner publishes them)", {"event": "not_owned_dropped", "count": self.count})
+
+
+@dataclass(frozen=True, slots=True)
 class DeadLetterSummary:
     seconds: float
     reasons: Mapping[str, int]
@@ -273,6 +285,7 @@ class DeadLetterSummary:
 Said = (
     GapDeclared | ShutdownAnnounced | Backpressure | Recovered | DeadLettered | DeadLettersThrottled | FrameFailed
     | SubscriptionAnswered | BatchesLost | Backfilled | Resent | DeadLettersLost | TradeSummary | DeadLetterSummary
+    | NotOwnedDropped
 )
 Event = Publish | Release[A] | Drained | DataStatus | Said
 
@@ -290,9 +303,14 @@ class Rules:
 
 
 class Ledger(Generic[A]):
-    def __init__(self, rules: Rules, positions: Positions, now: float, metrics: MetricBuffer):
-        """`positions`: where each stream stands in Kafka, where id tracking continues from."""
+    def __init__(self, rules: Rules, positions: Positions, now: float, metrics: MetricBuffer,
+                 owned: frozenset[str] | None = None):
+        """`positions`: where each stream stands in Kafka, where id tracking continues from.
+        `owned`: in cluster mode, the symbols of the shards this instance owns (events of the
+        other configured symbols are another instance's); None: every symbol."""
         self._rules = rules
+        self._owned = owned
+        self._not_owned = 0  # events dropped as another instance's, since the last report
         self._sequences = StreamSequences(rules.gap_grace_seconds)
         self._sequences.resume(positions, now)
         self.metrics = metrics
@@ -329,6 +347,7 @@ class Ledger(Generic[A]):
             self._data_at[batch.venue] = now
         self._publish(records, letters, events)
         self._declare_gaps(now, events)
+        self._report_not_owned(events)
         self._untaken.append((sender, batch.seq))
         self._release(events)
         self._check_drain(events)
@@ -352,6 +371,7 @@ class Ledger(Generic[A]):
             self.metrics.inc("k2_backfill_trades_total", page.symbol, amount=len(records))
             events.append(Backfilled(page.stream, page.venue, page.symbol, len(records), first_id, last_id))
         self._publish(records, letters, events)
+        self._report_not_owned(events)
         return events
 
     def take_poisoned_frames(self, poisoned: PoisonedFrames) -> list[Event[A]]:
@@ -434,6 +454,15 @@ class Ledger(Generic[A]):
     def open_gaps(self, stream: str) -> list[Gap]:
         return self._sequences.open_gaps(stream)
 
+    def own(self, symbols: frozenset[str], positions: Positions, now: float) -> None:
+        """Cluster mode: the symbols owned from now on; tracking of those newly owned resumes
+        from `positions` (what Kafka holds), and that of those no longer owned is forgotten."""
+        self._sequences.forget((self._owned or frozenset()) - symbols)
+        self._sequences.resume(positions, now)
+        if not self._owned:
+            self._data_at.clear()  # the staleness of data counts from when there is any to stream
+        self._owned = symbols
+
     # --- inside ---
 
     def _take_frame(self, raw: bytes, delivery: Delivery, now: float, records: list[tuple[str, Record]],
@@ -454,7 +483,13 @@ class Ledger(Generic[A]):
 
     def _accept(self, event: Trade | AggTrade | BookTicker, delivery: Delivery, now: float, backfilled: bool,
                 events: list[Event[A]]) -> tuple[str, Record] | Rejected | None:
-        """(stream type, record) to publish, a Rejected for the DLQ, or None (a duplicate)."""
+        """(stream type, record) to publish, a Rejected for the DLQ, or None (a duplicate, or
+        another instance's)."""
+        owned = self._owned
+        if owned is not None and event.symbol not in owned and event.symbol in self._rules.symbols:
+            self._not_owned += 1
+            self.metrics.inc("k2_cluster_events_not_owned_total", event.symbol)
+            return None
         # Validate before tracking: an event that cannot be stored must not claim its id.
         shaped = shape_event(event, delivery, self._rules.quote_assets, None if backfilled else self._rules.symbols)
         if isinstance(shaped, Rejected):
@@ -486,6 +521,11 @@ class Ledger(Generic[A]):
                             delivery.received_us, rejected.stream)
         self._count_dead_letter(letter, events)
         return letter
+
+    def _report_not_owned(self, events: list[Event[A]]) -> None:
+        if self._not_owned:
+            events.append(NotOwnedDropped(self._not_owned))
+            self._not_owned = 0
 
     def _count_dead_letter(self, letter: DeadLetter, events: list[Event[A]]) -> None:
         count = self._dead_letters[letter.reason] = self._dead_letters.get(letter.reason, 0) + 1
@@ -534,7 +574,9 @@ class Ledger(Generic[A]):
     def _check_data(self, now: float, events: list[Event[A]]) -> None:
         """Said on every change, and each tick while data is late (the detail counts seconds)."""
         silent = {venue: now - at for venue, at in self._data_at.items() if now - at > self._rules.stale_timeout_seconds}
-        if not self._data_at:
+        if self._owned is not None and not self._owned:
+            status = DataStatus(True, "no symbols owned (cluster mode: a standby until the group assigns this instance a shard)")
+        elif not self._data_at:
             status = DataStatus(False, "no data from the exchange yet")
         elif silent:
             late = ", ".join(f"{seconds:.0f} s from {venue}" for venue, seconds in sorted(silent.items()))

@@ -118,6 +118,10 @@ class SequenceTracker:
         state = self._states.get(key)
         return state.high if state else None
 
+    def forget(self, symbols: frozenset[str]) -> None:
+        for key in [key for key in self._states if key[1] in symbols]:
+            del self._states[key]
+
 
 def _remove_id(ranges: list[_Range], index: int, trade_id: int) -> None:
     gap = ranges[index]
@@ -181,6 +185,10 @@ class LatestUpdate:
         self._last[key] = update_id
         return Verdict.NEW
 
+    def forget(self, symbols: frozenset[str]) -> None:
+        for key in [key for key in self._last if key[1] in symbols]:
+            del self._last[key]
+
 
 class StreamSequences:
     """Id tracking for every stream type: trade and aggregate trade ids run consecutively per
@@ -216,3 +224,10 @@ class StreamSequences:
     def last_id(self, stream: str, key: Key) -> int | None:
         """The highest id seen, for a stream type whose ids run consecutively."""
         return self._gapless[stream].last_id(key)
+
+    def forget(self, symbols: frozenset[str]) -> None:
+        """The symbols went to another instance (cluster mode): their tracking, gaps included,
+        is its business; should they come back, tracking resumes from Kafka."""
+        for tracker in self._gapless.values():
+            tracker.forget(symbols)
+        self._quotes.forget(symbols)

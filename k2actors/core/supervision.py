@@ -19,6 +19,7 @@ class Role(Enum):
     PRODUCER = "producer"
     NORMALISER = "normaliser"
     BACKFILL = "backfill"
+    MEMBERSHIP = "membership"
 
     def __str__(self) -> str:
         return self.value
@@ -52,15 +53,17 @@ class Restart:
 
 
 class Supervision:
-    def __init__(self, urls: tuple[str, ...], backfill: bool):
+    def __init__(self, urls: tuple[str, ...], backfill: bool, cluster: bool = False):
         self._connections = tuple(ConnectionRole(url) for url in urls)
         self._backfill: tuple[ActorRole, ...] = (Role.BACKFILL,) if backfill and urls else ()
+        self._membership: tuple[ActorRole, ...] = (Role.MEMBERSHIP,) if cluster else ()
         self._heard: dict[ActorRole, tuple[int | None, float]] = {}  # role -> (pid, when last heard)
 
     @property
     def pipeline(self) -> tuple[ActorRole, ...]:
-        """Every child but the metrics actor, in the order they are created and wired."""
-        return (Role.PRODUCER, Role.NORMALISER, *self._backfill, *self._connections)
+        """Every child but the metrics actor, in the order they are created and wired (the
+        group is joined last: shards are taken only once there is a pipeline for them)."""
+        return (Role.PRODUCER, Role.NORMALISER, *self._backfill, *self._connections, *self._membership)
 
     def started(self, role: ActorRole, now: float) -> None:
         self._heard[role] = (None, now)
@@ -83,7 +86,7 @@ class Supervision:
 
     def _dependants(self, role: ActorRole) -> tuple[ActorRole, ...]:
         if role is Role.METRICS:
-            return (Role.PRODUCER, *self._backfill, Role.NORMALISER, *self._connections)
+            return (Role.PRODUCER, *self._backfill, Role.NORMALISER, *self._connections, *self._membership)
         if role is Role.PRODUCER:
             return (Role.NORMALISER, *self._backfill)
         if role is Role.BACKFILL:
