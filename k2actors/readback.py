@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
@@ -50,7 +50,10 @@ def _messages(bootstrap: str, topic: str, timeout: float) -> Iterator[Message]:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "k2actors-readback", "enable.auto.commit": False,
                          "enable.partition.eof": True})
     try:
-        metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+        try:
+            metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
+        except KafkaException as exc:
+            raise TimeoutError(f"reading {topic} back: no metadata within {timeout:.0f} s ({exc})") from None
         unfinished = set(metadata.partitions)
         consumer.assign([TopicPartition(topic, p, 0) for p in unfinished])
         read = 0

@@ -6,7 +6,11 @@ import os
 import signal
 import time
 
+from confluent_kafka.admin import AdminClient, NewTopic
+
 from k2actors import processes
+from k2actors.config import KafkaConfig
+from k2actors.outlets import control_topic
 from k2actors.readback import missing_and_duplicates
 from tests.conftest import trade_ids, wait_until
 from tests.test_resilience import settle, total, wait_for_trades
@@ -133,3 +137,12 @@ def test_a_killed_instance_is_taken_over_and_a_paused_one_is_fenced_then_rejoins
     finish([first, third], broker, registry, topic)
     released = third.log().count('"event": "shard_released"')
     assert released >= 1, third.log()  # woken up, it let its shards go (lost, or fenced) before it rejoined
+
+
+def test_an_instance_whose_symbols_make_other_shards_than_its_group_has_exits_saying_so(start_service, broker, topic):
+    kafka = KafkaConfig(bootstrap_servers=broker.bootstrap_servers, topic=topic)
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap_servers})  # kept until the topic exists
+    admin.create_topics([NewTopic(control_topic(kafka, topic), SHARDS)])[control_topic(kafka, topic)].result(timeout=10)
+    service = start_service(**cluster(topic, session_timeout=6), K2_BINANCE_SYMBOLS="BTCUSDT,ETHUSDT")
+    assert service.process.wait(60) == 1
+    assert f"has {SHARDS} partitions, but binance.symbols make 2 shards" in service.log()

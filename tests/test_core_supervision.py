@@ -26,6 +26,9 @@ def test_the_pipeline_is_every_child_but_metrics_in_wiring_order():
     assert supervision().pipeline == (Role.PRODUCER, Role.NORMALISER, Role.BACKFILL, A, B)
     assert supervision(backfill=False).pipeline == (Role.PRODUCER, Role.NORMALISER, A, B)
     assert Supervision((), backfill=True).pipeline == (Role.PRODUCER, Role.NORMALISER)  # nothing to backfill from
+    # cluster mode: the group is joined last, once there is a pipeline for the shards it gives
+    assert Supervision(URLS, backfill=True, cluster=True).pipeline == (Role.PRODUCER, Role.NORMALISER, Role.BACKFILL, A, B,
+                                                                       Role.MEMBERSHIP)
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,8 @@ def actors():
     try:
         producer = system.createActor(RecordRefusingProducer)
         normaliser = system.createActor(Normaliser)
-        setup = NormaliserSetup(producer, system.createActor(Sink), 0.0, frozenset({"BTCUSDT"}), None, {}, 100_000, 65536, 30.0)
+        setup = NormaliserSetup(producer, system.createActor(Sink), 0.0, frozenset({"BTCUSDT"}), None, {}, 100_000, 65536, 30.0,
+                                None)
         system.tell(normaliser, setup)
         yield system, normaliser, producer
     finally:
