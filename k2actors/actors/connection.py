@@ -222,8 +222,9 @@ class ConnectionActor(Supervised[ConnectionSetup]):
                 link.successor = None
             if link.can_rotate():
                 link.begin(self._open(plan), "resubscribe")
-            else:  # not open yet: nothing read to lose, so it is simply replaced
+            else:  # not open yet (or just ended): it is simply replaced, what it read kept
                 link.current.close(ConnectionEnd(EndReason.CLOSED_HERE, "resubscribing"))
+                self._leftover.extend(link.current.take())
                 self._links[index] = Rotation(self._open(plan))
         self._plans = plans
 
