@@ -2,7 +2,9 @@
 consumer group, take them over from each other, and fence a paused one. Every test reads the
 topic back: every trade id from each symbol's first to its last is there, exactly once."""
 
+import json
 import os
+import re
 import signal
 import time
 
@@ -98,6 +100,9 @@ def test_instances_share_the_shards_and_one_stopped_hands_its_over_at_once(start
     third = start_service(**settings)  # joins: takes a shard from whoever had two
     assert [len(shards) for shards in split([first, second, third])] == [1, 1, 1]
     each_symbol_streamed_by_one([first, second, third])
+    cluster_check = json.loads(third.get("/ready")[1])["checks"]["cluster"]  # which shards, the generation, rebalances
+    assert cluster_check["ok"] and re.fullmatch(rf"group {topic}, generation \d+, [1-9]\d* rebalances seen: owns shards "
+                                                rf"\[{owned(third).pop()}\] of {SHARDS}", cluster_check["detail"]), cluster_check
     wait_for_trades(third, 100)
 
     assert third.stop() == 0, third.log()

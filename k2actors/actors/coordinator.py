@@ -92,6 +92,7 @@ class _Started:
         self.shards = Shards(binance.symbols, cluster.session_timeout_seconds) if cluster.enabled else None
         self.symbols: tuple[str, ...] = () if cluster.enabled else binance.symbols
         self.generation: int | None = None
+        self.rebalances = 0  # assignments received from the group
 
 
 class FailoverCoordinator(ActorTypeDispatcher):
@@ -169,6 +170,7 @@ class FailoverCoordinator(ActorTypeDispatcher):
         if run.shards is None or self._stopping:
             return
         run.generation = message.generation
+        run.rebalances += 1
         self._metrics.inc("k2_cluster_rebalances_total")
         if message.generation is not None:
             self._metrics.set("k2_cluster_generation", message.generation)
@@ -208,13 +210,28 @@ class FailoverCoordinator(ActorTypeDispatcher):
                 self.send(self._children[Role.PRODUCER], ReleaseShard(event.shard, event.acquisition))
             elif event.symbols != run.symbols:
                 self._own(event.symbols, positions or {})
-        owned = sorted(run.shards.owned)
         for shard in range(len(run.shards.table)):
             self._metrics.set("k2_cluster_shard_owned", int(shard in run.shards.owned), str(shard))
-        self._metrics.set("k2_cluster_shards_owned", len(owned))
-        detail = (f"group {run.config.cluster.group_id}, generation {run.generation}: owns shards {owned} of "
-                  f"{len(run.shards.table)}" + (f", acquiring {sorted(run.shards.acquiring)}" if run.shards.acquiring else ""))
-        self.send(self._children[Role.METRICS], ComponentStatus("cluster", True, detail))
+        self._metrics.set("k2_cluster_shards_owned", len(run.shards.owned))
+        self._report_cluster()
+
+    def _report_cluster(self) -> None:
+        """The cluster line of /ready: not ready until the group has assigned this instance
+        anything (even nothing), then what it owns. Said every tick too, as the exchange line
+        is, so that a restarted MetricsActor has it."""
+        run = self.run
+        shards = run.shards
+        if shards is None:
+            return
+        group = run.config.cluster.group_id
+        if not run.rebalances:
+            status = ComponentStatus("cluster", False, f"joining group {group}")
+        else:
+            acquiring = f", acquiring {sorted(shards.acquiring)}" if shards.acquiring else ""
+            status = ComponentStatus("cluster", True, f"group {group}, generation {run.generation}, {run.rebalances} "
+                                                      f"rebalances seen: owns shards {sorted(shards.owned)} of "
+                                                      f"{len(shards.table)}{acquiring}")
+        self.send(self._children[Role.METRICS], status)
 
     def _own(self, symbols: tuple[str, ...], positions: Positions) -> None:
         """Stream these symbols from now on: the Normaliser first (tracking resumes from what
@@ -269,8 +286,7 @@ class FailoverCoordinator(ActorTypeDispatcher):
             self._connect(policy.first(time.monotonic()).url)
         if not self.run.endpoints:
             log.warning("binance.enabled is false: no exchange connection will be made")
-        if self.run.shards is not None:
-            self.send(self._children[Role.METRICS], ComponentStatus("cluster", False, f"joining group {self.run.config.cluster.group_id}"))
+        self._report_cluster()
         self._report_exchange()
         self.send(self.run.service, PipelineStarted(port, self._admin_pid))
         self._on_wakeup(TICK)
@@ -429,6 +445,7 @@ class FailoverCoordinator(ActorTypeDispatcher):
         roots = {"service": run.service_pid, "actor_system": os.getppid(), "coordinator": os.getpid()}
         self.send(metrics, CoordinatorAlive({**roots, **run.supervision.pids()}))
         self._report_exchange()
+        self._report_cluster()
         deltas = self._metrics.take()
         if deltas:
             self.send(metrics, deltas)
