@@ -115,9 +115,18 @@ class Deliveries(Generic[A]):
 
     def abandoned(self, stream: str, key: Key, first_id: int, last_id: int, shard: int = NO_SHARD) -> None:
         with self._lock:
-            account = self._accounts.setdefault(NO_SHARD, Acknowledged()) if shard == NO_SHARD else self._accounts.get(shard)
+            account = self._account(shard)
             if account is not None:  # a shard released meanwhile: its next owner settles its own gaps
                 account.abandoned(stream, key, first_id, last_id)
+
+    def _account(self, shard: int) -> Acknowledged | None:
+        """The account news of `shard` goes to (under the lock): outside cluster mode it is made
+        when first needed; a shard's exists only while the shard is held (from resume_from to
+        forget), so news of a released one is dropped."""
+        account = self._accounts.get(shard)
+        if account is None and shard == NO_SHARD:
+            account = self._accounts[NO_SHARD] = Acknowledged()
+        return account
 
     def forget(self, shard: int) -> None:
         """The shard is no longer this instance's: its next owner keeps its account."""
@@ -144,9 +153,7 @@ class Deliveries(Generic[A]):
             report = self._report
             report.produced[topic] = report.produced.get(topic, 0) + 1
             if landed is not None:
-                account = self._accounts.get(landed.shard)
-                if account is None and landed.shard == NO_SHARD:
-                    account = self._accounts[NO_SHARD] = Acknowledged()
+                account = self._account(landed.shard)
                 if account is not None:  # a late acknowledgement of a released shard is its next owner's to read
                     account.acknowledged(landed.stream, landed.key, landed.event_id, landed.partition, landed.offset)
             if latencies is not None:
