@@ -1,10 +1,11 @@
 """Reading a topic back to check it: every record now in it, and its trade ids per symbol.
 
 The benchmark and the tests prove "nothing lost, nothing duplicated" with these. Reads by
-partition assignment, without a consumer group, until each partition reports its end; a
-read that stalls raises rather than coming back short. (Ends are not counted from offsets:
-transaction markers take offsets too, and a broker may report an end offset as the start
-of its last batch.)
+partition assignment, without a consumer group, each partition up to the end it had when
+the read began (while a service still writes, the end moves on, and a partition may never
+report it reached the end); a read that stalls raises rather than coming back short.
+Records are not counted against offsets: transaction markers take offsets too, and a broker
+may report an end offset as the start of its last batch plus one.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def _messages(bootstrap: str, topic: str, timeout: float) -> Iterator[Message]:
             metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
         except KafkaException as exc:
             raise TimeoutError(f"reading {topic} back: no metadata within {timeout:.0f} s ({exc})") from None
-        unfinished = set(metadata.partitions)
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1] for p in metadata.partitions}
+        unfinished = {p for p, end in ends.items() if end > 0}
         consumer.assign([TopicPartition(topic, p, 0) for p in unfinished])
         read = 0
         deadline = time.monotonic() + timeout
@@ -67,9 +69,15 @@ def _messages(bootstrap: str, topic: str, timeout: float) -> Iterator[Message]:
                 error = message.error()
                 if error is None:
                     read += 1
+                    partition, offset = message.partition() or 0, message.offset() or 0
+                    if offset >= ends[partition] - 1:  # the last record, or past it
+                        unfinished.discard(partition)
                     yield message
                 elif error.code() == KafkaError._PARTITION_EOF:
                     unfinished.discard(message.partition())
+            if unfinished:  # past a closing transaction marker, the position is beyond the end
+                positions = consumer.position([TopicPartition(topic, p) for p in unfinished])
+                unfinished -= {tp.partition for tp in positions if tp.offset >= ends[tp.partition]}
     finally:
         consumer.close()
 
