@@ -1,11 +1,15 @@
 """Reading a topic back to check it: every record now in it, and its trade ids per symbol.
 
 The benchmark and the tests prove "nothing lost, nothing duplicated" with these. Reads by
-partition assignment, without a consumer group, each partition up to the end it had when
-the read began (while a service still writes, the end moves on, and a partition may never
-report it reached the end); a read that stalls raises rather than coming back short.
-Records are not counted against offsets: transaction markers take offsets too, and a broker
-may report an end offset as the start of its last batch plus one.
+partition assignment, without a consumer group, each partition to its EOF or, while a
+service still writes to it (it may then never report an EOF), past everything it held when
+the read began; a read that stalls raises rather than coming back short.
+
+The end offset a broker reports is not the end of what can be read: transaction markers take
+offsets no consumer receives, and Tansu reports the start of the last batch plus one, with
+the rest of that batch still to come. So the end as of the start of the read proves nothing
+alone. A later, higher end does: a batch began at it minus one, after every record of the
+batches before it, so a position at or past it means those were all read.
 """
 
 from __future__ import annotations
@@ -55,8 +59,8 @@ def _messages(bootstrap: str, topic: str, timeout: float) -> Iterator[Message]:
             metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
         except KafkaException as exc:
             raise TimeoutError(f"reading {topic} back: no metadata within {timeout:.0f} s ({exc})") from None
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1] for p in metadata.partitions}
-        unfinished = {p for p, end in ends.items() if end > 0}
+        first_ends = {p: _end(consumer, topic, p, timeout) for p in metadata.partitions}
+        unfinished = {p for p, end in first_ends.items() if end > 0}
         consumer.assign([TopicPartition(topic, p, 0) for p in unfinished])
         read = 0
         deadline = time.monotonic() + timeout
@@ -69,17 +73,21 @@ def _messages(bootstrap: str, topic: str, timeout: float) -> Iterator[Message]:
                 error = message.error()
                 if error is None:
                     read += 1
-                    partition, offset = message.partition() or 0, message.offset() or 0
-                    if offset >= ends[partition] - 1:  # the last record, or past it
-                        unfinished.discard(partition)
                     yield message
                 elif error.code() == KafkaError._PARTITION_EOF:
                     unfinished.discard(message.partition())
-            if unfinished:  # past a closing transaction marker, the position is beyond the end
+            if unfinished:
                 positions = consumer.position([TopicPartition(topic, p) for p in unfinished])
-                unfinished -= {tp.partition for tp in positions if tp.offset >= ends[tp.partition]}
+                for position in positions:
+                    end = _end(consumer, topic, position.partition, timeout)
+                    if end > first_ends[position.partition] and position.offset >= end - 1:
+                        unfinished.discard(position.partition)
     finally:
         consumer.close()
+
+
+def _end(consumer: Consumer, topic: str, partition: int, timeout: float) -> int:
+    return consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)[1]
 
 
 def missing_and_duplicates(
