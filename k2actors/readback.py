@@ -9,7 +9,9 @@ The end offset a broker reports is not the end of what can be read: transaction 
 offsets no consumer receives, and Tansu reports the start of the last batch plus one, with
 the rest of that batch still to come. So the end as of the start of the read proves nothing
 alone. A later, higher end does: a batch began at it minus one, after every record of the
-batches before it, so a position at or past it means those were all read.
+batches before it, so a position at or past it means those were all read. That later end is
+taken once and kept: chasing the newest end could go on for as long as the service writes
+(for ever, where open transactions hold a read_committed position below it).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ def _messages(bootstrap: str, topic: str, timeout: float) -> Iterator[Message]:
             raise TimeoutError(f"reading {topic} back: no metadata within {timeout:.0f} s ({exc})") from None
         first_ends = {p: _end(consumer, topic, p, timeout) for p in metadata.partitions}
         unfinished = {p for p, end in first_ends.items() if end > 0}
+        bounds: dict[int, int] = {}  # per partition, the first end seen above its first
         consumer.assign([TopicPartition(topic, p, 0) for p in unfinished])
         read = 0
         deadline = time.monotonic() + timeout
@@ -79,9 +82,11 @@ def _messages(bootstrap: str, topic: str, timeout: float) -> Iterator[Message]:
             if unfinished:
                 positions = consumer.position([TopicPartition(topic, p) for p in unfinished])
                 for position in positions:
-                    end = _end(consumer, topic, position.partition, timeout)
-                    if end > first_ends[position.partition] and position.offset >= end - 1:
-                        unfinished.discard(position.partition)
+                    partition = position.partition
+                    if partition not in bounds and (end := _end(consumer, topic, partition, timeout)) > first_ends[partition]:
+                        bounds[partition] = end
+                    if partition in bounds and position.offset >= bounds[partition] - 1:
+                        unfinished.discard(partition)
     finally:
         consumer.close()
 

@@ -54,18 +54,24 @@ def test_a_last_batch_is_read_whole_though_the_end_offset_names_its_first_record
 
 
 def test_a_read_while_a_producer_keeps_writing_ends_with_everything_written_before_it(broker, topic):
+    # The read must end while the writer still writes (it stops only after far more than a
+    # read takes), and hold everything written before it began.
+    before, most = 1000, 2_000_000
     producer = Producer({"bootstrap.servers": broker.bootstrap_servers, "linger.ms": 5})
-    for index in range(1000):
+    for index in range(before):
         producer.produce(topic, str(index).encode(), key=str(index % 3).encode())
     assert producer.flush(10) == 0
     stop = threading.Event()
+    written = [before]
 
     def keep_writing() -> None:
-        index = 1000
-        while not stop.is_set():
-            producer.produce(topic, str(index).encode(), key=str(index % 3).encode())
-            producer.poll(0.001)
-            index += 1
+        while not stop.is_set() and written[0] < most:
+            try:
+                producer.produce(topic, str(written[0]).encode(), key=str(written[0] % 3).encode())
+                written[0] += 1
+            except BufferError:
+                producer.poll(0.01)
+            producer.poll(0)
         producer.flush(10)
 
     writer = threading.Thread(target=keep_writing)
@@ -75,4 +81,5 @@ def test_a_read_while_a_producer_keeps_writing_ends_with_everything_written_befo
     finally:
         stop.set()
         writer.join()
-    assert set(range(1000)) <= read
+    assert set(range(before)) <= read
+    assert len(read) < most  # it ended before the writer did
