@@ -90,7 +90,7 @@ def test_instances_share_the_shards_and_one_stopped_hands_its_over_at_once(start
     # The hand-over is awaited for less than the session timeout: seen, it was the stopped
     # instance leaving the group, not the group timing it out. (Tansu completes a rebalance
     # in about half the session timeout.)
-    settings = cluster(topic, session_timeout=20)
+    settings = cluster(topic, session_timeout=30)
     first = start_service(**settings)
     first.wait_ready(timeout=60)
     second = start_service(**settings)
@@ -106,7 +106,7 @@ def test_instances_share_the_shards_and_one_stopped_hands_its_over_at_once(start
     wait_for_trades(third, 100)
 
     assert third.stop() == 0, third.log()
-    split([first, second], timeout=19)
+    split([first, second], timeout=29)
     finish([first, second], broker, registry, topic)
     assert '"event": "shards_assigned"' in first.log()
 
