@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -27,15 +26,6 @@ from k2actors.localstack.registry import SchemaRegistryDouble
 from k2actors.localstack.simulator import ExchangeSimulator
 
 OWNERS = (("thespian/", "Thespian"), ("k2actors/", "k2actors"), ("confluent_kafka", "confluent-kafka"))
-
-
-def cpu_ticks(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:  # ended while we looked
-        return 0
-    return int(fields[11]) + int(fields[12])
 
 
 def owner(stack: str) -> str:
@@ -75,7 +65,8 @@ def main() -> int:
                 actors = json.load(response)["actors"]
             roles = {pid: role for role, pid in actors.items() if isinstance(pid, int)}
             pids = processes.trees((service.process.pid, actors["actor_system"]), processes.process_table())
-            before, produced_before = {pid: cpu_ticks(pid) for pid in pids}, service.total("k2_kafka_messages_produced_total")
+            before = {pid: processes.cpu_seconds(pid) for pid in pids}
+            produced_before = service.total("k2_kafka_messages_produced_total")
             samplers = {}
             if args.py_spy:
                 args.py_spy.mkdir(parents=True, exist_ok=True)
@@ -86,7 +77,7 @@ def main() -> int:
             time.sleep(args.seconds)
             for sampler in samplers.values():
                 sampler.wait()
-            cores = {pid: (cpu_ticks(pid) - before[pid]) / os.sysconf("SC_CLK_TCK") / args.seconds for pid in pids}
+            cores = {pid: (processes.cpu_seconds(pid) - before[pid]) / args.seconds for pid in pids}
             delivered = (service.total("k2_kafka_messages_produced_total") - produced_before) / args.seconds
         finally:
             service.stop()

@@ -65,15 +65,17 @@ def exists(pid: int) -> bool:
 
 def tree_cpu_seconds(*roots: int) -> float:
     """User and system CPU time of the processes under `roots` now running."""
-    total_ticks = 0
-    for pid in trees(roots, process_table()):
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total_ticks += int(fields[11]) + int(fields[12])
-    return total_ticks / os.sysconf("SC_CLK_TCK")
+    return sum(cpu_seconds(pid) for pid in trees(roots, process_table()))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of one process so far; 0 for one that has ended."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class CpuLimit:

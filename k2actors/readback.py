@@ -83,8 +83,9 @@ def _messages(bootstrap: str, topic: str, timeout: float) -> Iterator[Message]:
                 positions = consumer.position([TopicPartition(topic, p) for p in unfinished])
                 for position in positions:
                     partition = position.partition
-                    if partition not in bounds and (end := _end(consumer, topic, partition, timeout)) > first_ends[partition]:
-                        bounds[partition] = end
+                    if partition not in bounds and position.offset >= first_ends[partition] - 1 and \
+                            (end := _end(consumer, topic, partition, timeout)) > first_ends[partition]:
+                        bounds[partition] = end  # asked for only once the read is past the first: none is needed before
                     if partition in bounds and position.offset >= bounds[partition] - 1:
                         unfinished.discard(partition)
     finally:
