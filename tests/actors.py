@@ -6,26 +6,40 @@ from dataclasses import dataclass
 
 from thespian.actors import Actor, ActorAddress
 
-from k2actors.actors.shell import Supervised
+from k2actors.actors.shell import Recipient, Supervised
 from k2actors.messages import BatchesDelivered, RecordBatch, SequenceQuery, SequenceState
 
 
-class RecordRefusingProducer(Actor):
-    """Stands in for the producer: fails on every batch that holds records, keeps the rest."""
+@dataclass(frozen=True)
+class StandInSetup:
+    pass
+
+
+class RecordRefusingProducer(Supervised[StandInSetup]):
+    """Stands in for the producer, batches coming on its data channel as they do to the real
+    one: fails on every batch that holds records, keeps the rest."""
+
+    SETUP = StandInSetup
+    TAKES_DATA = True
 
     def __init__(self):
         super().__init__()
         self.dead_letters = []
 
-    def receiveMessage(self, message, sender):
-        if isinstance(message, SequenceQuery):
-            self.send(sender, SequenceState({}))
-        elif isinstance(message, RecordBatch):
-            if message.records:
-                raise RuntimeError("this producer takes no records")
-            self.dead_letters.extend((letter.reason, letter.raw) for letter in message.dead_letters)
-            self.send(sender, BatchesDelivered((message.seq,)))
-        elif message == "dead letters":
+    def metrics_address(self) -> ActorAddress:
+        return self.myAddress
+
+    def receiveMsg_SequenceQuery(self, message: SequenceQuery, sender: ActorAddress) -> None:
+        self.send(sender, SequenceState({}))
+
+    def receiveMsg_RecordBatch(self, message: RecordBatch, sender: Recipient) -> None:
+        if message.records:
+            raise RuntimeError("this producer takes no records")
+        self.dead_letters.extend((letter.reason, letter.raw) for letter in message.dead_letters)
+        self.deliver(sender, BatchesDelivered((message.seq,)))
+
+    def receiveMsg_str(self, message: str, sender: ActorAddress) -> None:
+        if message == "dead letters":
             self.send(sender, list(self.dead_letters))
 
 

@@ -11,7 +11,7 @@ from thespian.actors import ActorSystem
 from k2actors.actors.normaliser import Normaliser
 from k2actors.messages import NormaliserSetup, PoisonedFrames, RawBatch
 from k2actors.net import free_port
-from tests.actors import RecordRefusingProducer, Sink
+from tests.actors import RecordRefusingProducer, Sink, StandInSetup
 
 URL = "ws://exchange.example/stream"
 TRADE = {"stream": "btcusdt@trade", "data": {"e": "trade", "E": 1, "s": "BTCUSDT", "t": 7, "p": "1.5", "q": "2",
@@ -23,6 +23,7 @@ def actors():
     system = ActorSystem("multiprocTCPBase", {"Admin Port": free_port()})
     try:
         producer = system.createActor(RecordRefusingProducer)
+        system.tell(producer, StandInSetup())
         normaliser = system.createActor(Normaliser)
         setup = NormaliserSetup(producer, system.createActor(Sink), 0.0, frozenset({"BTCUSDT"}), None, {}, 100_000, 65536, 30.0,
                                 None)

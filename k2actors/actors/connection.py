@@ -3,7 +3,8 @@
 A reader thread blocks on each socket (websocket-client answers every ping with the same
 payload) and stamps each frame with its receive time. It wakes the actor through a pipe
 the actor watches with ThespianWatch, so the actor never blocks and batches form by
-themselves. The flow window, the watchdog and rotation are k2actors.core.link's.
+themselves. Batches go to the Normaliser on a data channel (k2actors.channel). The flow
+window, the watchdog and rotation are k2actors.core.link's.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import threading
 import time
 
 import websocket
-from thespian.actors import ActorAddress, ThespianWatch, WatchMessage
+from thespian.actors import ActorAddress
 
-from k2actors.actors.shell import Supervised
+from k2actors.actors.shell import Recipient, Supervised
 from k2actors.clients import exchange_tls
 from k2actors.core.binance import SUBSCRIBE_INTERVAL_SECONDS, SubscriptionPlan, connection_plans
 from k2actors.core.link import (
@@ -193,6 +194,7 @@ class ConnectionActor(Supervised[ConnectionSetup]):
             self._flow = FlowWindow(self.setup.max_buffered_frames)
             return
         if previous.normaliser != self.setup.normaliser:
+            self.forget_channel(previous.normaliser)
             self._flow.new_receiver()
         if previous.symbols != self.setup.symbols and self._links:
             self._resubscribe()
@@ -228,16 +230,21 @@ class ConnectionActor(Supervised[ConnectionSetup]):
                 self._links[index] = Rotation(self._open(plan))
         self._plans = plans
 
-    def watched(self) -> ThespianWatch:
-        return ThespianWatch([self._wake_r])
+    def watched(self) -> list[int]:
+        return [self._wake_r]
 
-    def receiveMsg_WatchMessage(self, message: WatchMessage, sender: ActorAddress) -> None:
+    def replies_wanted(self) -> bool:
+        # RawBatchTaken matters only when frames wait for room in the window; otherwise the
+        # answers are read when frames next wake the actor, a wake-up a batch saved.
+        return self._flow.waiting > 0
+
+    def on_readable(self, fds: set[int]) -> None:
         with contextlib.suppress(BlockingIOError):
             os.read(self._wake_r, 65536)
         if self._setup is not None:
             self._settle()
 
-    def receiveMsg_RawBatchTaken(self, message: RawBatchTaken, sender: ActorAddress) -> None:
+    def receiveMsg_RawBatchTaken(self, message: RawBatchTaken, sender: Recipient) -> None:
         self._flow.taken(message.seq)
         self._forward_frames()
 
@@ -286,7 +293,7 @@ class ConnectionActor(Supervised[ConnectionSetup]):
         if isinstance(message, RawBatch):
             # Its frames still reach the DLQ, unparsed. If even that fails it comes back once
             # more as PoisonedFrames, and then is only counted and logged: never a loop.
-            self.send(self.setup.normaliser, PoisonedFrames(message.url, message.frames, detail))
+            self.deliver(self.setup.normaliser, PoisonedFrames(message.url, message.frames, detail))
         elif isinstance(message, PoisonedFrames):
             log.error("%d frames from %s could not even be dead-lettered; they are lost", len(message.frames), message.url,
                       extra={"event": "frames_lost", "endpoint": message.url, "count": len(message.frames)})
@@ -369,7 +376,7 @@ class ConnectionActor(Supervised[ConnectionSetup]):
         self._flow.add(frames)
         setup = self.setup
         for seq, chunk in self._flow.release(everything):
-            self.send(setup.normaliser, RawBatch(self._url, setup.endpoint.venue, seq, chunk))
+            self.deliver(setup.normaliser, RawBatch(self._url, setup.endpoint.venue, seq, chunk))
         change = self._flow.reading_change()
         if isinstance(change, ReadingPaused):
             self._reading.clear()

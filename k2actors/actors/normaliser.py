@@ -14,7 +14,7 @@ import time
 
 from thespian.actors import ActorAddress
 
-from k2actors.actors.shell import Supervised
+from k2actors.actors.shell import Recipient, Supervised
 from k2actors.core.ledger import (
     GAP_NOUNS,
     DataStatus,
@@ -59,18 +59,19 @@ class Normaliser(Supervised[NormaliserSetup]):
     TICK_SECONDS = 0.5
     # SequenceState makes the Normaliser ready; a stop (Drain) must not wait for that.
     UNHELD = (SequenceState, Drain)
+    TAKES_DATA = True
 
     def __init__(self) -> None:
         super().__init__()
         # Until the producer says where each stream stands, frames wait (the shell holds them).
-        self._ledger: Ledger[ActorAddress] | None = None
+        self._ledger: Ledger[Recipient] | None = None
         self._drain: tuple[Drain, float] | None = None  # a stop asked for before the ledger: (it, until when)
 
     def ready(self) -> bool:
         return self._ledger is not None
 
     @property
-    def ledger(self) -> Ledger[ActorAddress]:
+    def ledger(self) -> Ledger[Recipient]:
         if self._ledger is None:  # the shell holds data messages until ready()
             raise RuntimeError("the Normaliser has no ledger before the producer's SequenceState")
         return self._ledger
@@ -83,6 +84,7 @@ class Normaliser(Supervised[NormaliserSetup]):
             self.send(self.setup.producer, SequenceQuery())
             return
         if previous is not None and self.setup.producer != previous.producer:
+            self.forget_channel(previous.producer)
             self._act(self._ledger.resend())
         if previous is not None and self.setup.backfill != previous.backfill:
             for stream in GAP_NOUNS:  # the old backfill actor's work died with it
@@ -109,16 +111,16 @@ class Normaliser(Supervised[NormaliserSetup]):
     def receiveMsg_SymbolsOwned(self, message: SymbolsOwned, sender: ActorAddress) -> None:
         self.ledger.own(message.symbols, message.positions, time.monotonic())
 
-    def receiveMsg_RawBatch(self, message: RawBatch, sender: ActorAddress) -> None:
+    def receiveMsg_RawBatch(self, message: RawBatch, sender: Recipient) -> None:
         self._act(self.ledger.take_raw(message, sender, time.monotonic()))
 
     def receiveMsg_BackfilledTrades(self, message: BackfilledTrades, sender: ActorAddress) -> None:
         self._act(self.ledger.take_backfill(message, time.monotonic()))
 
-    def receiveMsg_BatchesDelivered(self, message: BatchesDelivered, sender: ActorAddress) -> None:
+    def receiveMsg_BatchesDelivered(self, message: BatchesDelivered, sender: Recipient) -> None:
         self._act(self.ledger.delivered(message.seqs))
 
-    def receiveMsg_PoisonedFrames(self, message: PoisonedFrames, sender: ActorAddress) -> None:
+    def receiveMsg_PoisonedFrames(self, message: PoisonedFrames, sender: Recipient) -> None:
         self._act(self.ledger.take_poisoned_frames(message))
 
     def receiveMsg_Drain(self, message: Drain, sender: ActorAddress) -> None:
@@ -140,23 +142,24 @@ class Normaliser(Supervised[NormaliserSetup]):
             if frames:
                 log.error("stopping before Kafka was ready: %d frames received were never handled; the next start "
                           "resumes from Kafka and backfills their trades", frames, extra={"event": "frames_unhandled", "count": frames})
-            self.send(self.setup.producer, Flush(0, 0, frames))
+            self.deliver(self.setup.producer, Flush(0, 0, frames))
 
     def _request_backfill(self, stream: str, gap: Gap) -> None:
         if self.setup.backfill is not None:
             self.send(self.setup.backfill, BackfillRequest(stream, gap.venue, gap.symbol, gap.first_id, gap.last_id))
 
-    def _act(self, events: list[Event[ActorAddress]]) -> None:
+    def _act(self, events: list[Event[Recipient]]) -> None:
         for event in events:
             if isinstance(event, Publish):
-                self.send(self.setup.producer, event.batch)
+                self.deliver(self.setup.producer, event.batch)
             elif isinstance(event, Release):
-                self.send(event.to, RawBatchTaken(event.seq))
+                self.deliver(event.to, RawBatchTaken(event.seq))
             elif isinstance(event, DataStatus):
                 self.send(self.setup.metrics, ComponentStatus("data", event.ok, event.detail))
             elif isinstance(event, Drained):
                 self.flush_metrics()
-                self.send(self.setup.producer, Flush(event.last_seq, event.missing))
+                # On the channel, after the last batch: the producer flushes once it has them all.
+                self.deliver(self.setup.producer, Flush(event.last_seq, event.missing))
             else:
                 log_line(log, event.report())
                 if isinstance(event, GapDeclared):  # the REST history serves trades and aggregate trades

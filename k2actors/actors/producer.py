@@ -22,7 +22,7 @@ from typing import NamedTuple
 from confluent_kafka import KafkaError, Message, Producer
 from thespian.actors import ActorAddress, ActorExitRequest
 
-from k2actors.actors.shell import Supervised, seconds
+from k2actors.actors.shell import Recipient, Supervised, seconds
 from k2actors.core.backoff import backoff_delay
 from k2actors.core.binance import SERIALIZATION_FAILED
 from k2actors.core.cluster import shard_symbols, transactional_id
@@ -63,12 +63,13 @@ class ProducerActor(Supervised[ProducerSetup]):
     # A stop must not wait for Kafka to be ready. (A SequenceQuery does: the answer is what
     # Kafka holds, read during the preparation.)
     UNHELD = (Flush,)
+    TAKES_DATA = True
 
     def __init__(self) -> None:
         super().__init__()
         self._producer: Producer | None = None
         self._outlets: dict[str, Outlet] = {}
-        self._deliveries: Deliveries[ActorAddress] = Deliveries()
+        self._deliveries: Deliveries[Recipient] = Deliveries()
         self._readiness = KafkaReadiness("")
         self._stopping = threading.Event()
         self._setup_attempts = 0
@@ -199,7 +200,7 @@ class ProducerActor(Supervised[ProducerSetup]):
 
     # --- producing ---
 
-    def receiveMsg_RecordBatch(self, batch: RecordBatch, sender: ActorAddress) -> None:
+    def receiveMsg_RecordBatch(self, batch: RecordBatch, sender: Recipient) -> None:
         records = []
         in_kafka = not_owned = 0
         admit = self._handed.admit
@@ -272,7 +273,7 @@ class ProducerActor(Supervised[ProducerSetup]):
         while not self._stopping.is_set():
             producer.poll(0.1)
 
-    def _delivered(self, pending: PendingBatch[ActorAddress], topic: str, trade: _Trade | None,
+    def _delivered(self, pending: PendingBatch[Recipient], topic: str, trade: _Trade | None,
                    error: KafkaError | None, message: Message | None) -> None:
         """Runs on the poll thread (or a shard writer's). No message: never produced (a
         shard released first)."""
@@ -295,7 +296,7 @@ class ProducerActor(Supervised[ProducerSetup]):
         if error.fatal():
             self._fatal = error.str()
 
-    def receiveMsg_Flush(self, message: Flush, sender: ActorAddress) -> None:
+    def receiveMsg_Flush(self, message: Flush, sender: Recipient) -> None:
         self._flush = (message, time.monotonic() + FLUSH_DEADLINE_SECONDS)
         self._check_flush()
 
@@ -320,7 +321,7 @@ class ProducerActor(Supervised[ProducerSetup]):
             return
         report = self._deliveries.take()
         for reply_to, seqs in report.confirmations:
-            self.send(reply_to, BatchesDelivered(tuple(seqs)))
+            self.deliver(reply_to, BatchesDelivered(tuple(seqs)))
         for topic, count in report.produced.items():
             self.metrics.inc("k2_kafka_messages_produced_total", topic, amount=count)
         if report.released:

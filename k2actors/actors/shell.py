@@ -5,6 +5,11 @@ Messages are dispatched on their type (`receiveMsg_<Type>`). A message other tha
 that arrives before it (delivery order between actors is not guaranteed) is held and handled
 once the setup has come.
 
+The path of a trade runs on data channels (k2actors.channel) beside Thespian: `deliver`
+sends on one, and what arrives on one is handled like a Thespian message, held the same way;
+a message its handler fails on twice goes back to its sender as a PoisonMessage, as
+Thespian would send it.
+
 Heartbeats ride on the message loop itself: whenever the loop handles a message and a second
 has passed since the last beat, one goes to the coordinator first. A busy actor therefore
 beats between its data messages, never behind them, and only an actor whose loop is stuck
@@ -17,7 +22,7 @@ import logging
 import os
 import time
 from datetime import timedelta
-from typing import Any, ClassVar, Generic, TypeVar, cast
+from typing import Any, ClassVar, Generic, TypeAlias, TypeVar, cast
 
 from thespian.actors import (
     ActorAddress,
@@ -26,13 +31,18 @@ from thespian.actors import (
     PoisonMessage,
     ThespianWatch,
     WakeupMessage,
+    WatchMessage,
 )
 
 from k2actors import processes
+from k2actors.channel import Channel, Inbox, inbox_name
 from k2actors.core.telemetry import MetricBuffer
 from k2actors.messages import Heartbeat
 
 TICK = "tick"
+FLUSH = "flush"
+# A channel whose socket was full is flushed again this soon, unless a message wakes the actor first.
+FLUSH_RETRY = timedelta(milliseconds=2)
 HEARTBEAT_SECONDS = 1.0
 # Set by the service process before it starts the actor system, and by the coordinator (for
 # Thespian's admin) before it creates its children: every actor process inherits both.
@@ -42,6 +52,10 @@ ADMIN_PID_VARIABLE = "K2ACTORS_ADMIN_PID"
 S = TypeVar("S")
 M = TypeVar("M")
 log = logging.getLogger("k2actors.supervision")
+
+# Where a message of the trade's path goes: an actor (its data channel is opened on the first
+# message), or the channel a message came on (the answer goes back on it).
+Recipient: TypeAlias = ActorAddress | Channel
 
 
 def seconds(value: float) -> timedelta:
@@ -54,15 +68,20 @@ class Supervised(ActorTypeDispatcher, Generic[S]):
     SETUP: ClassVar[type]
     TICK_SECONDS: ClassVar[float] = 1.0
     UNHELD: ClassVar[tuple[type, ...]] = ()  # data messages handled even before ready()
+    TAKES_DATA: ClassVar[bool] = False  # whether other actors open data channels to this one
 
     def __init__(self) -> None:
         super().__init__()
         self._parent_pid = os.getppid()
         self._setup: S | None = None
         self._coordinator: ActorAddress | None = None
-        self._held: list[tuple[Any, ActorAddress]] = []
+        self._held: list[tuple[Any, Recipient]] = []
         self._beat_at = 0.0
         self.metrics = MetricBuffer()
+        self._inbox: Inbox | None = None
+        self._incoming: list[Channel] = []
+        self._outgoing: dict[str, Channel] = {}  # by the receiver's inbox name (an ActorAddress is no key)
+        self._flush_scheduled = False
 
     @property
     def setup(self) -> S:
@@ -76,10 +95,21 @@ class Supervised(ActorTypeDispatcher, Generic[S]):
             raise RuntimeError(f"{type(self).__name__} has no coordinator yet")
         return self._coordinator
 
-    def receiveMessage(self, message: Any, sender: ActorAddress) -> ThespianWatch | None:
+    def receiveMessage(self, message: Any, sender: ActorAddress) -> ThespianWatch:
         self._beat()
+        if self.TAKES_DATA and self._inbox is None:
+            self._inbox = Inbox(self.myAddress)
+        if isinstance(message, WatchMessage):
+            self._read_channels(set(message.ready))
+        else:
+            self._handle(message, sender)
+        self._flush_channels()
+        return ThespianWatch(self._watched_fds())
+
+    def _handle(self, message: Any, sender: Recipient) -> None:
         if isinstance(message, self.SETUP):
-            previous, self._setup, self._coordinator = self._setup, cast(S, message), sender
+            # A setup comes from the coordinator, by Thespian: the sender is its address.
+            previous, self._setup, self._coordinator = self._setup, cast(S, message), cast(ActorAddress, sender)
             self.configure(previous)
             if previous is None:
                 self.wakeupAfter(seconds(self.TICK_SECONDS), TICK)
@@ -88,7 +118,6 @@ class Supervised(ActorTypeDispatcher, Generic[S]):
             super().receiveMessage(message, sender)
         else:
             self._held.append((message, sender))
-        return self.watched()
 
     def held(self, kind: type[M]) -> list[M]:
         """The messages of this type held until ready()."""
@@ -118,14 +147,101 @@ class Supervised(ActorTypeDispatcher, Generic[S]):
     def on_exit(self) -> None:
         """The actor is being stopped: close what it opened."""
 
-    def watched(self) -> ThespianWatch | None:
-        """File descriptors that wake this actor, besides its mailbox."""
-        return None
+    def watched(self) -> list[int]:
+        """File descriptors that wake this actor, besides its mailbox and its channels."""
+        return []
+
+    def on_readable(self, fds: set[int]) -> None:
+        """Some of the watched() descriptors are readable."""
+
+    def replies_wanted(self) -> bool:
+        """Whether an answer on a channel this actor opened must wake it. When not, answers
+        wait in the socket and are read at its next wake-up, whatever woke it."""
+        return True
+
+    # --- data channels ---
+
+    def deliver(self, to: Recipient, message: Any) -> None:
+        """Send a message of the trade's path: in order with the others to the same receiver."""
+        if isinstance(to, Channel):
+            to.send(message)
+            return
+        name = inbox_name(to)
+        channel = self._outgoing.get(name)
+        if channel is None:
+            channel = self._outgoing[name] = Channel(None, name)
+        channel.send(message)
+
+    def forget_channel(self, to: ActorAddress) -> None:
+        """The receiver was replaced: what its channel still holds is not sent."""
+        channel = self._outgoing.pop(inbox_name(to), None)
+        if channel is not None:
+            channel.close()
+
+    def _channels(self) -> list[Channel]:
+        return [*self._incoming, *self._outgoing.values()]
+
+    def _read_channels(self, ready: set[int]) -> None:
+        others = ready.difference(self._channel_fds(self._channels()))  # before reading: a closed channel has no fd
+        if self._inbox is not None and self._inbox.fileno() in ready:
+            self._incoming.extend(self._inbox.accept())
+        for channel in self._incoming:
+            if channel.fileno() in ready:
+                self._read(channel)
+        self._incoming = [channel for channel in self._incoming if not channel.closed]
+        for channel in self._outgoing.values():  # answers are read at every wake-up, watched or not
+            if channel.closed:
+                continue
+            self._read(channel)
+            if channel.closed:
+                log.warning("%s: the data channel to %s closed (its actor ended); what it carried is resent to its "
+                            "successor", type(self).__name__, channel.peer.lstrip("\0"), extra={"event": "channel_closed"})
+        if others:
+            self.on_readable(others)
+
+    def _read(self, channel: Channel) -> None:
+        for message in channel.receive():
+            self._take(message, channel)
+
+    def _take(self, message: Any, channel: Channel) -> None:
+        """A message from a channel, with Thespian's rule: a handler that fails on it twice
+        sends it back as a PoisonMessage."""
+        if isinstance(message, PoisonMessage):
+            self._handle(message, channel)
+            return
+        detail = ""
+        for _ in range(2):
+            try:
+                self._handle(message, channel)
+                return
+            except Exception as exc:  # whatever the handler raised, the message goes back
+                detail = f"{type(exc).__name__}: {exc}"
+                log.exception("%s failed on a %s", type(self).__name__, type(message).__name__)
+        channel.send(PoisonMessage(message, detail))
+
+    def _flush_channels(self) -> None:
+        full = False
+        for channel in self._channels():
+            channel.flush()
+            full = full or channel.full
+        # A channel not connected yet (its receiver is starting) is tried again with the next message.
+        if full and not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.wakeupAfter(FLUSH_RETRY, FLUSH)
+
+    def _channel_fds(self, channels: list[Channel]) -> list[int]:
+        fds = [fd for channel in channels if (fd := channel.fileno()) is not None]
+        return fds if self._inbox is None else [self._inbox.fileno(), *fds]
+
+    def _watched_fds(self) -> list[int]:
+        return [*self._channel_fds(self._channels() if self.replies_wanted() else self._incoming), *self.watched()]
 
     # --- the shared shell ---
 
     def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: ActorAddress) -> None:
-        if message.payload == TICK:
+        if message.payload == FLUSH:
+            self._flush_scheduled = False  # the flush itself follows every message
+        elif message.payload == TICK:
             self.on_tick(time.monotonic())
             self.flush_metrics()
             self.wakeupAfter(seconds(self.TICK_SECONDS), TICK)
@@ -144,6 +260,10 @@ class Supervised(ActorTypeDispatcher, Generic[S]):
 
     def receiveMsg_ActorExitRequest(self, message: ActorExitRequest, sender: ActorAddress) -> None:
         self.on_exit()
+        for channel in self._channels():
+            channel.close()
+        if self._inbox is not None:
+            self._inbox.close()
 
     def flush_metrics(self) -> None:
         deltas = self.metrics.take()
