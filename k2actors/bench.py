@@ -43,8 +43,6 @@ import websocket
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.avro import AvroSerializer
-from confluent_kafka.serialization import MessageField, SerializationContext
 from prometheus_client.parser import text_string_to_metric_families
 from thespian.actors import Actor, ActorExitRequest, ActorSystem
 
@@ -56,7 +54,7 @@ from k2actors.localstack.broker import TansuBroker
 from k2actors.localstack.registry import SchemaRegistryDouble
 from k2actors.localstack.simulator import ExchangeSimulator
 from k2actors.net import free_port
-from k2actors.outlets import producer_settings, schema_for
+from k2actors.outlets import producer_settings, register
 from k2actors.processes import CpuLimit
 from k2actors.readback import missing_and_duplicates, trade_ids
 
@@ -149,8 +147,7 @@ def _bare_loop_process(url: str, symbols: tuple[str, ...], count: int, bootstrap
                        topic: str) -> tuple[float, float]:
     """(trades per second from the first frame to the last acknowledgement, CPU seconds)."""
     kafka = KafkaConfig(bootstrap_servers=bootstrap, schema_registry_url=registry_url, topic=topic)
-    serializer = AvroSerializer(SchemaRegistryClient({"url": registry_url}), schema_for("trade"))
-    context = SerializationContext(topic, MessageField.VALUE)
+    write = register(SchemaRegistryClient({"url": registry_url}), topic, "trade")  # as the service writes
     producer = Producer(producer_settings(kafka))
     acknowledged = 0
 
@@ -170,7 +167,7 @@ def _bare_loop_process(url: str, symbols: tuple[str, ...], count: int, bootstrap
         assert isinstance(trade, Trade), trade  # the tape is made of trades
         record = normalise_trade(trade, Delivery("BINANCE", url, time.time_ns() // 1000), {})
         assert not isinstance(record, Rejected), record
-        _produce(producer, topic, record["symbol"].encode(), serializer(record, context), on_delivery)
+        _produce(producer, topic, record["symbol"].encode(), write(record), on_delivery)
     producer.flush(60)
     elapsed = time.perf_counter() - started
     cpu = _cpu_seconds_of_this_process() - cpu_start
@@ -216,8 +213,7 @@ def _cpu_seconds_of_this_process() -> float:
 def producer_ceiling(broker: str, registry_url: str, frames: list[str], topic: str) -> float:
     """Records per second a bare producer delivers, same settings and record size as the service."""
     kafka = KafkaConfig(bootstrap_servers=broker, schema_registry_url=registry_url, topic=topic)
-    serializer = AvroSerializer(SchemaRegistryClient({"url": registry_url}), schema_for("trade"))
-    context = SerializationContext(topic, MessageField.VALUE)
+    write = register(SchemaRegistryClient({"url": registry_url}), topic, "trade")
     delivery = Delivery("BINANCE", "ws://bench", time.time_ns() // 1000)
     values = []
     for raw in frames:
@@ -225,7 +221,7 @@ def producer_ceiling(broker: str, registry_url: str, frames: list[str], topic: s
         assert isinstance(trade, Trade), trade  # the tape is made of trades
         record = normalise_trade(trade, delivery, {})
         assert not isinstance(record, Rejected), record
-        values.append((record["symbol"].encode(), serializer(record, context)))
+        values.append((record["symbol"].encode(), write(record)))
     _create_topic(broker, topic)
     producer = Producer(producer_settings(kafka))
     acknowledged = 0

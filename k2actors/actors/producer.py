@@ -233,7 +233,7 @@ class ProducerActor(Supervised[ProducerSetup]):
         for stream, record in records:
             outlet = self._outlets[stream]
             try:
-                value = outlet.serializer(record, outlet.context) or b""
+                value = outlet.write(record)
             except Exception as exc:  # one record the schema refuses must not sink the batch
                 log.error("record %s could not be serialized: %s", record["message_id"], exc,
                           extra={"event": "serialization_failed", "message_id": record["message_id"]})

@@ -7,6 +7,7 @@ schema's decimal(18, 8), never floats.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 import uuid
@@ -44,6 +45,7 @@ _PLAIN_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?", re.ASCII)
 MAX_CLOCK_DISTANCE_US = 24 * 3600 * 1_000_000
 # uuid5 namespace for message ids: the same (venue, symbol, trade id) always gets the same id.
 MESSAGE_ID_NAMESPACE = uuid.UUID("6f1c2a55-0b0e-5d8f-9a43-8f3c1b2d4e70")
+_NAMESPACE_BYTES = MESSAGE_ID_NAMESPACE.bytes
 
 # Quote assets, longest first so that e.g. FDUSD wins over USD.
 _QUOTE_SUFFIXES = tuple(
@@ -76,7 +78,12 @@ class Delivery:
 def message_id(venue: str, symbol: str, trade_id: int, stream: str = "") -> str:
     """Trades keep the name `venue:symbol:id`; other streams' ids live in a space of their own."""
     name = f"{venue}:{symbol}:{trade_id}" if not stream else f"{venue}:{symbol}:{stream}:{trade_id}"
-    return str(uuid.uuid5(MESSAGE_ID_NAMESPACE, name))
+    # uuid.uuid5's own steps, without its UUID object: a third of its cost, once per trade.
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name.encode(), usedforsecurity=False).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    hex_digits = digest.hex()
+    return f"{hex_digits[:8]}-{hex_digits[8:12]}-{hex_digits[12:16]}-{hex_digits[16:20]}-{hex_digits[20:]}"
 
 
 def quote_currency(symbol: str, quote_assets: Mapping[str, str]) -> str:
