@@ -172,7 +172,8 @@ def test_a_gap_is_fetched_page_by_page_and_reported_filled():
     assert [type(e) for e in events] == [PageFetched, GapFilled] and fill.open_gaps == 0
     deltas = fill.metrics.take()
     assert ("k2_backfill_gaps_filled_total", ("BTCUSDT",), 1) in deltas.counters
-    assert deltas.observations == (("k2_backfill_latency_seconds", (1.5,)),)
+    [(name, observed)] = deltas.observations
+    assert (name, observed.total, sum(observed.counts)) == ("k2_backfill_latency_seconds", 1.5, 1)
     assert ("k2_backfill_requests_total", ("200",), 2) in deltas.counters
 
 

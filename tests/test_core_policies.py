@@ -7,7 +7,7 @@ from k2actors.core.failover import Attempt, AttemptBudget, DarkDeadline, Failove
 from k2actors.core.ranges import StreamPosition
 from k2actors.core.reasons import EndReason
 from k2actors.core.sequence import DEDUP_WINDOW_IDS, BatchSequence, Gap, LatestUpdate, SequenceTracker, StreamSequences, Verdict
-from k2actors.core.telemetry import CATALOGUE, MetricBuffer, MetricDeltas
+from k2actors.core.telemetry import CATALOGUE, LATENCY_BUCKETS, MetricBuffer, MetricDeltas
 
 KEY = ("BINANCE", "BTCUSDT")
 
@@ -247,7 +247,9 @@ def test_metric_buffer_accumulates_and_empties():
     deltas = buffer.take()
     assert deltas.counters == (("k2_dlq_messages_total", ("not_json",), 3),)
     assert deltas.gauges == (("k2_binance_connection_status", ("ws://x",), 1),)
-    assert deltas.observations == (("k2_trade_receive_to_ack_seconds", (0.1, 0.2)),)
+    [(name, observed)] = deltas.observations
+    assert name == "k2_trade_receive_to_ack_seconds" and observed.total == pytest.approx(0.3)
+    assert observed.counts == tuple(1 if bound in (0.1, 0.25) else 0 for bound in (*LATENCY_BUCKETS, float("inf")))
     assert not buffer.take() and not MetricDeltas()
 
 

@@ -8,21 +8,20 @@ are JSON saying why.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from thespian.actors import ActorAddress
 
 from k2actors.actors.shell import Supervised
@@ -33,6 +32,8 @@ from k2actors.core.telemetry import (
     GAUGE,
     LATENCY_BUCKETS,
     MetricDeltas,
+    MetricSpec,
+    Observed,
 )
 from k2actors.messages import (
     ComponentStatus,
@@ -52,16 +53,14 @@ class _Registry:
         self.registry = CollectorRegistry()
         self.counters: dict[str, Counter] = {}
         self.gauges: dict[str, Gauge] = {}
-        self.histograms: dict[str, Histogram] = {}
+        self.histograms = _Histograms([spec for spec in CATALOGUE.values() if spec.kind not in (COUNTER, GAUGE)])
+        self.registry.register(self.histograms)
         for spec in CATALOGUE.values():
             if spec.kind == COUNTER:
                 # prometheus_client appends _total to counters itself.
                 self.counters[spec.name] = Counter(spec.name.removesuffix("_total"), spec.help, spec.labels, registry=self.registry)
             elif spec.kind == GAUGE:
                 self.gauges[spec.name] = Gauge(spec.name, spec.help, spec.labels, registry=self.registry)
-            else:
-                self.histograms[spec.name] = Histogram(spec.name, spec.help, spec.labels, buckets=LATENCY_BUCKETS,
-                                                       registry=self.registry)
 
     def apply(self, deltas: MetricDeltas) -> None:
         for name, labels, amount in deltas.counters:
@@ -70,10 +69,36 @@ class _Registry:
         for name, labels, value in deltas.gauges:
             gauge = self.gauges[name]
             (gauge.labels(*labels) if labels else gauge).set(value)
-        for name, values in deltas.observations:
-            histogram = self.histograms[name]
-            for value in values:
-                histogram.observe(value)
+        for name, observed in deltas.observations:
+            self.histograms.add(name, observed)
+
+
+class _Histograms(Collector):
+    """The catalogue's histograms (none has labels), as counts per bucket: the actors count
+    their observations into LATENCY_BUCKETS (Observed), and here the counts are added up.
+    Exposed as prometheus_client's Histogram exposes them, cumulative `le` buckets and a sum."""
+
+    def __init__(self, specs: list[MetricSpec]) -> None:
+        assert not any(spec.labels for spec in specs), "a histogram with labels needs counts per label set"
+        self._specs = specs
+        self._lock = threading.Lock()  # scrapes run on the HTTP server's threads
+        self._counts = {spec.name: [0] * (len(LATENCY_BUCKETS) + 1) for spec in specs}
+        self._sums = dict.fromkeys(self._counts, 0.0)
+
+    def add(self, name: str, observed: Observed) -> None:
+        with self._lock:
+            counts = self._counts[name]
+            for index, count in enumerate(observed.counts):
+                counts[index] += count
+            self._sums[name] += observed.total
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        with self._lock:
+            snapshot = {name: (list(itertools.accumulate(counts)), self._sums[name]) for name, counts in self._counts.items()}
+        for spec in self._specs:
+            cumulative, total = snapshot[spec.name]
+            bounds = [floatToGoString(bound) for bound in LATENCY_BUCKETS] + ["+Inf"]
+            yield HistogramMetricFamily(spec.name, spec.help, buckets=list(zip(bounds, cumulative, strict=True)), sum_value=total)
 
 
 class _IPv6HTTPServer(ThreadingHTTPServer):

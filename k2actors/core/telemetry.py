@@ -6,6 +6,7 @@ Prometheus objects from this table and the README documents the same names.
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections import defaultdict
 from collections.abc import Mapping
@@ -76,12 +77,22 @@ CATALOGUE = {
 
 
 @dataclass(frozen=True)
+class Observed:
+    """A histogram's observations since the last send, counted into LATENCY_BUCKETS where
+    they were made: the producer observes three latencies a trade, thousands a second, and
+    the MetricsActor adds counts instead of observing each one."""
+
+    counts: tuple[int, ...]  # per bucket, not cumulative: at or under each bound, then above the last
+    total: float  # their sum
+
+
+@dataclass(frozen=True)
 class MetricDeltas:
     """What changed since the last send: counter increments, gauge values, observations."""
 
     counters: tuple[tuple[str, tuple[str, ...], float], ...] = ()
     gauges: tuple[tuple[str, tuple[str, ...], float], ...] = ()
-    observations: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    observations: tuple[tuple[str, Observed], ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.counters or self.gauges or self.observations)
@@ -93,7 +104,7 @@ class MetricBuffer:
     def __init__(self) -> None:
         self._counters: dict[tuple[str, tuple[str, ...]], float] = defaultdict(float)
         self._gauges: dict[tuple[str, tuple[str, ...]], float] = {}
-        self._observations: dict[str, list[float]] = defaultdict(list)
+        self._observations: dict[str, tuple[list[int], list[float]]] = {}  # name -> (counts, [sum])
 
     def inc(self, name: str, *labels: str, amount: float = 1) -> None:
         self._counters[(name, labels)] += amount
@@ -102,13 +113,16 @@ class MetricBuffer:
         self._gauges[(name, labels)] = value
 
     def observe(self, name: str, values: list[float]) -> None:
-        self._observations[name].extend(values)
+        counts, total = self._observations.get(name) or self._observations.setdefault(name, ([0] * (len(LATENCY_BUCKETS) + 1), [0.0]))
+        for value in values:
+            counts[bisect.bisect_left(LATENCY_BUCKETS, value)] += 1  # Prometheus buckets hold what is <= their bound
+        total[0] += sum(values)
 
     def take(self) -> MetricDeltas:
         deltas = MetricDeltas(
             counters=tuple((name, labels, value) for (name, labels), value in self._counters.items()),
             gauges=tuple((name, labels, value) for (name, labels), value in self._gauges.items()),
-            observations=tuple((name, tuple(values)) for name, values in self._observations.items()),
+            observations=tuple((name, Observed(tuple(counts), total[0])) for name, (counts, total) in self._observations.items()),
         )
         self._counters.clear()
         self._gauges.clear()
