@@ -44,6 +44,9 @@ FLUSH = "flush"
 # A channel whose socket was full is flushed again this soon, unless a message wakes the actor first.
 FLUSH_RETRY = timedelta(milliseconds=2)
 HEARTBEAT_SECONDS = 1.0
+# Metric deltas go to the MetricsActor at most this often from the tick (a Thespian message
+# each; the producer ticks ten times a second). Prometheus scrapes every few seconds.
+METRICS_EVERY_SECONDS = 1.0
 # Set by the service process before it starts the actor system, and by the coordinator (for
 # Thespian's admin) before it creates its children: every actor process inherits both.
 SERVICE_PID_VARIABLE = "K2ACTORS_SERVICE_PID"
@@ -77,6 +80,7 @@ class Supervised(ActorTypeDispatcher, Generic[S]):
         self._coordinator: ActorAddress | None = None
         self._held: list[tuple[Any, Recipient]] = []
         self._beat_at = 0.0
+        self._metrics_sent_at = 0.0
         self.metrics = MetricBuffer()
         self._inbox: Inbox | None = None
         self._incoming: list[Channel] = []
@@ -242,8 +246,11 @@ class Supervised(ActorTypeDispatcher, Generic[S]):
         if message.payload == FLUSH:
             self._flush_scheduled = False  # the flush itself follows every message
         elif message.payload == TICK:
-            self.on_tick(time.monotonic())
-            self.flush_metrics()
+            now = time.monotonic()
+            self.on_tick(now)
+            if now - self._metrics_sent_at >= METRICS_EVERY_SECONDS:
+                self._metrics_sent_at = now
+                self.flush_metrics()
             self.wakeupAfter(seconds(self.TICK_SECONDS), TICK)
         else:
             self.on_wakeup(message.payload)
