@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Iterator
 
+import pytest
 from thespian.actors import ActorAddress
 
 from k2actors.channel import Channel, Inbox, inbox_name
 from k2actors.messages import RawBatch, RawBatchTaken
 
+_numbers = itertools.count()
+
 
 def address() -> ActorAddress:
     return ActorAddress(f"test-{os.getpid()}-{next(_numbers)}")
-
-
-_numbers = itertools.count()
 
 
 def batch(seq: int, frames: int = 3, size: int = 100) -> RawBatch:
@@ -29,6 +30,17 @@ def accept_one(inbox: Inbox) -> Channel:
     return channel
 
 
+@pytest.fixture
+def link() -> Iterator[tuple[Inbox, Channel]]:
+    """A receiver's inbox, listening, and a sender's channel to it, not yet connected."""
+    receiver = address()
+    inbox = Inbox(receiver)
+    channel = Channel(None, inbox_name(receiver))
+    yield inbox, channel
+    inbox.close()
+    channel.close()
+
+
 def test_messages_sent_before_the_receiver_listens_arrive_once_it_does():
     receiver = address()
     channel = Channel(None, inbox_name(receiver))
@@ -38,76 +50,59 @@ def test_messages_sent_before_the_receiver_listens_arrive_once_it_does():
     inbox = Inbox(receiver)
     try:
         channel.flush()
-        incoming = accept_one(inbox)
-        assert incoming.receive() == [batch(1), batch(2)]
+        assert accept_one(inbox).receive() == [batch(1), batch(2)]
     finally:
         inbox.close()
         channel.close()
 
 
-def test_a_message_larger_than_the_socket_takes_never_blocks_the_sender_and_arrives_whole():
-    receiver = address()
-    inbox = Inbox(receiver)
-    channel = Channel(None, inbox_name(receiver))
-    try:
-        big = batch(1, frames=200, size=50_000)  # 10 MB: far more than a Unix socket buffers
-        channel.send(big)  # returns at once: what the socket did not take waits in the channel
-        assert channel.full
-        channel.send(batch(2))
-        incoming = accept_one(inbox)
-        received: list[object] = []
-        for _ in range(10_000):
-            received.extend(incoming.receive())
-            channel.flush()
-            if len(received) == 2:
-                break
-        assert received == [big, batch(2)]
-        assert not channel.full
-    finally:
-        inbox.close()
-        channel.close()
-
-
-def test_answers_come_back_on_the_channel_the_messages_came_on():
-    receiver = address()
-    inbox = Inbox(receiver)
-    channel = Channel(None, inbox_name(receiver))
-    try:
-        channel.send(batch(5))
-        incoming = accept_one(inbox)
-        [message] = incoming.receive()
-        incoming.send(RawBatchTaken(message.seq))
-        assert channel.receive() == [RawBatchTaken(5)]
-        assert channel.receive() == []  # nothing more, and no wait for it
-    finally:
-        inbox.close()
-        channel.close()
-
-
-def test_a_channel_whose_receiver_is_gone_closes_and_takes_nothing_more():
-    receiver = address()
-    inbox = Inbox(receiver)
-    channel = Channel(None, inbox_name(receiver))
-    channel.send(batch(1))
+def test_a_message_larger_than_the_socket_takes_never_blocks_the_sender_and_arrives_whole(link):
+    inbox, channel = link
+    big = batch(1, frames=200, size=50_000)  # 10 MB: far more than a Unix socket buffers
+    channel.send(big)  # returns at once: what the socket did not take waits in the channel
+    assert channel.full
+    channel.send(batch(2))
     incoming = accept_one(inbox)
-    incoming.close()
-    inbox.close()
-    assert channel.receive() == []
-    assert channel.closed and channel.fileno() is None
-    channel.send(batch(2))  # dropped: the sender's successor logic resends to the new receiver
+    received: list[object] = []
+    for _ in range(10_000):
+        received.extend(incoming.receive())
+        channel.flush()
+        if len(received) == 2:
+            break
+    assert received == [big, batch(2)]
     assert not channel.full
 
 
-def test_each_receiver_has_an_inbox_of_its_own():
-    first, second = address(), address()
-    assert inbox_name(first) != inbox_name(second)
-    inboxes = Inbox(first), Inbox(second)
-    channel = Channel(None, inbox_name(second))
+def test_answers_come_back_on_the_channel_the_messages_came_on(link):
+    inbox, channel = link
+    channel.send(batch(5))
+    incoming = accept_one(inbox)
+    [message] = incoming.receive()
+    incoming.send(RawBatchTaken(message.seq))
+    assert channel.receive() == [RawBatchTaken(5)]
+    assert channel.receive() == []  # nothing more, and no wait for it
+
+
+def test_a_channel_whose_receiver_is_gone_closes_and_takes_nothing_more(link):
+    inbox, channel = link
+    channel.send(batch(1))
+    accept_one(inbox).close()
+    inbox.close()
+    assert channel.receive() == []
+    assert channel.closed and channel.fileno() is None
+    channel.send(batch(2))  # dropped: the sender resends to the receiver's successor
+    assert not channel.full
+
+
+def test_each_receiver_has_an_inbox_of_its_own(link):
+    inbox, _ = link
+    other = address()
+    other_inbox = Inbox(other)
+    channel = Channel(None, inbox_name(other))
     try:
         channel.send(batch(9))
-        assert inboxes[0].accept() == []
-        assert accept_one(inboxes[1]).receive() == [batch(9)]
+        assert inbox.accept() == []
+        assert accept_one(other_inbox).receive() == [batch(9)]
     finally:
-        for inbox in inboxes:
-            inbox.close()
+        other_inbox.close()
         channel.close()

@@ -55,7 +55,7 @@ def writer(kafka: KafkaConfig) -> ShardWriter:
 def put(shard_writer: ShardWriter, outlet: Outlet, trade_id: int, reports: Reports) -> None:
     trade = Trade("BTCUSDT", trade_id, "1.5", "2", 1_700_000_000_000, 1_700_000_000_000, True, True)
     record = normalise_trade(trade, Delivery("BINANCE", "ws://test", 1_700_000_000_000_000), {})
-    value = outlet.serializer(record, outlet.context)
+    value = outlet.write(record)
     shard_writer.put(Outgoing(outlet.topic, None, b"BTCUSDT", value, reports.report_for(trade_id)))
 
 
