@@ -33,7 +33,7 @@ def test_a_short_benchmark_reports_every_figure_and_loses_nothing(tmp_path):
     assert (phase["missing"], phase["duplicates"]) == (0, 0)
     assert phase["receive_to_ack_p50_ms"] <= phase["receive_to_ack_p99_ms"] <= phase["receive_to_ack_p99_9_ms"]
     assert phase["receive_to_produce_p99_ms"] > 0 and phase["cpu_microseconds_per_trade"] > 0 and phase["memory_bytes"] > 0
-    # Held to 0.5 CPU: 300/s is carried, 8,000/s cannot be (about 3,000/s is), and the ladder stops there.
+    # Held to 0.5 CPU: 300/s is carried, 8,000/s cannot be (about 4,000/s is), and the ladder stops there.
     limited = figures["cpu_limited"]
     assert [(step["offered_rate"], step["holds"]) for step in limited["steps"]] == [(300, True), (8_000, False)]
     assert limited["highest_rate_held"] == 300 and limited["cpus"] == 0.5

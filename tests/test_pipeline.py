@@ -188,7 +188,8 @@ def test_not_ready_while_no_data_arrives_for_longer_than_the_stale_timeout(start
 def test_not_ready_while_no_endpoint_streams(start_service, simulator):
     for index in (0, 1):
         simulator.endpoint(index).refuse()
-    service = start_service(K2_BINANCE_RECONNECT_DELAY_SECONDS="0.5")  # rounds of attempts come quickly
+    # Rounds of attempts come quickly, and the open breaker lets one through 2 s after the last.
+    service = start_service(K2_BINANCE_RECONNECT_DELAY_SECONDS="0.5", K2_CIRCUIT_BREAKER_RESET_TIMEOUT_SECONDS="2")
     wait_until(lambda: service.get("/health")[0] == 200, 30, "/health")
     status, body = wait_until(lambda: (r := service.get("/ready"))[0] == 503 and r, 30, "/ready 503")
     checks = json.loads(body)["checks"]
