@@ -73,6 +73,9 @@ class _Registry:
             self.histograms.add(name, observed)
 
 
+_BOUNDS = [floatToGoString(bound) for bound in LATENCY_BUCKETS] + ["+Inf"]  # `le` as prometheus_client writes it
+
+
 class _Histograms(Collector):
     """The catalogue's histograms (none has labels), as counts per bucket: the actors count
     their observations into LATENCY_BUCKETS (Observed), and here the counts are added up.
@@ -97,8 +100,7 @@ class _Histograms(Collector):
             snapshot = {name: (list(itertools.accumulate(counts)), self._sums[name]) for name, counts in self._counts.items()}
         for spec in self._specs:
             cumulative, total = snapshot[spec.name]
-            bounds = [floatToGoString(bound) for bound in LATENCY_BUCKETS] + ["+Inf"]
-            yield HistogramMetricFamily(spec.name, spec.help, buckets=list(zip(bounds, cumulative, strict=True)), sum_value=total)
+            yield HistogramMetricFamily(spec.name, spec.help, buckets=list(zip(_BOUNDS, cumulative, strict=True)), sum_value=total)
 
 
 class _IPv6HTTPServer(ThreadingHTTPServer):

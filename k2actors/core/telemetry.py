@@ -104,7 +104,8 @@ class MetricBuffer:
     def __init__(self) -> None:
         self._counters: dict[tuple[str, tuple[str, ...]], float] = defaultdict(float)
         self._gauges: dict[tuple[str, tuple[str, ...]], float] = {}
-        self._observations: dict[str, tuple[list[int], list[float]]] = {}  # name -> (counts, [sum])
+        self._counts: dict[str, list[int]] = {}  # per histogram: how many fell in each bucket
+        self._sums: dict[str, float] = defaultdict(float)
 
     def inc(self, name: str, *labels: str, amount: float = 1) -> None:
         self._counters[(name, labels)] += amount
@@ -113,20 +114,21 @@ class MetricBuffer:
         self._gauges[(name, labels)] = value
 
     def observe(self, name: str, values: list[float]) -> None:
-        counts, total = self._observations.get(name) or self._observations.setdefault(name, ([0] * (len(LATENCY_BUCKETS) + 1), [0.0]))
+        counts = self._counts.setdefault(name, [0] * (len(LATENCY_BUCKETS) + 1))
         for value in values:
             counts[bisect.bisect_left(LATENCY_BUCKETS, value)] += 1  # Prometheus buckets hold what is <= their bound
-        total[0] += sum(values)
+        self._sums[name] += sum(values)
 
     def take(self) -> MetricDeltas:
         deltas = MetricDeltas(
             counters=tuple((name, labels, value) for (name, labels), value in self._counters.items()),
             gauges=tuple((name, labels, value) for (name, labels), value in self._gauges.items()),
-            observations=tuple((name, Observed(tuple(counts), total[0])) for name, (counts, total) in self._observations.items()),
+            observations=tuple((name, Observed(tuple(counts), self._sums[name])) for name, counts in self._counts.items()),
         )
         self._counters.clear()
         self._gauges.clear()
-        self._observations.clear()
+        self._counts.clear()
+        self._sums.clear()
         return deltas
 
 
