@@ -1,8 +1,9 @@
 """Every message the actors exchange, as frozen dataclasses.
 
 The path of a trade: ConnectionActor --RawBatch--> Normaliser --RecordBatch--> ProducerActor,
-which answers BatchesDelivered. Batches carry sequence numbers because delivery between
-actors is best effort: the receiver notices a batch that never came.
+which answers BatchesDelivered. These travel on data channels (k2actors.channel), the rest
+by Thespian. Batches carry sequence numbers because what a channel held is lost with its
+receiver: a restarted one is sent again what was never confirmed.
 """
 
 from __future__ import annotations
@@ -315,8 +316,9 @@ class Flushed:
 # --- the path of a trade ---
 
 
-# Thespian takes the repr of every message it sends; for batches that cost a fifth of the
-# Normaliser's time. Batch messages therefore say what they are without their contents.
+# Batch messages say what they are without their contents: Thespian takes the repr of every
+# message it sends (for batches that once cost a fifth of the Normaliser's time; BackfilledTrades
+# still goes that way), and a log line about a batch must not print thousands of frames.
 
 
 @dataclass(frozen=True, repr=False)
