@@ -198,8 +198,10 @@ class Supervised(ActorTypeDispatcher, Generic[S]):
                 continue
             self._read(channel)
             if channel.closed:
-                log.warning("%s: the data channel to %s closed (its actor ended); what it carried is resent to its "
-                            "successor", type(self).__name__, channel.peer.lstrip("\0"), extra={"event": "channel_closed"})
+                # On a stop this is expected; otherwise the coordinator, which logs the restart,
+                # rewires this actor and what was never confirmed is sent again.
+                log.info("%s: the data channel to %s closed: that actor ended", type(self).__name__,
+                         channel.peer.lstrip("\0"), extra={"event": "channel_closed"})
         if others:
             self.on_readable(others)
 
