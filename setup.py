@@ -15,7 +15,7 @@ setup(
     package_data={"k2actors": ["schemas/*.avsc"]},
     python_requires=">=3.11",
     install_requires=[
-        "thespian>=4.0",
+        "thespian==4.0.1",  # k2actors.thespian_transport replaces private parts of this version
         "websocket-client>=1.8",
         "confluent-kafka[avro,schemaregistry]>=2.6",
         "certifi",

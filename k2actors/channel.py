@@ -12,17 +12,30 @@ channel. Writes never block the actor: what the socket does not take now waits i
 channel for the next flush. A channel to a receiver that is gone closes, and what it held
 is lost the way a Thespian message to a dead actor is: the batches' sequence numbers let
 the sender resend to the successor.
+
+An abstract socket can be reached by any process in the network namespace, so both ends
+admit only the service's own processes: the peer's uid (SO_PEERCRED) must be this one, and
+its first bytes must be the proof only a process of this service can make (core.framing).
+The secret behind the proof is made when this module is first imported, in the service's
+process before it starts the actor system: every actor process is forked from there
+(Thespian's default start method) and inherits it; no other process is ever told it.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
 import socket
+import struct
 
 from thespian.actors import ActorAddress
 
-from k2actors.core.framing import Decoder, encode
+from k2actors.core.framing import Decoder, Refusal, encode, proof
+from k2actors.messages import ChannelReset
 
 _READ_BYTES = 1 << 20
+_SERVICE_SECRET = secrets.token_bytes(32)
+_CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 def inbox_name(address: ActorAddress) -> str:
@@ -31,16 +44,27 @@ def inbox_name(address: ActorAddress) -> str:
     return f"\0k2actors-data/{address}"
 
 
+def peer_credentials(sock: socket.socket) -> tuple[int, int]:
+    """(pid, uid) of the process at the other end, as the kernel recorded it at connect or listen."""
+    pid, uid, _ = _CREDENTIALS.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size))
+    return pid, uid
+
+
 class Channel:
     """One end of a connection between two actors: messages in order, both ways."""
 
     def __init__(self, sock: socket.socket | None, peer: str) -> None:
         self.peer = peer
+        self.peer_pid = 0  # known once connected
+        self.peer_uid = 0
         # None until connected: an outgoing channel connects on the first flush that can.
-        self._socket = sock
+        self._socket: socket.socket | None = None
         self._out = bytearray()
-        self._decoder = Decoder()
+        self._decoder = Decoder(proof(_SERVICE_SECRET, os.getpid()))
+        self._refusal: Refusal | None = None  # why the peer was refused, until the shell takes it
         self.closed = False
+        if sock is not None:
+            self._attach(sock)
 
     @property
     def full(self) -> bool:
@@ -71,7 +95,8 @@ class Channel:
         del self._out[:sent]
 
     def receive(self) -> list[object]:
-        """Every message that has arrived; none when the peer has gone (then the channel is closed)."""
+        """Every message that has arrived; none when the peer has gone or was refused (then
+        the channel is closed, and take_refusal() says why it was refused)."""
         if self._socket is None or self.closed:
             return []
         messages: list[object] = []
@@ -86,12 +111,38 @@ class Channel:
                 self.close()
                 return messages
             messages.extend(self._decoder.feed(data))
+            if self._decoder.refusal is not None:
+                self._refuse(self._decoder.refusal)
+                return messages
+
+    def take_refusal(self) -> Refusal | None:
+        """Why this channel's peer was refused, once: each refusal is logged and counted once."""
+        refusal, self._refusal = self._refusal, None
+        return refusal
 
     def close(self) -> None:
         self.closed = True
         self._out.clear()
         if self._socket is not None:
             self._socket.close()
+
+    def _attach(self, sock: socket.socket) -> None:
+        """A connected socket: the peer is admitted by its uid, and told our proof first."""
+        self._socket = sock
+        self.peer_pid, self.peer_uid = peer_credentials(sock)
+        if self.peer_uid != os.getuid():
+            self._refuse(Refusal("other_user", f"uid {self.peer_uid}, not the service's {os.getuid()}"))
+            return
+        self._out[:0] = proof(_SERVICE_SECRET, self.peer_pid)
+
+    def _refuse(self, refusal: Refusal) -> None:
+        self._refusal = refusal
+        if refusal.reason == "oversized":
+            # Frames come only after the proof: this is one of the service's own processes. It
+            # starts a new channel, as after this receiver's restart.
+            self._out += encode(ChannelReset(refusal.detail))  # after what is pending: whole messages
+            self.flush()
+        self.close()
 
     def _connected(self) -> bool:
         if self._socket is not None:
@@ -103,8 +154,8 @@ class Channel:
         except (ConnectionRefusedError, BlockingIOError, FileNotFoundError):
             sock.close()  # not listening yet (or its backlog is full): the next flush tries again
             return False
-        self._socket = sock
-        return True
+        self._attach(sock)
+        return not self.closed
 
 
 class Inbox:
@@ -120,6 +171,7 @@ class Inbox:
         return self._socket.fileno()
 
     def accept(self) -> list[Channel]:
+        """The channels accepted now, refused ones included (closed, with their refusal to take)."""
         channels: list[Channel] = []
         while True:
             try:

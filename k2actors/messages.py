@@ -316,6 +316,15 @@ class Flushed:
 # --- the path of a trade ---
 
 
+
+@dataclass(frozen=True)
+class ChannelReset:
+    """A receiver closed the data channel this came on: the sender starts a new one and
+    accounts for what the old one carried as after the receiver's restart."""
+
+    detail: str
+
+
 # Batch messages say what they are without their contents: Thespian takes the repr of every
 # message it sends (for batches that once cost a fifth of the Normaliser's time; BackfilledTrades
 # still goes that way), and a log line about a batch must not print thousands of frames.

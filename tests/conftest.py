@@ -88,7 +88,8 @@ class Service:
     cpu_limit: CpuLimit | None = None
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}{path}"
+        bound = self.env.get("K2_METRICS_BIND_ADDRESS", "0.0.0.0")
+        return f"http://{'127.0.0.1' if bound == '0.0.0.0' else bound}:{self.metrics_port}{path}"
 
     def get(self, path: str) -> tuple[int, bytes]:
         return http_get(self.url(path))

@@ -1,18 +1,22 @@
 """k2actors.channel on real Unix sockets: the data path between actors never blocks its
 sender, waits for a receiver that is not listening yet, carries messages of any size whole
-and in order both ways, and closes when its receiver is gone."""
+and in order both ways, closes when its receiver is gone, and admits only the service's own
+processes, with messages up to a bound."""
 
 from __future__ import annotations
 
 import itertools
 import os
+import socket
+import struct
 from collections.abc import Iterator
 
 import pytest
 from thespian.actors import ActorAddress
 
 from k2actors.channel import Channel, Inbox, inbox_name
-from k2actors.messages import RawBatch, RawBatchTaken
+from k2actors.core.framing import MAX_MESSAGE_BYTES, encode
+from k2actors.messages import ChannelReset, RawBatch, RawBatchTaken
 
 _numbers = itertools.count()
 
@@ -23,6 +27,10 @@ def address() -> ActorAddress:
 
 def batch(seq: int, frames: int = 3, size: int = 100) -> RawBatch:
     return RawBatch("ws://exchange.example/stream", "BINANCE", seq, tuple((i, bytes([i % 256]) * size) for i in range(frames)))
+
+
+def inbox_name_of(inbox: Inbox) -> str:
+    return inbox._socket.getsockname()
 
 
 def accept_one(inbox: Inbox) -> Channel:
@@ -106,3 +114,30 @@ def test_each_receiver_has_an_inbox_of_its_own(link):
     finally:
         other_inbox.close()
         channel.close()
+
+
+def test_a_message_over_the_bound_resets_the_channel_and_the_sender_is_told(link):
+    inbox, channel = link
+    channel.send(batch(1))
+    incoming = accept_one(inbox)
+    assert incoming.receive() == [batch(1)]
+    assert (incoming.peer_pid, incoming.peer_uid) == (os.getpid(), os.getuid())
+    channel._socket.send(struct.pack("!I", MAX_MESSAGE_BYTES + 1))  # a length alone: no body is ever buffered
+    assert incoming.receive() == []
+    refusal = incoming.take_refusal()
+    assert refusal is not None and refusal.reason == "oversized" and incoming.closed
+    assert incoming.take_refusal() is None  # reported once
+    [reset] = channel.receive()
+    assert isinstance(reset, ChannelReset) and f"{MAX_MESSAGE_BYTES + 1} bytes" in reset.detail
+    assert channel.receive() == [] and channel.closed
+
+
+def test_a_peer_without_the_services_proof_is_refused_before_anything_is_unpickled(link):
+    inbox, _ = link
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stranger:
+        stranger.connect(inbox_name_of(inbox))
+        stranger.sendall(encode(batch(1)))  # a message, but no proof first
+        incoming = accept_one(inbox)
+        assert incoming.receive() == []
+        refusal = incoming.take_refusal()
+        assert refusal is not None and refusal.reason == "no_proof" and incoming.closed

@@ -44,6 +44,13 @@ def test_a_batch_holds_at_most_max_batch_frames():
     assert [len(batch) for _, batch in flow.release()] == [3, 3, 1]
 
 
+def test_a_batch_stops_growing_at_max_batch_bytes_and_a_larger_frame_leaves_alone():
+    flow = FlowWindow(max_waiting=10_000, window_batches=10, max_batch_bytes=100)
+    sizes = [40, 40, 40, 250, 10, 90, 1]
+    flow.add([(i, b"x" * size) for i, size in enumerate(sizes)])
+    assert [[len(frame) for _, frame in batch] for _, batch in flow.release()] == [[40, 40], [40], [250], [10, 90], [1]]
+
+
 def test_everything_leaves_on_stop_whatever_the_window():
     flow = FlowWindow(max_waiting=10_000, window_batches=1, max_batch_frames=2)
     flow.add(frames(0, 5))
@@ -76,11 +83,12 @@ def test_reading_pauses_at_the_bound_and_resumes_below_half_of_it():
     assert flow.reading
 
 
-@given(st.lists(st.tuples(st.integers(0, 50), st.booleans()), max_size=60), st.integers(1, 5), st.integers(1, 20))
-def test_no_frame_is_lost_duplicated_or_reordered(steps, window, max_batch):
+@given(st.lists(st.tuples(st.integers(0, 50), st.booleans()), max_size=60), st.integers(1, 5), st.integers(1, 20),
+       st.integers(1, 200))
+def test_no_frame_is_lost_duplicated_or_reordered(steps, window, max_batch, max_bytes):
     """Whatever the arrivals and acknowledgements, frames leave once each and in order, and
     never more than `window` batches are unacknowledged."""
-    flow = FlowWindow(max_waiting=30, window_batches=window, max_batch_frames=max_batch)
+    flow = FlowWindow(max_waiting=30, window_batches=window, max_batch_frames=max_batch, max_batch_bytes=max_bytes)
     sent, next_frame, acknowledged = [], 0, 0
     for count, acknowledge in steps:
         flow.add(frames(next_frame, count))
@@ -94,6 +102,7 @@ def test_no_frame_is_lost_duplicated_or_reordered(steps, window, max_batch):
     sent += flow.release(everything=True)
     assert [seq for seq, _ in sent] == list(range(1, len(sent) + 1))
     assert [received for _, batch in sent for received, _ in batch] == list(range(next_frame))
+    assert all(len(batch) == 1 or sum(len(frame) for _, frame in batch) <= max_bytes for _, batch in sent)
 
 
 @dataclass

@@ -1,6 +1,8 @@
-"""The one change to Thespian's TCP transport (k2actors/thespian_transport.py), on real sockets:
-a transmit whose ACK has not arrived yet keeps waiting unpaused, and the ACK, once there,
-completes it as before."""
+"""The two changes to Thespian's TCP transport (k2actors/thespian_transport.py), on real
+sockets: every socket of an actor system listens on the loopback only; a transmit whose ACK
+has not arrived yet keeps waiting unpaused, and the ACK, once there, completes it as before.
+Each also pins down what the change replaces in Thespian, so that another Thespian that
+behaves otherwise fails here."""
 
 import pickle
 import socket
@@ -9,12 +11,15 @@ import sys
 from datetime import timedelta
 
 import pytest
-from thespian.actors import ActorAddress
+from thespian.actors import ActorAddress, ActorSystem
 from thespian.system.transport import SendStatus, TransmitIntent
+from thespian.system.transport.IPBase import IPActorAddress
 from thespian.system.transport.streamBuffer import ReceiveBuffer, ackMsg
 from thespian.system.transport.TCPTransport import TCPTransport
 
 import k2actors.thespian_transport as transport_change
+from k2actors.net import free_port
+from tests.actors import Sink
 
 
 @pytest.fixture
@@ -46,11 +51,53 @@ def test_every_actor_process_runs_the_change(module):
     probe = (
         f"import k2actors.actors.{module}\n"
         "from thespian.system.transport.TCPTransport import TCPTransport\n"
-        "import k2actors.thespian_transport as change\n"
-        "print(TCPTransport._next_XMIT_4 is change._read_ack_when_readable)"
+        "from thespian.system.transport.IPBase import IPActorAddress\n"
+        "import os, k2actors.thespian_transport as change\n"
+        "print(TCPTransport._next_XMIT_4 is change._read_ack_when_readable,\n"
+        "      IPActorAddress.bindArgs.fget is change._bind_where_advertised, os.environ['THESPIAN_BASE_IPADDR'])"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
-    assert result.stdout.strip() == "True", result.stderr
+    assert result.stdout.strip() == "True True 127.0.0.1", result.stderr
+
+
+def external_address() -> IPActorAddress:
+    """An address as Thespian makes one for an actor's listening socket."""
+    return TCPTransport.getAdminAddr({"Admin Port": 0}).addressDetails
+
+
+def test_thespian_alone_binds_an_actors_socket_to_every_interface():
+    assert transport_change._bind_args.fget(external_address()) == (("", 0),)
+
+
+def test_an_actors_socket_binds_the_loopback_address_it_advertises():
+    address = external_address()
+    assert address.sockname == ("127.0.0.1", 0)  # THESPIAN_BASE_IPADDR: where actors are reached
+    assert address.bindArgs == (("127.0.0.1", 0),)
+
+
+def listening_ports() -> dict[int, str]:
+    """Port -> IPv4 address of every listening TCP socket of this network namespace."""
+    found = {}
+    with open("/proc/net/tcp") as table:
+        for line in list(table)[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A":
+                address, port = local.split(":")
+                found[int(port, 16)] = socket.inet_ntoa(bytes.fromhex(address)[::-1])
+    return found
+
+
+def test_an_actor_system_and_its_actors_listen_on_the_loopback_only():
+    before = set(listening_ports())
+    admin_port = free_port()
+    system = ActorSystem("multiprocTCPBase", {"Admin Port": admin_port})
+    try:
+        sinks = [system.createActor(Sink) for _ in range(3)]  # created: the admin reached them on the loopback
+        opened = {port: address for port, address in listening_ports().items() if port not in before}
+        assert admin_port in opened and len(opened) >= 1 + len(sinks)
+        assert set(opened.values()) == {"127.0.0.1"}, opened
+    finally:
+        system.shutdown()
 
 
 def test_thespian_alone_pauses_a_transmit_whose_ack_is_not_there_yet(waiting_for_ack):

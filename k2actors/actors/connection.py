@@ -244,6 +244,10 @@ class ConnectionActor(Supervised[ConnectionSetup]):
         if self._setup is not None:
             self._settle()
 
+    def on_channel_reset(self) -> None:
+        self._flow.new_receiver()  # what was in flight is lost, as with a restarted Normaliser: its trades are backfilled
+        self._forward_frames()
+
     def receiveMsg_RawBatchTaken(self, message: RawBatchTaken, sender: Recipient) -> None:
         self._flow.taken(message.seq)
         self._forward_frames()

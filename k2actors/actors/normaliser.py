@@ -133,6 +133,10 @@ class Normaliser(Supervised[NormaliserSetup]):
         if isinstance(message, RecordBatch) and self._ledger is not None:
             self._act(self._ledger.poisoned(message, detail))
 
+    def on_channel_reset(self) -> None:
+        if self._ledger is not None:  # the producer took nothing of what the channel held: sent again
+            self._act(self._ledger.resend())
+
     def on_tick(self, now: float) -> None:
         if self._ledger is not None:
             self._act(self._ledger.tick(now))

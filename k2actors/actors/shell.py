@@ -36,8 +36,9 @@ from thespian.actors import (
 
 from k2actors import processes
 from k2actors.channel import Channel, Inbox, inbox_name
+from k2actors.core.framing import Refusal
 from k2actors.core.telemetry import MetricBuffer
-from k2actors.messages import Heartbeat
+from k2actors.messages import ChannelReset, Heartbeat
 
 TICK = "tick"
 FLUSH = "flush"
@@ -47,6 +48,9 @@ HEARTBEAT_SECONDS = 1.0
 # Metric deltas go to the MetricsActor at most this often from the tick (a Thespian message
 # each; the producer ticks ten times a second). Prometheus scrapes every few seconds.
 METRICS_EVERY_SECONDS = 1.0
+# Refused peers are logged once each; past this many the record starts again, so that a flood
+# of connecting processes cannot grow it without bound (each refusal is counted regardless).
+REFUSED_PEERS_REMEMBERED = 1024
 # Set by the service process before it starts the actor system, and by the coordinator (for
 # Thespian's admin) before it creates its children: every actor process inherits both.
 SERVICE_PID_VARIABLE = "K2ACTORS_SERVICE_PID"
@@ -86,6 +90,7 @@ class Supervised(ActorTypeDispatcher, Generic[S]):
         self._incoming: list[Channel] = []
         self._outgoing: dict[str, Channel] = {}  # by the receiver's inbox name (an ActorAddress is no key)
         self._flush_scheduled = False
+        self._refused_peers: set[tuple[int, int]] = set()  # (pid, uid) already logged
 
     @property
     def setup(self) -> S:
@@ -108,6 +113,7 @@ class Supervised(ActorTypeDispatcher, Generic[S]):
         else:
             self._handle(message, sender)
         self._flush_channels()
+        self._settle_channels()
         return ThespianWatch(self._watched_fds())
 
     def _handle(self, message: Any, sender: Recipient) -> None:
@@ -158,6 +164,10 @@ class Supervised(ActorTypeDispatcher, Generic[S]):
     def on_readable(self, fds: set[int]) -> None:
         """Some of the watched() descriptors are readable."""
 
+    def on_channel_reset(self) -> None:
+        """A data channel this actor opened was reset by its receiver: what it carried and was
+        not confirmed is to be accounted for as after that receiver's restart."""
+
     def replies_wanted(self) -> bool:
         """Whether an answer on a channel this actor opened must wake it. When not, answers
         wait in the socket and are read at its next wake-up, whatever woke it."""
@@ -192,7 +202,6 @@ class Supervised(ActorTypeDispatcher, Generic[S]):
         for channel in self._incoming:
             if channel.fileno() in ready:
                 self._read(channel)
-        self._incoming = [channel for channel in self._incoming if not channel.closed]
         for channel in self._outgoing.values():  # answers are read at every wake-up, watched or not
             if channel.closed:
                 continue
@@ -207,7 +216,40 @@ class Supervised(ActorTypeDispatcher, Generic[S]):
 
     def _read(self, channel: Channel) -> None:
         for message in channel.receive():
-            self._take(message, channel)
+            if isinstance(message, ChannelReset):
+                self._reset(channel, message)
+            else:
+                self._take(message, channel)
+
+    def _reset(self, channel: Channel, reset: ChannelReset) -> None:
+        """The receiver closed the channel (a message it would not take): the next message
+        to it opens a new one."""
+        log.warning("%s: the data channel to %s was reset by its receiver (%s); what it carried is "
+                    "accounted for as after that receiver's restart", type(self).__name__, channel.peer.lstrip("\0"),
+                    reset.detail, extra={"event": "channel_reset"})
+        channel.close()
+        self._outgoing = {name: kept for name, kept in self._outgoing.items() if kept is not channel}
+        self.on_channel_reset()
+
+    def _settle_channels(self) -> None:
+        """Refused peers logged (once each) and counted; closed incoming channels let go."""
+        for channel in self._channels():
+            refusal = channel.take_refusal()
+            if refusal is not None:
+                self._refused(channel, refusal)
+        self._incoming = [channel for channel in self._incoming if not channel.closed]
+
+    def _refused(self, channel: Channel, refusal: Refusal) -> None:
+        self.metrics.inc("k2_channel_refusals_total", refusal.reason)
+        peer = (channel.peer_pid, channel.peer_uid)
+        if peer in self._refused_peers:
+            return
+        if len(self._refused_peers) >= REFUSED_PEERS_REMEMBERED:
+            self._refused_peers.clear()
+        self._refused_peers.add(peer)
+        log.error("%s refused a data channel %s pid %d (uid %d): %s", type(self).__name__,
+                  "from" if channel in self._incoming else "to", channel.peer_pid, channel.peer_uid, refusal.detail,
+                  extra={"event": "channel_refused", "reason": refusal.reason, "pid": channel.peer_pid, "uid": channel.peer_uid})
 
     def _take(self, message: Any, channel: Channel) -> None:
         """A message from a channel, with Thespian's rule: a handler that fails on it twice

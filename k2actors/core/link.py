@@ -22,6 +22,9 @@ Frame = tuple[int, bytes]  # (receive time in microseconds since the epoch, the 
 # and the actor never floods a mailbox (a flooded mailbox delays even its heartbeats).
 WINDOW_BATCHES = 4
 MAX_BATCH_FRAMES = 5000
+# A batch stops growing past this many bytes of frames, so that it stays far inside what a
+# data channel carries (core.framing.MAX_MESSAGE_BYTES) whatever the frames' size.
+MAX_BATCH_BYTES = 8 * 2**20
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +46,12 @@ class FlowWindow:
     too far behind; that ends as a reconnect and a reported gap, never as unbounded memory.)
     """
 
-    def __init__(self, max_waiting: int, window_batches: int = WINDOW_BATCHES, max_batch_frames: int = MAX_BATCH_FRAMES):
+    def __init__(self, max_waiting: int, window_batches: int = WINDOW_BATCHES, max_batch_frames: int = MAX_BATCH_FRAMES,
+                 max_batch_bytes: int = MAX_BATCH_BYTES):
         self._max_waiting = max_waiting
         self._window = window_batches
         self._max_batch = max_batch_frames
+        self._max_bytes = max_batch_bytes
         self._backlog: collections.deque[Frame] = collections.deque()
         self.seq = 0  # the last batch numbered
         self._taken = 0  # the last batch the Normaliser has taken
@@ -70,11 +75,21 @@ class FlowWindow:
         """(seq, frames) of each batch to send now: while the window has room, or all of it
         (`everything`: the connection is stopping and nothing more will come)."""
         batches = []
-        backlog = self._backlog
-        while backlog and (everything or self.seq - self._taken < self._window):
+        while self._backlog and (everything or self.seq - self._taken < self._window):
             self.seq += 1
-            batches.append((self.seq, tuple(backlog.popleft() for _ in range(min(self._max_batch, len(backlog))))))
+            batches.append((self.seq, self._next_batch()))
         return batches
+
+    def _next_batch(self) -> tuple[Frame, ...]:
+        """At most max_batch_frames frames and, beyond its first frame, max_batch_bytes."""
+        backlog = self._backlog
+        batch = [backlog.popleft()]
+        size = len(batch[0][1])
+        while backlog and len(batch) < self._max_batch and size + len(backlog[0][1]) <= self._max_bytes:
+            frame = backlog.popleft()
+            batch.append(frame)
+            size += len(frame[1])
+        return tuple(batch)
 
     def reading_change(self) -> ReadingPaused | ReadingResumed | None:
         """Whether the readers must pause or may resume, once the backlog crosses a bound."""
