@@ -350,6 +350,16 @@ class RawBatchTaken:
     seq: int
 
 
+@dataclass(frozen=True)
+class SubscriptionAnswer:
+    """The exchange answered one of a connection's requests (its id as the exchange echoed it):
+    `refusal` is the venue's (code, message), None for success. The Normaliser, which reads
+    the frames, tells the connection on the channel they came on."""
+
+    request_id: object
+    refusal: tuple[int, str] | None
+
+
 @dataclass(frozen=True, repr=False)
 class PoisonedFrames:
     """Frames of a RawBatch the Normaliser failed on twice: to the DLQ as they are, unparsed."""

@@ -8,7 +8,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from k2actors.core import binance
-from k2actors.core.binance import Rejected, ServerShutdown, SubscriptionReply, Trade, parse_frame, quote_assets
+from k2actors.core.binance import (
+    Rejected,
+    ServerShutdown,
+    SubscriptionError,
+    SubscriptionReply,
+    Trade,
+    parse_frame,
+    quote_assets,
+)
 from k2actors.core.normalise import (
     MAX_CLOCK_DISTANCE_US,
     MESSAGE_ID_NAMESPACE,
@@ -47,6 +55,47 @@ def test_control_messages():
     assert parse_frame(b'{"result": ["btcusdt@trade"], "id": 2}', LIMIT) == SubscriptionReply(2, ["btcusdt@trade"])
     assert parse_frame(b'{"e": "serverShutdown", "E": 5}', LIMIT) == ServerShutdown(5)
     assert parse_frame(envelope({"e": "serverShutdown"}), LIMIT) == ServerShutdown(None)
+
+
+# Answers captured from Binance's spot servers by others, byte for byte:
+# - crypto-crawler/crypto-crawler-rs, crypto-msg-type/src/exchanges/binance.rs (commit 863a31d6): what spot
+#   returned to a SUBSCRIBE without an id;
+# - tongo-angelov/cointrack, lib/services/websocket_service.dart: the acknowledgement, and the answer to an
+#   invalid stream, filtered from a stream.binance.com:9443 session;
+# - ctubio/Krypto-trading-bot, issue 1121: the same answer in a user's session log;
+# - ozakboy/Ozakboy.TradeKit.Binance, src/Ozakboy.TradeKit.Binance/MarketData/BinanceStreamCommands.cs: a
+#   LIST_SUBSCRIPTIONS answer measured on Binance's testnet.
+REAL_ANSWERS = [
+    (b'{"error":{"code":2,"msg":"Invalid request: request ID must be an unsigned integer"}}',
+     SubscriptionError(None, 2, "Invalid request: request ID must be an unsigned integer")),
+    (b'{"error":{"code":2,"msg":"Invalid request: invalid stream"},"id":1}', SubscriptionError(1, 2, "Invalid request: invalid stream")),
+    (b'{"error":{"code":2,"msg":"Invalid request: invalid stream"},"id":2}', SubscriptionError(2, 2, "Invalid request: invalid stream")),
+    (b'{"result":null,"id":1}', SubscriptionReply(1, None)),
+    (b'{"result":["btcusdt@kline_1m"],"id":2}', SubscriptionReply(2, ["btcusdt@kline_1m"])),
+]
+
+
+@pytest.mark.parametrize("raw, answer", REAL_ANSWERS)
+def test_binances_real_answers_to_requests_are_understood(raw, answer):
+    assert parse_frame(raw, LIMIT) == answer
+
+
+@pytest.mark.parametrize(
+    "raw, refusal",
+    [  # the shapes of Binance's documented error replies
+        (b'{"code": 0, "msg": "Unknown property", "id": 7}', SubscriptionError(7, 0, "Unknown property")),
+        (b'{"code": 1, "msg": "Invalid value type: expected Boolean"}', SubscriptionError(None, 1, "Invalid value type: expected Boolean")),
+        (b'{"error": {"code": 2, "msg": "Invalid request"}, "id": null}', SubscriptionError(None, 2, "Invalid request")),
+    ],
+)
+def test_an_error_reply_is_a_refusal_with_the_venues_code_and_message(raw, refusal):
+    assert parse_frame(raw, LIMIT) == refusal
+
+
+@pytest.mark.parametrize("raw", [b'{"code": "2", "msg": "x"}', b'{"code": true, "msg": "x"}', b'{"code": 2}',
+                                 b'{"error": {"code": 2}}', b'{"e": "trade", "code": 2, "msg": "x"}'])
+def test_what_only_looks_like_an_error_reply_is_not_one(raw):
+    assert isinstance(parse_frame(raw, LIMIT), Rejected)
 
 
 @pytest.mark.parametrize(
@@ -198,9 +247,10 @@ def test_many_symbols_are_subscribed_in_spaced_messages_within_the_limits():
         ]
         assert sum(map(len, params)) <= binance.MAX_STREAMS_PER_CONNECTION
         assert all(json.loads(m)["method"] == "SUBSCRIBE" for m in plan.subscribe_messages)
-        assert len({json.loads(m)["id"] for m in plan.subscribe_messages}) == len(plan.subscribe_messages)
         subscribed += [stream for group in params for stream in group]
     assert subscribed == [f"{s.lower()}@trade" for s in symbols]
+    ids = [json.loads(m)["id"] for plan in plans for m in plan.subscribe_messages]
+    assert ids == list(range(1, len(ids) + 1))  # unique across the connections: an answer names only its id
     assert 1 / binance.SUBSCRIBE_INTERVAL_SECONDS < 5  # control messages stay under 5 per second
 
 

@@ -15,6 +15,7 @@ from k2actors.core.ledger import (
     DEAD_LETTERS_LOGGED_PER_REASON,
     RESEND_BATCH_RECORDS,
     SUMMARY_EVERY_SECONDS,
+    Answered,
     Backfilled,
     Backpressure,
     BatchesLost,
@@ -198,6 +199,24 @@ def test_dead_letters_are_said_one_by_one_up_to_a_bound_then_summarised():
 def test_a_server_shutdown_frame_is_announced():
     frame = json.dumps({"stream": "btcusdt@trade", "data": {"e": "serverShutdown", "E": T0_MS}}).encode()
     assert of(ShutdownAnnounced, ledger().take_raw(raw(PRIMARY, 1, frame), "a", 0.0)) == [ShutdownAnnounced(PRIMARY)]
+
+
+def test_answers_to_requests_go_back_to_their_connection_and_a_refusal_is_no_dead_letter():
+    book = ledger()
+    frames = (b'{"result":null,"id":1}', b'{"code":2,"msg":"Invalid request: too many parameters","id":2}',
+              b'{"error":{"code":2,"msg":"Invalid request: request ID must be an unsigned integer"}}', trade_frame(1))
+    events = book.take_raw(raw(PRIMARY, 1, *frames), "connection", 0.0)
+    assert of(Answered, events) == [
+        Answered("connection", PRIMARY, 1, None),
+        Answered("connection", PRIMARY, 2, (2, "Invalid request: too many parameters")),
+        Answered("connection", PRIMARY, None, (2, "Invalid request: request ID must be an unsigned integer")),
+    ]
+    assert of(DeadLettered, events) == [] and published(events) == [1]
+    assert all(not batch.dead_letters for batch in (e.batch for e in of(Publish, events)))
+    totals = counters(book)
+    assert totals["k2_binance_subscription_refusals_total"] == 2 and "k2_binance_message_errors_total" not in totals
+    refusal = of(Answered, events)[1].report()
+    assert refusal.fields["event"] == "subscription_refused" and "Invalid request: too many parameters" in refusal.message
 
 
 def test_a_batch_that_never_arrives_is_reported_after_its_grace():

@@ -72,23 +72,27 @@ def socket_inodes(pids: set[int]) -> set[int]:
     return inodes
 
 
-def listening_tcp(service) -> dict[int, str]:
-    """Port -> address of every TCP socket the service's processes listen on (IPv4 and IPv6)."""
-    inodes = socket_inodes(service_pids(service))
+def listening_sockets() -> dict[int, tuple[str, int]]:
+    """Port -> (address, socket inode) of every listening TCP socket of this network namespace."""
     listening = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
             local, state, inode = fields[1], fields[3], int(fields[9])
-            if state == "0A" and inode in inodes:  # LISTEN
+            if state == "0A":  # LISTEN
                 address, port = local.split(":")
                 packed = bytes.fromhex(address)
-                if len(packed) == 4:
-                    text = socket.inet_ntop(socket.AF_INET, packed[::-1])
-                else:  # /proc prints each 32-bit word of an IPv6 address in host order
-                    text = socket.inet_ntop(socket.AF_INET6, b"".join(packed[i:i + 4][::-1] for i in range(0, 16, 4)))
-                listening[int(port, 16)] = text
+                # /proc prints each 32-bit word of an address in host order
+                words = b"".join(packed[i:i + 4][::-1] for i in range(0, len(packed), 4))
+                family = socket.AF_INET if len(packed) == 4 else socket.AF_INET6
+                listening[int(port, 16)] = (socket.inet_ntop(family, words), inode)
     return listening
+
+
+def listening_tcp(service) -> dict[int, str]:
+    """Port -> address of every TCP socket the service's processes listen on."""
+    inodes = socket_inodes(service_pids(service))
+    return {port: address for port, (address, inode) in listening_sockets().items() if inode in inodes}
 
 
 def connect_from(namespace: str, ports: list[int]) -> dict[int, str]:

@@ -20,6 +20,7 @@ from thespian.system.transport.TCPTransport import TCPTransport
 import k2actors.thespian_transport as transport_change
 from k2actors.net import free_port
 from tests.actors import Sink
+from tests.test_exposure import listening_sockets
 
 
 @pytest.fixture
@@ -75,25 +76,13 @@ def test_an_actors_socket_binds_the_loopback_address_it_advertises():
     assert address.bindArgs == (("127.0.0.1", 0),)
 
 
-def listening_ports() -> dict[int, str]:
-    """Port -> IPv4 address of every listening TCP socket of this network namespace."""
-    found = {}
-    with open("/proc/net/tcp") as table:
-        for line in list(table)[1:]:
-            local, state = line.split()[1], line.split()[3]
-            if state == "0A":
-                address, port = local.split(":")
-                found[int(port, 16)] = socket.inet_ntoa(bytes.fromhex(address)[::-1])
-    return found
-
-
 def test_an_actor_system_and_its_actors_listen_on_the_loopback_only():
-    before = set(listening_ports())
+    before = set(listening_sockets())
     admin_port = free_port()
     system = ActorSystem("multiprocTCPBase", {"Admin Port": admin_port})
     try:
         sinks = [system.createActor(Sink) for _ in range(3)]  # created: the admin reached them on the loopback
-        opened = {port: address for port, address in listening_ports().items() if port not in before}
+        opened = {port: address for port, (address, _) in listening_sockets().items() if port not in before}
         assert admin_port in opened and len(opened) >= 1 + len(sinks)
         assert set(opened.values()) == {"127.0.0.1"}, opened
     finally:

@@ -35,7 +35,9 @@ from k2actors.core.link import (
     silent_for,
 )
 from k2actors.core.reasons import ConnectionEnd, EndReason
+from k2actors.core.subscriptions import Subscriptions
 from k2actors.messages import (
+    ComponentStatus,
     Connect,
     ConnectionClosed,
     ConnectionSetup,
@@ -46,6 +48,7 @@ from k2actors.messages import (
     ReadingStopped,
     Rotate,
     StopReading,
+    SubscriptionAnswer,
 )
 
 log = logging.getLogger("k2actors.connection")
@@ -77,6 +80,14 @@ class _Reader(threading.Thread):
         with self._lock:
             frames, self._frames, self._signalled = self._frames, [], False
             return frames
+
+    def send(self, message: str) -> None:
+        """A request on the open connection; if it cannot be sent, the connection is ending
+        and its reader says so."""
+        ws = self._socket
+        if ws is not None:
+            with contextlib.suppress(OSError, websocket.WebSocketException):
+                ws.send(message)
 
     def close(self, end: ConnectionEnd) -> None:
         self._closed_here = self._closed_here or end
@@ -120,7 +131,7 @@ class _Reader(threading.Thread):
                 self.last_frame_at = time.monotonic()
                 if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
                     data = frame.data if isinstance(frame.data, bytes) else frame.data.encode()
-                    self.streamed = self.streamed or not data.startswith(b'{"result"')  # a SUBSCRIBE reply is no data
+                    self.streamed = self.streamed or not data.startswith(_ANSWERS)  # an answer to a request is no data
                     with self._lock:
                         self._frames.append((received_us, data))
                         if not self._signalled:
@@ -145,6 +156,11 @@ class _Reader(threading.Thread):
 
     def _wake(self) -> None:
         os.write(self._wake_fd, b"e")
+
+
+# How Binance's answers to requests begin (core.binance reads them whole): success, and the
+# two shapes of a refusal.
+_ANSWERS = (b'{"result"', b'{"code"', b'{"error"')
 
 
 def _describe(exc: Exception) -> str:
@@ -178,6 +194,8 @@ class ConnectionActor(Supervised[ConnectionSetup]):
         os.set_blocking(self._wake_r, False)
         self._flow = FlowWindow(0)
         self._plans: list[SubscriptionPlan] = []  # one per link
+        self._subscriptions = Subscriptions([])  # what the plans' SUBSCRIBE requests were answered
+        self._subscriptions_status: tuple[bool, str] | None = None  # as last reported
         self._reading = threading.Event()  # set while the readers may read
         self._reading.set()
         self._tls: ssl.SSLContext | None = None  # from the setup
@@ -208,14 +226,14 @@ class ConnectionActor(Supervised[ConnectionSetup]):
                      extra={"event": "connection_unneeded", "endpoint": self._url})
             self._close_all("no symbols to carry")
             self._forward_frames()
-            self._links = []
+            self._drop_links()
             self._reported_streaming = False
             return
         plans = connection_plans(self._url, setup.symbols, setup.streams)
         log.info("resubscribing %s to %d symbols", self._url, len(setup.symbols),
                  extra={"event": "connection_resubscribing", "endpoint": self._url, "symbols": len(setup.symbols)})
         if len(plans) != len(self._links):  # more or fewer connections: they are all replaced
-            self._plans = plans
+            self._set_plans(plans)
             self._replace_all("resubscribing to another number of connections")
             return
         for index, (link, plan) in enumerate(zip(self._links, plans, strict=True)):
@@ -228,7 +246,7 @@ class ConnectionActor(Supervised[ConnectionSetup]):
                 link.current.close(ConnectionEnd(EndReason.CLOSED_HERE, "resubscribing"))
                 self._leftover.extend(link.current.take())
                 self._links[index] = Rotation(self._open(plan))
-        self._plans = plans
+        self._set_plans(plans)
 
     def watched(self) -> list[int]:
         return [self._wake_r]
@@ -248,6 +266,36 @@ class ConnectionActor(Supervised[ConnectionSetup]):
         self._flow.new_receiver()  # what was in flight is lost, as with a restarted Normaliser: its trades are backfilled
         self._forward_frames()
 
+    def _drop_links(self) -> None:
+        """Every connection is closed: what their requests were answered no longer stands."""
+        self._links = []
+        self._subscriptions = Subscriptions([])
+        self._report_subscriptions()
+
+    def _set_plans(self, plans: list[SubscriptionPlan]) -> None:
+        """The connections' plans; their requests are asked anew, and answered afresh."""
+        self._plans = plans
+        self._subscriptions = Subscriptions(plans)
+        self._report_subscriptions()
+
+    def receiveMsg_SubscriptionAnswer(self, message: SubscriptionAnswer, sender: Recipient) -> None:
+        if message.refusal is None:
+            self._subscriptions.answered(message.request_id)
+        else:
+            code, text = message.refusal
+            delay = self._subscriptions.refused(message.request_id, code, text, time.monotonic())
+            if delay is not None:
+                log.warning("request %s to %s refused (code %d, %r); asking again in %.1f s", message.request_id, self._url,
+                            code, text, delay, extra={"event": "subscription_retry", "endpoint": self._url,
+                                                      "request_id": message.request_id, "seconds": round(delay, 1)})
+        self._report_subscriptions()
+
+    def _report_subscriptions(self) -> None:
+        status = self._subscriptions.status()
+        if status != self._subscriptions_status and self._setup is not None:
+            self._subscriptions_status = status
+            self.send(self.setup.metrics, ComponentStatus(f"subscriptions {self._url}", *status))
+
     def receiveMsg_RawBatchTaken(self, message: RawBatchTaken, sender: Recipient) -> None:
         self._flow.taken(message.seq)
         self._forward_frames()
@@ -260,7 +308,7 @@ class ConnectionActor(Supervised[ConnectionSetup]):
         log.info("connecting to %s (%d symbols, %d connection%s)", self._url, len(setup.symbols), len(plans),
                  "s" if len(plans) > 1 else "", extra={"event": "connection_connecting", "endpoint": self._url})
         self._reported_open = self._reported_streaming = False
-        self._plans = plans
+        self._set_plans(plans)
         self._links = [Rotation(self._open(plan)) for plan in plans]
 
     def _open(self, plan: SubscriptionPlan) -> _Reader:
@@ -284,7 +332,7 @@ class ConnectionActor(Supervised[ConnectionSetup]):
     def receiveMsg_StopReading(self, message: StopReading, sender: ActorAddress) -> None:
         self._close_all("service stopping")
         self._forward_frames(everything=True)
-        self._links = []
+        self._drop_links()
         self.metrics.set("k2_binance_connection_status", 0, self._url)
         self.send(sender, ReadingStopped(self._url, self._flow.seq))
 
@@ -304,6 +352,11 @@ class ConnectionActor(Supervised[ConnectionSetup]):
 
     def on_tick(self, now: float) -> None:
         setup = self.setup
+        for resend in self._subscriptions.due(now):
+            if resend.link < len(self._links):  # else the connections are being replaced: their requests go anew
+                log.info("asking %s again for request %d", self._url, resend.request_id,
+                         extra={"event": "subscription_resent", "endpoint": self._url, "request_id": resend.request_id})
+                self._links[resend.link].current.send(resend.message)
         for link in self._links:
             for reader in link.readers():
                 silence = silent_for(reader, now, setup.stale_timeout_seconds) if self._flow.reading else None
@@ -352,7 +405,7 @@ class ConnectionActor(Supervised[ConnectionSetup]):
                 "event": "connection_ended", "endpoint": self._url, "reason": end.reason.value, "detail": end.detail})
             self.metrics.set("k2_binance_connection_status", 0, self._url)
             self.send(self.coordinator, ConnectionClosed(self._url, end.reason, end.detail, streamed, last_frame_at))
-            self._links = []
+            self._drop_links()
         self.flush_metrics()
 
     def _replace_all(self, detail: str) -> None:
@@ -361,7 +414,7 @@ class ConnectionActor(Supervised[ConnectionSetup]):
         last_frame_at = max((link.current.last_frame_at for link in self._links if link.current.opened), default=None)
         self._close_all(detail)
         self._forward_frames()
-        self._links = []
+        self._drop_links()
         self.metrics.set("k2_binance_connection_status", 0, self._url)
         self.send(self.coordinator, ConnectionClosed(self._url, EndReason.CLOSED_HERE, detail, streamed, last_frame_at))
 

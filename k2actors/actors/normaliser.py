@@ -17,6 +17,7 @@ from thespian.actors import ActorAddress
 from k2actors.actors.shell import Recipient, Supervised
 from k2actors.core.ledger import (
     GAP_NOUNS,
+    Answered,
     DataStatus,
     Drained,
     Event,
@@ -44,6 +45,7 @@ from k2actors.messages import (
     SequenceQuery,
     SequenceState,
     ServerShutdownNotice,
+    SubscriptionAnswer,
     SymbolsOwned,
 )
 
@@ -158,6 +160,9 @@ class Normaliser(Supervised[NormaliserSetup]):
                 self.deliver(self.setup.producer, event.batch)
             elif isinstance(event, Release):
                 self.deliver(event.to, RawBatchTaken(event.seq))
+            elif isinstance(event, Answered):
+                log_line(log, event.report())
+                self.deliver(event.to, SubscriptionAnswer(event.request_id, event.refusal))
             elif isinstance(event, DataStatus):
                 self.send(self.setup.metrics, ComponentStatus("data", event.ok, event.detail))
             elif isinstance(event, Drained):

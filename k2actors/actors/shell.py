@@ -170,7 +170,8 @@ class Supervised(ActorTypeDispatcher, Generic[S]):
 
     def replies_wanted(self) -> bool:
         """Whether an answer on a channel this actor opened must wake it. When not, answers
-        wait in the socket and are read at its next wake-up, whatever woke it."""
+        wait in the socket and are read at its next wake-up by a watched descriptor, or at
+        its next tick."""
         return True
 
     # --- data channels ---
@@ -202,7 +203,14 @@ class Supervised(ActorTypeDispatcher, Generic[S]):
         for channel in self._incoming:
             if channel.fileno() in ready:
                 self._read(channel)
-        for channel in self._outgoing.values():  # answers are read at every wake-up, watched or not
+        self._read_answers()
+        if others:
+            self.on_readable(others)
+
+    def _read_answers(self) -> None:
+        """What came back on the channels this actor opened: read at every wake-up by a watched
+        descriptor and at every tick, whether replies_wanted() or not."""
+        for channel in self._outgoing.values():
             if channel.closed:
                 continue
             self._read(channel)
@@ -211,8 +219,6 @@ class Supervised(ActorTypeDispatcher, Generic[S]):
                 # rewires this actor and what was never confirmed is sent again.
                 log.info("%s: the data channel to %s closed: that actor ended", type(self).__name__,
                          channel.peer.lstrip("\0"), extra={"event": "channel_closed"})
-        if others:
-            self.on_readable(others)
 
     def _read(self, channel: Channel) -> None:
         for message in channel.receive():
@@ -290,6 +296,7 @@ class Supervised(ActorTypeDispatcher, Generic[S]):
         if message.payload == FLUSH:
             self._flush_scheduled = False  # the flush itself follows every message
         elif message.payload == TICK:
+            self._read_answers()  # an answer that wanted no wake-up still arrives within a tick
             now = time.monotonic()
             self.on_tick(now)
             if now - self._metrics_sent_at >= METRICS_EVERY_SECONDS:

@@ -99,6 +99,16 @@ class SubscriptionReply:
 
 
 @dataclass(frozen=True, slots=True)
+class SubscriptionError:
+    """Binance refused a request (SUBSCRIBE, ...): its own code and message, and the request's
+    id when it could read one."""
+
+    request_id: object
+    code: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class ServerShutdown:
     """Binance warns that this connection will be closed for maintenance."""
 
@@ -112,7 +122,7 @@ class Rejected:
     stream: str = UNKNOWN_STREAM  # the stream type the frame came on, when it can be told
 
 
-Event = Trade | AggTrade | BookTicker | SubscriptionReply | ServerShutdown | Rejected
+Event = Trade | AggTrade | BookTicker | SubscriptionReply | SubscriptionError | ServerShutdown | Rejected
 
 # (field, accepted type, description) per payload; bool is excluded from ints below.
 _TRADE_FIELDS = (
@@ -162,6 +172,9 @@ def parse_frame(raw: bytes | str, max_bytes: int) -> Event:
         return Rejected(UNEXPECTED_SHAPE, f"top level is {type(message).__name__}, not an object")
     if "result" in message and "id" in message:
         return SubscriptionReply(message["id"], message["result"])
+    refusal = _error_reply(message)
+    if refusal is not None:
+        return refusal
     payload = message["data"] if "stream" in message and "data" in message else message
     stream = _stream_type(message.get("stream"), payload)
     if not isinstance(payload, dict):
@@ -179,6 +192,18 @@ def parse_frame(raw: bytes | str, max_bytes: int) -> Event:
     if event_type is None:
         return Rejected(MISSING_FIELD, "no event type 'e'")
     return Rejected(UNKNOWN_EVENT, f"event type {str(event_type)[:50]!r}")
+
+
+def _error_reply(message: dict) -> SubscriptionError | None:
+    """Binance refuses a request with `{"code": 2, "msg": "...", "id": 1}`, or, seen from its
+    spot servers when the request had no usable id, `{"error": {"code": 2, "msg": "..."}}`.
+    A market data event never has these fields."""
+    nested = message.get("error")
+    body = nested if isinstance(nested, dict) else message
+    code, text = body.get("code"), body.get("msg")
+    if not isinstance(code, int) or isinstance(code, bool) or not isinstance(text, str) or "e" in message or "data" in message:
+        return None
+    return SubscriptionError(message.get("id"), code, text)
 
 
 def _stream_type(stream_name: object, payload: object) -> str:
@@ -350,14 +375,16 @@ class SubscriptionPlan:
     subscribe_messages: tuple[str, ...]  # JSON, to be sent SUBSCRIBE_INTERVAL_SECONDS apart
 
 
-def subscription_plan(base_url: str, symbols: tuple[str, ...], stream_types: tuple[str, ...] = (TRADE,)) -> SubscriptionPlan:
-    """How one connection asks for the streams of `symbols` on a combined endpoint."""
+def subscription_plan(base_url: str, symbols: tuple[str, ...], stream_types: tuple[str, ...] = (TRADE,),
+                      first_id: int = 1) -> SubscriptionPlan:
+    """How one connection asks for the streams of `symbols` on a combined endpoint; its
+    SUBSCRIBE requests, if any, are numbered from `first_id`."""
     streams = [f"{symbol.lower()}@{stream_type}" for symbol in symbols for stream_type in stream_types]
     url = f"{base_url}?streams=" + "/".join(streams)
     if len(url) <= MAX_URL_LENGTH:
         return SubscriptionPlan(url, ())
     messages = tuple(
-        json.dumps({"method": "SUBSCRIBE", "params": streams[start : start + STREAMS_PER_SUBSCRIBE], "id": index + 1})
+        json.dumps({"method": "SUBSCRIBE", "params": streams[start : start + STREAMS_PER_SUBSCRIBE], "id": first_id + index})
         for index, start in enumerate(range(0, len(streams), STREAMS_PER_SUBSCRIBE))
     )
     return SubscriptionPlan(base_url, messages)
@@ -365,9 +392,11 @@ def subscription_plan(base_url: str, symbols: tuple[str, ...], stream_types: tup
 
 def connection_plans(base_url: str, symbols: tuple[str, ...], stream_types: tuple[str, ...] = (TRADE,)) -> list[SubscriptionPlan]:
     """One plan per connection, each within Binance's stream limit; a symbol's streams
-    share a connection."""
+    share a connection. Request ids are unique across the plans, so that an answer, which
+    names only its endpoint and its id, tells which request it answers."""
     per_connection = MAX_STREAMS_PER_CONNECTION // len(stream_types)
-    return [
-        subscription_plan(base_url, symbols[start : start + per_connection], stream_types)
-        for start in range(0, len(symbols), per_connection)
-    ]
+    plans: list[SubscriptionPlan] = []
+    for start in range(0, len(symbols), per_connection):
+        first_id = 1 + sum(len(plan.subscribe_messages) for plan in plans)
+        plans.append(subscription_plan(base_url, symbols[start : start + per_connection], stream_types, first_id))
+    return plans

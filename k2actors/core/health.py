@@ -12,10 +12,10 @@ from collections.abc import Mapping
 
 HEALTH_SILENCE_SECONDS = 10.0
 # exchange: an endpoint of every venue is connected and streaming; data: every venue's data
-# arrived within the stale timeout; kafka: records are acknowledged; cluster (cluster mode
-# only, once reported): the instance has joined its group.
+# arrived within the stale timeout; kafka: records are acknowledged. Others count once they
+# report: cluster (cluster mode: the instance has joined its group), and "subscriptions
+# <endpoint>" (no SUBSCRIBE stands refused on that endpoint's connections).
 READY_COMPONENTS = ("exchange", "data", "kafka")
-OPTIONAL_COMPONENTS = ("cluster",)
 
 
 class Status:
@@ -54,7 +54,7 @@ class Status:
                 name: {"ok": self._components[name][0], "detail": self._components[name][1]}
                 if name in self._components
                 else {"ok": False, "detail": "no report yet"}
-                for name in (*READY_COMPONENTS, *(name for name in OPTIONAL_COMPONENTS if name in self._components))
+                for name in (*READY_COMPONENTS, *sorted(name for name in self._components if name not in READY_COMPONENTS))
             }
         ready = all(check["ok"] for check in checks.values())
         return ready, {"ready": ready, "checks": checks}

@@ -30,6 +30,7 @@ from k2actors.core.binance import (
     BookTicker,
     Rejected,
     ServerShutdown,
+    SubscriptionError,
     SubscriptionReply,
     Trade,
     parse_frame,
@@ -190,13 +191,23 @@ class FrameFailed:
 
 
 @dataclass(frozen=True, slots=True)
-class SubscriptionAnswered:
+class Answered(Generic[A]):
+    """The exchange answered a request (SUBSCRIBE, ...) on a connection: the connection's
+    actor is told, so that a refused subscription is reported and asked again. A refusal is
+    the venue's own code and message, never a dead letter."""
+
+    to: A
     url: str
     request_id: object
-    result: object
+    refusal: tuple[int, str] | None  # (code, message); None: success
 
     def report(self) -> LogLine:
-        return LogLine(logging.DEBUG, f"{self.url} answered request {self.request_id!r}: {self.result!r}")
+        if self.refusal is None:
+            return LogLine(logging.DEBUG, f"{self.url} answered request {self.request_id!r} with success")
+        code, message = self.refusal
+        return LogLine(logging.ERROR, f"{self.url} refused request {self.request_id!r}: code {code}, {message!r}",
+                       {"event": "subscription_refused", "endpoint": self.url, "request_id": self.request_id,
+                        "code": code, "venue_message": message})
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,10 +295,10 @@ class DeadLetterSummary:
 
 Said = (
     GapDeclared | ShutdownAnnounced | Backpressure | Recovered | DeadLettered | DeadLettersThrottled | FrameFailed
-    | SubscriptionAnswered | BatchesLost | Backfilled | Resent | DeadLettersLost | TradeSummary | DeadLetterSummary
+    | BatchesLost | Backfilled | Resent | DeadLettersLost | TradeSummary | DeadLetterSummary
     | NotOwnedDropped
 )
-Event = Publish | Release[A] | Drained | DataStatus | Said
+Event = Publish | Release[A] | Answered[A] | Drained | DataStatus | Said
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,7 +348,7 @@ class Ledger(Generic[A]):
         for received_us, raw in batch.frames:
             delivery = Delivery(batch.venue, batch.url, received_us)
             try:
-                self._take_frame(raw, delivery, now, records, letters, events)
+                self._take_frame(raw, delivery, sender, now, records, letters, events)
             except Exception as exc:  # a bug costs one frame, to the DLQ, never the batch or the actor
                 events.append(FrameFailed(batch.url, traceback.format_exc()))
                 rejected = Rejected(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:200])
@@ -465,7 +476,7 @@ class Ledger(Generic[A]):
 
     # --- inside ---
 
-    def _take_frame(self, raw: bytes, delivery: Delivery, now: float, records: list[tuple[str, Record]],
+    def _take_frame(self, raw: bytes, delivery: Delivery, sender: A, now: float, records: list[tuple[str, Record]],
                     letters: list[DeadLetter], events: list[Event[A]]) -> None:
         event = parse_frame(raw, self._rules.max_frame_bytes)
         if isinstance(event, (Trade, AggTrade, BookTicker)):
@@ -479,7 +490,10 @@ class Ledger(Generic[A]):
         elif isinstance(event, ServerShutdown):
             events.append(ShutdownAnnounced(delivery.endpoint))
         elif isinstance(event, SubscriptionReply):
-            events.append(SubscriptionAnswered(delivery.endpoint, event.request_id, event.result))
+            events.append(Answered(sender, delivery.endpoint, event.request_id, None))
+        elif isinstance(event, SubscriptionError):
+            self.metrics.inc("k2_binance_subscription_refusals_total", delivery.endpoint)
+            events.append(Answered(sender, delivery.endpoint, event.request_id, (event.code, event.message)))
 
     def _accept(self, event: Trade | AggTrade | BookTicker, delivery: Delivery, now: float, backfilled: bool,
                 events: list[Event[A]]) -> tuple[str, Record] | Rejected | None:

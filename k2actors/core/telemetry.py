@@ -35,6 +35,7 @@ CATALOGUE = {
         MetricSpec("k2_binance_connection_status", GAUGE, ("url",), "1 while the connection to this endpoint is streaming, else 0."),
         MetricSpec("k2_binance_messages_received_total", COUNTER, ("symbol", "stream"), "Valid events (trades, aggregate trades, quotes) streamed from the exchange, duplicates included."),
         MetricSpec("k2_binance_message_errors_total", COUNTER, ("error_type", "stream"), "Exchange frames that could not become a record."),
+        MetricSpec("k2_binance_subscription_refusals_total", COUNTER, ("url",), "Requests (SUBSCRIBE, ...) the exchange refused with an error reply; a refused SUBSCRIBE is asked again with backoff."),
         MetricSpec("k2_binance_reconnects_total", COUNTER, ("url", "reason"), "Connections to an endpoint that ended and were replaced."),
         MetricSpec("k2_binance_read_pauses_total", COUNTER, ("url",), "Times reading paused because the Normaliser was far behind (backpressure)."),
         MetricSpec("k2_binance_last_message_timestamp_seconds", GAUGE, (), "Unix time of the last frame received from any endpoint."),

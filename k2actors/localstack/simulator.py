@@ -13,7 +13,7 @@ misses what happened meanwhile. Each endpoint serves:
   second, 1024 streams per connection) enforced with close code 1008;
 - scripted faults (`EndpointControl`): drop without a close frame, stall with the socket
   open, a handshake followed by a drop (flapping), a serverShutdown event, refusal of new
-  connections, malformed frames;
+  connections, error replies to SUBSCRIBE, malformed frames;
 - REST `GET /api/v3/historicalTrades`, `/api/v3/aggTrades` and `/api/v3/exchangeInfo` from
   the same history, with Binance's `X-MBX-USED-WEIGHT-1M` header, and scripted refusals
   (429, 418, 5xx) with Retry-After.
@@ -240,6 +240,7 @@ class _Endpoint:
         self.stalled = False
         self.refusing = False
         self.flapping = False
+        self.subscriptions_refused = 0  # SUBSCRIBE requests still to be refused
         self.server: Server | None = None
         self.port = 0
         self.history_faults: collections.deque[tuple[int, float | None]] = collections.deque()  # (status, Retry-After)
@@ -424,7 +425,7 @@ class ExchangeSimulator:
         self._replay(client, client.streams, opening=True)
         try:
             async for message in connection:
-                await self._handle_request(client, message)
+                await self._handle_request(endpoint, client, message)
         except ConnectionClosed:
             pass
         finally:
@@ -477,7 +478,7 @@ class ExchangeSimulator:
             except ConnectionClosed:
                 return
 
-    async def _handle_request(self, client: _Client, message) -> None:
+    async def _handle_request(self, endpoint: _Endpoint, client: _Client, message) -> None:
         now = time.monotonic()
         client.incoming.append(now)
         while client.incoming and now - client.incoming[0] > 1.0:
@@ -491,6 +492,13 @@ class ExchangeSimulator:
             params = request.get("params", [])
         except (ValueError, KeyError, TypeError):
             await client.connection.send(json.dumps({"error": {"code": 2, "msg": "Invalid request"}, "id": None}))
+            return
+        if method == "SUBSCRIBE" and endpoint.subscriptions_refused > 0:
+            # As Binance's spot servers answer a stream they will not serve (captured in public
+            # sessions): nested, with the request's id, and nothing subscribed.
+            endpoint.subscriptions_refused -= 1
+            await client.connection.send(json.dumps({"error": {"code": 2, "msg": "Invalid request: invalid stream"}, "id": request_id},
+                                                    separators=(",", ":")))
             return
         if method == "SUBSCRIBE":
             streams = client.streams | set(params)
@@ -595,6 +603,10 @@ class EndpointControl:
     def refuse(self, refusing: bool = True) -> None:
         """Answer new connection attempts with HTTP 503."""
         self._endpoint.refusing = refusing
+
+    def refuse_subscriptions(self, times: int) -> None:
+        """Answer the next `times` SUBSCRIBE requests with an error reply, subscribing nothing."""
+        self._endpoint.subscriptions_refused += times
 
     def refuse_history(self, status: int, times: int, retry_after: float | None = None) -> None:
         """Answer the next `times` historicalTrades requests with `status` (429, 418, 503...)."""
