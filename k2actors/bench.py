@@ -315,7 +315,7 @@ class ServiceProcess:
 
 
 def service_env(broker: str, registry: str, url: str, symbols: tuple[str, ...], topic: str, mode: str,
-                failover_urls: list[str]) -> dict[str, str]:
+                failover_urls: list[str], raw: bool = True) -> dict[str, str]:
     return {
         "K2_BINANCE_WEBSOCKET_URL": url,
         "K2_BINANCE_FAILOVER_URLS": ",".join(failover_urls),
@@ -325,6 +325,8 @@ def service_env(broker: str, registry: str, url: str, symbols: tuple[str, ...], 
         "K2_KAFKA_BOOTSTRAP_SERVERS": broker,
         "K2_KAFKA_SCHEMA_REGISTRY_URL": registry,
         "K2_KAFKA_TOPIC": topic,
+        "K2_KAFKA_RAW_TOPIC": f"{topic}.raw",
+        "K2_RAW_ENABLED": "true" if raw else "false",
         "K2_METRICS_PORT": str(free_port()),
         "K2_LOG_LEVEL": "WARNING",
     }
@@ -377,10 +379,10 @@ def percentile(before: list[tuple[float, float]], after: list[tuple[float, float
 
 
 def start_service(stack, exchange: ExchangeSimulator, options: Options, symbols: tuple[str, ...], topic: str,
-                  log_path: Path, limit: CpuLimit | None = None) -> ServiceProcess:
+                  log_path: Path, limit: CpuLimit | None = None, raw: bool = True) -> ServiceProcess:
     broker, registry = stack
     env = service_env(broker.bootstrap_servers, registry.url, exchange.urls[0], symbols, topic, options.mode,
-                      exchange.urls[1:])
+                      exchange.urls[1:], raw)
     return ServiceProcess(env, log_path, options.config, limit)
 
 
@@ -393,7 +395,8 @@ def machine_cpu_jiffies() -> tuple[int, int]:
 
 
 def max_load(stack, options: Options, symbols: tuple[str, ...], ceiling: float, workdir: Path,
-             name: str = "max-load") -> dict:
+             name: str = "max-load", raw: bool = True) -> dict:
+    """`raw`: the raw record on (every frame archived too, as the service runs by default)."""
     broker, registry = stack
     count = int(ceiling * options.duration * 1.25) // len(symbols) * len(symbols)
     tape = workdir / f"{name}.tape"
@@ -401,7 +404,7 @@ def max_load(stack, options: Options, symbols: tuple[str, ...], ceiling: float, 
     topic = f"bench.{name}"
     with ExchangeSimulator(symbols, rate=0, endpoints=2, tape=tape) as exchange:
         tape.unlink()  # loaded; a tape is hundreds of megabytes, the log is what to keep
-        service = start_service(stack, exchange, options, symbols, topic, workdir / f"{name}.log")
+        service = start_service(stack, exchange, options, symbols, topic, workdir / f"{name}.log", raw=raw)
         try:
             service.wait_ready()
             memory_start = service.total("k2_service_memory_bytes")
@@ -409,7 +412,7 @@ def max_load(stack, options: Options, symbols: tuple[str, ...], ceiling: float, 
             trace = []  # (time, acknowledged, machine CPU jiffies)
             deadline = time.monotonic() + options.duration * 10 + 60
             while time.monotonic() < deadline:
-                produced = service.total("k2_kafka_messages_produced_total")
+                produced = trades_produced(service.samples(), topic)
                 trace.append((time.monotonic(), produced, machine_cpu_jiffies()))
                 if produced >= count:
                     break
@@ -436,19 +439,20 @@ def max_load(stack, options: Options, symbols: tuple[str, ...], ceiling: float, 
         "memory_end_bytes": memory_end,
         "cpu_microseconds_per_trade": cpu / count * 1e6,
         "reported_missing": reported_missing,
+        "raw": raw,
         **check,
     }
 
 
 def fixed_rate(stack, options: Options, symbols: tuple[str, ...], rate: float, seconds: float, workdir: Path,
-               name: str, memory_every: float | None = None, cpus: float | None = None) -> dict:
-    """`cpus`: the whole service held to that share of one CPU by a cgroup."""
+               name: str, memory_every: float | None = None, cpus: float | None = None, raw: bool = True) -> dict:
+    """`cpus`: the whole service held to that share of one CPU by a cgroup; `raw`: the raw record on."""
     broker, registry = stack
     topic = f"bench.{name}"
     limit = CpuLimit(cpus, f"k2actors-bench-{os.getpid()}-{name}") if cpus else None
     try:
         with ExchangeSimulator(symbols, rate=rate / len(symbols), endpoints=2) as exchange:
-            service = start_service(stack, exchange, options, symbols, topic, workdir / f"{name}.log", limit)
+            service = start_service(stack, exchange, options, symbols, topic, workdir / f"{name}.log", limit, raw)
             try:
                 service.wait_ready()
                 time.sleep(2)  # past connection and warm-up
@@ -468,9 +472,10 @@ def fixed_rate(stack, options: Options, symbols: tuple[str, ...], rate: float, s
     finally:
         if limit is not None:
             limit.remove()
-    delivered = _sum(after, "k2_kafka_messages_produced_total") - _sum(before, "k2_kafka_messages_produced_total")
+    delivered = trades_produced(after, topic) - trades_produced(before, topic)
     result: dict[str, object] = {
         "offered_rate": rate,
+        "raw": raw,
         "delivered_rate": delivered / seconds,
         "cpu_microseconds_per_trade": (cpu_after - cpu_before) / delivered * 1e6 if delivered else None,
         "cores": (cpu_after - cpu_before) / seconds,
@@ -502,7 +507,7 @@ def _wait_drained(service: ServiceProcess, topic: str, timeout: float = 120) -> 
         samples = service.samples()
         received = _sum(samples, "k2_binance_messages_received_total")
         unique = received - _sum(samples, "k2_binance_duplicate_trades_total")
-        produced = samples.get(f"k2_kafka_messages_produced_total{{topic={topic}}}", 0.0)
+        produced = trades_produced(samples, topic)
         if received == previous and produced >= unique and not _sum(samples, "k2_buffered_records"):
             return
         previous = received
@@ -525,6 +530,11 @@ def cpu_limited(stack, options: Options, symbols: tuple[str, ...], seconds: floa
             break
     held = [step["offered_rate"] for step in steps if step["holds"]]
     return {"cpus": options.cpu_limit, "highest_rate_held": max(held, default=0.0), "steps": steps}
+
+
+def trades_produced(samples: dict[str, float], topic: str) -> float:
+    """Records Kafka acknowledged on the trade topic (not the raw topic's, nor dead letters)."""
+    return samples.get(f"k2_kafka_messages_produced_total{{topic={topic}}}", 0.0)
 
 
 def _sum(samples: dict[str, float], name: str) -> float:
@@ -576,21 +586,24 @@ def _run(options: Options) -> int:
               f"producer delivery {kafka_ceiling:,.0f}/s, bare loop {bare['rate']:,.0f}/s at "
               f"{bare['cpu_microseconds_per_trade']:.0f} µs per trade", flush=True)
 
-        load = max_load(stack, options, symbols, bare["rate"], workdir)
-        load["fraction_of_websocket_ceiling"] = load["rate"] / ws_ceiling
-        load["fraction_of_bare_loop"] = load["rate"] / bare["rate"]
-        results["max_load"] = load
-        print(f"maximum load: {load['rate']:,.0f}/s sustained over {load['window_seconds']} s, "
-              f"{load['cpu_microseconds_per_trade']:.0f} µs per trade", flush=True)
+        for raw in (True, False):
+            load = max_load(stack, options, symbols, bare["rate"], workdir, "max-load" if raw else "max-load-raw-off", raw)
+            load["fraction_of_websocket_ceiling"] = load["rate"] / ws_ceiling
+            load["fraction_of_bare_loop"] = load["rate"] / bare["rate"]
+            results["max_load" if raw else "max_load_raw_off"] = load
+            print(f"maximum load, raw record {'on' if raw else 'off'}: {load['rate']:,.0f}/s sustained over "
+                  f"{load['window_seconds']} s, {load['cpu_microseconds_per_trade']:.0f} µs per trade", flush=True)
 
         results["idle"] = fixed_rate(stack, options, symbols, float(len(symbols)), 10, workdir, "idle")
         print(f"idle (1 trade/s per symbol): {results['idle']['memory_bytes'] / 2**20:.0f} MiB", flush=True)
         results["fixed_rates"] = []
         for rate in options.rates:
-            phase = fixed_rate(stack, options, symbols, rate, max(options.duration / 2, 5), workdir, f"rate-{rate:.0f}")
-            results["fixed_rates"].append(phase)
-            print(f"at {rate:,.0f}/s: {_us(phase['cpu_microseconds_per_trade'])} per trade, "
-                  f"p99 receive to ack {_ms(phase['receive_to_ack_p99_ms'])}", flush=True)
+            for raw in (True, False):
+                phase = fixed_rate(stack, options, symbols, rate, max(options.duration / 2, 5), workdir,
+                                   f"rate-{rate:.0f}" + ("" if raw else "-raw-off"), raw=raw)
+                results["fixed_rates"].append(phase)
+                print(f"at {rate:,.0f}/s, raw record {'on' if raw else 'off'}: {_us(phase['cpu_microseconds_per_trade'])} "
+                      f"per trade, p99 receive to ack {_ms(phase['receive_to_ack_p99_ms'])}", flush=True)
         if CpuLimit.available():
             limited = cpu_limited(stack, options, symbols, max(options.duration / 2, 5), workdir)
             results["cpu_limited"] = limited
@@ -632,6 +645,7 @@ def _mib(value: float) -> str:
 
 def format_table(results: dict) -> str:
     ceilings, load, bare = results["ceilings"], results["max_load"], results["ceilings"]["bare_loop"]
+    off = results["max_load_raw_off"]
     lines = [
         "| figure | value |",
         "|---|---|",
@@ -646,12 +660,14 @@ def format_table(results: dict) -> str:
         f"| ... as a fraction of the bare loop / of the websocket ceiling | {load['fraction_of_bare_loop']:.0%} / "
         f"{load['fraction_of_websocket_ceiling']:.0%} |",
         f"| CPU time per trade at maximum load (whole service) | {_us(load['cpu_microseconds_per_trade'])} |",
+        f"| ... with the raw record off: sustained rate, CPU per trade, memory at the end | {off['rate']:,.0f} trades/s, "
+        f"{_us(off['cpu_microseconds_per_trade'])}, {_mib(off['memory_end_bytes'])} |",
         f"| machine's CPU busy during maximum load (service, simulator, broker) | {load['machine_cpu_busy']:.0%} |",
         f"| memory of the whole service (PSS): idle / start / end of maximum load | {_mib(results['idle']['memory_bytes'])} / "
         f"{_mib(load['memory_start_bytes'])} / {_mib(load['memory_end_bytes'])} |",
     ]
     for phase in results["fixed_rates"]:
-        rate = f"{phase['offered_rate']:,.0f}/s"
+        rate = f"{phase['offered_rate']:,.0f}/s, raw record {'on' if phase['raw'] else 'off'}"
         lines += [
             f"| at {rate}: CPU per trade, cores, memory | {_us(phase['cpu_microseconds_per_trade'])}, "
             f"{phase['cores']:.2f}, {_mib(phase['memory_bytes'])} |",
@@ -684,6 +700,7 @@ def format_table(results: dict) -> str:
 
 
 def _phases(results: dict) -> list[dict]:
-    return [results["ceilings"]["bare_loop"], results["max_load"], results["idle"], *results["fixed_rates"],
+    return [results["ceilings"]["bare_loop"], results["max_load"], results["max_load_raw_off"], results["idle"],
+            *results["fixed_rates"],
             *results.get("cpu_limited", {}).get("steps", []), *([results["soak"]] if "soak" in results else []),
             *results["scaling"]]

@@ -1,4 +1,4 @@
-"""Command line: start, validate-config, demo, tail, bench."""
+"""Command line: start, validate-config, demo, tail, replay, bench."""
 
 from __future__ import annotations
 
@@ -31,6 +31,16 @@ def _parser() -> argparse.ArgumentParser:
     demo = command("demo", "Run everything offline: local broker, registry and exchange simulator, and the pipeline.")
     demo.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds (default: until Ctrl-C)")
     demo.add_argument("--rate", type=float, default=20.0, metavar="N", help="simulated trades per second per symbol (default 20)")
+    replay = command("replay", "Derive the records again from the raw topic; compare them with the live topics, "
+                               "or write them to a topic.")
+    replay.add_argument("--since", type=_time, default=None, metavar="TIME",
+                        help="frames received at or after TIME (seconds since the epoch, or ISO 8601; default: the beginning)")
+    replay.add_argument("--until", type=_time, default=None, metavar="TIME", help="frames received before TIME (default: the end)")
+    what = replay.add_mutually_exclusive_group()
+    what.add_argument("--verify", action="store_true",
+                      help="report every difference from the live topics (missing, extra, duplicated, or a field that "
+                           "differs); exit 1 if any")
+    what.add_argument("--to-topic", metavar="TOPIC", help="write the records to TOPIC (trades) and TOPIC.<stream type> (the others)")
     bench = command("bench", "Measure the pipeline against this machine's ceilings (local stack); figures as a table and JSON.")
     bench.add_argument("--symbols", type=int, default=3, metavar="N", help="number of symbols (default 3)")
     bench.add_argument("--rates", type=_rates, default=(500.0, 1000.0, 2000.0), metavar="R,R",
@@ -77,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
             duration=args.duration, mode=args.mode, soak_minutes=args.soak,
             soak_rate=args.soak_rate, output=Path(args.output), config=args.config, connections=args.connections,
         ))
+    if args.command == "replay":
+        from k2actors.replay import run_replay
+
+        return run_replay(config, args.since, args.until, args.verify, args.to_topic)
     if args.command == "demo":
         from k2actors.demo import run_demo
 
@@ -84,6 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     from k2actors.tail import run_tail
 
     return run_tail(config, args.topic, args.from_beginning, args.max, args.json)
+
+
+def _time(text: str) -> int:
+    from k2actors.replay import parse_time
+
+    try:
+        return parse_time(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds since the epoch or an ISO 8601 time, got {text!r}") from None
 
 
 def _rates(text: str) -> tuple[float, ...]:

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from k2actors.core.binance import AGG_TRADE, BOOK_TICKER, STREAM_TYPES, TRADE
+from k2actors.core.raw import RAW
 
 VENUES = ("BINANCE", "BINANCEUS")
 MODES = ("failover", "hot_standby")
@@ -91,6 +92,7 @@ class KafkaConfig:
     topic: str = "market.crypto.trades.binance"
     aggtrade_topic: str = "market.crypto.aggtrades.binance"
     quote_topic: str = "market.crypto.quotes.binance"
+    raw_topic: str = "market.crypto.raw.binance"
     dlq_topic: str = ""
     create_topics: bool = True
     topic_partitions: int = 3
@@ -124,7 +126,12 @@ class KafkaConfig:
         return f"{self.topic}.state"
 
     def topic_for(self, stream: str) -> str:
-        return {TRADE: self.topic, AGG_TRADE: self.aggtrade_topic, BOOK_TICKER: self.quote_topic}[stream]
+        return {TRADE: self.topic, AGG_TRADE: self.aggtrade_topic, BOOK_TICKER: self.quote_topic, RAW: self.raw_topic}[stream]
+
+
+@dataclass(frozen=True)
+class RawConfig:
+    enabled: bool = True  # every frame received, byte for byte, to kafka.raw_topic
 
 
 @dataclass(frozen=True)
@@ -158,6 +165,7 @@ class ClusterConfig:
 class Config:
     binance: BinanceConfig = field(default_factory=BinanceConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    raw: RawConfig = field(default_factory=RawConfig)
     circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -167,6 +175,7 @@ class Config:
 SECTIONS: dict[str, type] = {
     "binance": BinanceConfig,
     "kafka": KafkaConfig,
+    "raw": RawConfig,
     "circuit_breaker": CircuitBreakerConfig,
     "metrics": MetricsConfig,
     "log": LogConfig,
@@ -510,6 +519,7 @@ _PARSERS = {
     ("kafka", "topic"): _topic,
     ("kafka", "aggtrade_topic"): _topic,
     ("kafka", "quote_topic"): _topic,
+    ("kafka", "raw_topic"): _topic,
     ("kafka", "dlq_topic"): _optional_topic,
     ("kafka", "create_topics"): _boolean,
     ("kafka", "topic_partitions"): _number(int, 1, 10000),
@@ -532,6 +542,7 @@ _PARSERS = {
     ("kafka", "schema_registry_ca_location"): _optional_file,
     ("kafka", "schema_registry_certificate_location"): _optional_file,
     ("kafka", "schema_registry_key_location"): _optional_file,
+    ("raw", "enabled"): _boolean,
     ("circuit_breaker", "failure_threshold"): _number(int, 1),
     ("circuit_breaker", "reset_timeout_seconds"): _number(float, 0.0),
     ("circuit_breaker", "exit_after_open_seconds"): _number(float, 1.0),

@@ -16,7 +16,9 @@ from thespian.actors import ActorAddress
 
 from k2actors.config import ClusterConfig, Config, Endpoint, KafkaConfig
 from k2actors.core.binance import AggTrade, Rejected, Trade
+from k2actors.core.link import Frame
 from k2actors.core.ranges import StreamPosition
+from k2actors.core.raw import Headers, RestResponse
 from k2actors.core.reasons import EndReason
 
 # A K2 v2 record as the Avro serializer takes it (TradeV2 or QuoteV2).
@@ -32,6 +34,7 @@ Positions = Mapping[tuple[str, str, str], StreamPosition]
 class StartPipeline:
     config: Config
     quote_assets: Mapping[str, str]  # symbol -> quote asset, from exchangeInfo; may be empty
+    exchange_info: tuple[RestResponse, ...]  # the answers they came from, for the raw record
     service_pid: int  # the service's main process: when it is gone, the actor system must go too
 
 
@@ -88,6 +91,7 @@ class SetupFailed:
 class ProducerSetup:
     kafka: KafkaConfig
     streams: tuple[str, ...]  # binance.streams: each has its topic and schema subject
+    raw: bool  # raw.enabled: frames to the raw topic too
     metrics: ActorAddress
     cluster: ClusterConfig
     symbols: tuple[str, ...]  # binance.symbols: in cluster mode, what the shards are made of
@@ -101,10 +105,12 @@ class NormaliserSetup:
     symbols: frozenset[str]  # subscribed; a trade of any other symbol is a dead letter
     backfill: ActorAddress | None  # the BackfillActor, when binance.backfill is on
     quote_assets: Mapping[str, str]
+    exchange_info: tuple[RestResponse, ...]  # the answers quote_assets came from, for the raw record
     max_buffered_records: int
     max_frame_bytes: int
     stale_timeout_seconds: float  # /ready: a venue without data for longer is not ready
     owned: frozenset[str] | None  # cluster mode: the symbols of the shards this instance owns; None: every symbol
+    raw: bool  # raw.enabled: every frame to the raw topic as well
 
 
 @dataclass(frozen=True)
@@ -153,6 +159,9 @@ class BackfilledTrades:
     received_us: int
     trades: tuple[Trade | AggTrade, ...]
     rejected: tuple[tuple[bytes, Rejected], ...]  # (the row as JSON, why it is no trade)
+    target: str  # the resource asked for: path and query
+    conn_id: str  # the response's own, for the raw record
+    body: bytes  # the response as received: kept in the raw record
 
     def __repr__(self) -> str:
         return f"BackfilledTrades({self.stream} {self.venue} {self.symbol}, {len(self.trades)} events, {len(self.rejected)} rejected)"
@@ -332,12 +341,12 @@ class ChannelReset:
 
 @dataclass(frozen=True, repr=False)
 class RawBatch:
-    """Frames as received, each with its receive time in microseconds since the epoch."""
+    """Frames as received, each with its receive time, its connection and its number there."""
 
     url: str
     venue: str
     seq: int
-    frames: tuple[tuple[int, bytes], ...]
+    frames: tuple[Frame, ...]
 
     def __repr__(self) -> str:
         return f"RawBatch(url={self.url!r}, seq={self.seq}, {len(self.frames)} frames)"
@@ -362,10 +371,12 @@ class SubscriptionAnswer:
 
 @dataclass(frozen=True, repr=False)
 class PoisonedFrames:
-    """Frames of a RawBatch the Normaliser failed on twice: to the DLQ as they are, unparsed."""
+    """Frames of a RawBatch the Normaliser failed on twice: to the DLQ as they are, unparsed
+    (and to the raw topic, as every frame)."""
 
     url: str
-    frames: tuple[tuple[int, bytes], ...]
+    venue: str
+    frames: tuple[Frame, ...]
     detail: str
 
     def __repr__(self) -> str:
@@ -385,7 +396,8 @@ class DeadLetter:
 @dataclass(frozen=True, repr=False)
 class RecordBatch:
     seq: int
-    records: tuple[tuple[str, Record], ...]  # (stream type, record): the stream type picks topic and schema
+    # (stream type, record, lineage headers): the stream type picks topic and schema
+    records: tuple[tuple[str, Record, Headers], ...]
     dead_letters: tuple[DeadLetter, ...]
 
     def __repr__(self) -> str:

@@ -24,6 +24,7 @@ from k2actors.clients import kafka_settings, registry_settings
 from k2actors.config import KafkaConfig
 from k2actors.core.binance import AGG_TRADE, BOOK_TICKER, STREAM_TYPES, TRADE
 from k2actors.core.ranges import IdRanges
+from k2actors.core.raw import RAW
 from k2actors.core.resume import Checkpoint, CheckpointError, Key, held
 from k2actors.logs import quiet_librdkafka_logger
 
@@ -33,7 +34,14 @@ log = logging.getLogger("k2actors.producer")
 LIBRDKAFKA_LOG = logging.getLogger("k2actors.librdkafka")
 
 # Aggregate trades are trades too: TradeV2, on a topic of their own.
-SCHEMA_FILES = {TRADE: "trade_v2.avsc", AGG_TRADE: "trade_v2.avsc", BOOK_TICKER: "quote_v2.avsc"}
+SCHEMA_FILES = {TRADE: "trade_v2.avsc", AGG_TRADE: "trade_v2.avsc", BOOK_TICKER: "quote_v2.avsc", RAW: "raw_frame_v1.avsc"}
+# Per stream type, the fields of a record that say what it is: (venue, whose, which one).
+# Events are a symbol's, numbered by the venue; raw frames a connection's, numbered by it.
+IDENTITY_FIELDS = {RAW: ("exchange", "conn_id", "conn_msg_seq")}
+EVENT_IDENTITY = ("exchange", "symbol", "source_sequence")
+# The raw topic takes frames as large as a venue sends (a book snapshot can be several MB):
+# beyond Kafka's default of 1 MB per record, for the topic and for the producer.
+RAW_MAX_MESSAGE_BYTES = 16 * 2**20
 
 
 def schema_for(stream: str) -> str:
@@ -61,6 +69,7 @@ def producer_settings(kafka: KafkaConfig) -> dict[str, Any]:
         # connection); librdkafka's own limit sits well above both.
         "message.timeout.ms": 0,
         "queue.buffering.max.messages": 2 * kafka.max_buffered_records + 100_000,
+        "message.max.bytes": RAW_MAX_MESSAGE_BYTES + 2**16,  # the record's envelope beyond its value
     }
 
 
@@ -138,7 +147,10 @@ class Preparation(threading.Thread):
         try:
             existing = admin.list_topics(timeout=10).topics
             topics = (*map(kafka.topic_for, self._streams), kafka.dead_letter_topic)
-            wanted = [NewTopic(topic, num_partitions=kafka.topic_partitions) for topic in topics]
+            wanted = [NewTopic(topic, num_partitions=kafka.topic_partitions) for topic in topics if topic != kafka.raw_topic]
+            if RAW in self._streams:
+                wanted.append(NewTopic(kafka.raw_topic, num_partitions=kafka.topic_partitions,
+                                       config={"max.message.bytes": str(RAW_MAX_MESSAGE_BYTES)}))
             # One partition, compacted: only each stream type's newest checkpoint matters.
             wanted.append(NewTopic(kafka.state_topic, num_partitions=1, config={"cleanup.policy": "compact"}))
             missing = [t for t in wanted if t.topic not in existing]
@@ -218,7 +230,7 @@ def read_checkpoints(consumer: Consumer, partition: TopicPartition) -> dict[str,
     """The newest checkpoint of each stream type in a partition of checkpoints (its last few records)."""
     low, high = consumer.get_watermark_offsets(partition, timeout=10)
     found: dict[str, Checkpoint] = {}
-    for message in _read_to_end(consumer, {partition: max(low, high - 2 * len(STREAM_TYPES))}):
+    for message in _read_to_end(consumer, {partition: max(low, high - 2 * (len(STREAM_TYPES) + 1))}):  # and raw
         try:
             checkpoint = Checkpoint.decode(message.value() or b"")
         except CheckpointError as exc:
@@ -241,6 +253,7 @@ def read_held(consumer: Consumer, kafka: KafkaConfig, registry: SchemaRegistryCl
         low, high = consumer.get_watermark_offsets(partition, timeout=10)
         start = checkpoint.offsets.get(number, low) if checkpoint else high - TAIL_WITHOUT_CHECKPOINT
         starts[partition] = max(low, start)
-    tail = [(record["exchange"], record["symbol"], record["source_sequence"])
+    venue, whose, which = IDENTITY_FIELDS.get(stream, EVENT_IDENTITY)
+    tail = [(record[venue], record[whose], record[which])
             for record in (deserialize(message.value(), context) for message in _read_to_end(consumer, starts))]
     return held(checkpoint, tail), len(tail)

@@ -17,7 +17,8 @@ taken once and kept: chasing the newest end could go on for as long as the servi
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
@@ -27,7 +28,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 def read_partitions(bootstrap: str, topic: str, timeout: float = 10.0) -> list[Message]:
     """Every record now in `topic`."""
-    return list(_messages(bootstrap, topic, timeout))
+    return list(messages({"bootstrap.servers": bootstrap}, topic, timeout))
 
 
 def records(bootstrap: str, registry_url: str, topic: str, timeout: float = 10.0) -> list[dict]:
@@ -47,14 +48,15 @@ def trade_ids(bootstrap: str, registry_url: str, topic: str, timeout: float = 10
 def _decoded(bootstrap: str, registry_url: str, topic: str, timeout: float) -> Iterator[dict]:
     deserialize = AvroDeserializer(SchemaRegistryClient({"url": registry_url}))
     context = SerializationContext(topic, MessageField.VALUE)
-    for message in _messages(bootstrap, topic, timeout):
+    for message in messages({"bootstrap.servers": bootstrap}, topic, timeout):
         yield deserialize(message.value(), context)
 
 
-def _messages(bootstrap: str, topic: str, timeout: float) -> Iterator[Message]:
-    """Every record now in `topic`, as it is read. A read that stalls for `timeout` seconds
-    raises: a short read must never pass for records missing from the topic."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "k2actors-readback", "enable.auto.commit": False,
+def messages(settings: Mapping[str, Any], topic: str, timeout: float = 10.0) -> Iterator[Message]:
+    """Every record now in `topic`, as it is read; `settings`: the client's (bootstrap servers,
+    security). A read that stalls for `timeout` seconds raises: a short read must never pass
+    for records missing from the topic."""
+    consumer = Consumer({**settings, "group.id": "k2actors-readback", "enable.auto.commit": False,
                          "enable.partition.eof": True})
     try:
         try:

@@ -11,6 +11,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Callable
 
 from thespian.actors import ActorSystem
@@ -21,6 +22,7 @@ from k2actors.actors.shell import SERVICE_PID_VARIABLE
 from k2actors.clients import exchange_tls
 from k2actors.config import BinanceConfig, Config
 from k2actors.core.binance import MAX_URL_LENGTH, quote_assets
+from k2actors.core.raw import RestResponse
 from k2actors.logs import logging_config
 from k2actors.messages import (
     PipelineAlive,
@@ -42,29 +44,35 @@ COORDINATOR_SILENCE_SECONDS = 15
 STOP_TIMEOUT_SECONDS = 12  # the whole stop stays within 15 s
 
 
-def fetch_quote_assets(binance: BinanceConfig) -> dict[str, str]:
-    """Each symbol's quote asset from every configured venue's exchangeInfo.
+def fetch_exchange_info(binance: BinanceConfig) -> tuple[dict[str, str], tuple[RestResponse, ...]]:
+    """Each symbol's quote asset from every configured venue's exchangeInfo, and the answers
+    themselves (kept in the raw record: the records' currencies come from them).
 
     Best effort: a venue that cannot be asked leaves the symbol-suffix table in charge of
     its currencies, and says so.
     """
     found: dict[str, str] = {}
+    answers: list[RestResponse] = []
     venues = dict.fromkeys(endpoint.venue for endpoint in binance.endpoints) if binance.enabled else {}
     query = "?" + urllib.parse.urlencode({"symbols": json.dumps(list(binance.symbols), separators=(",", ":"))})
     if len(query) > MAX_URL_LENGTH:
         query = ""  # too long for a URL: ask for every symbol instead
     tls = exchange_tls(binance.tls_ca_file, binance.tls_verify)
     for venue in venues:
-        url = f"{binance.rest_urls[venue]}/api/v3/exchangeInfo{query}"
+        target = f"/api/v3/exchangeInfo{query}"
         try:
-            with urllib.request.urlopen(url, timeout=EXCHANGE_INFO_TIMEOUT_SECONDS, context=tls) as response:
-                assets = quote_assets(json.load(response))
+            with urllib.request.urlopen(binance.rest_urls[venue] + target, timeout=EXCHANGE_INFO_TIMEOUT_SECONDS,
+                                        context=tls) as response:
+                body = response.read()
+            received_ns = time.time_ns()
+            assets = quote_assets(json.loads(body))
         except (OSError, ValueError) as exc:
             log.warning("exchangeInfo from %s unavailable (%s): quote currencies come from symbol suffixes", venue, exc)
             continue
         log.info("exchangeInfo from %s: quote assets of %d symbols", venue, len(assets))
         found.update(assets)
-    return found
+        answers.append(RestResponse(venue, binance.rest_urls[venue], target, uuid.uuid4().hex, received_ns, body))
+    return found, tuple(answers)
 
 
 class Pipeline:
@@ -90,7 +98,7 @@ class Pipeline:
         finally:
             signal.signal(signal.SIGINT, previous)
         self._coordinator = self._system.createActor(FailoverCoordinator)
-        start = StartPipeline(self.config, fetch_quote_assets(self.config.binance), os.getpid())
+        start = StartPipeline(self.config, *fetch_exchange_info(self.config.binance), os.getpid())
         reply = self._system.ask(self._coordinator, start, START_TIMEOUT_SECONDS)
         if isinstance(reply, PipelineFailed):
             self.close()

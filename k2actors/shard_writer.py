@@ -47,6 +47,7 @@ class Outgoing(NamedTuple):
     key: bytes | None
     value: bytes
     report: Report
+    headers: list[tuple[str, str | bytes | None]] | None = None  # a record's lineage
 
 
 # Given to the reports of records a writer never produced, or produced in a transaction that
@@ -154,10 +155,11 @@ class ShardWriter(threading.Thread):
         while True:
             try:
                 if outgoing.partition is None:
-                    producer.produce(outgoing.topic, value=outgoing.value, key=outgoing.key, on_delivery=report)
+                    producer.produce(outgoing.topic, value=outgoing.value, key=outgoing.key, headers=outgoing.headers,
+                                     on_delivery=report)
                 else:
                     producer.produce(outgoing.topic, value=outgoing.value, key=outgoing.key, partition=outgoing.partition,
-                                     on_delivery=report)
+                                     headers=outgoing.headers, on_delivery=report)
                 return
             except BufferError:
                 producer.poll(0.005)  # librdkafka's queue is full: serve acknowledgements

@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +75,27 @@ def wait_until(predicate, timeout: float, what: str):
 def trade_ids(broker, registry, topic: str) -> dict[str, list[int]]:
     """The trade ids in `topic` per symbol, in offset order, decoded through the registry."""
     return readback.trade_ids(broker.bootstrap_servers, registry.url, topic)
+
+
+def frames_by_connection(broker, registry, topic: str) -> dict[str, list[dict]]:
+    """The raw topic's records per conn_id, in the order Kafka holds them."""
+    found: dict[str, list[dict]] = defaultdict(list)
+    for record in readback.records(broker.bootstrap_servers, registry.url, f"{topic}.raw"):
+        found[record["conn_id"]].append(record)
+    return found
+
+
+def every_frame_once(broker, registry, topic: str) -> dict[str, list[dict]]:
+    """The raw topic's frames per connection, checked: numbered 1, 2, 3, ... without a break
+    or a repeat, in order, each connection of one endpoint."""
+    connections = frames_by_connection(broker, registry, topic)
+    for conn_id, frames in connections.items():
+        numbers = [frame["conn_msg_seq"] for frame in frames]
+        assert numbers == list(range(1, len(numbers) + 1)), f"{conn_id}: {numbers[:20]} ..."
+        assert len({(frame["endpoint"], frame["exchange"]) for frame in frames}) == 1
+        times = [frame["recv_ts_ns"] for frame in frames]
+        assert times == sorted(times)
+    return connections
 
 
 @dataclass
@@ -145,6 +167,7 @@ def start_service(broker, registry, simulator, topic, tmp_path):
             "K2_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
             "K2_KAFKA_SCHEMA_REGISTRY_URL": registry.url,
             "K2_KAFKA_TOPIC": topic,
+            "K2_KAFKA_RAW_TOPIC": f"{topic}.raw",
             "K2_METRICS_PORT": str(port),
             "K2_LOG_LEVEL": "INFO",
             **overrides,

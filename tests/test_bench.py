@@ -25,14 +25,14 @@ def test_a_short_benchmark_reports_every_figure_and_loses_nothing(tmp_path):
     assert (bare["missing"], bare["duplicates"], bare["records"]) == (0, 0, bare["trades"])
     assert figures["thespian_message_cpu_microseconds"] > 0
     assert figures["idle"]["memory_bytes"] > 0 and (figures["idle"]["missing"], figures["idle"]["duplicates"]) == (0, 0)
-    load = figures["max_load"]
-    assert load["rate"] > 0 and load["cpu_microseconds_per_trade"] > 0 and load["memory_end_bytes"] > 0
-    assert (load["missing"], load["duplicates"], load["records"]) == (0, 0, load["trades"])
-    [phase] = figures["fixed_rates"]
-    assert phase["offered_rate"] == 300 and phase["records"] > 0
-    assert (phase["missing"], phase["duplicates"]) == (0, 0)
-    assert phase["receive_to_ack_p50_ms"] <= phase["receive_to_ack_p99_ms"] <= phase["receive_to_ack_p99_9_ms"]
-    assert phase["receive_to_produce_p99_ms"] > 0 and phase["cpu_microseconds_per_trade"] > 0 and phase["memory_bytes"] > 0
+    for load, raw in ((figures["max_load"], True), (figures["max_load_raw_off"], False)):
+        assert load["rate"] > 0 and load["cpu_microseconds_per_trade"] > 0 and load["memory_end_bytes"] > 0
+        assert (load["missing"], load["duplicates"], load["records"], load["raw"]) == (0, 0, load["trades"], raw)
+    assert [(phase["offered_rate"], phase["raw"]) for phase in figures["fixed_rates"]] == [(300, True), (300, False)]
+    for phase in figures["fixed_rates"]:
+        assert phase["records"] > 0 and (phase["missing"], phase["duplicates"]) == (0, 0)
+        assert phase["receive_to_ack_p50_ms"] <= phase["receive_to_ack_p99_ms"] <= phase["receive_to_ack_p99_9_ms"]
+        assert phase["receive_to_produce_p99_ms"] > 0 and phase["cpu_microseconds_per_trade"] > 0 and phase["memory_bytes"] > 0
     # Held to 0.5 CPU: 300/s is carried, 8,000/s cannot be (about 4,000/s is), and the ladder stops there.
     limited = figures["cpu_limited"]
     assert [(step["offered_rate"], step["holds"]) for step in limited["steps"]] == [(300, True), (8_000, False)]
@@ -47,6 +47,7 @@ def test_a_short_benchmark_reports_every_figure_and_loses_nothing(tmp_path):
         assert (phase["missing"], phase["duplicates"], phase["records"]) == (0, 0, phase["trades"])
         assert phase["rate"] > 0 and 0 < phase["machine_cpu_busy"] <= 1
     for row in ("| pipeline sustained rate", "| bare loop, one process", "| held to 0.5 CPU", "| soak at 300/s",
+                "| ... with the raw record off", "| at 300/s, raw record off: CPU per trade",
                 "trades missing / duplicated (all phases) | 0 / 0 |"):
         assert row in result.stdout
 

@@ -26,7 +26,7 @@ def address() -> ActorAddress:
 
 
 def batch(seq: int, frames: int = 3, size: int = 100) -> RawBatch:
-    return RawBatch("ws://exchange.example/stream", "BINANCE", seq, tuple((i, bytes([i % 256]) * size) for i in range(frames)))
+    return RawBatch("ws://exchange.example/stream", "BINANCE", seq, tuple((i, "c", i + 1, bytes([i % 256]) * size) for i in range(frames)))
 
 
 def inbox_name_of(inbox: Inbox) -> str:

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from k2actors.readback import missing_and_duplicates
+from k2actors.readback import missing_and_duplicates, records
 from tests.conftest import trade_ids, wait_until
 from tests.test_resilience import settle, total
 
@@ -44,3 +44,8 @@ def test_a_refused_subscribe_is_reported_and_asked_again_until_its_symbols_strea
     assert len(refusals) == REFUSALS and all(line["venue_message"] == "Invalid request: invalid stream" for line in refusals)
     assert len([line for line in lines if line.get("event") == "subscription_resent"]) >= 1
     assert missing_and_duplicates(trade_ids(broker, registry, topic)) == (0, 0)
+    # the venue's refusals are kept as it sent them, each on its connection, in the raw record
+    archived = records(broker.bootstrap_servers, registry.url, f"{topic}.raw")
+    refusals_kept = [frame for frame in archived if b"Invalid request: invalid stream" in frame["payload"]]
+    assert len(refusals_kept) == REFUSALS
+    assert all(json.loads(frame["payload"])["error"]["code"] == 2 and frame["stream"] is None for frame in refusals_kept)

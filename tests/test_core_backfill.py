@@ -147,7 +147,8 @@ T0_US = 1_700_000_000_000 * 1000  # the rows' trade times are T0 and a few ms on
 
 
 def answer(status: int | None, body: bytes = b"[]", received_us: int = T0_US, **headers: str) -> HistoryResponse:
-    return HistoryResponse(status, body, {name.replace("_", "-"): value for name, value in headers.items()}, received_us)
+    return HistoryResponse(status, body, {name.replace("_", "-"): value for name, value in headers.items()}, received_us,
+                           "/api/v3/historicalTrades?symbol=BTCUSDT", "rest")
 
 
 WINDOW_SECONDS = 3600.0

@@ -38,6 +38,7 @@ from k2actors.core.ledger import (
     TradeSummary,
 )
 from k2actors.core.ranges import StreamPosition
+from k2actors.core.raw import RAW
 from k2actors.core.sequence import Gap
 from k2actors.core.telemetry import MetricBuffer
 from k2actors.messages import BackfilledTrades, PoisonedFrames, RawBatch
@@ -55,18 +56,20 @@ def trade_frame(trade_id: int, symbol: str = "BTCUSDT") -> bytes:
 
 
 def raw(url: str, seq: int, *frames: bytes) -> RawBatch:
-    return RawBatch(url, "BINANCE", seq, tuple((T0_MS * 1000, frame) for frame in frames))
+    """The batch `seq` of a connection to `url` whose batches hold up to 1000 frames each."""
+    return RawBatch(url, "BINANCE", seq, tuple((T0_MS * 1_000_000 + index, f"conn-{url}", (seq - 1) * 1000 + index, frame)
+                                               for index, frame in enumerate(frames, 1)))
 
 
 def ledger(max_buffered: int = 100_000, positions: Mapping[tuple[str, str, str], StreamPosition] | None = None,
-           quote_assets: Mapping[str, str] | None = None) -> Ledger[str]:
+           quote_assets: Mapping[str, str] | None = None, keep_raw: bool = False) -> Ledger[str]:
     rules = Rules(GRACE, frozenset({"BTCUSDT", "ETHUSDT"}), {} if quote_assets is None else quote_assets, max_buffered, 65536,
-                  STALE)
+                  STALE, keep_raw)
     return Ledger(rules, positions or {}, 0.0, MetricBuffer())
 
 
 def published(events: list) -> list[int]:
-    return [record["source_sequence"] for e in events if isinstance(e, Publish) for _, record in e.batch.records]
+    return [record["source_sequence"] for e in events if isinstance(e, Publish) for stream, record, _ in e.batch.records if stream != RAW]
 
 
 def of(kind: type, events: list) -> list:
@@ -80,14 +83,35 @@ def counters(book: Ledger[str]) -> dict[str, float]:
     return totals
 
 
-def test_a_batch_of_trades_is_published_and_released_to_its_connection():
+def test_a_batch_of_trades_is_published_and_released_to_its_connection_once_kafka_has_it():
     book = ledger()
     events = book.take_raw(raw(PRIMARY, 1, trade_frame(10), trade_frame(11)), "connection", 0.0)
     assert published(events) == [10, 11]
-    assert of(Release, events) == [Release("connection", 1)]
+    assert of(Release, events) == []  # the connection keeps the frames until Kafka has what came of them
     [publish] = of(Publish, events)
     assert publish.batch.seq == 1 and book.held == 2
-    assert book.delivered((1,)) == [] and book.held == 0
+    assert book.delivered((1,)) == [Release("connection", 1)] and book.held == 0
+
+
+def test_a_batch_is_released_only_once_every_batch_before_it_is_in_kafka_too():
+    book = ledger()
+    book.take_raw(raw(PRIMARY, 1, trade_frame(1)), "a", 0.0)
+    book.take_raw(raw(MIRROR, 1, trade_frame(2)), "b", 0.0)
+    nothing_new = book.take_raw(raw(MIRROR, 2, trade_frame(2)), "b", 0.0)  # a duplicate: no records of its own
+    assert of(Publish, nothing_new) == [] and of(Release, nothing_new) == []
+    assert book.delivered((2,)) == []  # batch 1 is not in Kafka yet
+    assert book.delivered((1,)) == [Release("a", 1), Release("b", 1), Release("b", 2)]
+    # with nothing waiting for Kafka, a batch that made no records is released at once
+    assert of(Release, book.take_raw(raw(MIRROR, 3, trade_frame(2)), "b", 0.0)) == [Release("b", 3)]
+
+
+def test_what_a_replaced_producer_held_is_released_when_the_new_one_has_it():
+    book = ledger()
+    book.take_raw(raw(PRIMARY, 1, trade_frame(1)), "a", 0.0)
+    book.take_raw(raw(PRIMARY, 2, trade_frame(2)), "a", 0.0)
+    [resent] = of(Publish, book.resend())
+    assert book.delivered((1, 2)) == []  # the old numbers mean nothing now
+    assert book.delivered((resent.batch.seq,)) == [Release("a", 1), Release("a", 2)]
 
 
 def test_the_same_trade_from_two_connections_is_published_once():
@@ -119,7 +143,8 @@ def test_past_max_buffered_records_the_connections_are_held_back_until_kafka_cat
     events = book.take_raw(raw(PRIMARY, 2, trade_frame(4)), "a", 0.1)
     assert of(Release, events) == [] and of(Backpressure, events) == []  # said once
     events = book.delivered((1,))
-    assert events == [Backpressure(False, 1), Release("a", 1), Release("a", 2)]
+    assert events == [Backpressure(False, 1), Release("a", 1)]
+    assert book.delivered((2,)) == [Release("a", 2)]
 
 
 def test_a_new_producer_gets_everything_unacknowledged_merged_and_renumbered():
@@ -157,16 +182,20 @@ def test_records_the_producer_failed_on_twice_become_dead_letters_once():
     [publish] = of(Publish, book.take_raw(raw(PRIMARY, 1, trade_frame(7)), "a", 0.0))
     events = book.poisoned(publish.batch, "ValueError: no")
     [letters] = of(Publish, events)
+    assert of(Release, events) == []  # the frame's batch waits for its dead letters
     [letter] = letters.batch.dead_letters
     assert (letter.reason, letter.endpoint, json.loads(letter.raw)["trade_id"]) == ("poison_message", PRIMARY, "BINANCE-7")
     assert book.poisoned(publish.batch, "again") == []  # already given up: never sent round again
-    assert book.poisoned(letters.batch, "dead letters too") == [DeadLettersLost(1)]
+    assert book.poisoned(letters.batch, "dead letters too") == [DeadLettersLost(1), Release("a", 1)]
     assert book.held == 0
+
+
+POISONED = ((1, "c", 1, b"x"), (2, "c", 2, b"y"))
 
 
 def test_frames_a_normaliser_failed_on_go_to_the_dlq_unparsed():
     book = ledger()
-    [publish] = of(Publish, book.take_poisoned_frames(PoisonedFrames(PRIMARY, ((1, b"x"), (2, b"y")), "KeyError")))
+    [publish] = of(Publish, book.take_poisoned_frames(PoisonedFrames(PRIMARY, "BINANCE", POISONED, "KeyError")))
     assert [(letter.raw, letter.reason) for letter in publish.batch.dead_letters] == [(b"x", "poison_message"), (b"y", "poison_message")]
 
 
@@ -182,7 +211,7 @@ def test_a_frame_the_ledger_fails_on_costs_that_frame_and_nothing_else():
     assert "RuntimeError: a bug" in failed.trace
     [publish] = of(Publish, events)
     assert [letter.reason for letter in publish.batch.dead_letters] == ["internal_error", "not_json"]
-    assert of(Release, events) == [Release("a", 1)]
+    assert book.delivered((publish.batch.seq,)) == [Release("a", 1)]
 
 
 def test_dead_letters_are_said_one_by_one_up_to_a_bound_then_summarised():
@@ -253,7 +282,9 @@ def test_a_drain_declares_gaps_still_inside_their_grace_and_says_what_is_missing
 
 def history(*ids: int) -> BackfilledTrades:
     trades = tuple(Trade("BTCUSDT", i, "1.5", "2", T0_MS + i, T0_MS + i, True, True) for i in ids)
-    return BackfilledTrades("trade", "BINANCE", "BTCUSDT", "http://rest", T0_MS * 1000, trades, ())
+    body = json.dumps([{"id": i} for i in ids]).encode()  # what the ledger keeps; the trades are parsed already
+    return BackfilledTrades("trade", "BINANCE", "BTCUSDT", "http://rest", T0_MS * 1000, trades, (),
+                            "/api/v3/historicalTrades?symbol=BTCUSDT&fromId=11&limit=1", "rest-1", body)
 
 
 def test_backfilled_trades_fill_the_gap_in_id_order_and_are_marked():
@@ -262,7 +293,7 @@ def test_backfilled_trades_fill_the_gap_in_id_order_and_are_marked():
     book.tick(GRACE)
     events = book.take_backfill(history(13, 11, 12, 14), 3.0)  # 14 was streamed: a duplicate
     assert published(events) == [11, 12, 13]
-    assert all(record["vendor_data"]["backfilled"] == "true" for e in of(Publish, events) for _, record in e.batch.records)
+    assert all(record["vendor_data"]["backfilled"] == "true" for e in of(Publish, events) for _, record, _ in e.batch.records)
     assert of(Backfilled, events) == [Backfilled("trade", "BINANCE", "BTCUSDT", 3, 11, 13)]
     assert of(Recovered, events) == []  # backfill is the plan, not a surprise
     assert book.open_gaps("trade") == []
@@ -319,7 +350,7 @@ def test_ready_needs_data_from_every_venue_within_the_stale_timeout():
 
 
 def test_cluster_mode_publishes_only_owned_symbols_and_resumes_a_newly_owned_one_from_kafka():
-    rules = Rules(GRACE, frozenset({"BTCUSDT", "ETHUSDT"}), {}, 100_000, 65536, STALE)
+    rules = Rules(GRACE, frozenset({"BTCUSDT", "ETHUSDT"}), {}, 100_000, 65536, STALE, False)
     book: Ledger[str] = Ledger(rules, {}, 0.0, MetricBuffer(), owned=frozenset())
     assert of(DataStatus, book.tick(0.5)) == [DataStatus(True, "no symbols owned (cluster mode: a standby until the group "
                                                              "assigns this instance a shard)")]
@@ -342,7 +373,70 @@ def test_cluster_mode_publishes_only_owned_symbols_and_resumes_a_newly_owned_one
 
 
 def test_a_symbol_outside_the_configuration_is_still_a_dead_letter_in_cluster_mode():
-    rules = Rules(GRACE, frozenset({"BTCUSDT"}), {}, 100_000, 65536, STALE)
+    rules = Rules(GRACE, frozenset({"BTCUSDT"}), {}, 100_000, 65536, STALE, False)
     book: Ledger[str] = Ledger(rules, {}, 0.0, MetricBuffer(), owned=frozenset())
     events = book.take_raw(raw(PRIMARY, 1, trade_frame(1, "DOGEUSDT")), "c", 1.0)
     assert [letter.reason for e in events if isinstance(e, Publish) for letter in e.batch.dead_letters] == ["unsubscribed_symbol"]
+
+
+# --- the raw record ---
+
+
+def shaped(events: list) -> list[tuple[str, dict, tuple]]:
+    return [item for e in of(Publish, events) for item in e.batch.records]
+
+
+def test_every_frame_is_archived_first_byte_for_byte_whatever_it_is_and_what_it_became_names_it():
+    book = ledger(keep_raw=True)
+    reply, garbage = b'{"result":null,"id":1}', b"\xff not json"
+    refusal = b'{"code":2,"msg":"Invalid request: invalid stream","id":2}'
+    frames = (reply, trade_frame(1), garbage, refusal, trade_frame(2, "ETHUSDT"), trade_frame(1))  # the last a duplicate
+    events = book.take_raw(raw(PRIMARY, 1, *frames), "connection", 0.0)
+    records = shaped(events)
+    archived = [record for stream, record, _ in records if stream == RAW]
+    assert [record["payload"] for record in archived] == list(frames)
+    assert [record["conn_msg_seq"] for record in archived] == [1, 2, 3, 4, 5, 6]
+    assert {(record["conn_id"], record["endpoint"], record["exchange"]) for record in archived} == {(f"conn-{PRIMARY}", PRIMARY, "BINANCE")}
+    assert [record["recv_ts_ns"] for record in archived] == [T0_MS * 1_000_000 + i for i in range(1, 7)]
+    assert [(record["stream"], record["symbol"]) for record in archived] == [
+        (None, None), ("btcusdt@trade", "BTCUSDT"), (None, None), (None, None), ("ethusdt@trade", "ETHUSDT"),
+        ("btcusdt@trade", "BTCUSDT")]
+    # each frame's raw record comes before what was derived from it, and that names the frame
+    assert [(stream, record.get("conn_msg_seq", record.get("source_sequence"))) for stream, record, _ in records] == [
+        (RAW, 1), (RAW, 2), ("trade", 1), (RAW, 3), (RAW, 4), (RAW, 5), ("trade", 2), (RAW, 6)]
+    lineage = [dict(headers) for stream, _, headers in records if stream == "trade"]
+    assert lineage == [{"k2.conn_id": f"conn-{PRIMARY}".encode(), "k2.conn_msg_seq": str(seq).encode(),
+                        "k2.recv_ts_ns": str(T0_MS * 1_000_000 + seq).encode()} for seq in (2, 5)]
+    # the garbage is still a dead letter, the answers still answers
+    assert [letter.raw for e in of(Publish, events) for letter in e.batch.dead_letters] == [garbage]
+    assert len(of(Answered, events)) == 2
+
+
+def test_without_the_raw_record_only_derived_records_are_published():
+    events = ledger(keep_raw=False).take_raw(raw(PRIMARY, 1, trade_frame(1), b"garbage"), "c", 0.0)
+    assert [stream for stream, _, _ in shaped(events)] == ["trade"]
+
+
+def test_frames_a_normaliser_failed_on_are_archived_too():
+    [publish] = of(Publish, ledger(keep_raw=True).take_poisoned_frames(PoisonedFrames(PRIMARY, "BINANCE", POISONED, "KeyError")))
+    assert [(stream, record["payload"], record["conn_msg_seq"]) for stream, record, _ in publish.batch.records] == [
+        (RAW, b"x", 1), (RAW, b"y", 2)]
+
+
+def test_a_rest_response_is_archived_and_what_came_of_it_names_it():
+    book = ledger(keep_raw=True)
+    book.take_raw(raw(PRIMARY, 1, trade_frame(10), trade_frame(12)), "a", 0.0)
+    book.tick(GRACE)
+    page = history(11)
+    [(raw_stream, archived, _), (stream, record, headers)] = shaped(book.take_backfill(page, 3.0))
+    assert (stream, record["source_sequence"]) == ("trade", 11)
+    assert (raw_stream, archived["payload"], archived["conn_id"], archived["conn_msg_seq"]) == (RAW, page.body, "rest-1", 1)
+    assert (archived["endpoint"], archived["stream"], archived["symbol"]) == ("http://rest", page.target, "BTCUSDT")
+    assert dict(headers) == {"k2.conn_id": b"rest-1", "k2.conn_msg_seq": b"1", "k2.recv_ts_ns": str(T0_MS * 1_000_000).encode(),
+                             "k2.source_url": b"http://rest/api/v3/historicalTrades?symbol=BTCUSDT&fromId=11&limit=1"}
+
+
+def test_a_resend_to_a_new_producer_carries_the_raw_records_and_lineage_unchanged():
+    book = ledger(keep_raw=True)
+    first = shaped(book.take_raw(raw(PRIMARY, 1, trade_frame(1), b"garbage"), "a", 0.0))
+    assert shaped(book.resend()) == first

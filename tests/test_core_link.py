@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from k2actors.core.link import (
     Drop,
     FlowWindow,
+    Frame,
     ReadingPaused,
     ReadingResumed,
     Retire,
@@ -22,8 +23,8 @@ from k2actors.core.link import (
 from k2actors.core.reasons import ConnectionEnd, EndReason
 
 
-def frames(start: int, count: int) -> list[tuple[int, bytes]]:
-    return [(i, f"frame {i}".encode()) for i in range(start, start + count)]
+def frames(start: int, count: int) -> list[Frame]:
+    return [(i, "conn", i + 1, f"frame {i}".encode()) for i in range(start, start + count)]
 
 
 def test_the_window_lets_a_few_batches_out_and_the_rest_leave_together_later():
@@ -35,7 +36,7 @@ def test_the_window_lets_a_few_batches_out_and_the_rest_leave_together_later():
     assert flow.waiting == 2
     flow.taken(2)
     [(seq, batch)] = flow.release()
-    assert seq == 3 and [received for received, _ in batch] == [2, 3]  # one batch, in order
+    assert seq == 3 and [received for received, *_ in batch] == [2, 3]  # one batch, in order
 
 
 def test_a_batch_holds_at_most_max_batch_frames():
@@ -47,8 +48,22 @@ def test_a_batch_holds_at_most_max_batch_frames():
 def test_a_batch_stops_growing_at_max_batch_bytes_and_a_larger_frame_leaves_alone():
     flow = FlowWindow(max_waiting=10_000, window_batches=10, max_batch_bytes=100)
     sizes = [40, 40, 40, 250, 10, 90, 1]
-    flow.add([(i, b"x" * size) for i, size in enumerate(sizes)])
-    assert [[len(frame) for _, frame in batch] for _, batch in flow.release()] == [[40, 40], [40], [250], [10, 90], [1]]
+    flow.add([(i, "conn", i + 1, b"x" * size) for i, size in enumerate(sizes)])
+    assert [[len(frame) for *_, frame in batch] for _, batch in flow.release()] == [[40, 40], [40], [250], [10, 90], [1]]
+
+
+def test_a_new_receiver_is_sent_first_what_the_old_one_had_not_taken():
+    flow = FlowWindow(max_waiting=10_000, window_batches=2, max_batch_frames=2)
+    flow.add(frames(0, 7))
+    assert [seq for seq, _ in flow.release()] == [1, 2]
+    flow.taken(1)
+    assert [seq for seq, _ in flow.release()] == [3]  # frames 4 and 5 in flight with 2 and 3; 6 waits
+    flow.new_receiver()
+    resent = flow.release()
+    assert [seq for seq, _ in resent] == [4, 5]
+    assert [received for _, batch in resent for received, *_ in batch] == [2, 3, 4, 5]
+    flow.taken(5)
+    assert [[received for received, *_ in batch] for _, batch in flow.release()] == [[6]]
 
 
 def test_everything_leaves_on_stop_whatever_the_window():
@@ -101,8 +116,8 @@ def test_no_frame_is_lost_duplicated_or_reordered(steps, window, max_batch, max_
         assert flow.seq - acknowledged <= window
     sent += flow.release(everything=True)
     assert [seq for seq, _ in sent] == list(range(1, len(sent) + 1))
-    assert [received for _, batch in sent for received, _ in batch] == list(range(next_frame))
-    assert all(len(batch) == 1 or sum(len(frame) for _, frame in batch) <= max_bytes for _, batch in sent)
+    assert [received for _, batch in sent for received, *_ in batch] == list(range(next_frame))
+    assert all(len(batch) == 1 or sum(len(frame) for *_, frame in batch) <= max_bytes for _, batch in sent)
 
 
 @dataclass

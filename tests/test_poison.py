@@ -25,8 +25,8 @@ def actors():
         producer = system.createActor(RecordRefusingProducer)
         system.tell(producer, StandInSetup())
         normaliser = system.createActor(Normaliser)
-        setup = NormaliserSetup(producer, system.createActor(Sink), 0.0, frozenset({"BTCUSDT"}), None, {}, 100_000, 65536, 30.0,
-                                None)
+        setup = NormaliserSetup(producer, system.createActor(Sink), 0.0, frozenset({"BTCUSDT"}), None, {}, (), 100_000, 65536, 30.0,
+                                None, False)
         system.tell(normaliser, setup)
         yield system, normaliser, producer
     finally:
@@ -55,7 +55,7 @@ def dead_letters(system, producer, count: int) -> list:
 
 def test_records_the_producer_fails_on_twice_go_to_the_dlq_as_json(actors):
     system, normaliser, producer = actors
-    system.tell(normaliser, RawBatch(URL, "BINANCE", 1, ((1_700_000_000_000_000, json.dumps(TRADE).encode()),)))
+    system.tell(normaliser, RawBatch(URL, "BINANCE", 1, ((1_700_000_000_000_000_000, "conn", 1, json.dumps(TRADE).encode()),)))
     [(reason, raw)] = dead_letters(system, producer, 1)
     assert reason == "poison_message"
     record = json.loads(raw)
@@ -66,6 +66,6 @@ def test_records_the_producer_fails_on_twice_go_to_the_dlq_as_json(actors):
 
 def test_frames_the_normaliser_failed_on_go_to_the_dlq_unparsed(actors):
     system, normaliser, producer = actors
-    frames = ((1, b"first"), (2, json.dumps(TRADE).encode()))
-    system.tell(normaliser, PoisonedFrames(URL, frames, "KeyError: 'x'"))
+    frames = ((1, "conn", 1, b"first"), (2, "conn", 2, json.dumps(TRADE).encode()))
+    system.tell(normaliser, PoisonedFrames(URL, "BINANCE", frames, "KeyError: 'x'"))
     assert dead_letters(system, producer, 2) == [("poison_message", b"first"), ("poison_message", json.dumps(TRADE).encode())]

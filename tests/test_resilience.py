@@ -10,7 +10,7 @@ import pytest
 from k2actors.localstack.registry import SchemaRegistryDouble
 from k2actors.net import free_port
 from k2actors.readback import missing_and_duplicates, read_partitions
-from tests.conftest import trade_ids, wait_until
+from tests.conftest import every_frame_once, trade_ids, wait_until
 
 # What a fault test compares with Kafka: settled once none of them moves between two scrapes.
 SETTLING = ("k2_binance_missing_trades_total", "k2_binance_recovered_trades_total", "k2_backfill_trades_total",
@@ -168,6 +168,7 @@ def test_rotation_makes_before_it_breaks(trigger, start_service, simulator, brok
     assert missing_and_duplicates(trade_ids(broker, registry, topic)) == (0, 0)
     assert total(samples, "k2_binance_missing_trades_total") == 0
     assert total(samples, "k2_binance_reconnects_total") == 0  # replaced, never lost
+    assert len(every_frame_once(broker, registry, topic)) == 2  # both connections of the rotation archived whole
 
 
 def test_circuit_opens_half_opens_and_closes_again(start_service, simulator):

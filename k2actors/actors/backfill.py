@@ -13,8 +13,8 @@ import queue
 import threading
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
+import uuid
 from email.message import Message
 
 from thespian.actors import ActorAddress
@@ -50,15 +50,16 @@ class _Fetcher(threading.Thread):
             self._answers.put(self._get(request))
 
     def _get(self, request: HistoryRequest) -> HistoryResponse:
-        query = urllib.parse.urlencode(request.query())
+        target, conn_id = request.target(), uuid.uuid4().hex
         try:
-            with urllib.request.urlopen(f"{request.base_url}{request.path}?{query}",
-                                        timeout=REQUEST_TIMEOUT_SECONDS, context=self._tls) as response:
-                return HistoryResponse(response.status, response.read(), _lower(response.headers), time.time_ns() // 1000)
+            with urllib.request.urlopen(f"{request.base_url}{target}", timeout=REQUEST_TIMEOUT_SECONDS,
+                                        context=self._tls) as response:
+                body = response.read()
+                return HistoryResponse(response.status, body, _lower(response.headers), time.time_ns() // 1000, target, conn_id)
         except urllib.error.HTTPError as error:
-            return HistoryResponse(error.code, error.read(), _lower(error.headers), time.time_ns() // 1000)
+            return HistoryResponse(error.code, error.read(), _lower(error.headers), time.time_ns() // 1000, target, conn_id)
         except OSError as exc:  # refused, reset, timed out, TLS
-            return HistoryResponse(None, str(exc).encode(), {}, time.time_ns() // 1000)
+            return HistoryResponse(None, str(exc).encode(), {}, time.time_ns() // 1000, target, conn_id)
 
 
 def _lower(headers: Message) -> dict[str, str]:

@@ -1,7 +1,8 @@
 """ConnectionActor: one websocket per 1024 streams to one endpoint; where a trade enters.
 
 A reader thread blocks on each socket (websocket-client answers every ping with the same
-payload) and stamps each frame with its receive time. It wakes the actor through a pipe
+payload) and stamps each frame with its receive time, its connection's id (fresh for every
+connection) and its number on that connection (1, 2, 3, ...): the raw record's identity. It wakes the actor through a pipe
 the actor watches with ThespianWatch, so the actor never blocks and batches form by
 themselves. Batches go to the Normaliser on a data channel (k2actors.channel). The flow
 window, the watchdog and rotation are k2actors.core.link's.
@@ -16,6 +17,7 @@ import socket
 import ssl
 import threading
 import time
+import uuid
 
 import websocket
 from thespian.actors import ActorAddress
@@ -70,6 +72,8 @@ class _Reader(threading.Thread):
         self._signalled = False
         self._socket: websocket.WebSocket | None = None
         self._closed_here: ConnectionEnd | None = None
+        self.conn_id = uuid.uuid4().hex
+        self._received = 0  # data frames numbered so far
         self.opened = False
         self.opened_at = 0.0
         self.streamed = False
@@ -127,13 +131,14 @@ class _Reader(threading.Thread):
                     if self._closed_here:
                         return self._closed_here
                 opcode, frame = ws.recv_data_frame(True)
-                received_us = time.time_ns() // 1000
+                received_ns = time.time_ns()
                 self.last_frame_at = time.monotonic()
                 if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
                     data = frame.data if isinstance(frame.data, bytes) else frame.data.encode()
                     self.streamed = self.streamed or not data.startswith(_ANSWERS)  # an answer to a request is no data
+                    self._received += 1
                     with self._lock:
-                        self._frames.append((received_us, data))
+                        self._frames.append((received_ns, self.conn_id, self._received, data))
                         if not self._signalled:
                             self._signalled = True
                             os.write(self._wake_fd, b"f")
@@ -263,7 +268,7 @@ class ConnectionActor(Supervised[ConnectionSetup]):
             self._settle()
 
     def on_channel_reset(self) -> None:
-        self._flow.new_receiver()  # what was in flight is lost, as with a restarted Normaliser: its trades are backfilled
+        self._flow.new_receiver()  # what was in flight goes again, on a new channel
         self._forward_frames()
 
     def _drop_links(self) -> None:
@@ -345,7 +350,7 @@ class ConnectionActor(Supervised[ConnectionSetup]):
         if isinstance(message, RawBatch):
             # Its frames still reach the DLQ, unparsed. If even that fails it comes back once
             # more as PoisonedFrames, and then is only counted and logged: never a loop.
-            self.deliver(self.setup.normaliser, PoisonedFrames(message.url, message.frames, detail))
+            self.deliver(self.setup.normaliser, PoisonedFrames(message.url, message.venue, message.frames, detail))
         elif isinstance(message, PoisonedFrames):
             log.error("%d frames from %s could not even be dead-lettered; they are lost", len(message.frames), message.url,
                       extra={"event": "frames_lost", "endpoint": message.url, "count": len(message.frames)})

@@ -80,6 +80,7 @@ class _Started:
     def __init__(self, start: StartPipeline, service: ActorAddress):
         self.config = start.config
         self.quote_assets = start.quote_assets
+        self.exchange_info = start.exchange_info
         self.service_pid = start.service_pid
         self.service = service
         self.dark = DarkDeadline(start.config.circuit_breaker.exit_after_open_seconds)
@@ -313,12 +314,12 @@ class FailoverCoordinator(ActorTypeDispatcher):
         elif role is Role.METRICS:
             message = MetricsSetup(config.metrics.port, config.metrics.bind_address)
         elif role is Role.PRODUCER:
-            message = ProducerSetup(kafka, binance.streams, metrics, config.cluster, binance.symbols)
+            message = ProducerSetup(kafka, binance.streams, config.raw.enabled, metrics, config.cluster, binance.symbols)
         elif role is Role.NORMALISER:
             message = NormaliserSetup(
                 children[Role.PRODUCER], metrics, GAP_GRACE_SECONDS, frozenset(binance.symbols),
-                children.get(Role.BACKFILL), run.quote_assets, kafka.max_buffered_records, binance.max_frame_bytes,
-                binance.stale_timeout_seconds, None if run.shards is None else frozenset(run.symbols),
+                children.get(Role.BACKFILL), run.quote_assets, run.exchange_info, kafka.max_buffered_records, binance.max_frame_bytes,
+                binance.stale_timeout_seconds, None if run.shards is None else frozenset(run.symbols), config.raw.enabled,
             )
         elif role is Role.MEMBERSHIP:
             assert run.shards is not None

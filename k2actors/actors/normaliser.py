@@ -98,13 +98,14 @@ class Normaliser(Supervised[NormaliserSetup]):
             return
         setup = self.setup
         rules = Rules(setup.gap_grace_seconds, setup.symbols, setup.quote_assets, setup.max_buffered_records,
-                      setup.max_frame_bytes, setup.stale_timeout_seconds)
+                      setup.max_frame_bytes, setup.stale_timeout_seconds, setup.raw)
         self._ledger = Ledger(rules, message.positions, time.monotonic(), self.metrics, setup.owned)
         if message.positions:
             missing = sum(last - first + 1 for position in message.positions.values() for first, last in position.missing)
             log.info("resuming id tracking of %d streams from what Kafka holds; %d ids below the highest are missing "
                      "and will be declared and backfilled", len(message.positions), missing,
                      extra={"event": "resumed", "streams": len(message.positions), "missing": missing})
+        self._act(self._ledger.archive(setup.exchange_info))
         self.release_held()
         if self._drain is not None:  # a stop came while Kafka was being reached
             drain, self._drain = self._drain[0], None

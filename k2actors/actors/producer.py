@@ -19,7 +19,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from thespian.actors import ActorAddress, ActorExitRequest
 
 from k2actors.actors.shell import Recipient, Supervised, seconds
@@ -28,6 +28,7 @@ from k2actors.core.binance import SERIALIZATION_FAILED
 from k2actors.core.cluster import shard_symbols, transactional_id
 from k2actors.core.delivery import NO_SHARD, Admission, Deliveries, Handed, KafkaReadiness, Landed, PendingBatch
 from k2actors.core.normalise import record_dead_letter
+from k2actors.core.raw import RAW
 from k2actors.messages import (
     AcquireShard,
     BatchesDelivered,
@@ -113,7 +114,9 @@ class ProducerActor(Supervised[ProducerSetup]):
     # --- setup: topics and schema on a thread of its own, so the actor never blocks ---
 
     def _prepare(self) -> None:
-        self._preparing = Preparation(self.setup.kafka, self.setup.streams, resume=not self.setup.cluster.enabled)
+        setup = self.setup
+        self._preparing = Preparation(setup.kafka, (*setup.streams, RAW) if setup.raw else setup.streams,
+                                      resume=not setup.cluster.enabled)
         self._preparing.start()
 
     def on_wakeup(self, payload: object) -> None:
@@ -205,13 +208,17 @@ class ProducerActor(Supervised[ProducerSetup]):
         in_kafka = not_owned = 0
         admit = self._handed.admit
         owned = self._owned
-        for stream, record in batch.records:
-            if owned is not None and record["symbol"] not in owned:  # its shard was released meanwhile
+        for shaped in batch.records:
+            stream, record, _ = shaped
+            if stream == RAW:  # a frame of this instance's own connections: archived whoever owns its symbol
+                admission = admit(RAW, record["exchange"], record["conn_id"], record["conn_msg_seq"])
+            elif owned is not None and record["symbol"] not in owned:  # its shard was released meanwhile
                 not_owned += 1
                 continue
-            admission = admit(stream, record["exchange"], record["symbol"], record["source_sequence"])
+            else:
+                admission = admit(stream, record["exchange"], record["symbol"], record["source_sequence"])
             if admission is Admission.PRODUCE:
-                records.append((stream, record))
+                records.append(shaped)
             elif admission is Admission.IN_KAFKA:  # a resend after a producer restart: some had landed
                 in_kafka += 1
             else:
@@ -230,24 +237,31 @@ class ProducerActor(Supervised[ProducerSetup]):
             return
         dead_letters = list(batch.dead_letters)
         received: list[int] = []
-        for stream, record in records:
+        for stream, record, headers in records:
             outlet = self._outlets[stream]
             try:
                 value = outlet.write(record)
             except Exception as exc:  # one record the schema refuses must not sink the batch
-                log.error("record %s could not be serialized: %s", record["message_id"], exc,
-                          extra={"event": "serialization_failed", "message_id": record["message_id"]})
+                name = record.get("message_id") or f"{record.get('conn_id')}/{record.get('conn_msg_seq')}"
+                log.error("record %s could not be serialized: %s", name, exc,
+                          extra={"event": "serialization_failed", "message_id": name})
                 dead_letters.append(record_dead_letter(record, stream, SERIALIZATION_FAILED, f"{type(exc).__name__}: {exc}"[:200]))
+                continue
+            if stream == RAW:
+                frame = _Trade(RAW, (record["exchange"], record["conn_id"]), record["conn_msg_seq"], record["recv_ts_ns"] // 1000,
+                               0, NO_SHARD)
+                self._send(outlet.topic, record["conn_id"].encode(), value, None, partial(self._delivered, pending, outlet.topic, frame))
                 continue
             symbol = record["symbol"]
             writer = owned[symbol] if owned is not None else None
             trade = _Trade(stream, (record["exchange"], symbol), record["source_sequence"],
                            record["ingestion_timestamp"], record["timestamp"], NO_SHARD if writer is None else writer.shard)
             report = partial(self._delivered, pending, outlet.topic, trade)
+            lineage: list[tuple[str, str | bytes | None]] = list(headers)
             if writer is None:
-                self._send(outlet.topic, symbol.encode(), value, None, report)
+                self._send(outlet.topic, symbol.encode(), value, lineage, report)
             else:
-                writer.put(Outgoing(outlet.topic, None, symbol.encode(), value, report))
+                writer.put(Outgoing(outlet.topic, None, symbol.encode(), value, report, lineage))
             received.append(trade.received_us)
         if received:
             produced_us = time.time_ns() // 1000
@@ -268,6 +282,9 @@ class ProducerActor(Supervised[ProducerSetup]):
             except BufferError:
                 # librdkafka's queue is full: let the poll thread drain acknowledgements.
                 time.sleep(0.005)
+            except KafkaException as exc:  # refused outright (a record larger than Kafka takes): reported as a failed delivery
+                report(exc.args[0], None)
+                return
 
     def _poll(self, producer: Producer) -> None:
         while not self._stopping.is_set():
@@ -287,7 +304,7 @@ class ProducerActor(Supervised[ProducerSetup]):
             self._deliveries.acknowledged(pending, topic, None, None)
             return
         now_us = time.time_ns() // 1000
-        latencies = ((now_us - trade.received_us) / 1e6, (now_us - trade.trade_us) / 1e6)
+        latencies = None if trade.stream == RAW else ((now_us - trade.received_us) / 1e6, (now_us - trade.trade_us) / 1e6)
         landed = Landed(trade.stream, trade.key, trade.event_id, message.partition() or 0, message.offset() or 0, trade.shard)
         self._deliveries.acknowledged(pending, topic, latencies, landed)
 
@@ -384,10 +401,10 @@ class _Trade(NamedTuple):
     """What the delivery report of one record needs to know about it (one per record)."""
 
     stream: str
-    key: tuple[str, str]  # (venue, symbol)
-    event_id: int
+    key: tuple[str, str]  # (venue, symbol); for a raw record (venue, conn_id)
+    event_id: int  # for a raw record its conn_msg_seq
     received_us: int
-    trade_us: int
+    trade_us: int  # the exchange's time (not for raw records: they are not timed)
     shard: int  # whose checkpoints it goes into: NO_SHARD outside cluster mode
 
 

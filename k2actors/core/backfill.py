@@ -8,6 +8,7 @@ import collections
 import json
 import logging
 import random
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -170,6 +171,10 @@ class HistoryRequest:
         since: dict[str, str | int] = {"startTime": self.start_time_ms} if self.start_time_ms is not None else {}
         return {"symbol": self.symbol, **({"fromId": self.from_id} if self.from_id is not None else since), "limit": self.limit}
 
+    def target(self) -> str:
+        """The resource asked for, as the venue names it: path and query."""
+        return f"{self.path}?{urllib.parse.urlencode(self.query())}"
+
 
 @dataclass(frozen=True, slots=True)
 class HistoryResponse:
@@ -177,6 +182,8 @@ class HistoryResponse:
     body: bytes
     headers: Mapping[str, str]  # names in lower case
     received_us: int
+    target: str  # what was asked for (HistoryRequest.target)
+    conn_id: str  # fresh for every response: a page kept in the raw record is its connection's one message
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,7 +352,7 @@ class Backfill:
             if not recent and not gap.done:
                 gap.locate_from_ms = cutoff_ms
         fetched = BackfilledTrades(gap.stream, gap.venue, gap.symbol, self._rest_urls[gap.venue], response.received_us,
-                                   tuple(recent), rejected)
+                                   tuple(recent), rejected, response.target, response.conn_id, response.body)
         return [PageFetched(fetched), *events] if recent or rejected else events
 
     def _locate(self, gap: GapFill, response: HistoryResponse) -> list[BackfillEvent]:

@@ -156,20 +156,32 @@ _BOOK_TICKER_FIELDS = (
 
 
 def parse_frame(raw: bytes | str, max_bytes: int) -> Event:
+    return read_frame(raw, max_bytes)[1]
+
+
+def read_frame(raw: bytes | str, max_bytes: int) -> tuple[str | None, Event]:
+    """The frame's stream as the venue names it (the combined stream's envelope, None for a
+    frame without one), and what the frame says."""
     if len(raw) > max_bytes:
-        return Rejected(FRAME_TOO_LARGE, f"{len(raw)} bytes, more than {max_bytes}; the dead letter keeps the first {max_bytes}")
+        return None, Rejected(FRAME_TOO_LARGE, f"{len(raw)} bytes, more than {max_bytes}; the dead letter keeps the first {max_bytes}")
     try:
         message = json.loads(raw)
     except RecursionError:
-        return Rejected(TOO_DEEPLY_NESTED, "nesting exhausted the JSON parser")
+        return None, Rejected(TOO_DEEPLY_NESTED, "nesting exhausted the JSON parser")
     except (ValueError, UnicodeDecodeError) as exc:
-        return Rejected(NOT_JSON, str(exc)[:200])
+        return None, Rejected(NOT_JSON, str(exc)[:200])
     # Counting brackets is cheap and bounds the depth from above, so a plain trade frame
     # never pays for the walk.
     if _bracket_count(raw) > MAX_JSON_DEPTH and _depth(message) > MAX_JSON_DEPTH:
-        return Rejected(TOO_DEEPLY_NESTED, f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
+        return None, Rejected(TOO_DEEPLY_NESTED, f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
     if not isinstance(message, dict):
-        return Rejected(UNEXPECTED_SHAPE, f"top level is {type(message).__name__}, not an object")
+        return None, Rejected(UNEXPECTED_SHAPE, f"top level is {type(message).__name__}, not an object")
+    name = message.get("stream")
+    stream_name = name[:200] if isinstance(name, str) else None
+    return stream_name, _event(message)
+
+
+def _event(message: dict) -> Event:
     if "result" in message and "id" in message:
         return SubscriptionReply(message["id"], message["result"])
     refusal = _error_reply(message)

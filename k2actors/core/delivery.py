@@ -16,6 +16,7 @@ from typing import Generic, NamedTuple, TypeVar
 
 from k2actors.core.binance import BOOK_TICKER
 from k2actors.core.ranges import IdRanges, StreamPosition
+from k2actors.core.raw import RAW
 from k2actors.core.resume import Acknowledged, Checkpoint, Key
 
 A = TypeVar("A")  # who to confirm a batch to, opaque here
@@ -64,7 +65,10 @@ class Handed:
             del self._ids[key]
 
     def positions(self) -> dict[tuple[str, str, str], StreamPosition]:
-        return {key: position for key, ranges in self._ids.items() if (position := ranges.position()) is not None}
+        """Where each stream of events stands (raw records are numbered by their connection:
+        nothing for the Normaliser to track)."""
+        return {key: position for key, ranges in self._ids.items()
+                if key[0] != RAW and (position := ranges.position()) is not None}
 
 
 @dataclass(eq=False)

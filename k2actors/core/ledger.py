@@ -12,6 +12,7 @@ to act on (send, log). Counters accumulate in `metrics`.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -33,9 +34,10 @@ from k2actors.core.binance import (
     SubscriptionError,
     SubscriptionReply,
     Trade,
-    parse_frame,
+    read_frame,
 )
 from k2actors.core.normalise import Delivery, event_id, record_dead_letter, shape_event
+from k2actors.core.raw import RAW, Headers, RestResponse, frame_lineage, raw_record
 from k2actors.core.sequence import DEDUP_WINDOW_IDS, BatchSequence, Gap, StreamSequences, Verdict
 from k2actors.core.telemetry import LogLine, MetricBuffer
 from k2actors.messages import (
@@ -311,6 +313,10 @@ class Rules:
     max_buffered_records: int
     max_frame_bytes: int
     stale_timeout_seconds: float
+    raw: bool  # every frame to the raw topic as well
+
+
+Shaped = tuple[str, Record, Headers]  # (stream type, record, lineage headers), as a RecordBatch carries it
 
 
 class Ledger(Generic[A]):
@@ -329,7 +335,11 @@ class Ledger(Generic[A]):
         self._seq = 0  # the last RecordBatch numbered
         self._unacked: dict[int, RecordBatch] = {}
         self.held = 0  # records and dead letters in _unacked
-        self._untaken: list[tuple[A, int]] = []  # RawBatches not yet released to their connection
+        # RawBatches not yet released to their connection, in the order taken: (the last
+        # RecordBatch published when it was taken, its sender, its seq). One is released once
+        # Kafka has acknowledged every RecordBatch up to that one: until then its connection
+        # keeps its frames, and sends them again to a Normaliser that replaces this one.
+        self._awaiting: collections.deque[tuple[int, A, int]] = collections.deque()
         self._holding_back = False
         self._drain: Mapping[str, int] | None = None
         self._summary_at = now
@@ -343,23 +353,29 @@ class Ledger(Generic[A]):
     def take_raw(self, batch: RawBatch, sender: A, now: float) -> list[Event[A]]:
         self._received.setdefault(batch.url, BatchSequence(BATCH_GRACE_SECONDS)).observe(batch.seq, now)
         events: list[Event[A]] = []
-        records: list[tuple[str, Record]] = []
+        records: list[Shaped] = []
         letters: list[DeadLetter] = []
-        for received_us, raw in batch.frames:
-            delivery = Delivery(batch.venue, batch.url, received_us)
+        keep_raw = self._rules.raw
+        for received_ns, conn_id, conn_msg_seq, raw in batch.frames:
+            # The raw record first, whatever the frame turns out to be: it is the system of record.
+            archived = raw_record(batch.venue, batch.url, received_ns, conn_id, conn_msg_seq, raw) if keep_raw else None
+            if archived is not None:
+                records.append((RAW, archived, ()))
+            delivery = Delivery(batch.venue, batch.url, received_ns // 1000)
+            lineage = frame_lineage(conn_id, conn_msg_seq, received_ns)
             try:
-                self._take_frame(raw, delivery, sender, now, records, letters, events)
+                self._take_frame(raw, delivery, lineage, archived, sender, now, records, letters, events)
             except Exception as exc:  # a bug costs one frame, to the DLQ, never the batch or the actor
                 events.append(FrameFailed(batch.url, traceback.format_exc()))
                 rejected = Rejected(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:200])
                 letters.append(self._dead_letter(raw, rejected, delivery, events))
         if batch.frames:
-            self.metrics.set("k2_binance_last_message_timestamp_seconds", batch.frames[-1][0] / 1e6)
+            self.metrics.set("k2_binance_last_message_timestamp_seconds", batch.frames[-1][0] / 1e9)
             self._data_at[batch.venue] = now
         self._publish(records, letters, events)
         self._declare_gaps(now, events)
         self._report_not_owned(events)
-        self._untaken.append((sender, batch.seq))
+        self._awaiting.append((self._seq, sender, batch.seq))
         self._release(events)
         self._check_drain(events)
         return events
@@ -368,30 +384,47 @@ class Ledger(Generic[A]):
         """A page of REST history inside a gap: shaped like streamed trades, marked backfilled,
         and published in id order; ids published meanwhile are duplicates as ever."""
         delivery = Delivery(page.venue, page.url, page.received_us)
+        response = RestResponse(page.venue, page.url, page.target, page.conn_id, page.received_us * 1000, page.body, page.symbol)
+        lineage = response.lineage()
         events: list[Event[A]] = []
         letters = [self._dead_letter(raw, rejected, delivery, events) for raw, rejected in page.rejected]
-        records: list[tuple[str, Record]] = []
+        records: list[Shaped] = []
         for trade in sorted(page.trades, key=event_id):
             outcome = self._accept(trade, delivery, now, backfilled=True, events=events)
             if isinstance(outcome, Rejected):
                 letters.append(self._dead_letter(json.dumps(dataclasses.asdict(trade)).encode(), outcome, delivery, events))
             elif outcome is not None:
-                records.append(outcome)
+                records.append((*outcome, lineage))
         if records:
             first_id, last_id = records[0][1]["source_sequence"], records[-1][1]["source_sequence"]
             self.metrics.inc("k2_backfill_trades_total", page.symbol, amount=len(records))
             events.append(Backfilled(page.stream, page.venue, page.symbol, len(records), first_id, last_id))
+        if self._rules.raw:  # the response the records come from, kept as the venue sent it, first
+            records.insert(0, (RAW, response.raw_record(), ()))
         self._publish(records, letters, events)
         self._report_not_owned(events)
         return events
 
+    def archive(self, responses: tuple[RestResponse, ...]) -> list[Event[A]]:
+        """REST responses the records were shaped with (exchangeInfo, read at start) to the raw
+        record. A new Normaliser archives them again: the producer finds them in Kafka already."""
+        events: list[Event[A]] = []
+        if self._rules.raw:
+            self._publish([(RAW, response.raw_record(), ()) for response in responses], [], events)
+        return events
+
     def take_poisoned_frames(self, poisoned: PoisonedFrames) -> list[Event[A]]:
-        """Frames of a RawBatch the Normaliser failed on twice: to the DLQ unparsed."""
+        """Frames of a RawBatch the Normaliser failed on twice: to the DLQ unparsed, and to
+        the raw topic as every frame."""
         events: list[Event[A]] = []
         rejected = Rejected(POISON_MESSAGE, poisoned.detail)
-        letters = [self._dead_letter(raw, rejected, Delivery("", poisoned.url, received_us), events)
-                   for received_us, raw in poisoned.frames]
-        self._publish([], letters, events)
+        letters = [self._dead_letter(raw, rejected, Delivery(poisoned.venue, poisoned.url, received_ns // 1000), events)
+                   for received_ns, _, _, raw in poisoned.frames]
+        archived: list[Shaped] = [
+            (RAW, raw_record(poisoned.venue, poisoned.url, received_ns, conn_id, conn_msg_seq, raw), ())
+            for received_ns, conn_id, conn_msg_seq, raw in poisoned.frames
+        ] if self._rules.raw else []
+        self._publish(archived, letters, events)
         return events
 
     # --- what the producer answers ---
@@ -410,10 +443,13 @@ class Ledger(Generic[A]):
         if self._forget(batch.seq) is None:
             return events
         if batch.records:
-            letters = [record_dead_letter(record, stream, POISON_MESSAGE, detail) for stream, record in batch.records]
+            letters = [record_dead_letter(record, stream, POISON_MESSAGE, detail) for stream, record, _ in batch.records]
             for letter in letters:
                 self._count_dead_letter(letter, events)
             self._publish([], letters + list(batch.dead_letters), events)
+            # what waited for the batch waits for its dead letters (and, to keep the order, what came after it too)
+            self._awaiting = collections.deque((self._seq if tag >= batch.seq else tag, sender, seq)
+                                               for tag, sender, seq in self._awaiting)
         else:
             events.append(DeadLettersLost(len(batch.dead_letters)))
         self._release(events)
@@ -421,7 +457,7 @@ class Ledger(Generic[A]):
 
     def resend(self) -> list[Event[A]]:
         """A new producer never saw what the old one held: everything unacknowledged again,
-        merged into a few large batches."""
+        merged into a few large batches. The RawBatches waiting for them wait for the last."""
         batches = sorted(self._unacked.values(), key=lambda batch: batch.seq)
         records = [record for batch in batches for record in batch.records]
         letters = [letter for batch in batches for letter in batch.dead_letters]
@@ -432,6 +468,7 @@ class Ledger(Generic[A]):
         for start in range(0, max(len(records), len(letters)), RESEND_BATCH_RECORDS):
             end = start + RESEND_BATCH_RECORDS
             self._publish(records[start:end], letters[start:end], events)
+        self._awaiting = collections.deque((self._seq, sender, seq) for _, sender, seq in self._awaiting)
         return events
 
     # --- time, and the orderly stop ---
@@ -476,15 +513,19 @@ class Ledger(Generic[A]):
 
     # --- inside ---
 
-    def _take_frame(self, raw: bytes, delivery: Delivery, sender: A, now: float, records: list[tuple[str, Record]],
-                    letters: list[DeadLetter], events: list[Event[A]]) -> None:
-        event = parse_frame(raw, self._rules.max_frame_bytes)
+    def _take_frame(self, raw: bytes, delivery: Delivery, lineage: Headers, archived: Record | None, sender: A, now: float,
+                    records: list[Shaped], letters: list[DeadLetter], events: list[Event[A]]) -> None:
+        stream_name, event = read_frame(raw, self._rules.max_frame_bytes)
+        if archived is not None:
+            archived["stream"] = stream_name
         if isinstance(event, (Trade, AggTrade, BookTicker)):
+            if archived is not None:
+                archived["symbol"] = event.symbol
             outcome = self._accept(event, delivery, now, backfilled=False, events=events)
             if isinstance(outcome, Rejected):
                 letters.append(self._dead_letter(raw, outcome, delivery, events))
             elif outcome is not None:
-                records.append(outcome)
+                records.append((*outcome, lineage))
         elif isinstance(event, Rejected):
             letters.append(self._dead_letter(raw, event, delivery, events))
         elif isinstance(event, ServerShutdown):
@@ -549,7 +590,7 @@ class Ledger(Generic[A]):
             events.append(DeadLettersThrottled(letter.reason))
         self.metrics.inc("k2_binance_message_errors_total", letter.reason, letter.stream)
 
-    def _publish(self, records: list[tuple[str, Record]], letters: list[DeadLetter], events: list[Event[A]]) -> None:
+    def _publish(self, records: list[Shaped], letters: list[DeadLetter], events: list[Event[A]]) -> None:
         if records or letters:
             self._seq += 1
             batch = RecordBatch(self._seq, tuple(records), tuple(letters))
@@ -565,9 +606,10 @@ class Ledger(Generic[A]):
         return batch
 
     def _release(self, events: list[Event[A]]) -> None:
-        """Release the connections' RawBatches, but only while fewer than max_buffered_records
-        wait for Kafka: past that their windows stay full, their readers pause, and TCP slows
-        the exchange. Memory stays bounded, nothing is shed."""
+        """Release the RawBatches whose records (and those of every batch before them) Kafka
+        acknowledged, but only while fewer than max_buffered_records wait for Kafka: past that
+        the connections' windows stay full, their readers pause, and TCP slows the exchange.
+        Memory stays bounded, nothing is shed."""
         if self.held >= self._rules.max_buffered_records:
             if not self._holding_back:
                 self._holding_back = True
@@ -576,8 +618,11 @@ class Ledger(Generic[A]):
         if self._holding_back:
             self._holding_back = False
             events.append(Backpressure(False, self.held))
-        untaken, self._untaken = self._untaken, []
-        events.extend(Release(sender, seq) for sender, seq in untaken)
+        oldest_unacked = next(iter(self._unacked), self._seq + 1)  # numbered in order, and a dict keeps it
+        awaiting = self._awaiting
+        while awaiting and awaiting[0][0] < oldest_unacked:
+            _, sender, seq = awaiting.popleft()
+            events.append(Release(sender, seq))
 
     def _declare_gaps(self, now: float, events: list[Event[A]]) -> None:
         for stream, gap in self._sequences.declare_due(now):

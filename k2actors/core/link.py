@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Final, Generic, Protocol, TypeVar
 
 from k2actors.core.reasons import ConnectionEnd, EndReason
 
-Frame = tuple[int, bytes]  # (receive time in microseconds since the epoch, the frame as received)
+# (receive time in nanoseconds since the epoch, the connection's id, the frame's number on it
+# from 1, the frame as received): a plain tuple, made, pickled and read once per frame.
+Frame = tuple[int, str, int, bytes]
+PAYLOAD: Final = 3  # where the frame's bytes are in a Frame
 
 # RawBatches sent but not yet taken by the Normaliser. With the window full, frames wait in
 # the backlog and leave together in the next batch: under load batches grow by themselves,
@@ -40,7 +43,9 @@ class ReadingResumed:
 class FlowWindow:
     """Frames from the readers to the Normaliser, numbered RawBatches 1, 2, 3, ...
 
-    At most `window_batches` batches are in flight; the rest wait in the backlog. Bounded
+    At most `window_batches` batches are in flight; the rest wait in the backlog. A batch is
+    in flight until the Normaliser has taken it, which it does once Kafka has what came of
+    it: a new Normaliser is sent again what the old one had not finished. Bounded
     memory without loss: at `max_waiting` frames in the backlog the readers pause and TCP
     slows the sender; below half of it they read again. (Binance drops a client that falls
     too far behind; that ends as a reconnect and a reported gap, never as unbounded memory.)
@@ -53,6 +58,7 @@ class FlowWindow:
         self._max_batch = max_batch_frames
         self._max_bytes = max_batch_bytes
         self._backlog: collections.deque[Frame] = collections.deque()
+        self._in_flight: collections.deque[tuple[int, tuple[Frame, ...]]] = collections.deque()  # sent, not yet taken
         self.seq = 0  # the last batch numbered
         self._taken = 0  # the last batch the Normaliser has taken
         self.reading = True
@@ -65,10 +71,18 @@ class FlowWindow:
         self._backlog.extend(frames)
 
     def taken(self, seq: int) -> None:
+        """The Normaliser is done with every batch up to `seq`: Kafka has what came of them."""
         self._taken = max(self._taken, seq)
+        in_flight = self._in_flight
+        while in_flight and in_flight[0][0] <= self._taken:
+            in_flight.popleft()
 
     def new_receiver(self) -> None:
-        """A new Normaliser: nothing is in flight to it."""
+        """A new Normaliser (or a new channel to it): what the old one had not finished is
+        sent again, first, in new batches. Nothing is in flight to the new one."""
+        for _, frames in reversed(self._in_flight):
+            self._backlog.extendleft(reversed(frames))
+        self._in_flight.clear()
         self._taken = self.seq
 
     def release(self, everything: bool = False) -> list[tuple[int, tuple[Frame, ...]]]:
@@ -77,18 +91,20 @@ class FlowWindow:
         batches = []
         while self._backlog and (everything or self.seq - self._taken < self._window):
             self.seq += 1
-            batches.append((self.seq, self._next_batch()))
+            batch = (self.seq, self._next_batch())
+            self._in_flight.append(batch)
+            batches.append(batch)
         return batches
 
     def _next_batch(self) -> tuple[Frame, ...]:
         """At most max_batch_frames frames and, beyond its first frame, max_batch_bytes."""
         backlog = self._backlog
         batch = [backlog.popleft()]
-        size = len(batch[0][1])
-        while backlog and len(batch) < self._max_batch and size + len(backlog[0][1]) <= self._max_bytes:
+        size = len(batch[0][PAYLOAD])
+        while backlog and len(batch) < self._max_batch and size + len(backlog[0][PAYLOAD]) <= self._max_bytes:
             frame = backlog.popleft()
             batch.append(frame)
-            size += len(frame[1])
+            size += len(frame[PAYLOAD])
         return tuple(batch)
 
     def reading_change(self) -> ReadingPaused | ReadingResumed | None:

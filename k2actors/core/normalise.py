@@ -33,6 +33,7 @@ from k2actors.core.binance import (
     Rejected,
     Trade,
 )
+from k2actors.core.raw import RAW
 from k2actors.messages import DeadLetter, Record
 
 DECIMAL_PRECISION = 18
@@ -61,7 +62,10 @@ _QUOTE_SUFFIXES = tuple(
 
 def record_dead_letter(record: Record, stream: str, reason: str, detail: str) -> DeadLetter:
     """A record that cannot be published (the schema refused it, the producer failed on it
-    twice) goes to the DLQ as JSON, with where and when its trade arrived."""
+    twice) goes to the DLQ as JSON, with where and when its trade arrived; a raw record as
+    the frame it keeps."""
+    if stream == RAW:
+        return DeadLetter(record["payload"], reason, detail, record["endpoint"], record["recv_ts_ns"] // 1000, stream)
     return DeadLetter(json.dumps(record, default=str).encode(), reason, detail, record["vendor_data"]["endpoint"],
                       record["ingestion_timestamp"], stream)
 

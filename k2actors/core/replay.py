@@ -1,0 +1,197 @@
+"""Records derived again from the raw record, and compared with what the live topics hold.
+
+The raw topic keeps every frame and every REST response the records came from (k2actors.core.raw).
+`Replay` takes its records in any order and derives, through the same parsing and shaping as
+the live path, every record each of them yields; `verify` holds the live records against
+that: each must be what its own source (named by its lineage headers) derives, field for
+field, and once; and every record the sources derive must be live.
+
+No I/O: the shell reads the topics and decodes the records (both sides alike), and writes or
+prints what comes out.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from k2actors.core.backfill import HISTORY
+from k2actors.core.binance import AGG_TRADE, TRADE, AggTrade, BookTicker, Trade, quote_assets, read_frame
+from k2actors.core.normalise import Delivery, shape_event
+from k2actors.core.raw import CONN_ID, CONN_MSG_SEQ, Headers, RestResponse, frame_lineage
+
+Record = dict[str, Any]
+Source = tuple[str, int]  # (conn_id, conn_msg_seq)
+# Where the venue's instrument information is served: the quote assets the records' `currency` comes from.
+EXCHANGE_INFO_PATH = "/api/v3/exchangeInfo"
+_HISTORY_BY_PATH = {history.path: stream for stream, history in HISTORY.items()}
+GAPLESS = (TRADE, AGG_TRADE)  # stream types whose ids are consecutive per symbol
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """What the live service was configured with, as far as it shapes records."""
+
+    symbols: frozenset[str]  # subscribed: a streamed event of another symbol is a dead letter, never a record
+    max_frame_bytes: int
+    backfill_max_age_seconds: float  # REST rows older than this (at the response's receipt) were never published
+
+
+@dataclass(frozen=True, slots=True)
+class Derived:
+    stream: str
+    record: Record
+    lineage: Headers
+
+
+class Replay:
+    """Raw records in (decoded: exchange, endpoint, conn_id, conn_msg_seq, recv_ts_ns, stream,
+    symbol, payload); every record they derive out, in the order the frames were received."""
+
+    def __init__(self, rules: Rules) -> None:
+        self._rules = rules
+        self._raw: dict[Source, Mapping[str, Any]] = {}
+
+    def add(self, raw: Mapping[str, Any]) -> None:
+        self._raw[(raw["conn_id"], raw["conn_msg_seq"])] = raw
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def derive(self) -> dict[Source, list[Derived]]:
+        """Per source, what it derives; sources in receive order (a dict keeps it)."""
+        ordered = sorted(self._raw.values(), key=lambda raw: (raw["recv_ts_ns"], raw["conn_id"], raw["conn_msg_seq"]))
+        assets: dict[str, str] = {}
+        derived: dict[Source, list[Derived]] = {}
+        for raw in ordered:
+            stream = raw["stream"] or ""
+            if stream.startswith(EXCHANGE_INFO_PATH):  # it shaped what came after it
+                assets.update(_quote_assets(raw["payload"]))
+                continue
+            history = _HISTORY_BY_PATH.get(stream.partition("?")[0])
+            source = (raw["conn_id"], raw["conn_msg_seq"])
+            derived[source] = (self._from_history(raw, assets) if history is not None else self._from_frame(raw, assets))
+        return derived
+
+    def records(self) -> list[Derived]:
+        """Every record derived, each once (the first source to derive it: hot standby and
+        REST history derive some more than once), in receive order."""
+        seen: set[str] = set()
+        unique = []
+        for records in self.derive().values():
+            for derived in records:
+                if derived.record["message_id"] not in seen:
+                    seen.add(derived.record["message_id"])
+                    unique.append(derived)
+        return unique
+
+    def _from_frame(self, raw: Mapping[str, Any], assets: Mapping[str, str]) -> list[Derived]:
+        _, event = read_frame(raw["payload"], self._rules.max_frame_bytes)
+        if not isinstance(event, (Trade, AggTrade, BookTicker)):
+            return []
+        delivery = Delivery(raw["exchange"], raw["endpoint"], raw["recv_ts_ns"] // 1000)
+        shaped = shape_event(event, delivery, assets, self._rules.symbols)
+        if not isinstance(shaped, tuple):
+            return []
+        return [Derived(shaped[0], shaped[1], frame_lineage(raw["conn_id"], raw["conn_msg_seq"], raw["recv_ts_ns"]))]
+
+    def _from_history(self, raw: Mapping[str, Any], assets: Mapping[str, str]) -> list[Derived]:
+        parse = HISTORY[_HISTORY_BY_PATH[raw["stream"].partition("?")[0]]].parse
+        rows = parse(raw["payload"], raw["symbol"] or "")
+        if not isinstance(rows, list):
+            return []
+        received_us = raw["recv_ts_ns"] // 1000
+        cutoff_ms = received_us // 1000 - int(self._rules.backfill_max_age_seconds * 1000)
+        delivery = Delivery(raw["exchange"], raw["endpoint"], received_us)
+        lineage = RestResponse(raw["exchange"], raw["endpoint"], raw["stream"], raw["conn_id"], raw["recv_ts_ns"], raw["payload"],
+                               raw["symbol"]).lineage()
+        derived = []
+        for _, event in rows:
+            if isinstance(event, (Trade, AggTrade)) and event.trade_time_ms >= cutoff_ms:
+                shaped = shape_event(event, delivery, assets, None)
+                if isinstance(shaped, tuple):
+                    shaped[1]["vendor_data"]["backfilled"] = "true"
+                    derived.append(Derived(shaped[0], shaped[1], lineage))
+        return derived
+
+
+def _quote_assets(payload: bytes) -> dict[str, str]:
+    try:
+        return quote_assets(json.loads(payload))
+    except ValueError:
+        return {}
+
+
+# --- holding the live topics against the raw record ---
+
+
+MISSING = "missing"  # derived from the raw record, not in the live topic (trades and aggregate trades)
+EXTRA = "extra"  # in the live topic, derived from no source in the raw record
+DUPLICATE = "duplicate"  # in the live topic more than once
+DIFFERS = "differs"  # in the live topic, but not as its source derives it
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    kind: str
+    stream: str
+    message_id: str
+    source: Source | None  # the frame (or REST response) it came from, or would have
+    detail: str
+
+    def __str__(self) -> str:
+        where = f" (conn_id {self.source[0]}, conn_msg_seq {self.source[1]})" if self.source else ""
+        return f"{self.kind}: {self.stream} {self.message_id}{where}: {self.detail}"
+
+
+def verify(derived: Mapping[Source, list[Derived]], live: Sequence[tuple[str, Record, Mapping[str, bytes]]]) -> list[Difference]:
+    """Differences between the live records (stream type, record, headers) and what the
+    sources derive. Records are compared as decoded alike on both sides."""
+    by_source = {source: {d.record["message_id"]: d for d in records} for source, records in derived.items()}
+    differences: list[Difference] = []
+    seen: set[str] = set()
+    for stream, record, headers in live:
+        message_id = record["message_id"]
+        source = _source(headers)
+        if message_id in seen:
+            differences.append(Difference(DUPLICATE, stream, message_id, source, "in the live topic more than once"))
+        seen.add(message_id)
+        if source is None:
+            differences.append(Difference(EXTRA, stream, message_id, None, "no lineage headers"))
+            continue
+        expected = by_source.get(source, {}).get(message_id)
+        if expected is None:
+            what = "its source derives no such record" if source in by_source else "its source is not in the raw record"
+            differences.append(Difference(EXTRA, stream, message_id, source, what))
+            continue
+        changed = sorted(name for name in expected.record.keys() | record.keys() if expected.record.get(name) != record.get(name))
+        if changed:
+            detail = "; ".join(f"{name}: live {record.get(name)!r}, derived {expected.record.get(name)!r}" for name in changed)
+            differences.append(Difference(DIFFERS, stream, message_id, source, detail))
+    # Missing: ids of a gapless stream type from where its live stream starts (tracking starts
+    # at the first id it sees: ids before that were never its to publish). Quotes are not
+    # gapless: an older one is dropped when a newer one was published first, by design.
+    starts: dict[tuple[str, str, str], int] = {}
+    for stream, record, _ in live:
+        if stream in GAPLESS:
+            key = (stream, record["exchange"], record["symbol"])
+            starts[key] = min(starts.get(key, record["source_sequence"]), record["source_sequence"])
+    for source, records in by_source.items():
+        for message_id, expected in records.items():
+            record = expected.record
+            start = starts.get((expected.stream, record["exchange"], record["symbol"]))
+            if message_id not in seen and expected.stream in GAPLESS and (start is None or record["source_sequence"] >= start):
+                seen.add(message_id)  # derived by several sources: missing once
+                differences.append(Difference(MISSING, expected.stream, message_id, source, "not in the live topic"))
+    return differences
+
+
+def _source(headers: Mapping[str, bytes]) -> Source | None:
+    if CONN_ID not in headers or CONN_MSG_SEQ not in headers:
+        return None
+    try:
+        return headers[CONN_ID].decode(), int(headers[CONN_MSG_SEQ])
+    except (UnicodeDecodeError, ValueError):
+        return None

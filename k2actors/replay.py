@@ -1,0 +1,139 @@
+"""`replay`: the records derived again from the raw record (k2actors.core.replay), then held
+against the live topics (`--verify`) or written to a topic of their own (`--to-topic`).
+
+Reads whole topics by partition assignment, without a consumer group, and holds them in
+memory: a range (`--since`, `--until`) keeps a long raw topic's read to what is asked.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import fastavro
+from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from k2actors.clients import kafka_settings, registry_settings
+from k2actors.config import Config
+from k2actors.core.raw import RECV_TS_NS
+from k2actors.core.replay import DIFFERS, DUPLICATE, EXTRA, MISSING, Derived, Replay, Rules, verify
+from k2actors.outlets import AvroWriter, producer_settings, register, schema_for
+from k2actors.readback import messages
+
+# Differences printed one by one; the rest are counted.
+DIFFERENCES_SHOWN = 20
+
+
+def parse_time(text: str) -> int:
+    """Nanoseconds since the epoch from seconds since the epoch or an ISO 8601 time (UTC unless it says)."""
+    try:
+        return int(float(text) * 1e9)
+    except ValueError:
+        moment = datetime.fromisoformat(text)  # a ValueError names what it could not read
+        return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp() * 1e9)
+
+
+class _Decoder:
+    """Records as the live topics hold them, decoded with the stream type's own schema: the
+    derived records pass through the same writer and reader, so both sides compare alike."""
+
+    def __init__(self) -> None:
+        self._schemas: dict[str, Any] = {}
+
+    def _schema(self, stream: str) -> Any:
+        if stream not in self._schemas:
+            self._schemas[stream] = fastavro.parse_schema(json.loads(schema_for(stream)))
+        return self._schemas[stream]
+
+    def live(self, stream: str, value: bytes) -> dict[str, Any]:
+        record = fastavro.schemaless_reader(io.BytesIO(value[5:]), self._schema(stream))  # past magic byte and schema id
+        assert isinstance(record, dict)  # the schema is a record's
+        return record
+
+    def derived(self, derived: Derived) -> dict[str, Any]:
+        return self.live(derived.stream, AvroWriter(0, schema_for(derived.stream))(derived.record))
+
+
+def run_replay(config: Config, since: int | None, until: int | None, check: bool, to_topic: str | None) -> int:
+    kafka, binance = config.kafka, config.binance
+    settings = kafka_settings(kafka)
+    registry = SchemaRegistryClient(registry_settings(kafka))
+    replay = Replay(Rules(frozenset(binance.symbols), binance.max_frame_bytes, binance.backfill_max_age_seconds))
+
+    def in_range(received_ns: int) -> bool:
+        return (since is None or received_ns >= since) and (until is None or received_ns < until)
+
+    deserialize = AvroDeserializer(registry)
+    context = SerializationContext(kafka.raw_topic, MessageField.VALUE)
+    for message in messages(settings, kafka.raw_topic):
+        raw = deserialize(message.value(), context)
+        if in_range(raw["recv_ts_ns"]):
+            replay.add(raw)
+    derived = replay.derive()
+    unique = replay.records()
+    print(f"{len(replay)} raw records read from {kafka.raw_topic}: {len(unique)} records derived")
+    if to_topic is not None:
+        return _write(config, registry, unique, to_topic)
+    if not check:
+        return 0
+    decoder = _Decoder()
+    live = []
+    for stream in binance.streams:
+        topic = kafka.topic_for(stream)
+        for message in messages(settings, topic):
+            headers = dict(_headers(message))
+            received = headers.get(RECV_TS_NS)
+            if since is None and until is None or received is not None and in_range(int(received)):
+                live.append((stream, decoder.live(stream, message.value() or b""), headers))
+    alike = {source: [Derived(d.stream, decoder.derived(d), d.lineage) for d in records] for source, records in derived.items()}
+    differences = verify(alike, live)
+    counts = {kind: sum(1 for d in differences if d.kind == kind) for kind in (MISSING, EXTRA, DUPLICATE, DIFFERS)}
+    print(f"{len(live)} live records compared: {len(differences)} differences "
+          f"({', '.join(f'{kind} {count}' for kind, count in counts.items())})")
+    for difference in differences[:DIFFERENCES_SHOWN]:
+        print(f"  {difference}")
+    if len(differences) > DIFFERENCES_SHOWN:
+        print(f"  ... and {len(differences) - DIFFERENCES_SHOWN} more")
+    return 1 if differences else 0
+
+
+def _headers(message: Message) -> Iterator[tuple[str, bytes]]:
+    for header in message.headers() or []:
+        name, value = header[0], header[1]
+        yield name, value if isinstance(value, bytes) else (value or "").encode()
+
+
+def _write(config: Config, registry: SchemaRegistryClient, records: list[Derived], to_topic: str) -> int:
+    """Each stream type's records to `to_topic` (trades) or `<to_topic>.<stream type>`, keyed
+    by symbol with their lineage, as the live topics hold them."""
+    topics = {stream: to_topic if stream == "trade" else f"{to_topic}.{stream}" for stream in {d.stream for d in records}}
+    writers = {stream: register(registry, topic, stream) for stream, topic in topics.items()}
+    producer = Producer(producer_settings(config.kafka))
+    failures: list[KafkaError] = []
+
+    def delivered(error: KafkaError | None, message: Message | None) -> None:
+        if error is not None:
+            failures.append(error)
+
+    for derived in records:
+        while True:
+            try:
+                producer.produce(topics[derived.stream], writers[derived.stream](derived.record), derived.record["symbol"].encode(),
+                                 headers=list(derived.lineage), on_delivery=delivered)
+                break
+            except BufferError:
+                producer.poll(0.1)
+    left = producer.flush(60)
+    if failures or left:
+        print(f"{len(failures) + left} records not written: {failures[0].str() if failures else 'not acknowledged within 60 s'}",
+              file=sys.stderr)
+        return 1
+    print(f"{len(records)} records written to {', '.join(sorted(topics.values()))}")
+    return 0
