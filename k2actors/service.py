@@ -11,7 +11,6 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Callable
 
 from thespian.actors import ActorSystem
@@ -32,7 +31,7 @@ from k2actors.messages import (
     StartPipeline,
     StopPipeline,
 )
-from k2actors.net import free_port
+from k2actors.net import free_port, new_conn_id
 
 log = logging.getLogger("k2actors.service")
 
@@ -71,7 +70,7 @@ def fetch_exchange_info(binance: BinanceConfig) -> tuple[dict[str, str], tuple[R
             continue
         log.info("exchangeInfo from %s: quote assets of %d symbols", venue, len(assets))
         found.update(assets)
-        answers.append(RestResponse(venue, binance.rest_urls[venue], target, uuid.uuid4().hex, received_ns, body))
+        answers.append(RestResponse(venue, binance.rest_urls[venue], target, new_conn_id(), received_ns, body))
     return found, tuple(answers)
 
 

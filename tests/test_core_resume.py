@@ -8,7 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from k2actors.core.ranges import IdRanges, StreamPosition
+from k2actors.core.raw import RAW, RAW_SOURCES_KEPT
 from k2actors.core.resume import Acknowledged, Checkpoint, CheckpointError, held, positions
+from k2actors.net import new_conn_id
 
 KEY = ("BINANCE", "BTCUSDT")
 
@@ -71,3 +73,13 @@ def test_acknowledgements_make_checkpoints_of_what_changed_only():
     book.abandoned("trade", KEY, 12, 12)  # given up by backfill: settled, not declared again at the next start
     [checkpoint] = book.due()
     assert checkpoint.ids[KEY].ranges() == [(1, 13)]
+
+
+def test_a_checkpoint_of_the_raw_record_keeps_only_its_newest_connections():
+    account = Acknowledged()
+    conn_ids = [new_conn_id() for _ in range(RAW_SOURCES_KEPT + RAW_SOURCES_KEPT // 10 + 1)]
+    for offset, conn_id in enumerate(conn_ids):
+        account.acknowledged(RAW, ("BINANCE", conn_id), 1, 0, offset)
+    [checkpoint] = account.due()
+    assert sorted(conn_id for _, conn_id in checkpoint.ids) == conn_ids[-RAW_SOURCES_KEPT:]
+    assert checkpoint.offsets == {0: len(conn_ids)}

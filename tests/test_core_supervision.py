@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 from k2actors.core.binance import AGG_TRADE, BOOK_TICKER, TRADE
 from k2actors.core.delivery import ACK_OVERDUE_SECONDS, NO_SHARD, Admission, Deliveries, DeliveryReport, Handed, KafkaReadiness, Landed
 from k2actors.core.ranges import IdRanges, StreamPosition
+from k2actors.core.raw import RAW, RAW_SOURCES_KEPT
 from k2actors.core.supervision import HEARTBEAT_TIMEOUT_SECONDS, ConnectionRole, Restart, Role, Supervision
+from k2actors.net import new_conn_id
 
 URLS = ("ws://a/stream", "ws://b/stream")
 A, B = (ConnectionRole(url) for url in URLS)
@@ -168,3 +170,25 @@ def test_a_released_shards_ids_are_forgotten_so_its_next_acquisition_starts_from
     handed.forget(frozenset({"BTCUSDT"}))
     assert set(handed.positions()) == {(TRADE, "BINANCE", "ETHUSDT")}
     assert handed.admit(TRADE, "BINANCE", "BTCUSDT", 5) is Admission.PRODUCE
+
+
+def test_a_frame_kafka_holds_or_was_handed_is_never_produced_again_and_is_no_stream_to_track():
+    handed = Handed()
+    first, second = new_conn_id(), new_conn_id()
+    handed.resume(RAW, {("BINANCE", first): IdRanges([(1, 10)])})
+    assert handed.admit_frame("BINANCE", first, 10) is Admission.IN_KAFKA  # held at start
+    assert handed.admit_frame("BINANCE", first, 11) is Admission.PRODUCE
+    assert handed.admit_frame("BINANCE", first, 11) is Admission.IN_KAFKA  # a resend
+    assert handed.admit_frame("BINANCE", second, 1) is Admission.PRODUCE  # another connection's numbers
+    assert handed.positions() == {}  # nothing for the Normaliser to resume
+
+
+def test_past_the_bound_the_oldest_connections_are_forgotten_first():
+    handed = Handed()
+    conn_ids = [new_conn_id() for _ in range(RAW_SOURCES_KEPT + RAW_SOURCES_KEPT // 10 + 1)]
+    assert conn_ids == sorted(conn_ids)  # made in order, named in order
+    for conn_id in conn_ids:
+        assert handed.admit_frame("BINANCE", conn_id, 1) is Admission.PRODUCE
+    assert handed.admit_frame("BINANCE", conn_ids[-1], 1) is Admission.IN_KAFKA  # the newest are kept
+    assert handed.admit_frame("BINANCE", conn_ids[-RAW_SOURCES_KEPT], 1) is Admission.IN_KAFKA
+    assert handed.admit_frame("BINANCE", conn_ids[0], 1) is Admission.PRODUCE  # the oldest long forgotten

@@ -19,7 +19,7 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from k2actors.outlets import AvroWriter, schema_for
-from k2actors.readback import missing_and_duplicates, read_partitions
+from k2actors.readback import missing_and_duplicates, read_partitions, records
 from tests.conftest import REPO, every_frame_once, trade_ids, wait_until
 from tests.test_resilience import settle, total, wait_for_new_pid, wait_for_trades
 
@@ -127,3 +127,17 @@ def test_with_the_raw_record_off_no_frame_is_archived(start_service, broker, reg
     assert service.stop() == 0, service.log()
     assert trade_ids(broker, registry, topic)
     assert produced == {f'k2_kafka_messages_produced_total{{topic="{topic}"}}'}
+
+
+def test_replay_writes_the_records_again_to_a_topic_of_their_own(start_service, broker, registry, topic):
+    service = start_service()
+    service.wait_ready()
+    wait_for_trades(service, 100)
+    assert service.stop() == 0, service.log()
+    replayed = subprocess.run([sys.executable, "-m", "k2actors", "replay", "--to-topic", f"{topic}.again"], env=service.env,
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    live = {record["message_id"]: record for record in records(broker.bootstrap_servers, registry.url, topic)}
+    again = {record["message_id"]: record for record in records(broker.bootstrap_servers, registry.url, f"{topic}.again")}
+    assert live and again == live
+    assert f"{len(live)} records written to {topic}.again" in replayed.stdout

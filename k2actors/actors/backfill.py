@@ -14,7 +14,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from email.message import Message
 
 from thespian.actors import ActorAddress
@@ -24,6 +23,7 @@ from k2actors.clients import exchange_tls
 from k2actors.core.backfill import Backfill, BackfillEvent, HistoryRequest, HistoryResponse, PageFetched, Unfilled
 from k2actors.core.telemetry import log_line
 from k2actors.messages import BackfillRequest, BackfillSetup, IdsAbandoned
+from k2actors.net import new_conn_id
 
 log = logging.getLogger("k2actors.backfill")
 
@@ -50,7 +50,7 @@ class _Fetcher(threading.Thread):
             self._answers.put(self._get(request))
 
     def _get(self, request: HistoryRequest) -> HistoryResponse:
-        target, conn_id = request.target(), uuid.uuid4().hex
+        target, conn_id = request.target(), new_conn_id()
         try:
             with urllib.request.urlopen(f"{request.base_url}{target}", timeout=REQUEST_TIMEOUT_SECONDS,
                                         context=self._tls) as response:

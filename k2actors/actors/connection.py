@@ -17,7 +17,6 @@ import socket
 import ssl
 import threading
 import time
-import uuid
 
 import websocket
 from thespian.actors import ActorAddress
@@ -52,6 +51,7 @@ from k2actors.messages import (
     StopReading,
     SubscriptionAnswer,
 )
+from k2actors.net import new_conn_id
 
 log = logging.getLogger("k2actors.connection")
 
@@ -72,7 +72,7 @@ class _Reader(threading.Thread):
         self._signalled = False
         self._socket: websocket.WebSocket | None = None
         self._closed_here: ConnectionEnd | None = None
-        self.conn_id = uuid.uuid4().hex
+        self.conn_id = new_conn_id()
         self._received = 0  # data frames numbered so far
         self.opened = False
         self.opened_at = 0.0

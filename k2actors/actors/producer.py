@@ -211,7 +211,7 @@ class ProducerActor(Supervised[ProducerSetup]):
         for shaped in batch.records:
             stream, record, _ = shaped
             if stream == RAW:  # a frame of this instance's own connections: archived whoever owns its symbol
-                admission = admit(RAW, record["exchange"], record["conn_id"], record["conn_msg_seq"])
+                admission = self._handed.admit_frame(record["exchange"], record["conn_id"], record["conn_msg_seq"])
             elif owned is not None and record["symbol"] not in owned:  # its shard was released meanwhile
                 not_owned += 1
                 continue

@@ -16,7 +16,7 @@ from typing import Generic, NamedTuple, TypeVar
 
 from k2actors.core.binance import BOOK_TICKER
 from k2actors.core.ranges import IdRanges, StreamPosition
-from k2actors.core.raw import RAW
+from k2actors.core.raw import RAW, forget_oldest_sources
 from k2actors.core.resume import Acknowledged, Checkpoint, Key
 
 A = TypeVar("A")  # who to confirm a batch to, opaque here
@@ -46,9 +46,21 @@ class Handed:
 
     def __init__(self) -> None:
         self._ids: dict[tuple[str, str, str], IdRanges] = {}
+        self._frames: dict[Key, IdRanges] = {}  # the raw record's: per (venue, conn_id), the conn_msg_seqs
 
     def resume(self, stream: str, ids: dict[Key, IdRanges]) -> None:
-        self._ids.update({(stream, venue, symbol): ranges for (venue, symbol), ranges in ids.items()})
+        if stream == RAW:
+            self._frames.update(ids)
+        else:
+            self._ids.update({(stream, venue, symbol): ranges for (venue, symbol), ranges in ids.items()})
+
+    def admit_frame(self, venue: str, conn_id: str, conn_msg_seq: int) -> Admission:
+        key = (venue, conn_id)
+        ranges = self._frames.get(key)
+        if ranges is None:
+            ranges = self._frames[key] = IdRanges()
+            forget_oldest_sources(self._frames)
+        return Admission.PRODUCE if ranges.add(conn_msg_seq) else Admission.IN_KAFKA
 
     def admit(self, stream: str, venue: str, symbol: str, event_id: int) -> Admission:
         key = (stream, venue, symbol)
@@ -65,10 +77,7 @@ class Handed:
             del self._ids[key]
 
     def positions(self) -> dict[tuple[str, str, str], StreamPosition]:
-        """Where each stream of events stands (raw records are numbered by their connection:
-        nothing for the Normaliser to track)."""
-        return {key: position for key, ranges in self._ids.items()
-                if key[0] != RAW and (position := ranges.position()) is not None}
+        return {key: position for key, ranges in self._ids.items() if (position := ranges.position()) is not None}
 
 
 @dataclass(eq=False)

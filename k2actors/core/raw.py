@@ -11,7 +11,9 @@ traced to the bytes it came from, and the raw topic replayed to derive it again.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+V = TypeVar("V")
 
 # The stream type of raw records: its own topic and schema, like trade or bookTicker.
 RAW = "raw"
@@ -24,6 +26,21 @@ CONN_MSG_SEQ = "k2.conn_msg_seq"
 RECV_TS_NS = "k2.recv_ts_ns"
 # ... and, besides those, of a record derived from a REST response (backfill): the URL asked.
 SOURCE_URL = "k2.source_url"
+
+
+# The raw record's sources (connections, REST responses) remembered for deduplication and
+# checkpointed: a frame is handed to Kafka again only while its batch waits for an
+# acknowledgement, moments after it came, so the oldest are forgotten past this many; months
+# of reconnects and backfill pages then cost neither memory nor checkpoint size.
+RAW_SOURCES_KEPT = 10_000
+
+
+def forget_oldest_sources(ids: dict[tuple[str, str], V], kept: int = RAW_SOURCES_KEPT) -> None:
+    """Down to the `kept` newest sources, once there are a tenth more, of a raw stream's ids
+    keyed by (venue, conn_id): conn_ids begin with the time they were made (k2actors.net)."""
+    if len(ids) > kept + kept // 10:
+        for key in sorted(ids, key=lambda key: key[1])[: len(ids) - kept]:
+            del ids[key]
 
 
 def raw_record(venue: str, endpoint: str, recv_ts_ns: int, conn_id: str, conn_msg_seq: int, payload: bytes) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from k2actors.core.ranges import IdRanges, StreamPosition
+from k2actors.core.raw import RAW, forget_oldest_sources
 
 Key = tuple[str, str]  # (venue, symbol)
 FORMAT_VERSION = 1
@@ -87,6 +88,8 @@ class Acknowledged:
 
     def due(self) -> list[Checkpoint]:
         """A checkpoint of each stream type that changed since the last call."""
+        if RAW in self.ids:
+            forget_oldest_sources(self.ids[RAW])
         due = [Checkpoint(stream, {key: IdRanges(ranges.ranges()) for key, ranges in self.ids[stream].items()},
                           dict(self.offsets[stream])) for stream in sorted(self.changed)]
         self.changed.clear()
