@@ -10,22 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from thespian.actors import ActorAddress
 
 from k2actors.config import ClusterConfig, Config, Endpoint, KafkaConfig
-from k2actors.core.binance import AggTrade, Rejected, Trade
-from k2actors.core.link import Frame
-from k2actors.core.ranges import StreamPosition
-from k2actors.core.raw import Headers, RestResponse
+from k2actors.core.payloads import Positions
+from k2actors.core.raw import RestResponse
 from k2actors.core.reasons import EndReason
-
-# A K2 v2 record as the Avro serializer takes it (TradeV2 or QuoteV2).
-Record = dict[str, Any]
-# (stream type, venue, symbol) -> where that stream stands in Kafka: its highest id, and
-# the ids below it that are not there.
-Positions = Mapping[tuple[str, str, str], StreamPosition]
 
 # --- service (main process) <-> FailoverCoordinator ---
 
@@ -146,25 +137,6 @@ class IdsAbandoned:
     first_id: int
     last_id: int
 
-
-@dataclass(frozen=True, repr=False)
-class BackfilledTrades:
-    """A page of history inside a gap, in id order; rows that are not trades come as
-    (row as JSON, Rejected) for the DLQ."""
-
-    stream: str  # trade or aggTrade
-    venue: str
-    symbol: str
-    url: str
-    received_us: int
-    trades: tuple[Trade | AggTrade, ...]
-    rejected: tuple[tuple[bytes, Rejected], ...]  # (the row as JSON, why it is no trade)
-    target: str  # the resource asked for: path and query
-    conn_id: str  # the response's own, for the raw record
-    body: bytes  # the response as received: kept in the raw record
-
-    def __repr__(self) -> str:
-        return f"BackfilledTrades({self.stream} {self.venue} {self.symbol}, {len(self.trades)} events, {len(self.rejected)} rejected)"
 
 
 @dataclass(frozen=True)
@@ -322,8 +294,8 @@ class Flushed:
     missing: int
 
 
-# --- the path of a trade ---
-
+# --- the path of a trade (its payloads, RawBatch, RecordBatch and the rest, are the core's:
+# k2actors.core.payloads) ---
 
 
 @dataclass(frozen=True)
@@ -332,24 +304,6 @@ class ChannelReset:
     accounts for what the old one carried as after the receiver's restart."""
 
     detail: str
-
-
-# Batch messages say what they are without their contents: Thespian takes the repr of every
-# message it sends (for batches that once cost a fifth of the Normaliser's time; BackfilledTrades
-# still goes that way), and a log line about a batch must not print thousands of frames.
-
-
-@dataclass(frozen=True, repr=False)
-class RawBatch:
-    """Frames as received, each with its receive time, its connection and its number there."""
-
-    url: str
-    venue: str
-    seq: int
-    frames: tuple[Frame, ...]
-
-    def __repr__(self) -> str:
-        return f"RawBatch(url={self.url!r}, seq={self.seq}, {len(self.frames)} frames)"
 
 
 @dataclass(frozen=True)
@@ -369,39 +323,7 @@ class SubscriptionAnswer:
     refusal: tuple[int, str] | None
 
 
-@dataclass(frozen=True, repr=False)
-class PoisonedFrames:
-    """Frames of a RawBatch the Normaliser failed on twice: to the DLQ as they are, unparsed
-    (and to the raw topic, as every frame)."""
 
-    url: str
-    venue: str
-    frames: tuple[Frame, ...]
-    detail: str
-
-    def __repr__(self) -> str:
-        return f"PoisonedFrames(url={self.url!r}, {len(self.frames)} frames, detail={self.detail!r})"
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    raw: bytes
-    reason: str
-    detail: str
-    endpoint: str
-    received_us: int
-    stream: str  # the stream type it came on, or "unknown"
-
-
-@dataclass(frozen=True, repr=False)
-class RecordBatch:
-    seq: int
-    # (stream type, record, lineage headers): the stream type picks topic and schema
-    records: tuple[tuple[str, Record, Headers], ...]
-    dead_letters: tuple[DeadLetter, ...]
-
-    def __repr__(self) -> str:
-        return f"RecordBatch(seq={self.seq}, {len(self.records)} records, {len(self.dead_letters)} dead letters)"
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from thespian.actors import Actor, ActorAddress
 
 from k2actors.actors.shell import Recipient, Supervised
-from k2actors.messages import BatchesDelivered, RecordBatch, SequenceQuery, SequenceState
+from k2actors.core.payloads import RecordBatch
+from k2actors.messages import BatchesDelivered, SequenceQuery, SequenceState
 
 
 @dataclass(frozen=True)

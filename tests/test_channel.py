@@ -16,7 +16,8 @@ from thespian.actors import ActorAddress
 
 from k2actors.channel import Channel, Inbox, inbox_name
 from k2actors.core.framing import MAX_MESSAGE_BYTES, encode
-from k2actors.messages import ChannelReset, RawBatch, RawBatchTaken
+from k2actors.core.payloads import RawBatch
+from k2actors.messages import ChannelReset, RawBatchTaken
 
 _numbers = itertools.count()
 

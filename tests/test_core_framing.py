@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from k2actors.core.framing import MAX_MESSAGE_BYTES, PROOF_BYTES, Decoder, Refusal, encode, proof
-from k2actors.messages import RawBatch, RawBatchTaken
+from k2actors.core.payloads import RawBatch
+from k2actors.messages import RawBatchTaken
 
 SECRET = b"s" * 32
 OURS = proof(SECRET, 1234)  # what a peer of this service sends to the process 1234

@@ -37,11 +37,11 @@ from k2actors.core.ledger import (
     ShutdownAnnounced,
     TradeSummary,
 )
+from k2actors.core.payloads import BackfilledTrades, PoisonedFrames, RawBatch
 from k2actors.core.ranges import StreamPosition
 from k2actors.core.raw import RAW
 from k2actors.core.sequence import Gap
 from k2actors.core.telemetry import MetricBuffer
-from k2actors.messages import BackfilledTrades, PoisonedFrames, RawBatch
 
 PRIMARY, MIRROR = "ws://primary/stream", "ws://mirror/stream"
 T0_MS = 1_700_000_000_000

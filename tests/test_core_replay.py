@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 
 from k2actors.core.binance import Trade
 from k2actors.core.ledger import Ledger, Publish, Rules
+from k2actors.core.payloads import BackfilledTrades, RawBatch
 from k2actors.core.raw import RAW, RestResponse
 from k2actors.core.replay import DIFFERS, DUPLICATE, EXTRA, MISSING, Replay, verify
 from k2actors.core.replay import Rules as ReplayRules
 from k2actors.core.telemetry import MetricBuffer
-from k2actors.messages import BackfilledTrades, RawBatch
 
 T0_MS = 1_700_000_000_000
 SYMBOLS = frozenset({"BTCUSDT", "ETHUSDT", "ETHABC"})

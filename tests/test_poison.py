@@ -9,7 +9,8 @@ import pytest
 from thespian.actors import ActorSystem
 
 from k2actors.actors.normaliser import Normaliser
-from k2actors.messages import NormaliserSetup, PoisonedFrames, RawBatch
+from k2actors.core.payloads import PoisonedFrames, RawBatch
+from k2actors.messages import NormaliserSetup
 from k2actors.net import free_port
 from tests.actors import RecordRefusingProducer, Sink, StandInSetup
 

@@ -35,6 +35,7 @@ from k2actors.core.link import (
     RotationFailed,
     silent_for,
 )
+from k2actors.core.payloads import PoisonedFrames, RawBatch
 from k2actors.core.reasons import ConnectionEnd, EndReason
 from k2actors.core.subscriptions import Subscriptions
 from k2actors.messages import (
@@ -43,8 +44,6 @@ from k2actors.messages import (
     ConnectionClosed,
     ConnectionSetup,
     ConnectionStreaming,
-    PoisonedFrames,
-    RawBatch,
     RawBatchTaken,
     ReadingStopped,
     Rotate,

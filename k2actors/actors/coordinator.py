@@ -26,6 +26,7 @@ from k2actors.config import Endpoint
 from k2actors.core.breaker import BreakerState, CircuitBreaker
 from k2actors.core.cluster import Acquire, Release, ShardEvent, Shards
 from k2actors.core.failover import AttemptBudget, DarkDeadline, FailoverPolicy
+from k2actors.core.payloads import Positions
 from k2actors.core.supervision import ActorRole, ConnectionRole, Restart, Role, Supervision
 from k2actors.core.telemetry import MetricBuffer
 from k2actors.messages import (
@@ -48,7 +49,6 @@ from k2actors.messages import (
     PipelineFailed,
     PipelineStarted,
     PipelineStopped,
-    Positions,
     ProducerSetup,
     ReadingStopped,
     ReleaseShard,

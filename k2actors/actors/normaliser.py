@@ -28,20 +28,17 @@ from k2actors.core.ledger import (
     Rules,
     ShutdownAnnounced,
 )
+from k2actors.core.payloads import BackfilledTrades, PoisonedFrames, RawBatch, RecordBatch
 from k2actors.core.sequence import Gap
 from k2actors.core.telemetry import log_line
 from k2actors.messages import (
-    BackfilledTrades,
     BackfillRequest,
     BatchesDelivered,
     ComponentStatus,
     Drain,
     Flush,
     NormaliserSetup,
-    PoisonedFrames,
-    RawBatch,
     RawBatchTaken,
-    RecordBatch,
     SequenceQuery,
     SequenceState,
     ServerShutdownNotice,

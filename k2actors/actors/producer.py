@@ -28,17 +28,16 @@ from k2actors.core.binance import SERIALIZATION_FAILED
 from k2actors.core.cluster import shard_symbols, transactional_id
 from k2actors.core.delivery import NO_SHARD, Admission, Deliveries, Handed, KafkaReadiness, Landed, PendingBatch
 from k2actors.core.normalise import record_dead_letter
+from k2actors.core.payloads import DeadLetter, RecordBatch
 from k2actors.core.raw import RAW
 from k2actors.messages import (
     AcquireShard,
     BatchesDelivered,
     ComponentStatus,
-    DeadLetter,
     Flush,
     Flushed,
     IdsAbandoned,
     ProducerSetup,
-    RecordBatch,
     ReleaseShard,
     SequenceQuery,
     SequenceState,

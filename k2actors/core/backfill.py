@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from k2actors.core.backoff import backoff_delay
 from k2actors.core.binance import AGG_TRADE, TRADE, AggTrade, Rejected, Trade, historical_agg_trades, historical_trades
 from k2actors.core.normalise import event_id
+from k2actors.core.payloads import BackfilledTrades
 from k2actors.core.telemetry import LogLine, MetricBuffer
-from k2actors.messages import BackfilledTrades
 
 HISTORICAL_TRADES_WEIGHT = 25  # Binance's weight of GET /api/v3/historicalTrades
 AGG_TRADES_WEIGHT = 4  # and of GET /api/v3/aggTrades (since March 2025)

@@ -1,10 +1,12 @@
 """The Normaliser's ledger: what was received, published, acknowledged and missing.
 
 Frames come in as RawBatches from the connections and pages of REST history from backfill;
-they leave as RecordBatches for the producer. The ledger shapes them (parse, normalise,
-screen), tracks every stream's ids (duplicates dropped, gaps declared after a grace), holds
-each RecordBatch until the producer says Kafka acknowledged it, and decides backpressure:
-past `max_buffered_records` unacknowledged, no RawBatch is released back to its connection.
+they leave as RecordBatches for the producer: each frame's raw record, then the records
+derived from it. The venue's adapter (k2actors.core.adapter) reads and shapes them; the
+ledger tracks every stream's ids (duplicates dropped, gaps declared after a grace), holds
+each RecordBatch until the producer says Kafka acknowledged it, releases a RawBatch to its
+connection only then, and decides backpressure: past `max_buffered_records`
+unacknowledged, no RawBatch is released at all.
 
 No I/O, no actors: each method is fed data and the time and returns events for the shell
 to act on (send, log). Counters accumulate in `metrics`.
@@ -21,34 +23,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from k2actors.core.binance import (
-    AGG_TRADE,
-    ID_REGRESSED,
-    INTERNAL_ERROR,
-    POISON_MESSAGE,
-    TRADE,
-    AggTrade,
-    BookTicker,
-    Rejected,
-    ServerShutdown,
-    SubscriptionError,
-    SubscriptionReply,
-    Trade,
-    read_frame,
-)
-from k2actors.core.normalise import Delivery, event_id, record_dead_letter, shape_event
+from k2actors.core.adapter import BinanceAdapter, MarketEvent, Reading, Replace
+from k2actors.core.binance import AGG_TRADE, ID_REGRESSED, INTERNAL_ERROR, POISON_MESSAGE, TRADE, Rejected
+from k2actors.core.link import Frame
+from k2actors.core.normalise import Delivery, event_id, record_dead_letter
+from k2actors.core.payloads import BackfilledTrades, DeadLetter, PoisonedFrames, Positions, RawBatch, Record, RecordBatch
 from k2actors.core.raw import RAW, Headers, RestResponse, frame_lineage, raw_record
 from k2actors.core.sequence import DEDUP_WINDOW_IDS, BatchSequence, Gap, StreamSequences, Verdict
 from k2actors.core.telemetry import LogLine, MetricBuffer
-from k2actors.messages import (
-    BackfilledTrades,
-    DeadLetter,
-    PoisonedFrames,
-    Positions,
-    RawBatch,
-    Record,
-    RecordBatch,
-)
 
 A = TypeVar("A")  # the address of a connection, opaque here
 
@@ -326,6 +308,7 @@ class Ledger(Generic[A]):
         `owned`: in cluster mode, the symbols of the shards this instance owns (events of the
         other configured symbols are another instance's); None: every symbol."""
         self._rules = rules
+        self._adapter = BinanceAdapter(rules.symbols, rules.quote_assets, rules.max_frame_bytes)
         self._owned = owned
         self._not_owned = 0  # events dropped as another instance's, since the last report
         self._sequences = StreamSequences(rules.gap_grace_seconds)
@@ -355,18 +338,20 @@ class Ledger(Generic[A]):
         events: list[Event[A]] = []
         records: list[Shaped] = []
         letters: list[DeadLetter] = []
-        keep_raw = self._rules.raw
-        for received_ns, conn_id, conn_msg_seq, raw in batch.frames:
-            # The raw record first, whatever the frame turns out to be: it is the system of record.
-            archived = raw_record(batch.venue, batch.url, received_ns, conn_id, conn_msg_seq, raw) if keep_raw else None
-            if archived is not None:
-                records.append((RAW, archived, ()))
+        keep_raw, adapter = self._rules.raw, self._adapter
+        for frame in batch.frames:
+            received_ns, conn_id, conn_msg_seq, raw = frame
             delivery = Delivery(batch.venue, batch.url, received_ns // 1000)
-            lineage = frame_lineage(conn_id, conn_msg_seq, received_ns)
+            reading: Reading | None = None
             try:
-                self._take_frame(raw, delivery, lineage, archived, sender, now, records, letters, events)
-            except Exception as exc:  # a bug costs one frame, to the DLQ, never the batch or the actor
+                reading = adapter.read(batch.venue, batch.url, frame)
+                if keep_raw:  # the raw record first, whatever the frame turns out to be: it is the system of record
+                    records.append((RAW, reading.raw, ()))
+                self._take_reading(reading, frame, delivery, sender, now, records, letters, events)
+            except Exception as exc:  # a bug costs one frame, to the DLQ (and kept as received), never the batch or the actor
                 events.append(FrameFailed(batch.url, traceback.format_exc()))
+                if keep_raw and reading is None:
+                    records.append((RAW, raw_record(batch.venue, batch.url, received_ns, conn_id, conn_msg_seq, raw), ()))
                 rejected = Rejected(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:200])
                 letters.append(self._dead_letter(raw, rejected, delivery, events))
         if batch.frames:
@@ -390,7 +375,7 @@ class Ledger(Generic[A]):
         letters = [self._dead_letter(raw, rejected, delivery, events) for raw, rejected in page.rejected]
         records: list[Shaped] = []
         for trade in sorted(page.trades, key=event_id):
-            outcome = self._accept(trade, delivery, now, backfilled=True, events=events)
+            outcome = self._accept(trade, delivery, now, streamed=False, events=events)
             if isinstance(outcome, Rejected):
                 letters.append(self._dead_letter(json.dumps(dataclasses.asdict(trade)).encode(), outcome, delivery, events))
             elif outcome is not None:
@@ -513,30 +498,26 @@ class Ledger(Generic[A]):
 
     # --- inside ---
 
-    def _take_frame(self, raw: bytes, delivery: Delivery, lineage: Headers, archived: Record | None, sender: A, now: float,
-                    records: list[Shaped], letters: list[DeadLetter], events: list[Event[A]]) -> None:
-        stream_name, event = read_frame(raw, self._rules.max_frame_bytes)
-        if archived is not None:
-            archived["stream"] = stream_name
-        if isinstance(event, (Trade, AggTrade, BookTicker)):
-            if archived is not None:
-                archived["symbol"] = event.symbol
-            outcome = self._accept(event, delivery, now, backfilled=False, events=events)
+    def _take_reading(self, reading: Reading, frame: Frame, delivery: Delivery, sender: A, now: float,
+                      records: list[Shaped], letters: list[DeadLetter], events: list[Event[A]]) -> None:
+        _, conn_id, conn_msg_seq, raw = frame
+        for event in reading.events:
+            outcome = self._accept(event, delivery, now, streamed=True, events=events)
             if isinstance(outcome, Rejected):
                 letters.append(self._dead_letter(raw, outcome, delivery, events))
             elif outcome is not None:
-                records.append((*outcome, lineage))
-        elif isinstance(event, Rejected):
-            letters.append(self._dead_letter(raw, event, delivery, events))
-        elif isinstance(event, ServerShutdown):
-            events.append(ShutdownAnnounced(delivery.endpoint))
-        elif isinstance(event, SubscriptionReply):
-            events.append(Answered(sender, delivery.endpoint, event.request_id, None))
-        elif isinstance(event, SubscriptionError):
-            self.metrics.inc("k2_binance_subscription_refusals_total", delivery.endpoint)
-            events.append(Answered(sender, delivery.endpoint, event.request_id, (event.code, event.message)))
+                records.append((*outcome, frame_lineage(conn_id, conn_msg_seq, frame[0])))
+        if reading.rejected is not None:
+            letters.append(self._dead_letter(raw, reading.rejected, delivery, events))
+        for action in reading.actions:
+            if isinstance(action, Replace):
+                events.append(ShutdownAnnounced(delivery.endpoint))
+            else:
+                if action.refusal is not None:
+                    self.metrics.inc("k2_binance_subscription_refusals_total", delivery.endpoint)
+                events.append(Answered(sender, delivery.endpoint, action.request_id, action.refusal))
 
-    def _accept(self, event: Trade | AggTrade | BookTicker, delivery: Delivery, now: float, backfilled: bool,
+    def _accept(self, event: MarketEvent, delivery: Delivery, now: float, streamed: bool,
                 events: list[Event[A]]) -> tuple[str, Record] | Rejected | None:
         """(stream type, record) to publish, a Rejected for the DLQ, or None (a duplicate, or
         another instance's)."""
@@ -546,14 +527,13 @@ class Ledger(Generic[A]):
             self.metrics.inc("k2_cluster_events_not_owned_total", event.symbol)
             return None
         # Validate before tracking: an event that cannot be stored must not claim its id.
-        shaped = shape_event(event, delivery, self._rules.quote_assets, None if backfilled else self._rules.symbols)
+        shaped = self._adapter.shape(event, delivery, streamed)
         if isinstance(shaped, Rejected):
             return shaped
         stream, record = shaped
         tracked_id = event_id(event)
-        if backfilled:
-            record["vendor_data"]["backfilled"] = "true"
-        else:
+        backfilled = not streamed
+        if streamed:
             self.metrics.inc("k2_binance_messages_received_total", event.symbol, stream)
         key = (delivery.venue, event.symbol)
         verdict = self._sequences.observe(stream, key, tracked_id, now)

@@ -33,8 +33,8 @@ from k2actors.core.binance import (
     Rejected,
     Trade,
 )
+from k2actors.core.payloads import DeadLetter, Record
 from k2actors.core.raw import RAW
-from k2actors.messages import DeadLetter, Record
 
 DECIMAL_PRECISION = 18
 DECIMAL_SCALE = 8

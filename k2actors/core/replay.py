@@ -17,16 +17,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from k2actors.core.backfill import HISTORY
-from k2actors.core.binance import AGG_TRADE, TRADE, AggTrade, BookTicker, Trade, quote_assets, read_frame
-from k2actors.core.normalise import Delivery, shape_event
+from k2actors.core.adapter import HISTORY_PATHS, BinanceAdapter
+from k2actors.core.binance import AGG_TRADE, TRADE, quote_assets
+from k2actors.core.normalise import Delivery
 from k2actors.core.raw import CONN_ID, CONN_MSG_SEQ, Headers, RestResponse, frame_lineage
 
 Record = dict[str, Any]
 Source = tuple[str, int]  # (conn_id, conn_msg_seq)
 # Where the venue's instrument information is served: the quote assets the records' `currency` comes from.
 EXCHANGE_INFO_PATH = "/api/v3/exchangeInfo"
-_HISTORY_BY_PATH = {history.path: stream for stream, history in HISTORY.items()}
 GAPLESS = (TRADE, AGG_TRADE)  # stream types whose ids are consecutive per symbol
 
 
@@ -64,15 +63,17 @@ class Replay:
         """Per source, what it derives; sources in receive order (a dict keeps it)."""
         ordered = sorted(self._raw.values(), key=lambda raw: (raw["recv_ts_ns"], raw["conn_id"], raw["conn_msg_seq"]))
         assets: dict[str, str] = {}
+        adapter = BinanceAdapter(self._rules.symbols, assets, self._rules.max_frame_bytes)
         derived: dict[Source, list[Derived]] = {}
         for raw in ordered:
             stream = raw["stream"] or ""
             if stream.startswith(EXCHANGE_INFO_PATH):  # it shaped what came after it
-                assets.update(_quote_assets(raw["payload"]))
+                assets = {**assets, **_quote_assets(raw["payload"])}
+                adapter = BinanceAdapter(self._rules.symbols, assets, self._rules.max_frame_bytes)
                 continue
-            history = _HISTORY_BY_PATH.get(stream.partition("?")[0])
             source = (raw["conn_id"], raw["conn_msg_seq"])
-            derived[source] = (self._from_history(raw, assets) if history is not None else self._from_frame(raw, assets))
+            history = stream.partition("?")[0] in HISTORY_PATHS
+            derived[source] = self._from_history(adapter, raw) if history else self._from_frame(adapter, raw)
         return derived
 
     def records(self) -> list[Derived]:
@@ -87,34 +88,24 @@ class Replay:
                     unique.append(derived)
         return unique
 
-    def _from_frame(self, raw: Mapping[str, Any], assets: Mapping[str, str]) -> list[Derived]:
-        _, event = read_frame(raw["payload"], self._rules.max_frame_bytes)
-        if not isinstance(event, (Trade, AggTrade, BookTicker)):
-            return []
+    @staticmethod
+    def _from_frame(adapter: BinanceAdapter, raw: Mapping[str, Any]) -> list[Derived]:
+        frame = (raw["recv_ts_ns"], raw["conn_id"], raw["conn_msg_seq"], raw["payload"])
+        reading = adapter.read(raw["exchange"], raw["endpoint"], frame)
         delivery = Delivery(raw["exchange"], raw["endpoint"], raw["recv_ts_ns"] // 1000)
-        shaped = shape_event(event, delivery, assets, self._rules.symbols)
-        if not isinstance(shaped, tuple):
-            return []
-        return [Derived(shaped[0], shaped[1], frame_lineage(raw["conn_id"], raw["conn_msg_seq"], raw["recv_ts_ns"]))]
+        lineage = frame_lineage(raw["conn_id"], raw["conn_msg_seq"], raw["recv_ts_ns"])
+        return [Derived(*shaped, lineage) for event in reading.events
+                if isinstance(shaped := adapter.shape(event, delivery, streamed=True), tuple)]
 
-    def _from_history(self, raw: Mapping[str, Any], assets: Mapping[str, str]) -> list[Derived]:
-        parse = HISTORY[_HISTORY_BY_PATH[raw["stream"].partition("?")[0]]].parse
-        rows = parse(raw["payload"], raw["symbol"] or "")
-        if not isinstance(rows, list):
-            return []
-        received_us = raw["recv_ts_ns"] // 1000
-        cutoff_ms = received_us // 1000 - int(self._rules.backfill_max_age_seconds * 1000)
-        delivery = Delivery(raw["exchange"], raw["endpoint"], received_us)
-        lineage = RestResponse(raw["exchange"], raw["endpoint"], raw["stream"], raw["conn_id"], raw["recv_ts_ns"], raw["payload"],
-                               raw["symbol"]).lineage()
-        derived = []
-        for _, event in rows:
-            if isinstance(event, (Trade, AggTrade)) and event.trade_time_ms >= cutoff_ms:
-                shaped = shape_event(event, delivery, assets, None)
-                if isinstance(shaped, tuple):
-                    shaped[1]["vendor_data"]["backfilled"] = "true"
-                    derived.append(Derived(shaped[0], shaped[1], lineage))
-        return derived
+    def _from_history(self, adapter: BinanceAdapter, raw: Mapping[str, Any]) -> list[Derived]:
+        response = RestResponse(raw["exchange"], raw["endpoint"], raw["stream"], raw["conn_id"], raw["recv_ts_ns"], raw["payload"],
+                                raw["symbol"])
+        received_us = response.recv_ts_ns // 1000
+        cutoff_ms = received_us // 1000 - int(self._rules.backfill_max_age_seconds * 1000)  # older rows were never published
+        delivery = Delivery(response.venue, response.endpoint, received_us)
+        lineage = response.lineage()
+        return [Derived(*shaped, lineage) for event in adapter.history(response.target, response.symbol or "", response.body)
+                if event.trade_time_ms >= cutoff_ms and isinstance(shaped := adapter.shape(event, delivery, streamed=False), tuple)]
 
 
 def _quote_assets(payload: bytes) -> dict[str, str]:

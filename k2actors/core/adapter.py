@@ -1,0 +1,105 @@
+"""A venue adapter: what the service makes of the bytes a venue sends, and nothing else.
+
+Fed a frame as received (its receive time, its connection and its number there, its bytes),
+an adapter answers, in this order: the frame's raw record, the events it carries, why it
+carries none when it is not understood, and what the shell is to do about it (a request
+answered or refused, a connection to replace). `shape` turns an event into the record
+published for it, and `history` reads a page of the venue's REST history. No I/O and no
+state: the live path (k2actors.core.ledger) and replay (k2actors.core.replay) run the same
+adapter, so a record replayed from the raw record is the record published live.
+
+Binance's is the only one yet; Kraken and Coinbase follow the same contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from k2actors.core.backfill import HISTORY
+from k2actors.core.binance import (
+    AggTrade,
+    BookTicker,
+    Rejected,
+    ServerShutdown,
+    SubscriptionError,
+    SubscriptionReply,
+    Trade,
+    read_frame,
+)
+from k2actors.core.link import Frame
+from k2actors.core.normalise import Delivery, shape_event
+from k2actors.core.raw import raw_record
+
+MarketEvent = Trade | AggTrade | BookTicker
+# Paths of the REST history, and the stream type each serves.
+HISTORY_PATHS = {history.path: stream for stream, history in HISTORY.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The venue answered one of the connection's requests: `refusal` is its (code, message),
+    None for success."""
+
+    request_id: object
+    refusal: tuple[int, str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Replace:
+    """The venue announced it will close the connection (Binance's serverShutdown): replace it now."""
+
+
+Action = Answer | Replace
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One frame, read."""
+
+    raw: dict[str, Any]  # its raw record (k2actors.core.raw), stream and symbol filled in where the frame says
+    events: tuple[MarketEvent, ...]
+    rejected: Rejected | None  # why the frame is no event, for the DLQ; None when it is one, or a control frame
+    actions: tuple[Action, ...]
+
+
+class BinanceAdapter:
+    def __init__(self, symbols: frozenset[str], quote_assets: Mapping[str, str], max_frame_bytes: int):
+        """`symbols`: subscribed (a streamed event of another is refused); `quote_assets`: from
+        the venue's exchangeInfo (a record's currency)."""
+        self._symbols = symbols
+        self._quote_assets = quote_assets
+        self._max_frame_bytes = max_frame_bytes
+
+    def read(self, venue: str, endpoint: str, frame: Frame) -> Reading:
+        received_ns, conn_id, conn_msg_seq, payload = frame
+        raw = raw_record(venue, endpoint, received_ns, conn_id, conn_msg_seq, payload)
+        stream_name, event = read_frame(payload, self._max_frame_bytes)
+        raw["stream"] = stream_name
+        if isinstance(event, (Trade, AggTrade, BookTicker)):
+            raw["symbol"] = event.symbol
+            return Reading(raw, (event,), None, ())
+        if isinstance(event, Rejected):
+            return Reading(raw, (), event, ())
+        if isinstance(event, ServerShutdown):
+            return Reading(raw, (), None, (Replace(),))
+        if isinstance(event, SubscriptionReply):
+            return Reading(raw, (), None, (Answer(event.request_id, None),))
+        assert isinstance(event, SubscriptionError)
+        return Reading(raw, (), None, (Answer(event.request_id, (event.code, event.message)),))
+
+    def shape(self, event: MarketEvent, delivery: Delivery, streamed: bool) -> tuple[str, dict[str, Any]] | Rejected:
+        """(stream type, record), or why the event cannot be one. A streamed event is screened
+        against the subscription and its receive time; one from REST history is marked backfilled."""
+        shaped = shape_event(event, delivery, self._quote_assets, self._symbols if streamed else None)
+        if not streamed and not isinstance(shaped, Rejected):
+            shaped[1]["vendor_data"]["backfilled"] = "true"
+        return shaped
+
+    def history(self, target: str, symbol: str, body: bytes) -> Sequence[Trade | AggTrade]:
+        """The trades of a page of REST history (`target`: the path and query asked for); none
+        when it is no history or cannot be read."""
+        stream = HISTORY_PATHS.get(target.partition("?")[0])
+        rows = HISTORY[stream].parse(body, symbol) if stream is not None else []
+        return [] if isinstance(rows, Rejected) else [event for _, event in rows if isinstance(event, (Trade, AggTrade))]
