@@ -111,8 +111,10 @@ class Preparation(threading.Thread):
     already holds (k2actors.core.resume); no record is produced before all three."""
 
     def __init__(self, kafka: KafkaConfig, streams: tuple[str, ...], resume: bool):
-        """`resume`: read what the topics hold for every symbol (in cluster mode each shard's
-        writer reads its own when the shard is acquired)."""
+        """`resume`: read what the topics hold for every symbol. (In cluster mode each shard's
+        writer reads its own when the shard is acquired, and the raw topic, which every
+        instance writes its own connections' frames to, is read from its tail alone: the
+        state topic's checkpoints are the single instance's.)"""
         super().__init__(name="kafka-setup", daemon=True)
         self._kafka = kafka
         self._streams = streams
@@ -136,6 +138,12 @@ class Preparation(threading.Thread):
             if self._resume:
                 self.held = read_what_kafka_holds(kafka, registry, self._streams, TopicPartition(kafka.state_topic, 0), None,
                                                   self._logger)
+            elif RAW in self._streams:
+                consumer = resume_consumer(kafka, self._logger)
+                try:
+                    self.held[RAW] = read_held(consumer, kafka, registry, RAW, None)[0]
+                finally:
+                    consumer.close()
         except Exception as exc:  # registry or broker not there yet: the actor retries, and says so
             reason = f" ({self._librdkafka.last})" if self._librdkafka.last else ""
             self.failure = f"{type(exc).__name__}: {exc}"[:300] + reason[:300]

@@ -14,7 +14,7 @@ from k2actors import processes
 from k2actors.config import KafkaConfig
 from k2actors.outlets import control_topic
 from k2actors.readback import missing_and_duplicates
-from tests.conftest import trade_ids, wait_until
+from tests.conftest import every_frame_once, trade_ids, wait_until
 from tests.test_resilience import settle, total, wait_for_trades
 
 SHARDS = 3  # the simulator's and the service's three symbols: a shard each
@@ -84,6 +84,8 @@ def finish(services, broker, registry, topic) -> None:
         settle(service)
     assert [service.stop() for service in services] == [0] * len(services)
     assert missing_and_duplicates(trade_ids(broker, registry, topic)) == (0, 0)
+    # every instance archived its own connections' frames, each once, through every hand-over
+    assert len(every_frame_once(broker, registry, topic)) >= len(services)
 
 
 def test_instances_share_the_shards_and_one_stopped_hands_its_over_at_once(start_service, broker, registry, topic):

@@ -37,6 +37,58 @@ def test_a_trade_frame_reads_as_its_raw_record_and_its_trade():
     assert (reading.rejected, reading.actions) == (None, ())
 
 
+# Frames Binance's spot servers sent, captured by others, byte for byte:
+# - DanielLasota/Binance-Data-Processor, binance_archiver/tests/trade_queue_tests.py (commits da84865c and fb9aa046):
+#   two overlapping listeners' dump, September 2024 (trades without the b and a fields Binance dropped in 2023);
+# - siutin/binance-api-ruby, README.md (commit 70d6c0cb): a console session on stream.binance.com:9443, March 2018;
+# - bmoscon/cryptofeed, sample_data/BINANCE.ws.1.0 (commit b90fa9b8): a recorded session, October 2021;
+# - eduDorus/arkin, arkin-ingestor/message_samples/binance_spot_aggregate_trades.json (commit b1c484dc), October 2025.
+REAL_FRAMES = [
+    (b'{"stream":"ethusdt@trade","data":{"e":"trade","E":1726426389417,"s":"ETHUSDT","t":1573606312,"p":"2373.76000000",'
+     b'"q":"0.00230000","T":1726426389417,"m":false,"M":true}}',
+     Trade("ETHUSDT", 1573606312, "2373.76000000", "0.00230000", 1726426389417, 1726426389417, False, True)),
+    (b'{"stream":"btcusdt@trade","data":{"e":"trade","E":1726426389463,"s":"BTCUSDT","t":3821156500,"p":"59867.99000000",'
+     b'"q":"0.00934000","T":1726426389462,"m":true,"M":true}}',
+     Trade("BTCUSDT", 3821156500, "59867.99000000", "0.00934000", 1726426389462, 1726426389463, True, True)),
+    (b'{"stream":"dotusdt@trade","data":{"e":"trade","E":1726688097115,"s":"DOTUSDT","t":366582613,"p":"4.06700000",'
+     b'"q":"106.82000000","T":1726688097112,"m":true,"M":true}}',
+     Trade("DOTUSDT", 366582613, "4.06700000", "106.82000000", 1726688097112, 1726688097115, True, True)),
+    (b'{"stream":"bnbbtc@trade","data":{"e":"trade","E":1522436817257,"s":"BNBBTC","t":13627823,"p":"0.00147820",'
+     b'"q":"0.15000000","b":35456123,"a":35456121,"T":1522436817255,"m":false,"M":true}}',
+     Trade("BNBBTC", 13627823, "0.00147820", "0.15000000", 1522436817255, 1522436817257, False, True)),
+    (b'{"stream":"nknusdt@aggTrade","data":{"e":"aggTrade","E":1633998523963,"s":"NKNUSDT","a":15683430,"p":"0.35280000",'
+     b'"q":"58.00000000","f":19862790,"l":19862790,"T":1633998523963,"m":false,"M":true}}',
+     AggTrade("NKNUSDT", 15683430, "0.35280000", "58.00000000", 19862790, 19862790, 1633998523963, 1633998523963, False, True)),
+    (b'{"stream":"bnbbtc@aggTrade","data":{"e":"aggTrade","E":1522436823612,"s":"BNBBTC","a":11744568,"p":"0.00147660",'
+     b'"q":"24.88000000","f":13627825,"l":13627826,"T":1523436823609,"m":true,"M":true}}',
+     AggTrade("BNBBTC", 11744568, "0.00147660", "24.88000000", 13627825, 13627826, 1523436823609, 1522436823612, True, True)),
+    (b'{"e":"aggTrade","E":1761583455600,"s":"BTCUSDT","a":3719778074,"p":"115467.01000000","q":"0.01564000","f":5394404911,'
+     b'"l":5394404933,"T":1761583455599,"m":false,"M":true}',
+     AggTrade("BTCUSDT", 3719778074, "115467.01000000", "0.01564000", 5394404911, 5394404933, 1761583455599, 1761583455600,
+              False, True)),
+    (b'{"stream":"nknusdt@bookTicker","data":{"u":499869769,"s":"NKNUSDT","b":"0.35210000","B":"672.00000000",'
+     b'"a":"0.35250000","A":"1123.00000000"}}',
+     BookTicker("NKNUSDT", 499869769, "0.35210000", "672.00000000", "0.35250000", "1123.00000000")),
+]
+
+
+@pytest.mark.parametrize("frame, event", REAL_FRAMES)
+def test_real_frames_read_with_every_field_exact_and_shape_into_records(frame, event):
+    reading = read(frame)
+    assert reading.events == (event,) and reading.rejected is None and reading.actions == ()
+    assert reading.raw["payload"] == frame and reading.raw["symbol"] == event.symbol
+    assert reading.raw["stream"] == (json.loads(frame).get("stream"))
+    adapter = BinanceAdapter(frozenset({event.symbol}), {}, 65536)
+    time_ms = getattr(event, "trade_time_ms", 1_700_000_000_000)
+    shaped = adapter.shape(event, Delivery("BINANCE", URL, (time_ms + 5) * 1000), streamed=True)
+    assert not isinstance(shaped, Rejected), shaped
+    stream, record = shaped
+    price = record["price"] if "price" in record else record["bid_price"]
+    assert str(price) == (event.price if not isinstance(event, BookTicker) else event.bid_price)
+    assert record["source_sequence"] == (event.update_id if isinstance(event, BookTicker) else
+                                         event.agg_id if isinstance(event, AggTrade) else event.trade_id)
+
+
 @pytest.mark.parametrize("frame, actions", [
     (b'{"result":null,"id":1}', (Answer(1, None),)),
     (b'{"error":{"code":2,"msg":"Invalid request: invalid stream"},"id":3}', (Answer(3, (2, "Invalid request: invalid stream")),)),

@@ -124,8 +124,9 @@ def test_malformed_frames_go_to_the_dlq_while_trades_keep_flowing(start_service,
     malformed = malformed_frames()
     simulator.endpoint(0).send_raw(list(malformed.values()) + [b"\x80binary\xff", oversized])
     wait_until(lambda: service.metric("k2_dlq_messages_total") >= len(malformed) + 2, 30, "dead letters counted")
-    produced = service.metric("k2_kafka_messages_produced_total")
-    wait_until(lambda: service.metric("k2_kafka_messages_produced_total") > produced + 50, 30, "trades after the bad frames")
+    trades = f'k2_kafka_messages_produced_total{{topic="{topic}"}}'
+    produced = service.metrics()[trades]
+    wait_until(lambda: service.metrics()[trades] > produced + 50, 30, "trades after the bad frames")
     samples = service.metrics()
     for reason in malformed:
         assert sum(v for k, v in samples.items() if k.startswith(f'k2_dlq_messages_total{{reason="{reason}",')) >= 1

@@ -168,7 +168,7 @@ def test_rotation_makes_before_it_breaks(trigger, start_service, simulator, brok
     assert missing_and_duplicates(trade_ids(broker, registry, topic)) == (0, 0)
     assert total(samples, "k2_binance_missing_trades_total") == 0
     assert total(samples, "k2_binance_reconnects_total") == 0  # replaced, never lost
-    assert len(every_frame_once(broker, registry, topic)) == 2  # both connections of the rotation archived whole
+    assert len(every_frame_once(broker, registry, topic)) >= 2  # every connection of the rotations archived whole
 
 
 def test_circuit_opens_half_opens_and_closes_again(start_service, simulator):
@@ -214,12 +214,12 @@ def test_a_frozen_broker_holds_trades_and_delivers_each_once_when_it_returns(
         status, body = wait_until(lambda: (s := service.get("/ready"))[0] == 503 and s, 20, "/ready to say degraded")
         assert b"no acknowledgement" in body
         time.sleep(20 - 5)
-        held = service.metric("k2_buffered_records")
-        assert held > 1000  # everything received meanwhile, about 150 trades a second
+        held = service.metric("k2_connection_unconfirmed_frames")
+        assert held > 1000  # everything received meanwhile, about 150 trades a second, kept by the connection
     finally:
         broker.thaw()
     service.wait_ready()
-    wait_until(lambda: service.metric("k2_buffered_records") < 200, 30, "the buffer to drain")
+    wait_until(lambda: service.metric("k2_connection_unconfirmed_frames") < 200, 30, "the backlog to drain")
     samples = settle(service)
     assert service.stop() == 0, service.log()
 

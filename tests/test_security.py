@@ -94,7 +94,7 @@ def test_schema_registry_with_basic_auth_over_tls(start_service, secured_registr
     service.wait_ready()
     wait_until(lambda: produced(service) >= 20, 60, "trades with a secured registry")
     assert service.stop() == 0
-    assert secured_registry.store.subjects() == [f"{service.topic}-value"]
+    assert secured_registry.store.subjects() == [f"{service.topic}-value", f"{service.topic}.raw-value"]
     assert REGISTRY_SECRET not in service.log()
 
 

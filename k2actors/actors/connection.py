@@ -369,6 +369,7 @@ class ConnectionActor(Supervised[ConnectionSetup]):
         if any(link.current.opened and now - link.current.opened_at > setup.max_connection_age_seconds for link in self._links):
             self._rotate("max_age")
         self.metrics.set("k2_binance_connection_status", 1 if self._links and self._reported_streaming else 0, self._url)
+        self.metrics.set("k2_connection_unconfirmed_frames", self._flow.unconfirmed, self._url)
 
     # --- what the readers reported ---
 

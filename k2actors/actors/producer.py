@@ -366,6 +366,8 @@ class ProducerActor(Supervised[ProducerSetup]):
         there was anything to write."""
         checkpoints = self._deliveries.checkpoints()
         for shard, checkpoint in checkpoints:
+            if shard == NO_SHARD and self.setup.cluster.enabled and checkpoint.stream == RAW:
+                continue  # the state topic is no instance's own in cluster mode (each reads the raw topic's tail instead)
             if shard == NO_SHARD:
                 self._send(self.setup.kafka.state_topic, checkpoint.stream.encode(), checkpoint.encode(), None, _ignore)
             elif (writer := self._writers.get(shard)) is not None:

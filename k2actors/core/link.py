@@ -67,6 +67,11 @@ class FlowWindow:
     def waiting(self) -> int:
         return len(self._backlog)
 
+    @property
+    def unconfirmed(self) -> int:
+        """Frames not yet in Kafka: waiting, and in flight to the Normaliser."""
+        return len(self._backlog) + sum(len(frames) for _, frames in self._in_flight)
+
     def add(self, frames: list[Frame]) -> None:
         self._backlog.extend(frames)
 
