@@ -308,7 +308,14 @@ class ChannelReset:
 
 @dataclass(frozen=True)
 class RawBatchTaken:
-    """The Normaliser is done with this RawBatch: its sender may send another."""
+    """The Normaliser has taken this RawBatch: its sender may send another."""
+
+    seq: int
+
+
+@dataclass(frozen=True)
+class RawBatchesConfirmed:
+    """Kafka has what came of the sender's RawBatches up to `seq`: it need keep them no longer."""
 
     seq: int
 

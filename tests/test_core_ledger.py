@@ -19,6 +19,7 @@ from k2actors.core.ledger import (
     Backfilled,
     Backpressure,
     BatchesLost,
+    Confirmed,
     DataStatus,
     DeadLettered,
     DeadLettersLost,
@@ -83,35 +84,35 @@ def counters(book: Ledger[str]) -> dict[str, float]:
     return totals
 
 
-def test_a_batch_of_trades_is_published_and_released_to_its_connection_once_kafka_has_it():
+def test_a_batch_of_trades_is_published_released_to_its_connection_and_confirmed_once_kafka_has_it():
     book = ledger()
     events = book.take_raw(raw(PRIMARY, 1, trade_frame(10), trade_frame(11)), "connection", 0.0)
     assert published(events) == [10, 11]
-    assert of(Release, events) == []  # the connection keeps the frames until Kafka has what came of them
+    assert of(Release, events) == [Release("connection", 1)] and of(Confirmed, events) == []
     [publish] = of(Publish, events)
     assert publish.batch.seq == 1 and book.held == 2
-    assert book.delivered((1,)) == [Release("connection", 1)] and book.held == 0
+    assert book.delivered((1,)) == [Confirmed("connection", 1)] and book.held == 0
 
 
-def test_a_batch_is_released_only_once_every_batch_before_it_is_in_kafka_too():
+def test_a_batch_is_confirmed_only_once_every_batch_before_it_is_in_kafka_too():
     book = ledger()
     book.take_raw(raw(PRIMARY, 1, trade_frame(1)), "a", 0.0)
     book.take_raw(raw(MIRROR, 1, trade_frame(2)), "b", 0.0)
     nothing_new = book.take_raw(raw(MIRROR, 2, trade_frame(2)), "b", 0.0)  # a duplicate: no records of its own
-    assert of(Publish, nothing_new) == [] and of(Release, nothing_new) == []
+    assert of(Publish, nothing_new) == [] and of(Confirmed, nothing_new) == []
     assert book.delivered((2,)) == []  # batch 1 is not in Kafka yet
-    assert book.delivered((1,)) == [Release("a", 1), Release("b", 1), Release("b", 2)]
-    # with nothing waiting for Kafka, a batch that made no records is released at once
-    assert of(Release, book.take_raw(raw(MIRROR, 3, trade_frame(2)), "b", 0.0)) == [Release("b", 3)]
+    assert book.delivered((1,)) == [Confirmed("a", 1), Confirmed("b", 2)]  # one per connection, its last
+    # with nothing waiting for Kafka, a batch that made no records is confirmed at once
+    assert of(Confirmed, book.take_raw(raw(MIRROR, 3, trade_frame(2)), "b", 0.0)) == [Confirmed("b", 3)]
 
 
-def test_what_a_replaced_producer_held_is_released_when_the_new_one_has_it():
+def test_what_a_replaced_producer_held_is_confirmed_when_the_new_one_has_it():
     book = ledger()
     book.take_raw(raw(PRIMARY, 1, trade_frame(1)), "a", 0.0)
     book.take_raw(raw(PRIMARY, 2, trade_frame(2)), "a", 0.0)
     [resent] = of(Publish, book.resend())
     assert book.delivered((1, 2)) == []  # the old numbers mean nothing now
-    assert book.delivered((resent.batch.seq,)) == [Release("a", 1), Release("a", 2)]
+    assert book.delivered((resent.batch.seq,)) == [Confirmed("a", 2)]
 
 
 def test_the_same_trade_from_two_connections_is_published_once():
@@ -143,8 +144,7 @@ def test_past_max_buffered_records_the_connections_are_held_back_until_kafka_cat
     events = book.take_raw(raw(PRIMARY, 2, trade_frame(4)), "a", 0.1)
     assert of(Release, events) == [] and of(Backpressure, events) == []  # said once
     events = book.delivered((1,))
-    assert events == [Backpressure(False, 1), Release("a", 1)]
-    assert book.delivered((2,)) == [Release("a", 2)]
+    assert events == [Confirmed("a", 1), Backpressure(False, 1), Release("a", 1), Release("a", 2)]
 
 
 def test_a_new_producer_gets_everything_unacknowledged_merged_and_renumbered():
@@ -182,11 +182,11 @@ def test_records_the_producer_failed_on_twice_become_dead_letters_once():
     [publish] = of(Publish, book.take_raw(raw(PRIMARY, 1, trade_frame(7)), "a", 0.0))
     events = book.poisoned(publish.batch, "ValueError: no")
     [letters] = of(Publish, events)
-    assert of(Release, events) == []  # the frame's batch waits for its dead letters
+    assert of(Confirmed, events) == []  # the frame's batch waits for its dead letters
     [letter] = letters.batch.dead_letters
     assert (letter.reason, letter.endpoint, json.loads(letter.raw)["trade_id"]) == ("poison_message", PRIMARY, "BINANCE-7")
     assert book.poisoned(publish.batch, "again") == []  # already given up: never sent round again
-    assert book.poisoned(letters.batch, "dead letters too") == [DeadLettersLost(1), Release("a", 1)]
+    assert book.poisoned(letters.batch, "dead letters too") == [DeadLettersLost(1), Confirmed("a", 1)]
     assert book.held == 0
 
 
@@ -211,7 +211,7 @@ def test_a_frame_the_ledger_fails_on_costs_that_frame_and_nothing_else():
     assert "RuntimeError: a bug" in failed.trace
     [publish] = of(Publish, events)
     assert [letter.reason for letter in publish.batch.dead_letters] == ["internal_error", "not_json"]
-    assert book.delivered((publish.batch.seq,)) == [Release("a", 1)]
+    assert of(Release, events) == [Release("a", 1)]
 
 
 def test_dead_letters_are_said_one_by_one_up_to_a_bound_then_summarised():

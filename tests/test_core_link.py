@@ -52,18 +52,21 @@ def test_a_batch_stops_growing_at_max_batch_bytes_and_a_larger_frame_leaves_alon
     assert [[len(frame) for *_, frame in batch] for _, batch in flow.release()] == [[40, 40], [40], [250], [10, 90], [1]]
 
 
-def test_a_new_receiver_is_sent_first_what_the_old_one_had_not_taken():
+def test_a_new_receiver_is_sent_first_every_batch_not_confirmed():
     flow = FlowWindow(max_waiting=10_000, window_batches=2, max_batch_frames=2)
     flow.add(frames(0, 7))
     assert [seq for seq, _ in flow.release()] == [1, 2]
-    flow.taken(1)
-    assert [seq for seq, _ in flow.release()] == [3]  # frames 4 and 5 in flight with 2 and 3; 6 waits
+    flow.taken(2)
+    flow.confirmed(1)  # frames 0 and 1 are in Kafka; 2 and 3 (batch 2) not yet
+    assert [seq for seq, _ in flow.release()] == [3, 4]  # taken: the window has room, whatever Kafka has
     flow.new_receiver()
     resent = flow.release()
-    assert [seq for seq, _ in resent] == [4, 5]
+    assert [seq for seq, _ in resent] == [5, 6]
     assert [received for _, batch in resent for received, *_ in batch] == [2, 3, 4, 5]
-    flow.taken(5)
+    flow.taken(6)
     assert [[received for received, *_ in batch] for _, batch in flow.release()] == [[6]]
+    flow.confirmed(7)
+    assert flow.unconfirmed == 0
 
 
 def test_everything_leaves_on_stop_whatever_the_window():
@@ -83,17 +86,21 @@ def test_a_new_receiver_has_nothing_in_flight():
     assert [seq for seq, _ in flow.release()] == [2]
 
 
-def test_reading_pauses_at_the_bound_and_resumes_below_half_of_it():
+def test_reading_pauses_at_the_bound_of_frames_not_in_kafka_and_resumes_below_half_of_it():
     flow = FlowWindow(max_waiting=10, window_batches=1)
     flow.add(frames(0, 1))
     flow.release()
-    flow.add(frames(1, 9))
-    assert flow.reading_change() is None
-    flow.add(frames(10, 1))
-    assert flow.reading_change() == ReadingPaused(10)
+    flow.add(frames(1, 8))
+    assert flow.reading_change() is None and flow.unconfirmed == 9
+    flow.add(frames(9, 1))
+    assert flow.reading_change() == ReadingPaused(10)  # one frame sent, nine waiting: none in Kafka yet
     assert flow.reading_change() is None  # said once
     flow.taken(1)
-    flow.release()  # all ten leave as one batch
+    flow.release()  # the nine leave as one batch: still not in Kafka
+    assert flow.reading_change() is None and flow.unconfirmed == 10
+    flow.confirmed(1)
+    assert flow.reading_change() is None and flow.unconfirmed == 9  # above half the bound
+    flow.confirmed(2)
     assert flow.reading_change() == ReadingResumed(0)
     assert flow.reading
 

@@ -44,6 +44,7 @@ from k2actors.messages import (
     ConnectionClosed,
     ConnectionSetup,
     ConnectionStreaming,
+    RawBatchesConfirmed,
     RawBatchTaken,
     ReadingStopped,
     Rotate,
@@ -304,6 +305,10 @@ class ConnectionActor(Supervised[ConnectionSetup]):
         self._flow.taken(message.seq)
         self._forward_frames()
 
+    def receiveMsg_RawBatchesConfirmed(self, message: RawBatchesConfirmed, sender: Recipient) -> None:
+        self._flow.confirmed(message.seq)
+        self._forward_frames()  # reading may resume
+
     def receiveMsg_Connect(self, message: Connect, sender: ActorAddress) -> None:
         if self._links:
             return
@@ -442,7 +447,7 @@ class ConnectionActor(Supervised[ConnectionSetup]):
         change = self._flow.reading_change()
         if isinstance(change, ReadingPaused):
             self._reading.clear()
-            log.warning("reading from %s paused: %d frames waiting for the normaliser", self._url, change.waiting_frames,
+            log.warning("reading from %s paused: %d frames not yet in Kafka", self._url, change.waiting_frames,
                         extra={"event": "reading_paused", "endpoint": self._url, "waiting_frames": change.waiting_frames})
             self.metrics.inc("k2_binance_read_pauses_total", self._url)
         elif change is not None:

@@ -18,6 +18,7 @@ from k2actors.actors.shell import Recipient, Supervised
 from k2actors.core.ledger import (
     GAP_NOUNS,
     Answered,
+    Confirmed,
     DataStatus,
     Drained,
     Event,
@@ -38,6 +39,7 @@ from k2actors.messages import (
     Drain,
     Flush,
     NormaliserSetup,
+    RawBatchesConfirmed,
     RawBatchTaken,
     SequenceQuery,
     SequenceState,
@@ -158,6 +160,8 @@ class Normaliser(Supervised[NormaliserSetup]):
                 self.deliver(self.setup.producer, event.batch)
             elif isinstance(event, Release):
                 self.deliver(event.to, RawBatchTaken(event.seq))
+            elif isinstance(event, Confirmed):
+                self.deliver(event.to, RawBatchesConfirmed(event.seq))
             elif isinstance(event, Answered):
                 log_line(log, event.report())
                 self.deliver(event.to, SubscriptionAnswer(event.request_id, event.refusal))

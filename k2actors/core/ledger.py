@@ -58,7 +58,16 @@ class Publish:
 
 @dataclass(frozen=True, slots=True)
 class Release(Generic[A]):
-    """The Normaliser is done with this RawBatch: its connection may send another."""
+    """The Normaliser has taken this RawBatch: its connection may send another."""
+
+    to: A
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmed(Generic[A]):
+    """Kafka has what came of the connection's RawBatches up to `seq`: it need keep them no
+    longer (until then it sends them again to a Normaliser that replaces this one)."""
 
     to: A
     seq: int
@@ -282,7 +291,7 @@ Said = (
     | BatchesLost | Backfilled | Resent | DeadLettersLost | TradeSummary | DeadLetterSummary
     | NotOwnedDropped
 )
-Event = Publish | Release[A] | Answered[A] | Drained | DataStatus | Said
+Event = Publish | Release[A] | Confirmed[A] | Answered[A] | Drained | DataStatus | Said
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,10 +327,10 @@ class Ledger(Generic[A]):
         self._seq = 0  # the last RecordBatch numbered
         self._unacked: dict[int, RecordBatch] = {}
         self.held = 0  # records and dead letters in _unacked
-        # RawBatches not yet released to their connection, in the order taken: (the last
-        # RecordBatch published when it was taken, its sender, its seq). One is released once
-        # Kafka has acknowledged every RecordBatch up to that one: until then its connection
-        # keeps its frames, and sends them again to a Normaliser that replaces this one.
+        self._untaken: list[tuple[A, int]] = []  # RawBatches not yet released to their connection
+        # RawBatches not yet confirmed, in the order taken: (the last RecordBatch published when
+        # it was taken, its sender, its seq). One is confirmed once Kafka has acknowledged every
+        # RecordBatch up to that one.
         self._awaiting: collections.deque[tuple[int, A, int]] = collections.deque()
         self._holding_back = False
         self._drain: Mapping[str, int] | None = None
@@ -360,6 +369,7 @@ class Ledger(Generic[A]):
         self._publish(records, letters, events)
         self._declare_gaps(now, events)
         self._report_not_owned(events)
+        self._untaken.append((sender, batch.seq))
         self._awaiting.append((self._seq, sender, batch.seq))
         self._release(events)
         self._check_drain(events)
@@ -586,10 +596,11 @@ class Ledger(Generic[A]):
         return batch
 
     def _release(self, events: list[Event[A]]) -> None:
-        """Release the RawBatches whose records (and those of every batch before them) Kafka
-        acknowledged, but only while fewer than max_buffered_records wait for Kafka: past that
-        the connections' windows stay full, their readers pause, and TCP slows the exchange.
-        Memory stays bounded, nothing is shed."""
+        """Confirm the RawBatches whose records (and those of every batch before them) Kafka
+        acknowledged, and release the connections' RawBatches, but only while fewer than
+        max_buffered_records wait for Kafka: past that their windows stay full, their readers
+        pause, and TCP slows the exchange. Memory stays bounded, nothing is shed."""
+        self._confirm(events)
         if self.held >= self._rules.max_buffered_records:
             if not self._holding_back:
                 self._holding_back = True
@@ -598,11 +609,22 @@ class Ledger(Generic[A]):
         if self._holding_back:
             self._holding_back = False
             events.append(Backpressure(False, self.held))
+        untaken, self._untaken = self._untaken, []
+        events.extend(Release(sender, seq) for sender, seq in untaken)
+
+    def _confirm(self, events: list[Event[A]]) -> None:
+        """One Confirmed per connection, for the last of its batches now confirmed."""
         oldest_unacked = next(iter(self._unacked), self._seq + 1)  # numbered in order, and a dict keeps it
         awaiting = self._awaiting
+        confirmed: list[tuple[A, int]] = []  # addresses are not hashable: a short list, not a dict
         while awaiting and awaiting[0][0] < oldest_unacked:
             _, sender, seq = awaiting.popleft()
-            events.append(Release(sender, seq))
+            index = next((i for i, (to, _) in enumerate(confirmed) if to == sender), None)
+            if index is None:
+                confirmed.append((sender, seq))
+            else:
+                confirmed[index] = (sender, max(seq, confirmed[index][1]))
+        events.extend(Confirmed(sender, seq) for sender, seq in confirmed)
 
     def _declare_gaps(self, now: float, events: list[Event[A]]) -> None:
         for stream, gap in self._sequences.declare_due(now):

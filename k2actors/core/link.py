@@ -43,10 +43,10 @@ class ReadingResumed:
 class FlowWindow:
     """Frames from the readers to the Normaliser, numbered RawBatches 1, 2, 3, ...
 
-    At most `window_batches` batches are in flight; the rest wait in the backlog. A batch is
-    in flight until the Normaliser has taken it, which it does once Kafka has what came of
-    it: a new Normaliser is sent again what the old one had not finished. Bounded
-    memory without loss: at `max_waiting` frames in the backlog the readers pause and TCP
+    At most `window_batches` batches are in flight (sent, not yet taken by the Normaliser); the
+    rest wait in the backlog. A batch is kept until the Normaliser confirms that Kafka has
+    what came of it: a new Normaliser is sent again every batch not confirmed. Bounded
+    memory without loss: at `max_waiting` frames not yet in Kafka the readers pause and TCP
     slows the sender; below half of it they read again. (Binance drops a client that falls
     too far behind; that ends as a reconnect and a reported gap, never as unbounded memory.)
     """
@@ -58,7 +58,8 @@ class FlowWindow:
         self._max_batch = max_batch_frames
         self._max_bytes = max_batch_bytes
         self._backlog: collections.deque[Frame] = collections.deque()
-        self._in_flight: collections.deque[tuple[int, tuple[Frame, ...]]] = collections.deque()  # sent, not yet taken
+        self._kept: collections.deque[tuple[int, tuple[Frame, ...]]] = collections.deque()  # sent, not yet confirmed
+        self._kept_frames = 0
         self.seq = 0  # the last batch numbered
         self._taken = 0  # the last batch the Normaliser has taken
         self.reading = True
@@ -69,25 +70,29 @@ class FlowWindow:
 
     @property
     def unconfirmed(self) -> int:
-        """Frames not yet in Kafka: waiting, and in flight to the Normaliser."""
-        return len(self._backlog) + sum(len(frames) for _, frames in self._in_flight)
+        """Frames not yet in Kafka: waiting, and sent to the Normaliser but not confirmed."""
+        return len(self._backlog) + self._kept_frames
 
     def add(self, frames: list[Frame]) -> None:
         self._backlog.extend(frames)
 
     def taken(self, seq: int) -> None:
-        """The Normaliser is done with every batch up to `seq`: Kafka has what came of them."""
+        """The Normaliser has taken every batch up to `seq`: the window has room again."""
         self._taken = max(self._taken, seq)
-        in_flight = self._in_flight
-        while in_flight and in_flight[0][0] <= self._taken:
-            in_flight.popleft()
+
+    def confirmed(self, seq: int) -> None:
+        """Kafka has what came of every batch up to `seq`: they need be kept no longer."""
+        kept = self._kept
+        while kept and kept[0][0] <= seq:
+            self._kept_frames -= len(kept.popleft()[1])
 
     def new_receiver(self) -> None:
-        """A new Normaliser (or a new channel to it): what the old one had not finished is
-        sent again, first, in new batches. Nothing is in flight to the new one."""
-        for _, frames in reversed(self._in_flight):
+        """A new Normaliser (or a new channel to it): every batch not confirmed is sent again,
+        first, in new batches. Nothing is in flight to the new one."""
+        for _, frames in reversed(self._kept):
             self._backlog.extendleft(reversed(frames))
-        self._in_flight.clear()
+        self._kept.clear()
+        self._kept_frames = 0
         self._taken = self.seq
 
     def release(self, everything: bool = False) -> list[tuple[int, tuple[Frame, ...]]]:
@@ -97,7 +102,8 @@ class FlowWindow:
         while self._backlog and (everything or self.seq - self._taken < self._window):
             self.seq += 1
             batch = (self.seq, self._next_batch())
-            self._in_flight.append(batch)
+            self._kept.append(batch)
+            self._kept_frames += len(batch[1])
             batches.append(batch)
         return batches
 
@@ -113,13 +119,13 @@ class FlowWindow:
         return tuple(batch)
 
     def reading_change(self) -> ReadingPaused | ReadingResumed | None:
-        """Whether the readers must pause or may resume, once the backlog crosses a bound."""
-        if self.reading and self.waiting >= self._max_waiting:
+        """Whether the readers must pause or may resume, once the frames not yet in Kafka cross a bound."""
+        if self.reading and self.unconfirmed >= self._max_waiting:
             self.reading = False
-            return ReadingPaused(self.waiting)
-        if not self.reading and self.waiting < self._max_waiting // 2:
+            return ReadingPaused(self.unconfirmed)
+        if not self.reading and self.unconfirmed < self._max_waiting // 2:
             self.reading = True
-            return ReadingResumed(self.waiting)
+            return ReadingResumed(self.unconfirmed)
         return None
 
 
