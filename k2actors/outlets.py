@@ -138,10 +138,10 @@ class Preparation(threading.Thread):
             if self._resume:
                 self.held = read_what_kafka_holds(kafka, registry, self._streams, TopicPartition(kafka.state_topic, 0), None,
                                                   self._logger)
-            elif RAW in self._streams:
+            elif RAW in self._streams:  # the other instances write to it all the while: the read is bounded in time
                 consumer = resume_consumer(kafka, self._logger)
                 try:
-                    self.held[RAW] = read_held(consumer, kafka, registry, RAW, None)[0]
+                    self.held[RAW] = read_held(consumer, kafka, registry, RAW, None, time.monotonic() + RAW_TAIL_SECONDS)[0]
                 finally:
                     consumer.close()
         except Exception as exc:  # registry or broker not there yet: the actor retries, and says so
@@ -180,6 +180,9 @@ class Preparation(threading.Thread):
 # of each partition are read; ids before them count as published.
 TAIL_WITHOUT_CHECKPOINT = 10_000
 READ_TIMEOUT_SECONDS = 10.0
+# Cluster mode: how long a producer reads the raw topic's tail at start, for the frames of its
+# own connections a predecessor may have handed to Kafka already.
+RAW_TAIL_SECONDS = 5.0
 
 
 def resume_consumer(kafka: KafkaConfig, logger: logging.Logger = LIBRDKAFKA_LOG) -> Consumer:
@@ -191,14 +194,15 @@ def resume_consumer(kafka: KafkaConfig, logger: logging.Logger = LIBRDKAFKA_LOG)
                      "enable.partition.eof": True, "isolation.level": "read_committed", "logger": logger})
 
 
-def _read_to_end(consumer: Consumer, starts: dict[TopicPartition, int]) -> Iterator[Message]:
+def _read_to_end(consumer: Consumer, starts: dict[TopicPartition, int], give_up_at: float | None = None) -> Iterator[Message]:
     """Every record from the given offsets until each partition reports its end. Ends are not
     counted from end offsets (a broker may report the start of its last batch): a partition
-    is done when the consumer says it reached the end."""
+    is done when the consumer says it reached the end. `give_up_at` (monotonic): stop there,
+    ends or not (a topic others write to all the while)."""
     open_partitions = {(tp.topic, tp.partition) for tp in starts}
     consumer.assign([TopicPartition(tp.topic, tp.partition, offset) for tp, offset in starts.items()])
     deadline = time.monotonic() + READ_TIMEOUT_SECONDS
-    while open_partitions:
+    while open_partitions and (give_up_at is None or time.monotonic() < give_up_at):
         if time.monotonic() > deadline:
             raise TimeoutError(f"resume: partitions {sorted(open_partitions)} sent nothing for {READ_TIMEOUT_SECONDS:.0f} s")
         for message in consumer.consume(10_000, 0.5):
@@ -249,7 +253,7 @@ def read_checkpoints(consumer: Consumer, partition: TopicPartition) -> dict[str,
 
 
 def read_held(consumer: Consumer, kafka: KafkaConfig, registry: SchemaRegistryClient, stream: str,
-              checkpoint: Checkpoint | None) -> tuple[dict[Key, IdRanges], int]:
+              checkpoint: Checkpoint | None, give_up_at: float | None = None) -> tuple[dict[Key, IdRanges], int]:
     """What the stream's topic holds: the checkpoint plus every record after its offsets,
     and how many records that tail read."""
     topic = kafka.topic_for(stream)
@@ -263,5 +267,5 @@ def read_held(consumer: Consumer, kafka: KafkaConfig, registry: SchemaRegistryCl
         starts[partition] = max(low, start)
     venue, whose, which = IDENTITY_FIELDS.get(stream, EVENT_IDENTITY)
     tail = [(record[venue], record[whose], record[which])
-            for record in (deserialize(message.value(), context) for message in _read_to_end(consumer, starts))]
+            for record in (deserialize(message.value(), context) for message in _read_to_end(consumer, starts, give_up_at))]
     return held(checkpoint, tail), len(tail)
