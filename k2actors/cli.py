@@ -8,9 +8,7 @@ import sys
 from pathlib import Path
 
 from k2actors import __version__
-from k2actors.config import ConfigError, effective_config, load_config
-
-EXIT_CONFIG_ERROR = 2
+from k2actors.config import EXIT_CONFIG_ERROR, ConfigError, effective_config, load_config
 
 
 def _parser() -> argparse.ArgumentParser:

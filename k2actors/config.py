@@ -38,6 +38,10 @@ class Secret(str):
         return "'***'" if self else "''"
 
 
+# The exit status of a service or command whose configuration is not valid.
+EXIT_CONFIG_ERROR = 2
+
+
 class ConfigError(Exception):
     """An invalid configuration value; the message names key, value and expectation."""
 
@@ -132,6 +136,10 @@ class KafkaConfig:
 @dataclass(frozen=True)
 class RawConfig:
     enabled: bool = True  # every frame received, byte for byte, to kafka.raw_topic
+    # Each connection's count of frames received (k2actors.receipts): what a killed service
+    # lost is counted from it at the next start. /var/tmp outlives a reboot and a container's
+    # restart, and any user may write there.
+    receipts_dir: str = "/var/tmp/k2actors/receipts"
 
 
 @dataclass(frozen=True)
@@ -543,6 +551,7 @@ _PARSERS = {
     ("kafka", "schema_registry_certificate_location"): _optional_file,
     ("kafka", "schema_registry_key_location"): _optional_file,
     ("raw", "enabled"): _boolean,
+    ("raw", "receipts_dir"): _text,
     ("circuit_breaker", "failure_threshold"): _number(int, 1),
     ("circuit_breaker", "reset_timeout_seconds"): _number(float, 0.0),
     ("circuit_breaker", "exit_after_open_seconds"): _number(float, 1.0),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from thespian.actors import ActorAddress
 
-from k2actors.config import ClusterConfig, Config, Endpoint, KafkaConfig
+from k2actors.config import ClusterConfig, Config, Endpoint, KafkaConfig, RawConfig
 from k2actors.core.payloads import Positions
 from k2actors.core.raw import RestResponse
 from k2actors.core.reasons import EndReason
@@ -82,7 +82,7 @@ class SetupFailed:
 class ProducerSetup:
     kafka: KafkaConfig
     streams: tuple[str, ...]  # binance.streams: each has its topic and schema subject
-    raw: bool  # raw.enabled: frames to the raw topic too
+    raw: RawConfig  # enabled: frames to the raw topic too; and where the connections' receipts are
     metrics: ActorAddress
     cluster: ClusterConfig
     symbols: tuple[str, ...]  # binance.symbols: in cluster mode, what the shards are made of
@@ -149,6 +149,7 @@ class ConnectionSetup:
     max_buffered_frames: int
     tls_ca_file: str
     tls_verify: bool
+    receipts_dir: str | None  # raw.receipts_dir when the raw record is on: a receipt per connection there
     normaliser: ActorAddress
     metrics: ActorAddress
 

@@ -55,6 +55,15 @@ def tree_memory_bytes(*roots: int) -> int:
     return total_kib * 1024
 
 
+# Set by the service process before it starts the actor system: every actor process inherits it.
+SERVICE_PID_VARIABLE = "K2ACTORS_SERVICE_PID"
+
+
+def service_pid() -> int:
+    """The pid of the service this process belongs to (its own, outside an actor)."""
+    return int(os.environ.get(SERVICE_PID_VARIABLE, "0")) or os.getpid()
+
+
 def exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)

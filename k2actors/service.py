@@ -15,11 +15,10 @@ from collections.abc import Callable
 
 from thespian.actors import ActorSystem
 
-from k2actors import processes
+from k2actors import processes, receipts
 from k2actors.actors.coordinator import FailoverCoordinator
-from k2actors.actors.shell import SERVICE_PID_VARIABLE
 from k2actors.clients import exchange_tls
-from k2actors.config import BinanceConfig, Config
+from k2actors.config import EXIT_CONFIG_ERROR, BinanceConfig, Config, ConfigError
 from k2actors.core.binance import MAX_URL_LENGTH, quote_assets
 from k2actors.core.raw import RestResponse
 from k2actors.logs import logging_config
@@ -87,7 +86,7 @@ class Pipeline:
         # Actor processes are forked from here: they must not take a terminal's Ctrl-C, which
         # is for this process to turn into an orderly stop.
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        os.environ[SERVICE_PID_VARIABLE] = str(os.getpid())  # the actor processes inherit it
+        os.environ[processes.SERVICE_PID_VARIABLE] = str(os.getpid())  # the actor processes inherit it
         try:
             self._system = ActorSystem(
                 "multiprocTCPBase",
@@ -165,6 +164,11 @@ def run(config: Config, on_started: Callable[[], None] | None = None, stop: thre
         log.warning("binance.tls_verify is false: exchange certificates are NOT verified; "
                     "anyone on the network path can feed this service trades", extra={"event": "tls_unverified"})
     try:
+        receipts.make_directory(config.raw)
+    except ConfigError as exc:
+        log.error("cannot start: %s", exc, extra={"event": "config_invalid"})
+        return EXIT_CONFIG_ERROR
+    try:
         pipeline = Pipeline(config).start()
     except RuntimeError as exc:
         log.error("cannot start: %s", exc)
@@ -187,6 +191,7 @@ def run(config: Config, on_started: Callable[[], None] | None = None, stop: thre
     if stopped.undelivered:
         log.error("stopped, %d records undelivered", stopped.undelivered, extra=fields)
         return 1
+    receipts.remove_handed_on(config.raw)
     if stopped.missing:
         # Delivered is delivered; the gaps are in Kafka's checkpoint and the next start fills them.
         log.warning("stopped: every trade received was delivered, but %d trade ids are missing (gaps declared above, "

@@ -168,6 +168,7 @@ def start_service(broker, registry, simulator, topic, tmp_path):
             "K2_KAFKA_SCHEMA_REGISTRY_URL": registry.url,
             "K2_KAFKA_TOPIC": topic,
             "K2_KAFKA_RAW_TOPIC": f"{topic}.raw",
+            "K2_RAW_RECEIPTS_DIR": str(tmp_path / "receipts"),  # shared by the test's services, as by one host's
             "K2_METRICS_PORT": str(port),
             "K2_LOG_LEVEL": "INFO",
             **overrides,

@@ -146,6 +146,15 @@ def test_a_metrics_port_in_use_is_one_clear_line_and_exit_1():
     assert "Traceback" not in result.stderr
 
 
+def test_a_receipts_directory_it_cannot_write_is_one_clear_line_and_exit_2(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    result = _start({"K2_RAW_RECEIPTS_DIR": str(tmp_path / "a-file" / "receipts"), "K2_METRICS_PORT": str(free_port())})
+    assert result.returncode == 2
+    assert "cannot start: invalid config: raw.receipts_dir" in result.stderr
+    assert "expected a directory this user can create and write (Not a directory)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_an_unreachable_kafka_is_one_line_per_attempt_naming_it_not_a_flood():
     port = free_port()
     result = _start({"K2_BINANCE_ENABLED": "false", "K2_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",

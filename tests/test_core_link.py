@@ -69,6 +69,17 @@ def test_a_new_receiver_is_sent_first_every_batch_not_confirmed():
     assert flow.unconfirmed == 0
 
 
+def test_a_confirmation_says_each_connections_last_frame_now_in_kafka():
+    flow = FlowWindow(max_waiting=10_000, window_batches=4, max_batch_frames=3)
+    old = [(i, "old", i + 1, b"x") for i in range(4)]
+    new = [(i, "new", i + 1, b"y") for i in range(3)]
+    flow.add(old[:3] + [old[3], *new[:2]] + new[2:])  # a rotation: the old connection's last frames beside the new one's
+    assert [seq for seq, _ in flow.release()] == [1, 2, 3]
+    assert flow.confirmed(1) == {"old": 3}
+    assert flow.confirmed(1) == {}  # said once
+    assert flow.confirmed(3) == {"old": 4, "new": 3}
+
+
 def test_everything_leaves_on_stop_whatever_the_window():
     flow = FlowWindow(max_waiting=10_000, window_batches=1, max_batch_frames=2)
     flow.add(frames(0, 5))

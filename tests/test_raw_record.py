@@ -18,8 +18,10 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
+from k2actors import processes
 from k2actors.outlets import AvroWriter, schema_for
 from k2actors.readback import missing_and_duplicates, read_partitions, records
+from k2actors.receipts import left_behind
 from tests.conftest import REPO, every_frame_once, trade_ids, wait_until
 from tests.test_resilience import settle, total, wait_for_new_pid, wait_for_trades
 
@@ -117,6 +119,40 @@ def tamper(broker, topic: str) -> dict[str, bytes]:
     producer.produce(topic, altered, message.key(), headers=list(headers.items()))
     assert producer.flush(10) == 0
     return headers
+
+
+def test_frames_a_killed_service_took_with_it_are_counted_lost_from_its_receipt_and_their_trades_backfilled(
+        start_service, simulator, broker, registry, topic, tmp_path):
+    first = start_service()
+    first.wait_ready()
+    wait_for_trades(first, 150)
+    actors = wait_until(lambda: first.health().get("actors"), 20, "the actors' pids")
+    os.kill(actors["producer"], signal.SIGSTOP)  # frames keep coming, and none of them reaches Kafka
+    printed = sum(simulator.last_ids().values())
+    wait_until(lambda: sum(simulator.last_ids().values()) > printed + 100, 20, "trades printed meanwhile")
+    first.process.kill()  # the whole service: its actors follow within a second, the frozen producer too
+    first.process.wait()
+    wait_until(lambda: not any(processes.exists(pid) for pid in actors.values()), 20, "every actor process gone")
+    left = {receipt.conn_id: receipt.received for receipt in left_behind(str(tmp_path / "receipts"))}
+    assert left, "the killed connection's receipt"
+
+    second = start_service()
+    second.wait_ready()
+    in_kafka = {conn_id: len(frames) for conn_id, frames in every_frame_once(broker, registry, topic).items()}
+    lost = sum(received - in_kafka.get(conn_id, 0) for conn_id, received in left.items())
+    assert lost > 100
+    wait_until(lambda: total(second.metrics(), "k2_raw_frames_lost_total") == lost, 40, f"{lost} frames counted lost")
+    for conn_id, received in left.items():
+        if received > in_kafka.get(conn_id, 0):
+            assert (f"never reached Kafka: its process was killed first (conn_msg_seq {in_kafka.get(conn_id, 0) + 1}-{received} "
+                    f"of {received})") in second.log()
+            assert f"frames received on connection {conn_id} to {simulator.urls[0]}" in second.log()
+    assert not list(left_behind(str(tmp_path / "receipts")))  # settled, and removed
+    wait_until(lambda: total(second.metrics(), "k2_backfill_trades_total") > 0, 60, "the trades among them backfilled")
+    settle(second)
+    assert second.stop() == 0, second.log()
+    assert missing_and_duplicates(trade_ids(broker, registry, topic)) == (0, 0)
+    assert list((tmp_path / "receipts").iterdir()) == []  # every connection that ended cleanly took its receipt
 
 
 def test_with_the_raw_record_off_no_frame_is_archived(start_service, broker, registry, topic):

@@ -17,6 +17,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 
 import websocket
 from thespian.actors import ActorAddress
@@ -52,6 +53,7 @@ from k2actors.messages import (
     SubscriptionAnswer,
 )
 from k2actors.net import new_conn_id
+from k2actors.receipts import Receipt
 
 log = logging.getLogger("k2actors.connection")
 
@@ -61,7 +63,8 @@ CONNECT_TIMEOUT_SECONDS = 10
 class _Reader(threading.Thread):
     """Reads one websocket connection until it ends; hands frames over under a lock."""
 
-    def __init__(self, plan: SubscriptionPlan, wake_fd: int, reading: threading.Event, tls: ssl.SSLContext):
+    def __init__(self, plan: SubscriptionPlan, wake_fd: int, reading: threading.Event, tls: ssl.SSLContext,
+                 receipt: Callable[[str], Receipt | None]):
         super().__init__(name="ws-reader", daemon=True)
         self.plan = plan
         self._tls = tls
@@ -74,6 +77,7 @@ class _Reader(threading.Thread):
         self._closed_here: ConnectionEnd | None = None
         self.conn_id = new_conn_id()
         self._received = 0  # data frames numbered so far
+        self.receipt = receipt(self.conn_id)  # ... and counted there, for a service killed before Kafka has them
         self.opened = False
         self.opened_at = 0.0
         self.streamed = False
@@ -137,6 +141,8 @@ class _Reader(threading.Thread):
                     data = frame.data if isinstance(frame.data, bytes) else frame.data.encode()
                     self.streamed = self.streamed or not data.startswith(_ANSWERS)  # an answer to a request is no data
                     self._received += 1
+                    if self.receipt is not None:
+                        self.receipt.received(self._received)
                     with self._lock:
                         self._frames.append((received_ns, self.conn_id, self._received, data))
                         if not self._signalled:
@@ -204,6 +210,7 @@ class ConnectionActor(Supervised[ConnectionSetup]):
         self._reading = threading.Event()  # set while the readers may read
         self._reading.set()
         self._tls: ssl.SSLContext | None = None  # from the setup
+        self._receipts: dict[str, Receipt] = {}  # per conn_id, until Kafka has all its frames and it has ended
 
     @property
     def _url(self) -> str:
@@ -306,7 +313,11 @@ class ConnectionActor(Supervised[ConnectionSetup]):
         self._forward_frames()
 
     def receiveMsg_RawBatchesConfirmed(self, message: RawBatchesConfirmed, sender: Recipient) -> None:
-        self._flow.confirmed(message.seq)
+        for conn_id, conn_msg_seq in self._flow.confirmed(message.seq).items():
+            receipt = self._receipts.get(conn_id)
+            if receipt is not None:
+                receipt.confirmed(conn_msg_seq)
+        self._close_settled_receipts()
         self._forward_frames()  # reading may resume
 
     def receiveMsg_Connect(self, message: Connect, sender: ActorAddress) -> None:
@@ -323,9 +334,23 @@ class ConnectionActor(Supervised[ConnectionSetup]):
     def _open(self, plan: SubscriptionPlan) -> _Reader:
         if self._tls is None:
             self._tls = exchange_tls(self.setup.tls_ca_file, self.setup.tls_verify)
-        reader = _Reader(plan, self._wake_w, self._reading, self._tls)
+        reader = _Reader(plan, self._wake_w, self._reading, self._tls, self._receipt)
+        if reader.receipt is not None:
+            self._receipts[reader.conn_id] = reader.receipt
         reader.start()
         return reader
+
+    def _receipt(self, conn_id: str) -> Receipt | None:
+        setup = self.setup
+        return None if setup.receipts_dir is None else Receipt(setup.receipts_dir, setup.endpoint.venue, self._url, conn_id)
+
+    def _close_settled_receipts(self) -> None:
+        """A connection's receipt goes once it has ended and Kafka has every frame it counts."""
+        live = {reader.conn_id for link in self._links for reader in link.readers()}
+        for conn_id, receipt in list(self._receipts.items()):
+            if conn_id not in live and receipt.settled:
+                receipt.close()
+                del self._receipts[conn_id]
 
     def receiveMsg_Rotate(self, message: Rotate, sender: ActorAddress) -> None:
         self._rotate(message.reason)
@@ -341,6 +366,8 @@ class ConnectionActor(Supervised[ConnectionSetup]):
     def receiveMsg_StopReading(self, message: StopReading, sender: ActorAddress) -> None:
         self._close_all("service stopping")
         self._forward_frames(everything=True)
+        for receipt in self._receipts.values():
+            receipt.handed_on()
         self._drop_links()
         self.metrics.set("k2_binance_connection_status", 0, self._url)
         self.send(sender, ReadingStopped(self._url, self._flow.seq))
@@ -349,6 +376,8 @@ class ConnectionActor(Supervised[ConnectionSetup]):
         for link in self._links:
             for reader in link.readers():
                 reader.close(ConnectionEnd(EndReason.CLOSED_HERE, "actor exiting"))
+        for receipt in self._receipts.values():
+            receipt.close()  # one with frames Kafka has not confirmed stays, for the producer to settle
 
     def on_poison(self, message: object, detail: str) -> None:
         if isinstance(message, RawBatch):
@@ -375,6 +404,7 @@ class ConnectionActor(Supervised[ConnectionSetup]):
             self._rotate("max_age")
         self.metrics.set("k2_binance_connection_status", 1 if self._links and self._reported_streaming else 0, self._url)
         self.metrics.set("k2_connection_unconfirmed_frames", self._flow.unconfirmed, self._url)
+        self._close_settled_receipts()  # of connections that ended with nothing unconfirmed
 
     # --- what the readers reported ---
 

@@ -309,12 +309,13 @@ class FailoverCoordinator(ActorTypeDispatcher):
             message = ConnectionSetup(
                 run.endpoints[role.url], run.symbols, binance.streams, binance.stale_timeout_seconds,
                 binance.max_connection_age_seconds, kafka.max_buffered_records,
-                binance.tls_ca_file, binance.tls_verify, children[Role.NORMALISER], metrics,
+                binance.tls_ca_file, binance.tls_verify, config.raw.receipts_dir if config.raw.enabled else None,
+                children[Role.NORMALISER], metrics,
             )
         elif role is Role.METRICS:
             message = MetricsSetup(config.metrics.port, config.metrics.bind_address)
         elif role is Role.PRODUCER:
-            message = ProducerSetup(kafka, binance.streams, config.raw.enabled, metrics, config.cluster, binance.symbols)
+            message = ProducerSetup(kafka, binance.streams, config.raw, metrics, config.cluster, binance.symbols)
         elif role is Role.NORMALISER:
             message = NormaliserSetup(
                 children[Role.PRODUCER], metrics, GAP_GRACE_SECONDS, frozenset(binance.symbols),

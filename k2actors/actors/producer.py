@@ -17,11 +17,13 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import NamedTuple
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from thespian.actors import ActorAddress, ActorExitRequest
 
+from k2actors import receipts
 from k2actors.actors.shell import Recipient, Supervised, seconds
 from k2actors.core.backoff import backoff_delay
 from k2actors.core.binance import SERIALIZATION_FAILED
@@ -29,7 +31,7 @@ from k2actors.core.cluster import shard_symbols, transactional_id
 from k2actors.core.delivery import NO_SHARD, Admission, Deliveries, Handed, KafkaReadiness, Landed, PendingBatch
 from k2actors.core.normalise import record_dead_letter
 from k2actors.core.payloads import DeadLetter, RecordBatch
-from k2actors.core.raw import RAW
+from k2actors.core.raw import RAW, frames_lost
 from k2actors.messages import (
     AcquireShard,
     BatchesDelivered,
@@ -54,6 +56,10 @@ SETUP_RETRY_MAX_SECONDS = 30.0
 FLUSH_DEADLINE_SECONDS = 10.0
 # What Kafka acknowledged is checkpointed this often (k2actors.core.resume).
 CHECKPOINT_EVERY_SECONDS = 1.0
+# A receipt left behind is settled this long after it is first seen: the frames its connection
+# handed on before its process died have reached Kafka by then, or are counted as in it
+# (handed to the producer, which delivers them).
+RECEIPT_GRACE_SECONDS = 10.0
 RETRY_SETUP = "retry setup"
 
 
@@ -77,6 +83,7 @@ class ProducerActor(Supervised[ProducerSetup]):
         self._handed = Handed()
         self._checkpoint_at = 0.0
         self._preparing: Preparation | None = None
+        self._left_since: dict[Path, float] = {}  # receipts left behind, since when this producer has seen them
         self._fatal: str | None = None
         # Cluster mode: the writer of each shard acquired or being acquired; each configured
         # symbol's shard; and, for the shards acquired, which writer a symbol's records go to
@@ -114,7 +121,7 @@ class ProducerActor(Supervised[ProducerSetup]):
 
     def _prepare(self) -> None:
         setup = self.setup
-        self._preparing = Preparation(setup.kafka, (*setup.streams, RAW) if setup.raw else setup.streams,
+        self._preparing = Preparation(setup.kafka, (*setup.streams, RAW) if setup.raw.enabled else setup.streams,
                                       resume=not setup.cluster.enabled)
         self._preparing.start()
 
@@ -359,7 +366,29 @@ class ProducerActor(Supervised[ProducerSetup]):
         if now - self._checkpoint_at >= CHECKPOINT_EVERY_SECONDS:
             self._checkpoint_at = now
             self._write_checkpoints()
+            if self.setup.raw.enabled and self._producer is not None:
+                self._settle_receipts(now)
         self._check_flush()
+
+    def _settle_receipts(self, now: float) -> None:
+        """Receipts of connections whose process ended before Kafka had all their frames:
+        after a grace for what was on its way (a connection actor killed alone), whatever
+        Kafka still lacks is lost for good, and said so."""
+        left = {receipt.path: receipt for receipt in receipts.left_behind(self.setup.raw.receipts_dir)}
+        self._left_since = {path: self._left_since.get(path, now) for path in left}
+        for path, receipt in left.items():
+            if now - self._left_since[path] < RECEIPT_GRACE_SECONDS or not receipts.claim(receipt):
+                continue
+            lost = frames_lost(receipt.received, receipt.confirmed, self._handed.frames(receipt.venue, receipt.conn_id))
+            count = sum(last - first + 1 for first, last in lost.ranges())
+            if count:
+                log.warning("%d frames received on connection %s to %s never reached Kafka: its process was killed first "
+                            "(conn_msg_seq %s of %d); the venue cannot send them again, and the trade ids among them are "
+                            "declared missing and backfilled", count, receipt.conn_id, receipt.endpoint,
+                            ", ".join(f"{first}-{last}" for first, last in lost.ranges()), receipt.received,
+                            extra={"event": "raw_frames_lost", "conn_id": receipt.conn_id, "endpoint": receipt.endpoint,
+                                   "count": count, "received": receipt.received})
+                self.metrics.inc("k2_raw_frames_lost_total", receipt.venue, amount=count)
 
     def _write_checkpoints(self) -> bool:
         """What Kafka acknowledged since the last checkpoint, to the state topic; whether

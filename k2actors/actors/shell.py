@@ -51,9 +51,8 @@ METRICS_EVERY_SECONDS = 1.0
 # Refused peers are logged once each; past this many the record starts again, so that a flood
 # of connecting processes cannot grow it without bound (each refusal is counted regardless).
 REFUSED_PEERS_REMEMBERED = 1024
-# Set by the service process before it starts the actor system, and by the coordinator (for
-# Thespian's admin) before it creates its children: every actor process inherits both.
-SERVICE_PID_VARIABLE = "K2ACTORS_SERVICE_PID"
+# Set by the coordinator (for Thespian's admin) before it creates its children: every actor
+# process inherits it, as it does processes.SERVICE_PID_VARIABLE.
 ADMIN_PID_VARIABLE = "K2ACTORS_ADMIN_PID"
 
 S = TypeVar("S")
@@ -340,7 +339,7 @@ class Supervised(ActorTypeDispatcher, Generic[S]):
         if self._coordinator is None or now - self._beat_at < HEARTBEAT_SECONDS:
             return
         self._beat_at = now
-        service_pid = int(os.environ.get(SERVICE_PID_VARIABLE, "0"))
+        service_pid = int(os.environ.get(processes.SERVICE_PID_VARIABLE, "0"))
         if service_pid and not processes.exists(service_pid):  # and the coordinator did not end the rest
             log.error("%s: the service process %d is gone; shutting the actor system down", type(self).__name__, service_pid)
             processes.end_actor_system(int(os.environ.get(ADMIN_PID_VARIABLE, "0")))

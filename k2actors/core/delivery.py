@@ -62,6 +62,10 @@ class Handed:
             forget_oldest_sources(self._frames)
         return Admission.PRODUCE if ranges.add(conn_msg_seq) else Admission.IN_KAFKA
 
+    def frames(self, venue: str, conn_id: str) -> IdRanges | None:
+        """The connection's frames in Kafka or handed to it, as far as this producer knows."""
+        return self._frames.get((venue, conn_id))
+
     def admit(self, stream: str, venue: str, symbol: str, event_id: int) -> Admission:
         key = (stream, venue, symbol)
         ranges = self._ids.get(key)

@@ -18,7 +18,9 @@ from k2actors.core.reasons import ConnectionEnd, EndReason
 # (receive time in nanoseconds since the epoch, the connection's id, the frame's number on it
 # from 1, the frame as received): a plain tuple, made, pickled and read once per frame.
 Frame = tuple[int, str, int, bytes]
-PAYLOAD: Final = 3  # where the frame's bytes are in a Frame
+CONN_ID: Final = 1  # where the connection's id is in a Frame
+CONN_MSG_SEQ: Final = 2  # ... its number
+PAYLOAD: Final = 3  # ... and its bytes
 
 # RawBatches sent but not yet taken by the Normaliser. With the window full, frames wait in
 # the backlog and leave together in the next batch: under load batches grow by themselves,
@@ -80,11 +82,18 @@ class FlowWindow:
         """The Normaliser has taken every batch up to `seq`: the window has room again."""
         self._taken = max(self._taken, seq)
 
-    def confirmed(self, seq: int) -> None:
-        """Kafka has what came of every batch up to `seq`: they need be kept no longer."""
+    def confirmed(self, seq: int) -> dict[str, int]:
+        """Kafka has what came of every batch up to `seq`: they need be kept no longer. Per
+        connection among their frames, the number of its last frame now in Kafka (a
+        connection's frames leave in the order they came, and are confirmed in that order)."""
         kept = self._kept
+        last: dict[str, int] = {}
         while kept and kept[0][0] <= seq:
-            self._kept_frames -= len(kept.popleft()[1])
+            frames = kept.popleft()[1]
+            self._kept_frames -= len(frames)
+            for frame in frames:
+                last[frame[CONN_ID]] = frame[CONN_MSG_SEQ]
+        return last
 
     def new_receiver(self) -> None:
         """A new Normaliser (or a new channel to it): every batch not confirmed is sent again,

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from k2actors.core.ranges import IdRanges
+
 V = TypeVar("V")
 
 # The stream type of raw records: its own topic and schema, like trade or bookTicker.
@@ -41,6 +43,25 @@ def forget_oldest_sources(ids: dict[tuple[str, str], V], kept: int = RAW_SOURCES
     if len(ids) > kept + kept // 10:
         for key in sorted(ids, key=lambda key: key[1])[: len(ids) - kept]:
             del ids[key]
+
+
+def frames_lost(received: int, confirmed: int, held: IdRanges | None) -> IdRanges:
+    """The numbers of the frames a connection received (1 to `received`) that are not in Kafka
+    and never will be, its process having ended: after the last it knew Kafka had
+    (`confirmed`), those of which Kafka holds nothing (`held`, what the producer knows it
+    holds of the connection, if anything)."""
+    lost = IdRanges()
+    start = confirmed + 1
+    for first, last in held.ranges() if held else ():
+        if first > received:
+            break
+        if last >= start:
+            if first > start:
+                lost.add_range(start, first - 1)
+            start = last + 1
+    if start <= received:
+        lost.add_range(start, received)
+    return lost
 
 
 def raw_record(venue: str, endpoint: str, recv_ts_ns: int, conn_id: str, conn_msg_seq: int, payload: bytes) -> dict[str, Any]:

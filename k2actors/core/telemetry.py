@@ -58,6 +58,7 @@ CATALOGUE = {
         MetricSpec("k2_cluster_events_not_owned_total", COUNTER, ("symbol",), "Cluster mode: streamed or backfilled events of a symbol whose shard this instance does not own, dropped."),
         MetricSpec("k2_kafka_resent_records_total", COUNTER, (), "Records re-sent to a recreated producer; some may be in Kafka twice, with the same message_id."),
         MetricSpec("k2_buffered_records", GAUGE, (), "Records waiting for Kafka's acknowledgement; at kafka.max_buffered_records the connections are held back."),
+        MetricSpec("k2_raw_frames_lost_total", COUNTER, ("venue",), "Frames received and numbered but never in Kafka: their connection's process was killed first (counted from its receipt, at the next start or when the connection's actor was replaced). The venue cannot send them again; their trades are declared missing and backfilled."),
         MetricSpec("k2_connection_unconfirmed_frames", GAUGE, ("url",), "Frames an endpoint's connections received that are not yet in Kafka (with the Normaliser, or waiting to go to it); at kafka.max_buffered_records waiting, reading pauses."),
         MetricSpec("k2_channel_refusals_total", COUNTER, ("reason",), "Data channels between actors closed at once: a peer of another user (other_user), one without the service's proof (no_proof), a message over the size bound (oversized)."),
         MetricSpec("k2_circuit_breaker_state", GAUGE, ("url",), "Circuit breaker per endpoint: 0 closed, 1 half-open, 2 open."),
