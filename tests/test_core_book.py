@@ -1,0 +1,182 @@
+"""k2actors.core.book against a plain model of the venue's book: whatever the diffs' windows,
+duplicates, interleaving of two connections, dropped diffs, resets and snapshot races, the
+book is never reported in sync while it differs from the venue's at its update id."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from k2actors.core.book import (
+    BookSync,
+    DepthDiff,
+    DepthSnapshot,
+    FetchSnapshot,
+    InSync,
+    OutOfSync,
+    OutOfSyncReason,
+    SyncState,
+)
+
+SYMBOL = "BTCUSDT"
+PRICES = [f"{100 + tick / 100:.2f}" for tick in range(40)]
+
+
+class Venue:
+    """The venue's book, update by update: levels[i] is the book after update id i."""
+
+    def __init__(self, rnd: random.Random, updates: int) -> None:
+        self.changes: list[dict[tuple[str, str], str]] = [{}]  # per update id, (side, price) -> quantity
+        book: dict[tuple[str, str], str] = {}
+        self.books = [dict(book)]
+        for _ in range(updates):
+            change = {}
+            for _ in range(rnd.randint(1, 3)):
+                side = rnd.choice(("bid", "ask"))
+                price = rnd.choice(PRICES[:20] if side == "bid" else PRICES[20:])
+                quantity = rnd.choice(["0", "0", "1.5", "2", "0.25"])
+                change[(side, price)] = quantity
+            for level, quantity in change.items():
+                if quantity == "0":
+                    book.pop(level, None)
+                else:
+                    book[level] = quantity
+            self.changes.append(change)
+            self.books.append(dict(book))
+
+    def diff(self, first: int, last: int) -> DepthDiff:
+        """Updates first..last as one diff: each level changed, at its quantity after `last`."""
+        levels: dict[tuple[str, str], str] = {}
+        for update in range(first, last + 1):
+            levels.update(self.changes[update])
+        return DepthDiff(SYMBOL, first, last, last, 0,
+                         tuple((price, quantity) for (side, price), quantity in levels.items() if side == "bid"),
+                         tuple((price, quantity) for (side, price), quantity in levels.items() if side == "ask"))
+
+    def snapshot(self, update: int) -> DepthSnapshot:
+        book = self.books[update]
+        return DepthSnapshot(SYMBOL, update, tuple((p, q) for (s, p), q in book.items() if s == "bid"),
+                             tuple((p, q) for (s, p), q in book.items() if s == "ask"))
+
+    def windows(self, rnd: random.Random, start: int) -> list[DepthDiff]:
+        """One connection's diffs from `start`: consecutive windows of 1 to 4 updates."""
+        diffs, first = [], start
+        while first < len(self.changes):
+            last = min(len(self.changes) - 1, first + rnd.randint(0, 3))
+            diffs.append(self.diff(first, last))
+            first = last + 1
+        return diffs
+
+
+def as_venue_book(sync: BookSync) -> dict[tuple[str, str], str]:
+    return {**{("bid", p): q for p, q in sync.book.bids.items()}, **{("ask", p): q for p, q in sync.book.asks.items()}}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2**32), st.integers(5, 80), st.booleans(), st.floats(0.0, 3.0))
+def test_never_in_sync_with_a_book_that_differs_from_the_venues(seed, updates, two_connections, grace):
+    rnd = random.Random(seed)
+    venue = Venue(rnd, updates)
+    streams = [venue.windows(rnd, rnd.randint(1, 3))]
+    if two_connections:
+        streams.append(venue.windows(rnd, rnd.randint(1, 6)))
+    for stream in streams:  # dropped diffs: gaps
+        for _ in range(rnd.randint(0, 2)):
+            if stream:
+                del stream[rnd.randrange(len(stream))]
+    sync = BookSync(SYMBOL, gap_grace_seconds=grace, max_waiting_diffs=rnd.randint(3, 50))
+    asked = sync.start()
+    now, published = 0.0, 0
+    while any(streams) or asked:
+        now += rnd.random()
+        roll = rnd.random()
+        if asked and roll < 0.15:  # the snapshot answers, at whatever point the venue has reached
+            asked = []
+            outputs = sync.snapshot(venue.snapshot(rnd.randint(0, len(venue.changes) - 1)))
+        elif roll < 0.18:
+            outputs = sync.reset()
+        elif roll < 0.25:
+            outputs = sync.tick(now)
+        elif any(streams):
+            stream = rnd.choice([stream for stream in streams if stream])
+            outputs = sync.diff(stream.pop(0), now)
+        else:
+            outputs = sync.tick(now + grace + 1)
+            if not any(isinstance(output, FetchSnapshot) for output in outputs):
+                asked = []  # nothing more to come: the book stays where it is
+        asked = asked or [output for output in outputs if isinstance(output, FetchSnapshot)]
+        assert all(isinstance(output, (FetchSnapshot, InSync, OutOfSync)) for output in outputs)
+        if sync.state is SyncState.IN_SYNC:
+            published += 1
+            assert as_venue_book(sync) == venue.books[sync.last_update_id], (sync.last_update_id, outputs)
+            bids, asks = sync.top(5) or ((), ())
+            assert [p for p, _ in bids] == sorted((p for (s, p) in venue.books[sync.last_update_id] if s == "bid"),
+                                                  key=float, reverse=True)[:5]
+            assert [p for p, _ in asks] == sorted((p for (s, p) in venue.books[sync.last_update_id] if s == "ask"),
+                                                  key=float)[:5]
+        else:
+            assert sync.top(5) is None
+
+
+def test_the_documented_procedure_step_by_step():
+    rnd = random.Random(7)
+    venue = Venue(rnd, 30)
+    sync = BookSync(SYMBOL, gap_grace_seconds=1.0, max_waiting_diffs=100)
+    assert sync.start() == [FetchSnapshot(SYMBOL)]
+    for first in (1, 6, 11, 16):
+        assert sync.diff(venue.diff(first, first + 4), 0.0) == []  # buffered while syncing
+    assert sync.top(20) is None
+    # the snapshot at 13: 1-5 and 6-10 are dropped (u <= 13), 11-15 spans 14, 16-20 follows
+    assert sync.snapshot(venue.snapshot(13)) == [InSync(SYMBOL, 13, 20)]
+    assert as_venue_book(sync) == venue.books[20]
+    assert sync.diff(venue.diff(16, 20), 0.5) == []  # a duplicate, from another connection
+    assert sync.diff(venue.diff(23, 25), 1.0) == []  # 21-22 missing: it waits for them ...
+    assert sync.state is SyncState.IN_SYNC and sync.last_update_id == 20
+    assert sync.diff(venue.diff(21, 22), 1.5) == []  # ... and they came: both applied
+    assert sync.last_update_id == 25 and as_venue_book(sync) == venue.books[25]
+    assert sync.diff(venue.diff(27, 28), 2.0) == []
+    assert sync.tick(2.9) == []
+    assert sync.tick(3.0) == [OutOfSync(SYMBOL, OutOfSyncReason.GAP, 26, 27), FetchSnapshot(SYMBOL)]
+    assert sync.top(20) is None
+
+
+def test_a_snapshot_older_than_every_buffered_diff_is_asked_for_again():
+    venue = Venue(random.Random(3), 30)
+    sync = BookSync(SYMBOL, gap_grace_seconds=1.0, max_waiting_diffs=100)
+    sync.start()
+    sync.diff(venue.diff(20, 24), 0.0)
+    assert sync.snapshot(venue.snapshot(10)) == [OutOfSync(SYMBOL, OutOfSyncReason.STALE_SNAPSHOT, 11, 20),
+                                                 FetchSnapshot(SYMBOL)]
+    assert sync.snapshot(venue.snapshot(22)) == [InSync(SYMBOL, 22, 24)]
+
+
+def test_a_reset_puts_a_book_in_sync_out_of_it_until_a_new_snapshot():
+    venue = Venue(random.Random(5), 30)
+    sync = BookSync(SYMBOL, gap_grace_seconds=1.0, max_waiting_diffs=100)
+    sync.start()
+    assert sync.snapshot(venue.snapshot(0)) == [InSync(SYMBOL, 0, 0)]
+    sync.diff(venue.diff(1, 5), 0.0)
+    assert sync.reset() == [OutOfSync(SYMBOL, OutOfSyncReason.RESET, 6, 0), FetchSnapshot(SYMBOL)]
+    assert sync.top(20) is None
+    sync.diff(venue.diff(9, 12), 0.1)
+    assert sync.snapshot(venue.snapshot(10)) == [InSync(SYMBOL, 10, 12)]
+    assert as_venue_book(sync) == venue.books[12]
+
+
+def test_an_unasked_snapshot_changes_nothing():
+    venue = Venue(random.Random(9), 10)
+    sync = BookSync(SYMBOL, gap_grace_seconds=1.0, max_waiting_diffs=100)
+    assert sync.snapshot(venue.snapshot(3)) == []
+    assert sync.state is SyncState.SYNCING
+
+
+def test_a_waiting_diff_that_another_connection_overtook_is_not_applied_over_it():
+    venue = Venue(random.Random(11), 30)
+    sync = BookSync(SYMBOL, gap_grace_seconds=1.0, max_waiting_diffs=100)
+    sync.start()
+    sync.snapshot(venue.snapshot(9))
+    assert sync.diff(venue.diff(12, 18), 0.0) == []  # one connection's, past a gap: it waits
+    assert sync.diff(venue.diff(10, 20), 0.1) == []  # the other's covers the gap and more
+    assert sync.last_update_id == 20 and as_venue_book(sync) == venue.books[20]
