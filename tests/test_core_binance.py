@@ -9,14 +9,22 @@ from hypothesis import strategies as st
 
 from k2actors.core import binance
 from k2actors.core.binance import (
+    ID_OUT_OF_RANGE,
+    MISSING_FIELD,
+    NOT_JSON,
+    UNEXPECTED_SHAPE,
+    WRONG_TYPE,
     Rejected,
     ServerShutdown,
     SubscriptionError,
     SubscriptionReply,
     Trade,
+    depth_snapshot,
+    depth_update,
     parse_frame,
     quote_assets,
 )
+from k2actors.core.book import DepthDiff, DepthSnapshot
 from k2actors.core.normalise import (
     MAX_CLOCK_DISTANCE_US,
     MESSAGE_ID_NAMESPACE,
@@ -409,3 +417,50 @@ def test_a_symbols_streams_share_a_connection_within_the_limit():
     ]
     assert all(len(plan.url) <= binance.MAX_URL_LENGTH for plan in plans)
     assert len(streams) == 2100 and streams[:3] == ["s0000usdt@trade", "s0000usdt@aggTrade", "s0000usdt@bookTicker"]
+
+
+# Binance's documented depthUpdate payload and depth answer (spot API docs).
+DEPTH_UPDATE = {"e": "depthUpdate", "E": 1672515782136, "s": "BNBBTC", "U": 157, "u": 160,
+                "b": [["0.0024", "10"]], "a": [["0.0026", "100"]]}
+
+
+def test_a_depth_update_reads_as_a_diff_of_its_book():
+    assert depth_update(DEPTH_UPDATE, 99) == DepthDiff("BNBBTC", 157, 160, 1672515782136, 99, (("0.0024", "10"),),
+                                                        (("0.0026", "100"),))
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"U": 161}, ID_OUT_OF_RANGE),  # U after u
+    ({"u": -1, "U": -2}, ID_OUT_OF_RANGE),
+    ({"b": [["0.0024"]]}, WRONG_TYPE),  # a level without its quantity
+    ({"a": [["0.0026", 100]]}, WRONG_TYPE),  # a quantity as a number, not Binance's string
+    ({"b": "0.0024"}, WRONG_TYPE),
+    ({"s": None}, WRONG_TYPE),
+])
+def test_a_depth_update_that_is_not_one_says_why(change, reason):
+    rejected = depth_update({**DEPTH_UPDATE, **change}, 0)
+    assert isinstance(rejected, Rejected) and rejected.reason == reason
+
+
+def test_a_depth_update_without_its_update_ids_is_missing_a_field():
+    payload = {key: value for key, value in DEPTH_UPDATE.items() if key != "U"}
+    rejected = depth_update(payload, 0)
+    assert isinstance(rejected, Rejected) and (rejected.reason, rejected.detail) == (MISSING_FIELD, "depthUpdate field 'U' is missing")
+
+
+def test_a_depth_answer_reads_as_a_snapshot():
+    body = b'{"lastUpdateId":1027024,"bids":[["4.00000000","431.00000000"]],"asks":[["4.00000200","12.00000000"]]}'
+    assert depth_snapshot(body, "BNBBTC") == DepthSnapshot("BNBBTC", 1027024, (("4.00000000", "431.00000000"),),
+                                                           (("4.00000200", "12.00000000"),))
+
+
+@pytest.mark.parametrize("body, reason", [
+    (b"<html>busy</html>", NOT_JSON),
+    (b"[]", UNEXPECTED_SHAPE),
+    (b'{"bids":[],"asks":[]}', MISSING_FIELD),
+    (b'{"lastUpdateId":"1","bids":[],"asks":[]}', WRONG_TYPE),
+    (b'{"lastUpdateId":1,"bids":[["1.0"]],"asks":[]}', WRONG_TYPE),
+])
+def test_a_depth_answer_that_is_not_one_says_why(body, reason):
+    rejected = depth_snapshot(body, "BNBBTC")
+    assert isinstance(rejected, Rejected) and rejected.reason == reason

@@ -4,6 +4,9 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+from itertools import pairwise
 
 import pytest
 import websocket
@@ -12,6 +15,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
+from k2actors.core.binance import depth_snapshot, depth_update
+from k2actors.core.book import BookSync, DepthDiff, DepthSnapshot, FetchSnapshot, InSync, OutOfSync, SyncState
 from k2actors.localstack.simulator import ExchangeSimulator
 from k2actors.net import free_port
 from k2actors.outlets import schema_for
@@ -301,3 +306,90 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def depth_diffs(frames: list[dict]) -> list[DepthDiff]:
+    diffs = [depth_update(frame["data"], 0) for frame in frames]
+    assert all(isinstance(diff, DepthDiff) for diff in diffs), diffs
+    return diffs
+
+
+def rest_depth(sim: ExchangeSimulator, limit: int, index: int = 0) -> tuple[int, dict[str, str], DepthSnapshot | bytes]:
+    try:
+        with urllib.request.urlopen(f"{sim.rest_url(index)}/api/v3/depth?symbol=BTCUSDT&limit={limit}", timeout=10) as response:
+            body = response.read()
+            snapshot = depth_snapshot(body, "BTCUSDT")
+            assert isinstance(snapshot, DepthSnapshot), snapshot
+            return response.status, dict(response.headers), snapshot
+    except urllib.error.HTTPError as refused:
+        return refused.code, dict(refused.headers), refused.read()
+
+
+def test_the_depth_stream_and_snapshot_keep_a_book_equal_to_the_simulators_level_for_level():
+    with ExchangeSimulator(symbols=("BTCUSDT",), rate=200) as sim:
+        ws = websocket.create_connection(sim.urls[0] + "?streams=btcusdt@depth@100ms")
+        sync = BookSync("BTCUSDT", gap_grace_seconds=0.0, max_waiting_diffs=1000)
+        assert sync.start() == [FetchSnapshot("BTCUSDT")]
+        buffered, _ = receive(ws, 0.5)
+        status, headers, snapshot = rest_depth(sim, 5000)
+        assert status == 200 and headers["X-MBX-USED-WEIGHT-1M"] == "250"  # Binance's weight of a 5000-level snapshot
+        diffs = depth_diffs(buffered + receive(ws, 0.5)[0])
+        assert all(later.first_update_id == earlier.final_update_id + 1 for earlier, later in pairwise(diffs))
+        assert all(frame["stream"] == "btcusdt@depth@100ms" for frame in buffered)
+        for diff in diffs[: len(buffered)]:
+            sync.diff(diff, 0.0)
+        last_buffered = diffs[len(buffered) - 1].final_update_id
+        assert sync.snapshot(snapshot) == [InSync("BTCUSDT", snapshot.last_update_id, max(snapshot.last_update_id, last_buffered))]
+        for diff in diffs[len(buffered):]:
+            assert sync.diff(diff, 0.0) == []
+        sim.set_rate(0)  # the book stands still: its last diff goes out, and a snapshot shows the same book
+        deadline, asked = time.monotonic() + 10, 1
+        while True:
+            for diff in depth_diffs(receive(ws, 0.2)[0]):
+                assert sync.diff(diff, 0.0) == []
+            status, headers, still = rest_depth(sim, 5000)
+            asked += 1
+            if still.last_update_id == sync.last_update_id or time.monotonic() > deadline:
+                break
+        ws.close()
+    assert headers["X-MBX-USED-WEIGHT-1M"] == str(250 * asked)  # the minute's weight so far
+    assert still.last_update_id == sync.last_update_id and sync.state is SyncState.IN_SYNC
+    assert dict(still.bids) == sync.book.bids and dict(still.asks) == sync.book.asks
+    bids, asks = sync.top(20) or ((), ())
+    assert bids == still.bids[:20] and asks == still.asks[:20]  # best first, as Binance orders them
+    assert max(sync.book.bids, key=float) < min(sync.book.asks, key=float)  # never crossed
+
+
+def test_depth_faults_a_diff_dropped_on_one_endpoint_a_stale_a_late_and_a_refused_snapshot():
+    with ExchangeSimulator(symbols=("BTCUSDT",), rate=200) as sim:
+        primary = websocket.create_connection(sim.urls[0] + "?streams=btcusdt@depth@100ms")
+        mirror = websocket.create_connection(sim.urls[1] + "?streams=btcusdt@depth@100ms")
+        before, _ = receive(primary, 0.3)
+        sim.endpoint(0).drop_diff("BTCUSDT")
+        dropped, kept = depth_diffs(before + receive(primary, 0.5)[0]), depth_diffs(receive(mirror, 0.8)[0])
+        gaps = [(a.final_update_id, b.first_update_id) for a, b in pairwise(dropped) if b.first_update_id != a.final_update_id + 1]
+        assert len(gaps) == 1 and all(b.first_update_id == a.final_update_id + 1 for a, b in pairwise(kept))
+        primary.close()
+
+        sync = BookSync("BTCUSDT", gap_grace_seconds=0.0, max_waiting_diffs=1000)
+        sync.start()
+        for diff in depth_diffs(receive(mirror, 0.3)[0]):
+            sync.diff(diff, 0.0)
+        sim.endpoint(0).stale_snapshots(1)
+        stale = rest_depth(sim, 100)[2]
+        assert isinstance(stale, DepthSnapshot)
+        assert [type(output) for output in sync.snapshot(stale)] == [OutOfSync, FetchSnapshot]  # older than the buffer
+
+        sim.endpoint(0).delay_snapshots(0.5, 1)
+        asked = time.monotonic()
+        late = rest_depth(sim, 100)[2]
+        assert time.monotonic() - asked >= 0.5 and isinstance(late, DepthSnapshot)
+        for diff in depth_diffs(receive(mirror, 0.2)[0]):
+            sync.diff(diff, 0.0)
+        assert [type(output) for output in sync.snapshot(late)] == [InSync]  # taken when asked: the diffs continue it
+
+        sim.endpoint(0).refuse_snapshots(429, 1, retry_after=2)
+        status, headers, _ = rest_depth(sim, 100)
+        assert status == 429 and headers["Retry-After"] == "2"
+        assert rest_depth(sim, 100)[0] == 200
+        mirror.close()

@@ -11,6 +11,8 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from k2actors.core.book import DepthDiff, DepthSnapshot, Level
+
 # DLQ reasons; each is also the `reason` / `error_type` label of the metrics.
 NOT_JSON = "not_json"
 UNEXPECTED_SHAPE = "unexpected_shape"
@@ -358,6 +360,63 @@ def _history_row(row: object, symbol: str) -> Trade | Rejected:
         buyer_is_maker=row["isBuyerMaker"],
         best_match=best_match if isinstance(best_match, bool) else None,
     )
+
+
+# The diff depth stream a book is kept from (k2actors.core.book): its name in a subscription.
+DEPTH_STREAM = "depth@100ms"
+DEPTH_UPDATE = "depthUpdate"
+_DEPTH_FIELDS = (
+    ("s", str, "a string"),
+    ("U", int, "an integer"),
+    ("u", int, "an integer"),
+    ("E", int, "an integer"),
+    ("b", list, "a list of levels"),
+    ("a", list, "a list of levels"),
+)
+
+
+def depth_update(payload: dict, recv_ts_ns: int) -> DepthDiff | Rejected:
+    """A `depthUpdate` event (the payload of `<symbol>@depth@100ms`) as a diff of its book."""
+    rejected = _fields(payload, _DEPTH_FIELDS, DEPTH_UPDATE, "u")
+    if rejected is not None:
+        return rejected
+    if not 0 <= payload["U"] <= payload["u"]:
+        return Rejected(ID_OUT_OF_RANGE, f"update ids {payload['U']} to {payload['u']} are not a range of ids", DEPTH_UPDATE)
+    bids, asks = _levels(payload["b"]), _levels(payload["a"])
+    if isinstance(bids, Rejected):
+        return bids
+    if isinstance(asks, Rejected):
+        return asks
+    return DepthDiff(payload["s"], payload["U"], payload["u"], payload["E"], recv_ts_ns, bids, asks)
+
+
+def depth_snapshot(body: bytes, symbol: str) -> DepthSnapshot | Rejected:
+    """A `GET /api/v3/depth` answer as a snapshot of `symbol`'s book."""
+    try:
+        answer = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        return Rejected(NOT_JSON, str(exc)[:200])
+    if not isinstance(answer, dict):
+        return Rejected(UNEXPECTED_SHAPE, f"depth answered {type(answer).__name__}, not an object")
+    rejected = _fields(answer, (("lastUpdateId", int, "an integer"), ("bids", list, "a list of levels"),
+                                ("asks", list, "a list of levels")), "depth", "lastUpdateId")
+    if rejected is not None:
+        return rejected
+    bids, asks = _levels(answer["bids"]), _levels(answer["asks"])
+    if isinstance(bids, Rejected):
+        return bids
+    if isinstance(asks, Rejected):
+        return asks
+    return DepthSnapshot(symbol, answer["lastUpdateId"], bids, asks)
+
+
+def _levels(levels: list) -> tuple[Level, ...] | Rejected:
+    """[[price, quantity], ...] as the venue's decimal strings (the shape is checked here, the
+    decimals where a record is made of them)."""
+    for level in levels:
+        if not (isinstance(level, list) and len(level) == 2 and all(isinstance(value, str) for value in level)):
+            return Rejected(WRONG_TYPE, f"a level is {str(level)[:60]}, expected [price, quantity] as strings", DEPTH_UPDATE)
+    return tuple((price, quantity) for price, quantity in levels)
 
 
 def quote_assets(exchange_info: object) -> dict[str, str]:

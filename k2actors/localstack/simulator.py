@@ -44,8 +44,13 @@ from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Response
+
+from k2actors.localstack.orderbook import SimBook, cents_text, snapshot_body, units_text
 
 MAX_STREAMS_PER_CONNECTION = 1024
+DEPTH_STREAM = "depth@100ms"
+DEPTH_INTERVAL_MS = 100
 MAX_INCOMING_PER_SECOND = 5
 HISTORY_PER_SYMBOL = 200_000
 CLIENT_QUEUE_LIMIT = 100_000  # frames queued for one client before it counts as too slow
@@ -64,14 +69,6 @@ class SimTrade:
     buyer_is_maker: bool
 
 
-def _cents_text(cents: int) -> str:
-    return f"{cents // 100}.{cents % 100:02d}000000"
-
-
-def _units_text(units: int) -> str:  # units of 1e-8
-    return f"{units // 100_000_000}.{units % 100_000_000:08d}"
-
-
 class Market:
     """The live market every endpoint serves: trades arrive on the clock at `rate` per symbol."""
 
@@ -86,8 +83,13 @@ class Market:
         self._next_agg_id = {s: 500_000 + 1000 * i for i, s in enumerate(symbols)}
         self._agg_history: dict[str, collections.deque[dict[str, object]]] = {
             s: collections.deque(maxlen=HISTORY_PER_SYMBOL) for s in symbols}
-        self._next_update_id = {s: 7_000_000 + 1000 * i for i, s in enumerate(symbols)}
+        # The order books move with the trades, from a random source of their own: the trades
+        # are the same with or without anyone watching the books.
+        book_random = random.Random(seed + 1)
+        self.books = {s: SimBook(self._price[s], 7_000_000 + 1000 * i, book_random) for i, s in enumerate(symbols)}
+        self._quotes: dict[str, list[str]] = {s: [] for s in symbols}  # bookTicker payloads, one per trade
         self._last_tick: float | None = None
+        self._depth_due_ms = 0
 
     def tick(self, now: float) -> list[tuple[str, SimTrade]]:
         """The trades that happened since the last tick."""
@@ -108,13 +110,16 @@ class Market:
         self._price[symbol] = max(self._price[symbol] + self._random.randint(-step, step), 1)
         trade = SimTrade(
             trade_id=self._next_id[symbol],
-            price=_cents_text(self._price[symbol]),
-            quantity=_units_text(self._random.randint(1_000, 50_000_000)),
+            price=cents_text(self._price[symbol]),
+            quantity=units_text(self._random.randint(1_000, 50_000_000)),
             time_ms=time_ms,
             buyer_is_maker=self._random.random() < 0.5,
         )
         self._next_id[symbol] += 1
         self._history[symbol].append(trade)
+        book = self.books[symbol]
+        book.trade(self._price[symbol])
+        self._quotes[symbol].append(self._book_payload(symbol))
         return trade
 
     def frames(self, trades: list[tuple[str, SimTrade]], event_ms: int) -> dict[str, list[str]]:
@@ -127,7 +132,21 @@ class Market:
             name = symbol.lower()
             frames[f"{name}@trade"] = [trade_payload(symbol, trade, event_ms) for trade in symbol_trades]
             frames[f"{name}@aggTrade"] = [self._agg_payload(symbol, run, event_ms) for run in _runs(symbol_trades)]
-            frames[f"{name}@bookTicker"] = [self._book_payload(symbol, trade) for trade in symbol_trades]
+            frames[f"{name}@bookTicker"] = self._quotes[symbol]
+            self._quotes[symbol] = []
+        return frames
+
+    def depth_frames(self, now_ms: int) -> dict[str, list[str]]:
+        """Stream name -> payloads of `<symbol>@depth@100ms`: every 100 ms, a diff of each
+        book that changed."""
+        if now_ms < self._depth_due_ms:
+            return {}
+        self._depth_due_ms = now_ms + DEPTH_INTERVAL_MS
+        frames = {}
+        for symbol, book in self.books.items():
+            payload = book.diff_payload(symbol, now_ms)
+            if payload is not None:
+                frames[f"{symbol.lower()}@{DEPTH_STREAM}"] = [payload]
         return frames
 
     def _agg_payload(self, symbol: str, run: list[SimTrade], event_ms: int) -> str:
@@ -135,19 +154,17 @@ class Market:
         self._next_agg_id[symbol] += 1
         units = sum(int(t.quantity.replace(".", "")) for t in run)
         first = run[0]
-        row = {"a": agg_id, "p": first.price, "q": _units_text(units), "f": first.trade_id, "l": run[-1].trade_id,
+        row = {"a": agg_id, "p": first.price, "q": units_text(units), "f": first.trade_id, "l": run[-1].trade_id,
                "T": first.time_ms, "m": first.buyer_is_maker, "M": True}
         self._agg_history[symbol].append(row)  # what GET /api/v3/aggTrades serves
         return json.dumps({"e": "aggTrade", "E": event_ms, "s": symbol, **row}, separators=(",", ":"))
 
-    def _book_payload(self, symbol: str, trade: SimTrade) -> str:
-        self._next_update_id[symbol] += self._random.randint(1, 5)  # the book changes between quotes too
-        whole, fraction = trade.price.split(".")
-        cents = int(whole) * 100 + int(fraction[:2])
+    def _book_payload(self, symbol: str) -> str:
+        book = self.books[symbol]
+        (bid, bid_quantity), (ask, ask_quantity) = book.best()
         return (
-            f'{{"u":{self._next_update_id[symbol]},"s":"{symbol}","b":"{_cents_text(cents - 1)}",'
-            f'"B":"{_units_text(self._random.randint(1_000, 9_000_000))}","a":"{_cents_text(cents + 1)}",'
-            f'"A":"{_units_text(self._random.randint(1_000, 9_000_000))}"}}'
+            f'{{"u":{book.update_id},"s":"{symbol}","b":"{cents_text(bid)}","B":"{units_text(bid_quantity)}",'
+            f'"a":"{cents_text(ask)}","A":"{units_text(ask_quantity)}"}}'
         )
 
     def last_id(self, symbol: str) -> int:
@@ -233,6 +250,11 @@ class _Client:
         self.incoming: collections.deque[float] = collections.deque()
 
 
+# What a depth snapshot request is answered with instead of the book now: STALE, a delay in
+# seconds, or (HTTP status, Retry-After).
+SnapshotFault = str | float | tuple[int, float | None]
+
+
 class _Endpoint:
     def __init__(self, index: int):
         self.index = index
@@ -245,6 +267,9 @@ class _Endpoint:
         self.port = 0
         self.history_faults: collections.deque[tuple[int, float | None]] = collections.deque()  # (status, Retry-After)
         self.history_requests: list[float] = []  # when each historicalTrades request came (monotonic)
+        self.weights: list[tuple[float, int]] = []  # (when, weight) of the weighed REST requests of the last minute
+        self.snapshot_faults: collections.deque[SnapshotFault] = collections.deque()
+        self.diffs_to_drop: set[str] = set()  # depth streams whose next diff this endpoint does not send
 
 
 class ExchangeSimulator:
@@ -359,30 +384,38 @@ class ExchangeSimulator:
     async def _run_market(self) -> None:
         while not self._stopping:
             now = time.time()
+            now_ms = int(now * 1000)
             trades = self.market.tick(now)
-            if trades:
-                self._broadcast(trades, int(now * 1000))
+            payloads = self.market.frames(trades, now_ms) if trades else {}
+            payloads.update(self.market.depth_frames(now_ms))
+            if payloads:
+                self._broadcast(payloads)
             await asyncio.sleep(self._tick)
 
-    def _broadcast(self, trades: list[tuple[str, SimTrade]], event_ms: int) -> None:
+    def _broadcast(self, payloads: dict[str, list[str]]) -> None:
         frames = {
-            stream: [(payload, f'{{"stream":"{stream}","data":{payload}}}') for payload in payloads]
-            for stream, payloads in self.market.frames(trades, event_ms).items()
+            stream: [(payload, f'{{"stream":"{stream}","data":{payload}}}') for payload in stream_payloads]
+            for stream, stream_payloads in payloads.items()
         }
         for endpoint in self._endpoints:
             if endpoint.stalled:
                 continue
             for client in list(endpoint.clients):
                 for stream in client.streams & frames.keys():
+                    if stream in endpoint.diffs_to_drop:  # a diff lost on this endpoint only
+                        endpoint.diffs_to_drop.discard(stream)
+                        continue
                     for raw, combined in frames[stream]:
                         client.queue.put_nowait(combined if client.combined else raw)
                 if client.queue.qsize() > CLIENT_QUEUE_LIMIT:
                     client.connection.transport.abort()  # too slow to keep up: Binance drops it too
 
-    def _http(self, endpoint: _Endpoint, connection: ServerConnection, request):
+    async def _http(self, endpoint: _Endpoint, connection: ServerConnection, request):
         path = urlsplit(request.path)
         if path.path in _HISTORY_WEIGHTS:
             return self._history(endpoint, connection, path.path, parse_qs(path.query))
+        if path.path == "/api/v3/depth":
+            return await self._depth(endpoint, connection, parse_qs(path.query))
         if path.path.startswith("/api/"):
             return _rest(self.market, connection, path.path, parse_qs(path.query))
         if endpoint.refusing:
@@ -396,18 +429,30 @@ class ExchangeSimulator:
 
     def _history(self, endpoint: _Endpoint, connection: ServerConnection, path: str, query: dict):
         """historicalTrades or aggTrades, with Binance's weight header and any scripted refusals."""
-        now = time.monotonic()
-        endpoint.history_requests.append(now)
+        endpoint.history_requests.append(time.monotonic())
         if endpoint.history_faults:
-            status, retry_after = endpoint.history_faults.popleft()
-            response = connection.respond(status, json.dumps({"code": -1003, "msg": f"scripted HTTP {status}"}))
-            if retry_after is not None:
-                response.headers["Retry-After"] = str(retry_after)
-            return response
-        response = _rest(self.market, connection, path, query)
-        used = _HISTORY_WEIGHTS[path] * sum(1 for t in endpoint.history_requests if now - t < 60)
-        response.headers["X-MBX-USED-WEIGHT-1M"] = str(used)
-        return response
+            return _refusal(connection, *endpoint.history_faults.popleft())
+        return _weighed(endpoint, _rest(self.market, connection, path, query), _HISTORY_WEIGHTS[path])
+
+    async def _depth(self, endpoint: _Endpoint, connection: ServerConnection, query: dict):
+        """GET /api/v3/depth: the book now, or as scripted: refused, stale, or late."""
+        fault = endpoint.snapshot_faults.popleft() if endpoint.snapshot_faults else None
+        if isinstance(fault, tuple):
+            return _refusal(connection, *fault)
+        symbol = query.get("symbol", [""])[0]
+        try:
+            limit = int(query.get("limit", ["100"])[0])
+        except ValueError:
+            limit = 0
+        if symbol not in self.market.books:
+            return _answer(connection, 400, {"code": -1121, "msg": "Invalid symbol."})
+        if not 1 <= limit <= MAX_DEPTH_LIMIT:
+            return _answer(connection, 400, {"code": -1100, "msg": "Illegal characters found in parameter 'limit'."})
+        book = self.market.books[symbol]
+        snapshot = book.stale_snapshot(limit) if fault == STALE else book.snapshot(limit)
+        if isinstance(fault, float):  # taken now, answered late: the diffs meanwhile are past it
+            await asyncio.sleep(fault)
+        return _weighed(endpoint, _answer(connection, 200, snapshot_body(snapshot)), _depth_weight(limit))
 
     async def _serve_client(self, endpoint: _Endpoint, connection: ServerConnection) -> None:
         if endpoint.flapping:  # a load balancer in front of a dead server: the handshake, then nothing
@@ -540,38 +585,65 @@ def _requested_streams(path: str, query: dict) -> list[str] | None:
 _HISTORY_WEIGHTS = {"/api/v3/historicalTrades": 25, "/api/v3/aggTrades": 4}
 
 
-def _rest(market: Market, connection: ServerConnection, path: str, query: dict):
-    def answer(status: int, payload) -> object:
-        response = connection.respond(status, json.dumps(payload))
-        response.headers["Content-Type"] = "application/json"
-        return response
+# GET /api/v3/depth: the deepest snapshot served, and the weight of each (by its limit).
+MAX_DEPTH_LIMIT = 5000
+_DEPTH_WEIGHTS = ((100, 5), (500, 25), (1000, 50), (5000, 250))
+# A scripted snapshot fault: older than every diff a client has buffered.
+STALE = "stale"
 
+
+def _depth_weight(limit: int) -> int:
+    return next(weight for most, weight in _DEPTH_WEIGHTS if limit <= most)
+
+
+def _answer(connection: ServerConnection, status: int, payload) -> Response:
+    response = connection.respond(status, json.dumps(payload))
+    response.headers["Content-Type"] = "application/json"
+    return response
+
+
+def _refusal(connection: ServerConnection, status: int, retry_after: float | None) -> Response:
+    response = connection.respond(status, json.dumps({"code": -1003, "msg": f"scripted HTTP {status}"}))
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+def _weighed(endpoint: _Endpoint, response: Response, weight: int) -> Response:
+    """Binance's X-MBX-USED-WEIGHT-1M: the weight of the requests of the last minute, this one's included."""
+    now = time.monotonic()
+    endpoint.weights = [(at, used) for at, used in endpoint.weights if now - at < 60] + [(now, weight)]
+    response.headers["X-MBX-USED-WEIGHT-1M"] = str(sum(used for _, used in endpoint.weights))
+    return response
+
+
+def _rest(market: Market, connection: ServerConnection, path: str, query: dict):
     if path in _HISTORY_WEIGHTS:
         symbol = query.get("symbol", [""])[0]
         if symbol not in market.symbols:
-            return answer(400, {"code": -1121, "msg": "Invalid symbol."})
+            return _answer(connection, 400, {"code": -1121, "msg": "Invalid symbol."})
         try:
             limit = min(int(query.get("limit", ["500"])[0]), 1000)
             from_id = int(query["fromId"][0]) if "fromId" in query else None
             start_ms = int(query["startTime"][0]) if "startTime" in query else None
         except ValueError:
-            return answer(400, {"code": -1100, "msg": "Illegal characters found in a parameter."})
+            return _answer(connection, 400, {"code": -1100, "msg": "Illegal characters found in a parameter."})
         if path == "/api/v3/aggTrades":
-            return answer(200, market.agg_history(symbol, from_id, limit, start_ms))
+            return _answer(connection, 200, market.agg_history(symbol, from_id, limit, start_ms))
         rows = [
             {"id": t.trade_id, "price": t.price, "qty": t.quantity, "time": t.time_ms,
              "isBuyerMaker": t.buyer_is_maker, "isBestMatch": True}
             for t in market.history(symbol, from_id, limit)
         ]
-        return answer(200, rows)
+        return _answer(connection, 200, rows)
     if path == "/api/v3/exchangeInfo":
         wanted = query.get("symbol") or json.loads(query.get("symbols", ["null"])[0]) or list(market.symbols)
         symbols = []
         for symbol in wanted:
             quote = next((q for q in _QUOTES if symbol.endswith(q)), symbol[-4:])
             symbols.append({"symbol": symbol, "status": "TRADING", "baseAsset": symbol[: -len(quote)], "quoteAsset": quote})
-        return answer(200, {"timezone": "UTC", "serverTime": int(time.time() * 1000), "symbols": symbols})
-    return answer(404, {"code": -1, "msg": "Unknown endpoint."})
+        return _answer(connection, 200, {"timezone": "UTC", "serverTime": int(time.time() * 1000), "symbols": symbols})
+    return _answer(connection, 404, {"code": -1, "msg": "Unknown endpoint."})
 
 
 class EndpointControl:
@@ -614,6 +686,22 @@ class EndpointControl:
 
     def history_request_times(self) -> list[float]:
         return list(self._endpoint.history_requests)
+
+    def drop_diff(self, symbol: str) -> None:
+        """Leave the next diff of `symbol`'s depth stream out, on this endpoint only."""
+        self._endpoint.diffs_to_drop.add(f"{symbol.lower()}@{DEPTH_STREAM}")
+
+    def stale_snapshots(self, times: int) -> None:
+        """Answer the next `times` depth snapshot requests with a snapshot seconds old."""
+        self._endpoint.snapshot_faults.extend([STALE] * times)
+
+    def delay_snapshots(self, seconds: float, times: int) -> None:
+        """Answer the next `times` depth snapshot requests `seconds` late (taken when asked)."""
+        self._endpoint.snapshot_faults.extend([float(seconds)] * times)
+
+    def refuse_snapshots(self, status: int, times: int, retry_after: float | None = None) -> None:
+        """Answer the next `times` depth snapshot requests with `status` (429, 418, 5xx)."""
+        self._endpoint.snapshot_faults.extend([(status, retry_after)] * times)
 
     def server_shutdown(self) -> None:
         event = json.dumps({"e": "serverShutdown", "E": int(time.time() * 1000)})
