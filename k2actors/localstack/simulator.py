@@ -5,18 +5,21 @@ endpoints on their own ports, like Binance's mirrors, so a client that is discon
 misses what happened meanwhile. Each endpoint serves:
 
 - `/stream?streams=btcusdt@trade/...` (combined envelope) and `/ws/<stream>[/<stream>...]`,
-  for the trade, aggTrade and bookTicker streams of each symbol (aggregate trades group a
-  tick's consecutive trades at one price and side; each trade moves the best bid and ask);
+  for the trade, aggTrade, bookTicker and depth@100ms streams of each symbol (aggregate
+  trades group a tick's consecutive trades at one price and side; each trade moves the
+  symbol's order book, k2actors.localstack.orderbook, whose touch bookTicker reports and
+  whose updates the depth stream sends as a diff every 100 ms);
 - a ping every `ping_interval` seconds with a payload the pong must echo, and a drop of
   clients that do not answer within `pong_timeout`;
 - SUBSCRIBE, UNSUBSCRIBE and LIST_SUBSCRIPTIONS; Binance's limits (5 incoming messages per
   second, 1024 streams per connection) enforced with close code 1008;
 - scripted faults (`EndpointControl`): drop without a close frame, stall with the socket
   open, a handshake followed by a drop (flapping), a serverShutdown event, refusal of new
-  connections, error replies to SUBSCRIBE, malformed frames;
+  connections, error replies to SUBSCRIBE, malformed frames, a depth diff left out;
 - REST `GET /api/v3/historicalTrades`, `/api/v3/aggTrades` and `/api/v3/exchangeInfo` from
-  the same history, with Binance's `X-MBX-USED-WEIGHT-1M` header, and scripted refusals
-  (429, 418, 5xx) with Retry-After.
+  the same history, and `/api/v3/depth` from the order book, with Binance's
+  `X-MBX-USED-WEIGHT-1M` header, and scripted refusals (429, 418, 5xx) with Retry-After; a
+  depth snapshot can also be served stale or late.
 
 With `tape=PATH` the endpoints replay a JSONL file of raw messages instead of the live
 market, each line as one frame, in tape order, encoded once and written to the socket in
