@@ -4,11 +4,15 @@ book is never reported in sync while it differs from the venue's at its update i
 
 from __future__ import annotations
 
+import json
 import random
+from decimal import Decimal
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from k2actors.core.binance import depth_snapshot, depth_update
 from k2actors.core.book import (
     BookSync,
     DepthDiff,
@@ -180,3 +184,40 @@ def test_a_waiting_diff_that_another_connection_overtook_is_not_applied_over_it(
     assert sync.diff(venue.diff(12, 18), 0.0) == []  # one connection's, past a gap: it waits
     assert sync.diff(venue.diff(10, 20), 0.1) == []  # the other's covers the gap and more
     assert sync.last_update_id == 20 and as_venue_book(sync) == venue.books[20]
+
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def session_frames(name: str) -> list[dict]:
+    """A recorded session's frames (tests/data/README.md): `<receive time>: <frame>` after its URL line."""
+    lines = (DATA / name).read_text().splitlines()[1:]
+    return [json.loads(line.partition(": ")[2]) for line in lines if line]
+
+
+def test_a_real_binance_session_keeps_a_book_whose_touch_is_binances_at_every_update_id_it_told():
+    """NKNUSDT on Binance, 2021-10-12: its REST snapshot, its depth diffs and its bookTicker,
+    which numbers its updates with the same ids. After each diff, the book's best bid and ask
+    are those the bookTicker of that update id said, price and quantity."""
+    url, _, response = (DATA / "binance_spot_2021-10-12_nknusdt_depth.http").read_text().partition(" -> ")
+    snapshot = depth_snapshot(response.partition(": ")[2].strip().encode(), "NKNUSDT")
+    assert isinstance(snapshot, DepthSnapshot) and url.endswith("symbol=NKNUSDT&limit=1000")
+    frames = [frame for frame in session_frames("binance_spot_2021-10-12.ws") if frame["stream"].startswith("nknusdt@")]
+    touch = {frame["data"]["u"]: frame["data"] for frame in frames if frame["stream"] == "nknusdt@bookTicker"}
+    diffs = [depth_update(frame["data"], 0) for frame in frames if frame["stream"] == "nknusdt@depth@100ms"]
+    assert len(diffs) == 150 and all(isinstance(diff, DepthDiff) for diff in diffs)
+    sync = BookSync("NKNUSDT", gap_grace_seconds=0.0, max_waiting_diffs=1000)
+    sync.start()
+    assert sync.diff(diffs[0], 0.0) == []  # buffered: the snapshot came after it
+    assert sync.snapshot(snapshot) == [InSync("NKNUSDT", 499869752, 499869752)]  # its u is the snapshot's: dropped
+    compared = 0
+    for diff in diffs[1:]:
+        assert isinstance(diff, DepthDiff) and sync.diff(diff, 0.0) == []
+        bids, asks = sync.top(1) or ((), ())
+        assert Decimal(bids[0][0]) < Decimal(asks[0][0])
+        told = touch.get(sync.last_update_id)
+        if told is not None:
+            compared += 1
+            assert (bids[0], asks[0]) == ((told["b"], told["B"]), (told["a"], told["A"])), sync.last_update_id
+    assert sync.state is SyncState.IN_SYNC and sync.last_update_id == diffs[-1].final_update_id
+    assert compared >= 15, compared  # (19 of its update ids have both a diff ending there and a bookTicker)

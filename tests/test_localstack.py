@@ -1,4 +1,5 @@
 import json
+import random
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from k2actors.core.binance import depth_snapshot, depth_update
 from k2actors.core.book import BookSync, DepthDiff, DepthSnapshot, FetchSnapshot, InSync, OutOfSync, SyncState
+from k2actors.localstack.orderbook import DEPTH, MAX_TICKS_FROM_TOUCH, SimBook, cents_text, snapshot_body, units_text
 from k2actors.localstack.simulator import ExchangeSimulator
 from k2actors.net import free_port
 from k2actors.outlets import schema_for
@@ -393,3 +395,28 @@ def test_depth_faults_a_diff_dropped_on_one_endpoint_a_stale_a_late_and_a_refuse
         assert status == 429 and headers["Retry-After"] == "2"
         assert rest_depth(sim, 100)[0] == 200
         mirror.close()
+
+
+def test_the_simulators_book_stays_bounded_and_uncrossed_and_its_diffs_rebuild_it_from_any_snapshot():
+    rnd = random.Random(3)
+    book = SimBook(4_300_000, 100, random.Random(4))
+    start = snapshot_body(book.snapshot())
+    price, diffs = 4_300_000, []
+    for step in range(20_000):
+        price += rnd.randint(-3, 4)  # a walk up, far past the first book
+        book.trade(price)
+        if step % 7 == 0:
+            diffs.append(depth_update(json.loads(book.diff_payload("BTCUSDT", step) or "{}"), 0))
+        (bid, _), (ask, _) = book.best()
+        assert bid < price < ask
+    assert DEPTH <= len(book.bids) <= MAX_TICKS_FROM_TOUCH + 1 and DEPTH <= len(book.asks) <= MAX_TICKS_FROM_TOUCH + 1
+    sync = BookSync("BTCUSDT", gap_grace_seconds=0.0, max_waiting_diffs=10**6)
+    sync.start()
+    snapshot = depth_snapshot(json.dumps(start).encode(), "BTCUSDT")
+    assert isinstance(snapshot, DepthSnapshot)
+    for diff in diffs:
+        assert isinstance(diff, DepthDiff)
+        sync.diff(diff, 0.0)
+    assert sync.snapshot(snapshot) == [InSync("BTCUSDT", 100, diffs[-1].final_update_id)]
+    assert (sync.book.bids, sync.book.asks) == ({cents_text(p): units_text(q) for p, q in book.bids.items()},
+                                                {cents_text(p): units_text(q) for p, q in book.asks.items()})

@@ -14,8 +14,11 @@ import collections
 import random
 from dataclasses import dataclass
 
-# Levels each side keeps at least (refilled at the far end), and snapshots kept for a stale one.
+# Levels each side keeps at least (refilled at the far end), how far from the touch a level
+# may drift before it goes (the book stays bounded however far the price walks), and
+# snapshots kept for a stale one.
 DEPTH = 60
+MAX_TICKS_FROM_TOUCH = 4 * DEPTH
 SNAPSHOTS_KEPT = 50
 
 
@@ -62,11 +65,14 @@ class SimBook:
         self._refill(price_cents)
 
     def _refill(self, price_cents: int) -> None:
-        """Levels at the far end, so that each side keeps DEPTH: one update, if any."""
-        refill: dict[tuple[str, int], int] = {}
+        """Levels at the far end, so that each side keeps DEPTH, and those left far behind
+        gone: one update, if any."""
+        refill: dict[tuple[str, int], int] = {("b", p): 0 for p in self.bids if price_cents - p > MAX_TICKS_FROM_TOUCH}
+        refill.update({("a", p): 0 for p in self.asks if p - price_cents > MAX_TICKS_FROM_TOUCH})
         for side, levels, step in (("b", self.bids, -1), ("a", self.asks, 1)):
-            far = min(levels, default=price_cents) if step < 0 else max(levels, default=price_cents)
-            for _ in range(DEPTH - len(levels)):
+            kept = [p for p in levels if (side, p) not in refill]
+            far = min(kept, default=price_cents) if step < 0 else max(kept, default=price_cents)
+            for _ in range(DEPTH - len(kept)):
                 far += step
                 refill[(side, far)] = self._quantity()
         if refill:
