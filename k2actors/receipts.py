@@ -125,15 +125,18 @@ def left_behind(directory: str) -> Iterator[LeftReceipt]:
             content = os.read(fd, 4096)
         finally:
             os.close(fd)
-        if len(content) < _COUNTERS.size:  # its process died between creating and writing it
+        try:
+            received, confirmed, handed_on = _COUNTERS.unpack_from(content)
+            identity = json.loads(content[_COUNTERS.size:])
+            left = LeftReceipt(path, str(identity["venue"]), str(identity["endpoint"]), str(identity["conn_id"]), received,
+                               confirmed, int(identity["service_pid"]), bool(handed_on))
+        except (struct.error, ValueError, KeyError, TypeError):
+            # Its process died between creating and writing it, or it is no receipt: there is
+            # nothing to count from it.
             path.unlink(missing_ok=True)
             continue
-        received, confirmed, handed_on = _COUNTERS.unpack_from(content)
-        identity = json.loads(content[_COUNTERS.size:])
-        if identity["service_pid"] != own and processes.exists(identity["service_pid"]):
-            continue
-        yield LeftReceipt(path, identity["venue"], identity["endpoint"], identity["conn_id"], received, confirmed,
-                          identity["service_pid"], bool(handed_on))
+        if left.service_pid == own or not processes.exists(left.service_pid):
+            yield left
 
 
 def remove_handed_on(raw: RawConfig) -> None:

@@ -92,3 +92,10 @@ def test_a_receipts_directory_that_cannot_be_made_is_a_config_error_naming_the_k
         make_directory(RawConfig(receipts_dir=str(blocker / "receipts")))
     make_directory(RawConfig(receipts_dir=str(tmp_path / "made" / "receipts")))
     assert (tmp_path / "made" / "receipts").is_dir()
+
+
+def test_a_file_that_is_no_receipt_is_removed_not_counted(tmp_path):
+    (tmp_path / "torn.receipt").write_bytes(b"\x01\x00")  # its process died while writing it
+    (tmp_path / "garbage.receipt").write_bytes(bytes(24) + b"{not json")
+    assert list(left_behind(str(tmp_path))) == []
+    assert list(tmp_path.iterdir()) == []
