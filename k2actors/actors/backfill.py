@@ -4,11 +4,17 @@ The Normaliser sends each gap it declares; k2actors.core.backfill decides which 
 for and when (request weight, Retry-After, bans, retries) and what each answer means. A
 fetcher thread makes the requests, so live streaming never waits for any of this, and the
 pages go back to the Normaliser, which shapes them like streamed trades.
+
+The fetcher wakes the actor through a pipe the actor watches when an answer is ready; the
+actor asks again every PUMP_SECONDS only while a request waits for its time. Idle, it wakes
+once a second, for its tick.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -18,7 +24,7 @@ from email.message import Message
 
 from thespian.actors import ActorAddress
 
-from k2actors.actors.shell import Supervised
+from k2actors.actors.shell import Supervised, seconds
 from k2actors.clients import exchange_tls
 from k2actors.core.backfill import Backfill, BackfillEvent, HistoryRequest, HistoryResponse, PageFetched, Unfilled
 from k2actors.core.telemetry import log_line
@@ -28,14 +34,19 @@ from k2actors.net import new_conn_id
 log = logging.getLogger("k2actors.backfill")
 
 REQUEST_TIMEOUT_SECONDS = 10
+# While a request waits for its time (a retry, Retry-After, the weight budget), the actor
+# looks again this often.
+PUMP_SECONDS = 0.1
+PUMP = "pump"
 
 
 class _Fetcher(threading.Thread):
     """Performs HistoryRequests one at a time; answers are collected with `take`."""
 
-    def __init__(self, setup: BackfillSetup):
+    def __init__(self, setup: BackfillSetup, wake_fd: int):
         super().__init__(name="backfill-fetcher", daemon=True)
         self._tls = exchange_tls(setup.tls_ca_file, setup.tls_verify)
+        self._wake_fd = wake_fd
         self.requests: queue.Queue[HistoryRequest | None] = queue.Queue()
         self._answers: queue.Queue[HistoryResponse] = queue.Queue()
 
@@ -48,6 +59,7 @@ class _Fetcher(threading.Thread):
     def run(self) -> None:
         while (request := self.requests.get()) is not None:
             self._answers.put(self._get(request))
+            os.write(self._wake_fd, b"a")
 
     def _get(self, request: HistoryRequest) -> HistoryResponse:
         target, conn_id = request.target(), new_conn_id()
@@ -69,12 +81,14 @@ def _lower(headers: Message) -> dict[str, str]:
 
 class BackfillActor(Supervised[BackfillSetup]):
     SETUP = BackfillSetup
-    TICK_SECONDS = 0.1
 
     def __init__(self) -> None:
         super().__init__()
         self._fetcher: _Fetcher | None = None
         self._backfill: Backfill | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)  # Thespian may report it readable twice for one write
+        self._pump_due = False
 
     def metrics_address(self) -> ActorAddress:
         return self.setup.metrics
@@ -82,24 +96,44 @@ class BackfillActor(Supervised[BackfillSetup]):
     def configure(self, previous: BackfillSetup | None) -> None:
         if previous is None:
             self._backfill = Backfill(self.setup.rest_urls, self.metrics, self.setup.max_age_seconds)
-            self._fetcher = _Fetcher(self.setup)
+            self._fetcher = _Fetcher(self.setup, self._wake_w)
             self._fetcher.start()
+
+    def watched(self) -> list[int]:
+        return [self._wake_r]
+
+    def on_readable(self, fds: set[int]) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._wake_r, 65536)
+        self._pump(time.monotonic())
 
     def receiveMsg_BackfillRequest(self, message: BackfillRequest, sender: ActorAddress) -> None:
         if self._backfill is not None:
-            self._act(self._backfill.add(message.stream, message.venue, message.symbol, message.first_id, message.last_id,
-                                         time.monotonic()))
+            now = time.monotonic()
+            self._act(self._backfill.add(message.stream, message.venue, message.symbol, message.first_id, message.last_id, now))
+            self._pump(now)
+
+    def on_wakeup(self, payload: object) -> None:
+        if payload == PUMP:
+            self._pump_due = False
+            self._pump(time.monotonic())
 
     def on_tick(self, now: float) -> None:
+        self._pump(now)
+
+    def _pump(self, now: float) -> None:
+        """The answer that came, if any; then the next request, if its time has come."""
         if self._backfill is None or self._fetcher is None:
             return
-        answer = self._fetcher.take()
-        if answer is not None:
+        while (answer := self._fetcher.take()) is not None:
             self._act(self._backfill.answer(answer, now))
         request, events = self._backfill.next_request(now)
         self._act(events)
         if request is not None:
             self._fetcher.requests.put(request)
+        elif self._backfill.waiting and not self._pump_due:
+            self._pump_due = True
+            self.wakeupAfter(seconds(PUMP_SECONDS), PUMP)
         self.metrics.set("k2_backfill_gaps_open", self._backfill.open_gaps)
 
     def on_exit(self) -> None:

@@ -265,6 +265,12 @@ class Backfill:
     def open_gaps(self) -> int:
         return len(self._requested_at)
 
+    @property
+    def waiting(self) -> bool:
+        """Gaps are queued and no request is in flight: one is to be asked once its time
+        comes (a retry's backoff, Retry-After, the weight budget)."""
+        return bool(self._queue) and not self._in_flight
+
     def add(self, stream: str, venue: str, symbol: str, first_id: int, last_id: int, now: float) -> list[BackfillEvent]:
         gap = GapFill(venue, symbol, first_id, last_id, stream)
         key = _key(gap)
