@@ -191,10 +191,13 @@ def test_ids_the_venue_no_longer_serves_are_reported_unfilled():
 
 def test_429_waits_as_long_as_retry_after_says():
     fill = backfill()
+    assert not fill.waiting
     fill.add("trade", "BINANCE", "BTCUSDT", 10, 20, 0.0)
+    assert fill.waiting
     fill.next_request(0.0)
+    assert not fill.waiting  # in flight: its answer wakes the actor
     assert fill.answer(answer(429, retry_after="1.5"), 0.0) == [RateLimited("BINANCE", 429, 1.5)]
-    assert fill.next_request(1.4)[0] is None
+    assert fill.next_request(1.4)[0] is None and fill.waiting  # the actor looks again until its time comes
     assert fill.next_request(1.5)[0] == HistoryRequest(REST, "/api/v3/historicalTrades", "BTCUSDT", 10, 11)
 
 
