@@ -18,6 +18,7 @@ beats between its data messages, never behind them, and only an actor whose loop
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -54,6 +55,8 @@ REFUSED_PEERS_REMEMBERED = 1024
 # Set by the coordinator (for Thespian's admin) before it creates its children: every actor
 # process inherits it, as it does processes.SERVICE_PID_VARIABLE.
 ADMIN_PID_VARIABLE = "K2ACTORS_ADMIN_PID"
+# The garbage collector's thresholds in every actor process (Python's default: 700, 10, 10).
+GC_THRESHOLDS = (50_000, 50, 100)
 
 S = TypeVar("S")
 M = TypeVar("M")
@@ -78,6 +81,12 @@ class Supervised(ActorTypeDispatcher, Generic[S]):
 
     def __init__(self) -> None:
         super().__init__()
+        # The path of a trade makes many short-lived objects, and the collector's default pass
+        # every 700 allocations cost about 5% of the actors' CPU at 500 trades/s. Collected
+        # less often, and without walking what the process held at its start, which lives
+        # as long as it does.
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
         self._parent_pid = os.getppid()
         self._setup: S | None = None
         self._coordinator: ActorAddress | None = None
