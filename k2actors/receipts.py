@@ -18,7 +18,6 @@ holds as lost, and removes it.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import mmap
@@ -36,7 +35,6 @@ from k2actors.config import ConfigError, RawConfig
 _COUNTERS = struct.Struct("<QQQ")
 _COUNTER = struct.Struct("<Q")
 _SUFFIX = ".receipt"
-_SETTLING = ".settling"
 
 
 def make_directory(raw: RawConfig) -> None:
@@ -65,15 +63,11 @@ class Receipt:
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         os.write(self._fd, _COUNTERS.pack(0, 0, 0) + identity)
         self._counters = mmap.mmap(self._fd, _COUNTERS.size)
-        self._received = 0
-        self._confirmed = 0
 
     def received(self, conn_msg_seq: int) -> None:
-        self._received = conn_msg_seq
         _COUNTER.pack_into(self._counters, 0, conn_msg_seq)
 
     def confirmed(self, conn_msg_seq: int) -> None:
-        self._confirmed = conn_msg_seq
         _COUNTER.pack_into(self._counters, _COUNTER.size, conn_msg_seq)
 
     def handed_on(self) -> None:
@@ -83,7 +77,8 @@ class Receipt:
     @property
     def settled(self) -> bool:
         """Every frame received is in Kafka."""
-        return self._confirmed >= self._received
+        received, confirmed, _ = _COUNTERS.unpack_from(self._counters)
+        return confirmed >= received
 
     def close(self) -> None:
         """The connection is done with it: removed if settled, else left (unlocked) for the
@@ -151,9 +146,9 @@ def remove_handed_on(raw: RawConfig) -> None:
 
 def claim(receipt: LeftReceipt) -> bool:
     """Take a left receipt for settling, once: of two services sharing the directory, only
-    one succeeds."""
-    with contextlib.suppress(FileNotFoundError):
-        os.rename(receipt.path, receipt.path.with_suffix(_SETTLING))
-        os.unlink(receipt.path.with_suffix(_SETTLING))
-        return True
-    return False
+    one removes it."""
+    try:
+        receipt.path.unlink()
+    except FileNotFoundError:
+        return False
+    return True

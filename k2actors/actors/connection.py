@@ -17,7 +17,6 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
 
 import websocket
 from thespian.actors import ActorAddress
@@ -63,8 +62,8 @@ CONNECT_TIMEOUT_SECONDS = 10
 class _Reader(threading.Thread):
     """Reads one websocket connection until it ends; hands frames over under a lock."""
 
-    def __init__(self, plan: SubscriptionPlan, wake_fd: int, reading: threading.Event, tls: ssl.SSLContext,
-                 receipt: Callable[[str], Receipt | None]):
+    def __init__(self, plan: SubscriptionPlan, conn_id: str, receipt: Receipt | None, wake_fd: int,
+                 reading: threading.Event, tls: ssl.SSLContext):
         super().__init__(name="ws-reader", daemon=True)
         self.plan = plan
         self._tls = tls
@@ -75,9 +74,9 @@ class _Reader(threading.Thread):
         self._signalled = False
         self._socket: websocket.WebSocket | None = None
         self._closed_here: ConnectionEnd | None = None
-        self.conn_id = new_conn_id()
+        self.conn_id = conn_id
         self._received = 0  # data frames numbered so far
-        self.receipt = receipt(self.conn_id)  # ... and counted there, for a service killed before Kafka has them
+        self._receipt = receipt  # ... and counted there, for a service killed before Kafka has them
         self.opened = False
         self.opened_at = 0.0
         self.streamed = False
@@ -141,8 +140,8 @@ class _Reader(threading.Thread):
                     data = frame.data if isinstance(frame.data, bytes) else frame.data.encode()
                     self.streamed = self.streamed or not data.startswith(_ANSWERS)  # an answer to a request is no data
                     self._received += 1
-                    if self.receipt is not None:
-                        self.receipt.received(self._received)
+                    if self._receipt is not None:
+                        self._receipt.received(self._received)
                     with self._lock:
                         self._frames.append((received_ns, self.conn_id, self._received, data))
                         if not self._signalled:
@@ -332,17 +331,15 @@ class ConnectionActor(Supervised[ConnectionSetup]):
         self._links = [Rotation(self._open(plan)) for plan in plans]
 
     def _open(self, plan: SubscriptionPlan) -> _Reader:
+        setup, conn_id = self.setup, new_conn_id()
         if self._tls is None:
-            self._tls = exchange_tls(self.setup.tls_ca_file, self.setup.tls_verify)
-        reader = _Reader(plan, self._wake_w, self._reading, self._tls, self._receipt)
-        if reader.receipt is not None:
-            self._receipts[reader.conn_id] = reader.receipt
+            self._tls = exchange_tls(setup.tls_ca_file, setup.tls_verify)
+        receipt = None
+        if setup.receipts_dir is not None:
+            receipt = self._receipts[conn_id] = Receipt(setup.receipts_dir, setup.endpoint.venue, self._url, conn_id)
+        reader = _Reader(plan, conn_id, receipt, self._wake_w, self._reading, self._tls)
         reader.start()
         return reader
-
-    def _receipt(self, conn_id: str) -> Receipt | None:
-        setup = self.setup
-        return None if setup.receipts_dir is None else Receipt(setup.receipts_dir, setup.endpoint.venue, self._url, conn_id)
 
     def _close_settled_receipts(self) -> None:
         """A connection's receipt goes once it has ended and Kafka has every frame it counts."""

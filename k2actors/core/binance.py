@@ -362,9 +362,10 @@ def _history_row(row: object, symbol: str) -> Trade | Rejected:
     )
 
 
-# The diff depth stream a book is kept from (k2actors.core.book): its name in a subscription.
-DEPTH_STREAM = "depth@100ms"
+# What Binance's order book answers are called in a Rejected: the diff stream's event, and the
+# REST snapshot (k2actors.core.book keeps a book from both).
 DEPTH_UPDATE = "depthUpdate"
+DEPTH_SNAPSHOT = "depth"
 _DEPTH_FIELDS = (
     ("s", str, "a string"),
     ("U", int, "an integer"),
@@ -372,6 +373,11 @@ _DEPTH_FIELDS = (
     ("E", int, "an integer"),
     ("b", list, "a list of levels"),
     ("a", list, "a list of levels"),
+)
+_SNAPSHOT_FIELDS = (
+    ("lastUpdateId", int, "an integer"),
+    ("bids", list, "a list of levels"),
+    ("asks", list, "a list of levels"),
 )
 
 
@@ -382,12 +388,10 @@ def depth_update(payload: dict, recv_ts_ns: int) -> DepthDiff | Rejected:
         return rejected
     if not 0 <= payload["U"] <= payload["u"]:
         return Rejected(ID_OUT_OF_RANGE, f"update ids {payload['U']} to {payload['u']} are not a range of ids", DEPTH_UPDATE)
-    bids, asks = _levels(payload["b"]), _levels(payload["a"])
-    if isinstance(bids, Rejected):
-        return bids
-    if isinstance(asks, Rejected):
-        return asks
-    return DepthDiff(payload["s"], payload["U"], payload["u"], payload["E"], recv_ts_ns, bids, asks)
+    sides = _sides(payload["b"], payload["a"], DEPTH_UPDATE)
+    if isinstance(sides, Rejected):
+        return sides
+    return DepthDiff(payload["s"], payload["U"], payload["u"], payload["E"], recv_ts_ns, *sides)
 
 
 def depth_snapshot(body: bytes, symbol: str) -> DepthSnapshot | Rejected:
@@ -398,25 +402,22 @@ def depth_snapshot(body: bytes, symbol: str) -> DepthSnapshot | Rejected:
         return Rejected(NOT_JSON, str(exc)[:200])
     if not isinstance(answer, dict):
         return Rejected(UNEXPECTED_SHAPE, f"depth answered {type(answer).__name__}, not an object")
-    rejected = _fields(answer, (("lastUpdateId", int, "an integer"), ("bids", list, "a list of levels"),
-                                ("asks", list, "a list of levels")), "depth", "lastUpdateId")
+    rejected = _fields(answer, _SNAPSHOT_FIELDS, DEPTH_SNAPSHOT, "lastUpdateId")
     if rejected is not None:
         return rejected
-    bids, asks = _levels(answer["bids"]), _levels(answer["asks"])
-    if isinstance(bids, Rejected):
-        return bids
-    if isinstance(asks, Rejected):
-        return asks
-    return DepthSnapshot(symbol, answer["lastUpdateId"], bids, asks)
+    sides = _sides(answer["bids"], answer["asks"], DEPTH_SNAPSHOT)
+    if isinstance(sides, Rejected):
+        return sides
+    return DepthSnapshot(symbol, answer["lastUpdateId"], *sides)
 
 
-def _levels(levels: list) -> tuple[Level, ...] | Rejected:
-    """[[price, quantity], ...] as the venue's decimal strings (the shape is checked here, the
-    decimals where a record is made of them)."""
-    for level in levels:
+def _sides(bids: list, asks: list, stream: str) -> tuple[tuple[Level, ...], tuple[Level, ...]] | Rejected:
+    """Both sides' [[price, quantity], ...] as the venue's decimal strings (the shape is checked
+    here, the decimals where a record is made of them)."""
+    for level in (*bids, *asks):
         if not (isinstance(level, list) and len(level) == 2 and all(isinstance(value, str) for value in level)):
-            return Rejected(WRONG_TYPE, f"a level is {str(level)[:60]}, expected [price, quantity] as strings", DEPTH_UPDATE)
-    return tuple((price, quantity) for price, quantity in levels)
+            return Rejected(WRONG_TYPE, f"a level is {str(level)[:60]}, expected [price, quantity] as strings", stream)
+    return tuple((price, quantity) for price, quantity in bids), tuple((price, quantity) for price, quantity in asks)
 
 
 def quote_assets(exchange_info: object) -> dict[str, str]:
