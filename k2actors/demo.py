@@ -15,8 +15,9 @@ from k2actors.net import free_port
 from k2actors.service import run
 
 
-def sample_totals(port: int) -> dict[str, float]:
-    """Received per symbol, delivered and DLQ totals from the service's own /metrics."""
+def sample_totals(port: int, topic: str) -> dict[str, float]:
+    """Received per symbol, trades delivered (to `topic`; the raw record's frames are not
+    counted) and DLQ totals from the service's own /metrics."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
         text = response.read().decode()
     totals: dict[str, float] = {}
@@ -24,17 +25,18 @@ def sample_totals(port: int) -> dict[str, float]:
         for sample in family.samples:
             if sample.name == "k2_binance_messages_received_total":
                 totals[sample.labels["symbol"]] = sample.value
-            elif sample.name in ("k2_kafka_messages_produced_total", "k2_dlq_messages_total"):
+            elif sample.name == "k2_dlq_messages_total" or (
+                    sample.name == "k2_kafka_messages_produced_total" and sample.labels["topic"] == topic):
                 totals[sample.name] = totals.get(sample.name, 0) + sample.value
     return totals
 
 
-def _report_every_second(port: int, symbols: tuple[str, ...], stop: threading.Event) -> None:
+def _report_every_second(port: int, topic: str, symbols: tuple[str, ...], stop: threading.Event) -> None:
     previous: dict[str, float] = {}
     started = time.monotonic()
     while not stop.wait(1.0):
         try:
-            totals = sample_totals(port)
+            totals = sample_totals(port, topic)
         except OSError:
             continue
         rates = "  ".join(f"{s} {totals.get(s, 0) - previous.get(s, 0):4.0f}/s" for s in symbols)
@@ -86,7 +88,7 @@ def run_demo(config: Config, duration: float | None, rate: float) -> int:
 
         def start_reporting() -> None:
             threading.Thread(
-                target=_report_every_second, args=(demo.metrics.port, symbols, reporting), daemon=True
+                target=_report_every_second, args=(demo.metrics.port, demo.kafka.topic, symbols, reporting), daemon=True
             ).start()
 
         try:
