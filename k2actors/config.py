@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from k2actors.core.binance import AGG_TRADE, BOOK_TICKER, STREAM_TYPES, TRADE
+from k2actors.core.binance import AGG_TRADE, BOOK, BOOK_TICKER, MAX_DEPTH_LIMIT, STREAM_TYPES, TRADE
 from k2actors.core.raw import RAW
 
 VENUES = ("BINANCE", "BINANCEUS")
@@ -79,6 +79,12 @@ class BinanceConfig:
     # wss:// and https:// are verified against certifi's CA bundle, plus this PEM file if set.
     tls_ca_file: str = ""
     tls_verify: bool = True
+    # The book stream: each symbol's best book_depth levels a side, published once every
+    # book_cadence_seconds of the venue's time, from a book rebuilt from REST snapshots of
+    # book_snapshot_limit levels a side (its request weight: 5 up to 100, 25 to 500, 50 to 1000).
+    book_depth: int = 20
+    book_cadence_seconds: float = 1.0
+    book_snapshot_limit: int = 1000
     # REST base URL per venue: exchangeInfo (each symbol's quote asset) and trade history.
     rest_urls: dict[str, str] = field(
         default_factory=lambda: {"BINANCE": "https://api.binance.com", "BINANCEUS": "https://api.binance.us"}
@@ -96,6 +102,7 @@ class KafkaConfig:
     topic: str = "market.crypto.trades.binance"
     aggtrade_topic: str = "market.crypto.aggtrades.binance"
     quote_topic: str = "market.crypto.quotes.binance"
+    book_topic: str = "market.crypto.books.binance"
     raw_topic: str = "market.crypto.raw.binance"
     dlq_topic: str = ""
     create_topics: bool = True
@@ -130,7 +137,8 @@ class KafkaConfig:
         return f"{self.topic}.state"
 
     def topic_for(self, stream: str) -> str:
-        return {TRADE: self.topic, AGG_TRADE: self.aggtrade_topic, BOOK_TICKER: self.quote_topic, RAW: self.raw_topic}[stream]
+        return {TRADE: self.topic, AGG_TRADE: self.aggtrade_topic, BOOK_TICKER: self.quote_topic, BOOK: self.book_topic,
+                RAW: self.raw_topic}[stream]
 
 
 @dataclass(frozen=True)
@@ -211,6 +219,10 @@ SECRET_FILE_SUFFIX = "_file"
 
 def _check_together(config: Config) -> None:
     """Rules that span keys."""
+    binance = config.binance
+    if binance.book_depth > binance.book_snapshot_limit:
+        raise ConfigError("binance.book_depth", binance.book_depth,
+                          f"at most binance.book_snapshot_limit ({binance.book_snapshot_limit}): a book is only as deep as its snapshot")
     kafka = config.kafka
     if kafka.security_protocol.startswith("SASL_"):
         for name in ("sasl_username", "sasl_password"):
@@ -520,6 +532,9 @@ _PARSERS = {
     ("binance", "max_frame_bytes"): _number(int, 1024, 16 * 1024 * 1024),
     ("binance", "backfill"): _boolean,
     ("binance", "backfill_max_age_seconds"): _number(float, 1.0),
+    ("binance", "book_depth"): _number(int, 1, MAX_DEPTH_LIMIT),
+    ("binance", "book_cadence_seconds"): _number(float, 0.001),
+    ("binance", "book_snapshot_limit"): _number(int, 1, MAX_DEPTH_LIMIT),
     ("binance", "tls_ca_file"): _optional_file,
     ("binance", "tls_verify"): _boolean,
     ("kafka", "bootstrap_servers"): _text,
@@ -527,6 +542,7 @@ _PARSERS = {
     ("kafka", "topic"): _topic,
     ("kafka", "aggtrade_topic"): _topic,
     ("kafka", "quote_topic"): _topic,
+    ("kafka", "book_topic"): _topic,
     ("kafka", "raw_topic"): _topic,
     ("kafka", "dlq_topic"): _optional_topic,
     ("kafka", "create_topics"): _boolean,

@@ -94,7 +94,8 @@ class NormaliserSetup:
     metrics: ActorAddress
     gap_grace_seconds: float
     symbols: frozenset[str]  # subscribed; a trade of any other symbol is a dead letter
-    backfill: ActorAddress | None  # the BackfillActor, when binance.backfill is on
+    backfill: ActorAddress | None  # the BackfillActor (REST requests), when backfill or books are on
+    fill_gaps: bool  # binance.backfill: declared gaps are sent to the BackfillActor
     quote_assets: Mapping[str, str]
     exchange_info: tuple[RestResponse, ...]  # the answers quote_assets came from, for the raw record
     max_buffered_records: int
@@ -102,6 +103,8 @@ class NormaliserSetup:
     stale_timeout_seconds: float  # /ready: a venue without data for longer is not ready
     owned: frozenset[str] | None  # cluster mode: the symbols of the shards this instance owns; None: every symbol
     raw: bool  # raw.enabled: every frame to the raw topic as well
+    book_depth: int
+    book_cadence_ms: int
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,7 @@ class BackfillSetup:
     metrics: ActorAddress
     rest_urls: Mapping[str, str]  # venue -> REST base URL
     max_age_seconds: float  # ids older than this are reported unfilled, not fetched
+    snapshot_limit: int  # levels a side of a book's REST snapshot
     tls_ca_file: str
     tls_verify: bool
 
@@ -124,6 +128,14 @@ class BackfillRequest:
     symbol: str
     first_id: int
     last_id: int
+
+
+@dataclass(frozen=True)
+class BookSnapshotRequest:
+    """A book is to be rebuilt: fetch a REST snapshot of it."""
+
+    venue: str
+    symbol: str
 
 
 @dataclass(frozen=True)

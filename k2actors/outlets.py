@@ -22,7 +22,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from k2actors.clients import kafka_settings, registry_settings
 from k2actors.config import KafkaConfig
-from k2actors.core.binance import AGG_TRADE, BOOK_TICKER, STREAM_TYPES, TRADE
+from k2actors.core.binance import AGG_TRADE, BOOK, BOOK_TICKER, STREAM_TYPES, TRADE
 from k2actors.core.ranges import IdRanges
 from k2actors.core.raw import RAW
 from k2actors.core.resume import Checkpoint, CheckpointError, Key, held
@@ -34,7 +34,8 @@ log = logging.getLogger("k2actors.producer")
 LIBRDKAFKA_LOG = logging.getLogger("k2actors.librdkafka")
 
 # Aggregate trades are trades too: TradeV2, on a topic of their own.
-SCHEMA_FILES = {TRADE: "trade_v2.avsc", AGG_TRADE: "trade_v2.avsc", BOOK_TICKER: "quote_v2.avsc", RAW: "raw_frame_v1.avsc"}
+SCHEMA_FILES = {TRADE: "trade_v2.avsc", AGG_TRADE: "trade_v2.avsc", BOOK_TICKER: "quote_v2.avsc", BOOK: "book_v2.avsc",
+                RAW: "raw_frame_v1.avsc"}
 # Per stream type, the fields of a record that say what it is: (venue, whose, which one).
 # Events are a symbol's, numbered by the venue; raw frames a connection's, numbered by it.
 IDENTITY_FIELDS = {RAW: ("exchange", "conn_id", "conn_msg_seq")}

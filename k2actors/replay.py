@@ -65,7 +65,8 @@ def run_replay(config: Config, since: int | None, until: int | None, check: bool
     kafka, binance = config.kafka, config.binance
     settings = kafka_settings(kafka)
     registry = SchemaRegistryClient(registry_settings(kafka))
-    replay = Replay(Rules(frozenset(binance.symbols), binance.max_frame_bytes, binance.backfill_max_age_seconds))
+    replay = Replay(Rules(frozenset(binance.symbols), binance.max_frame_bytes, binance.backfill_max_age_seconds,
+                          binance.book_depth, round(binance.book_cadence_seconds * 1000)))
 
     def in_range(received_ns: int) -> bool:
         return (since is None or received_ns >= since) and (until is None or received_ns < until)

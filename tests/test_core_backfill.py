@@ -10,11 +10,13 @@ from k2actors.core.backfill import (
     GapFill,
     GapFilled,
     GapStarted,
-    HistoryRequest,
-    HistoryResponse,
     PageFetched,
     RateLimited,
     RequestBudget,
+    RestReply,
+    RestRequest,
+    SnapshotFailed,
+    SnapshotTaken,
     Unfilled,
 )
 from k2actors.core.binance import Rejected, Trade, historical_trades
@@ -146,8 +148,8 @@ def rows(*ids: int) -> bytes:
 T0_US = 1_700_000_000_000 * 1000  # the rows' trade times are T0 and a few ms on: answered at T0 they are recent
 
 
-def answer(status: int | None, body: bytes = b"[]", received_us: int = T0_US, **headers: str) -> HistoryResponse:
-    return HistoryResponse(status, body, {name.replace("_", "-"): value for name, value in headers.items()}, received_us,
+def answer(status: int | None, body: bytes = b"[]", received_us: int = T0_US, **headers: str) -> RestReply:
+    return RestReply(status, body, {name.replace("_", "-"): value for name, value in headers.items()}, received_us,
                            "/api/v3/historicalTrades?symbol=BTCUSDT", "rest")
 
 
@@ -155,7 +157,7 @@ WINDOW_SECONDS = 3600.0
 
 
 def backfill() -> Backfill:
-    return Backfill({"BINANCE": REST}, MetricBuffer(), WINDOW_SECONDS, draw=lambda: 1.0)
+    return Backfill({"BINANCE": REST}, MetricBuffer(), WINDOW_SECONDS, 1000, draw=lambda: 1.0)
 
 
 def test_a_gap_is_fetched_page_by_page_and_reported_filled():
@@ -163,12 +165,12 @@ def test_a_gap_is_fetched_page_by_page_and_reported_filled():
     assert [type(e) for e in fill.add("trade", "BINANCE", "BTCUSDT", 10, 1509, 0.0)] == [GapStarted]
     assert fill.add("trade", "BINANCE", "BTCUSDT", 10, 1509, 0.0) == []  # asked twice: one gap
     request, _ = fill.next_request(0.0)
-    assert request == HistoryRequest(REST, "/api/v3/historicalTrades", "BTCUSDT", 10, 1000)
+    assert request == RestRequest(REST, "/api/v3/historicalTrades", "BTCUSDT", 10, 1000)
     assert fill.next_request(0.0) == (None, [])  # one request in flight at a time
     [page] = fill.answer(answer(200, rows(*range(10, 1010))), 0.5)
     assert isinstance(page, PageFetched) and len(page.page.trades) == 1000 and page.page.url == REST
     request, _ = fill.next_request(0.5)
-    assert request == HistoryRequest(REST, "/api/v3/historicalTrades", "BTCUSDT", 1010, 500)
+    assert request == RestRequest(REST, "/api/v3/historicalTrades", "BTCUSDT", 1010, 500)
     events = fill.answer(answer(200, rows(*range(1010, 1510))), 1.5)
     assert [type(e) for e in events] == [PageFetched, GapFilled] and fill.open_gaps == 0
     deltas = fill.metrics.take()
@@ -198,7 +200,7 @@ def test_429_waits_as_long_as_retry_after_says():
     assert not fill.waiting  # in flight: its answer wakes the actor
     assert fill.answer(answer(429, retry_after="1.5"), 0.0) == [RateLimited("BINANCE", 429, 1.5)]
     assert fill.next_request(1.4)[0] is None and fill.waiting  # the actor looks again until its time comes
-    assert fill.next_request(1.5)[0] == HistoryRequest(REST, "/api/v3/historicalTrades", "BTCUSDT", 10, 11)
+    assert fill.next_request(1.5)[0] == RestRequest(REST, "/api/v3/historicalTrades", "BTCUSDT", 10, 11)
 
 
 def test_a_ban_gives_up_every_gap_until_it_ends():
@@ -214,7 +216,7 @@ def test_a_ban_gives_up_every_gap_until_it_ends():
     fill.add("trade", "BINANCE", "BTCUSDT", 30, 31, 599.0)
     assert [e.reason for e in fill.next_request(599.0)[1]] == ["banned"]
     fill.add("trade", "BINANCE", "BTCUSDT", 40, 41, 600.0)
-    assert fill.next_request(600.0)[0] == HistoryRequest(REST, "/api/v3/historicalTrades", "BTCUSDT", 40, 2)
+    assert fill.next_request(600.0)[0] == RestRequest(REST, "/api/v3/historicalTrades", "BTCUSDT", 40, 2)
 
 
 def test_a_page_that_keeps_failing_is_retried_with_backoff_then_given_up():
@@ -256,7 +258,7 @@ def test_log_lines_say_what_happened():
     assert started.report().message == "backfilling BINANCE BTCUSDT ids 10 to 20"
     fill.next_request(0.0)
     [limited] = fill.answer(answer(418, retry_after="60"), 0.0)
-    assert limited.report().message.startswith("trade history of BINANCE refused with HTTP 418")
+    assert limited.report().message.startswith("REST requests to BINANCE refused with HTTP 418")
     [unfilled] = fill.next_request(1.0)[1]
     assert "(banned): they stay missing" in unfilled.report().message
 
@@ -270,7 +272,7 @@ def test_an_aggregate_trade_gap_is_filled_from_agg_trades_at_its_own_weight():
     fill = backfill()
     fill.add("aggTrade", "BINANCE", "BTCUSDT", 50, 52, 0.0)
     request, _ = fill.next_request(0.0)
-    assert request == HistoryRequest(REST, "/api/v3/aggTrades", "BTCUSDT", 50, 3)
+    assert request == RestRequest(REST, "/api/v3/aggTrades", "BTCUSDT", 50, 3)
     [page, filled] = fill.answer(answer(200, agg_rows(50, 51, 52)), 0.2)
     assert isinstance(page, PageFetched) and page.page.stream == "aggTrade"
     assert [t.agg_id for t in page.page.trades] == [50, 51, 52] and page.page.trades[0].first_trade_id == 500
@@ -278,7 +280,7 @@ def test_an_aggregate_trade_gap_is_filled_from_agg_trades_at_its_own_weight():
 
 
 def test_agg_trades_weigh_less_so_more_of_them_fit_a_minute():
-    fill = Backfill({"BINANCE": REST}, MetricBuffer(), WINDOW_SECONDS, budget=RequestBudget(weight_per_minute=100),
+    fill = Backfill({"BINANCE": REST}, MetricBuffer(), WINDOW_SECONDS, 1000, budget=RequestBudget(weight_per_minute=100),
                     draw=lambda: 1.0)
     for first in range(0, 30_000, 1000):
         fill.add("aggTrade", "BINANCE", "BTCUSDT", first, first + 999, 0.0)
@@ -319,11 +321,11 @@ def test_a_gap_that_starts_long_before_the_window_jumps_to_where_the_window_star
     [too_old] = fill.answer(answer(200, rows(*range(0, 1000)), received_us=LATER_US + 10_000_000), 0.1)  # all old
     assert (too_old.first_id, too_old.last_id) == (0, 999)
     request, _ = fill.next_request(0.2)
-    assert request == HistoryRequest(REST, "/api/v3/aggTrades", "BTCUSDT", None, 1, (LATER_US + 10_000_000) // 1000 - 3_600_000)
+    assert request == RestRequest(REST, "/api/v3/aggTrades", "BTCUSDT", None, 1, (LATER_US + 10_000_000) // 1000 - 3_600_000)
     assert request.query() == {"symbol": "BTCUSDT", "startTime": request.start_time_ms, "limit": 1}
     [jumped] = fill.answer(answer(200, agg_rows(7000)), 0.3)  # its first trade is 70,000
     assert (jumped.first_id, jumped.last_id, jumped.reason) == (1000, 69_999, "too_old")
-    assert fill.next_request(0.4)[0] == HistoryRequest(REST, "/api/v3/historicalTrades", "BTCUSDT", 70_000, 1000)
+    assert fill.next_request(0.4)[0] == RestRequest(REST, "/api/v3/historicalTrades", "BTCUSDT", 70_000, 1000)
 
 
 def test_when_nothing_at_all_is_recent_enough_the_whole_rest_is_too_old():
@@ -334,3 +336,48 @@ def test_when_nothing_at_all_is_recent_enough_the_whole_rest_is_too_old():
     fill.next_request(0.2)
     [unfilled] = fill.answer(answer(200, b"[]"), 0.3)
     assert (unfilled.first_id, unfilled.last_id, unfilled.reason) == (1000, 5000, "too_old") and fill.open_gaps == 0
+
+
+def snapshot_reply(status: int | None, body: bytes = b'{"lastUpdateId":5,"bids":[],"asks":[]}', **headers: str) -> RestReply:
+    return RestReply(status, body, {name.replace("_", "-"): value for name, value in headers.items()}, T0_US,
+                     "/api/v3/depth?symbol=ETHUSDT&limit=1000", "snap")
+
+
+def test_a_book_snapshot_goes_before_the_gaps_and_is_asked_again_until_it_comes():
+    fill = backfill()
+    fill.add("trade", "BINANCE", "BTCUSDT", 10, 20, 0.0)
+    fill.ask_snapshot("BINANCE", "ETHUSDT")
+    fill.ask_snapshot("BINANCE", "ETHUSDT")  # asked twice: one snapshot
+    request, _ = fill.next_request(0.0)
+    assert request == RestRequest(REST, "/api/v3/depth", "ETHUSDT", None, 1000)
+    assert request.target() == "/api/v3/depth?symbol=ETHUSDT&limit=1000"
+    assert fill.answer(snapshot_reply(503, b"busy"), 0.1) == [SnapshotFailed("BINANCE", "ETHUSDT", 1, "503: b'busy'")]
+    assert fill.next_request(0.2)[0] is None and fill.waiting  # its backoff: nothing else overtakes it
+    request, _ = fill.next_request(1.0)
+    assert request is not None and request.path == "/api/v3/depth"
+    [taken] = fill.answer(snapshot_reply(200), 1.1)
+    assert isinstance(taken, SnapshotTaken)
+    assert (taken.snapshot.symbol, taken.snapshot.target, taken.snapshot.url) == ("ETHUSDT", request.target(), REST)
+    request, _ = fill.next_request(1.1)
+    assert request is not None and request.path == "/api/v3/historicalTrades"  # then the gap
+    assert ("k2_book_snapshots_total", ("ETHUSDT",), 1) in fill.metrics.take().counters
+
+
+def test_a_snapshot_costs_its_weight_and_waits_out_a_ban_that_gives_the_gaps_up():
+    fill = Backfill({"BINANCE": REST}, MetricBuffer(), WINDOW_SECONDS, 1000, budget=RequestBudget(weight_per_minute=120),
+                    draw=lambda: 1.0)
+    fill.ask_snapshot("BINANCE", "ETHUSDT")
+    fill.next_request(0.0)
+    fill.answer(snapshot_reply(200), 0.1)
+    fill.ask_snapshot("BINANCE", "ETHUSDT")
+    fill.next_request(0.2)
+    fill.answer(snapshot_reply(200), 0.3)  # 2 x 50 of 120 spent
+    fill.ask_snapshot("BINANCE", "ETHUSDT")
+    assert fill.next_request(1.0)[0] is None  # a third would pass the budget: it waits for the minute
+    assert fill.next_request(60.0)[0] is not None
+    assert fill.answer(snapshot_reply(418, retry_after="300"), 60.1) == [RateLimited("BINANCE", 418, 300.0)]
+    fill.add("trade", "BINANCE", "BTCUSDT", 10, 20, 61.0)
+    request, events = fill.next_request(61.0)
+    assert request is None and [type(event) for event in events] == [Unfilled]  # the gap is given up ...
+    assert fill.waiting  # ... the snapshot waits
+    assert fill.next_request(360.2)[0] == RestRequest(REST, "/api/v3/depth", "ETHUSDT", None, 1000)

@@ -23,6 +23,8 @@ from k2actors.core.binance import (
     depth_update,
     parse_frame,
     quote_assets,
+    read_frame,
+    subscription_plan,
 )
 from k2actors.core.book import DepthDiff, DepthSnapshot
 from k2actors.core.normalise import (
@@ -445,13 +447,22 @@ def test_a_depth_update_that_is_not_one_says_why(change, reason):
 def test_a_depth_update_without_its_update_ids_is_missing_a_field():
     payload = {key: value for key, value in DEPTH_UPDATE.items() if key != "U"}
     rejected = depth_update(payload, 0)
-    assert isinstance(rejected, Rejected) and (rejected.reason, rejected.detail) == (MISSING_FIELD, "depthUpdate field 'U' is missing")
+    assert isinstance(rejected, Rejected) and (rejected.reason, rejected.detail) == (MISSING_FIELD, "book field 'U' is missing")
+    assert rejected.stream == binance.BOOK
+
+
+def test_the_diff_stream_is_the_book_stream_type():
+    frame = json.dumps({"stream": "bnbbtc@depth@100ms", "data": DEPTH_UPDATE})
+    assert read_frame(frame, 65536) == ("bnbbtc@depth@100ms", depth_update(DEPTH_UPDATE, 0))
+    broken = read_frame(json.dumps({"stream": "bnbbtc@depth@100ms", "data": {**DEPTH_UPDATE, "b": 1}}), 65536)[1]
+    assert isinstance(broken, Rejected) and (broken.reason, broken.stream) == (WRONG_TYPE, binance.BOOK)
+    assert subscription_plan("wss://x/stream", ("BNBBTC",), (binance.TRADE, binance.BOOK)).url == "wss://x/stream?streams=bnbbtc@trade/bnbbtc@depth@100ms"
 
 
 def test_a_depth_answer_reads_as_a_snapshot():
     body = b'{"lastUpdateId":1027024,"bids":[["4.00000000","431.00000000"]],"asks":[["4.00000200","12.00000000"]]}'
-    assert depth_snapshot(body, "BNBBTC") == DepthSnapshot("BNBBTC", 1027024, (("4.00000000", "431.00000000"),),
-                                                           (("4.00000200", "12.00000000"),))
+    assert depth_snapshot(body, "BNBBTC", 100) == DepthSnapshot("BNBBTC", 1027024, (("4.00000000", "431.00000000"),),
+                                                           (("4.00000200", "12.00000000"),), 100)
 
 
 @pytest.mark.parametrize("body, reason", [
@@ -462,5 +473,5 @@ def test_a_depth_answer_reads_as_a_snapshot():
     (b'{"lastUpdateId":1,"bids":[["1.0"]],"asks":[]}', WRONG_TYPE),
 ])
 def test_a_depth_answer_that_is_not_one_says_why(body, reason):
-    rejected = depth_snapshot(body, "BNBBTC")
+    rejected = depth_snapshot(body, "BNBBTC", 100)
     assert isinstance(rejected, Rejected) and rejected.reason == reason

@@ -48,6 +48,7 @@ PRIMARY, MIRROR = "ws://primary/stream", "ws://mirror/stream"
 T0_MS = 1_700_000_000_000
 GRACE = 2.0
 STALE = 30.0
+BOOK_DEPTH, BOOK_CADENCE_MS = 3, 1000
 
 
 def trade_frame(trade_id: int, symbol: str = "BTCUSDT") -> bytes:
@@ -65,7 +66,7 @@ def raw(url: str, seq: int, *frames: bytes) -> RawBatch:
 def ledger(max_buffered: int = 100_000, positions: Mapping[tuple[str, str, str], StreamPosition] | None = None,
            quote_assets: Mapping[str, str] | None = None, keep_raw: bool = False) -> Ledger[str]:
     rules = Rules(GRACE, frozenset({"BTCUSDT", "ETHUSDT"}), {} if quote_assets is None else quote_assets, max_buffered, 65536,
-                  STALE, keep_raw)
+                  STALE, keep_raw, BOOK_DEPTH, BOOK_CADENCE_MS)
     return Ledger(rules, positions or {}, 0.0, MetricBuffer())
 
 
@@ -350,7 +351,7 @@ def test_ready_needs_data_from_every_venue_within_the_stale_timeout():
 
 
 def test_cluster_mode_publishes_only_owned_symbols_and_resumes_a_newly_owned_one_from_kafka():
-    rules = Rules(GRACE, frozenset({"BTCUSDT", "ETHUSDT"}), {}, 100_000, 65536, STALE, False)
+    rules = Rules(GRACE, frozenset({"BTCUSDT", "ETHUSDT"}), {}, 100_000, 65536, STALE, False, BOOK_DEPTH, BOOK_CADENCE_MS)
     book: Ledger[str] = Ledger(rules, {}, 0.0, MetricBuffer(), owned=frozenset())
     assert of(DataStatus, book.tick(0.5)) == [DataStatus(True, "no symbols owned (cluster mode: a standby until the group "
                                                              "assigns this instance a shard)")]
@@ -373,7 +374,7 @@ def test_cluster_mode_publishes_only_owned_symbols_and_resumes_a_newly_owned_one
 
 
 def test_a_symbol_outside_the_configuration_is_still_a_dead_letter_in_cluster_mode():
-    rules = Rules(GRACE, frozenset({"BTCUSDT"}), {}, 100_000, 65536, STALE, False)
+    rules = Rules(GRACE, frozenset({"BTCUSDT"}), {}, 100_000, 65536, STALE, False, BOOK_DEPTH, BOOK_CADENCE_MS)
     book: Ledger[str] = Ledger(rules, {}, 0.0, MetricBuffer(), owned=frozenset())
     events = book.take_raw(raw(PRIMARY, 1, trade_frame(1, "DOGEUSDT")), "c", 1.0)
     assert [letter.reason for e in events if isinstance(e, Publish) for letter in e.batch.dead_letters] == ["unsubscribed_symbol"]

@@ -21,7 +21,7 @@ from k2actors.core.telemetry import MetricBuffer
 T0_MS = 1_700_000_000_000
 SYMBOLS = frozenset({"BTCUSDT", "ETHUSDT", "ETHABC"})
 PRIMARY, MIRROR = "ws://primary/stream", "ws://mirror/stream"
-REPLAY_RULES = ReplayRules(SYMBOLS, 65536, 86400.0)
+REPLAY_RULES = ReplayRules(SYMBOLS, 65536, 86400.0, 5, 1000)
 
 
 def trade_frame(trade_id: int, symbol: str = "BTCUSDT", price: str = "1.5") -> bytes:
@@ -36,7 +36,7 @@ INFO = RestResponse("BINANCE", "http://rest", "/api/v3/exchangeInfo", "info-1", 
 
 
 def live_ledger() -> Ledger[str]:
-    return Ledger(Rules(2.0, SYMBOLS, {"ETHABC": "ABC"}, 1_000_000, 65536, 30.0, True), {}, 0.0, MetricBuffer())
+    return Ledger(Rules(2.0, SYMBOLS, {"ETHABC": "ABC"}, 1_000_000, 65536, 30.0, True, 5, 1000), {}, 0.0, MetricBuffer())
 
 
 def run_live(connections: dict[str, list[bytes]], cuts: list[int], order: list[str]) -> tuple[list[dict], list]:

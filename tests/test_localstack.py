@@ -17,7 +17,7 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from k2actors.core.binance import depth_snapshot, depth_update
-from k2actors.core.book import BookSync, DepthDiff, DepthSnapshot, FetchSnapshot, InSync, OutOfSync, SyncState
+from k2actors.core.book import BookSync, BookTop, DepthDiff, DepthSnapshot, FetchSnapshot, InSync, OutOfSync, SyncState
 from k2actors.localstack.orderbook import DEPTH, MAX_TICKS_FROM_TOUCH, SimBook, cents_text, snapshot_body, units_text
 from k2actors.localstack.simulator import ExchangeSimulator
 from k2actors.net import free_port
@@ -320,7 +320,7 @@ def rest_depth(sim: ExchangeSimulator, limit: int, index: int = 0) -> tuple[int,
     try:
         with urllib.request.urlopen(f"{sim.rest_url(index)}/api/v3/depth?symbol=BTCUSDT&limit={limit}", timeout=10) as response:
             body = response.read()
-            snapshot = depth_snapshot(body, "BTCUSDT")
+            snapshot = depth_snapshot(body, "BTCUSDT", limit)
             assert isinstance(snapshot, DepthSnapshot), snapshot
             return response.status, dict(response.headers), snapshot
     except urllib.error.HTTPError as refused:
@@ -330,7 +330,7 @@ def rest_depth(sim: ExchangeSimulator, limit: int, index: int = 0) -> tuple[int,
 def test_the_depth_stream_and_snapshot_keep_a_book_equal_to_the_simulators_level_for_level():
     with ExchangeSimulator(symbols=("BTCUSDT",), rate=200) as sim:
         ws = websocket.create_connection(sim.urls[0] + "?streams=btcusdt@depth@100ms")
-        sync = BookSync("BTCUSDT", gap_grace_seconds=0.0, max_waiting_diffs=1000)
+        sync = BookSync("BTCUSDT", gap_grace_seconds=0.0, max_waiting_diffs=1000, depth=20, cadence_ms=1000)
         assert sync.start() == [FetchSnapshot("BTCUSDT")]
         buffered, _ = receive(ws, 0.5)
         status, headers, snapshot = rest_depth(sim, 5000)
@@ -341,14 +341,21 @@ def test_the_depth_stream_and_snapshot_keep_a_book_equal_to_the_simulators_level
         for diff in diffs[: len(buffered)]:
             sync.diff(diff, 0.0)
         last_buffered = diffs[len(buffered) - 1].final_update_id
-        assert sync.snapshot(snapshot) == [InSync("BTCUSDT", snapshot.last_update_id, max(snapshot.last_update_id, last_buffered))]
+        outputs = sync.snapshot(snapshot)
+        assert outputs[0] == InSync("BTCUSDT", snapshot.last_update_id, max(snapshot.last_update_id, last_buffered))
         for diff in diffs[len(buffered):]:
-            assert sync.diff(diff, 0.0) == []
+            outputs += sync.diff(diff, 0.0)
+        tops = [output for output in outputs if isinstance(output, BookTop)]
+        assert len(tops) >= 1 and len(outputs) == len(tops) + 1
+        for top in tops:  # each the simulator's book at its update id, level for level
+            kept = sim.market.books["BTCUSDT"].at(top.diff.final_update_id)
+            assert kept is not None and top.bids == tuple((cents_text(p), units_text(q)) for p, q in kept.bids)
+            assert top.asks == tuple((cents_text(p), units_text(q)) for p, q in kept.asks)
         sim.set_rate(0)  # the book stands still: its last diff goes out, and a snapshot shows the same book
         deadline, asked = time.monotonic() + 10, 1
         while True:
             for diff in depth_diffs(receive(ws, 0.2)[0]):
-                assert sync.diff(diff, 0.0) == []
+                assert all(isinstance(output, BookTop) for output in sync.diff(diff, 0.0))
             status, headers, still = rest_depth(sim, 5000)
             asked += 1
             if still.last_update_id == sync.last_update_id or time.monotonic() > deadline:
@@ -373,7 +380,7 @@ def test_depth_faults_a_diff_dropped_on_one_endpoint_a_stale_a_late_and_a_refuse
         assert len(gaps) == 1 and all(b.first_update_id == a.final_update_id + 1 for a, b in pairwise(kept))
         primary.close()
 
-        sync = BookSync("BTCUSDT", gap_grace_seconds=0.0, max_waiting_diffs=1000)
+        sync = BookSync("BTCUSDT", gap_grace_seconds=0.0, max_waiting_diffs=1000, depth=20, cadence_ms=1000)
         sync.start()
         for diff in depth_diffs(receive(mirror, 0.3)[0]):
             sync.diff(diff, 0.0)
@@ -388,7 +395,7 @@ def test_depth_faults_a_diff_dropped_on_one_endpoint_a_stale_a_late_and_a_refuse
         assert time.monotonic() - asked >= 0.5 and isinstance(late, DepthSnapshot)
         for diff in depth_diffs(receive(mirror, 0.2)[0]):
             sync.diff(diff, 0.0)
-        assert [type(output) for output in sync.snapshot(late)] == [InSync]  # taken when asked: the diffs continue it
+        assert [type(output) for output in sync.snapshot(late)][:1] == [InSync]  # taken when asked: the diffs continue it
 
         sim.endpoint(0).refuse_snapshots(429, 1, retry_after=2)
         status, headers, _ = rest_depth(sim, 100)
@@ -410,13 +417,17 @@ def test_the_simulators_book_stays_bounded_and_uncrossed_and_its_diffs_rebuild_i
         (bid, _), (ask, _) = book.best()
         assert bid < price < ask
     assert DEPTH <= len(book.bids) <= MAX_TICKS_FROM_TOUCH + 1 and DEPTH <= len(book.asks) <= MAX_TICKS_FROM_TOUCH + 1
-    sync = BookSync("BTCUSDT", gap_grace_seconds=0.0, max_waiting_diffs=10**6)
+    sync = BookSync("BTCUSDT", gap_grace_seconds=0.0, max_waiting_diffs=10**6, depth=20, cadence_ms=1000)
     sync.start()
-    snapshot = depth_snapshot(json.dumps(start).encode(), "BTCUSDT")
+    snapshot = depth_snapshot(json.dumps(start).encode(), "BTCUSDT", 1000)
     assert isinstance(snapshot, DepthSnapshot)
     for diff in diffs:
         assert isinstance(diff, DepthDiff)
         sync.diff(diff, 0.0)
-    assert sync.snapshot(snapshot) == [InSync("BTCUSDT", 100, diffs[-1].final_update_id)]
+    assert sync.snapshot(snapshot)[0] == InSync("BTCUSDT", 100, diffs[-1].final_update_id)
     assert (sync.book.bids, sync.book.asks) == ({cents_text(p): units_text(q) for p, q in book.bids.items()},
                                                 {cents_text(p): units_text(q) for p, q in book.asks.items()})
+    # and what it was after each of the last diffs, for the clients' books to be held against
+    kept = book.at(diffs[-1].final_update_id)
+    assert kept is not None and (kept.bids, kept.asks) == (book.snapshot(20).bids, book.snapshot(20).asks)
+    assert book.at(diffs[0].final_update_id) is None  # long gone

@@ -1,9 +1,11 @@
-"""BackfillActor: fills declared gaps from the venue's REST trade history.
+"""BackfillActor: the service's REST requests once started: declared gaps filled from the
+venue's trade history, and the snapshots order books are rebuilt from.
 
-The Normaliser sends each gap it declares; k2actors.core.backfill decides which page to ask
-for and when (request weight, Retry-After, bans, retries) and what each answer means. A
-fetcher thread makes the requests, so live streaming never waits for any of this, and the
-pages go back to the Normaliser, which shapes them like streamed trades.
+The Normaliser sends each gap it declares and each book it must rebuild; k2actors.core.backfill
+decides which request to make and when (request weight, Retry-After, bans, retries) and what
+each answer means. A fetcher thread makes the requests, so live streaming never waits for any
+of this, and the pages and snapshots go back to the Normaliser, which shapes the pages like
+streamed trades and rebuilds the books from the snapshots.
 
 The fetcher wakes the actor through a pipe the actor watches when an answer is ready; the
 actor asks again every PUMP_SECONDS only while a request waits for its time. Idle, it wakes
@@ -26,9 +28,9 @@ from thespian.actors import ActorAddress
 
 from k2actors.actors.shell import Supervised, seconds
 from k2actors.clients import exchange_tls
-from k2actors.core.backfill import Backfill, BackfillEvent, HistoryRequest, HistoryResponse, PageFetched, Unfilled
+from k2actors.core.backfill import Backfill, BackfillEvent, PageFetched, RestReply, RestRequest, SnapshotTaken, Unfilled
 from k2actors.core.telemetry import log_line
-from k2actors.messages import BackfillRequest, BackfillSetup, IdsAbandoned
+from k2actors.messages import BackfillRequest, BackfillSetup, BookSnapshotRequest, IdsAbandoned
 from k2actors.net import new_conn_id
 
 log = logging.getLogger("k2actors.backfill")
@@ -41,16 +43,16 @@ PUMP = "pump"
 
 
 class _Fetcher(threading.Thread):
-    """Performs HistoryRequests one at a time; answers are collected with `take`."""
+    """Performs RestRequests one at a time; answers are collected with `take`."""
 
     def __init__(self, setup: BackfillSetup, wake_fd: int):
         super().__init__(name="backfill-fetcher", daemon=True)
         self._tls = exchange_tls(setup.tls_ca_file, setup.tls_verify)
         self._wake_fd = wake_fd
-        self.requests: queue.Queue[HistoryRequest | None] = queue.Queue()
-        self._answers: queue.Queue[HistoryResponse] = queue.Queue()
+        self.requests: queue.Queue[RestRequest | None] = queue.Queue()
+        self._answers: queue.Queue[RestReply] = queue.Queue()
 
-    def take(self) -> HistoryResponse | None:
+    def take(self) -> RestReply | None:
         try:
             return self._answers.get_nowait()
         except queue.Empty:
@@ -61,17 +63,17 @@ class _Fetcher(threading.Thread):
             self._answers.put(self._get(request))
             os.write(self._wake_fd, b"a")
 
-    def _get(self, request: HistoryRequest) -> HistoryResponse:
+    def _get(self, request: RestRequest) -> RestReply:
         target, conn_id = request.target(), new_conn_id()
         try:
             with urllib.request.urlopen(f"{request.base_url}{target}", timeout=REQUEST_TIMEOUT_SECONDS,
                                         context=self._tls) as response:
                 body = response.read()
-                return HistoryResponse(response.status, body, _lower(response.headers), time.time_ns() // 1000, target, conn_id)
+                return RestReply(response.status, body, _lower(response.headers), time.time_ns() // 1000, target, conn_id)
         except urllib.error.HTTPError as error:
-            return HistoryResponse(error.code, error.read(), _lower(error.headers), time.time_ns() // 1000, target, conn_id)
+            return RestReply(error.code, error.read(), _lower(error.headers), time.time_ns() // 1000, target, conn_id)
         except OSError as exc:  # refused, reset, timed out, TLS
-            return HistoryResponse(None, str(exc).encode(), {}, time.time_ns() // 1000, target, conn_id)
+            return RestReply(None, str(exc).encode(), {}, time.time_ns() // 1000, target, conn_id)
 
 
 def _lower(headers: Message) -> dict[str, str]:
@@ -95,7 +97,7 @@ class BackfillActor(Supervised[BackfillSetup]):
 
     def configure(self, previous: BackfillSetup | None) -> None:
         if previous is None:
-            self._backfill = Backfill(self.setup.rest_urls, self.metrics, self.setup.max_age_seconds)
+            self._backfill = Backfill(self.setup.rest_urls, self.metrics, self.setup.max_age_seconds, self.setup.snapshot_limit)
             self._fetcher = _Fetcher(self.setup, self._wake_w)
             self._fetcher.start()
 
@@ -112,6 +114,11 @@ class BackfillActor(Supervised[BackfillSetup]):
             now = time.monotonic()
             self._act(self._backfill.add(message.stream, message.venue, message.symbol, message.first_id, message.last_id, now))
             self._pump(now)
+
+    def receiveMsg_BookSnapshotRequest(self, message: BookSnapshotRequest, sender: ActorAddress) -> None:
+        if self._backfill is not None:
+            self._backfill.ask_snapshot(message.venue, message.symbol)
+            self._pump(time.monotonic())
 
     def on_wakeup(self, payload: object) -> None:
         if payload == PUMP:
@@ -144,6 +151,8 @@ class BackfillActor(Supervised[BackfillSetup]):
         for event in events:
             if isinstance(event, PageFetched):
                 self.send(self.setup.normaliser, event.page)
+            elif isinstance(event, SnapshotTaken):
+                self.send(self.setup.normaliser, event.snapshot)
             else:
                 log_line(log, event.report())
             if isinstance(event, Unfilled):

@@ -23,10 +23,12 @@ from k2actors.actors.normaliser import Normaliser
 from k2actors.actors.producer import ProducerActor
 from k2actors.actors.shell import ADMIN_PID_VARIABLE, TICK, seconds
 from k2actors.config import Endpoint
+from k2actors.core.binance import BOOK
 from k2actors.core.breaker import BreakerState, CircuitBreaker
 from k2actors.core.cluster import Acquire, Release, ShardEvent, Shards
 from k2actors.core.failover import AttemptBudget, DarkDeadline, FailoverPolicy
 from k2actors.core.payloads import Positions
+from k2actors.core.sequence import GAP_GRACE_SECONDS
 from k2actors.core.supervision import ActorRole, ConnectionRole, Restart, Role, Supervision
 from k2actors.core.telemetry import MetricBuffer
 from k2actors.messages import (
@@ -67,9 +69,6 @@ from k2actors.messages import (
 
 log = logging.getLogger("k2actors.coordinator")
 
-# With several connections live (hot standby, or old and new during a rotation) one may
-# run ahead of another for a moment; gaps are declared only when they outlast this.
-GAP_GRACE_SECONDS = 2.0
 _CLASSES = {Role.METRICS: MetricsActor, Role.PRODUCER: ProducerActor, Role.NORMALISER: Normaliser, Role.BACKFILL: BackfillActor,
             Role.MEMBERSHIP: MembershipActor}
 
@@ -87,7 +86,8 @@ class _Started:
         binance = start.config.binance
         self.endpoints: dict[str, Endpoint] = {e.url: e for e in binance.endpoints} if binance.enabled else {}
         cluster = start.config.cluster
-        self.supervision = Supervision(tuple(self.endpoints), binance.backfill, cluster.enabled)
+        # The BackfillActor makes every REST request after the start: history for gaps, snapshots for books.
+        self.supervision = Supervision(tuple(self.endpoints), binance.backfill or BOOK in binance.streams, cluster.enabled)
         # Cluster mode: the shards this instance holds (k2actors.core.cluster); the symbols
         # streamed are only those of the shards it owns.
         self.shards = Shards(binance.symbols, cluster.session_timeout_seconds) if cluster.enabled else None
@@ -319,15 +319,16 @@ class FailoverCoordinator(ActorTypeDispatcher):
         elif role is Role.NORMALISER:
             message = NormaliserSetup(
                 children[Role.PRODUCER], metrics, GAP_GRACE_SECONDS, frozenset(binance.symbols),
-                children.get(Role.BACKFILL), run.quote_assets, run.exchange_info, kafka.max_buffered_records, binance.max_frame_bytes,
-                binance.stale_timeout_seconds, None if run.shards is None else frozenset(run.symbols), config.raw.enabled,
+                children.get(Role.BACKFILL), binance.backfill, run.quote_assets, run.exchange_info, kafka.max_buffered_records,
+                binance.max_frame_bytes, binance.stale_timeout_seconds, None if run.shards is None else frozenset(run.symbols),
+                config.raw.enabled, binance.book_depth, round(binance.book_cadence_seconds * 1000),
             )
         elif role is Role.MEMBERSHIP:
             assert run.shards is not None
             message = MembershipSetup(config.cluster, kafka, len(run.shards.table), metrics)
         else:
             message = BackfillSetup(children[Role.NORMALISER], children[Role.PRODUCER], metrics, binance.rest_urls,
-                                    binance.backfill_max_age_seconds,
+                                    binance.backfill_max_age_seconds, binance.book_snapshot_limit,
                                     binance.tls_ca_file, binance.tls_verify)
         self.send(children[role], message)
 

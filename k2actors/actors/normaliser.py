@@ -18,6 +18,7 @@ from k2actors.actors.shell import Recipient, Supervised
 from k2actors.core.ledger import (
     GAP_NOUNS,
     Answered,
+    BooksStatus,
     Confirmed,
     DataStatus,
     Drained,
@@ -28,13 +29,15 @@ from k2actors.core.ledger import (
     Release,
     Rules,
     ShutdownAnnounced,
+    SnapshotWanted,
 )
-from k2actors.core.payloads import BackfilledTrades, PoisonedFrames, RawBatch, RecordBatch
+from k2actors.core.payloads import BackfilledTrades, FetchedSnapshot, PoisonedFrames, RawBatch, RecordBatch
 from k2actors.core.sequence import Gap
 from k2actors.core.telemetry import log_line
 from k2actors.messages import (
     BackfillRequest,
     BatchesDelivered,
+    BookSnapshotRequest,
     ComponentStatus,
     Drain,
     Flush,
@@ -87,17 +90,19 @@ class Normaliser(Supervised[NormaliserSetup]):
         if previous is not None and self.setup.producer != previous.producer:
             self.forget_channel(previous.producer)
             self._act(self._ledger.resend())
-        if previous is not None and self.setup.backfill != previous.backfill:
-            for stream in GAP_NOUNS:  # the old backfill actor's work died with it
+        if previous is not None and self.setup.backfill != previous.backfill:  # the old backfill actor's work died with it
+            for stream in GAP_NOUNS:
                 for gap in self._ledger.open_gaps(stream):
                     self._request_backfill(stream, gap)
+            for venue, symbol in self._ledger.snapshots_wanted():
+                self._request_snapshot(venue, symbol)
 
     def receiveMsg_SequenceState(self, message: SequenceState, sender: ActorAddress) -> None:
         if self._ledger is not None:
             return
         setup = self.setup
         rules = Rules(setup.gap_grace_seconds, setup.symbols, setup.quote_assets, setup.max_buffered_records,
-                      setup.max_frame_bytes, setup.stale_timeout_seconds, setup.raw)
+                      setup.max_frame_bytes, setup.stale_timeout_seconds, setup.raw, setup.book_depth, setup.book_cadence_ms)
         self._ledger = Ledger(rules, message.positions, time.monotonic(), self.metrics, setup.owned)
         if message.positions:
             missing = sum(last - first + 1 for position in message.positions.values() for first, last in position.missing)
@@ -118,6 +123,9 @@ class Normaliser(Supervised[NormaliserSetup]):
 
     def receiveMsg_BackfilledTrades(self, message: BackfilledTrades, sender: ActorAddress) -> None:
         self._act(self.ledger.take_backfill(message, time.monotonic()))
+
+    def receiveMsg_FetchedSnapshot(self, message: FetchedSnapshot, sender: ActorAddress) -> None:
+        self._act(self.ledger.take_snapshot(message, time.monotonic()))
 
     def receiveMsg_BatchesDelivered(self, message: BatchesDelivered, sender: Recipient) -> None:
         self._act(self.ledger.delivered(message.seqs))
@@ -151,8 +159,12 @@ class Normaliser(Supervised[NormaliserSetup]):
             self.deliver(self.setup.producer, Flush(0, 0, frames))
 
     def _request_backfill(self, stream: str, gap: Gap) -> None:
-        if self.setup.backfill is not None:
+        if self.setup.backfill is not None and self.setup.fill_gaps:
             self.send(self.setup.backfill, BackfillRequest(stream, gap.venue, gap.symbol, gap.first_id, gap.last_id))
+
+    def _request_snapshot(self, venue: str, symbol: str) -> None:
+        if self.setup.backfill is not None:  # there is one whenever books are streamed
+            self.send(self.setup.backfill, BookSnapshotRequest(venue, symbol))
 
     def _act(self, events: list[Event[Recipient]]) -> None:
         for event in events:
@@ -167,6 +179,10 @@ class Normaliser(Supervised[NormaliserSetup]):
                 self.deliver(event.to, SubscriptionAnswer(event.request_id, event.refusal))
             elif isinstance(event, DataStatus):
                 self.send(self.setup.metrics, ComponentStatus("data", event.ok, event.detail))
+            elif isinstance(event, BooksStatus):
+                self.send(self.setup.metrics, ComponentStatus("books", event.ok, event.detail))
+            elif isinstance(event, SnapshotWanted):
+                self._request_snapshot(event.venue, event.symbol)
             elif isinstance(event, Drained):
                 self.flush_metrics()
                 # On the channel, after the last batch: the producer flushes once it has them all.

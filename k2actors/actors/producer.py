@@ -228,9 +228,9 @@ class ProducerActor(Supervised[ProducerSetup]):
             elif admission is Admission.IN_KAFKA:  # a resend after a producer restart: some had landed
                 in_kafka += 1
             else:
-                log.warning("quote %s of %s not produced: a newer one was handed to Kafka first (batch %d came late)",
-                            record["source_sequence"], record["symbol"], batch.seq,
-                            extra={"event": "quote_superseded", "symbol": record["symbol"], "batch": batch.seq})
+                log.warning("%s %s of %s not produced: a newer one was handed to Kafka first (batch %d came late)",
+                            stream, record["source_sequence"], record["symbol"], batch.seq,
+                            extra={"event": "quote_superseded", "stream": stream, "symbol": record["symbol"], "batch": batch.seq})
                 self.metrics.inc("k2_kafka_quotes_superseded_total", record["symbol"])
         if in_kafka:
             self.metrics.inc("k2_kafka_records_already_in_kafka_total", amount=in_kafka)

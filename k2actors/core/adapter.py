@@ -13,12 +13,17 @@ Binance's is the only one yet; Kraken and Coinbase follow the same contract.
 
 from __future__ import annotations
 
+import dataclasses
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from k2actors.core.backfill import HISTORY
 from k2actors.core.binance import (
+    BOOK,
+    DEPTH_PATH,
+    WRONG_TYPE,
     AggTrade,
     BookTicker,
     Rejected,
@@ -26,10 +31,13 @@ from k2actors.core.binance import (
     SubscriptionError,
     SubscriptionReply,
     Trade,
+    depth_snapshot,
     read_frame,
 )
+from k2actors.core.book import BookTop, DepthDiff, DepthSnapshot
 from k2actors.core.link import Frame
-from k2actors.core.normalise import Delivery, shape_event
+from k2actors.core.normalise import Delivery, normalise_book, shape_event
+from k2actors.core.payloads import Record
 from k2actors.core.raw import raw_record
 
 MarketEvent = Trade | AggTrade | BookTicker
@@ -59,7 +67,7 @@ class Reading:
     """One frame, read."""
 
     raw: dict[str, Any]  # its raw record (k2actors.core.raw), stream and symbol filled in where the frame says
-    events: tuple[MarketEvent, ...]
+    events: tuple[MarketEvent | DepthDiff, ...]  # a diff knows where it came from (its `source`)
     rejected: Rejected | None  # why the frame is no event, for the DLQ; None when it is one, or a control frame
     actions: tuple[Action, ...]
 
@@ -80,6 +88,10 @@ class BinanceAdapter:
         if isinstance(event, (Trade, AggTrade, BookTicker)):
             raw["symbol"] = event.symbol
             return Reading(raw, (event,), None, ())
+        if isinstance(event, DepthDiff):
+            raw["symbol"] = event.symbol
+            return Reading(raw, (dataclasses.replace(event, recv_ts_ns=received_ns, source=(endpoint, conn_id, conn_msg_seq)),),
+                           None, ())
         if isinstance(event, Rejected):
             return Reading(raw, (), event, ())
         if isinstance(event, ServerShutdown):
@@ -96,6 +108,20 @@ class BinanceAdapter:
         if not streamed and not isinstance(shaped, Rejected):
             shaped[1]["vendor_data"]["backfilled"] = "true"
         return shaped
+
+    def shape_book(self, top: BookTop, venue: str, depth: int) -> Record | Rejected:
+        """The record of a book's best levels, or why they cannot be one."""
+        return normalise_book(top, venue, depth, self._quote_assets)
+
+    @staticmethod
+    def snapshot(target: str, symbol: str, body: bytes) -> DepthSnapshot | Rejected:
+        """A REST snapshot of `symbol`'s book (`target`: the path and query asked for, which
+        says how many levels were asked for)."""
+        path, _, query = target.partition("?")
+        limits = urllib.parse.parse_qs(query).get("limit", [])
+        if path != DEPTH_PATH or len(limits) != 1 or not limits[0].isdigit():
+            return Rejected(WRONG_TYPE, f"{target[:100]!r} is no depth snapshot request with a limit", BOOK)
+        return depth_snapshot(body, symbol, int(limits[0]))
 
     def history(self, target: str, symbol: str, body: bytes) -> Sequence[Trade | AggTrade]:
         """The trades of a page of REST history (`target`: the path and query asked for); none

@@ -1,6 +1,7 @@
-"""Filling declared gaps from the exchange's history (trades from historicalTrades, aggregate
-trades from aggTrades): which ids to ask for next, what an answer covers, and how much of
-Binance's request weight may be spent on it."""
+"""The service's REST requests to the venue: filling declared gaps from its history (trades
+from historicalTrades, aggregate trades from aggTrades) and the snapshots order books are
+rebuilt from: which to ask for next, what an answer covers, and how much of Binance's
+request weight may be spent on them."""
 
 from __future__ import annotations
 
@@ -13,9 +14,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from k2actors.core.backoff import backoff_delay
-from k2actors.core.binance import AGG_TRADE, TRADE, AggTrade, Rejected, Trade, historical_agg_trades, historical_trades
+from k2actors.core.binance import (
+    AGG_TRADE,
+    DEPTH_PATH,
+    TRADE,
+    AggTrade,
+    Rejected,
+    Trade,
+    depth_weight,
+    historical_agg_trades,
+    historical_trades,
+)
 from k2actors.core.normalise import event_id
-from k2actors.core.payloads import BackfilledTrades
+from k2actors.core.payloads import BackfilledTrades, FetchedSnapshot
 from k2actors.core.telemetry import LogLine, MetricBuffer
 
 HISTORICAL_TRADES_WEIGHT = 25  # Binance's weight of GET /api/v3/historicalTrades
@@ -36,8 +47,9 @@ HISTORY = {
     TRADE: History("/api/v3/historicalTrades", HISTORICAL_TRADES_WEIGHT, historical_trades),
     AGG_TRADE: History("/api/v3/aggTrades", AGG_TRADES_WEIGHT, historical_agg_trades),
 }
-# Binance allows 6,000 weight per minute per IP; backfill takes at most a sixth of it
-# (40 pages, 40,000 trades a minute), leaving the rest to whatever else shares the IP.
+# Binance allows 6,000 weight per minute per IP; the service takes at most a sixth of it
+# (40 pages of trades, 40,000 trades, or 20 book snapshots of 1000 levels a minute),
+# leaving the rest to whatever else shares the IP.
 WEIGHT_PER_MINUTE = 1000
 WINDOW_SECONDS = 60.0
 
@@ -157,7 +169,7 @@ DEFAULT_RETRY_AFTER_SECONDS = {429: 60.0, 418: 600.0}
 
 
 @dataclass(frozen=True, slots=True)
-class HistoryRequest:
+class RestRequest:
     """GET {base_url}{path}?symbol=&fromId=&limit= (or startTime= instead of fromId=)"""
 
     base_url: str
@@ -177,12 +189,12 @@ class HistoryRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class HistoryResponse:
+class RestReply:
     status: int | None  # None: no answer (refused, reset, timed out)
     body: bytes
     headers: Mapping[str, str]  # names in lower case
     received_us: int
-    target: str  # what was asked for (HistoryRequest.target)
+    target: str  # what was asked for (RestRequest.target)
     conn_id: str  # fresh for every response: a page kept in the raw record is its connection's one message
 
 
@@ -199,7 +211,7 @@ class RateLimited:
 
     def report(self) -> LogLine:
         return LogLine(logging.ERROR if self.status == 418 else logging.WARNING,
-                       f"trade history of {self.venue} refused with HTTP {self.status}: waiting {self.retry_after:.0f} s "
+                       f"REST requests to {self.venue} refused with HTTP {self.status}: waiting {self.retry_after:.0f} s "
                        "as Retry-After says",
                        {"event": "backfill_rate_limited", "venue": self.venue, "status": self.status, "retry_after": self.retry_after})
 
@@ -236,20 +248,46 @@ class GapFilled:
         return LogLine(logging.INFO, f"backfilled {self.gap}", {"event": "backfill_completed", **self.gap.fields()})
 
 
-BackfillEvent = PageFetched | RateLimited | Unfilled | GapStarted | GapFilled
+@dataclass(frozen=True, slots=True)
+class SnapshotTaken:
+    snapshot: FetchedSnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotFailed:
+    """A book's snapshot could not be had this time; it is asked for again (a book is never
+    given up)."""
+
+    venue: str
+    symbol: str
+    attempt: int
+    detail: str
+
+    def report(self) -> LogLine:
+        return LogLine(logging.WARNING, f"snapshot of the {self.venue} {self.symbol} book failed (attempt {self.attempt}): "
+                                        f"{self.detail}; asking again",
+                       {"event": "book_snapshot_failed", "venue": self.venue, "symbol": self.symbol, "attempt": self.attempt,
+                        "detail": self.detail})
+
+
+BackfillEvent = PageFetched | RateLimited | Unfilled | GapStarted | GapFilled | SnapshotTaken | SnapshotFailed
 GapKey = tuple[str, str, str, int, int]  # stream type, venue, symbol, first id, last id
 
 
 class Backfill:
-    """Declared gaps, filled in order one page at a time: within the request weight, waiting
-    as Retry-After says on 429, giving every gap up while an IP ban (418) lasts, retrying a
-    failed page with backoff and giving its gap up after MAX_ATTEMPTS. The shell performs
-    each HistoryRequest and hands back its HistoryResponse; one is in flight at a time."""
+    """Book snapshots and declared gaps, one request at a time, snapshots first (a book is
+    blind until rebuilt; a gap is filled as well later as now): within the request weight,
+    waiting as Retry-After says on 429, giving every gap up while an IP ban (418) lasts (the
+    snapshots wait it out), retrying a failed request with backoff and giving a gap up after
+    MAX_ATTEMPTS. The shell performs each RestRequest and hands back its RestReply."""
 
-    def __init__(self, rest_urls: Mapping[str, str], metrics: MetricBuffer, max_age_seconds: float,
+    def __init__(self, rest_urls: Mapping[str, str], metrics: MetricBuffer, max_age_seconds: float, snapshot_limit: int,
                  budget: RequestBudget | None = None, draw: Callable[[], float] = random.random):
         self._rest_urls = rest_urls
         self._max_age_ms = int(max_age_seconds * 1000)
+        self._snapshot_limit = snapshot_limit
+        self._snapshots: dict[tuple[str, str], None] = {}  # (venue, symbol) asked for, in order
+        self._asking: tuple[str, str] | None = None  # the snapshot in flight
         self.metrics = metrics
         self._budget = budget or RequestBudget()
         self._draw = draw
@@ -267,9 +305,12 @@ class Backfill:
 
     @property
     def waiting(self) -> bool:
-        """Gaps are queued and no request is in flight: one is to be asked once its time
-        comes (a retry's backoff, Retry-After, the weight budget)."""
-        return bool(self._queue) and not self._in_flight
+        """Requests are queued and none is in flight: one is to be made once its time comes
+        (a retry's backoff, Retry-After, a ban, the weight budget)."""
+        return bool(self._queue or self._snapshots) and not self._in_flight
+
+    def ask_snapshot(self, venue: str, symbol: str) -> None:
+        self._snapshots[(venue, symbol)] = None
 
     def add(self, stream: str, venue: str, symbol: str, first_id: int, last_id: int, now: float) -> list[BackfillEvent]:
         gap = GapFill(venue, symbol, first_id, last_id, stream)
@@ -280,7 +321,7 @@ class Backfill:
         self._queue.append(gap)
         return [GapStarted(gap)]
 
-    def next_request(self, now: float) -> tuple[HistoryRequest | None, list[BackfillEvent]]:
+    def next_request(self, now: float) -> tuple[RestRequest | None, list[BackfillEvent]]:
         """The request to make now, if any (and gaps given up meanwhile, during a ban)."""
         events: list[BackfillEvent] = []
         if self._in_flight:
@@ -290,7 +331,11 @@ class Backfill:
             first_id, last_id = gap.give_up()
             events.append(self._unfilled(gap, first_id, last_id, "banned", "the venue banned this IP (HTTP 418)"))
             events += self._finish(now)
-        if not self._queue or now < self._retry_at:
+        if now < self._retry_at:
+            return None, events
+        if self._snapshots:
+            return self._next_snapshot(now), events
+        if not self._queue:
             return None, events
         gap = self._queue[0]
         # Finding where the backfill window starts: one aggregate trade from that time on
@@ -302,29 +347,42 @@ class Backfill:
         self._in_flight = True
         base_url = self._rest_urls[gap.venue]
         if gap.locate_from_ms is not None:
-            return HistoryRequest(base_url, history.path, gap.symbol, None, 1, gap.locate_from_ms), events
+            return RestRequest(base_url, history.path, gap.symbol, None, 1, gap.locate_from_ms), events
         from_id, limit = gap.request()
-        return HistoryRequest(base_url, history.path, gap.symbol, from_id, limit), events
+        return RestRequest(base_url, history.path, gap.symbol, from_id, limit), events
 
-    def answer(self, response: HistoryResponse, now: float) -> list[BackfillEvent]:
+    def _next_snapshot(self, now: float) -> RestRequest | None:
+        weight = depth_weight(self._snapshot_limit)
+        if now < self._banned_until or self._budget.delay(now, weight) > 0:
+            return None
+        self._budget.spend(now, weight)
+        self._in_flight = True
+        venue, symbol = self._asking = next(iter(self._snapshots))
+        return RestRequest(self._rest_urls[venue], DEPTH_PATH, symbol, None, self._snapshot_limit)
+
+    def answer(self, response: RestReply, now: float) -> list[BackfillEvent]:
         """What the venue answered to the last request."""
         self._in_flight = False
-        gap = self._queue[0]
         self.metrics.inc("k2_backfill_requests_total", str(response.status or "error"))
         used = response.headers.get("x-mbx-used-weight-1m") or ""
         if used.isdigit():
             self._budget.observe_used(now, int(used))
-        events: list[BackfillEvent] = []
-        if response.status == 200:
-            self._failures = 0
-            events += self._locate(gap, response) if gap.locate_from_ms is not None else self._take_page(gap, response)
-        elif response.status in (429, 418):
+        asking, self._asking = self._asking, None
+        venue = asking[0] if asking is not None else self._queue[0].venue
+        if response.status in (429, 418):
             retry_after = _retry_after(response.headers, DEFAULT_RETRY_AFTER_SECONDS[response.status])
             if response.status == 418:  # banned: gaps are given up until then, not waited for
                 self._banned_until = now + retry_after
             else:
                 self._budget.block(now, retry_after)
-            events.append(RateLimited(gap.venue, response.status, retry_after))
+            return [RateLimited(venue, response.status, retry_after)]
+        if asking is not None:
+            return self._take_snapshot(asking, response, now)
+        gap = self._queue[0]
+        events: list[BackfillEvent] = []
+        if response.status == 200:
+            self._failures = 0
+            events += self._locate(gap, response) if gap.locate_from_ms is not None else self._take_page(gap, response)
         else:
             self._failures += 1
             if self._failures >= MAX_ATTEMPTS:
@@ -337,7 +395,19 @@ class Backfill:
             events += self._finish(now)
         return events
 
-    def _take_page(self, gap: GapFill, response: HistoryResponse) -> list[BackfillEvent]:
+    def _take_snapshot(self, asking: tuple[str, str], response: RestReply, now: float) -> list[BackfillEvent]:
+        venue, symbol = asking
+        if response.status == 200:
+            self._failures = 0
+            del self._snapshots[asking]
+            self.metrics.inc("k2_book_snapshots_total", symbol)
+            return [SnapshotTaken(FetchedSnapshot(venue, symbol, self._rest_urls[venue], response.target, response.conn_id,
+                                                  response.received_us, response.body))]
+        self._failures += 1
+        self._retry_at = now + backoff_delay(self._failures, RETRY_BASE_SECONDS, RETRY_MAX_SECONDS, self._draw)
+        return [SnapshotFailed(venue, symbol, self._failures, f"{response.status or 'no answer'}: {response.body[:200]!r}")]
+
+    def _take_page(self, gap: GapFill, response: RestReply) -> list[BackfillEvent]:
         parsed = HISTORY[gap.stream].parse(response.body, gap.symbol)
         if isinstance(parsed, Rejected):
             first_id, last_id = gap.give_up()
@@ -361,7 +431,7 @@ class Backfill:
                                    tuple(recent), rejected, response.target, response.conn_id, response.body)
         return [PageFetched(fetched), *events] if recent or rejected else events
 
-    def _locate(self, gap: GapFill, response: HistoryResponse) -> list[BackfillEvent]:
+    def _locate(self, gap: GapFill, response: RestReply) -> list[BackfillEvent]:
         """The answer to where the window starts: the ids before it are too old to fetch."""
         parsed = historical_agg_trades(response.body, gap.symbol)
         found = [] if isinstance(parsed, Rejected) else [event for _, event in parsed if isinstance(event, AggTrade)]

@@ -44,10 +44,16 @@ EXCHANGE_REASONS = (
 )
 
 # The stream types a connection can subscribe to (`binance.streams`); a frame whose type
-# cannot be told is labelled UNKNOWN_STREAM.
-TRADE, AGG_TRADE, BOOK_TICKER = "trade", "aggTrade", "bookTicker"
-STREAM_TYPES = (TRADE, AGG_TRADE, BOOK_TICKER)
+# cannot be told is labelled UNKNOWN_STREAM. BOOK is the order book, kept from the diff
+# stream and REST snapshots (k2actors.core.book).
+TRADE, AGG_TRADE, BOOK_TICKER, BOOK = "trade", "aggTrade", "bookTicker", "book"
+STREAM_TYPES = (TRADE, AGG_TRADE, BOOK_TICKER, BOOK)
 UNKNOWN_STREAM = "unknown"
+# Stream types whose ids only increase, with jumps, each record superseding the last of its
+# symbol (a quote, a book): there is no gap to find, and what Kafka holds is its highest id.
+SUPERSEDING = (BOOK_TICKER, BOOK)
+# What a stream type is called in a subscription (`<symbol>@<name>`), where that is not its own name.
+SUBSCRIBED_AS = {BOOK: "depth@100ms"}
 
 # A trade frame nests two levels deep; anything much deeper is not from Binance.
 MAX_JSON_DEPTH = 8
@@ -124,7 +130,7 @@ class Rejected:
     stream: str = UNKNOWN_STREAM  # the stream type the frame came on, when it can be told
 
 
-Event = Trade | AggTrade | BookTicker | SubscriptionReply | SubscriptionError | ServerShutdown | Rejected
+Event = Trade | AggTrade | BookTicker | DepthDiff | SubscriptionReply | SubscriptionError | ServerShutdown | Rejected
 
 # (field, accepted type, description) per payload; bool is excluded from ints below.
 _TRADE_FIELDS = (
@@ -200,6 +206,8 @@ def _event(message: dict) -> Event:
         return _agg_trade(payload)
     if stream == BOOK_TICKER:
         return _book_ticker(payload)
+    if stream == BOOK:
+        return depth_update(payload, 0)
     if event_type == "serverShutdown":
         event_time = payload.get("E")
         return ServerShutdown(event_time if isinstance(event_time, int) else None)
@@ -226,6 +234,8 @@ def _stream_type(stream_name: object, payload: object) -> str:
     event_type = payload.get("e") if isinstance(payload, dict) else None
     if event_type in (TRADE, AGG_TRADE):
         return event_type
+    if event_type == DEPTH_UPDATE:
+        return BOOK
     if isinstance(stream_name, str) and stream_name.endswith("@" + BOOK_TICKER):
         return BOOK_TICKER
     if event_type is None and isinstance(payload, dict) and "u" in payload and "b" in payload and "a" in payload:
@@ -362,10 +372,18 @@ def _history_row(row: object, symbol: str) -> Trade | Rejected:
     )
 
 
-# What Binance's order book answers are called in a Rejected: the diff stream's event, and the
-# REST snapshot (k2actors.core.book keeps a book from both).
-DEPTH_UPDATE = "depthUpdate"
-DEPTH_SNAPSHOT = "depth"
+DEPTH_UPDATE = "depthUpdate"  # the event type of the diff stream
+DEPTH_PATH = "/api/v3/depth"  # where a snapshot of a book is served
+# The request weight of a depth snapshot by its limit (levels per side), as Binance's spot
+# REST documentation gives it: (highest limit, weight), ascending; 5000 levels at most.
+DEPTH_WEIGHTS = ((100, 5), (500, 25), (1000, 50), (5000, 250))
+MAX_DEPTH_LIMIT = DEPTH_WEIGHTS[-1][0]
+
+
+def depth_weight(limit: int) -> int:
+    return next(weight for highest, weight in DEPTH_WEIGHTS if limit <= highest)
+
+
 _DEPTH_FIELDS = (
     ("s", str, "a string"),
     ("U", int, "an integer"),
@@ -383,32 +401,32 @@ _SNAPSHOT_FIELDS = (
 
 def depth_update(payload: dict, recv_ts_ns: int) -> DepthDiff | Rejected:
     """A `depthUpdate` event (the payload of `<symbol>@depth@100ms`) as a diff of its book."""
-    rejected = _fields(payload, _DEPTH_FIELDS, DEPTH_UPDATE, "u")
+    rejected = _fields(payload, _DEPTH_FIELDS, BOOK, "u")
     if rejected is not None:
         return rejected
     if not 0 <= payload["U"] <= payload["u"]:
-        return Rejected(ID_OUT_OF_RANGE, f"update ids {payload['U']} to {payload['u']} are not a range of ids", DEPTH_UPDATE)
-    sides = _sides(payload["b"], payload["a"], DEPTH_UPDATE)
+        return Rejected(ID_OUT_OF_RANGE, f"update ids {payload['U']} to {payload['u']} are not a range of ids", BOOK)
+    sides = _sides(payload["b"], payload["a"], BOOK)
     if isinstance(sides, Rejected):
         return sides
     return DepthDiff(payload["s"], payload["U"], payload["u"], payload["E"], recv_ts_ns, *sides)
 
 
-def depth_snapshot(body: bytes, symbol: str) -> DepthSnapshot | Rejected:
-    """A `GET /api/v3/depth` answer as a snapshot of `symbol`'s book."""
+def depth_snapshot(body: bytes, symbol: str, limit: int) -> DepthSnapshot | Rejected:
+    """A `GET /api/v3/depth` answer as a snapshot of `symbol`'s book, asked with `limit` levels per side."""
     try:
         answer = json.loads(body)
     except (ValueError, RecursionError) as exc:
         return Rejected(NOT_JSON, str(exc)[:200])
     if not isinstance(answer, dict):
         return Rejected(UNEXPECTED_SHAPE, f"depth answered {type(answer).__name__}, not an object")
-    rejected = _fields(answer, _SNAPSHOT_FIELDS, DEPTH_SNAPSHOT, "lastUpdateId")
+    rejected = _fields(answer, _SNAPSHOT_FIELDS, BOOK, "lastUpdateId")
     if rejected is not None:
         return rejected
-    sides = _sides(answer["bids"], answer["asks"], DEPTH_SNAPSHOT)
+    sides = _sides(answer["bids"], answer["asks"], BOOK)
     if isinstance(sides, Rejected):
         return sides
-    return DepthSnapshot(symbol, answer["lastUpdateId"], *sides)
+    return DepthSnapshot(symbol, answer["lastUpdateId"], *sides, limit)
 
 
 def _sides(bids: list, asks: list, stream: str) -> tuple[tuple[Level, ...], tuple[Level, ...]] | Rejected:
@@ -451,7 +469,7 @@ def subscription_plan(base_url: str, symbols: tuple[str, ...], stream_types: tup
                       first_id: int = 1) -> SubscriptionPlan:
     """How one connection asks for the streams of `symbols` on a combined endpoint; its
     SUBSCRIBE requests, if any, are numbered from `first_id`."""
-    streams = [f"{symbol.lower()}@{stream_type}" for symbol in symbols for stream_type in stream_types]
+    streams = [f"{symbol.lower()}@{SUBSCRIBED_AS.get(stream_type, stream_type)}" for symbol in symbols for stream_type in stream_types]
     url = f"{base_url}?streams=" + "/".join(streams)
     if len(url) <= MAX_URL_LENGTH:
         return SubscriptionPlan(url, ())

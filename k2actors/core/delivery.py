@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Generic, NamedTuple, TypeVar
 
-from k2actors.core.binance import BOOK_TICKER
+from k2actors.core.binance import SUPERSEDING
 from k2actors.core.ranges import IdRanges, StreamPosition
 from k2actors.core.raw import RAW, forget_oldest_sources
 from k2actors.core.resume import Acknowledged, Checkpoint, Key
@@ -71,8 +71,10 @@ class Handed:
         ranges = self._ids.get(key)
         if ranges is None:
             ranges = self._ids[key] = IdRanges()
-        elif stream == BOOK_TICKER and ranges.high is not None and event_id < ranges.high and event_id not in ranges:
-            return Admission.SUPERSEDED
+        if stream in SUPERSEDING:
+            if ranges.high is not None and event_id < ranges.high:
+                return Admission.SUPERSEDED
+            return Admission.PRODUCE if ranges.supersede(event_id) else Admission.IN_KAFKA
         return Admission.PRODUCE if ranges.add(event_id) else Admission.IN_KAFKA
 
     def forget(self, symbols: frozenset[str]) -> None:

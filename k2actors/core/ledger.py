@@ -24,10 +24,30 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from k2actors.core.adapter import BinanceAdapter, MarketEvent, Reading, Replace
-from k2actors.core.binance import AGG_TRADE, ID_REGRESSED, INTERNAL_ERROR, POISON_MESSAGE, TRADE, Rejected
+from k2actors.core.binance import (
+    AGG_TRADE,
+    BOOK,
+    ID_REGRESSED,
+    INTERNAL_ERROR,
+    POISON_MESSAGE,
+    TRADE,
+    UNSUBSCRIBED_SYMBOL,
+    Rejected,
+)
+from k2actors.core.book import BookSync, BookTop, DepthDiff, FetchSnapshot, InSync, OutOfSync, OutOfSyncReason
+from k2actors.core.book import Output as BookOutput
 from k2actors.core.link import Frame
 from k2actors.core.normalise import Delivery, event_id, record_dead_letter
-from k2actors.core.payloads import BackfilledTrades, DeadLetter, PoisonedFrames, Positions, RawBatch, Record, RecordBatch
+from k2actors.core.payloads import (
+    BackfilledTrades,
+    DeadLetter,
+    FetchedSnapshot,
+    PoisonedFrames,
+    Positions,
+    RawBatch,
+    Record,
+    RecordBatch,
+)
 from k2actors.core.raw import RAW, Headers, RestResponse, frame_lineage, raw_record
 from k2actors.core.sequence import DEDUP_WINDOW_IDS, BatchSequence, Gap, StreamSequences, Verdict
 from k2actors.core.telemetry import LogLine, MetricBuffer
@@ -46,6 +66,12 @@ SUMMARY_EVERY_SECONDS = 60.0
 DEAD_LETTERS_LOGGED_PER_REASON = 10
 # How a gap of each gapless stream type is named in the log.
 GAP_NOUNS = {TRADE: "trades", AGG_TRADE: "aggregate trades"}
+# Diffs a book keeps while it waits for a snapshot (or for a gap's filling): five minutes of
+# a symbol's diffs at 100 ms, as long as a snapshot may wait for the REST weight budget.
+BOOK_MAX_WAITING_DIFFS = 3000
+# A book out of sync for longer makes the service not ready (and is alerted on); shorter
+# resyncs are named in /ready's detail without failing it.
+BOOK_OUT_OF_SYNC_READY_SECONDS = 60.0
 
 
 # --- what the shell is asked to do ---
@@ -103,6 +129,22 @@ class ShutdownAnnounced:
 @dataclass(frozen=True, slots=True)
 class DataStatus:
     """For /ready: whether every venue's data arrived within the stale timeout."""
+
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotWanted:
+    """A book is to be rebuilt: fetch a REST snapshot of it."""
+
+    venue: str
+    symbol: str
+
+
+@dataclass(frozen=True, slots=True)
+class BooksStatus:
+    """For /ready: whether every book is in sync, or has been out of it only briefly."""
 
     ok: bool
     detail: str
@@ -276,6 +318,44 @@ class NotOwnedDropped:
 
 
 @dataclass(frozen=True, slots=True)
+class BookLost:
+    """A book went out of sync: nothing of it is published until it is rebuilt."""
+
+    venue: str
+    lost: OutOfSync
+
+    def report(self) -> LogLine:
+        lost = self.lost
+        why = {
+            OutOfSyncReason.GAP: f"update {lost.expected} never came (the next diff began at {lost.got})",
+            OutOfSyncReason.STALE_SNAPSHOT: f"the snapshot ends before {lost.got}, where the buffered diffs begin, "
+                                            f"not at {lost.expected - 1}",
+            OutOfSyncReason.BUFFER_FULL: f"too many diffs waited past the gap at {lost.expected}",
+            OutOfSyncReason.DEPTH_EXHAUSTED: f"after update {lost.expected - 1} its levels within the snapshot's reach no "
+                                             "longer fill the depth published",
+        }[lost.reason]
+        return LogLine(logging.WARNING, f"book of {self.venue} {lost.symbol} out of sync ({lost.reason.value}): {why}; "
+                                        "rebuilding it from a fresh snapshot",
+                       {"event": "book_out_of_sync", "venue": self.venue, "symbol": lost.symbol, "reason": lost.reason.value,
+                        "expected_update_id": lost.expected, "got_update_id": lost.got})
+
+
+@dataclass(frozen=True, slots=True)
+class BookRebuilt:
+    venue: str
+    rebuilt: InSync
+    seconds: float  # since it was out of sync (or first seen)
+
+    def report(self) -> LogLine:
+        rebuilt = self.rebuilt
+        return LogLine(logging.INFO, f"book of {self.venue} {rebuilt.symbol} in sync from snapshot {rebuilt.snapshot_id}, "
+                                     f"at update {rebuilt.last_update_id}, {self.seconds:.1f} s after it stopped advancing",
+                       {"event": "book_in_sync", "venue": self.venue, "symbol": rebuilt.symbol,
+                        "snapshot_update_id": rebuilt.snapshot_id, "last_update_id": rebuilt.last_update_id,
+                        "seconds": round(self.seconds, 3)})
+
+
+@dataclass(frozen=True, slots=True)
 class DeadLetterSummary:
     seconds: float
     reasons: Mapping[str, int]
@@ -289,9 +369,9 @@ class DeadLetterSummary:
 Said = (
     GapDeclared | ShutdownAnnounced | Backpressure | Recovered | DeadLettered | DeadLettersThrottled | FrameFailed
     | BatchesLost | Backfilled | Resent | DeadLettersLost | TradeSummary | DeadLetterSummary
-    | NotOwnedDropped
+    | NotOwnedDropped | BookLost | BookRebuilt
 )
-Event = Publish | Release[A] | Confirmed[A] | Answered[A] | Drained | DataStatus | Said
+Event = Publish | Release[A] | Confirmed[A] | Answered[A] | Drained | DataStatus | SnapshotWanted | BooksStatus | Said
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +385,8 @@ class Rules:
     max_frame_bytes: int
     stale_timeout_seconds: float
     raw: bool  # every frame to the raw topic as well
+    book_depth: int  # levels a side in a book record
+    book_cadence_ms: int  # a book record per symbol per this much of the venue's event time
 
 
 Shaped = tuple[str, Record, Headers]  # (stream type, record, lineage headers), as a RecordBatch carries it
@@ -339,6 +421,9 @@ class Ledger(Generic[A]):
         self._data_status: DataStatus | None = None
         self._trades: dict[str, int] = {}  # published per symbol since the last summary
         self._dead_letters: dict[str, int] = {}  # per reason since the last summary
+        self._books: dict[tuple[str, str], BookSync] = {}  # per (venue, symbol), from its first diff
+        self._books_lost_at: dict[tuple[str, str], float] = {}  # books not in sync, and since when
+        self._books_status: BooksStatus | None = None
 
     # --- what comes in ---
 
@@ -398,6 +483,27 @@ class Ledger(Generic[A]):
             records.insert(0, (RAW, response.raw_record(), ()))
         self._publish(records, letters, events)
         self._report_not_owned(events)
+        return events
+
+    def take_snapshot(self, fetched: FetchedSnapshot, now: float) -> list[Event[A]]:
+        """A REST snapshot of a book, asked for: kept in the raw record as received, and the
+        book rebuilt from it. One that cannot be read is a dead letter, and asked for again."""
+        response = RestResponse(fetched.venue, fetched.url, fetched.target, fetched.conn_id, fetched.received_us * 1000,
+                                fetched.body, fetched.symbol)
+        events: list[Event[A]] = []
+        records: list[Shaped] = [(RAW, response.raw_record(), ())] if self._rules.raw else []
+        letters: list[DeadLetter] = []
+        snapshot = self._adapter.snapshot(fetched.target, fetched.symbol, fetched.body)
+        key = (fetched.venue, fetched.symbol)
+        sync = self._books.get(key)
+        if isinstance(snapshot, Rejected):
+            letters.append(self._dead_letter(fetched.body, snapshot, Delivery(fetched.venue, fetched.url, fetched.received_us),
+                                             events))
+            if sync is not None:
+                events.append(SnapshotWanted(*key))
+        elif sync is not None:
+            self._book_outputs(fetched.venue, sync.snapshot(snapshot), now, records, letters, events)
+        self._publish(records, letters, events)
         return events
 
     def archive(self, responses: tuple[RestResponse, ...]) -> list[Event[A]]:
@@ -476,12 +582,15 @@ class Ledger(Generic[A]):
                 self.metrics.inc("k2_actor_batches_lost_total", "connection_to_normaliser", amount=len(lost))
                 events.append(BatchesLost(url, tuple(lost)))
         self._declare_gaps(now, events)
+        for (venue, _), sync in self._books.items():
+            self._book_outputs(venue, sync.tick(now), now, [], [], events)
         if now - self._summary_at >= SUMMARY_EVERY_SECONDS:
             events.append(TradeSummary(now - self._summary_at, self._trades, self.held))
             if self._dead_letters:
                 events.append(DeadLetterSummary(now - self._summary_at, self._dead_letters))
             self._trades, self._dead_letters, self._summary_at = {}, {}, now
         self._check_data(now, events)
+        self._check_books(now, events)
         self.metrics.set("k2_buffered_records", self.held)
         self.metrics.set("k2_binance_gaps_pending", self._sequences.pending())
         self._check_drain(events)
@@ -494,6 +603,10 @@ class Ledger(Generic[A]):
         self._check_drain(events)
         return events
 
+    def snapshots_wanted(self) -> list[tuple[str, str]]:
+        """(venue, symbol) of the books waiting for a snapshot."""
+        return [key for key, sync in self._books.items() if sync.snapshot_asked]
+
     def open_gaps(self, stream: str) -> list[Gap]:
         return self._sequences.open_gaps(stream)
 
@@ -502,6 +615,9 @@ class Ledger(Generic[A]):
         from `positions` (what Kafka holds), and that of those no longer owned is forgotten."""
         self._sequences.forget((self._owned or frozenset()) - symbols)
         self._sequences.resume(positions, now)
+        for key in [key for key in self._books if key[1] not in symbols]:  # rebuilt should the symbol come back
+            del self._books[key]
+            self._books_lost_at.pop(key, None)
         if not self._owned:
             self._data_at.clear()  # the staleness of data counts from when there is any to stream
         self._owned = symbols
@@ -512,6 +628,11 @@ class Ledger(Generic[A]):
                       records: list[Shaped], letters: list[DeadLetter], events: list[Event[A]]) -> None:
         _, conn_id, conn_msg_seq, raw = frame
         for event in reading.events:
+            if isinstance(event, DepthDiff):
+                rejected = self._take_diff(event, delivery, now, records, letters, events)
+                if rejected is not None:
+                    letters.append(self._dead_letter(raw, rejected, delivery, events))
+                continue
             outcome = self._accept(event, delivery, now, streamed=True, events=events)
             if isinstance(outcome, Rejected):
                 letters.append(self._dead_letter(raw, outcome, delivery, events))
@@ -560,6 +681,78 @@ class Ledger(Generic[A]):
         summary_key = event.symbol if stream == TRADE else f"{event.symbol}@{stream}"
         self._trades[summary_key] = self._trades.get(summary_key, 0) + 1
         return stream, record
+
+    def _take_diff(self, diff: DepthDiff, delivery: Delivery, now: float, records: list[Shaped], letters: list[DeadLetter],
+                   events: list[Event[A]]) -> Rejected | None:
+        """A diff to its symbol's book (made at its first diff); why not, for the DLQ."""
+        symbol = diff.symbol
+        if symbol not in self._rules.symbols:
+            return Rejected(UNSUBSCRIBED_SYMBOL, f"symbol {symbol[:40]!r} was not subscribed", BOOK)
+        if self._owned is not None and symbol not in self._owned:
+            self._not_owned += 1
+            self.metrics.inc("k2_cluster_events_not_owned_total", symbol)
+            return None
+        self.metrics.inc("k2_binance_messages_received_total", symbol, BOOK)
+        key = (delivery.venue, symbol)
+        sync = self._books.get(key)
+        outputs: list[BookOutput] = []
+        if sync is None:
+            rules = self._rules
+            sync = self._books[key] = BookSync(symbol, rules.gap_grace_seconds, BOOK_MAX_WAITING_DIFFS, rules.book_depth,
+                                               rules.book_cadence_ms)
+            self._books_lost_at[key] = now
+            outputs = sync.start()
+        self._book_outputs(delivery.venue, outputs + sync.diff(diff, now), now, records, letters, events)
+        return None
+
+    def _book_outputs(self, venue: str, outputs: list[BookOutput], now: float, records: list[Shaped],
+                      letters: list[DeadLetter], events: list[Event[A]]) -> None:
+        for output in outputs:
+            key = (venue, output.symbol)
+            if isinstance(output, BookTop):
+                self._publish_top(venue, output, now, records, letters, events)
+            elif isinstance(output, FetchSnapshot):
+                events.append(SnapshotWanted(venue, output.symbol))
+            elif isinstance(output, OutOfSync):  # (a stale snapshot comes while it is out of sync already)
+                self._books_lost_at.setdefault(key, now if output.since is None else output.since)
+                self.metrics.inc("k2_book_resyncs_total", output.symbol, output.reason.value)
+                events.append(BookLost(venue, output))
+            else:
+                seconds = now - self._books_lost_at.pop(key, now)
+                self.metrics.observe("k2_book_resync_seconds", [seconds])
+                events.append(BookRebuilt(venue, output, seconds))
+
+    def _publish_top(self, venue: str, top: BookTop, now: float, records: list[Shaped], letters: list[DeadLetter],
+                     events: list[Event[A]]) -> None:
+        diff = top.diff
+        endpoint, conn_id, conn_msg_seq = diff.source
+        shaped = self._adapter.shape_book(top, venue, self._rules.book_depth)
+        if isinstance(shaped, Rejected):
+            body = json.dumps({"symbol": top.symbol, "update_id": diff.final_update_id, "bids": top.bids, "asks": top.asks})
+            letters.append(self._dead_letter(body.encode(), shaped, Delivery(venue, endpoint, diff.recv_ts_ns // 1000), events))
+            return
+        if self._sequences.observe(BOOK, (venue, top.symbol), diff.final_update_id, now) is not Verdict.NEW:
+            return  # published before a restart: Kafka has it
+        records.append((BOOK, shaped, frame_lineage(conn_id, conn_msg_seq, diff.recv_ts_ns)))
+        summary_key = f"{top.symbol}@{BOOK}"
+        self._trades[summary_key] = self._trades.get(summary_key, 0) + 1
+
+    def _check_books(self, now: float, events: list[Event[A]]) -> None:
+        """Said on every change, and each tick while a book is long out of sync."""
+        if not self._books:
+            return
+        lost = {f"{venue} {symbol}": now - at for (venue, symbol), at in self._books_lost_at.items()}
+        for key in self._books:
+            self.metrics.set("k2_book_in_sync", 0.0 if key in self._books_lost_at else 1.0, key[1])
+        if not lost:
+            status = BooksStatus(True, f"{len(self._books)} books in sync")
+        else:
+            named = ", ".join(f"{name} for {seconds:.0f} s" for name, seconds in sorted(lost.items()))
+            status = BooksStatus(max(lost.values()) <= BOOK_OUT_OF_SYNC_READY_SECONDS,
+                                 f"{len(self._books) - len(lost)} of {len(self._books)} books in sync; being rebuilt: {named}")
+        if status != self._books_status or not status.ok:
+            self._books_status = status
+            events.append(status)
 
     def _dead_letter(self, raw: bytes, rejected: Rejected, delivery: Delivery, events: list[Event[A]]) -> DeadLetter:
         letter = DeadLetter(raw[: self._rules.max_frame_bytes], rejected.reason, rejected.detail, delivery.endpoint,

@@ -17,6 +17,7 @@ from decimal import Decimal, InvalidOperation
 
 from k2actors.core.binance import (
     AGG_TRADE,
+    BOOK,
     BOOK_TICKER,
     CROSSED_QUOTE,
     DECIMAL_OUT_OF_RANGE,
@@ -33,6 +34,7 @@ from k2actors.core.binance import (
     Rejected,
     Trade,
 )
+from k2actors.core.book import BookTop
 from k2actors.core.payloads import DeadLetter, Record
 from k2actors.core.raw import RAW
 
@@ -218,6 +220,40 @@ def normalise_quote(book: BookTicker, delivery: Delivery, quote_assets: Mapping[
         "platform_sequence": None,
         "ingestion_timestamp": delivery.received_us,
         "vendor_data": {"stream": BOOK_TICKER, "endpoint": delivery.endpoint},
+    }
+
+
+def normalise_book(top: BookTop, venue: str, depth: int, quote_assets: Mapping[str, str]) -> Record | Rejected:
+    """A book's best levels (k2actors.core.book) as an OrderBookV2 record (schemas/book_v2.avsc),
+    named by the update id it stands at: at most one record per update id and symbol."""
+    diff = top.diff
+    endpoint, _, _ = diff.source
+    sides: dict[str, list[dict[str, Decimal]]] = {"bids": [], "asks": []}
+    for name, levels in (("bids", top.bids), ("asks", top.asks)):
+        for price_text, quantity_text in levels:
+            price = exact_decimal(price_text, f"{name} price", NON_POSITIVE_PRICE)
+            if isinstance(price, Rejected):
+                return dataclasses.replace(price, stream=BOOK)
+            quantity = exact_decimal(quantity_text, f"{name} quantity", NON_POSITIVE_QUANTITY)
+            if isinstance(quantity, Rejected):
+                return dataclasses.replace(quantity, stream=BOOK)
+            sides[name].append({"price": price, "quantity": quantity})
+    return {
+        "message_id": message_id(venue, top.symbol, diff.final_update_id, BOOK),
+        "symbol": top.symbol,
+        "exchange": venue,
+        "asset_class": "crypto",
+        "timestamp": diff.event_time_ms * 1000,
+        "depth": depth,
+        "bid_levels": len(sides["bids"]),
+        "ask_levels": len(sides["asks"]),
+        **sides,
+        "currency": quote_currency(top.symbol, quote_assets),
+        "source_sequence": diff.final_update_id,
+        "platform_sequence": None,
+        "ingestion_timestamp": diff.recv_ts_ns // 1000,
+        "vendor_data": {"stream": BOOK, "endpoint": endpoint, "snapshot_update_id": str(top.snapshot_id),
+                        "first_update_id": str(diff.first_update_id)},
     }
 
 

@@ -91,3 +91,20 @@ class BackfilledTrades:
 
     def __repr__(self) -> str:
         return f"BackfilledTrades({self.stream} {self.venue} {self.symbol}, {len(self.trades)} events, {len(self.rejected)} rejected)"
+
+
+@dataclass(frozen=True, repr=False)
+class FetchedSnapshot:
+    """A REST snapshot of a symbol's order book, as received (k2actors.core.book rebuilds the
+    book from it; the raw record keeps it)."""
+
+    venue: str
+    symbol: str
+    url: str  # the REST base URL
+    target: str  # the resource asked for: path and query
+    conn_id: str  # the response's own, for the raw record
+    received_us: int
+    body: bytes
+
+    def __repr__(self) -> str:
+        return f"FetchedSnapshot({self.venue} {self.symbol}, {len(self.body)} bytes)"

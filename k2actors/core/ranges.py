@@ -63,6 +63,15 @@ class IdRanges:
         self._starts[low:high] = [first]
         self._ends[low:high] = [last]
 
+    def supersede(self, value: int) -> bool:
+        """For a stream whose newest record supersedes the older (a quote, a book): `value` and
+        every id below it count as there from now on, kept as one range however sparse the ids
+        (a day of quotes would otherwise be a range each). False if it was covered already."""
+        if self._ends and value <= self._ends[-1]:
+            return False
+        self._starts, self._ends = [self._starts[0] if self._starts else value], [value]
+        return True
+
     def update(self, other: IdRanges) -> None:
         for first, last in other.ranges():
             self.add_range(first, last)

@@ -17,10 +17,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from k2actors.core.adapter import HISTORY_PATHS, BinanceAdapter
-from k2actors.core.binance import AGG_TRADE, TRADE, quote_assets
+from k2actors.core.adapter import HISTORY_PATHS, BinanceAdapter, Reading
+from k2actors.core.binance import AGG_TRADE, BOOK, DEPTH_PATH, TRADE, quote_assets
+from k2actors.core.book import BookSync, BookTop, DepthDiff, DepthSnapshot
+from k2actors.core.book import Output as BookOutput
+from k2actors.core.ledger import BOOK_MAX_WAITING_DIFFS
 from k2actors.core.normalise import Delivery
 from k2actors.core.raw import CONN_ID, CONN_MSG_SEQ, Headers, RestResponse, frame_lineage
+from k2actors.core.sequence import GAP_GRACE_SECONDS
 
 Record = dict[str, Any]
 Source = tuple[str, int]  # (conn_id, conn_msg_seq)
@@ -36,6 +40,8 @@ class Rules:
     symbols: frozenset[str]  # subscribed: a streamed event of another symbol is a dead letter, never a record
     max_frame_bytes: int
     backfill_max_age_seconds: float  # REST rows older than this (at the response's receipt) were never published
+    book_depth: int
+    book_cadence_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +53,12 @@ class Derived:
 
 class Replay:
     """Raw records in (decoded: exchange, endpoint, conn_id, conn_msg_seq, recv_ts_ns, stream,
-    symbol, payload); every record they derive out, in the order the frames were received."""
+    symbol, payload); every record they derive out, in the order the frames were received.
+
+    Books are kept as the live service keeps them (k2actors.core.book), from the diffs and the
+    REST snapshots in receive order, with the receive time for the clock. A snapshot the book
+    did not ask for is one a restarted service asked for: the book starts afresh there too.
+    A book's record is its diff's: derived for the frame the diff came in (its lineage)."""
 
     def __init__(self, rules: Rules) -> None:
         self._rules = rules
@@ -65,6 +76,7 @@ class Replay:
         assets: dict[str, str] = {}
         adapter = BinanceAdapter(self._rules.symbols, assets, self._rules.max_frame_bytes)
         derived: dict[Source, list[Derived]] = {}
+        books: dict[tuple[str, str], BookSync] = {}
         for raw in ordered:
             stream = raw["stream"] or ""
             if stream.startswith(EXCHANGE_INFO_PATH):  # it shaped what came after it
@@ -72,9 +84,48 @@ class Replay:
                 adapter = BinanceAdapter(self._rules.symbols, assets, self._rules.max_frame_bytes)
                 continue
             source = (raw["conn_id"], raw["conn_msg_seq"])
-            history = stream.partition("?")[0] in HISTORY_PATHS
-            derived[source] = self._from_history(adapter, raw) if history else self._from_frame(adapter, raw)
+            path = stream.partition("?")[0]
+            if path == DEPTH_PATH:
+                snapshot = adapter.snapshot(stream, raw["symbol"] or "", raw["payload"])
+                if isinstance(snapshot, DepthSnapshot):
+                    self._rebuild(adapter, raw["exchange"], self._book(books, raw["exchange"], snapshot.symbol), snapshot, derived)
+                continue
+            if path in HISTORY_PATHS:
+                derived[source] = self._from_history(adapter, raw)
+                continue
+            frame = (raw["recv_ts_ns"], raw["conn_id"], raw["conn_msg_seq"], raw["payload"])
+            reading = adapter.read(raw["exchange"], raw["endpoint"], frame)
+            derived[source] = self._from_frame(adapter, raw, reading)
+            for event in reading.events:
+                if isinstance(event, DepthDiff) and event.symbol in self._rules.symbols:
+                    sync = self._book(books, raw["exchange"], event.symbol)
+                    self._tops(adapter, raw["exchange"], sync.diff(event, raw["recv_ts_ns"] / 1e9), derived)
         return derived
+
+    def _book(self, books: dict[tuple[str, str], BookSync], venue: str, symbol: str) -> BookSync:
+        sync = books.get((venue, symbol))
+        if sync is None:
+            rules = self._rules
+            sync = books[(venue, symbol)] = BookSync(symbol, GAP_GRACE_SECONDS, BOOK_MAX_WAITING_DIFFS, rules.book_depth,
+                                                     rules.book_cadence_ms)
+            sync.start()
+        return sync
+
+    def _rebuild(self, adapter: BinanceAdapter, venue: str, sync: BookSync, snapshot: DepthSnapshot,
+                 derived: dict[Source, list[Derived]]) -> None:
+        if not sync.snapshot_asked:
+            sync.restart()
+        self._tops(adapter, venue, sync.snapshot(snapshot), derived)
+
+    def _tops(self, adapter: BinanceAdapter, venue: str, outputs: list[BookOutput], derived: dict[Source, list[Derived]]) -> None:
+        for top in outputs:
+            if isinstance(top, BookTop):
+                shaped = adapter.shape_book(top, venue, self._rules.book_depth)
+                if isinstance(shaped, dict):
+                    _, conn_id, conn_msg_seq = top.diff.source
+                    lineage = frame_lineage(conn_id, conn_msg_seq, top.diff.recv_ts_ns)
+                    derived.setdefault((conn_id, conn_msg_seq), []).append(Derived(BOOK, shaped, lineage))
+
 
     def records(self) -> list[Derived]:
         """Every record derived, each once (the first source to derive it: hot standby and
@@ -89,13 +140,11 @@ class Replay:
         return unique
 
     @staticmethod
-    def _from_frame(adapter: BinanceAdapter, raw: Mapping[str, Any]) -> list[Derived]:
-        frame = (raw["recv_ts_ns"], raw["conn_id"], raw["conn_msg_seq"], raw["payload"])
-        reading = adapter.read(raw["exchange"], raw["endpoint"], frame)
+    def _from_frame(adapter: BinanceAdapter, raw: Mapping[str, Any], reading: Reading) -> list[Derived]:
         delivery = Delivery(raw["exchange"], raw["endpoint"], raw["recv_ts_ns"] // 1000)
         lineage = frame_lineage(raw["conn_id"], raw["conn_msg_seq"], raw["recv_ts_ns"])
         return [Derived(*shaped, lineage) for event in reading.events
-                if isinstance(shaped := adapter.shape(event, delivery, streamed=True), tuple)]
+                if not isinstance(event, DepthDiff) and isinstance(shaped := adapter.shape(event, delivery, streamed=True), tuple)]
 
     def _from_history(self, adapter: BinanceAdapter, raw: Mapping[str, Any]) -> list[Derived]:
         response = RestResponse(raw["exchange"], raw["endpoint"], raw["stream"], raw["conn_id"], raw["recv_ts_ns"], raw["payload"],

@@ -15,6 +15,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from k2actors.core.binance import SUPERSEDING
 from k2actors.core.ranges import IdRanges, StreamPosition
 from k2actors.core.raw import RAW, forget_oldest_sources
 
@@ -66,7 +67,10 @@ class Acknowledged:
         ranges = self.ids.get(stream, {}).get(key)
         if ranges is None:
             ranges = self.ids.setdefault(stream, {})[key] = IdRanges()
-        ranges.add(event_id)
+        if stream in SUPERSEDING:
+            ranges.supersede(event_id)
+        else:
+            ranges.add(event_id)
         offsets = self.offsets.get(stream)
         if offsets is None:
             offsets = self.offsets[stream] = {}

@@ -14,11 +14,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
-from k2actors.core.binance import AGG_TRADE, TRADE
+from k2actors.core.binance import AGG_TRADE, SUPERSEDING, TRADE
 from k2actors.core.ranges import StreamPosition
 
 Key = tuple[str, str]  # (venue, symbol)
 
+# With several connections live (hot standby, or old and new during a rotation) one may
+# run ahead of another for a moment; gaps (of trade ids, of a book's update ids) are declared
+# only when they outlast this.
+GAP_GRACE_SECONDS = 2.0
 # Missing ranges remembered per key; beyond this the oldest are forgotten (bounded memory).
 MAX_OPEN_RANGES = 1000
 # How far behind the highest id an id may come and still be taken for a duplicate of one
@@ -192,11 +196,11 @@ class LatestUpdate:
 
 class StreamSequences:
     """Id tracking for every stream type: trade and aggregate trade ids run consecutively per
-    symbol (gaps are found), quote update ids only increase."""
+    symbol (gaps are found), those of quotes and books only increase."""
 
     def __init__(self, grace_seconds: float):
         self._gapless = {TRADE: SequenceTracker(grace_seconds), AGG_TRADE: SequenceTracker(grace_seconds)}
-        self._quotes = LatestUpdate()
+        self._latest = {stream: LatestUpdate() for stream in SUPERSEDING}
 
     def resume(self, positions: Mapping[tuple[str, str, str], StreamPosition], now: float) -> None:
         """From the producer's (stream, venue, symbol) -> where the stream stands in Kafka."""
@@ -204,12 +208,12 @@ class StreamSequences:
         for (stream, venue, symbol), position in positions.items():
             by_stream.setdefault(stream, {})[(venue, symbol)] = position
         for stream, streams in by_stream.items():
-            (self._gapless.get(stream, self._quotes)).resume(streams, now)
+            (self._gapless.get(stream) or self._latest[stream]).resume(streams, now)
 
     def observe(self, stream: str, key: Key, event_id: int, now: float) -> Verdict:
         if stream in self._gapless:
             return self._gapless[stream].observe(key, event_id, now)
-        return self._quotes.observe(key, event_id)
+        return self._latest[stream].observe(key, event_id)
 
     def declare_due(self, now: float) -> list[tuple[str, Gap]]:
         return [(stream, gap) for stream, tracker in self._gapless.items() for gap in tracker.declare_due(now)]
@@ -230,4 +234,5 @@ class StreamSequences:
         is its business; should they come back, tracking resumes from Kafka."""
         for tracker in self._gapless.values():
             tracker.forget(symbols)
-        self._quotes.forget(symbols)
+        for latest in self._latest.values():
+            latest.forget(symbols)

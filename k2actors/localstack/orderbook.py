@@ -20,6 +20,11 @@ from dataclasses import dataclass
 DEPTH = 60
 MAX_TICKS_FROM_TOUCH = 4 * DEPTH
 SNAPSHOTS_KEPT = 50
+# The book after each diff, by the diff's last update id, for a minute of diffs: what a
+# client's book must equal at that id. Its best HISTORY_DEPTH levels a side, packed as text
+# (a minute of a hundred symbols' books is then some tens of MB).
+HISTORY_DEPTH = 20
+HISTORY_KEPT = 600
 
 
 def cents_text(cents: int) -> str:
@@ -46,6 +51,7 @@ class SimBook:
         self._changed: dict[tuple[str, int], int] = {}  # since the last diff: (side, price) -> quantity
         self._first_unsent: int | None = None
         self._snapshots: collections.deque[BookSnapshot] = collections.deque(maxlen=SNAPSHOTS_KEPT)
+        self._history: dict[int, str] = {}
 
     def _quantity(self) -> int:
         return self._random.randint(1_000, 900_000_000)
@@ -105,7 +111,16 @@ class SimBook:
                    f'"b":{_levels(bids)},"a":{_levels(asks)}}}')
         self._changed, self._first_unsent = {}, None
         self._snapshots.append(self.snapshot())
+        self._history[self.update_id] = _pack(self.snapshot(HISTORY_DEPTH))
+        if len(self._history) > HISTORY_KEPT:
+            del self._history[next(iter(self._history))]
         return payload
+
+    def at(self, update_id: int) -> BookSnapshot | None:
+        """The best HISTORY_DEPTH levels a side as they were after the diff that ended at
+        `update_id`, if that was within the last HISTORY_KEPT diffs."""
+        packed = self._history.get(update_id)
+        return None if packed is None else _unpack(update_id, packed)
 
     def snapshot(self, limit: int | None = None) -> BookSnapshot:
         bids = sorted(self.bids.items(), reverse=True)[:limit]
@@ -116,6 +131,16 @@ class SimBook:
         """The oldest snapshot kept (taken as a diff went out): older than any client's buffer."""
         old = self._snapshots[0] if self._snapshots else self.snapshot()
         return BookSnapshot(old.last_update_id, old.bids[:limit], old.asks[:limit])
+
+
+def _pack(snapshot: BookSnapshot) -> str:
+    return "|".join(" ".join(f"{price}:{quantity}" for price, quantity in side) for side in (snapshot.bids, snapshot.asks))
+
+
+def _unpack(update_id: int, packed: str) -> BookSnapshot:
+    bids, asks = (tuple((int(price), int(quantity)) for price, _, quantity in (level.partition(":") for level in side.split()))
+                  for side in packed.split("|"))
+    return BookSnapshot(update_id, bids, asks)
 
 
 def _levels(levels: list[list[str]]) -> str:

@@ -49,6 +49,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Response
 
+from k2actors.core.binance import MAX_DEPTH_LIMIT, depth_weight
 from k2actors.localstack.orderbook import SimBook, cents_text, snapshot_body, units_text
 
 MAX_STREAMS_PER_CONNECTION = 1024
@@ -455,7 +456,7 @@ class ExchangeSimulator:
         snapshot = book.stale_snapshot(limit) if fault == STALE else book.snapshot(limit)
         if isinstance(fault, float):  # taken now, answered late: the diffs meanwhile are past it
             await asyncio.sleep(fault)
-        return _weighed(endpoint, _answer(connection, 200, snapshot_body(snapshot)), _depth_weight(limit))
+        return _weighed(endpoint, _answer(connection, 200, snapshot_body(snapshot)), depth_weight(limit))
 
     async def _serve_client(self, endpoint: _Endpoint, connection: ServerConnection) -> None:
         if endpoint.flapping:  # a load balancer in front of a dead server: the handshake, then nothing
@@ -588,15 +589,8 @@ def _requested_streams(path: str, query: dict) -> list[str] | None:
 _HISTORY_WEIGHTS = {"/api/v3/historicalTrades": 25, "/api/v3/aggTrades": 4}
 
 
-# GET /api/v3/depth: the deepest snapshot served, and the weight of each (by its limit).
-MAX_DEPTH_LIMIT = 5000
-_DEPTH_WEIGHTS = ((100, 5), (500, 25), (1000, 50), (5000, 250))
 # A scripted snapshot fault: older than every diff a client has buffered.
 STALE = "stale"
-
-
-def _depth_weight(limit: int) -> int:
-    return next(weight for most, weight in _DEPTH_WEIGHTS if limit <= most)
 
 
 def _answer(connection: ServerConnection, status: int, payload) -> Response:
