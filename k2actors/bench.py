@@ -17,8 +17,10 @@ and configuration path as in production, configured through K2_* variables). Pha
    memory with a quiet market (idle);
 4. held to a share of a CPU by a cgroup, as compose's `cpus:` holds it: fixed rates in
    steps, up to the highest the service carries with nothing lost and under 2 s behind;
-5. optionally a soak: memory sampled at a fixed rate, and its slope;
-6. optionally scaling: maximum load again with 1 to N connections' worth of symbols
+5. order books: 3 and 100 symbols at a fixed rate, trades alone and trades with the book
+   stream, so that the books' own CPU and memory show as the difference;
+6. optionally a soak: memory sampled at a fixed rate, and its slope;
+7. optionally scaling: maximum load again with 1 to N connections' worth of symbols
    (1,024 trade streams each), with how busy the machine's cores were.
 
 Every phase ends by reading its topic back: a missing or duplicated trade fails the run.
@@ -63,6 +65,12 @@ SAMPLE_SECONDS = 0.5
 # Held to a CPU share, a rate holds when this much of it is delivered, this close to the exchange.
 HOLDS_DELIVERED_FRACTION = 0.97
 HOLDS_BEHIND_SECONDS = 2.0
+# Books: at this many trades a second per symbol the simulator's book of each symbol changes
+# in every 100 ms, so each sends a diff every 100 ms, as Binance's busiest symbols do.
+BOOK_TRADES_PER_SYMBOL = 20.0
+BOOK_SYMBOL_COUNTS = (3, 100)
+# 100 symbols' snapshots at once within the REST weight budget (5 each, 1,000 a minute).
+BOOK_BENCH_SNAPSHOT_LIMIT = 100
 
 
 @dataclass(frozen=True)
@@ -379,10 +387,15 @@ def percentile(before: list[tuple[float, float]], after: list[tuple[float, float
 
 
 def start_service(stack, exchange: ExchangeSimulator, options: Options, symbols: tuple[str, ...], topic: str,
-                  log_path: Path, limit: CpuLimit | None = None, raw: bool = True) -> ServiceProcess:
+                  log_path: Path, limit: CpuLimit | None = None, raw: bool = True, books: bool = False) -> ServiceProcess:
+    """`books`: the book stream beside trades, its snapshots from the simulator's REST."""
     broker, registry = stack
     env = service_env(broker.bootstrap_servers, registry.url, exchange.urls[0], symbols, topic, options.mode,
                       exchange.urls[1:], raw)
+    if books:
+        env.update({"K2_BINANCE_STREAMS": "trade,book", "K2_KAFKA_BOOK_TOPIC": f"{topic}.books",
+                    "K2_BINANCE_REST_URLS": f"BINANCE={exchange.rest_url()}",
+                    "K2_BINANCE_BOOK_SNAPSHOT_LIMIT": str(BOOK_BENCH_SNAPSHOT_LIMIT)})
     return ServiceProcess(env, log_path, options.config, limit)
 
 
@@ -445,16 +458,20 @@ def max_load(stack, options: Options, symbols: tuple[str, ...], ceiling: float, 
 
 
 def fixed_rate(stack, options: Options, symbols: tuple[str, ...], rate: float, seconds: float, workdir: Path,
-               name: str, memory_every: float | None = None, cpus: float | None = None, raw: bool = True) -> dict:
-    """`cpus`: the whole service held to that share of one CPU by a cgroup; `raw`: the raw record on."""
+               name: str, memory_every: float | None = None, cpus: float | None = None, raw: bool = True,
+               books: bool = False) -> dict:
+    """`cpus`: the whole service held to that share of one CPU by a cgroup; `raw`: the raw record on;
+    `books`: the book stream too (measured once every book is in sync)."""
     broker, registry = stack
     topic = f"bench.{name}"
     limit = CpuLimit(cpus, f"k2actors-bench-{os.getpid()}-{name}") if cpus else None
     try:
         with ExchangeSimulator(symbols, rate=rate / len(symbols), endpoints=2) as exchange:
-            service = start_service(stack, exchange, options, symbols, topic, workdir / f"{name}.log", limit, raw)
+            service = start_service(stack, exchange, options, symbols, topic, workdir / f"{name}.log", limit, raw, books)
             try:
                 service.wait_ready()
+                if books:
+                    _wait_books_in_sync(service, len(symbols))
                 time.sleep(2)  # past connection and warm-up
                 before, cpu_before = service.samples(), service.cpu_seconds()
                 memory = []
@@ -481,6 +498,7 @@ def fixed_rate(stack, options: Options, symbols: tuple[str, ...], rate: float, s
         "cores": (cpu_after - cpu_before) / seconds,
         "memory_bytes": _sum(after, "k2_service_memory_bytes"),
         "reported_missing": reported_missing,
+        "book_records_rate": (trades_produced(after, f"{topic}.books") - trades_produced(before, f"{topic}.books")) / seconds,
     }
     for metric, label in (("k2_trade_receive_to_ack_seconds", "receive_to_ack"),
                           ("k2_trade_receive_to_produce_seconds", "receive_to_produce"),
@@ -499,14 +517,35 @@ def fixed_rate(stack, options: Options, symbols: tuple[str, ...], rate: float, s
     return result
 
 
+def _wait_books_in_sync(service: ServiceProcess, count: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while service.total("k2_book_in_sync") < count:
+        if time.monotonic() > deadline:
+            raise BenchFailure(f"{service.total('k2_book_in_sync'):.0f} of {count} books in sync after {timeout:.0f} s")
+        time.sleep(SAMPLE_SECONDS)
+
+
+def books(stack, options: Options, seconds: float, workdir: Path) -> list[dict]:
+    """What order books cost: for each count of symbols, the same offered trades alone and with
+    the book stream (every book in sync first); the books' share is the difference."""
+    phases = []
+    for count in BOOK_SYMBOL_COUNTS:
+        symbols = symbol_names(count)
+        for with_books in (False, True):
+            phase = fixed_rate(stack, options, symbols, BOOK_TRADES_PER_SYMBOL * count, seconds, workdir,
+                               f"books-{count}-{'on' if with_books else 'off'}", books=with_books)
+            phases.append({"symbols": count, "books": with_books, **phase})
+    return phases
+
+
 def _wait_drained(service: ServiceProcess, topic: str, timeout: float = 120) -> None:
     """With the market quiet, until every trade received is in Kafka: a phase that offered
     more than the service carries ends with an orderly stop, not a stop with a backlog."""
     deadline, previous = time.monotonic() + timeout, -1.0
     while time.monotonic() < deadline:
         samples = service.samples()
-        received = _sum(samples, "k2_binance_messages_received_total")
-        unique = received - _sum(samples, "k2_binance_duplicate_trades_total")
+        received = _sum(samples, "k2_binance_messages_received_total", "stream=trade")
+        unique = received - _sum(samples, "k2_binance_duplicate_trades_total", "stream=trade")
         produced = trades_produced(samples, topic)
         if received == previous and produced >= unique and not _sum(samples, "k2_buffered_records"):
             return
@@ -537,8 +576,9 @@ def trades_produced(samples: dict[str, float], topic: str) -> float:
     return samples.get(f"k2_kafka_messages_produced_total{{topic={topic}}}", 0.0)
 
 
-def _sum(samples: dict[str, float], name: str) -> float:
-    return sum(v for k, v in samples.items() if k.startswith(name + "{"))
+def _sum(samples: dict[str, float], name: str, label: str = "") -> float:
+    """The metric over its label sets (those with `label`, `name=value`, when given)."""
+    return sum(v for k, v in samples.items() if k.startswith(name + "{") and label in k)
 
 
 def _slope(points: list[tuple[float, float]]) -> float:
@@ -610,6 +650,10 @@ def _run(options: Options) -> int:
             print(f"held to {options.cpu_limit:g} CPU: carries {limited['highest_rate_held']:,.0f}/s", flush=True)
         else:
             print("held to a CPU share: skipped, no writable cgroup here (root on Linux is needed)", flush=True)
+        results["books"] = books(stack, options, max(options.duration / 2, 5), workdir)
+        for off, on in zip(results["books"][::2], results["books"][1::2], strict=True):
+            print(f"books, {on['symbols']} symbols: {off['cores']:.3f} cores without, {on['cores']:.3f} with; "
+                  f"{_mib(off['memory_bytes'])} without, {_mib(on['memory_bytes'])} with", flush=True)
         if options.soak_minutes:
             results["soak"] = fixed_rate(stack, options, symbols, options.soak_rate, options.soak_minutes * 60, workdir,
                                          "soak", memory_every=10.0)
@@ -685,6 +729,11 @@ def format_table(results: dict) -> str:
                           for s in limited["steps"])
         lines.append(f"| held to {limited['cpus']:g} CPU: highest rate carried (zero loss, < {HOLDS_BEHIND_SECONDS:g} s behind) | "
                      f"{limited['highest_rate_held']:,.0f} trades/s: {steps} |")
+    for off, on in zip(results["books"][::2], results["books"][1::2], strict=True):
+        lines.append(f"| order books, {on['symbols']} symbols at {on['offered_rate']:,.0f} trades/s (a diff every 100 ms each, a "
+                     f"record a second each): cores and memory, trades alone / with books | {off['cores']:.3f} / "
+                     f"{on['cores']:.3f} cores, {_mib(off['memory_bytes'])} / {_mib(on['memory_bytes'])}; "
+                     f"{on['book_records_rate']:,.1f} book records/s |")
     if "soak" in results:
         soak = results["soak"]
         lines.append(f"| soak at {soak['offered_rate']:,.0f}/s: memory at end; slope, whole soak / second half | "
@@ -701,6 +750,6 @@ def format_table(results: dict) -> str:
 
 def _phases(results: dict) -> list[dict]:
     return [results["ceilings"]["bare_loop"], results["max_load"], results["max_load_raw_off"], results["idle"],
-            *results["fixed_rates"],
+            *results["fixed_rates"], *results["books"],
             *results.get("cpu_limited", {}).get("steps", []), *([results["soak"]] if "soak" in results else []),
             *results["scaling"]]

@@ -41,13 +41,18 @@ def test_a_short_benchmark_reports_every_figure_and_loses_nothing(tmp_path):
     assert (soak["missing"], soak["duplicates"]) == (0, 0) and soak["records"] > 0
     assert len(soak["memory_samples"]) >= 2 and soak["memory_end_bytes"] == soak["memory_samples"][-1][1] > 0
     assert {"memory_slope_bytes_per_minute", "memory_slope_second_half_bytes_per_minute"} <= soak.keys()
+    # order books, 3 and 100 symbols, trades alone and with books: every book in sync, records published
+    assert [(phase["symbols"], phase["books"]) for phase in figures["books"]] == [(3, False), (3, True), (100, False), (100, True)]
+    for phase in figures["books"]:
+        assert phase["records"] > 0 and (phase["missing"], phase["duplicates"]) == (0, 0) and phase["memory_bytes"] > 0
+        assert (phase["book_records_rate"] > 0) == phase["books"]
     # more symbols than one connection carries: the tape reaches each by its subscriptions
     assert [(p["connections"], p["symbols"]) for p in figures["scaling"]] == [(1, 1024), (2, 2048)]
     for phase in figures["scaling"]:
         assert (phase["missing"], phase["duplicates"], phase["records"]) == (0, 0, phase["trades"])
         assert phase["rate"] > 0 and 0 < phase["machine_cpu_busy"] <= 1
     for row in ("| pipeline sustained rate", "| bare loop, one process", "| held to 0.5 CPU", "| soak at 300/s",
-                "| ... with the raw record off", "| at 300/s, raw record off: CPU per trade",
+                "| ... with the raw record off", "| at 300/s, raw record off: CPU per trade", "| order books, 100 symbols",
                 "trades missing / duplicated (all phases) | 0 / 0 |"):
         assert row in result.stdout
 

@@ -32,6 +32,18 @@ def levels(snapshot_levels: tuple[tuple[int, int], ...]) -> list[tuple[Decimal, 
     return [(Decimal(price).scaleb(-2), Decimal(units).scaleb(-8)) for price, units in snapshot_levels]
 
 
+def assert_each_is_the_simulators_book(books: list[dict], simulator) -> None:
+    """Every record the simulator's book at its update id, level for level, each update's once."""
+    for book in books:
+        at = simulator.market.books[book["symbol"]].at(book["source_sequence"])
+        assert at is not None, f"{book['symbol']} {book['source_sequence']}: older than the simulator keeps"
+        assert [(level["price"], level["quantity"]) for level in book["bids"]] == levels(at.bids), book["source_sequence"]
+        assert [(level["price"], level["quantity"]) for level in book["asks"]] == levels(at.asks), book["source_sequence"]
+        assert (book["depth"], book["bid_levels"], book["ask_levels"]) == (20, 20, 20)
+    assert len({book["message_id"] for book in books}) == len(books)
+    assert {book["symbol"] for book in books} == set(SYMBOLS)
+
+
 def test_every_book_published_is_the_simulators_at_its_update_id_through_faults_and_a_restart(
         start_service, simulator, broker, registry, topic):
     books_topic = f"{topic}.books"
@@ -64,15 +76,7 @@ def test_every_book_published_is_the_simulators_at_its_update_id_through_faults_
                30, "books published after the restart")
     assert restarted.stop() == 0, restarted.log()
 
-    books = records(broker.bootstrap_servers, registry.url, books_topic)
-    for book in books:
-        at = simulator.market.books[book["symbol"]].at(book["source_sequence"])
-        assert at is not None, f"{book['symbol']} {book['source_sequence']}: older than the simulator keeps"
-        assert [(level["price"], level["quantity"]) for level in book["bids"]] == levels(at.bids), book["source_sequence"]
-        assert [(level["price"], level["quantity"]) for level in book["asks"]] == levels(at.asks), book["source_sequence"]
-        assert (book["depth"], book["bid_levels"], book["ask_levels"]) == (20, 20, 20)
-    assert len({book["message_id"] for book in books}) == len(books)  # each update's book once
-    assert {book["symbol"] for book in books} == set(SYMBOLS)
+    assert_each_is_the_simulators_book(records(broker.bootstrap_servers, registry.url, books_topic), simulator)
 
     log = service.log() + restarted.log()
     rebuilt = [float(seconds) for seconds in re.findall(r"in sync from snapshot \d+, at update \d+, ([0-9.]+) s after it stopped", log)]
@@ -80,3 +84,22 @@ def test_every_book_published_is_the_simulators_at_its_update_id_through_faults_
 
     replayed = replay_verify(restarted.env)
     assert replayed.returncode == 0 and " 0 differences " in replayed.stdout, replayed.stdout + replayed.stderr
+
+
+def test_in_hot_standby_a_diff_one_connection_missed_comes_from_the_other_and_a_refused_snapshot_is_waited_out(
+        start_service, simulator, broker, registry, topic):
+    books_topic = f"{topic}.books"
+    simulator.endpoint(0).refuse_snapshots(429, 1, retry_after=1.0)  # the first snapshot asked for: refused
+    service = start_service(K2_BINANCE_STREAMS="trade,book", K2_KAFKA_BOOK_TOPIC=books_topic, K2_BINANCE_MODE="hot_standby")
+    service.wait_ready()
+    back_in_sync(service, "a snapshot refused with 429")
+    assert "refused with HTTP 429: waiting 1 s as Retry-After says" in service.log()
+    wait_until(lambda: simulator.endpoint(1).client_count() == 1, 20, "the standby connection")
+    published = len(records(broker.bootstrap_servers, registry.url, books_topic))
+    for symbol in SYMBOLS:
+        simulator.endpoint(0).drop_diff(symbol)  # the primary misses a diff of each; the standby has them
+    wait_until(lambda: len(records(broker.bootstrap_servers, registry.url, books_topic)) >= published + 3 * len(SYMBOLS),
+               30, "books published past the dropped diffs")
+    assert resyncs(service, "gap") == 0 and books_in_sync(service) == len(SYMBOLS)
+    assert service.stop() == 0, service.log()
+    assert_each_is_the_simulators_book(records(broker.bootstrap_servers, registry.url, books_topic), simulator)

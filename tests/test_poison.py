@@ -26,8 +26,8 @@ def actors():
         producer = system.createActor(RecordRefusingProducer)
         system.tell(producer, StandInSetup())
         normaliser = system.createActor(Normaliser)
-        setup = NormaliserSetup(producer, system.createActor(Sink), 0.0, frozenset({"BTCUSDT"}), None, {}, (), 100_000, 65536, 30.0,
-                                None, False)
+        setup = NormaliserSetup(producer, system.createActor(Sink), 0.0, frozenset({"BTCUSDT"}), None, False, {}, (), 100_000, 65536,
+                                30.0, None, False, 20, 1000)
         system.tell(normaliser, setup)
         yield system, normaliser, producer
     finally:

@@ -4,9 +4,11 @@ Fed a frame as received (its receive time, its connection and its number there, 
 an adapter answers, in this order: the frame's raw record, the events it carries, why it
 carries none when it is not understood, and what the shell is to do about it (a request
 answered or refused, a connection to replace). `shape` turns an event into the record
-published for it, and `history` reads a page of the venue's REST history. No I/O and no
-state: the live path (k2actors.core.ledger) and replay (k2actors.core.replay) run the same
-adapter, so a record replayed from the raw record is the record published live.
+published for it, `history` reads a page of the venue's REST history, `snapshot` a REST
+snapshot of a book, and `shape_book` turns a book's best levels (k2actors.core.book keeps
+the book) into its record. No I/O and no state: the live path (k2actors.core.ledger) and
+replay (k2actors.core.replay) run the same adapter, so a record replayed from the raw record
+is the record published live.
 
 Binance's is the only one yet; Kraken and Coinbase follow the same contract.
 """
