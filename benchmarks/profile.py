@@ -1,7 +1,8 @@
 """Where the service's CPU goes at a fixed rate, per actor process.
 
-`python benchmarks/profile.py [--rate R] [--seconds S] [--py-spy DIR]`: a local broker,
-registry and simulator, and the service at R trades/s. It prints each process's share of a
+`python benchmarks/profile.py [--rate R] [--seconds S] [--books] [--py-spy DIR]`: a local
+broker, registry and simulator, and the service at R trades/s (with --books, the book stream
+too, measured once every book is in sync). It prints each process's share of a
 core (from /proc) and the CPU per trade. With --py-spy (`pip install py-spy`), it also
 samples each process while it holds the GIL and prints how much of each one's samples were
 inside Thespian, our code and confluent-kafka; the raw stacks stay in DIR for a closer look.
@@ -20,7 +21,7 @@ import urllib.request
 from pathlib import Path
 
 from k2actors import processes
-from k2actors.bench import Options, start_service, symbol_names
+from k2actors.bench import Options, start_service, symbol_names, wait_books_in_sync
 from k2actors.localstack.broker import TansuBroker
 from k2actors.localstack.registry import SchemaRegistryDouble
 from k2actors.localstack.simulator import ExchangeSimulator
@@ -51,15 +52,19 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=1000.0, help="offered trades per second, all symbols together")
     parser.add_argument("--seconds", type=float, default=15.0, help="how long to measure")
     parser.add_argument("--symbols", type=int, default=3)
+    parser.add_argument("--books", action="store_true", help="the book stream beside trades")
     parser.add_argument("--py-spy", type=Path, help="sample each process with py-spy; its raw stacks go here")
     args = parser.parse_args()
     symbols = symbol_names(args.symbols)
     workdir = Path(tempfile.mkdtemp(prefix="k2actors-profile-"))
     with TansuBroker() as broker, SchemaRegistryDouble() as registry, \
             ExchangeSimulator(symbols, rate=args.rate / len(symbols), endpoints=2) as exchange:
-        service = start_service((broker, registry), exchange, Options(), symbols, "profile", workdir / "service.log")
+        service = start_service((broker, registry), exchange, Options(), symbols, "profile", workdir / "service.log",
+                                books=args.books)
         try:
             service.wait_ready()
+            if args.books:
+                wait_books_in_sync(service, len(symbols))
             time.sleep(3)  # past connection and warm-up
             with urllib.request.urlopen(f"http://127.0.0.1:{service.port}/health", timeout=5) as response:
                 actors = json.load(response)["actors"]

@@ -471,7 +471,7 @@ def fixed_rate(stack, options: Options, symbols: tuple[str, ...], rate: float, s
             try:
                 service.wait_ready()
                 if books:
-                    _wait_books_in_sync(service, len(symbols))
+                    wait_books_in_sync(service, len(symbols))
                 time.sleep(2)  # past connection and warm-up
                 before, cpu_before = service.samples(), service.cpu_seconds()
                 memory = []
@@ -517,7 +517,7 @@ def fixed_rate(stack, options: Options, symbols: tuple[str, ...], rate: float, s
     return result
 
 
-def _wait_books_in_sync(service: ServiceProcess, count: int, timeout: float = 120) -> None:
+def wait_books_in_sync(service: ServiceProcess, count: int, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while service.total("k2_book_in_sync") < count:
         if time.monotonic() > deadline:
