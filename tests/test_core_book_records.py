@@ -12,7 +12,7 @@ from decimal import Decimal
 import pytest
 
 from k2actors.core.binance import BOOK
-from k2actors.core.ledger import BookLost, BookRebuilt, BooksStatus, Ledger, Publish, Rules, SnapshotWanted
+from k2actors.core.ledger import BOOKS_CHECK, BookLost, BookRebuilt, Ledger, Publish, ReadyCheck, Rules, SnapshotWanted
 from k2actors.core.payloads import FetchedSnapshot, RawBatch
 from k2actors.core.raw import RAW
 from k2actors.core.replay import Replay, verify
@@ -125,7 +125,7 @@ def test_a_book_published_through_a_dropped_diff_a_restart_and_a_stale_snapshot_
     assert run.wanted() == 0 and len(run.books()) == in_sync  # within the grace another connection could fill the gap
     run.tick(2.4)
     [lost] = [event for event in run.events if isinstance(event, BookLost)]
-    [status] = [event for event in run.events if isinstance(event, BooksStatus)]
+    [status] = [event for event in run.events if isinstance(event, ReadyCheck) and event.name == BOOKS_CHECK]
     assert status.ok and "being rebuilt: BINANCE BTCUSDT" in status.detail  # named, not yet failing /ready
     assert lost.lost.reason.value == "gap" and run.wanted() == 1
     run.frames([venue.diff_frame() for _ in range(3)], "c1", 29, 2.6)

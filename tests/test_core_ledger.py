@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from k2actors.core.binance import Trade
 from k2actors.core.ledger import (
     BATCH_GRACE_SECONDS,
+    DATA_CHECK,
     DEAD_LETTERS_LOGGED_PER_REASON,
     RESEND_BATCH_RECORDS,
     SUMMARY_EVERY_SECONDS,
@@ -20,7 +21,6 @@ from k2actors.core.ledger import (
     Backpressure,
     BatchesLost,
     Confirmed,
-    DataStatus,
     DeadLettered,
     DeadLettersLost,
     DeadLettersThrottled,
@@ -31,6 +31,7 @@ from k2actors.core.ledger import (
     Ledger,
     NotOwnedDropped,
     Publish,
+    ReadyCheck,
     Recovered,
     Release,
     Resent,
@@ -342,18 +343,18 @@ def test_an_unsubscribed_symbol_is_a_dead_letter():
 
 def test_ready_needs_data_from_every_venue_within_the_stale_timeout():
     book = ledger()
-    assert of(DataStatus, book.tick(0.0)) == [DataStatus(False, "no data from the exchange yet")]
+    assert of(ReadyCheck, book.tick(0.0)) == [ReadyCheck(DATA_CHECK, False, "no data from the exchange yet")]
     book.take_raw(raw(PRIMARY, 1, trade_frame(1)), "a", 1.0)
-    assert of(DataStatus, book.tick(2.0)) == [DataStatus(True, "data from BINANCE within the stale timeout")]
-    assert of(DataStatus, book.tick(3.0)) == []  # said once while it holds
-    assert of(DataStatus, book.tick(1.0 + STALE + 1)) == [DataStatus(False, "no data for 31 s from BINANCE")]
-    assert of(DataStatus, book.tick(1.0 + STALE + 2)) == [DataStatus(False, "no data for 32 s from BINANCE")]
+    assert of(ReadyCheck, book.tick(2.0)) == [ReadyCheck(DATA_CHECK, True, "data from BINANCE within the stale timeout")]
+    assert of(ReadyCheck, book.tick(3.0)) == []  # said once while it holds
+    assert of(ReadyCheck, book.tick(1.0 + STALE + 1)) == [ReadyCheck(DATA_CHECK, False, "no data for 31 s from BINANCE")]
+    assert of(ReadyCheck, book.tick(1.0 + STALE + 2)) == [ReadyCheck(DATA_CHECK, False, "no data for 32 s from BINANCE")]
 
 
 def test_cluster_mode_publishes_only_owned_symbols_and_resumes_a_newly_owned_one_from_kafka():
     rules = Rules(GRACE, frozenset({"BTCUSDT", "ETHUSDT"}), {}, 100_000, 65536, STALE, False, BOOK_DEPTH, BOOK_CADENCE_MS)
     book: Ledger[str] = Ledger(rules, {}, 0.0, MetricBuffer(), owned=frozenset())
-    assert of(DataStatus, book.tick(0.5)) == [DataStatus(True, "no symbols owned (cluster mode: a standby until the group "
+    assert of(ReadyCheck, book.tick(0.5)) == [ReadyCheck(DATA_CHECK, True, "no symbols owned (cluster mode: a standby until the group "
                                                              "assigns this instance a shard)")]
     events = book.take_raw(raw(PRIMARY, 1, trade_frame(100), trade_frame(7, "ETHUSDT")), "c", 1.0)
     assert published(events) == [] and of(NotOwnedDropped, events) == [NotOwnedDropped(2)]

@@ -18,14 +18,13 @@ from k2actors.actors.shell import Recipient, Supervised
 from k2actors.core.ledger import (
     GAP_NOUNS,
     Answered,
-    BooksStatus,
     Confirmed,
-    DataStatus,
     Drained,
     Event,
     GapDeclared,
     Ledger,
     Publish,
+    ReadyCheck,
     Release,
     Rules,
     ShutdownAnnounced,
@@ -177,10 +176,8 @@ class Normaliser(Supervised[NormaliserSetup]):
             elif isinstance(event, Answered):
                 log_line(log, event.report())
                 self.deliver(event.to, SubscriptionAnswer(event.request_id, event.refusal))
-            elif isinstance(event, DataStatus):
-                self.send(self.setup.metrics, ComponentStatus("data", event.ok, event.detail))
-            elif isinstance(event, BooksStatus):
-                self.send(self.setup.metrics, ComponentStatus("books", event.ok, event.detail))
+            elif isinstance(event, ReadyCheck):
+                self.send(self.setup.metrics, ComponentStatus(event.name, event.ok, event.detail))
             elif isinstance(event, SnapshotWanted):
                 self._request_snapshot(event.venue, event.symbol)
             elif isinstance(event, Drained):

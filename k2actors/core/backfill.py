@@ -341,10 +341,8 @@ class Backfill:
         # Finding where the backfill window starts: one aggregate trade from that time on
         # names both ids (`a`, and `f` of the trades it aggregates).
         history = HISTORY[AGG_TRADE if gap.locate_from_ms is not None else gap.stream]
-        if self._budget.delay(now, history.weight) > 0:
+        if not self._take_slot(now, history.weight):
             return None, events
-        self._budget.spend(now, history.weight)
-        self._in_flight = True
         base_url = self._rest_urls[gap.venue]
         if gap.locate_from_ms is not None:
             return RestRequest(base_url, history.path, gap.symbol, None, 1, gap.locate_from_ms), events
@@ -352,13 +350,18 @@ class Backfill:
         return RestRequest(base_url, history.path, gap.symbol, from_id, limit), events
 
     def _next_snapshot(self, now: float) -> RestRequest | None:
-        weight = depth_weight(self._snapshot_limit)
-        if now < self._banned_until or self._budget.delay(now, weight) > 0:
+        if now < self._banned_until or not self._take_slot(now, depth_weight(self._snapshot_limit)):
             return None
-        self._budget.spend(now, weight)
-        self._in_flight = True
         venue, symbol = self._asking = next(iter(self._snapshots))
         return RestRequest(self._rest_urls[venue], DEPTH_PATH, symbol, None, self._snapshot_limit)
+
+    def _take_slot(self, now: float, weight: int) -> bool:
+        """The one request in flight, if the weight budget allows it now: its weight spent."""
+        if self._budget.delay(now, weight) > 0:
+            return False
+        self._budget.spend(now, weight)
+        self._in_flight = True
+        return True
 
     def answer(self, response: RestReply, now: float) -> list[BackfillEvent]:
         """What the venue answered to the last request."""

@@ -31,13 +31,12 @@ from k2actors.core.binance import (
     INTERNAL_ERROR,
     POISON_MESSAGE,
     TRADE,
-    UNSUBSCRIBED_SYMBOL,
     Rejected,
 )
 from k2actors.core.book import BookSync, BookTop, DepthDiff, FetchSnapshot, InSync, OutOfSync, OutOfSyncReason
 from k2actors.core.book import Output as BookOutput
 from k2actors.core.link import Frame
-from k2actors.core.normalise import Delivery, event_id, record_dead_letter
+from k2actors.core.normalise import Delivery, event_id, record_dead_letter, unsubscribed
 from k2actors.core.payloads import (
     BackfilledTrades,
     DeadLetter,
@@ -127,11 +126,16 @@ class ShutdownAnnounced:
 
 
 @dataclass(frozen=True, slots=True)
-class DataStatus:
-    """For /ready: whether every venue's data arrived within the stale timeout."""
+class ReadyCheck:
+    """For /ready: one of its checks (DATA_CHECK: every venue's data arrived within the stale
+    timeout; BOOKS_CHECK: every book is in sync, or has been out of it only briefly)."""
 
+    name: str
     ok: bool
     detail: str
+
+
+DATA_CHECK, BOOKS_CHECK = "data", "books"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,14 +144,6 @@ class SnapshotWanted:
 
     venue: str
     symbol: str
-
-
-@dataclass(frozen=True, slots=True)
-class BooksStatus:
-    """For /ready: whether every book is in sync, or has been out of it only briefly."""
-
-    ok: bool
-    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,7 +367,7 @@ Said = (
     | BatchesLost | Backfilled | Resent | DeadLettersLost | TradeSummary | DeadLetterSummary
     | NotOwnedDropped | BookLost | BookRebuilt
 )
-Event = Publish | Release[A] | Confirmed[A] | Answered[A] | Drained | DataStatus | SnapshotWanted | BooksStatus | Said
+Event = Publish | Release[A] | Confirmed[A] | Answered[A] | Drained | ReadyCheck | SnapshotWanted | Said
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,12 +414,11 @@ class Ledger(Generic[A]):
         self._drain: Mapping[str, int] | None = None
         self._summary_at = now
         self._data_at: dict[str, float] = {}  # per venue, when its last frame arrived
-        self._data_status: DataStatus | None = None
+        self._checks: dict[str, ReadyCheck] = {}  # each /ready check as last said
         self._trades: dict[str, int] = {}  # published per symbol since the last summary
         self._dead_letters: dict[str, int] = {}  # per reason since the last summary
         self._books: dict[tuple[str, str], BookSync] = {}  # per (venue, symbol), from its first diff
         self._books_lost_at: dict[tuple[str, str], float] = {}  # books not in sync, and since when
-        self._books_status: BooksStatus | None = None
 
     # --- what comes in ---
 
@@ -652,10 +647,7 @@ class Ledger(Generic[A]):
                 events: list[Event[A]]) -> tuple[str, Record] | Rejected | None:
         """(stream type, record) to publish, a Rejected for the DLQ, or None (a duplicate, or
         another instance's)."""
-        owned = self._owned
-        if owned is not None and event.symbol not in owned and event.symbol in self._rules.symbols:
-            self._not_owned += 1
-            self.metrics.inc("k2_cluster_events_not_owned_total", event.symbol)
+        if self._another_instances(event.symbol):
             return None
         # Validate before tracking: an event that cannot be stored must not claim its id.
         shaped = self._adapter.shape(event, delivery, streamed)
@@ -678,20 +670,16 @@ class Ledger(Generic[A]):
         if verdict is Verdict.RECOVERED and not backfilled:
             events.append(Recovered(stream, delivery.venue, event.symbol, tracked_id))
             self.metrics.inc("k2_binance_recovered_trades_total", event.symbol)
-        summary_key = event.symbol if stream == TRADE else f"{event.symbol}@{stream}"
-        self._trades[summary_key] = self._trades.get(summary_key, 0) + 1
+        self._count_published(event.symbol, stream)
         return stream, record
 
     def _take_diff(self, diff: DepthDiff, delivery: Delivery, now: float, records: list[Shaped], letters: list[DeadLetter],
                    events: list[Event[A]]) -> Rejected | None:
         """A diff to its symbol's book (made at its first diff); why not, for the DLQ."""
         symbol = diff.symbol
-        if symbol not in self._rules.symbols:
-            return Rejected(UNSUBSCRIBED_SYMBOL, f"symbol {symbol[:40]!r} was not subscribed", BOOK)
-        if self._owned is not None and symbol not in self._owned:
-            self._not_owned += 1
-            self.metrics.inc("k2_cluster_events_not_owned_total", symbol)
-            return None
+        rejected = unsubscribed(symbol, self._rules.symbols, BOOK)
+        if rejected is not None or self._another_instances(symbol):
+            return rejected
         self.metrics.inc("k2_binance_messages_received_total", symbol, BOOK)
         key = (delivery.venue, symbol)
         sync = self._books.get(key)
@@ -734,25 +722,41 @@ class Ledger(Generic[A]):
         if self._sequences.observe(BOOK, (venue, top.symbol), diff.final_update_id, now) is not Verdict.NEW:
             return  # published before a restart: Kafka has it
         records.append((BOOK, shaped, frame_lineage(conn_id, conn_msg_seq, diff.recv_ts_ns)))
-        summary_key = f"{top.symbol}@{BOOK}"
-        self._trades[summary_key] = self._trades.get(summary_key, 0) + 1
+        self._count_published(top.symbol, BOOK)
+
+    def _another_instances(self, symbol: str) -> bool:
+        """Cluster mode: a configured symbol of a shard this instance does not own: its owner
+        publishes it; here it is counted and dropped."""
+        if self._owned is None or symbol in self._owned or symbol not in self._rules.symbols:
+            return False
+        self._not_owned += 1
+        self.metrics.inc("k2_cluster_events_not_owned_total", symbol)
+        return True
+
+    def _count_published(self, symbol: str, stream: str) -> None:
+        """For the summary: trades by symbol, other stream types as symbol@stream."""
+        key = symbol if stream == TRADE else f"{symbol}@{stream}"
+        self._trades[key] = self._trades.get(key, 0) + 1
+
+    def _say(self, check: ReadyCheck, events: list[Event[A]]) -> None:
+        """A /ready check is said on every change, and each tick while it fails (its detail
+        counts seconds)."""
+        if check != self._checks.get(check.name) or not check.ok:
+            self._checks[check.name] = check
+            events.append(check)
 
     def _check_books(self, now: float, events: list[Event[A]]) -> None:
-        """Said on every change, and each tick while a book is long out of sync."""
         if not self._books:
             return
         lost = {f"{venue} {symbol}": now - at for (venue, symbol), at in self._books_lost_at.items()}
         for key in self._books:
             self.metrics.set("k2_book_in_sync", 0.0 if key in self._books_lost_at else 1.0, key[1])
         if not lost:
-            status = BooksStatus(True, f"{len(self._books)} books in sync")
-        else:
-            named = ", ".join(f"{name} for {seconds:.0f} s" for name, seconds in sorted(lost.items()))
-            status = BooksStatus(max(lost.values()) <= BOOK_OUT_OF_SYNC_READY_SECONDS,
-                                 f"{len(self._books) - len(lost)} of {len(self._books)} books in sync; being rebuilt: {named}")
-        if status != self._books_status or not status.ok:
-            self._books_status = status
-            events.append(status)
+            self._say(ReadyCheck(BOOKS_CHECK, True, f"{len(self._books)} books in sync"), events)
+            return
+        named = ", ".join(f"{name} for {seconds:.0f} s" for name, seconds in sorted(lost.items()))
+        self._say(ReadyCheck(BOOKS_CHECK, max(lost.values()) <= BOOK_OUT_OF_SYNC_READY_SECONDS,
+                             f"{len(self._books) - len(lost)} of {len(self._books)} books in sync; being rebuilt: {named}"), events)
 
     def _dead_letter(self, raw: bytes, rejected: Rejected, delivery: Delivery, events: list[Event[A]]) -> DeadLetter:
         letter = DeadLetter(raw[: self._rules.max_frame_bytes], rejected.reason, rejected.detail, delivery.endpoint,
@@ -826,20 +830,16 @@ class Ledger(Generic[A]):
             events.append(GapDeclared(stream, gap))
 
     def _check_data(self, now: float, events: list[Event[A]]) -> None:
-        """Said on every change, and each tick while data is late (the detail counts seconds)."""
         silent = {venue: now - at for venue, at in self._data_at.items() if now - at > self._rules.stale_timeout_seconds}
         if self._owned is not None and not self._owned:
-            status = DataStatus(True, "no symbols owned (cluster mode: a standby until the group assigns this instance a shard)")
+            ok, detail = True, "no symbols owned (cluster mode: a standby until the group assigns this instance a shard)"
         elif not self._data_at:
-            status = DataStatus(False, "no data from the exchange yet")
+            ok, detail = False, "no data from the exchange yet"
         elif silent:
-            late = ", ".join(f"{seconds:.0f} s from {venue}" for venue, seconds in sorted(silent.items()))
-            status = DataStatus(False, f"no data for {late}")
+            ok, detail = False, "no data for " + ", ".join(f"{seconds:.0f} s from {venue}" for venue, seconds in sorted(silent.items()))
         else:
-            status = DataStatus(True, "data from " + ", ".join(sorted(self._data_at)) + " within the stale timeout")
-        if status != self._data_status or not status.ok:
-            self._data_status = status
-            events.append(status)
+            ok, detail = True, "data from " + ", ".join(sorted(self._data_at)) + " within the stale timeout"
+        self._say(ReadyCheck(DATA_CHECK, ok, detail), events)
 
     def _check_drain(self, events: list[Event[A]]) -> None:
         if self._drain is None:

@@ -122,11 +122,17 @@ def exact_decimal(text: str, field_name: str, non_positive_reason: str) -> Decim
     return scaled
 
 
+def unsubscribed(symbol: str, subscribed: frozenset[str], stream: str = UNKNOWN_STREAM) -> Rejected | None:
+    """A streamed event of a symbol we did not ask for is refused, whatever its stream type."""
+    return None if symbol in subscribed else Rejected(UNSUBSCRIBED_SYMBOL, f"symbol {symbol[:40]!r} was not subscribed", stream)
+
+
 def screen_event(event: Trade | AggTrade | BookTicker, subscribed: frozenset[str], received_us: int) -> Rejected | None:
     """What a streamed event must satisfy beyond its shape: we asked for its symbol, and its
     time, if it has one, is plausible."""
-    if event.symbol not in subscribed:
-        return Rejected(UNSUBSCRIBED_SYMBOL, f"symbol {event.symbol[:40]!r} was not subscribed")
+    rejected = unsubscribed(event.symbol, subscribed)
+    if rejected is not None:
+        return rejected
     if isinstance(event, BookTicker):
         return None
     if abs(event.trade_time_ms * 1000 - received_us) > MAX_CLOCK_DISTANCE_US:
