@@ -12,6 +12,10 @@ alone. A later, higher end does: a batch began at it minus one, after every reco
 batches before it, so a position at or past it means those were all read. That later end is
 taken once and kept: chasing the newest end could go on for as long as the service writes
 (for ever, where open transactions hold a read_committed position below it).
+
+Ends are asked at read_uncommitted: the log's end. Records are read committed, but a read
+committed end is the last stable offset, which Tansu reports as 0 for every partition while
+any transaction is open anywhere, as a cluster's shard writers keep one open nearly always.
 """
 
 from __future__ import annotations
@@ -58,12 +62,13 @@ def messages(settings: Mapping[str, Any], topic: str, timeout: float = 10.0) -> 
     for records missing from the topic."""
     consumer = Consumer({**settings, "group.id": "k2actors-readback", "enable.auto.commit": False,
                          "enable.partition.eof": True})
+    log_ends = Consumer({**settings, "group.id": "k2actors-readback", "isolation.level": "read_uncommitted"})
     try:
         try:
             metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
         except KafkaException as exc:
             raise TimeoutError(f"reading {topic} back: no metadata within {timeout:.0f} s ({exc})") from None
-        first_ends = {p: _end(consumer, topic, p, timeout) for p in metadata.partitions}
+        first_ends = {p: _end(log_ends, topic, p, timeout) for p in metadata.partitions}
         unfinished = {p for p, end in first_ends.items() if end > 0}
         bounds: dict[int, int] = {}  # per partition, the first end seen above its first
         consumer.assign([TopicPartition(topic, p, 0) for p in unfinished])
@@ -86,12 +91,13 @@ def messages(settings: Mapping[str, Any], topic: str, timeout: float = 10.0) -> 
                 for position in positions:
                     partition = position.partition
                     if partition not in bounds and position.offset >= first_ends[partition] - 1 and \
-                            (end := _end(consumer, topic, partition, timeout)) > first_ends[partition]:
+                            (end := _end(log_ends, topic, partition, timeout)) > first_ends[partition]:
                         bounds[partition] = end  # asked for only once the read is past the first: none is needed before
                     if partition in bounds and position.offset >= bounds[partition] - 1:
                         unfinished.discard(partition)
     finally:
         consumer.close()
+        log_ends.close()
 
 
 def _end(consumer: Consumer, topic: str, partition: int, timeout: float) -> int:
