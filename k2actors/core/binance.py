@@ -8,7 +8,7 @@ Trade, a control event, or a Rejected carrying a DLQ reason.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from k2actors.core.book import DepthDiff, DepthSnapshot, Level
@@ -170,23 +170,32 @@ def parse_frame(raw: bytes | str, max_bytes: int) -> Event:
 def read_frame(raw: bytes | str, max_bytes: int) -> tuple[str | None, Event]:
     """The frame's stream as the venue names it (the combined stream's envelope, None for a
     frame without one), and what the frame says."""
-    if len(raw) > max_bytes:
-        return None, Rejected(FRAME_TOO_LARGE, f"{len(raw)} bytes, more than {max_bytes}; the dead letter keeps the first {max_bytes}")
-    try:
-        message = json.loads(raw)
-    except RecursionError:
-        return None, Rejected(TOO_DEEPLY_NESTED, "nesting exhausted the JSON parser")
-    except (ValueError, UnicodeDecodeError) as exc:
-        return None, Rejected(NOT_JSON, str(exc)[:200])
-    # Counting brackets is cheap and bounds the depth from above, so a plain trade frame
-    # never pays for the walk.
-    if _bracket_count(raw) > MAX_JSON_DEPTH and _depth(message) > MAX_JSON_DEPTH:
-        return None, Rejected(TOO_DEEPLY_NESTED, f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
-    if not isinstance(message, dict):
-        return None, Rejected(UNEXPECTED_SHAPE, f"top level is {type(message).__name__}, not an object")
+    message = load_object(raw, max_bytes)
+    if isinstance(message, Rejected):
+        return None, message
     name = message.get("stream")
     stream_name = name[:200] if isinstance(name, str) else None
     return stream_name, _event(message)
+
+
+def load_object(raw: bytes | str, max_bytes: int, parse_float: Callable[[str], object] | None = None) -> dict | Rejected:
+    """A frame's JSON object, or why it is none: too large, not JSON, nested too deeply, or
+    not an object. `parse_float`: as json.loads's (str keeps a venue's numbers as written)."""
+    if len(raw) > max_bytes:
+        return Rejected(FRAME_TOO_LARGE, f"{len(raw)} bytes, more than {max_bytes}; the dead letter keeps the first {max_bytes}")
+    try:
+        message = json.loads(raw, parse_float=parse_float)
+    except RecursionError:
+        return Rejected(TOO_DEEPLY_NESTED, "nesting exhausted the JSON parser")
+    except (ValueError, UnicodeDecodeError) as exc:
+        return Rejected(NOT_JSON, str(exc)[:200])
+    # Counting brackets is cheap and bounds the depth from above, so a plain trade frame
+    # never pays for the walk.
+    if _bracket_count(raw) > MAX_JSON_DEPTH and _depth(message) > MAX_JSON_DEPTH:
+        return Rejected(TOO_DEEPLY_NESTED, f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
+    if not isinstance(message, dict):
+        return Rejected(UNEXPECTED_SHAPE, f"top level is {type(message).__name__}, not an object")
+    return message
 
 
 def _event(message: dict) -> Event:

@@ -1,0 +1,350 @@
+"""Read Kraken spot WebSocket v2 frames (`wss://ws.kraken.com/v2`) into typed events, or say
+exactly why not.
+
+Kraken v2 sends prices and quantities as JSON numbers that keep their digits (`1797.30`,
+`0.00000000`), so a frame is read with `parse_float=str`: a number stays the text the venue
+wrote, never a float. A data frame (`{"channel", "type", "data": [...]}`) carries several
+items (a batch of trades; one book message per symbol); each is read on its own, so one bad
+trade is refused without its neighbours. Requests are answered by `{"method", "success",
+"req_id", ...}` frames; `heartbeat` and `status` are the venue's control frames. Nothing
+here raises on bad input.
+
+Sources: Kraken's API documentation (docs.kraken.com/api/docs/websocket-v2: trade, ticker,
+book, instrument, status, heartbeat; the guide "spot-ws-book-v2" for the checksum), checked
+against real captured sessions (tests/data/README.md).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+
+from k2actors.core.binance import (
+    ID_OUT_OF_RANGE,
+    INVALID_DECIMAL,
+    MAX_TRADE_ID,
+    MISSING_FIELD,
+    NON_FINITE_NUMBER,
+    NON_POSITIVE_PRICE,
+    NON_POSITIVE_QUANTITY,
+    TIMESTAMP_OUT_OF_RANGE,
+    UNEXPECTED_SHAPE,
+    UNKNOWN_EVENT,
+    UNKNOWN_STREAM,
+    WRONG_TYPE,
+    Rejected,
+    load_object,
+)
+from k2actors.core.book import Level
+
+# Kraken's channels, which are also this venue's stream types.
+TRADE = "trade"
+TICKER = "ticker"
+BOOK = "book"
+INSTRUMENT = "instrument"
+HEARTBEAT = "heartbeat"
+STATUS = "status"
+# The depths a book can be subscribed at; the checksum covers the best 10 levels a side, whatever the depth.
+BOOK_DEPTHS = (10, 25, 100, 500, 1000)
+CHECKSUM_LEVELS = 10
+MAX_CHECKSUM = 2**32 - 1
+SIDES = ("buy", "sell")
+
+
+@dataclass(frozen=True, slots=True)
+class KrakenTrade:
+    symbol: str  # Kraken's v2 spelling: "BTC/USD"
+    trade_id: int  # a sequence number per book
+    price: str
+    quantity: str
+    taker_side: str  # "buy" or "sell": the side of the order that took liquidity
+    order_type: str  # the taker's: "limit" or "market"
+    timestamp_us: int
+    from_snapshot: bool  # one of the last 50 trades sent on subscribing: may repeat trades already had
+
+
+@dataclass(frozen=True, slots=True)
+class KrakenQuote:
+    """Best bid and ask (the ticker channel); `timestamp_us` when the frame has one (newer frames do)."""
+
+    symbol: str
+    bid_price: str
+    bid_quantity: str
+    ask_price: str
+    ask_quantity: str
+    timestamp_us: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class BookMessage:
+    """A book snapshot (the whole book to the subscribed depth) or an update (changed levels
+    only, in the order to apply them; a quantity of 0 removes a level), with the checksum of
+    the best levels after it. Snapshots may come without a timestamp."""
+
+    symbol: str
+    is_snapshot: bool
+    bids: tuple[Level, ...]
+    asks: tuple[Level, ...]
+    checksum: int
+    timestamp_us: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Instrument:
+    """A pair as Kraken describes it: the record's base and quote, and the precision its
+    prices and quantities are written (and checksummed) at."""
+
+    symbol: str
+    base: str
+    quote: str
+    price_precision: int
+    qty_precision: int
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class Instruments:
+    pairs: tuple[Instrument, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Sent about once a second when a subscribed connection has nothing else to send."""
+
+
+@dataclass(frozen=True, slots=True)
+class SystemStatus:
+    """Sent on connecting and whenever the trading engine's state changes."""
+
+    system: str  # "online", "maintenance", "cancel_only", "post_only"
+    connection_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestAnswered:
+    """A request (subscribe, unsubscribe, ping) succeeded; subscriptions are answered once per symbol."""
+
+    request_id: object
+    method: str
+    channel: str | None
+    symbol: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRefused:
+    request_id: object
+    method: str
+    message: str
+    symbol: str | None  # the symbol refused, when Kraken says
+
+
+Event = KrakenTrade | KrakenQuote | BookMessage | Instruments | Heartbeat | SystemStatus | RequestAnswered | RequestRefused
+
+
+def read_frame(raw: bytes | str, max_bytes: int) -> tuple[str, tuple[Event | Rejected, ...]]:
+    """The frame's channel (its method for a request's answer, UNKNOWN_STREAM when it names
+    neither), and what it carries: one item per data entry, or one control event."""
+    message = load_object(raw, max_bytes, parse_float=str)
+    if isinstance(message, Rejected):
+        return UNKNOWN_STREAM, (message,)
+    method = message.get("method")
+    if isinstance(method, str):
+        return method[:50], (_answer(message, method),)
+    channel = message.get("channel")
+    if not isinstance(channel, str):
+        return UNKNOWN_STREAM, (Rejected(MISSING_FIELD, "neither 'channel' nor 'method'"),)
+    if channel == HEARTBEAT:
+        return channel, (Heartbeat(),)
+    data, kind = message.get("data"), message.get("type")
+    if channel == INSTRUMENT:
+        return channel, (_instruments(data),)
+    if not isinstance(data, list):
+        return channel[:50], (Rejected(UNEXPECTED_SHAPE, f"{channel[:50]} data is {type(data).__name__}, not a list",
+                                       _stream(channel)),)
+    if channel == STATUS:
+        return channel, tuple(_status(item) for item in data) or (Rejected(UNEXPECTED_SHAPE, "status without data", STATUS),)
+    if kind not in ("snapshot", "update"):
+        return channel[:50], (Rejected(UNEXPECTED_SHAPE, f"{channel[:50]} type {str(kind)[:20]!r}", _stream(channel)),)
+    read = _READERS.get(channel)
+    if read is None:
+        return channel[:50], (Rejected(UNKNOWN_EVENT, f"channel {channel[:50]!r}"),)
+    return channel, tuple(read(item, kind == "snapshot") for item in data)
+
+
+def checksum(asks: Sequence[Level], bids: Sequence[Level], price_precision: int, qty_precision: int) -> int:
+    """Kraken's CRC32 of a book: its best 10 asks (lowest first), then its best 10 bids
+    (highest first); each price, then quantity, written at the instrument's precision
+    without its point and leading zeros. The precision, not the text received, because the
+    checksum is of the venue's digits, which a level relayed as a float has lost."""
+    text = "".join(_digits(price, price_precision) + _digits(quantity, qty_precision)
+                   for price, quantity in (*asks[:CHECKSUM_LEVELS], *bids[:CHECKSUM_LEVELS]))
+    return zlib.crc32(text.encode())
+
+
+def _digits(value: str, precision: int) -> str:
+    return format(Decimal(value), f".{precision}f").replace(".", "").lstrip("0")
+
+
+def _stream(channel: str) -> str:
+    return channel if channel in (TRADE, TICKER, BOOK) else UNKNOWN_STREAM
+
+
+def _answer(message: dict, method: str) -> RequestAnswered | RequestRefused:
+    request_id = message.get("req_id")
+    result = message.get("result")
+    symbol = message.get("symbol", result.get("symbol") if isinstance(result, dict) else None)
+    symbol = symbol if isinstance(symbol, str) else None
+    if message.get("success") is False or "error" in message:
+        error = message.get("error")
+        return RequestRefused(request_id, method, str(error)[:300] if error is not None else "refused", symbol)
+    channel = result.get("channel") if isinstance(result, dict) else None
+    return RequestAnswered(request_id, method, channel if isinstance(channel, str) else None, symbol)
+
+
+def _status(item: object) -> SystemStatus | Rejected:
+    if not isinstance(item, dict) or not isinstance(item.get("system"), str):
+        return Rejected(MISSING_FIELD, "status without 'system'", STATUS)
+    connection_id = item.get("connection_id")
+    return SystemStatus(item["system"], connection_id if isinstance(connection_id, int) else None)
+
+
+def _instruments(data: object) -> Instruments | Rejected:
+    pairs = data.get("pairs") if isinstance(data, dict) else None
+    if not isinstance(pairs, list):
+        return Rejected(UNEXPECTED_SHAPE, "instrument data without a list of 'pairs'", INSTRUMENT)
+    read = []
+    for pair in pairs:
+        if not isinstance(pair, dict):
+            return Rejected(UNEXPECTED_SHAPE, f"instrument pair is {type(pair).__name__}, not an object", INSTRUMENT)
+        fields = _typed(pair, (("symbol", str), ("base", str), ("quote", str), ("price_precision", int),
+                               ("qty_precision", int), ("status", str)), INSTRUMENT)
+        if isinstance(fields, Rejected):
+            return fields
+        read.append(Instrument(*fields))
+    return Instruments(tuple(read))
+
+
+def _trade(item: object, from_snapshot: bool) -> KrakenTrade | Rejected:
+    if not isinstance(item, dict):
+        return Rejected(UNEXPECTED_SHAPE, f"trade is {type(item).__name__}, not an object", TRADE)
+    fields = _typed(item, (("symbol", str), ("trade_id", int), ("side", str), ("ord_type", str), ("timestamp", str)), TRADE)
+    if isinstance(fields, Rejected):
+        return fields
+    symbol, trade_id, side, order_type, timestamp = fields
+    price, quantity = _decimal(item, "price", TRADE), _decimal(item, "qty", TRADE)
+    moment = _microseconds(timestamp, TRADE)
+    for checked in (price, quantity, moment):
+        if isinstance(checked, Rejected):
+            return checked
+    if not 0 <= trade_id <= MAX_TRADE_ID:
+        return Rejected(ID_OUT_OF_RANGE, f"trade id {str(trade_id)[:40]} is outside 0..{MAX_TRADE_ID}", TRADE)
+    if side not in SIDES:
+        return Rejected(WRONG_TYPE, f"trade side {side[:20]!r} is neither 'buy' nor 'sell'", TRADE)
+    assert isinstance(price, str) and isinstance(quantity, str) and isinstance(moment, int)
+    return KrakenTrade(symbol, trade_id, price, quantity, side, order_type, moment, from_snapshot)
+
+
+def _quote(item: object, from_snapshot: bool) -> KrakenQuote | Rejected:
+    if not isinstance(item, dict):
+        return Rejected(UNEXPECTED_SHAPE, f"ticker is {type(item).__name__}, not an object", TICKER)
+    if not isinstance(item.get("symbol"), str):
+        return Rejected(MISSING_FIELD, "ticker field 'symbol' is missing", TICKER)
+    values = [_decimal(item, name, TICKER, zero_allowed=name not in _PRICES) for name in ("bid", "bid_qty", "ask", "ask_qty")]
+    moment = _microseconds(item["timestamp"], TICKER) if isinstance(item.get("timestamp"), str) else None
+    for checked in (*values, moment):
+        if isinstance(checked, Rejected):
+            return checked
+    bid, bid_qty, ask, ask_qty = (str(value) for value in values)
+    assert moment is None or isinstance(moment, int)
+    return KrakenQuote(item["symbol"], bid, bid_qty, ask, ask_qty, moment)
+
+
+def _book(item: object, is_snapshot: bool) -> BookMessage | Rejected:
+    if not isinstance(item, dict):
+        return Rejected(UNEXPECTED_SHAPE, f"book is {type(item).__name__}, not an object", BOOK)
+    fields = _typed(item, (("symbol", str), ("checksum", int), ("bids", list), ("asks", list)), BOOK)
+    if isinstance(fields, Rejected):
+        return fields
+    symbol, crc, bids, asks = fields
+    if not 0 <= crc <= MAX_CHECKSUM:
+        return Rejected(WRONG_TYPE, f"book checksum {str(crc)[:20]} is no CRC32", BOOK)
+    sides = [_levels(levels) for levels in (bids, asks)]
+    moment = _microseconds(item["timestamp"], BOOK) if "timestamp" in item else None
+    for checked in (*sides, moment):
+        if isinstance(checked, Rejected):
+            return checked
+    assert isinstance(sides[0], tuple) and isinstance(sides[1], tuple) and (moment is None or isinstance(moment, int))
+    return BookMessage(symbol, is_snapshot, sides[0], sides[1], crc, moment)
+
+
+def _levels(levels: list) -> tuple[Level, ...] | Rejected:
+    read = []
+    for level in levels:
+        if not isinstance(level, dict):
+            return Rejected(UNEXPECTED_SHAPE, f"book level is {type(level).__name__}, not an object", BOOK)
+        price, quantity = _decimal(level, "price", BOOK), _decimal(level, "qty", BOOK, zero_allowed=True)
+        if isinstance(price, Rejected):
+            return price
+        if isinstance(quantity, Rejected):
+            return quantity
+        read.append((price, quantity))
+    return tuple(read)
+
+
+_READERS = {TRADE: _trade, TICKER: _quote, BOOK: _book}
+
+
+def _typed(item: dict, fields: tuple[tuple[str, type], ...], stream: str) -> list | Rejected:
+    values = []
+    for name, kind in fields:
+        if name not in item:
+            return Rejected(MISSING_FIELD, f"{stream} field {name!r} is missing", stream)
+        value = item[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return Rejected(WRONG_TYPE, f"{stream} field {name!r} is {type(value).__name__}, expected {kind.__name__}", stream)
+        values.append(value)
+    return values
+
+
+def _decimal(item: dict, name: str, stream: str, zero_allowed: bool = False) -> str | Rejected:
+    """A price (never 0) or quantity as Kraken wrote it (read as text; an integer is written
+    without a point)."""
+    value = item.get(name)
+    if value is None:
+        return Rejected(MISSING_FIELD, f"{stream} field {name!r} is missing", stream)
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return Rejected(WRONG_TYPE, f"{stream} field {name!r} is {type(value).__name__}, expected a number", stream)
+    text = str(value)
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        return Rejected(INVALID_DECIMAL, f"{stream} field {name!r} is {text[:40]!r}", stream)
+    if not number.is_finite():
+        return Rejected(NON_FINITE_NUMBER, f"{stream} field {name!r} is {text[:40]}", stream)
+    if number < 0 or (number == 0 and not zero_allowed):
+        reason = NON_POSITIVE_PRICE if name in _PRICES else NON_POSITIVE_QUANTITY
+        return Rejected(reason, f"{stream} field {name!r} is {text[:40]}", stream)
+    return text
+
+
+_PRICES = ("price", "bid", "ask")
+
+
+def _microseconds(timestamp: object, stream: str) -> int | Rejected:
+    """An RFC 3339 UTC time (`2024-05-27T12:33:10.826003Z`) in microseconds since the epoch."""
+    if not isinstance(timestamp, str):
+        return Rejected(WRONG_TYPE, f"{stream} timestamp is {type(timestamp).__name__}, expected a string", stream)
+    try:
+        moment = datetime.fromisoformat(timestamp)
+    except ValueError:
+        return Rejected(TIMESTAMP_OUT_OF_RANGE, f"{stream} timestamp {timestamp[:40]!r} is no RFC 3339 time", stream)
+    if moment.tzinfo is None:
+        return Rejected(TIMESTAMP_OUT_OF_RANGE, f"{stream} timestamp {timestamp[:40]!r} has no time zone", stream)
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = datetime.resolution
