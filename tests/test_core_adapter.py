@@ -34,7 +34,7 @@ def test_a_trade_frame_reads_as_its_raw_record_and_its_trade():
     assert reading.raw == {"exchange": "BINANCE", "endpoint": URL, "conn_id": "c1", "conn_msg_seq": 7,
                            "recv_ts_ns": T0_MS * 1_000_000 + 7, "stream": "bnbbtc@trade", "symbol": "BNBBTC", "payload": frame}
     assert reading.events == (Trade("BNBBTC", 12345, "0.001", "100", 1672515782136, 1672515782136, True, True),)
-    assert (reading.rejected, reading.actions) == (None, ())
+    assert (reading.rejected, reading.actions) == ((), ())
 
 
 # Frames Binance's spot servers sent, captured by others, byte for byte:
@@ -75,7 +75,7 @@ REAL_FRAMES = [
 @pytest.mark.parametrize("frame, event", REAL_FRAMES)
 def test_real_frames_read_with_every_field_exact_and_shape_into_records(frame, event):
     reading = read(frame)
-    assert reading.events == (event,) and reading.rejected is None and reading.actions == ()
+    assert reading.events == (event,) and reading.rejected == () and reading.actions == ()
     assert reading.raw["payload"] == frame and reading.raw["symbol"] == event.symbol
     assert reading.raw["stream"] == (json.loads(frame).get("stream"))
     adapter = BinanceAdapter(frozenset({event.symbol}), {}, 65536)
@@ -96,7 +96,7 @@ def test_real_frames_read_with_every_field_exact_and_shape_into_records(frame, e
 ])
 def test_a_control_frame_is_an_action_kept_in_the_raw_record_and_never_a_dead_letter(frame, actions):
     reading = read(frame)
-    assert (reading.events, reading.rejected, reading.actions) == ((), None, actions)
+    assert (reading.events, reading.rejected, reading.actions) == ((), (), actions)
     assert reading.raw["payload"] == frame and reading.raw["symbol"] is None
 
 
@@ -108,7 +108,7 @@ def test_a_control_frame_is_an_action_kept_in_the_raw_record_and_never_a_dead_le
 def test_a_frame_not_understood_is_a_dead_letter_and_its_raw_record_keeps_it_whole(frame, reason):
     reading = read(frame)
     assert reading.events == () and reading.actions == ()
-    assert isinstance(reading.rejected, Rejected) and reading.rejected.reason == reason
+    assert [rejected.reason for rejected in reading.rejected] == [reason]
     assert reading.raw["payload"] == frame  # byte for byte, however large
 
 
@@ -121,7 +121,7 @@ def test_the_simulators_frames_read_as_the_market_printed_them():
     for stream, payloads in frames.items():
         for payload in payloads:
             reading = read(f'{{"stream":"{stream}","data":{payload}}}'.encode())  # as the simulator's combined stream sends it
-            assert reading.rejected is None and reading.raw["stream"] == stream
+            assert reading.rejected == () and reading.raw["stream"] == stream
             for event in reading.events:
                 assert isinstance(event, (Trade, AggTrade, BookTicker)) and event.symbol == "BTCUSDT"
 

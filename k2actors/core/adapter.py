@@ -19,7 +19,7 @@ import dataclasses
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from k2actors.core.backfill import HISTORY
 from k2actors.core.binance import (
@@ -64,13 +64,16 @@ class Replace:
 Action = Answer | Replace
 
 
+E = TypeVar("E")  # a venue's events
+
+
 @dataclass(frozen=True, slots=True)
-class Reading:
+class Reading(Generic[E]):
     """One frame, read."""
 
     raw: dict[str, Any]  # its raw record (k2actors.core.raw), stream and symbol filled in where the frame says
-    events: tuple[MarketEvent | DepthDiff, ...]  # a diff knows where it came from (its `source`)
-    rejected: Rejected | None  # why the frame is no event, for the DLQ; None when it is one, or a control frame
+    events: tuple[E, ...]  # (Binance) a diff knows where it came from (its `source`)
+    rejected: tuple[Rejected, ...]  # why the frame (or an item of it) is no event, for the DLQ; none for events and control frames
     actions: tuple[Action, ...]
 
 
@@ -82,26 +85,26 @@ class BinanceAdapter:
         self._quote_assets = quote_assets
         self._max_frame_bytes = max_frame_bytes
 
-    def read(self, venue: str, endpoint: str, frame: Frame) -> Reading:
+    def read(self, venue: str, endpoint: str, frame: Frame) -> Reading[MarketEvent | DepthDiff]:
         received_ns, conn_id, conn_msg_seq, payload = frame
         raw = raw_record(venue, endpoint, received_ns, conn_id, conn_msg_seq, payload)
         stream_name, event = read_frame(payload, self._max_frame_bytes)
         raw["stream"] = stream_name
         if isinstance(event, (Trade, AggTrade, BookTicker)):
             raw["symbol"] = event.symbol
-            return Reading(raw, (event,), None, ())
+            return Reading(raw, (event,), (), ())
         if isinstance(event, DepthDiff):
             raw["symbol"] = event.symbol
             return Reading(raw, (dataclasses.replace(event, recv_ts_ns=received_ns, source=(endpoint, conn_id, conn_msg_seq)),),
-                           None, ())
+                           (), ())
         if isinstance(event, Rejected):
-            return Reading(raw, (), event, ())
+            return Reading(raw, (), (event,), ())
         if isinstance(event, ServerShutdown):
-            return Reading(raw, (), None, (Replace(),))
+            return Reading(raw, (), (), (Replace(),))
         if isinstance(event, SubscriptionReply):
-            return Reading(raw, (), None, (Answer(event.request_id, None),))
+            return Reading(raw, (), (), (Answer(event.request_id, None),))
         assert isinstance(event, SubscriptionError)
-        return Reading(raw, (), None, (Answer(event.request_id, (event.code, event.message)),))
+        return Reading(raw, (), (), (Answer(event.request_id, (event.code, event.message)),))
 
     def shape(self, event: MarketEvent, delivery: Delivery, streamed: bool) -> tuple[str, dict[str, Any]] | Rejected:
         """(stream type, record), or why the event cannot be one. A streamed event is screened

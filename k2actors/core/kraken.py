@@ -16,11 +16,12 @@ against real captured sessions (tests/data/README.md).
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 
 from k2actors.core.binance import (
     ID_OUT_OF_RANGE,
@@ -172,6 +173,71 @@ def read_frame(raw: bytes | str, max_bytes: int) -> tuple[str, tuple[Event | Rej
     if read is None:
         return channel[:50], (Rejected(UNKNOWN_EVENT, f"channel {channel[:50]!r}"),)
     return channel, tuple(read(item, kind == "snapshot") for item in data)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """A page of REST trades (`GET /0/public/Trades`): each row read, and `last`, the
+    `since` (nanoseconds) that asks for the page after it."""
+
+    trades: tuple[KrakenTrade | Rejected, ...]
+    last: int
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRefused:
+    """Kraken answered with errors instead of trades (`{"error": [...]}`)."""
+
+    errors: tuple[str, ...]
+
+    @property
+    def rate_limited(self) -> bool:
+        return any(error.startswith(_RATE_LIMITED) for error in self.errors)
+
+
+# How Kraken says a client asks too often: its API rate limit, its throttle of concurrent requests.
+_RATE_LIMITED = ("EAPI:Rate limit exceeded", "EService: Throttled", "EGeneral:Too many requests")
+_HISTORY_ROW_FIELDS = 7
+_SIDE_LETTERS = {"b": "buy", "s": "sell"}
+_ORDER_TYPE_LETTERS = {"m": "market", "l": "limit"}
+
+
+def historical_trades(body: bytes, pair: str) -> HistoryPage | HistoryRefused | Rejected:
+    """A page of `pair`'s trades: rows `[price, volume, time, side, order type, misc, trade id]`,
+    the time in seconds with a fraction (read as text, to the microsecond)."""
+    message = load_object(body, len(body), parse_float=str)
+    if isinstance(message, Rejected):
+        return dataclasses.replace(message, stream=TRADE)
+    errors = message.get("error")
+    if not isinstance(errors, list):
+        return Rejected(MISSING_FIELD, "REST trades without an 'error' list", TRADE)
+    if errors:
+        return HistoryRefused(tuple(str(error)[:200] for error in errors))
+    result = message.get("result")
+    rows = result.get(pair) if isinstance(result, dict) else None
+    last = result.get("last") if isinstance(result, dict) else None
+    if not isinstance(rows, list) or not isinstance(last, str) or not last.isdigit():
+        return Rejected(UNEXPECTED_SHAPE, f"REST trades without rows of {pair[:40]!r} and a 'last'", TRADE)
+    return HistoryPage(tuple(_history_row(row, pair) for row in rows), int(last))
+
+
+def _history_row(row: object, pair: str) -> KrakenTrade | Rejected:
+    if not isinstance(row, list) or len(row) != _HISTORY_ROW_FIELDS:
+        return Rejected(UNEXPECTED_SHAPE, f"REST trade row is no list of {_HISTORY_ROW_FIELDS}", TRADE)
+    price, volume, seconds, side, order_type, _, trade_id = row
+    if not isinstance(trade_id, int) or isinstance(trade_id, bool) or not 0 <= trade_id <= MAX_TRADE_ID:
+        return Rejected(ID_OUT_OF_RANGE, f"REST trade id {str(trade_id)[:40]} is no id", TRADE)
+    if side not in _SIDE_LETTERS or order_type not in _ORDER_TYPE_LETTERS:
+        return Rejected(WRONG_TYPE, f"REST trade side {str(side)[:5]!r} or order type {str(order_type)[:5]!r}", TRADE)
+    values = {"price": price, "qty": volume, "time": seconds}
+    checked = [_decimal(values, name, TRADE) for name in values]
+    for value in checked:
+        if isinstance(value, Rejected):
+            return value
+    price_text, quantity_text, seconds_text = (str(value) for value in checked)
+    moment = Decimal(seconds_text).scaleb(6).to_integral_value(ROUND_FLOOR)
+    return KrakenTrade(pair, trade_id, price_text, quantity_text, _SIDE_LETTERS[side], _ORDER_TYPE_LETTERS[order_type],
+                       int(moment), False)
 
 
 def checksum(asks: Sequence[Level], bids: Sequence[Level], price_precision: int, qty_precision: int) -> int:

@@ -633,8 +633,8 @@ class Ledger(Generic[A]):
                 letters.append(self._dead_letter(raw, outcome, delivery, events))
             elif outcome is not None:
                 records.append((*outcome, frame_lineage(conn_id, conn_msg_seq, frame[0])))
-        if reading.rejected is not None:
-            letters.append(self._dead_letter(raw, reading.rejected, delivery, events))
+        for rejected in reading.rejected:
+            letters.append(self._dead_letter(raw, rejected, delivery, events))
         for action in reading.actions:
             if isinstance(action, Replace):
                 events.append(ShutdownAnnounced(delivery.endpoint))

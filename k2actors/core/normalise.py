@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
@@ -34,7 +34,7 @@ from k2actors.core.binance import (
     Rejected,
     Trade,
 )
-from k2actors.core.book import BookTop
+from k2actors.core.book import BookTop, Level
 from k2actors.core.payloads import DeadLetter, Record
 from k2actors.core.raw import RAW
 
@@ -197,22 +197,30 @@ def _trade_record(
     }
 
 
-def normalise_quote(book: BookTicker, delivery: Delivery, quote_assets: Mapping[str, str]) -> Record | Rejected:
-    """A bookTicker as a QuoteV2 record (schemas/quote_v2.avsc). The spot bookTicker has no
-    time of its own, so `timestamp` is the receipt time."""
+def exact_touch(bid_price: str, bid_quantity: str, ask_price: str, ask_quantity: str, stream: str) -> dict[str, Decimal] | Rejected:
+    """A quote record's bid and ask, exact, and not crossed."""
     values = {}
     for name, text, non_positive in (
-        ("bid_price", book.bid_price, NON_POSITIVE_PRICE),
-        ("bid_quantity", book.bid_quantity, NON_POSITIVE_QUANTITY),
-        ("ask_price", book.ask_price, NON_POSITIVE_PRICE),
-        ("ask_quantity", book.ask_quantity, NON_POSITIVE_QUANTITY),
+        ("bid_price", bid_price, NON_POSITIVE_PRICE),
+        ("bid_quantity", bid_quantity, NON_POSITIVE_QUANTITY),
+        ("ask_price", ask_price, NON_POSITIVE_PRICE),
+        ("ask_quantity", ask_quantity, NON_POSITIVE_QUANTITY),
     ):
         value = exact_decimal(text, name, non_positive)
         if isinstance(value, Rejected):
             return value
         values[name] = value
     if values["bid_price"] > values["ask_price"]:
-        return Rejected(CROSSED_QUOTE, f"bid {book.bid_price[:40]} is above ask {book.ask_price[:40]}", BOOK_TICKER)
+        return Rejected(CROSSED_QUOTE, f"bid {bid_price[:40]} is above ask {ask_price[:40]}", stream)
+    return values
+
+
+def normalise_quote(book: BookTicker, delivery: Delivery, quote_assets: Mapping[str, str]) -> Record | Rejected:
+    """A bookTicker as a QuoteV2 record (schemas/quote_v2.avsc). The spot bookTicker has no
+    time of its own, so `timestamp` is the receipt time."""
+    values = exact_touch(book.bid_price, book.bid_quantity, book.ask_price, book.ask_quantity, BOOK_TICKER)
+    if isinstance(values, Rejected):
+        return values
     return {
         "message_id": message_id(delivery.venue, book.symbol, book.update_id, BOOK_TICKER),
         "quote_id": f"{delivery.venue}-{book.update_id}",
@@ -234,16 +242,9 @@ def normalise_book(top: BookTop, venue: str, depth: int, quote_assets: Mapping[s
     named by the update id it stands at: at most one record per update id and symbol."""
     diff = top.diff
     endpoint, _, _ = diff.source
-    sides: dict[str, list[dict[str, Decimal]]] = {"bids": [], "asks": []}
-    for name, levels in (("bids", top.bids), ("asks", top.asks)):
-        for price_text, quantity_text in levels:
-            price = exact_decimal(price_text, f"{name} price", NON_POSITIVE_PRICE)
-            if isinstance(price, Rejected):
-                return dataclasses.replace(price, stream=BOOK)
-            quantity = exact_decimal(quantity_text, f"{name} quantity", NON_POSITIVE_QUANTITY)
-            if isinstance(quantity, Rejected):
-                return dataclasses.replace(quantity, stream=BOOK)
-            sides[name].append({"price": price, "quantity": quantity})
+    sides = exact_levels(top.bids, top.asks)
+    if isinstance(sides, Rejected):
+        return sides
     return {
         "message_id": message_id(venue, top.symbol, diff.final_update_id, BOOK),
         "symbol": top.symbol,
@@ -261,6 +262,21 @@ def normalise_book(top: BookTop, venue: str, depth: int, quote_assets: Mapping[s
         "vendor_data": {"stream": BOOK, "endpoint": endpoint, "snapshot_update_id": str(top.snapshot_id),
                         "first_update_id": str(diff.first_update_id)},
     }
+
+
+def exact_levels(bids: Sequence[Level], asks: Sequence[Level]) -> dict[str, list[dict[str, Decimal]]] | Rejected:
+    """A book record's `bids` and `asks`: each level's price and quantity exact."""
+    sides: dict[str, list[dict[str, Decimal]]] = {"bids": [], "asks": []}
+    for name, levels in (("bids", bids), ("asks", asks)):
+        for price_text, quantity_text in levels:
+            price = exact_decimal(price_text, f"{name} price", NON_POSITIVE_PRICE)
+            if isinstance(price, Rejected):
+                return dataclasses.replace(price, stream=BOOK)
+            quantity = exact_decimal(quantity_text, f"{name} quantity", NON_POSITIVE_QUANTITY)
+            if isinstance(quantity, Rejected):
+                return dataclasses.replace(quantity, stream=BOOK)
+            sides[name].append({"price": price, "quantity": quantity})
+    return sides
 
 
 def event_id(event: Trade | AggTrade | BookTicker) -> int:

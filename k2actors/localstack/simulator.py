@@ -60,7 +60,8 @@ HISTORY_PER_SYMBOL = 200_000
 CLIENT_QUEUE_LIMIT = 100_000  # frames queued for one client before it counts as too slow
 REPLAY_CHUNK_BYTES = 256 * 1024  # a replay's writes: whole frames, about this many bytes each
 REPLAY_BUFFER_BYTES = 4 * 1024 * 1024  # unsent bytes a replay lets pile up before it waits
-_START_PRICES_CENTS = {"BTCUSDT": 4_300_000, "ETHUSDT": 230_000, "BNBUSDT": 31_000}
+_START_PRICES_CENTS = {"BTCUSDT": 4_300_000, "ETHUSDT": 230_000, "BNBUSDT": 31_000, "BTC/USD": 4_300_000, "ETH/USD": 230_000,
+                       "SOL/USD": 15_000}
 _QUOTES = ("USDT", "USDC", "FDUSD", "EURI", "BTC", "ETH", "BNB", "EUR", "USD")
 
 
@@ -71,6 +72,9 @@ class SimTrade:
     quantity: str
     time_ms: int
     buyer_is_maker: bool
+
+
+Touch = tuple[int, tuple[int, int], tuple[int, int]]  # (update id, (bid, quantity), (ask, quantity)) in cents and 1e-8
 
 
 class Market:
@@ -91,7 +95,8 @@ class Market:
         # are the same with or without anyone watching the books.
         book_random = random.Random(seed + 1)
         self.books = {s: SimBook(self._price[s], 7_000_000 + 1000 * i, book_random) for i, s in enumerate(symbols)}
-        self._quotes: dict[str, list[str]] = {s: [] for s in symbols}  # bookTicker payloads, one per trade
+        # The touch after each trade since the last taken: (update id, best bid, best ask)
+        self._touches: dict[str, list[Touch]] = {s: [] for s in symbols}
         self._last_tick: float | None = None
         self._depth_due_ms = 0
 
@@ -123,7 +128,7 @@ class Market:
         self._history[symbol].append(trade)
         book = self.books[symbol]
         book.trade(self._price[symbol])
-        self._quotes[symbol].append(self._book_payload(symbol))
+        self._touches[symbol].append((book.update_id, *book.best()))
         return trade
 
     def frames(self, trades: list[tuple[str, SimTrade]], event_ms: int) -> dict[str, list[str]]:
@@ -136,8 +141,7 @@ class Market:
             name = symbol.lower()
             frames[f"{name}@trade"] = [trade_payload(symbol, trade, event_ms) for trade in symbol_trades]
             frames[f"{name}@aggTrade"] = [self._agg_payload(symbol, run, event_ms) for run in _runs(symbol_trades)]
-            frames[f"{name}@bookTicker"] = self._quotes[symbol]
-            self._quotes[symbol] = []
+            frames[f"{name}@bookTicker"] = [_book_ticker_payload(symbol, touch) for touch in self.take_touches(symbol)]
         return frames
 
     def depth_frames(self, now_ms: int) -> dict[str, list[str]]:
@@ -163,13 +167,10 @@ class Market:
         self._agg_history[symbol].append(row)  # what GET /api/v3/aggTrades serves
         return json.dumps({"e": "aggTrade", "E": event_ms, "s": symbol, **row}, separators=(",", ":"))
 
-    def _book_payload(self, symbol: str) -> str:
-        book = self.books[symbol]
-        (bid, bid_quantity), (ask, ask_quantity) = book.best()
-        return (
-            f'{{"u":{book.update_id},"s":"{symbol}","b":"{cents_text(bid)}","B":"{units_text(bid_quantity)}",'
-            f'"a":"{cents_text(ask)}","A":"{units_text(ask_quantity)}"}}'
-        )
+    def take_touches(self, symbol: str) -> list[Touch]:
+        """The touch after each of `symbol`'s trades since last taken."""
+        touches, self._touches[symbol] = self._touches[symbol], []
+        return touches
 
     def last_id(self, symbol: str) -> int:
         return self._next_id[symbol] - 1
@@ -193,6 +194,14 @@ class Market:
             return list(trades)[-limit:]
         start = max(from_id - trades[0].trade_id, 0)
         return [trades[i] for i in range(start, min(start + limit, len(trades)))]
+
+
+def _book_ticker_payload(symbol: str, touch: Touch) -> str:
+    update_id, (bid, bid_quantity), (ask, ask_quantity) = touch
+    return (
+        f'{{"u":{update_id},"s":"{symbol}","b":"{cents_text(bid)}","B":"{units_text(bid_quantity)}",'
+        f'"a":"{cents_text(ask)}","A":"{units_text(ask_quantity)}"}}'
+    )
 
 
 def _runs(trades: list[SimTrade]) -> list[list[SimTrade]]:

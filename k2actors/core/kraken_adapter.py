@@ -1,0 +1,174 @@
+"""Kraken's venue adapter (the contract is k2actors.core.adapter's): its WebSocket v2 frames
+read (k2actors.core.kraken), its trades, quotes and checked books (k2actors.core.checksummed_book)
+shaped into K2 v2 records, and its REST trades read.
+
+A record's `symbol` and `currency` come from Kraken's instrument information, never from
+the pair's name: `BTC/USD` is published as symbol `BTCUSD` (base and quote, as Binance's
+symbols are written) in currency `USD`, and Kraken's own spelling is kept in `vendor_data`
+as `venue_symbol`. A pair without instrument information is refused. No I/O and no state,
+as every adapter: live and replay run the same one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from k2actors.core.adapter import Answer, Reading
+from k2actors.core.binance import (
+    NON_POSITIVE_PRICE,
+    NON_POSITIVE_QUANTITY,
+    TIMESTAMP_OUT_OF_RANGE,
+    UNSUBSCRIBED_SYMBOL,
+    Rejected,
+)
+from k2actors.core.checksummed_book import CheckedTop
+from k2actors.core.kraken import (
+    BOOK,
+    TICKER,
+    TRADE,
+    BookMessage,
+    HistoryPage,
+    HistoryRefused,
+    Instrument,
+    KrakenQuote,
+    KrakenTrade,
+    RequestAnswered,
+    RequestRefused,
+    historical_trades,
+    read_frame,
+)
+from k2actors.core.link import Frame
+from k2actors.core.normalise import MAX_CLOCK_DISTANCE_US, Delivery, exact_decimal, exact_levels, exact_touch, message_id
+from k2actors.core.payloads import Record
+from k2actors.core.raw import raw_record
+
+KrakenEvent = KrakenTrade | KrakenQuote | BookMessage
+
+
+class KrakenAdapter:
+    def __init__(self, instruments: Mapping[str, Instrument], max_frame_bytes: int):
+        """`instruments`: the subscribed pairs' (by Kraken's spelling), from its instrument channel."""
+        self._instruments = instruments
+        self._max_frame_bytes = max_frame_bytes
+
+    def read(self, venue: str, endpoint: str, frame: Frame) -> Reading[KrakenEvent]:
+        received_ns, conn_id, conn_msg_seq, payload = frame
+        raw = raw_record(venue, endpoint, received_ns, conn_id, conn_msg_seq, payload)
+        channel, items = read_frame(payload, self._max_frame_bytes)
+        raw["stream"] = channel
+        events = tuple(item for item in items if isinstance(item, (KrakenTrade, KrakenQuote, BookMessage)))
+        symbols = {event.symbol for event in events}
+        if len(symbols) == 1:
+            raw["symbol"] = symbols.pop()
+        rejected = tuple(item for item in items if isinstance(item, Rejected))
+        actions = tuple(Answer(item.request_id, None if isinstance(item, RequestAnswered) else (0, item.message))
+                        for item in items if isinstance(item, (RequestAnswered, RequestRefused)))
+        return Reading(raw, events, rejected, actions)
+
+    def shape(self, event: KrakenTrade | KrakenQuote, delivery: Delivery, streamed: bool) -> tuple[str, Record] | Rejected:
+        """(stream type, record), or why the event cannot be one. A streamed event is screened
+        against its receive time; one from REST history is marked backfilled."""
+        stream = TRADE if isinstance(event, KrakenTrade) else TICKER
+        instrument = self._instruments.get(event.symbol)
+        if instrument is None:
+            return Rejected(UNSUBSCRIBED_SYMBOL, f"pair {event.symbol[:40]!r} was not subscribed", stream)
+        moment = event.timestamp_us if event.timestamp_us is not None else delivery.received_us
+        if streamed and abs(moment - delivery.received_us) > MAX_CLOCK_DISTANCE_US:
+            return Rejected(TIMESTAMP_OUT_OF_RANGE, f"{stream} time {moment} µs is more than 24 h from its receipt "
+                                                    f"at {delivery.received_us} µs", stream)
+        record = (_trade_record(event, instrument, delivery) if isinstance(event, KrakenTrade)
+                  else _quote_record(event, instrument, delivery, moment))
+        if isinstance(record, Rejected):
+            return record
+        if not streamed:
+            record["vendor_data"]["backfilled"] = "true"
+        return stream, record
+
+    def shape_book(self, top: CheckedTop, delivery: Delivery, depth: int) -> Record | Rejected:
+        """The record of a checked book's best levels, named by the venue time it stands at
+        (one a cadence window): derived again, from the same messages, with the same name."""
+        instrument = self._instruments.get(top.symbol)
+        if instrument is None:
+            return Rejected(UNSUBSCRIBED_SYMBOL, f"pair {top.symbol[:40]!r} was not subscribed", BOOK)
+        sides = exact_levels(top.bids, top.asks)
+        if isinstance(sides, Rejected):
+            return sides
+        symbol = _symbol(instrument)
+        return {
+            "message_id": message_id(delivery.venue, symbol, top.timestamp_us, BOOK),
+            "symbol": symbol,
+            "exchange": delivery.venue,
+            "asset_class": "crypto",
+            "timestamp": top.timestamp_us,
+            "depth": depth,
+            "bid_levels": len(sides["bids"]),
+            "ask_levels": len(sides["asks"]),
+            **sides,
+            "currency": instrument.quote,
+            "source_sequence": None,  # Kraken numbers no book update; the checksum vouches for it
+            "platform_sequence": None,
+            "ingestion_timestamp": delivery.received_us,
+            "vendor_data": {"stream": BOOK, "endpoint": delivery.endpoint, "venue_symbol": top.symbol,
+                            "checksum": str(top.checksum)},
+        }
+
+    @staticmethod
+    def history(body: bytes, pair: str) -> HistoryPage | HistoryRefused | Rejected:
+        """A page of REST trades of `pair`."""
+        return historical_trades(body, pair)
+
+
+def _symbol(instrument: Instrument) -> str:
+    return instrument.base + instrument.quote
+
+
+def _trade_record(trade: KrakenTrade, instrument: Instrument, delivery: Delivery) -> Record | Rejected:
+    price = exact_decimal(trade.price, "price", NON_POSITIVE_PRICE)
+    if isinstance(price, Rejected):
+        return Rejected(price.reason, price.detail, TRADE)
+    quantity = exact_decimal(trade.quantity, "quantity", NON_POSITIVE_QUANTITY)
+    if isinstance(quantity, Rejected):
+        return Rejected(quantity.reason, quantity.detail, TRADE)
+    symbol = _symbol(instrument)
+    return {
+        "message_id": message_id(delivery.venue, symbol, trade.trade_id),
+        "trade_id": f"{delivery.venue}-{trade.trade_id}",
+        "symbol": symbol,
+        "exchange": delivery.venue,
+        "asset_class": "crypto",
+        "timestamp": trade.timestamp_us,
+        "price": price,
+        "quantity": quantity,
+        "currency": instrument.quote,
+        "side": "BUY" if trade.taker_side == "buy" else "SELL",
+        "trade_conditions": [],
+        "source_sequence": trade.trade_id,
+        "platform_sequence": None,
+        "ingestion_timestamp": delivery.received_us,
+        "vendor_data": {"order_type": trade.order_type, "endpoint": delivery.endpoint, "venue_symbol": trade.symbol},
+    }
+
+
+def _quote_record(quote: KrakenQuote, instrument: Instrument, delivery: Delivery, moment: int) -> Record | Rejected:
+    """Kraken's ticker numbers no update: a quote is named by its time (the venue's, or its
+    receipt's when the frame has none), which also orders a symbol's quotes."""
+    values = exact_touch(quote.bid_price, quote.bid_quantity, quote.ask_price, quote.ask_quantity, TICKER)
+    if isinstance(values, Rejected):
+        return Rejected(values.reason, values.detail, TICKER)
+    symbol = _symbol(instrument)
+    vendor_data: dict[str, Any] = {"stream": TICKER, "endpoint": delivery.endpoint, "venue_symbol": quote.symbol}
+    return {
+        "message_id": message_id(delivery.venue, symbol, moment, TICKER),
+        "quote_id": f"{delivery.venue}-{symbol}-{moment}",
+        "symbol": symbol,
+        "exchange": delivery.venue,
+        "asset_class": "crypto",
+        "timestamp": moment,
+        **values,
+        "currency": instrument.quote,
+        "source_sequence": None,
+        "platform_sequence": None,
+        "ingestion_timestamp": delivery.received_us,
+        "vendor_data": vendor_data,
+    }

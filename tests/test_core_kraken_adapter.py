@@ -1,0 +1,110 @@
+"""Kraken's adapter: real frames (tests/data/README.md) into K2 v2 records, every field exact."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+from k2actors.core.adapter import Answer
+from k2actors.core.binance import NON_POSITIVE_QUANTITY, TIMESTAMP_OUT_OF_RANGE, UNSUBSCRIBED_SYMBOL, Rejected
+from k2actors.core.checksummed_book import CheckedTop, ChecksummedBook
+from k2actors.core.kraken import HistoryPage, HistoryRefused, Instrument, KrakenTrade
+from k2actors.core.kraken_adapter import KrakenAdapter
+from k2actors.core.normalise import Delivery, message_id
+from tests.test_core_checksummed_book import session_messages
+from tests.test_core_kraken import FRAMES, us
+
+ENDPOINT = "wss://ws.kraken.com/v2"
+INSTRUMENTS = {"BTC/USD": Instrument("BTC/USD", "BTC", "USD", 1, 8, "online")}
+ADAPTER = KrakenAdapter(INSTRUMENTS, 1 << 20)
+TRADE_UPDATE = FRAMES["src/wss/kraken_wss_client.rs:909 trade_update"]
+RECEIVED_NS = us(2024, 5, 27, 12, 43, 11, 900000) * 1000
+
+
+def test_a_frame_of_trades_is_read_into_its_raw_record_and_its_trades():
+    reading = ADAPTER.read("KRAKEN", ENDPOINT, (RECEIVED_NS, "c1", 7, TRADE_UPDATE))
+    assert reading.raw == {"exchange": "KRAKEN", "endpoint": ENDPOINT, "conn_id": "c1", "conn_msg_seq": 7,
+                           "recv_ts_ns": RECEIVED_NS, "stream": "trade", "symbol": "BTC/USD", "payload": TRADE_UPDATE}
+    assert [event.trade_id for event in reading.events] == [70635299, 70635300]
+    assert (reading.rejected, reading.actions) == ((), ())
+
+
+def test_a_trade_becomes_a_record_with_symbol_and_currency_from_the_instrument():
+    trade = ADAPTER.read("KRAKEN", ENDPOINT, (RECEIVED_NS, "c1", 7, TRADE_UPDATE)).events[0]
+    delivery = Delivery("KRAKEN", ENDPOINT, RECEIVED_NS // 1000)
+    assert ADAPTER.shape(trade, delivery, streamed=True) == ("trade", {
+        "message_id": message_id("KRAKEN", "BTCUSD", 70635299),
+        "trade_id": "KRAKEN-70635299",
+        "symbol": "BTCUSD",
+        "exchange": "KRAKEN",
+        "asset_class": "crypto",
+        "timestamp": us(2024, 5, 27, 12, 43, 11, 798009),
+        "price": Decimal("68500.00000000"),
+        "quantity": Decimal("0.01044926"),
+        "currency": "USD",
+        "side": "BUY",
+        "trade_conditions": [],
+        "source_sequence": 70635299,
+        "platform_sequence": None,
+        "ingestion_timestamp": RECEIVED_NS // 1000,
+        "vendor_data": {"order_type": "limit", "endpoint": ENDPOINT, "venue_symbol": "BTC/USD"},
+    })
+    later = Delivery("KRAKEN", ENDPOINT, RECEIVED_NS // 1000 + 25 * 3600 * 1_000_000)
+    assert ADAPTER.shape(trade, later, streamed=True).reason == TIMESTAMP_OUT_OF_RANGE
+    _, backfilled = ADAPTER.shape(trade, later, streamed=False)
+    assert backfilled["vendor_data"]["backfilled"] == "true"
+
+
+def test_a_pair_without_instrument_information_is_refused():
+    trade = KrakenTrade("ETH/USD", 1, "3000.1", "1.5", "sell", "market", 0, False)
+    assert ADAPTER.shape(trade, Delivery("KRAKEN", ENDPOINT, 0), streamed=False) == Rejected(
+        UNSUBSCRIBED_SYMBOL, "pair 'ETH/USD' was not subscribed", "trade")
+
+
+def test_a_quote_is_named_by_its_time_and_without_one_by_its_receipt():
+    frame = FRAMES["src/wss/kraken_wss_client.rs:495 ticker_update"]
+    (quote,) = ADAPTER.read("KRAKEN", ENDPOINT, (RECEIVED_NS, "c1", 8, frame)).events
+    stream, record = ADAPTER.shape(quote, Delivery("KRAKEN", ENDPOINT, RECEIVED_NS // 1000), streamed=True)
+    assert stream == "ticker"
+    assert {name: record[name] for name in ("symbol", "timestamp", "bid_price", "bid_quantity", "ask_price", "ask_quantity",
+                                            "currency", "message_id")} == {
+        "symbol": "BTCUSD", "timestamp": RECEIVED_NS // 1000, "bid_price": Decimal("65843.70000000"),
+        "bid_quantity": Decimal("12.31628629"), "ask_price": Decimal("65843.80000000"), "ask_quantity": Decimal("0.31232000"),
+        "currency": "USD", "message_id": message_id("KRAKEN", "BTCUSD", RECEIVED_NS // 1000, "ticker")}
+
+
+def test_a_checked_book_becomes_a_record_of_its_best_levels():
+    book = ChecksummedBook("BTC/USD", 10, 1, 8, publish_depth=10, cadence_us=1_000_000)
+    snapshot, update, *_ = session_messages()
+    book.message(snapshot, received_us=5)
+    (top,) = [output for output in book.message(update, received_us=6) if isinstance(output, CheckedTop)]
+    record = ADAPTER.shape_book(top, Delivery("KRAKEN", ENDPOINT, 6), depth=10)
+    assert record["message_id"] == message_id("KRAKEN", "BTCUSD", update.timestamp_us, "book")
+    assert (record["timestamp"], record["bid_levels"], record["ask_levels"]) == (update.timestamp_us, 10, 10)
+    assert record["bids"][0] == {"price": Decimal(top.bids[0][0]), "quantity": Decimal(top.bids[0][1])}
+    assert [level["price"] for level in record["asks"]] == sorted(level["price"] for level in record["asks"])
+    assert record["vendor_data"] == {"stream": "book", "endpoint": ENDPOINT, "venue_symbol": "BTC/USD", "checksum": str(update.checksum)}
+
+
+def test_answers_to_requests_are_actions_and_a_bad_trade_is_refused_alone():
+    frame = FRAMES["src/wss/messages/base_messages.rs:240 raw"]
+    assert ADAPTER.read("KRAKEN", ENDPOINT, (0, "c1", 1, frame)).actions == (
+        Answer(0, (0, "Currency pair not supported WWW/USD")),)
+    batch = json.loads(TRADE_UPDATE)
+    batch["data"][1]["qty"] = 0
+    reading = ADAPTER.read("KRAKEN", ENDPOINT, (0, "c1", 2, json.dumps(batch).encode()))
+    assert [event.trade_id for event in reading.events] == [70635299]
+    assert [rejected.reason for rejected in reading.rejected] == [NON_POSITIVE_QUANTITY]
+
+
+def test_a_page_of_rest_trades_as_kraken_documents_it():
+    # docs.kraken.com/api/docs/rest-api/get-recent-trades, its example response (first row)
+    body = (b'{"error":[],"result":{"XXBTZUSD":[["30243.40000","0.34507674",1688669597.8277369,"b","m","",61044952]],'
+            b'"last":"1688671969993150842"}}')
+    assert KrakenAdapter.history(body, "XXBTZUSD") == HistoryPage(
+        (KrakenTrade("XXBTZUSD", 61044952, "30243.40000", "0.34507674", "buy", "market", 1688669597827736, False),),
+        1688671969993150842)
+    refused = KrakenAdapter.history(b'{"error":["EAPI:Rate limit exceeded"]}', "XXBTZUSD")
+    assert refused == HistoryRefused(("EAPI:Rate limit exceeded",)) and refused.rate_limited
+    assert not HistoryRefused(("EQuery:Unknown asset pair",)).rate_limited
+    assert isinstance(KrakenAdapter.history(b'{"error":[],"result":{}}', "XXBTZUSD"), Rejected)
