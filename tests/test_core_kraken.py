@@ -35,6 +35,9 @@ from k2actors.core.kraken import (
     SystemStatus,
     checksum,
     read_frame,
+    resubscribe_book,
+    subscribe_requests,
+    subscribed_depth,
 )
 
 DATA = Path(__file__).parent / "data"
@@ -231,3 +234,18 @@ def test_a_snapshot_may_come_without_a_timestamp():
 def test_frames_that_are_no_event_are_refused(frame, reason):
     _, items = read_frame(frame, MAX_BYTES)
     assert [item.reason for item in items] == [reason]
+
+
+def test_subscriptions_are_one_request_per_channel_for_every_symbol():
+    assert [json.loads(request) for _, request in subscribe_requests(["BTC/USD", "ETH/USD"], ("trade", "ticker", "book"), 25, 7)] == [
+        {"method": "subscribe", "params": {"channel": "trade", "symbol": ["BTC/USD", "ETH/USD"], "snapshot": True}, "req_id": 7},
+        {"method": "subscribe", "params": {"channel": "ticker", "symbol": ["BTC/USD", "ETH/USD"], "event_trigger": "bbo",
+                                           "snapshot": True}, "req_id": 8},
+        {"method": "subscribe", "params": {"channel": "book", "symbol": ["BTC/USD", "ETH/USD"], "depth": 25, "snapshot": True},
+         "req_id": 9},
+    ]
+    assert [json.loads(request) for _, request in resubscribe_book("ETH/USD", 10, 3)] == [
+        {"method": "unsubscribe", "params": {"channel": "book", "symbol": ["ETH/USD"]}, "req_id": 3},
+        {"method": "subscribe", "params": {"channel": "book", "symbol": ["ETH/USD"], "depth": 10, "snapshot": True}, "req_id": 4},
+    ]
+    assert [subscribed_depth(n) for n in (1, 10, 11, 20, 25, 26, 1000, 5000)] == [10, 10, 25, 25, 25, 100, 1000, 1000]

@@ -25,7 +25,11 @@ from k2actors.core.kraken import (
     SystemStatus,
     historical_trades,
     read_frame,
+    resubscribe_book,
+    subscribe_requests,
+    subscribed_depth,
 )
+from k2actors.core.kraken_backfill import KrakenGapFill
 from k2actors.localstack.kraken import KrakenSimulator
 
 
@@ -79,6 +83,20 @@ def test_a_connection_opens_with_its_status_and_each_symbol_is_answered_on_its_o
     session.close()
 
 
+def test_the_subscriptions_the_adapter_asks_for_are_answered_symbol_by_symbol(sim):
+    session = Session(sim.urls[0])
+    for _, request in subscribe_requests(["BTC/USD", "ETH/USD"], ("trade", "ticker", "book"), subscribed_depth(20), 1):
+        session.socket.send(request)
+    seen = session.items(lambda seen: len(of(RequestAnswered, seen)) == 6 and len(of(BookMessage, seen)) >= 2)
+    assert {(a.request_id, a.channel, a.symbol) for a in of(RequestAnswered, seen)} == {
+        (request_id, channel, symbol) for request_id, channel in ((1, "trade"), (2, "ticker"), (3, "book"))
+        for symbol in ("BTC/USD", "ETH/USD")}
+    snapshots = [message for message in of(BookMessage, seen) if message.is_snapshot]
+    assert {message.symbol for message in snapshots} == {"BTC/USD", "ETH/USD"}
+    assert all(len(message.bids) == len(message.asks) == 25 for message in snapshots)
+    session.close()
+
+
 def test_trades_follow_their_snapshot_with_consecutive_ids(sim):
     time.sleep(0.3)  # a history for the snapshot
     session = Session(sim.urls[0])
@@ -121,8 +139,8 @@ def test_books_stay_in_sync_by_their_checksums_and_a_corrupted_update_is_caught_
     feed(lambda: of(Resubscribe, outputs))
     (mismatch,) = of(ChecksumMismatch, outputs)
     assert not mismatch.in_snapshot and book.top() is None
-    session.send("unsubscribe", channel="book", symbol=["BTC/USD"])
-    session.send("subscribe", channel="book", symbol=["BTC/USD"], depth=25)
+    for _, request in resubscribe_book("BTC/USD", 25, first_request_id=100):
+        session.socket.send(request)
     outputs.clear()
     feed(lambda: len(outputs) > 50)
     assert of(ChecksumInSync, outputs) and not of(ChecksumMismatch, outputs) and book.top() is not None
@@ -164,6 +182,22 @@ def test_rest_trades_page_by_time_and_are_the_streams_trades(sim):
     refused = historical_trades(rest_trades(sim, "BTC/USD", since=0), "BTC/USD")
     assert isinstance(refused, HistoryRefused) and refused.rate_limited
     assert historical_trades(rest_trades(sim, "XBT/USD", since=0), "XBT/USD") == HistoryRefused(("EQuery:Unknown asset pair",))
+    session.close()
+
+
+def test_a_gap_is_filled_from_the_rest_history_paged_by_time(sim):
+    session = Session(sim.urls[0])
+    session.send("subscribe", channel="trade", symbol=["BTC/USD"], snapshot=False)
+    streamed = sorted(of(KrakenTrade, session.items(lambda seen: len(of(KrakenTrade, seen)) > 40)), key=lambda t: t.trade_id)
+    before, gap = streamed[0], streamed[1:31]  # as if these 30 had been lost
+    fill = KrakenGapFill("BTC/USD", gap[0].trade_id, gap[-1].trade_id, after_us=before.timestamp_us)
+    filled: list[KrakenTrade] = []
+    while not fill.done:
+        with urllib.request.urlopen(sim.rest_url() + fill.target(), timeout=5) as response:
+            got = fill.take(historical_trades(response.read(), "BTC/USD"))
+        assert got.unserved == []
+        filled += got.trades
+    assert filled == gap
     session.close()
 
 

@@ -10,8 +10,9 @@ import json
 import logging
 import random
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from k2actors.core.backoff import backoff_delay
 from k2actors.core.binance import (
@@ -54,10 +55,24 @@ WEIGHT_PER_MINUTE = 1000
 WINDOW_SECONDS = 60.0
 
 
+T = TypeVar("T")  # a venue's trades
+
+
 @dataclass(frozen=True, slots=True)
-class Page:
-    trades: list[Trade | AggTrade]  # inside the gap, in id order, each id once
+class Page(Generic[T]):
+    trades: list[T]  # inside the gap, in id order, each id once
     unserved: list[tuple[int, int]]  # id ranges the venue no longer serves (or skipped)
+
+
+def holes(expected: int, ids: Iterable[int]) -> tuple[list[tuple[int, int]], int]:
+    """The ranges of ids missing from `ids` (ascending, none below `expected`), and the id
+    after the last of them."""
+    missing = []
+    for trade_id in ids:
+        if trade_id > expected:
+            missing.append((expected, trade_id - 1))
+        expected = trade_id + 1
+    return missing, expected
 
 
 @dataclass
@@ -93,17 +108,13 @@ class GapFill:
         """fromId and limit of the next page."""
         return self.next_id, min(PAGE_LIMIT, self.last_id - self.next_id + 1)
 
-    def take(self, trades: list[Trade | AggTrade]) -> Page:
+    def take(self, trades: list[Trade | AggTrade]) -> Page[Trade | AggTrade]:
         """An answer to `request()`: what it fills, and which ids it shows cannot be had."""
         start = self.next_id
         by_id = {event_id(t): t for t in trades}
         ids = sorted(i for i in by_id if start <= i)
         reached = min(ids[-1], self.last_id) if ids else self.last_id
-        unserved, expected = [], start
-        for trade_id in (i for i in ids if i <= reached):
-            if trade_id > expected:
-                unserved.append((expected, trade_id - 1))
-            expected = trade_id + 1
+        unserved, _ = holes(start, (i for i in ids if i <= reached))
         if not ids:
             unserved.append((start, self.last_id))  # nothing from there on: history ends before it
         self.next_id = reached + 1

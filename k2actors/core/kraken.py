@@ -17,6 +17,7 @@ against real captured sessions (tests/data/README.md).
 from __future__ import annotations
 
 import dataclasses
+import json
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -238,6 +239,33 @@ def _history_row(row: object, pair: str) -> KrakenTrade | Rejected:
     moment = Decimal(seconds_text).scaleb(6).to_integral_value(ROUND_FLOOR)
     return KrakenTrade(pair, trade_id, price_text, quantity_text, _SIDE_LETTERS[side], _ORDER_TYPE_LETTERS[order_type],
                        int(moment), False)
+
+
+def subscribe_requests(symbols: Sequence[str], channels: Sequence[str], book_depth: int,
+                       first_request_id: int) -> list[tuple[int, str]]:
+    """(request id, request) of each channel's subscription: every symbol in one request,
+    which Kraken answers symbol by symbol. Trades come with their last 50 (a reconnect's
+    overlap, and what a short gap needs); quotes on every change of the best bid or offer."""
+    extra: dict[str, dict[str, object]] = {TRADE: {"snapshot": True}, TICKER: {"event_trigger": "bbo", "snapshot": True},
+             BOOK: {"depth": book_depth, "snapshot": True}}
+    return [(request_id, _request("subscribe", request_id, {"channel": channel, "symbol": list(symbols), **extra[channel]}))
+            for request_id, channel in enumerate(channels, start=first_request_id)]
+
+
+def resubscribe_book(symbol: str, book_depth: int, first_request_id: int) -> list[tuple[int, str]]:
+    """The requests that give a book a fresh snapshot: unsubscribe, then subscribe again."""
+    params: dict[str, object] = {"channel": BOOK, "symbol": [symbol]}
+    return [(first_request_id, _request("unsubscribe", first_request_id, params)),
+            (first_request_id + 1, _request("subscribe", first_request_id + 1, {**params, "depth": book_depth, "snapshot": True}))]
+
+
+def subscribed_depth(published_depth: int) -> int:
+    """The shallowest depth Kraken serves that holds the levels published."""
+    return next((depth for depth in BOOK_DEPTHS if depth >= published_depth), BOOK_DEPTHS[-1])
+
+
+def _request(method: str, request_id: int, params: dict[str, object]) -> str:
+    return json.dumps({"method": method, "params": params, "req_id": request_id}, separators=(",", ":"))
 
 
 def checksum(asks: Sequence[Level], bids: Sequence[Level], price_precision: int, qty_precision: int) -> int:

@@ -325,63 +325,61 @@ class KrakenSimulator:
         if method == "ping":
             client.queue.put_nowait(_reply({"method": "pong", **_id(request_id)}, time_in))
         elif method in ("subscribe", "unsubscribe"):
-            for reply in self._subscription(endpoint, client, method, request_id, params):
-                client.queue.put_nowait(_reply(reply, time_in))
+            for frame in self._subscription(endpoint, client, method, request_id, params, time_in):
+                client.queue.put_nowait(frame)
         else:
             client.queue.put_nowait(_reply({"error": "Unsupported event", "method": method, **_id(request_id),
                                             "success": False}, time_in))
 
-    def _subscription(self, endpoint: _Endpoint, client: _Client, method: str, request_id: object, params: dict) -> list[dict]:
+    def _subscription(self, endpoint: _Endpoint, client: _Client, method: str, request_id: object, params: dict,
+                      time_in: str) -> list[str]:
+        """The frames that answer a subscribe or unsubscribe: per symbol its acknowledgement
+        (or refusal), a subscription's followed by its snapshot when asked for (the default)."""
         channel = params.get("channel")
+        answered = {"method": method, **_id(request_id)}
+        snapshot_wanted = params.get("snapshot", True) is not False
         if channel == "instrument":
-            if method == "subscribe":
-                client.queue.put_nowait(self._instruments())
-            return [{"method": method, **_id(request_id), "result": {"channel": channel, "snapshot": True}, "success": True}]
+            ack = _reply({**answered, "result": {"channel": channel, "snapshot": snapshot_wanted}, "success": True}, time_in)
+            return [ack, self._instruments()] if method == "subscribe" and snapshot_wanted else [ack]
         if channel not in ("trade", "ticker", "book"):
-            return [{"error": f"Channel {str(channel)[:40]} not supported", "method": method, **_id(request_id), "success": False}]
+            return [_reply({"error": f"Channel {str(channel)[:40]} not supported", **answered, "success": False}, time_in)]
         symbols = params.get("symbol")
         depth = params.get("depth", 10)
         if not isinstance(symbols, list) or not symbols or (channel == "book" and depth not in BOOK_DEPTHS):
-            return [{"error": "EGeneral:Invalid arguments", "method": method, **_id(request_id), "success": False}]
+            return [_reply({"error": "EGeneral:Invalid arguments", **answered, "success": False}, time_in)]
         if method == "subscribe" and endpoint.subscriptions_refused > 0:
             endpoint.subscriptions_refused -= 1
-            return [{"error": "EService:Unavailable", "method": method, **_id(request_id), "success": False}]
-        replies = []
+            return [_reply({"error": "EService:Unavailable", **answered, "success": False}, time_in)]
+        frames = []
         for symbol in symbols:
             if symbol not in self.market.books:
-                replies.append({"error": f"Currency pair not supported {str(symbol)[:40]}", "method": method, **_id(request_id),
-                                "success": False, "symbol": str(symbol)[:40]})
-                continue
-            result: dict = {"channel": channel, "symbol": symbol}
-            if method == "unsubscribe" and channel == "book":
-                client.books.pop(symbol, None)
+                frames.append(_reply({"error": f"Currency pair not supported {str(symbol)[:40]}", **answered, "success": False,
+                                      "symbol": str(symbol)[:40]}, time_in))
             elif method == "unsubscribe":
-                (client.trades if channel == "trade" else client.tickers).discard(symbol)
-            elif channel == "trade":
-                client.trades.add(symbol)
-                result["snapshot"] = True
-                recent = list(self._history[symbol])[-TRADE_SNAPSHOT:]
-                snapshot = _data("trade", "snapshot", [_trade_item(symbol, trade) for trade in recent])
-            elif channel == "ticker":
-                client.tickers.add(symbol)
-                result.update(event_trigger="bbo", snapshot=True)
-                snapshot = _data("ticker", "snapshot", [self._ticker_item(symbol, *self.market.books[symbol].best(),
-                                                                           _timestamp(int(time.time() * 1_000_000)))])
+                _unsubscribe(client, channel, symbol)
+                frames.append(_reply({**answered, "result": {"channel": channel, "symbol": symbol}, "success": True}, time_in))
             else:
-                view = client.books[symbol] = _BookView(depth)
-                view.bids, view.asks = _best(self.market.books[symbol], depth)
-                result.update(depth=depth, snapshot=True)
-                snapshot = _data("book", "snapshot", [{
-                    "symbol": symbol,
-                    "bids": _levels(sorted(view.bids.items(), reverse=True)),
-                    "asks": _levels(sorted(view.asks.items())),
-                    "checksum": _checksum(view.bids, view.asks),
-                    "timestamp": _timestamp(int(time.time() * 1_000_000))}])
-            replies.append({"method": method, **_id(request_id), "result": result, "success": True})
-            if method == "subscribe":  # the acknowledgement first, then the snapshot
-                client.queue.put_nowait(_reply(replies.pop(), _timestamp(int(time.time() * 1_000_000))))
-                client.queue.put_nowait(snapshot)
-        return replies
+                result, snapshot = self._subscribe(client, channel, symbol, depth)
+                frames.append(_reply({**answered, "result": {**result, "snapshot": snapshot_wanted}, "success": True}, time_in))
+                frames += [snapshot] if snapshot_wanted else []
+        return frames
+
+    def _subscribe(self, client: _Client, channel: str, symbol: str, depth: int) -> tuple[dict, str]:
+        """The acknowledgement's result, and the snapshot, of a subscription now made."""
+        now = _timestamp(int(time.time() * 1_000_000))
+        if channel == "trade":
+            client.trades.add(symbol)
+            recent = list(self._history[symbol])[-TRADE_SNAPSHOT:]
+            return {"channel": channel, "symbol": symbol}, _data("trade", "snapshot", [_trade_item(symbol, t) for t in recent])
+        if channel == "ticker":
+            client.tickers.add(symbol)
+            item = self._ticker_item(symbol, *self.market.books[symbol].best(), now)
+            return {"channel": channel, "event_trigger": "bbo", "symbol": symbol}, _data("ticker", "snapshot", [item])
+        view = client.books[symbol] = _BookView(depth)
+        view.bids, view.asks = _best(self.market.books[symbol], depth)
+        book = {"symbol": symbol, "bids": _levels(sorted(view.bids.items(), reverse=True)), "asks": _levels(sorted(view.asks.items())),
+                "checksum": _checksum(view.bids, view.asks), "timestamp": now}
+        return {"channel": channel, "depth": depth, "symbol": symbol}, _data("book", "snapshot", [book])
 
     def _instruments(self) -> str:
         pairs = [{"symbol": symbol, "base": symbol.split("/")[0], "quote": symbol.split("/")[1], "status": "online",
@@ -455,6 +453,15 @@ def _encode(value: object) -> str:
     if isinstance(value, list):
         return "[" + ",".join(_encode(item) for item in value) + "]"
     return json.dumps(value)
+
+
+def _unsubscribe(client: _Client, channel: str, symbol: str) -> None:
+    if channel == "book":
+        client.books.pop(symbol, None)
+    elif channel == "trade":
+        client.trades.discard(symbol)
+    else:
+        client.tickers.discard(symbol)
 
 
 def _data(channel: str, kind: str, data: object) -> str:
