@@ -50,7 +50,8 @@ from thespian.actors import Actor, ActorExitRequest, ActorSystem
 
 from k2actors import processes
 from k2actors.config import KafkaConfig
-from k2actors.core.binance import MAX_STREAMS_PER_CONNECTION, Rejected, Trade, parse_frame
+from k2actors.core.binance import MAX_STREAMS_PER_CONNECTION, Trade, parse_frame
+from k2actors.core.frames import Rejected
 from k2actors.core.normalise import Delivery, normalise_trade
 from k2actors.localstack.broker import TansuBroker
 from k2actors.localstack.registry import SchemaRegistryDouble

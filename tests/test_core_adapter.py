@@ -13,7 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from k2actors.core.adapter import Answer, BinanceAdapter, Reading, Replace
-from k2actors.core.binance import AggTrade, BookTicker, Rejected, Trade
+from k2actors.core.binance import AggTrade, BookTicker, Trade
+from k2actors.core.frames import Rejected
 from k2actors.core.normalise import Delivery
 from k2actors.localstack.simulator import Market
 

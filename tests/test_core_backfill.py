@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from k2actors.core import binance
+from k2actors.core import binance, frames
 from k2actors.core.backfill import (
     MAX_ATTEMPTS,
     PAGE_LIMIT,
@@ -19,7 +19,8 @@ from k2actors.core.backfill import (
     SnapshotTaken,
     Unfilled,
 )
-from k2actors.core.binance import Rejected, Trade, historical_trades
+from k2actors.core.binance import Trade, historical_trades
+from k2actors.core.frames import Rejected
 from k2actors.core.sequence import SequenceTracker
 from k2actors.core.telemetry import MetricBuffer
 
@@ -110,16 +111,16 @@ def test_history_rows_become_trades_like_streamed_ones():
 
 @pytest.mark.parametrize(
     "row, reason",
-    [({k: v for k, v in ROW.items() if k != "id"}, binance.MISSING_FIELD), ({**ROW, "id": "42"}, binance.WRONG_TYPE),
-     ({**ROW, "qty": 1.5}, binance.WRONG_TYPE), ({**ROW, "isBuyerMaker": 1}, binance.WRONG_TYPE),
-     ({**ROW, "id": -1}, binance.ID_OUT_OF_RANGE), ([1, 2], binance.UNEXPECTED_SHAPE)],
+    [({k: v for k, v in ROW.items() if k != "id"}, frames.MISSING_FIELD), ({**ROW, "id": "42"}, frames.WRONG_TYPE),
+     ({**ROW, "qty": 1.5}, frames.WRONG_TYPE), ({**ROW, "isBuyerMaker": 1}, frames.WRONG_TYPE),
+     ({**ROW, "id": -1}, frames.ID_OUT_OF_RANGE), ([1, 2], frames.UNEXPECTED_SHAPE)],
 )
 def test_history_rows_that_are_not_trades_are_rejected_one_by_one(row, reason):
     [(_, good), (_, bad)] = historical_trades(json.dumps([ROW, row]).encode(), "BTCUSDT")
     assert isinstance(good, Trade) and isinstance(bad, Rejected) and bad.reason == reason
 
 
-@pytest.mark.parametrize("body, reason", [(b"<html>", binance.NOT_JSON), (b'{"code": -1121}', binance.UNEXPECTED_SHAPE)])
+@pytest.mark.parametrize("body, reason", [(b"<html>", frames.NOT_JSON), (b'{"code": -1121}', frames.UNEXPECTED_SHAPE)])
 def test_an_answer_that_is_not_a_list_of_rows_is_rejected_whole(body, reason):
     assert historical_trades(body, "BTCUSDT").reason == reason
 

@@ -7,14 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from k2actors.core import binance
+from k2actors.core import binance, frames
 from k2actors.core.binance import (
-    ID_OUT_OF_RANGE,
-    MISSING_FIELD,
-    NOT_JSON,
-    UNEXPECTED_SHAPE,
-    WRONG_TYPE,
-    Rejected,
     ServerShutdown,
     SubscriptionError,
     SubscriptionReply,
@@ -27,6 +21,7 @@ from k2actors.core.binance import (
     subscription_plan,
 )
 from k2actors.core.book import DepthDiff, DepthSnapshot
+from k2actors.core.frames import ID_OUT_OF_RANGE, MISSING_FIELD, NOT_JSON, UNEXPECTED_SHAPE, WRONG_TYPE, Rejected
 from k2actors.core.normalise import (
     MAX_CLOCK_DISTANCE_US,
     MESSAGE_ID_NAMESPACE,
@@ -111,14 +106,14 @@ def test_what_only_looks_like_an_error_reply_is_not_one(raw):
 @pytest.mark.parametrize(
     "raw, reason",
     [
-        (b"not json", binance.NOT_JSON),
-        (b"\xff\xfe", binance.NOT_JSON),
-        (b"", binance.NOT_JSON),
-        (b"[1, 2]", binance.UNEXPECTED_SHAPE),
-        (b'"text"', binance.UNEXPECTED_SHAPE),
-        (b'{"stream": "x", "data": [1]}', binance.UNEXPECTED_SHAPE),
-        (b'{"stream": "x", "data": {"s": "BTCUSDT"}}', binance.MISSING_FIELD),
-        (b'{"e": "kline"}', binance.UNKNOWN_EVENT),
+        (b"not json", frames.NOT_JSON),
+        (b"\xff\xfe", frames.NOT_JSON),
+        (b"", frames.NOT_JSON),
+        (b"[1, 2]", frames.UNEXPECTED_SHAPE),
+        (b'"text"', frames.UNEXPECTED_SHAPE),
+        (b'{"stream": "x", "data": [1]}', frames.UNEXPECTED_SHAPE),
+        (b'{"stream": "x", "data": {"s": "BTCUSDT"}}', frames.MISSING_FIELD),
+        (b'{"e": "kline"}', frames.UNKNOWN_EVENT),
     ],
 )
 def test_frames_that_are_not_trades_are_rejected_with_a_reason(raw, reason):
@@ -129,7 +124,7 @@ def test_frames_that_are_not_trades_are_rejected_with_a_reason(raw, reason):
 @pytest.mark.parametrize("field", ["s", "t", "p", "q", "T", "E", "m"])
 def test_each_missing_trade_field_is_named(field):
     result = parse_frame(envelope({k: v for k, v in TRADE.items() if k != field}), LIMIT)
-    assert result.reason == binance.MISSING_FIELD and repr(field) in result.detail
+    assert result.reason == frames.MISSING_FIELD and repr(field) in result.detail
 
 
 @pytest.mark.parametrize(
@@ -138,7 +133,7 @@ def test_each_missing_trade_field_is_named(field):
 )
 def test_each_mistyped_trade_field_is_named(field, value):
     result = parse_frame(envelope({**TRADE, field: value}), LIMIT)
-    assert result.reason == binance.WRONG_TYPE and repr(field) in result.detail
+    assert result.reason == frames.WRONG_TYPE and repr(field) in result.detail
 
 
 DELIVERY = Delivery("BINANCE", "wss://stream.binance.com:9443/stream", 1700000000200123)
@@ -216,28 +211,28 @@ def test_quote_assets_from_exchange_info(answer, expected):
      ("43210.12000000", Decimal("43210.12")), ("1.000000000", Decimal("1"))],
 )
 def test_exact_decimals_fit_the_schema(text, expected):
-    value = exact_decimal(text, "price", binance.NON_POSITIVE_PRICE)
+    value = exact_decimal(text, "price", frames.NON_POSITIVE_PRICE)
     assert value == expected and value.as_tuple().exponent == -8
 
 
 @pytest.mark.parametrize(
     "text, reason",
-    [("abc", binance.INVALID_DECIMAL), ("", binance.INVALID_DECIMAL), ("NaN", binance.NON_FINITE_NUMBER),
-     ("Infinity", binance.NON_FINITE_NUMBER), ("-Infinity", binance.NON_FINITE_NUMBER), ("sNaN", binance.NON_FINITE_NUMBER),
-     ("0.000000001", binance.DECIMAL_OUT_OF_RANGE), ("10000000000", binance.DECIMAL_OUT_OF_RANGE),
-     ("1e30", binance.INVALID_DECIMAL), ("1e-30", binance.INVALID_DECIMAL), ("1_000", binance.INVALID_DECIMAL),
-     (" 1", binance.INVALID_DECIMAL), ("\u0661", binance.INVALID_DECIMAL), ("1.", binance.INVALID_DECIMAL),
-     ("0", binance.NON_POSITIVE_PRICE), ("0.00000000", binance.NON_POSITIVE_PRICE), ("-0", binance.NON_POSITIVE_PRICE),
-     ("-1.5", binance.NON_POSITIVE_PRICE)],
+    [("abc", frames.INVALID_DECIMAL), ("", frames.INVALID_DECIMAL), ("NaN", frames.NON_FINITE_NUMBER),
+     ("Infinity", frames.NON_FINITE_NUMBER), ("-Infinity", frames.NON_FINITE_NUMBER), ("sNaN", frames.NON_FINITE_NUMBER),
+     ("0.000000001", frames.DECIMAL_OUT_OF_RANGE), ("10000000000", frames.DECIMAL_OUT_OF_RANGE),
+     ("1e30", frames.INVALID_DECIMAL), ("1e-30", frames.INVALID_DECIMAL), ("1_000", frames.INVALID_DECIMAL),
+     (" 1", frames.INVALID_DECIMAL), ("\u0661", frames.INVALID_DECIMAL), ("1.", frames.INVALID_DECIMAL),
+     ("0", frames.NON_POSITIVE_PRICE), ("0.00000000", frames.NON_POSITIVE_PRICE), ("-0", frames.NON_POSITIVE_PRICE),
+     ("-1.5", frames.NON_POSITIVE_PRICE)],
 )
 def test_decimals_that_cannot_be_stored_exactly_are_rejected(text, reason):
-    result = exact_decimal(text, "price", binance.NON_POSITIVE_PRICE)
+    result = exact_decimal(text, "price", frames.NON_POSITIVE_PRICE)
     assert isinstance(result, Rejected) and result.reason == reason and "price" in result.detail
 
 
 def test_bad_quantity_rejects_the_trade():
     result = normalise_trade(parse_frame(envelope({**TRADE, "q": "1.123456789"}), LIMIT), DELIVERY, {})
-    assert isinstance(result, Rejected) and result.reason == binance.DECIMAL_OUT_OF_RANGE and "quantity" in result.detail
+    assert isinstance(result, Rejected) and result.reason == frames.DECIMAL_OUT_OF_RANGE and "quantity" in result.detail
 
 
 def test_a_few_symbols_are_requested_in_the_url():
@@ -268,14 +263,14 @@ def test_a_frame_over_the_limit_is_rejected_before_parsing():
     raw = envelope({**TRADE, "padding": "x" * 1000})
     assert parse_frame(raw, len(raw)) == parse_frame(envelope({**TRADE, "padding": "x" * 1000}), LIMIT)
     rejected = parse_frame(raw, len(raw) - 1)
-    assert rejected.reason == binance.FRAME_TOO_LARGE and f"{len(raw)} bytes" in rejected.detail
+    assert rejected.reason == frames.FRAME_TOO_LARGE and f"{len(raw)} bytes" in rejected.detail
 
 
 @pytest.mark.parametrize(
     "field, value, reason",
-    [("p", "-43210.12", binance.NON_POSITIVE_PRICE), ("p", "0", binance.NON_POSITIVE_PRICE),
-     ("p", "NaN", binance.NON_FINITE_NUMBER), ("q", "Infinity", binance.NON_FINITE_NUMBER),
-     ("q", "0.00000000", binance.NON_POSITIVE_QUANTITY), ("q", "-1", binance.NON_POSITIVE_QUANTITY)],
+    [("p", "-43210.12", frames.NON_POSITIVE_PRICE), ("p", "0", frames.NON_POSITIVE_PRICE),
+     ("p", "NaN", frames.NON_FINITE_NUMBER), ("q", "Infinity", frames.NON_FINITE_NUMBER),
+     ("q", "0.00000000", frames.NON_POSITIVE_QUANTITY), ("q", "-1", frames.NON_POSITIVE_QUANTITY)],
 )
 def test_prices_and_quantities_must_be_finite_and_above_zero(field, value, reason):
     result = normalise_trade(parse_frame(envelope({**TRADE, field: value}), LIMIT), DELIVERY, {})
@@ -285,7 +280,7 @@ def test_prices_and_quantities_must_be_finite_and_above_zero(field, value, reaso
 @pytest.mark.parametrize("trade_id", [-1, 2**63, 10**30])
 def test_trade_ids_outside_an_avro_long_are_rejected(trade_id):
     result = parse_frame(envelope({**TRADE, "t": trade_id}), LIMIT)
-    assert isinstance(result, Rejected) and result.reason == binance.ID_OUT_OF_RANGE
+    assert isinstance(result, Rejected) and result.reason == frames.ID_OUT_OF_RANGE
 
 
 def test_the_largest_avro_long_is_a_valid_trade_id():
@@ -296,11 +291,11 @@ def nested(depth: int) -> bytes:
     return b"[" * depth + b"]" * depth
 
 
-@pytest.mark.parametrize("raw", [nested(binance.MAX_JSON_DEPTH + 1), nested(1_000), nested(30_000),
-                                 envelope({**TRADE, "x": json.loads(nested(binance.MAX_JSON_DEPTH))})])
+@pytest.mark.parametrize("raw", [nested(frames.MAX_JSON_DEPTH + 1), nested(1_000), nested(30_000),
+                                 envelope({**TRADE, "x": json.loads(nested(frames.MAX_JSON_DEPTH))})])
 def test_deeply_nested_json_is_rejected(raw):
     result = parse_frame(raw, LIMIT)
-    assert isinstance(result, Rejected) and result.reason == binance.TOO_DEEPLY_NESTED
+    assert isinstance(result, Rejected) and result.reason == frames.TOO_DEEPLY_NESTED
 
 
 def test_brackets_inside_strings_do_not_count_as_nesting():
@@ -313,7 +308,7 @@ TRADE_US = TRADE["T"] * 1000
 
 def test_a_trade_of_a_symbol_not_subscribed_is_rejected():
     trade = parse_frame(envelope({**TRADE, "s": "DOGEUSDT"}), LIMIT)
-    assert screen_event(trade, SUBSCRIBED, TRADE_US).reason == binance.UNSUBSCRIBED_SYMBOL
+    assert screen_event(trade, SUBSCRIBED, TRADE_US).reason == frames.UNSUBSCRIBED_SYMBOL
     assert screen_event(parse_frame(envelope(TRADE), LIMIT), SUBSCRIBED, TRADE_US) is None
 
 
@@ -325,26 +320,26 @@ def test_trade_times_far_from_receipt_are_rejected(distance_us, accepted):
     trade = parse_frame(envelope(TRADE), LIMIT)
     verdict = screen_event(trade, SUBSCRIBED, TRADE_US + distance_us)
     assert (verdict is None) == accepted
-    assert accepted or verdict.reason == binance.TIMESTAMP_OUT_OF_RANGE
+    assert accepted or verdict.reason == frames.TIMESTAMP_OUT_OF_RANGE
 
 
 def test_a_streamed_event_is_screened_and_rest_history_is_not():
     old = parse_frame(envelope(TRADE), LIMIT)
     late = Delivery("BINANCE", "wss://x/stream", TRADE_US + 2 * MAX_CLOCK_DISTANCE_US)
     streamed = shape_event(old, late, {}, SUBSCRIBED)
-    assert (streamed.reason, streamed.stream) == (binance.TIMESTAMP_OUT_OF_RANGE, binance.TRADE)
+    assert (streamed.reason, streamed.stream) == (frames.TIMESTAMP_OUT_OF_RANGE, binance.TRADE)
     stream, record = shape_event(old, late, {}, None)
     assert (stream, record["source_sequence"]) == (binance.TRADE, 42)
 
 
 def test_a_rejection_from_shaping_names_its_stream():
     rejected = shape_event(parse_frame(envelope({**TRADE, "p": "0"}), LIMIT), Delivery("BINANCE", "wss://x", TRADE_US), {}, SUBSCRIBED)
-    assert (rejected.reason, rejected.stream) == (binance.NON_POSITIVE_PRICE, binance.TRADE)
+    assert (rejected.reason, rejected.stream) == (frames.NON_POSITIVE_PRICE, binance.TRADE)
 
 
 def test_every_dlq_reason_is_documented():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    reasons = (*binance.EXCHANGE_REASONS, binance.INTERNAL_ERROR, binance.SERIALIZATION_FAILED, binance.POISON_MESSAGE)
+    reasons = (*frames.EXCHANGE_REASONS, frames.INTERNAL_ERROR, frames.SERIALIZATION_FAILED, frames.POISON_MESSAGE)
     assert [reason for reason in reasons if f"`{reason}`" not in readme] == []
 
 
@@ -378,14 +373,14 @@ def test_book_tickers_parse_from_combined_and_raw_streams_and_become_quotes():
 @pytest.mark.parametrize(
     "frame, reason, stream",
     [
-        ({"stream": "btcusdt@aggTrade", "data": {**AGG, "f": 106}}, binance.INVALID_TRADE_RANGE, "aggTrade"),
-        ({"stream": "btcusdt@aggTrade", "data": {**AGG, "a": "77"}}, binance.WRONG_TYPE, "aggTrade"),
-        ({"stream": "btcusdt@aggTrade", "data": {k: v for k, v in AGG.items() if k != "l"}}, binance.MISSING_FIELD, "aggTrade"),
-        ({"stream": "bnbusdt@bookTicker", "data": {k: v for k, v in BOOK.items() if k != "A"}}, binance.MISSING_FIELD, "bookTicker"),
-        ({"stream": "bnbusdt@bookTicker", "data": {**BOOK, "u": -5}}, binance.ID_OUT_OF_RANGE, "bookTicker"),
-        ({"stream": "bnbusdt@bookTicker", "data": [1]}, binance.UNEXPECTED_SHAPE, "bookTicker"),
-        ({"stream": "btcusdt@trade", "data": {**TRADE, "p": 5}}, binance.WRONG_TYPE, "trade"),
-        ({"stream": "btcusdt@kline", "data": {"e": "kline"}}, binance.UNKNOWN_EVENT, "unknown"),
+        ({"stream": "btcusdt@aggTrade", "data": {**AGG, "f": 106}}, frames.INVALID_TRADE_RANGE, "aggTrade"),
+        ({"stream": "btcusdt@aggTrade", "data": {**AGG, "a": "77"}}, frames.WRONG_TYPE, "aggTrade"),
+        ({"stream": "btcusdt@aggTrade", "data": {k: v for k, v in AGG.items() if k != "l"}}, frames.MISSING_FIELD, "aggTrade"),
+        ({"stream": "bnbusdt@bookTicker", "data": {k: v for k, v in BOOK.items() if k != "A"}}, frames.MISSING_FIELD, "bookTicker"),
+        ({"stream": "bnbusdt@bookTicker", "data": {**BOOK, "u": -5}}, frames.ID_OUT_OF_RANGE, "bookTicker"),
+        ({"stream": "bnbusdt@bookTicker", "data": [1]}, frames.UNEXPECTED_SHAPE, "bookTicker"),
+        ({"stream": "btcusdt@trade", "data": {**TRADE, "p": 5}}, frames.WRONG_TYPE, "trade"),
+        ({"stream": "btcusdt@kline", "data": {"e": "kline"}}, frames.UNKNOWN_EVENT, "unknown"),
     ],
 )
 def test_rejections_name_the_stream_they_came_on(frame, reason, stream):
@@ -395,8 +390,8 @@ def test_rejections_name_the_stream_they_came_on(frame, reason, stream):
 
 @pytest.mark.parametrize(
     "fields, reason",
-    [({"b": "25.4", "a": "25.3"}, binance.CROSSED_QUOTE), ({"B": "0"}, binance.NON_POSITIVE_QUANTITY),
-     ({"a": "-1"}, binance.NON_POSITIVE_PRICE), ({"b": "NaN"}, binance.NON_FINITE_NUMBER)],
+    [({"b": "25.4", "a": "25.3"}, frames.CROSSED_QUOTE), ({"B": "0"}, frames.NON_POSITIVE_QUANTITY),
+     ({"a": "-1"}, frames.NON_POSITIVE_PRICE), ({"b": "NaN"}, frames.NON_FINITE_NUMBER)],
 )
 def test_quotes_that_cannot_be_true_are_rejected(fields, reason):
     book = parse_frame(json.dumps({**BOOK, **fields}), LIMIT)

@@ -4,6 +4,7 @@ message it cannot reproduce, and never publishing a book that differs from the v
 from __future__ import annotations
 
 import json
+import zlib
 from decimal import Decimal
 from pathlib import Path
 
@@ -158,3 +159,28 @@ def test_the_book_never_publishes_levels_that_differ_from_the_venues(initial, up
                 assert same_levels(output.bids[:10], bids[:10]) and same_levels(output.asks[:10], asks[:10])
         if not dropped:
             assert book.state is CheckedState.IN_SYNC
+
+
+def test_a_snapshot_while_in_sync_replaces_the_book_whole():
+    book = btc_usd_book()
+    snapshot, *_ = session_messages()
+    book.message(snapshot, received_us=0)
+    fewer = BookMessage("BTC/USD", True, snapshot.bids[:3], snapshot.asks[:2],
+                        checksum(snapshot.asks[:2], snapshot.bids[:3], 1, 8), None)
+    assert book.message(fewer, received_us=0)[0] == ChecksumInSync("BTC/USD", fewer.checksum)
+    assert book.top() == (fewer.bids, fewer.asks)
+
+
+def test_a_window_is_published_once_even_across_a_resync():
+    book = btc_usd_book(cadence_us=SECOND_US)
+    snapshot = session_messages()[0]
+    first = book.message(snapshot, received_us=5 * SECOND_US)
+    again = book.message(snapshot, received_us=5 * SECOND_US + 10)  # rebuilt within the same second
+    later = book.message(snapshot, received_us=6 * SECOND_US)
+    assert [top.window_us for top in first + again + later if isinstance(top, CheckedTop)] == [5 * SECOND_US, 6 * SECOND_US]
+
+
+def test_the_checksum_strips_leading_zeros_and_never_rounds():
+    assert checksum([("0.05000", "0.00100000")], [], 5, 8) == zlib.crc32(b"5000" + b"100000")
+    # a digit beyond the instrument's precision is kept: the checksum then fails, rather than vouch for a rounded book
+    assert checksum([("1.234", "1")], [], 2, 8) == zlib.crc32(b"1234" + b"100000000")

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from k2actors.core.binance import (
+from k2actors.core.frames import (
     ID_OUT_OF_RANGE,
     INVALID_DECIMAL,
     MISSING_FIELD,
-    NON_FINITE_NUMBER,
     NON_POSITIVE_PRICE,
     NON_POSITIVE_QUANTITY,
     NOT_JSON,
@@ -161,7 +160,9 @@ TRADE = {"symbol": "BTC/USD", "side": "buy", "price": 68500.0, "qty": 0.01044926
     ({"price": True}, WRONG_TYPE),
     ({"price": [1]}, WRONG_TYPE),
     ({"price": "abc"}, INVALID_DECIMAL),
-    ({"price": "NaN"}, NON_FINITE_NUMBER),
+    ({"price": "NaN"}, INVALID_DECIMAL),
+    ({"price": 1e-05}, INVALID_DECIMAL),  # an exponent: Kraken writes its numbers out
+    ({"price": " 1.5"}, INVALID_DECIMAL),
     ({"price": 0}, NON_POSITIVE_PRICE),
     ({"qty": -1}, NON_POSITIVE_QUANTITY),
     ({"qty": 0}, NON_POSITIVE_QUANTITY),
@@ -227,7 +228,7 @@ def test_a_snapshot_may_come_without_a_timestamp():
     (b'{"channel": "trade", "type": "delta", "data": []}', UNEXPECTED_SHAPE),
     (b'{"channel": "trade", "type": "update", "data": {}}', UNEXPECTED_SHAPE),
     (b'{"channel": "trade", "type": "update", "data": [7]}', UNEXPECTED_SHAPE),
-    (b'{"channel": "instrument", "type": "snapshot", "data": {"pairs": [{"symbol": "BTC/USD"}]}}', MISSING_FIELD),
+    (b'{"channel": "instrument", "type": "snapshot", "data": {"pairs": 7}}', UNEXPECTED_SHAPE),
     (b'{"channel": "status", "type": "update", "data": [{}]}', MISSING_FIELD),
     (b'{"channel": "status", "type": "update", "data": []}', UNEXPECTED_SHAPE),
 ])
@@ -236,16 +237,27 @@ def test_frames_that_are_no_event_are_refused(frame, reason):
     assert [item.reason for item in items] == [reason]
 
 
-def test_subscriptions_are_one_request_per_channel_for_every_symbol():
-    assert [json.loads(request) for _, request in subscribe_requests(["BTC/USD", "ETH/USD"], ("trade", "ticker", "book"), 25, 7)] == [
-        {"method": "subscribe", "params": {"channel": "trade", "symbol": ["BTC/USD", "ETH/USD"], "snapshot": True}, "req_id": 7},
-        {"method": "subscribe", "params": {"channel": "ticker", "symbol": ["BTC/USD", "ETH/USD"], "event_trigger": "bbo",
-                                           "snapshot": True}, "req_id": 8},
-        {"method": "subscribe", "params": {"channel": "book", "symbol": ["BTC/USD", "ETH/USD"], "depth": 25, "snapshot": True},
-         "req_id": 9},
-    ]
+def test_subscriptions_are_one_request_per_channel_and_symbol():
+    requests = subscribe_requests(["BTC/USD", "ETH/USD"], ("trade", "ticker", "book"), 25, 7)
+    assert [request_id for request_id, _ in requests] == list(range(7, 13))
+    assert [json.loads(request) for _, request in requests] == [
+        {"method": "subscribe", "params": {"channel": "trade", "symbol": [symbol], "snapshot": True}, "req_id": 7 + i}
+        for i, symbol in enumerate(("BTC/USD", "ETH/USD"))] + [
+        {"method": "subscribe", "params": {"channel": "ticker", "symbol": [symbol], "event_trigger": "bbo", "snapshot": True},
+         "req_id": 9 + i} for i, symbol in enumerate(("BTC/USD", "ETH/USD"))] + [
+        {"method": "subscribe", "params": {"channel": "book", "symbol": [symbol], "depth": 25, "snapshot": True}, "req_id": 11 + i}
+        for i, symbol in enumerate(("BTC/USD", "ETH/USD"))]
     assert [json.loads(request) for _, request in resubscribe_book("ETH/USD", 10, 3)] == [
-        {"method": "unsubscribe", "params": {"channel": "book", "symbol": ["ETH/USD"]}, "req_id": 3},
+        {"method": "unsubscribe", "params": {"channel": "book", "symbol": ["ETH/USD"], "depth": 10}, "req_id": 3},
         {"method": "subscribe", "params": {"channel": "book", "symbol": ["ETH/USD"], "depth": 10, "snapshot": True}, "req_id": 4},
     ]
     assert [subscribed_depth(n) for n in (1, 10, 11, 20, 25, 26, 1000, 5000)] == [10, 10, 25, 25, 25, 100, 1000, 1000]
+
+
+def test_a_malformed_instrument_pair_costs_only_itself():
+    frame = json.dumps({"channel": "instrument", "type": "snapshot", "data": {"pairs": [
+        {"symbol": "BTC/USD", "base": "BTC", "quote": "USD", "price_precision": 1, "qty_precision": 8, "status": "online"},
+        {"symbol": "ETH/USD", "base": "ETH"}]}}).encode()
+    _, (instruments, refused) = read_frame(frame, MAX_BYTES)
+    assert instruments == Instruments((Instrument("BTC/USD", "BTC", "USD", 1, 8, "online"),))
+    assert refused == Rejected(MISSING_FIELD, "instrument field 'quote' is missing", "instrument")

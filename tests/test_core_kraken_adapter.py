@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import io
 import json
 from decimal import Decimal
+from importlib import resources
+
+import fastavro
 
 from k2actors.core.adapter import Answer
-from k2actors.core.binance import NON_POSITIVE_QUANTITY, TIMESTAMP_OUT_OF_RANGE, UNSUBSCRIBED_SYMBOL, Rejected
 from k2actors.core.checksummed_book import CheckedTop, ChecksummedBook
+from k2actors.core.frames import (
+    ID_OUT_OF_RANGE,
+    INVALID_DECIMAL,
+    NON_POSITIVE_QUANTITY,
+    TIMESTAMP_OUT_OF_RANGE,
+    UNEXPECTED_SHAPE,
+    UNSUBSCRIBED_SYMBOL,
+    WRONG_TYPE,
+    Rejected,
+)
 from k2actors.core.kraken import HistoryPage, HistoryRefused, Instrument, KrakenTrade
 from k2actors.core.kraken_adapter import KrakenAdapter
 from k2actors.core.normalise import Delivery, message_id
@@ -79,7 +92,9 @@ def test_a_checked_book_becomes_a_record_of_its_best_levels():
     book.message(snapshot, received_us=5)
     (top,) = [output for output in book.message(update, received_us=6) if isinstance(output, CheckedTop)]
     record = ADAPTER.shape_book(top, Delivery("KRAKEN", ENDPOINT, 6), depth=10)
-    assert record["message_id"] == message_id("KRAKEN", "BTCUSD", update.timestamp_us, "book")
+    window = update.timestamp_us // 1_000_000 * 1_000_000  # its second of Kraken's time names it
+    assert (top.window_us, record["source_sequence"]) == (window, window)
+    assert record["message_id"] == message_id("KRAKEN", "BTCUSD", window, "book")
     assert (record["timestamp"], record["bid_levels"], record["ask_levels"]) == (update.timestamp_us, 10, 10)
     assert record["bids"][0] == {"price": Decimal(top.bids[0][0]), "quantity": Decimal(top.bids[0][1])}
     assert [level["price"] for level in record["asks"]] == sorted(level["price"] for level in record["asks"])
@@ -97,14 +112,51 @@ def test_answers_to_requests_are_actions_and_a_bad_trade_is_refused_alone():
     assert [rejected.reason for rejected in reading.rejected] == [NON_POSITIVE_QUANTITY]
 
 
-def test_a_page_of_rest_trades_as_kraken_documents_it():
-    # docs.kraken.com/api/docs/rest-api/get-recent-trades, its example response (first row)
+def test_a_page_of_rest_trades_as_kraken_documents_it_becomes_backfilled_records():
+    # docs.kraken.com/api/docs/rest-api/get-recent-trades, its example response (first row);
+    # the page names the pair its own way, the trades are the subscribed symbol's
     body = (b'{"error":[],"result":{"XXBTZUSD":[["30243.40000","0.34507674",1688669597.8277369,"b","m","",61044952]],'
             b'"last":"1688671969993150842"}}')
-    assert KrakenAdapter.history(body, "XXBTZUSD") == HistoryPage(
-        (KrakenTrade("XXBTZUSD", 61044952, "30243.40000", "0.34507674", "buy", "market", 1688669597827736, False),),
+    page = KrakenAdapter.history(body, "BTC/USD")
+    assert page == HistoryPage(
+        (KrakenTrade("BTC/USD", 61044952, "30243.40000", "0.34507674", "buy", "market", 1688669597827736, False),),
         1688671969993150842)
-    refused = KrakenAdapter.history(b'{"error":["EAPI:Rate limit exceeded"]}', "XXBTZUSD")
+    stream, record = ADAPTER.shape(page.trades[0], Delivery("KRAKEN", "https://api.kraken.com", 1688671970000000), streamed=False)
+    assert (stream, record["symbol"], record["price"], record["timestamp"], record["vendor_data"]["backfilled"]) == (
+        "trade", "BTCUSD", Decimal("30243.40000000"), 1688669597827736, "true")
+
+
+def test_refusals_and_unreadable_pages_of_rest_trades():
+    refused = KrakenAdapter.history(b'{"error":["EAPI:Rate limit exceeded"]}', "BTC/USD")
     assert refused == HistoryRefused(("EAPI:Rate limit exceeded",)) and refused.rate_limited
     assert not HistoryRefused(("EQuery:Unknown asset pair",)).rate_limited
-    assert isinstance(KrakenAdapter.history(b'{"error":[],"result":{}}', "XXBTZUSD"), Rejected)
+    row = ["30243.4", "0.5", 1688669597.8, "b", "m", "", 61044952]
+    for result, reason in (({}, UNEXPECTED_SHAPE), ({"XXBTZUSD": [row], "last": "\u00b2"}, UNEXPECTED_SHAPE),
+                           ({"XXBTZUSD": [row], "XETHZUSD": [], "last": "1"}, UNEXPECTED_SHAPE)):
+        page = KrakenAdapter.history(json.dumps({"error": [], "result": result}).encode(), "BTC/USD")
+        assert isinstance(page, Rejected) and page.reason == reason, result
+    for bad, reason in (({3: ["b"]}, WRONG_TYPE), ({2: "100000000000000000000.5"}, TIMESTAMP_OUT_OF_RANGE), ({6: True}, ID_OUT_OF_RANGE),
+                        ({0: "1e3"}, INVALID_DECIMAL)):
+        changed = [bad.get(index, value) for index, value in enumerate(row)]
+        page = KrakenAdapter.history(json.dumps({"error": [], "result": {"XXBTZUSD": [changed], "last": "1"}}).encode(), "BTC/USD")
+        assert [trade.reason for trade in page.trades] == [reason], bad
+
+
+def test_every_record_is_written_by_its_avro_schema():
+    delivery = Delivery("KRAKEN", ENDPOINT, RECEIVED_NS // 1000)
+    trade = ADAPTER.read("KRAKEN", ENDPOINT, (RECEIVED_NS, "c1", 7, TRADE_UPDATE)).events[0]
+    (quote,) = ADAPTER.read("KRAKEN", ENDPOINT, (RECEIVED_NS, "c1", 8, FRAMES["src/wss/kraken_wss_client.rs:495 ticker_update"])).events
+    book = ChecksummedBook("BTC/USD", 10, 1, 8, publish_depth=10, cadence_us=1_000_000)
+    snapshot, update, *_ = session_messages()
+    book.message(snapshot, received_us=5)
+    (top,) = [output for output in book.message(update, received_us=6) if isinstance(output, CheckedTop)]
+    for schema, record in (("trade_v2", ADAPTER.shape(trade, delivery, streamed=True)[1]),
+                           ("quote_v2", ADAPTER.shape(quote, delivery, streamed=True)[1]),
+                           ("book_v2", ADAPTER.shape_book(top, delivery, depth=10))):
+        parsed = fastavro.parse_schema(json.loads(resources.files("k2actors").joinpath(f"schemas/{schema}.avsc").read_text()))
+        fastavro.schemaless_writer(io.BytesIO(), parsed, record)  # raises if the schema refuses it
+
+
+def test_a_pong_is_no_subscriptions_answer():
+    frame = FRAMES["src/test_data/wss_messages.rs:13 get_pong()"]
+    assert ADAPTER.read("KRAKEN", ENDPOINT, (0, "c1", 1, frame)).actions == ()

@@ -20,7 +20,7 @@ def page(*trades: KrakenTrade) -> HistoryPage:
 def test_the_first_page_is_asked_from_just_before_the_trade_before_the_gap():
     fill = KrakenGapFill("BTC/USD", 101, 105, after_us=5_000_000)
     assert urllib.parse.parse_qs(fill.target().partition("?")[2]) == {
-        "pair": ["BTC/USD"], "since": ["4999999999"], "count": ["1000"]}
+        "pair": ["BTC/USD"], "since": ["4999999000"], "count": ["1000"], "assetVersion": ["1"]}
 
 
 def test_a_gap_inside_one_page_is_filled_and_the_trades_around_it_are_left():
@@ -57,5 +57,7 @@ def test_a_history_that_ends_inside_the_gap_leaves_its_rest_unserved():
 
 def test_a_history_with_nothing_after_the_trade_before_the_gap_leaves_it_all_unserved():
     fill = KrakenGapFill("BTC/USD", 101, 102, after_us=1000)
-    got = fill.take(page(trade(99, 999), trade(100, 1000)))
+    got = fill.take(page(trade(100, 1000)))  # the trade before the gap, again
+    assert (got.trades, got.unserved, fill.done) == ([], [], False)
+    got = fill.take(HistoryPage((), fill.since_ns))
     assert (got.trades, got.unserved, fill.done) == ([], [(101, 102)], True)

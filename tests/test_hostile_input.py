@@ -11,17 +11,8 @@ import fastavro
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from k2actors.core.binance import (
-    EXCHANGE_REASONS,
-    STREAM_TYPES,
-    AggTrade,
-    BookTicker,
-    Rejected,
-    ServerShutdown,
-    SubscriptionReply,
-    Trade,
-    parse_frame,
-)
+from k2actors.core.binance import STREAM_TYPES, AggTrade, BookTicker, ServerShutdown, SubscriptionReply, Trade, parse_frame
+from k2actors.core.frames import EXCHANGE_REASONS, Rejected
 from k2actors.core.ledger import DEAD_LETTERS_LOGGED_PER_REASON
 from k2actors.core.normalise import Delivery, shape_event
 from k2actors.core.sequence import SequenceTracker, Verdict

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
+from decimal import Decimal
 
 import pytest
 import websocket
 
-from k2actors.core.binance import Rejected
 from k2actors.core.checksummed_book import ChecksumInSync, ChecksummedBook, ChecksumMismatch, Resubscribe
+from k2actors.core.frames import Rejected
 from k2actors.core.kraken import (
     BookMessage,
     Heartbeat,
@@ -31,6 +32,7 @@ from k2actors.core.kraken import (
 )
 from k2actors.core.kraken_backfill import KrakenGapFill
 from k2actors.localstack.kraken import KrakenSimulator
+from tests.conftest import wait_until
 
 
 @pytest.fixture
@@ -88,9 +90,9 @@ def test_the_subscriptions_the_adapter_asks_for_are_answered_symbol_by_symbol(si
     for _, request in subscribe_requests(["BTC/USD", "ETH/USD"], ("trade", "ticker", "book"), subscribed_depth(20), 1):
         session.socket.send(request)
     seen = session.items(lambda seen: len(of(RequestAnswered, seen)) == 6 and len(of(BookMessage, seen)) >= 2)
-    assert {(a.request_id, a.channel, a.symbol) for a in of(RequestAnswered, seen)} == {
-        (request_id, channel, symbol) for request_id, channel in ((1, "trade"), (2, "ticker"), (3, "book"))
-        for symbol in ("BTC/USD", "ETH/USD")}
+    assert sorted((a.request_id, a.channel, a.symbol) for a in of(RequestAnswered, seen)) == [
+        (1, "trade", "BTC/USD"), (2, "trade", "ETH/USD"), (3, "ticker", "BTC/USD"), (4, "ticker", "ETH/USD"),
+        (5, "book", "BTC/USD"), (6, "book", "ETH/USD")]
     snapshots = [message for message in of(BookMessage, seen) if message.is_snapshot]
     assert {message.symbol for message in snapshots} == {"BTC/USD", "ETH/USD"}
     assert all(len(message.bids) == len(message.asks) == 25 for message in snapshots)
@@ -98,7 +100,8 @@ def test_the_subscriptions_the_adapter_asks_for_are_answered_symbol_by_symbol(si
 
 
 def test_trades_follow_their_snapshot_with_consecutive_ids(sim):
-    time.sleep(0.3)  # a history for the snapshot
+    started = sim.last_ids()["BTC/USD"]
+    wait_until(lambda: sim.last_ids()["BTC/USD"] >= started + 60, 10, "a history for the snapshot")
     session = Session(sim.urls[0])
     session.send("subscribe", channel="trade", symbol=["BTC/USD"], snapshot=True)
     trades = of(KrakenTrade, session.items(lambda seen: len(of(KrakenTrade, seen)) > 120))
@@ -115,7 +118,8 @@ def test_quotes_are_the_best_bid_and_offer(sim):
     session = Session(sim.urls[0])
     session.send("subscribe", channel="ticker", symbol=["ETH/USD"], event_trigger="bbo")
     quotes = of(KrakenQuote, session.items(lambda seen: len(of(KrakenQuote, seen)) > 5))
-    assert all(float(q.bid_price) < float(q.ask_price) and q.timestamp_us for q in quotes)
+    assert all(Decimal(q.bid_price) < Decimal(q.ask_price) and q.timestamp_us for q in quotes)
+    session.close()
 
 
 def test_books_stay_in_sync_by_their_checksums_and_a_corrupted_update_is_caught_and_rebuilt(sim):
@@ -129,7 +133,9 @@ def test_books_stay_in_sync_by_their_checksums_and_a_corrupted_update_is_caught_
     outputs: list = []
 
     def feed(until) -> None:
+        deadline = time.monotonic() + 10
         while not until():
+            assert time.monotonic() < deadline, f"not within 10 s; last outputs {outputs[-3:]}"
             for message in of(BookMessage, session.items(lambda seen: of(BookMessage, seen))):
                 outputs.extend(book.message(message, received_us=0))
 

@@ -26,9 +26,9 @@ from thespian.actors import ActorAddress, ActorExitRequest
 from k2actors import receipts
 from k2actors.actors.shell import Recipient, Supervised, seconds
 from k2actors.core.backoff import backoff_delay
-from k2actors.core.binance import SERIALIZATION_FAILED
 from k2actors.core.cluster import shard_symbols, transactional_id
 from k2actors.core.delivery import NO_SHARD, Admission, Deliveries, Handed, KafkaReadiness, Landed, PendingBatch
+from k2actors.core.frames import SERIALIZATION_FAILED
 from k2actors.core.normalise import record_dead_letter
 from k2actors.core.payloads import DeadLetter, RecordBatch
 from k2actors.core.raw import RAW, frames_lost

@@ -25,10 +25,8 @@ from k2actors.core.backfill import HISTORY
 from k2actors.core.binance import (
     BOOK,
     DEPTH_PATH,
-    WRONG_TYPE,
     AggTrade,
     BookTicker,
-    Rejected,
     ServerShutdown,
     SubscriptionError,
     SubscriptionReply,
@@ -37,6 +35,7 @@ from k2actors.core.binance import (
     read_frame,
 )
 from k2actors.core.book import BookTop, DepthDiff, DepthSnapshot
+from k2actors.core.frames import WRONG_TYPE, Rejected
 from k2actors.core.link import Frame
 from k2actors.core.normalise import Delivery, normalise_book, shape_event
 from k2actors.core.payloads import Record

@@ -15,17 +15,8 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from k2actors.core.backoff import backoff_delay
-from k2actors.core.binance import (
-    AGG_TRADE,
-    DEPTH_PATH,
-    TRADE,
-    AggTrade,
-    Rejected,
-    Trade,
-    depth_weight,
-    historical_agg_trades,
-    historical_trades,
-)
+from k2actors.core.binance import AGG_TRADE, DEPTH_PATH, TRADE, AggTrade, Trade, depth_weight, historical_agg_trades, historical_trades
+from k2actors.core.frames import Rejected
 from k2actors.core.normalise import event_id
 from k2actors.core.payloads import BackfilledTrades, FetchedSnapshot
 from k2actors.core.telemetry import LogLine, MetricBuffer

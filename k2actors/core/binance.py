@@ -8,39 +8,22 @@ Trade, a control event, or a Rejected carrying a DLQ reason.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from k2actors.core.book import DepthDiff, DepthSnapshot, Level
-
-# DLQ reasons; each is also the `reason` / `error_type` label of the metrics.
-NOT_JSON = "not_json"
-UNEXPECTED_SHAPE = "unexpected_shape"
-MISSING_FIELD = "missing_field"
-WRONG_TYPE = "wrong_type"
-UNKNOWN_EVENT = "unknown_event"
-INVALID_DECIMAL = "invalid_decimal"
-DECIMAL_OUT_OF_RANGE = "decimal_out_of_range"
-FRAME_TOO_LARGE = "frame_too_large"
-TOO_DEEPLY_NESTED = "too_deeply_nested"
-ID_OUT_OF_RANGE = "id_out_of_range"
-NON_FINITE_NUMBER = "non_finite_number"
-NON_POSITIVE_PRICE = "non_positive_price"
-NON_POSITIVE_QUANTITY = "non_positive_quantity"
-UNSUBSCRIBED_SYMBOL = "unsubscribed_symbol"
-TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
-ID_REGRESSED = "id_regressed"
-INVALID_TRADE_RANGE = "invalid_trade_range"  # an aggTrade whose first trade id is after its last
-CROSSED_QUOTE = "crossed_quote"  # a bookTicker whose best bid is above its best ask
-# Not the exchange's fault: the service failed on a frame (a bug) or on a record.
-INTERNAL_ERROR = "internal_error"
-SERIALIZATION_FAILED = "serialization_failed"
-POISON_MESSAGE = "poison_message"  # an actor failed twice on the message that carried it
-# Every reason a frame from the exchange can be rejected for (the service's own failures aside).
-EXCHANGE_REASONS = (
-    NOT_JSON, UNEXPECTED_SHAPE, MISSING_FIELD, WRONG_TYPE, UNKNOWN_EVENT, INVALID_DECIMAL, DECIMAL_OUT_OF_RANGE,
-    FRAME_TOO_LARGE, TOO_DEEPLY_NESTED, ID_OUT_OF_RANGE, NON_FINITE_NUMBER, NON_POSITIVE_PRICE,
-    NON_POSITIVE_QUANTITY, UNSUBSCRIBED_SYMBOL, TIMESTAMP_OUT_OF_RANGE, ID_REGRESSED, INVALID_TRADE_RANGE, CROSSED_QUOTE,
+from k2actors.core.frames import (
+    ID_OUT_OF_RANGE,
+    INVALID_TRADE_RANGE,
+    MAX_TRADE_ID,
+    MISSING_FIELD,
+    NOT_JSON,
+    UNEXPECTED_SHAPE,
+    UNKNOWN_EVENT,
+    UNKNOWN_STREAM,
+    WRONG_TYPE,
+    Rejected,
+    load_object,
 )
 
 # The stream types a connection can subscribe to (`binance.streams`); a frame whose type
@@ -48,16 +31,12 @@ EXCHANGE_REASONS = (
 # stream and REST snapshots (k2actors.core.book).
 TRADE, AGG_TRADE, BOOK_TICKER, BOOK = "trade", "aggTrade", "bookTicker", "book"
 STREAM_TYPES = (TRADE, AGG_TRADE, BOOK_TICKER, BOOK)
-UNKNOWN_STREAM = "unknown"
 # Stream types whose ids only increase, with jumps, each record superseding the last of its
 # symbol (a quote, a book): there is no gap to find, and what Kafka holds is its highest id.
 SUPERSEDING = (BOOK_TICKER, BOOK)
 # What a stream type is called in a subscription (`<symbol>@<name>`), where that is not its own name.
 SUBSCRIBED_AS = {BOOK: "depth@100ms"}
 
-# A trade frame nests two levels deep; anything much deeper is not from Binance.
-MAX_JSON_DEPTH = 8
-MAX_TRADE_ID = 2**63 - 1  # an Avro long
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,13 +102,6 @@ class ServerShutdown:
     event_time_ms: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    reason: str
-    detail: str
-    stream: str = UNKNOWN_STREAM  # the stream type the frame came on, when it can be told
-
-
 Event = Trade | AggTrade | BookTicker | DepthDiff | SubscriptionReply | SubscriptionError | ServerShutdown | Rejected
 
 # (field, accepted type, description) per payload; bool is excluded from ints below.
@@ -176,26 +148,6 @@ def read_frame(raw: bytes | str, max_bytes: int) -> tuple[str | None, Event]:
     name = message.get("stream")
     stream_name = name[:200] if isinstance(name, str) else None
     return stream_name, _event(message)
-
-
-def load_object(raw: bytes | str, max_bytes: int, parse_float: Callable[[str], object] | None = None) -> dict | Rejected:
-    """A frame's JSON object, or why it is none: too large, not JSON, nested too deeply, or
-    not an object. `parse_float`: as json.loads's (str keeps a venue's numbers as written)."""
-    if len(raw) > max_bytes:
-        return Rejected(FRAME_TOO_LARGE, f"{len(raw)} bytes, more than {max_bytes}; the dead letter keeps the first {max_bytes}")
-    try:
-        message = json.loads(raw, parse_float=parse_float)
-    except RecursionError:
-        return Rejected(TOO_DEEPLY_NESTED, "nesting exhausted the JSON parser")
-    except (ValueError, UnicodeDecodeError) as exc:
-        return Rejected(NOT_JSON, str(exc)[:200])
-    # Counting brackets is cheap and bounds the depth from above, so a plain trade frame
-    # never pays for the walk.
-    if _bracket_count(raw) > MAX_JSON_DEPTH and _depth(message) > MAX_JSON_DEPTH:
-        return Rejected(TOO_DEEPLY_NESTED, f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
-    if not isinstance(message, dict):
-        return Rejected(UNEXPECTED_SHAPE, f"top level is {type(message).__name__}, not an object")
-    return message
 
 
 def _event(message: dict) -> Event:
@@ -250,22 +202,6 @@ def _stream_type(stream_name: object, payload: object) -> str:
     if event_type is None and isinstance(payload, dict) and "u" in payload and "b" in payload and "a" in payload:
         return BOOK_TICKER
     return UNKNOWN_STREAM
-
-
-def _bracket_count(raw: bytes | str) -> int:
-    if isinstance(raw, str):
-        return raw.count("{") + raw.count("[")
-    return raw.count(b"{") + raw.count(b"[")
-
-
-def _depth(value: object) -> int:
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, (dict, list)):
-            deepest = max(deepest, depth)
-            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
-    return deepest
 
 
 def _fields(payload: dict, fields: tuple, stream: str, id_field: str) -> Rejected | None:

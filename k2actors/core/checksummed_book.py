@@ -16,8 +16,10 @@ side must equal the message's `checksum`.
   sync: nothing of it is published, and a fresh subscription is asked for, whose snapshot
   rebuilds it. There is no way back from a wrong checksum but a new snapshot.
 - In sync, the best `publish_depth` levels are published (`CheckedTop`) after the first
-  message of every `cadence_us` of the venue's time (a snapshot without a timestamp counts
-  at its receive time), so that replaying the same messages publishes the same tops.
+  message of every `cadence_us` window of the venue's time (a snapshot without a timestamp
+  counts at its receive time), so that replaying the same messages publishes the same tops;
+  a window is published once, even across a resync, and is what names the record (two
+  connections' books of one symbol, as in hot standby, publish each window under one name).
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class CheckedTop:
     bids: tuple[Level, ...]
     asks: tuple[Level, ...]
     timestamp_us: int
+    window_us: int  # the start of its cadence window
     checksum: int
 
 
@@ -92,12 +95,11 @@ class ChecksummedBook:
         # and "1.5" are one level
         self._bids: dict[Decimal, Level] = {}
         self._asks: dict[Decimal, Level] = {}
-        self._window: int | None = None  # the cadence window of the last top published
+        self._window: int | None = None  # the cadence window of the last top published (kept across resyncs)
 
     def message(self, message: BookMessage, received_us: int) -> list[Output]:
         if message.is_snapshot:
             self._bids, self._asks = {}, {}
-            self._window = None
         elif self.state is CheckedState.SYNCING:
             return []  # the book given up, or a message before the snapshot: nothing to apply it to
         for side, levels in ((self._bids, message.bids), (self._asks, message.asks)):
@@ -117,10 +119,11 @@ class ChecksummedBook:
             outputs.append(ChecksumInSync(self.symbol, message.checksum))
         moment = message.timestamp_us if message.timestamp_us is not None else received_us
         window = moment // self._cadence_us
-        if window != self._window:
+        if self._window is None or window > self._window:
             self._window = window
             depth = self._publish_depth
-            outputs.append(CheckedTop(self.symbol, tuple(bids[:depth]), tuple(asks[:depth]), moment, message.checksum))
+            outputs.append(CheckedTop(self.symbol, tuple(bids[:depth]), tuple(asks[:depth]), moment, window * self._cadence_us,
+                                      message.checksum))
         return outputs
 
     def restart(self) -> None:
@@ -132,7 +135,8 @@ class ChecksummedBook:
         if self.state is not CheckedState.IN_SYNC:
             return None
         depth = self._publish_depth
-        return tuple(self._cut(self._bids, descending=True)[:depth]), tuple(self._cut(self._asks, descending=False)[:depth])
+        return (tuple(self._bids[price] for price in sorted(self._bids, reverse=True)[:depth]),
+                tuple(self._asks[price] for price in sorted(self._asks)[:depth]))
 
     def _cut(self, side: dict[Decimal, Level], descending: bool) -> list[Level]:
         """The side's levels best first (bids descending), after cutting it to the subscribed depth."""

@@ -18,18 +18,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import ROUND_FLOOR, Decimal, InvalidOperation
+from decimal import ROUND_FLOOR, Decimal
 
-from k2actors.core.binance import (
+from k2actors.core.book import Level
+from k2actors.core.frames import (
     ID_OUT_OF_RANGE,
     INVALID_DECIMAL,
     MAX_TRADE_ID,
     MISSING_FIELD,
-    NON_FINITE_NUMBER,
     NON_POSITIVE_PRICE,
     NON_POSITIVE_QUANTITY,
     TIMESTAMP_OUT_OF_RANGE,
@@ -40,7 +41,6 @@ from k2actors.core.binance import (
     Rejected,
     load_object,
 )
-from k2actors.core.book import Level
 
 # Kraken's channels, which are also this venue's stream types.
 TRADE = "trade"
@@ -53,6 +53,7 @@ STATUS = "status"
 BOOK_DEPTHS = (10, 25, 100, 500, 1000)
 CHECKSUM_LEVELS = 10
 MAX_CHECKSUM = 2**32 - 1
+MAX_TIMESTAMP_US = 2**63 - 1  # an Avro long
 SIDES = ("buy", "sell")
 
 
@@ -162,7 +163,7 @@ def read_frame(raw: bytes | str, max_bytes: int) -> tuple[str, tuple[Event | Rej
         return channel, (Heartbeat(),)
     data, kind = message.get("data"), message.get("type")
     if channel == INSTRUMENT:
-        return channel, (_instruments(data),)
+        return channel, _instruments(data)
     if not isinstance(data, list):
         return channel[:50], (Rejected(UNEXPECTED_SHAPE, f"{channel[:50]} data is {type(data).__name__}, not a list",
                                        _stream(channel)),)
@@ -173,7 +174,7 @@ def read_frame(raw: bytes | str, max_bytes: int) -> tuple[str, tuple[Event | Rej
     read = _READERS.get(channel)
     if read is None:
         return channel[:50], (Rejected(UNKNOWN_EVENT, f"channel {channel[:50]!r}"),)
-    return channel, tuple(read(item, kind == "snapshot") for item in data)
+    return channel, tuple(_item(read, item, kind == "snapshot") for item in data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,9 +204,11 @@ _SIDE_LETTERS = {"b": "buy", "s": "sell"}
 _ORDER_TYPE_LETTERS = {"m": "market", "l": "limit"}
 
 
-def historical_trades(body: bytes, pair: str) -> HistoryPage | HistoryRefused | Rejected:
-    """A page of `pair`'s trades: rows `[price, volume, time, side, order type, misc, trade id]`,
-    the time in seconds with a fraction (read as text, to the microsecond)."""
+def historical_trades(body: bytes, symbol: str) -> HistoryPage | HistoryRefused | Rejected:
+    """A page of `symbol`'s trades (its WebSocket spelling, which the trades are given: the
+    page names the pair its own way, `XXBTZUSD` unless asked with `assetVersion=1`): rows
+    `[price, volume, time, side, order type, misc, trade id]`, the time in seconds with a
+    fraction (read as text, to the microsecond)."""
     message = load_object(body, len(body), parse_float=str)
     if isinstance(message, Rejected):
         return dataclasses.replace(message, stream=TRADE)
@@ -215,48 +218,57 @@ def historical_trades(body: bytes, pair: str) -> HistoryPage | HistoryRefused | 
     if errors:
         return HistoryRefused(tuple(str(error)[:200] for error in errors))
     result = message.get("result")
-    rows = result.get(pair) if isinstance(result, dict) else None
-    last = result.get("last") if isinstance(result, dict) else None
-    if not isinstance(rows, list) or not isinstance(last, str) or not last.isdigit():
-        return Rejected(UNEXPECTED_SHAPE, f"REST trades without rows of {pair[:40]!r} and a 'last'", TRADE)
-    return HistoryPage(tuple(_history_row(row, pair) for row in rows), int(last))
+    if not isinstance(result, dict):
+        return Rejected(UNEXPECTED_SHAPE, "REST trades without a 'result' object", TRADE)
+    rows = [value for key, value in result.items() if key != "last"]
+    last = result.get("last")
+    if len(rows) != 1 or not isinstance(rows[0], list) or not isinstance(last, str) or not _digits_only(last):
+        return Rejected(UNEXPECTED_SHAPE, "REST trades without the rows of one pair and a 'last'", TRADE)
+    return HistoryPage(tuple(_history_row(row, symbol) for row in rows[0]), int(last))
 
 
-def _history_row(row: object, pair: str) -> KrakenTrade | Rejected:
+def _history_row(row: object, symbol: str) -> KrakenTrade | Rejected:
     if not isinstance(row, list) or len(row) != _HISTORY_ROW_FIELDS:
         return Rejected(UNEXPECTED_SHAPE, f"REST trade row is no list of {_HISTORY_ROW_FIELDS}", TRADE)
     price, volume, seconds, side, order_type, _, trade_id = row
     if not isinstance(trade_id, int) or isinstance(trade_id, bool) or not 0 <= trade_id <= MAX_TRADE_ID:
         return Rejected(ID_OUT_OF_RANGE, f"REST trade id {str(trade_id)[:40]} is no id", TRADE)
-    if side not in _SIDE_LETTERS or order_type not in _ORDER_TYPE_LETTERS:
+    if side not in ("b", "s") or order_type not in ("m", "l"):
         return Rejected(WRONG_TYPE, f"REST trade side {str(side)[:5]!r} or order type {str(order_type)[:5]!r}", TRADE)
     values = {"price": price, "qty": volume, "time": seconds}
-    checked = [_decimal(values, name, TRADE) for name in values]
-    for value in checked:
-        if isinstance(value, Rejected):
-            return value
-    price_text, quantity_text, seconds_text = (str(value) for value in checked)
-    moment = Decimal(seconds_text).scaleb(6).to_integral_value(ROUND_FLOOR)
-    return KrakenTrade(pair, trade_id, price_text, quantity_text, _SIDE_LETTERS[side], _ORDER_TYPE_LETTERS[order_type],
-                       int(moment), False)
+    try:
+        price_text, quantity_text, seconds_text = (_decimal(values, name, TRADE) for name in values)
+    except _Refused as refused:
+        return refused.rejected
+    moment = int(Decimal(seconds_text).scaleb(6).to_integral_value(ROUND_FLOOR))
+    if moment > MAX_TIMESTAMP_US:
+        return Rejected(TIMESTAMP_OUT_OF_RANGE, f"REST trade time {seconds_text[:40]} s", TRADE)
+    return KrakenTrade(symbol, trade_id, price_text, quantity_text, _SIDE_LETTERS[side], _ORDER_TYPE_LETTERS[order_type],
+                       moment, False)
+
+
+def _digits_only(text: str) -> bool:
+    return text.isascii() and text.isdigit()
 
 
 def subscribe_requests(symbols: Sequence[str], channels: Sequence[str], book_depth: int,
                        first_request_id: int) -> list[tuple[int, str]]:
-    """(request id, request) of each channel's subscription: every symbol in one request,
-    which Kraken answers symbol by symbol. Trades come with their last 50 (a reconnect's
-    overlap, and what a short gap needs); quotes on every change of the best bid or offer."""
+    """(request id, request) of each channel's subscription of each symbol: one symbol a
+    request, so that an answer (Kraken answers symbol by symbol) names what it answers by
+    its id alone. Trades come with their last 50 (a reconnect's overlap, and what a short gap
+    needs); quotes on every change of the best bid or offer."""
     extra: dict[str, dict[str, object]] = {TRADE: {"snapshot": True}, TICKER: {"event_trigger": "bbo", "snapshot": True},
-             BOOK: {"depth": book_depth, "snapshot": True}}
-    return [(request_id, _request("subscribe", request_id, {"channel": channel, "symbol": list(symbols), **extra[channel]}))
-            for request_id, channel in enumerate(channels, start=first_request_id)]
+                                           BOOK: {"depth": book_depth, "snapshot": True}}
+    wanted = [(channel, symbol) for channel in channels for symbol in symbols]
+    return [(request_id, _request("subscribe", request_id, {"channel": channel, "symbol": [symbol], **extra[channel]}))
+            for request_id, (channel, symbol) in enumerate(wanted, start=first_request_id)]
 
 
 def resubscribe_book(symbol: str, book_depth: int, first_request_id: int) -> list[tuple[int, str]]:
     """The requests that give a book a fresh snapshot: unsubscribe, then subscribe again."""
-    params: dict[str, object] = {"channel": BOOK, "symbol": [symbol]}
+    params: dict[str, object] = {"channel": BOOK, "symbol": [symbol], "depth": book_depth}
     return [(first_request_id, _request("unsubscribe", first_request_id, params)),
-            (first_request_id + 1, _request("subscribe", first_request_id + 1, {**params, "depth": book_depth, "snapshot": True}))]
+            (first_request_id + 1, _request("subscribe", first_request_id + 1, {**params, "snapshot": True}))]
 
 
 def subscribed_depth(published_depth: int) -> int:
@@ -279,7 +291,12 @@ def checksum(asks: Sequence[Level], bids: Sequence[Level], price_precision: int,
 
 
 def _digits(value: str, precision: int) -> str:
-    return format(Decimal(value), f".{precision}f").replace(".", "").lstrip("0")
+    """Written with `precision` decimals, never rounded: a value with more digits keeps them,
+    so that the checksum fails rather than vouch for digits the book does not have."""
+    number = Decimal(value)
+    exponent = number.as_tuple().exponent
+    decimals = max(precision, -exponent) if isinstance(exponent, int) else precision
+    return format(number, f".{decimals}f").replace(".", "").lstrip("0")
 
 
 def _stream(channel: str) -> str:
@@ -305,138 +322,132 @@ def _status(item: object) -> SystemStatus | Rejected:
     return SystemStatus(item["system"], connection_id if isinstance(connection_id, int) else None)
 
 
-def _instruments(data: object) -> Instruments | Rejected:
+def _instruments(data: object) -> tuple[Instruments | Rejected, ...]:
+    """Every pair described, and why any pair could not be read: one malformed pair does not
+    cost the others."""
     pairs = data.get("pairs") if isinstance(data, dict) else None
     if not isinstance(pairs, list):
-        return Rejected(UNEXPECTED_SHAPE, "instrument data without a list of 'pairs'", INSTRUMENT)
-    read = []
+        return (Rejected(UNEXPECTED_SHAPE, "instrument data without a list of 'pairs'", INSTRUMENT),)
+    read, refused = [], []
     for pair in pairs:
-        if not isinstance(pair, dict):
-            return Rejected(UNEXPECTED_SHAPE, f"instrument pair is {type(pair).__name__}, not an object", INSTRUMENT)
-        fields = _typed(pair, (("symbol", str), ("base", str), ("quote", str), ("price_precision", int),
-                               ("qty_precision", int), ("status", str)), INSTRUMENT)
-        if isinstance(fields, Rejected):
-            return fields
-        read.append(Instrument(*fields))
-    return Instruments(tuple(read))
+        try:
+            read.append(Instrument(*_typed(_object(pair, "instrument pair", INSTRUMENT), _INSTRUMENT_FIELDS, INSTRUMENT)))
+        except _Refused as refusal:
+            refused.append(refusal.rejected)
+    return (Instruments(tuple(read)), *refused)
 
 
-def _trade(item: object, from_snapshot: bool) -> KrakenTrade | Rejected:
-    if not isinstance(item, dict):
-        return Rejected(UNEXPECTED_SHAPE, f"trade is {type(item).__name__}, not an object", TRADE)
-    fields = _typed(item, (("symbol", str), ("trade_id", int), ("side", str), ("ord_type", str), ("timestamp", str)), TRADE)
-    if isinstance(fields, Rejected):
-        return fields
-    symbol, trade_id, side, order_type, timestamp = fields
-    price, quantity = _decimal(item, "price", TRADE), _decimal(item, "qty", TRADE)
-    moment = _microseconds(timestamp, TRADE)
-    for checked in (price, quantity, moment):
-        if isinstance(checked, Rejected):
-            return checked
+_INSTRUMENT_FIELDS = (("symbol", str), ("base", str), ("quote", str), ("price_precision", int), ("qty_precision", int),
+                      ("status", str))
+
+
+class _Refused(Exception):
+    """Inside the reading of one item: why it is refused (each item's reader returns it)."""
+
+    def __init__(self, rejected: Rejected):
+        super().__init__(rejected.detail)
+        self.rejected = rejected
+
+
+def _item(read: Callable[[object, bool], KrakenTrade | KrakenQuote | BookMessage], item: object,
+          is_snapshot: bool) -> KrakenTrade | KrakenQuote | BookMessage | Rejected:
+    try:
+        return read(item, is_snapshot)
+    except _Refused as refused:
+        return refused.rejected
+
+
+def _trade(item: object, from_snapshot: bool) -> KrakenTrade:
+    fields = _object(item, "trade", TRADE)
+    symbol, trade_id, side, order_type, timestamp = _typed(
+        fields, (("symbol", str), ("trade_id", int), ("side", str), ("ord_type", str), ("timestamp", str)), TRADE)
+    price, quantity, moment = _decimal(fields, "price", TRADE), _decimal(fields, "qty", TRADE), _microseconds(timestamp, TRADE)
     if not 0 <= trade_id <= MAX_TRADE_ID:
-        return Rejected(ID_OUT_OF_RANGE, f"trade id {str(trade_id)[:40]} is outside 0..{MAX_TRADE_ID}", TRADE)
+        raise _Refused(Rejected(ID_OUT_OF_RANGE, f"trade id {str(trade_id)[:40]} is outside 0..{MAX_TRADE_ID}", TRADE))
     if side not in SIDES:
-        return Rejected(WRONG_TYPE, f"trade side {side[:20]!r} is neither 'buy' nor 'sell'", TRADE)
-    assert isinstance(price, str) and isinstance(quantity, str) and isinstance(moment, int)
+        raise _Refused(Rejected(WRONG_TYPE, f"trade side {side[:20]!r} is neither 'buy' nor 'sell'", TRADE))
     return KrakenTrade(symbol, trade_id, price, quantity, side, order_type, moment, from_snapshot)
 
 
-def _quote(item: object, from_snapshot: bool) -> KrakenQuote | Rejected:
-    if not isinstance(item, dict):
-        return Rejected(UNEXPECTED_SHAPE, f"ticker is {type(item).__name__}, not an object", TICKER)
-    if not isinstance(item.get("symbol"), str):
-        return Rejected(MISSING_FIELD, "ticker field 'symbol' is missing", TICKER)
-    values = [_decimal(item, name, TICKER, zero_allowed=name not in _PRICES) for name in ("bid", "bid_qty", "ask", "ask_qty")]
-    moment = _microseconds(item["timestamp"], TICKER) if isinstance(item.get("timestamp"), str) else None
-    for checked in (*values, moment):
-        if isinstance(checked, Rejected):
-            return checked
-    bid, bid_qty, ask, ask_qty = (str(value) for value in values)
-    assert moment is None or isinstance(moment, int)
-    return KrakenQuote(item["symbol"], bid, bid_qty, ask, ask_qty, moment)
+def _quote(item: object, from_snapshot: bool) -> KrakenQuote:
+    fields = _object(item, "ticker", TICKER)
+    (symbol,) = _typed(fields, (("symbol", str),), TICKER)
+    bid, bid_qty, ask, ask_qty = (_decimal(fields, name, TICKER, zero_allowed=name not in _PRICES)
+                                  for name in ("bid", "bid_qty", "ask", "ask_qty"))
+    moment = _microseconds(fields["timestamp"], TICKER) if "timestamp" in fields else None  # older frames have none
+    return KrakenQuote(symbol, bid, bid_qty, ask, ask_qty, moment)
 
 
-def _book(item: object, is_snapshot: bool) -> BookMessage | Rejected:
-    if not isinstance(item, dict):
-        return Rejected(UNEXPECTED_SHAPE, f"book is {type(item).__name__}, not an object", BOOK)
-    fields = _typed(item, (("symbol", str), ("checksum", int), ("bids", list), ("asks", list)), BOOK)
-    if isinstance(fields, Rejected):
-        return fields
-    symbol, crc, bids, asks = fields
+def _book(item: object, is_snapshot: bool) -> BookMessage:
+    fields = _object(item, "book", BOOK)
+    symbol, crc, bids, asks = _typed(fields, (("symbol", str), ("checksum", int), ("bids", list), ("asks", list)), BOOK)
     if not 0 <= crc <= MAX_CHECKSUM:
-        return Rejected(WRONG_TYPE, f"book checksum {str(crc)[:20]} is no CRC32", BOOK)
-    sides = [_levels(levels) for levels in (bids, asks)]
-    moment = _microseconds(item["timestamp"], BOOK) if "timestamp" in item else None
-    for checked in (*sides, moment):
-        if isinstance(checked, Rejected):
-            return checked
-    assert isinstance(sides[0], tuple) and isinstance(sides[1], tuple) and (moment is None or isinstance(moment, int))
-    return BookMessage(symbol, is_snapshot, sides[0], sides[1], crc, moment)
+        raise _Refused(Rejected(WRONG_TYPE, f"book checksum {str(crc)[:20]} is no CRC32", BOOK))
+    moment = _microseconds(fields["timestamp"], BOOK) if "timestamp" in fields else None
+    return BookMessage(symbol, is_snapshot, _levels(bids), _levels(asks), crc, moment)
 
 
-def _levels(levels: list) -> tuple[Level, ...] | Rejected:
-    read = []
-    for level in levels:
-        if not isinstance(level, dict):
-            return Rejected(UNEXPECTED_SHAPE, f"book level is {type(level).__name__}, not an object", BOOK)
-        price, quantity = _decimal(level, "price", BOOK), _decimal(level, "qty", BOOK, zero_allowed=True)
-        if isinstance(price, Rejected):
-            return price
-        if isinstance(quantity, Rejected):
-            return quantity
-        read.append((price, quantity))
-    return tuple(read)
+def _levels(levels: list) -> tuple[Level, ...]:
+    return tuple((_decimal(level, "price", BOOK), _decimal(level, "qty", BOOK, zero_allowed=True))
+                 for level in (_object(level, "book level", BOOK) for level in levels))
 
 
-_READERS = {TRADE: _trade, TICKER: _quote, BOOK: _book}
+_READERS: dict[str, Callable[[object, bool], KrakenTrade | KrakenQuote | BookMessage]] = {
+    TRADE: _trade, TICKER: _quote, BOOK: _book}
 
 
-def _typed(item: dict, fields: tuple[tuple[str, type], ...], stream: str) -> list | Rejected:
+def _object(item: object, what: str, stream: str) -> dict:
+    if not isinstance(item, dict):
+        raise _Refused(Rejected(UNEXPECTED_SHAPE, f"{what} is {type(item).__name__}, not an object", stream))
+    return item
+
+
+def _typed(item: dict, fields: tuple[tuple[str, type], ...], stream: str) -> list:
     values = []
     for name, kind in fields:
         if name not in item:
-            return Rejected(MISSING_FIELD, f"{stream} field {name!r} is missing", stream)
+            raise _Refused(Rejected(MISSING_FIELD, f"{stream} field {name!r} is missing", stream))
         value = item[name]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            return Rejected(WRONG_TYPE, f"{stream} field {name!r} is {type(value).__name__}, expected {kind.__name__}", stream)
+            raise _Refused(Rejected(WRONG_TYPE, f"{stream} field {name!r} is {type(value).__name__}, expected {kind.__name__}",
+                                    stream))
         values.append(value)
     return values
 
 
-def _decimal(item: dict, name: str, stream: str, zero_allowed: bool = False) -> str | Rejected:
+def _decimal(item: dict, name: str, stream: str, zero_allowed: bool = False) -> str:
     """A price (never 0) or quantity as Kraken wrote it (read as text; an integer is written
     without a point)."""
     value = item.get(name)
     if value is None:
-        return Rejected(MISSING_FIELD, f"{stream} field {name!r} is missing", stream)
+        raise _Refused(Rejected(MISSING_FIELD, f"{stream} field {name!r} is missing", stream))
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        return Rejected(WRONG_TYPE, f"{stream} field {name!r} is {type(value).__name__}, expected a number", stream)
+        raise _Refused(Rejected(WRONG_TYPE, f"{stream} field {name!r} is {type(value).__name__}, expected a number", stream))
     text = str(value)
-    try:
-        number = Decimal(text)
-    except InvalidOperation:
-        return Rejected(INVALID_DECIMAL, f"{stream} field {name!r} is {text[:40]!r}", stream)
-    if not number.is_finite():
-        return Rejected(NON_FINITE_NUMBER, f"{stream} field {name!r} is {text[:40]}", stream)
+    if not _PLAIN_DECIMAL.fullmatch(text):  # Decimal() would also take "1e3", " 1", "+1", "1_000", "NaN"
+        raise _Refused(Rejected(INVALID_DECIMAL, f"{stream} field {name!r} is {text[:40]!r}, not a plain decimal", stream))
+    number = Decimal(text)
     if number < 0 or (number == 0 and not zero_allowed):
         reason = NON_POSITIVE_PRICE if name in _PRICES else NON_POSITIVE_QUANTITY
-        return Rejected(reason, f"{stream} field {name!r} is {text[:40]}", stream)
+        raise _Refused(Rejected(reason, f"{stream} field {name!r} is {text[:40]}", stream))
     return text
 
 
 _PRICES = ("price", "bid", "ask")
+_PLAIN_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?", re.ASCII)
 
 
-def _microseconds(timestamp: object, stream: str) -> int | Rejected:
+def _microseconds(timestamp: object, stream: str) -> int:
     """An RFC 3339 UTC time (`2024-05-27T12:33:10.826003Z`) in microseconds since the epoch."""
     if not isinstance(timestamp, str):
-        return Rejected(WRONG_TYPE, f"{stream} timestamp is {type(timestamp).__name__}, expected a string", stream)
+        raise _Refused(Rejected(WRONG_TYPE, f"{stream} timestamp is {type(timestamp).__name__}, expected a string", stream))
     try:
         moment = datetime.fromisoformat(timestamp)
     except ValueError:
-        return Rejected(TIMESTAMP_OUT_OF_RANGE, f"{stream} timestamp {timestamp[:40]!r} is no RFC 3339 time", stream)
+        raise _Refused(Rejected(TIMESTAMP_OUT_OF_RANGE, f"{stream} timestamp {timestamp[:40]!r} is no RFC 3339 time",
+                                stream)) from None
     if moment.tzinfo is None:
-        return Rejected(TIMESTAMP_OUT_OF_RANGE, f"{stream} timestamp {timestamp[:40]!r} has no time zone", stream)
+        raise _Refused(Rejected(TIMESTAMP_OUT_OF_RANGE, f"{stream} timestamp {timestamp[:40]!r} has no time zone", stream))
     return (moment - _EPOCH) // _MICROSECOND
 
 

@@ -15,14 +15,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from k2actors.core.adapter import Answer, Reading
-from k2actors.core.binance import (
-    NON_POSITIVE_PRICE,
-    NON_POSITIVE_QUANTITY,
-    TIMESTAMP_OUT_OF_RANGE,
-    UNSUBSCRIBED_SYMBOL,
-    Rejected,
-)
 from k2actors.core.checksummed_book import CheckedTop
+from k2actors.core.frames import NON_POSITIVE_PRICE, NON_POSITIVE_QUANTITY, TIMESTAMP_OUT_OF_RANGE, UNSUBSCRIBED_SYMBOL, Rejected
 from k2actors.core.kraken import (
     BOOK,
     TICKER,
@@ -62,8 +56,9 @@ class KrakenAdapter:
         if len(symbols) == 1:
             raw["symbol"] = symbols.pop()
         rejected = tuple(item for item in items if isinstance(item, Rejected))
+        # Subscriptions' answers (a pong answers no subscription: the connection's liveness is its frames)
         actions = tuple(Answer(item.request_id, None if isinstance(item, RequestAnswered) else (0, item.message))
-                        for item in items if isinstance(item, (RequestAnswered, RequestRefused)))
+                        for item in items if isinstance(item, (RequestAnswered, RequestRefused)) and item.method != "pong")
         return Reading(raw, events, rejected, actions)
 
     def shape(self, event: KrakenTrade | KrakenQuote, delivery: Delivery, streamed: bool) -> tuple[str, Record] | Rejected:
@@ -86,8 +81,8 @@ class KrakenAdapter:
         return stream, record
 
     def shape_book(self, top: CheckedTop, delivery: Delivery, depth: int) -> Record | Rejected:
-        """The record of a checked book's best levels, named by the venue time it stands at
-        (one a cadence window): derived again, from the same messages, with the same name."""
+        """The record of a checked book's best levels, named by its cadence window: derived
+        again, from the same messages, with the same name, and numbered by the window's start."""
         instrument = self._instruments.get(top.symbol)
         if instrument is None:
             return Rejected(UNSUBSCRIBED_SYMBOL, f"pair {top.symbol[:40]!r} was not subscribed", BOOK)
@@ -96,7 +91,7 @@ class KrakenAdapter:
             return sides
         symbol = _symbol(instrument)
         return {
-            "message_id": message_id(delivery.venue, symbol, top.timestamp_us, BOOK),
+            "message_id": message_id(delivery.venue, symbol, top.window_us, BOOK),
             "symbol": symbol,
             "exchange": delivery.venue,
             "asset_class": "crypto",
@@ -106,7 +101,7 @@ class KrakenAdapter:
             "ask_levels": len(sides["asks"]),
             **sides,
             "currency": instrument.quote,
-            "source_sequence": None,  # Kraken numbers no book update; the checksum vouches for it
+            "source_sequence": top.window_us,  # Kraken numbers no book update (the checksum vouches for it)
             "platform_sequence": None,
             "ingestion_timestamp": delivery.received_us,
             "vendor_data": {"stream": BOOK, "endpoint": delivery.endpoint, "venue_symbol": top.symbol,
@@ -114,9 +109,9 @@ class KrakenAdapter:
         }
 
     @staticmethod
-    def history(body: bytes, pair: str) -> HistoryPage | HistoryRefused | Rejected:
-        """A page of REST trades of `pair`."""
-        return historical_trades(body, pair)
+    def history(body: bytes, symbol: str) -> HistoryPage | HistoryRefused | Rejected:
+        """A page of REST trades of `symbol` (Kraken's WebSocket spelling)."""
+        return historical_trades(body, symbol)
 
 
 def _symbol(instrument: Instrument) -> str:
@@ -151,8 +146,8 @@ def _trade_record(trade: KrakenTrade, instrument: Instrument, delivery: Delivery
 
 
 def _quote_record(quote: KrakenQuote, instrument: Instrument, delivery: Delivery, moment: int) -> Record | Rejected:
-    """Kraken's ticker numbers no update: a quote is named by its time (the venue's, or its
-    receipt's when the frame has none), which also orders a symbol's quotes."""
+    """Kraken's ticker numbers no update: a quote is named and numbered by its time (the
+    venue's, or its receipt's when the frame has none), which also orders a symbol's quotes."""
     values = exact_touch(quote.bid_price, quote.bid_quantity, quote.ask_price, quote.ask_quantity, TICKER)
     if isinstance(values, Rejected):
         return Rejected(values.reason, values.detail, TICKER)
@@ -167,7 +162,7 @@ def _quote_record(quote: KrakenQuote, instrument: Instrument, delivery: Delivery
         "timestamp": moment,
         **values,
         "currency": instrument.quote,
-        "source_sequence": None,
+        "source_sequence": moment,
         "platform_sequence": None,
         "ingestion_timestamp": delivery.received_us,
         "vendor_data": vendor_data,

@@ -2,8 +2,9 @@
 
 Kraken serves trades by time, not by id (`GET /0/public/Trades?pair=&since=&count=`: the
 trades after `since`, in nanoseconds, at most 1000, and `last`, the `since` of the next
-page). A gap of ids after trade t is asked for from t's time, a nanosecond before it (so
-that `since` being exclusive or not makes no difference: t comes again, a duplicate), and
+page). A gap of ids after trade t is asked for from a microsecond before t's time (so that
+`since` being exclusive or not makes no difference, nor REST's times having digits below
+the microsecond that the stream's have not: t comes again, a duplicate), and
 paged on `last` (again a nanosecond before it: trades of the same time that did not fit the
 page come on the next) until a trade past the gap's last id shows the gap is behind: what
 the pages did not have is then known to be unserved. A page that does not move on means
@@ -33,7 +34,7 @@ class KrakenGapFill:
     next_id: int = field(init=False)  # the first id not yet filled or found unserved
 
     def __post_init__(self) -> None:
-        self.since_ns = self.after_us * 1000 - 1
+        self.since_ns = (self.after_us - 1) * 1000
         self.next_id = self.first_id
 
     @property
@@ -42,7 +43,9 @@ class KrakenGapFill:
 
     def target(self) -> str:
         """The path and query of the next page."""
-        return f"{TRADES_PATH}?" + urllib.parse.urlencode({"pair": self.pair, "since": self.since_ns, "count": PAGE_LIMIT})
+        # assetVersion=1: the pair named as the WebSocket names it, not as XXBTZUSD
+        query = {"pair": self.pair, "since": self.since_ns, "count": PAGE_LIMIT, "assetVersion": 1}
+        return f"{TRADES_PATH}?" + urllib.parse.urlencode(query)
 
     def take(self, page: HistoryPage) -> Page[KrakenTrade]:
         """A page asked for with `target()`: the gap's trades it has, in id order, and the ids

@@ -24,17 +24,10 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from k2actors.core.adapter import BinanceAdapter, MarketEvent, Reading, Replace
-from k2actors.core.binance import (
-    AGG_TRADE,
-    BOOK,
-    ID_REGRESSED,
-    INTERNAL_ERROR,
-    POISON_MESSAGE,
-    TRADE,
-    Rejected,
-)
+from k2actors.core.binance import AGG_TRADE, BOOK, TRADE
 from k2actors.core.book import BookSync, BookTop, DepthDiff, FetchSnapshot, InSync, OutOfSync, OutOfSyncReason
 from k2actors.core.book import Output as BookOutput
+from k2actors.core.frames import ID_REGRESSED, INTERNAL_ERROR, POISON_MESSAGE, Rejected
 from k2actors.core.link import Frame
 from k2actors.core.normalise import Delivery, event_id, record_dead_letter, unsubscribed
 from k2actors.core.payloads import (

@@ -15,10 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
-from k2actors.core.binance import (
-    AGG_TRADE,
-    BOOK,
-    BOOK_TICKER,
+from k2actors.core.binance import AGG_TRADE, BOOK, BOOK_TICKER, TRADE, AggTrade, BookTicker, Trade
+from k2actors.core.book import BookTop, Level
+from k2actors.core.frames import (
     CROSSED_QUOTE,
     DECIMAL_OUT_OF_RANGE,
     INVALID_DECIMAL,
@@ -26,15 +25,10 @@ from k2actors.core.binance import (
     NON_POSITIVE_PRICE,
     NON_POSITIVE_QUANTITY,
     TIMESTAMP_OUT_OF_RANGE,
-    TRADE,
     UNKNOWN_STREAM,
     UNSUBSCRIBED_SYMBOL,
-    AggTrade,
-    BookTicker,
     Rejected,
-    Trade,
 )
-from k2actors.core.book import BookTop, Level
 from k2actors.core.payloads import DeadLetter, Record
 from k2actors.core.raw import RAW
 

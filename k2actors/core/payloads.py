@@ -9,7 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from k2actors.core.binance import AggTrade, Rejected, Trade
+from k2actors.core.binance import AggTrade, Trade
+from k2actors.core.frames import Rejected
 from k2actors.core.link import Frame
 from k2actors.core.ranges import StreamPosition
 from k2actors.core.raw import Headers

@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import heapq
 import json
-import threading
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -39,17 +37,17 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Response
 
+from k2actors.core.kraken import BOOK_DEPTHS, CHECKSUM_LEVELS
 from k2actors.localstack.orderbook import SimBook, units_text
+from k2actors.localstack.serving import Controls, Endpoint, ServedMarket
 from k2actors.localstack.simulator import Market, SimTrade
 
 PATH = "/v2"
 TRADES_PATH = "/0/public/Trades"
-BOOK_DEPTHS = (10, 25, 100, 500, 1000)
-CHECKSUM_LEVELS = 10
 TRADE_SNAPSHOT = 50
 MAX_TRADES_PER_PAGE = 1000
 HISTORY_PER_SYMBOL = 200_000
@@ -61,7 +59,7 @@ VERSION = "2.0.10"
 
 
 @dataclass(frozen=True, slots=True)
-class KrakenTrade:
+class TimedTrade:
     trade: SimTrade
     time_us: int  # Kraken's times are microseconds: trades of one tick are a microsecond apart
 
@@ -89,81 +87,40 @@ class _Client:
         return bool(self.trades or self.tickers or self.books)
 
 
-class _Endpoint:
+class _Endpoint(Endpoint):
     def __init__(self, index: int):
-        self.index = index
-        self.clients: set[_Client] = set()
-        self.stalled = False
-        self.refusing = False
-        self.flapping = False
+        super().__init__(index)
         self.subscriptions_refused = 0
         self.books_to_corrupt: set[str] = set()  # symbols whose next book update goes out with a wrong level
         self.history_faults: collections.deque[str] = collections.deque()  # error messages for the next REST requests
         self.history_requests: list[float] = []
-        self.server: Server | None = None
-        self.port = 0
 
 
-class KrakenSimulator:
+class KrakenSimulator(ServedMarket[_Endpoint, Market]):
     """`with KrakenSimulator(("BTC/USD",), rate=50) as sim: sim.urls`"""
 
     def __init__(self, symbols: tuple[str, ...] = ("BTC/USD", "ETH/USD", "SOL/USD"), rate: float = 20.0,
                  endpoints: int = 1, tick: float = 0.01, host: str = "127.0.0.1", seed: int = 11, port: int = 0):
-        self.market = Market(tuple(symbols), rate, seed)
-        self.host = host
+        super().__init__(Market(tuple(symbols), rate, seed), [_Endpoint(i) for i in range(endpoints)], host, port, None,
+                         "kraken-simulator")
         self._tick = tick
-        self._first_port = port
-        self._endpoints = [_Endpoint(i) for i in range(endpoints)]
-        self._history: dict[str, collections.deque[KrakenTrade]] = {
+        self._history: dict[str, collections.deque[TimedTrade]] = {
             s: collections.deque(maxlen=HISTORY_PER_SYMBOL) for s in symbols}
         self._stats = {s: _Ticker() for s in symbols}
         self._connections = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="kraken-simulator", daemon=True)
-        self._stopping = False
-
-    # --- lifecycle ---
-
-    def start(self) -> KrakenSimulator:
-        self._thread.start()
-        self._call(self._start())
-        return self
-
-    def stop(self) -> None:
-        self._call(self._stop())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
 
     @property
     def urls(self) -> list[str]:
         return [f"ws://{self.host}:{endpoint.port}{PATH}" for endpoint in self._endpoints]
 
-    def rest_url(self, index: int = 0) -> str:
-        return f"http://{self.host}:{self._endpoints[index].port}"
-
     def endpoint(self, index: int) -> KrakenEndpointControl:
         return KrakenEndpointControl(self, self._endpoints[index])
 
-    def last_ids(self) -> dict[str, int]:
-        return self._call(self._last_ids())
-
     def book(self, symbol: str, depth: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         """The best `depth` levels a side now, as Kraken writes them, best first."""
-        return self._call(self._book(symbol, depth))
+        return self.call(self._book(symbol, depth))
 
     # --- internals, all on the simulator's event loop ---
-
-    def _call(self, coroutine):
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=10)
-
-    async def _last_ids(self) -> dict[str, int]:
-        return {s: self.market.last_id(s) for s in self.market.symbols}
 
     async def _book(self, symbol: str, depth: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         bids, asks = _best(self.market.books[symbol], depth)
@@ -171,37 +128,16 @@ class KrakenSimulator:
                 [(_price(p), units_text(q)) for p, q in sorted(asks.items())])
 
     async def _start(self) -> None:
-        for endpoint in self._endpoints:
-            server = endpoint.server = await serve(
-                functools.partial(self._serve_client, endpoint), self.host,
-                self._first_port + endpoint.index if self._first_port else 0,
-                process_request=functools.partial(self._http, endpoint),
-                ping_interval=None, max_size=2**20, compression=None)
-            endpoint.port = server.sockets[0].getsockname()[1]
+        await self._listen(self._serve_client, self._http)
         asyncio.get_running_loop().create_task(self._run_market())
         asyncio.get_running_loop().create_task(self._heartbeats())
-
-    async def _stop(self) -> None:
-        self._stopping = True
-        servers = [endpoint.server for endpoint in self._endpoints if endpoint.server is not None]
-        for server in servers:
-            server.close()
-        for endpoint in self._endpoints:
-            for client in list(endpoint.clients):
-                client.connection.transport.abort()
-        for server in servers:
-            await server.wait_closed()
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run_market(self) -> None:
         while not self._stopping:
             now = time.time()
-            traded: dict[str, list[KrakenTrade]] = {}
+            traded: dict[str, list[TimedTrade]] = {}
             for position, (symbol, trade) in enumerate(self.market.tick(now)):
-                kraken_trade = KrakenTrade(trade, trade.time_ms * 1000 + position)
+                kraken_trade = TimedTrade(trade, trade.time_ms * 1000 + position)
                 traded.setdefault(symbol, []).append(kraken_trade)
                 self._history[symbol].append(kraken_trade)
                 self._stats[symbol].trade(trade)
@@ -210,7 +146,7 @@ class KrakenSimulator:
                 self._broadcast(traded, touched, _timestamp(int(now * 1_000_000)))
             await asyncio.sleep(self._tick)
 
-    def _broadcast(self, traded: dict[str, list[KrakenTrade]], touched: dict, timestamp: str) -> None:
+    def _broadcast(self, traded: dict[str, list[TimedTrade]], touched: dict, timestamp: str) -> None:
         trade_frames = {symbol: _data("trade", "update", [_trade_item(symbol, t) for t in trades])
                         for symbol, trades in traded.items()}
         ticker_frames = {symbol: _data("ticker", "update", [self._ticker_item(symbol, bid, ask, timestamp)])
@@ -245,11 +181,10 @@ class KrakenSimulator:
         if not sides[0] and not sides[1]:
             return None
         crc = _checksum(bids, asks)
-        if symbol in endpoint.books_to_corrupt:  # one level's quantity off by 1e-8; the checksum is of the true book
+        if symbol in endpoint.books_to_corrupt:  # the best bid's quantity off by 1e-8; the checksum is of the true book
             endpoint.books_to_corrupt.discard(symbol)
-            side = sides[0] or sides[1]
-            price, quantity = side[0]
-            side[0] = (price, quantity + 1)
+            best = max(bids)
+            sides[0].append((best, bids[best] + 1))
         return _data("book", "update", [{"symbol": symbol, "bids": _levels(sides[0]), "asks": _levels(sides[1]),
                                          "checksum": crc, "timestamp": timestamp}])
 
@@ -359,12 +294,12 @@ class KrakenSimulator:
                 _unsubscribe(client, channel, symbol)
                 frames.append(_reply({**answered, "result": {"channel": channel, "symbol": symbol}, "success": True}, time_in))
             else:
-                result, snapshot = self._subscribe(client, channel, symbol, depth)
+                result, snapshot = self._subscribe(client, channel, symbol, params)
                 frames.append(_reply({**answered, "result": {**result, "snapshot": snapshot_wanted}, "success": True}, time_in))
                 frames += [snapshot] if snapshot_wanted else []
         return frames
 
-    def _subscribe(self, client: _Client, channel: str, symbol: str, depth: int) -> tuple[dict, str]:
+    def _subscribe(self, client: _Client, channel: str, symbol: str, params: dict) -> tuple[dict, str]:
         """The acknowledgement's result, and the snapshot, of a subscription now made."""
         now = _timestamp(int(time.time() * 1_000_000))
         if channel == "trade":
@@ -374,7 +309,10 @@ class KrakenSimulator:
         if channel == "ticker":
             client.tickers.add(symbol)
             item = self._ticker_item(symbol, *self.market.books[symbol].best(), now)
-            return {"channel": channel, "event_trigger": "bbo", "symbol": symbol}, _data("ticker", "snapshot", [item])
+            # The simulator's touch moves with its trades only: either trigger gives every change.
+            trigger = params.get("event_trigger", "trades")
+            return {"channel": channel, "event_trigger": trigger, "symbol": symbol}, _data("ticker", "snapshot", [item])
+        depth = params.get("depth", 10)
         view = client.books[symbol] = _BookView(depth)
         view.bids, view.asks = _best(self.market.books[symbol], depth)
         book = {"symbol": symbol, "bids": _levels(sorted(view.bids.items(), reverse=True)), "asks": _levels(sorted(view.asks.items())),
@@ -401,14 +339,19 @@ class KrakenSimulator:
         if pair not in self._history:
             return _json(connection, {"error": ["EQuery:Unknown asset pair"]})
         try:
-            since = int(query.get("since", ["0"])[0])
-            count = min(int(query.get("count", [str(MAX_TRADES_PER_PAGE)])[0]), MAX_TRADES_PER_PAGE)
+            since = int(query["since"][0]) if "since" in query else None
+            count = max(1, min(int(query.get("count", [str(MAX_TRADES_PER_PAGE)])[0]), MAX_TRADES_PER_PAGE))
         except ValueError:
             return _json(connection, {"error": ["EGeneral:Invalid arguments"]})
-        rows = [trade for trade in self._history[pair] if trade.time_us * 1000 > since][:count]
-        last = rows[-1].time_us * 1000 if rows else since
+        if since is None:  # the last trades
+            rows = list(self._history[pair])[-count:]
+        else:
+            rows = [trade for trade in self._history[pair] if trade.time_us * 1000 > since][:count]
+        last = rows[-1].time_us * 1000 if rows else since or 0
+        # Kraken names the pair its own way (XXBTZUSD) unless asked with assetVersion=1
+        key = pair if query.get("assetVersion") == ["1"] else "X" + pair.replace("/", "Z")
         return _json(connection, {"error": [], "result": {
-            pair: [[_price_text(t.trade.price), t.trade.quantity, _Number(f"{t.time_us // 1_000_000}.{t.time_us % 1_000_000:06d}"),
+            key: [[_price_text(t.trade.price), t.trade.quantity, _Number(f"{t.time_us // 1_000_000}.{t.time_us % 1_000_000:06d}"),
                     "s" if t.trade.buyer_is_maker else "b", _order_type(t.trade)[0], "", t.trade.trade_id] for t in rows],
             "last": str(last)}})
 
@@ -482,7 +425,7 @@ def _json(connection: ServerConnection, payload: dict) -> Response:
     return response
 
 
-def _trade_item(symbol: str, trade: KrakenTrade) -> dict:
+def _trade_item(symbol: str, trade: TimedTrade) -> dict:
     sim = trade.trade
     return {"symbol": symbol, "side": "sell" if sim.buyer_is_maker else "buy", "price": _Number(_price_text(sim.price)),
             "qty": _Number(sim.quantity), "ord_type": _order_type(sim), "trade_id": sim.trade_id,
@@ -526,35 +469,8 @@ def _timestamp(microseconds: int) -> str:
     return datetime.fromtimestamp(microseconds // 1_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{microseconds % 1_000_000:06d}Z"
 
 
-class KrakenEndpointControl:
+class KrakenEndpointControl(Controls[_Endpoint]):
     """Scripted faults for one endpoint; safe to call from any thread."""
-
-    def __init__(self, simulator: KrakenSimulator, endpoint: _Endpoint):
-        self._simulator = simulator
-        self._endpoint = endpoint
-
-    @property
-    def url(self) -> str:
-        return self._simulator.urls[self._endpoint.index]
-
-    def client_count(self) -> int:
-        return self._simulator._call(self._count())
-
-    def drop(self) -> None:
-        """Cut every connection without a close frame."""
-        self._simulator._call(self._abort_all())
-
-    def stall(self, stalled: bool = True) -> None:
-        """Keep sockets open but send nothing at all, heartbeats included."""
-        self._endpoint.stalled = stalled
-
-    def flap(self, flapping: bool = True) -> None:
-        """Complete each new websocket handshake, then drop the connection at once."""
-        self._endpoint.flapping = flapping
-
-    def refuse(self, refusing: bool = True) -> None:
-        """Answer new connection attempts with HTTP 503."""
-        self._endpoint.refusing = refusing
 
     def refuse_subscriptions(self, times: int) -> None:
         """Refuse the next `times` subscribe requests (all their symbols)."""
@@ -570,10 +486,3 @@ class KrakenEndpointControl:
 
     def history_request_times(self) -> list[float]:
         return list(self._endpoint.history_requests)
-
-    async def _count(self) -> int:
-        return len(self._endpoint.clients)
-
-    async def _abort_all(self) -> None:
-        for client in list(self._endpoint.clients):
-            client.connection.transport.abort()

@@ -33,24 +33,23 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import json
 import random
 import ssl
 import struct
-import threading
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Response
 
 from k2actors.core.binance import MAX_DEPTH_LIMIT, depth_weight
 from k2actors.localstack.orderbook import SimBook, cents_text, snapshot_body, units_text
+from k2actors.localstack.serving import Controls, Endpoint, ServedMarket
 
 MAX_STREAMS_PER_CONNECTION = 1024
 DEPTH_STREAM = "depth@100ms"
@@ -60,8 +59,7 @@ HISTORY_PER_SYMBOL = 200_000
 CLIENT_QUEUE_LIMIT = 100_000  # frames queued for one client before it counts as too slow
 REPLAY_CHUNK_BYTES = 256 * 1024  # a replay's writes: whole frames, about this many bytes each
 REPLAY_BUFFER_BYTES = 4 * 1024 * 1024  # unsent bytes a replay lets pile up before it waits
-_START_PRICES_CENTS = {"BTCUSDT": 4_300_000, "ETHUSDT": 230_000, "BNBUSDT": 31_000, "BTC/USD": 4_300_000, "ETH/USD": 230_000,
-                       "SOL/USD": 15_000}
+_START_PRICES_CENTS = {"BTC": 4_300_000, "ETH": 230_000, "BNB": 31_000, "SOL": 15_000}  # by base asset, whatever the venue's spelling
 _QUOTES = ("USDT", "USDC", "FDUSD", "EURI", "BTC", "ETH", "BNB", "EUR", "USD")
 
 
@@ -84,7 +82,8 @@ class Market:
         self.symbols = symbols
         self.rate = rate
         self._random = random.Random(seed)
-        self._price = {s: _START_PRICES_CENTS.get(s, 10_000) for s in symbols}
+        self._price = {s: next((cents for base, cents in _START_PRICES_CENTS.items() if s.startswith(base)), 10_000)
+                       for s in symbols}
         self._next_id = {s: 1_000_000 + 1000 * i for i, s in enumerate(symbols)}
         self._due = {s: 0.0 for s in symbols}
         self._history: dict[str, collections.deque[SimTrade]] = {s: collections.deque(maxlen=HISTORY_PER_SYMBOL) for s in symbols}
@@ -268,16 +267,10 @@ class _Client:
 SnapshotFault = str | float | tuple[int, float | None]
 
 
-class _Endpoint:
+class _Endpoint(Endpoint):
     def __init__(self, index: int):
-        self.index = index
-        self.clients: set[_Client] = set()
-        self.stalled = False
-        self.refusing = False
-        self.flapping = False
+        super().__init__(index)
         self.subscriptions_refused = 0  # SUBSCRIBE requests still to be refused
-        self.server: Server | None = None
-        self.port = 0
         self.history_faults: collections.deque[tuple[int, float | None]] = collections.deque()  # (status, Retry-After)
         self.history_requests: list[float] = []  # when each historicalTrades request came (monotonic)
         self.weights: list[tuple[float, int]] = []  # (when, weight) of the weighed REST requests of the last minute
@@ -285,7 +278,7 @@ class _Endpoint:
         self.diffs_to_drop: set[str] = set()  # depth streams whose next diff this endpoint does not send
 
 
-class ExchangeSimulator:
+class ExchangeSimulator(ServedMarket[_Endpoint, Market]):
     """`with ExchangeSimulator(symbols, rate=50, endpoints=2) as sim: sim.urls`"""
 
     def __init__(
@@ -302,40 +295,16 @@ class ExchangeSimulator:
         tls: ssl.SSLContext | None = None,
         port: int = 0,
     ):
-        self.market = Market(tuple(symbols), rate, seed)
-        self.host = host
-        self._tls = tls  # a server context: wss:// and https:// instead of ws:// and http://
+        super().__init__(Market(tuple(symbols), rate, seed), [_Endpoint(i) for i in range(endpoints)], host, port, tls,
+                         "exchange-simulator")
         self.ping_interval = ping_interval
         self.pong_timeout = pong_timeout
         self._tick = tick
         self._tape = [(_tape_stream(line), line) for line in Path(tape).read_text().splitlines()] if tape else None
-        self._first_port = port  # endpoint i listens on port + i; 0: each on a free port
-        self._endpoints = [_Endpoint(i) for i in range(endpoints)]
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="exchange-simulator", daemon=True)
-        self._stopping = False
         self._ticker: asyncio.Task | None = None
         # (frames, seconds) of each tape replay that reached its last write: the simulator's
         # own sending rate, reported apart from what a receiver made of it.
         self.replays: list[tuple[int, float]] = []
-
-    # --- lifecycle ---
-
-    def start(self) -> ExchangeSimulator:
-        self._thread.start()
-        self._call(self._start())
-        return self
-
-    def stop(self) -> None:
-        self._call(self._stop())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
 
     @property
     def urls(self) -> list[str]:
@@ -343,56 +312,18 @@ class ExchangeSimulator:
         scheme = "wss" if self._tls else "ws"
         return [f"{scheme}://{self.host}:{e.port}/stream" for e in self._endpoints]
 
-    def rest_url(self, index: int = 0) -> str:
-        return f"{'https' if self._tls else 'http'}://{self.host}:{self._endpoints[index].port}"
-
     def endpoint(self, index: int) -> EndpointControl:
         return EndpointControl(self, self._endpoints[index])
 
     def set_rate(self, rate: float) -> None:
         self.market.rate = rate
 
-    def last_ids(self) -> dict[str, int]:
-        return self._call(self._last_ids())
-
     # --- internals, all on the simulator's event loop ---
 
-    def _call(self, coroutine):
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=10)
-
-    async def _last_ids(self) -> dict[str, int]:
-        return {s: self.market.last_id(s) for s in self.market.symbols}
-
     async def _start(self) -> None:
-        for endpoint in self._endpoints:
-            server = endpoint.server = await serve(
-                functools.partial(self._serve_client, endpoint),
-                self.host,
-                self._first_port + endpoint.index if self._first_port else 0,
-                process_request=functools.partial(self._http, endpoint),
-                ping_interval=None,  # Binance-style pings are sent by _ping_loop
-                max_size=2**20,
-                compression=None,
-                ssl=self._tls,
-            )
-            endpoint.port = server.sockets[0].getsockname()[1]
+        await self._listen(self._serve_client, self._http)  # Binance-style pings are sent by _ping_loop
         if self._tape is None:
             self._ticker = asyncio.get_running_loop().create_task(self._run_market())
-
-    async def _stop(self) -> None:
-        self._stopping = True
-        servers = [endpoint.server for endpoint in self._endpoints if endpoint.server is not None]
-        for server in servers:
-            server.close()
-        for endpoint in self._endpoints:
-            for client in list(endpoint.clients):
-                client.connection.transport.abort()
-        for server in servers:
-            await server.wait_closed()
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run_market(self) -> None:
         while not self._stopping:
@@ -652,35 +583,16 @@ def _rest(market: Market, connection: ServerConnection, path: str, query: dict):
     return _answer(connection, 404, {"code": -1, "msg": "Unknown endpoint."})
 
 
-class EndpointControl:
+class EndpointControl(Controls[_Endpoint]):
     """Scripted faults for one endpoint; safe to call from any thread."""
 
     def __init__(self, simulator: ExchangeSimulator, endpoint: _Endpoint):
+        super().__init__(simulator, endpoint)
         self._simulator = simulator
-        self._endpoint = endpoint
 
     @property
     def url(self) -> str:
         return self._simulator.urls[self._endpoint.index]
-
-    def client_count(self) -> int:
-        return self._simulator._call(self._count())
-
-    def drop(self) -> None:
-        """Cut every connection without a close frame."""
-        self._simulator._call(self._each(lambda client: client.connection.transport.abort()))
-
-    def stall(self, stalled: bool = True) -> None:
-        """Keep sockets open but send nothing at all, pings included."""
-        self._endpoint.stalled = stalled
-
-    def flap(self, flapping: bool = True) -> None:
-        """Complete each new websocket handshake, then drop the connection at once."""
-        self._endpoint.flapping = flapping
-
-    def refuse(self, refusing: bool = True) -> None:
-        """Answer new connection attempts with HTTP 503."""
-        self._endpoint.refusing = refusing
 
     def refuse_subscriptions(self, times: int) -> None:
         """Answer the next `times` SUBSCRIBE requests with an error reply, subscribing nothing."""
@@ -715,11 +627,4 @@ class EndpointControl:
 
     def send_raw(self, frames: list[str | bytes]) -> None:
         """Put frames, as given, into every client's stream (text or binary)."""
-        self._simulator._call(self._each(lambda client: [client.queue.put_nowait(f) for f in frames]))
-
-    async def _count(self) -> int:
-        return len(self._endpoint.clients)
-
-    async def _each(self, action) -> None:
-        for client in list(self._endpoint.clients):
-            action(client)
+        self._each(lambda client: [client.queue.put_nowait(f) for f in frames])
