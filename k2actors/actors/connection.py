@@ -21,7 +21,7 @@ import time
 import websocket
 from thespian.actors import ActorAddress
 
-from k2actors.actors.shell import Recipient, Supervised
+from k2actors.actors.shell import Recipient, Supervised, WakePipe
 from k2actors.clients import exchange_tls
 from k2actors.core.binance import SUBSCRIBE_INTERVAL_SECONDS, SubscriptionPlan, connection_plans
 from k2actors.core.link import (
@@ -197,11 +197,7 @@ class ConnectionActor(Supervised[ConnectionSetup]):
         self._leftover: list[Frame] = []  # frames of readers dropped since the last take
         self._reported_open = False
         self._reported_streaming = False
-        self._wake_r, self._wake_w = os.pipe()
-        # Thespian may report the pipe readable twice for one wake-up (it selects again before
-        # the first WatchMessage is handled): the second read must find it empty, not block
-        # until the next frame, or forever once the readers are closed.
-        os.set_blocking(self._wake_r, False)
+        self._wake = WakePipe()  # the readers' frames and ends wake the actor
         self._flow = FlowWindow(0)
         self._plans: list[SubscriptionPlan] = []  # one per link
         self._subscriptions = Subscriptions([])  # what the plans' SUBSCRIBE requests were answered
@@ -260,7 +256,7 @@ class ConnectionActor(Supervised[ConnectionSetup]):
         self._set_plans(plans)
 
     def watched(self) -> list[int]:
-        return [self._wake_r]
+        return [self._wake.read_fd]
 
     def replies_wanted(self) -> bool:
         # RawBatchTaken matters only when frames wait for room in the window; otherwise the
@@ -268,8 +264,7 @@ class ConnectionActor(Supervised[ConnectionSetup]):
         return self._flow.waiting > 0
 
     def on_readable(self, fds: set[int]) -> None:
-        with contextlib.suppress(BlockingIOError):
-            os.read(self._wake_r, 65536)
+        self._wake.drain()
         if self._setup is not None:
             self._settle()
 
@@ -337,7 +332,7 @@ class ConnectionActor(Supervised[ConnectionSetup]):
         receipt = None
         if setup.receipts_dir is not None:
             receipt = self._receipts[conn_id] = Receipt(setup.receipts_dir, setup.endpoint.venue, self._url, conn_id)
-        reader = _Reader(plan, conn_id, receipt, self._wake_w, self._reading, self._tls)
+        reader = _Reader(plan, conn_id, receipt, self._wake.write_fd, self._reading, self._tls)
         reader.start()
         return reader
 

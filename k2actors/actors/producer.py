@@ -24,7 +24,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from thespian.actors import ActorAddress, ActorExitRequest
 
 from k2actors import receipts
-from k2actors.actors.shell import Recipient, Supervised, seconds
+from k2actors.actors.shell import Recipient, Supervised, WakePipe, seconds
 from k2actors.core.backoff import backoff_delay
 from k2actors.core.cluster import shard_symbols, transactional_id
 from k2actors.core.delivery import NO_SHARD, Admission, Deliveries, Handed, KafkaReadiness, Landed, PendingBatch
@@ -61,11 +61,18 @@ CHECKPOINT_EVERY_SECONDS = 1.0
 # (handed to the producer, which delivers them).
 RECEIPT_GRACE_SECONDS = 10.0
 RETRY_SETUP = "retry setup"
+CHECK_FLUSH = "check flush"
+# How late a batch's confirmation may reach the Normaliser after Kafka acknowledged it.
+CONFIRM_EVERY_SECONDS = 0.1
+FAST_TICK_SECONDS = 0.1
 
 
 class ProducerActor(Supervised[ProducerSetup]):
     SETUP = ProducerSetup
-    TICK_SECONDS = 0.1
+    # Kafka's acknowledgements wake the actor (the poll thread says so, at most every
+    # CONFIRM_EVERY_SECONDS), so a quiet producer ticks once a second; it ticks fast only
+    # while it waits for something no acknowledgement tells of.
+    TICK_SECONDS = 1.0
     # A stop must not wait for Kafka to be ready. (A SequenceQuery does: the answer is what
     # Kafka holds, read during the preparation.)
     UNHELD = (Flush,)
@@ -76,10 +83,12 @@ class ProducerActor(Supervised[ProducerSetup]):
         self._producer: Producer | None = None
         self._outlets: dict[str, Outlet] = {}
         self._deliveries: Deliveries[Recipient] = Deliveries()
+        self._acknowledgements = WakePipe()
         self._readiness = KafkaReadiness("")
         self._stopping = threading.Event()
         self._setup_attempts = 0
         self._flush: tuple[Flush, float] | None = None  # (what to flush, deadline)
+        self._flush_check_due = False
         self._handed = Handed()
         self._checkpoint_at = 0.0
         self._preparing: Preparation | None = None
@@ -128,6 +137,9 @@ class ProducerActor(Supervised[ProducerSetup]):
     def on_wakeup(self, payload: object) -> None:
         if payload == RETRY_SETUP:
             self._prepare()
+        elif payload == CHECK_FLUSH:
+            self._flush_check_due = False
+            self._check_flush()
 
     def _check_preparation(self, now: float) -> None:
         preparation = self._preparing
@@ -293,8 +305,25 @@ class ProducerActor(Supervised[ProducerSetup]):
                 return
 
     def _poll(self, producer: Producer) -> None:
+        woken_at = 0.0
         while not self._stopping.is_set():
-            producer.poll(0.1)
+            producer.poll(CONFIRM_EVERY_SECONDS)
+            now = time.monotonic()
+            if now - woken_at >= CONFIRM_EVERY_SECONDS and self._deliveries.news():  # a shard writer's too
+                woken_at = now
+                self._acknowledgements.wake()
+
+    def watched(self) -> list[int]:
+        return [self._acknowledgements.read_fd]
+
+    def on_readable(self, fds: set[int]) -> None:
+        self._acknowledgements.drain()
+        self.on_tick(time.monotonic())
+
+    def tick_seconds(self) -> float:
+        """Fast while Kafka is being prepared or a shard acquired: ready, it is said at once."""
+        acquiring = any(not writer.acquired.is_set() and not writer.ended.is_set() for writer in self._writers.values())
+        return FAST_TICK_SECONDS if self._producer is None or acquiring else self.TICK_SECONDS
 
     def _delivered(self, pending: PendingBatch[Recipient], topic: str, trade: _Trade | None,
                    error: KafkaError | None, message: Message | None) -> None:
@@ -407,6 +436,11 @@ class ProducerActor(Supervised[ProducerSetup]):
         if status is not None:
             self.send(self.setup.metrics, ComponentStatus("kafka", *status))
 
+    def _check_flush_soon(self) -> None:
+        if not self._flush_check_due:
+            self._flush_check_due = True
+            self.wakeupAfter(seconds(FAST_TICK_SECONDS), CHECK_FLUSH)
+
     def _check_flush(self) -> None:
         if self._flush is None:
             return
@@ -415,9 +449,11 @@ class ProducerActor(Supervised[ProducerSetup]):
             len(batch.records) + len(batch.dead_letters) for batch in self.held(RecordBatch)
         )
         if outstanding and time.monotonic() < deadline:
+            self._check_flush_soon()  # not only at acknowledgements: the deadline too
             return
         if not outstanding and self._producer is not None and self._write_checkpoints():
-            return  # the last checkpoint, so that the next start reads no tail at all; its ack comes at a later tick
+            self._check_flush_soon()
+            return  # the last checkpoint, so that the next start reads no tail at all; its ack comes at a later check
         self._flush = None
         undelivered = outstanding + self._deliveries.failed + flush.unprocessed
         if undelivered:

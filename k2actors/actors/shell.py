@@ -18,6 +18,7 @@ beats between its data messages, never behind them, and only an actor whose loop
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -69,6 +70,25 @@ Recipient: TypeAlias = ActorAddress | Channel
 
 def seconds(value: float) -> timedelta:
     return timedelta(seconds=value)
+
+
+class WakePipe:
+    """A pipe that threads of an actor write to, to wake it: its read end is one of the
+    actor's watched() descriptors."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        # Thespian may report the pipe readable twice for one wake-up (it selects again before
+        # the first WatchMessage is handled): the second read must find it empty, not block
+        # until the next write, or forever once the writers are gone.
+        os.set_blocking(self.read_fd, False)
+
+    def wake(self) -> None:
+        os.write(self.write_fd, b"w")
+
+    def drain(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.read(self.read_fd, 65536)
 
 
 class Supervised(ActorTypeDispatcher, Generic[S]):
@@ -130,7 +150,7 @@ class Supervised(ActorTypeDispatcher, Generic[S]):
             previous, self._setup, self._coordinator = self._setup, cast(S, message), cast(ActorAddress, sender)
             self.configure(previous)
             if previous is None:
-                self.wakeupAfter(seconds(self.TICK_SECONDS), TICK)
+                self.wakeupAfter(seconds(self.tick_seconds()), TICK)
             self.release_held()
         elif self.ready() or isinstance(message, (WakeupMessage, ActorExitRequest, PoisonMessage, *self.UNHELD)):
             super().receiveMessage(message, sender)
@@ -157,7 +177,11 @@ class Supervised(ActorTypeDispatcher, Generic[S]):
         return self._setup is not None
 
     def on_tick(self, now: float) -> None:
-        """Every TICK_SECONDS."""
+        """Every tick_seconds()."""
+
+    def tick_seconds(self) -> float:
+        """Until the next tick."""
+        return self.TICK_SECONDS
 
     def on_poison(self, message: Any, detail: str) -> None:
         """A message this actor sent came back: its receiver failed on it twice."""
@@ -310,7 +334,7 @@ class Supervised(ActorTypeDispatcher, Generic[S]):
             if now - self._metrics_sent_at >= METRICS_EVERY_SECONDS:
                 self._metrics_sent_at = now
                 self.flush_metrics()
-            self.wakeupAfter(seconds(self.TICK_SECONDS), TICK)
+            self.wakeupAfter(seconds(self.tick_seconds()), TICK)
         else:
             self.on_wakeup(message.payload)
 

@@ -199,6 +199,12 @@ class Deliveries(Generic[A]):
         if pending.outstanding == 0:
             self._completed.append(pending)
 
+    def news(self) -> bool:
+        """Whether anything was acknowledged, refused or released since the last take."""
+        with self._lock:
+            report = self._report
+            return bool(self._completed or report.produced or report.errors or report.released)
+
     def take(self) -> DeliveryReport[A]:
         """Everything since the last take; completed batches grouped by whom to tell, one
         message each (after an outage thousands of batches complete at once)."""
