@@ -276,13 +276,15 @@ def test_stand_ins_run_as_foreground_processes_on_fixed_ports_until_sigterm():
     first = free_port()
     while not _port_free(first + 1):
         first = free_port()
-    registry_port = free_port()
+    registry_port, kraken_port = free_port(), free_port()
     processes = [
         subprocess.Popen([sys.executable, "-m", "k2actors.localstack", "--host", "127.0.0.1", "exchange",
                           "--port", str(first), "--endpoints", "2", "--symbols", "BTCUSDT,ETHUSDT", "--rate", "50"],
                          cwd=REPO, stdout=subprocess.PIPE, text=True),
         subprocess.Popen([sys.executable, "-m", "k2actors.localstack", "--host", "127.0.0.1", "registry",
                           "--port", str(registry_port)], cwd=REPO, stdout=subprocess.PIPE, text=True),
+        subprocess.Popen([sys.executable, "-m", "k2actors.localstack", "--host", "127.0.0.1", "kraken",
+                          "--port", str(kraken_port), "--symbols", "BTC/USD"], cwd=REPO, stdout=subprocess.PIPE, text=True),
     ]
     try:
         wait_until(lambda: http_get(f"http://127.0.0.1:{registry_port}/subjects") == (200, b"[]"), 15, "the registry")
@@ -292,13 +294,18 @@ def test_stand_ins_run_as_foreground_processes_on_fixed_ports_until_sigterm():
         ws = websocket.create_connection(f"ws://127.0.0.1:{first + 1}/stream?streams=ethusdt@trade", timeout=5)
         assert json.loads(ws.recv())["data"]["s"] == "ETHUSDT"
         ws.close()
+        wait_until(lambda: http_get(f"http://127.0.0.1:{kraken_port}/0/public/Trades?pair=BTC/USD")[0] == 200, 15, "kraken")
+        ws = websocket.create_connection(f"ws://127.0.0.1:{kraken_port}/v2", timeout=5)
+        assert json.loads(ws.recv())["channel"] == "status"
+        ws.close()
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)
     outputs = [process.communicate(timeout=10)[0] for process in processes]
-    assert [process.returncode for process in processes] == [0, 0]
+    assert [process.returncode for process in processes] == [0, 0, 0]
     assert f"exchange listening on 127.0.0.1:{first}" in outputs[0]
     assert f"registry listening on 127.0.0.1:{registry_port}" in outputs[1]
+    assert f"kraken listening on 127.0.0.1:{kraken_port}" in outputs[2]
 
 
 def _port_free(port: int) -> bool:

@@ -1,6 +1,6 @@
-"""One stand-in as a foreground process, for a container: `python -m k2actors.localstack registry`
-or `python -m k2actors.localstack exchange`, until SIGTERM or SIGINT. The compose check runs
-them in place of Confluent's Schema Registry and of Binance (scripts/compose-check)."""
+"""One stand-in as a foreground process, for a container: `python -m k2actors.localstack registry`,
+`... exchange` or `... kraken`, until SIGTERM or SIGINT. The compose check runs them in place
+of Confluent's Schema Registry and of Binance (scripts/compose-check)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,11 @@ def _parser() -> argparse.ArgumentParser:
     exchange.add_argument("--endpoints", type=int, default=2)
     exchange.add_argument("--symbols", default="BTCUSDT,ETHUSDT,BNBUSDT", help="comma-separated")
     exchange.add_argument("--rate", type=float, default=20.0, help="trades per second per symbol")
+    kraken = stand_ins.add_parser("kraken", help="the Kraken exchange simulator (WebSocket v2 and REST trades)")
+    kraken.add_argument("--port", type=int, default=9450, help="the first endpoint's port; endpoint i listens on port + i")
+    kraken.add_argument("--endpoints", type=int, default=1)
+    kraken.add_argument("--symbols", default="BTC/USD,ETH/USD,SOL/USD", help="comma-separated, as Kraken spells them")
+    kraken.add_argument("--rate", type=float, default=20.0, help="trades per second per symbol")
     return parser
 
 
@@ -32,11 +37,16 @@ def main(argv: list[str] | None = None) -> int:
         from k2actors.localstack.registry import SchemaRegistryDouble
 
         stand_in = SchemaRegistryDouble(args.host, args.port)
-    else:
+    elif args.stand_in == "exchange":
         from k2actors.localstack.simulator import ExchangeSimulator
 
         symbols = tuple(s.strip().upper() for s in args.symbols.split(",") if s.strip())
         stand_in = ExchangeSimulator(symbols, rate=args.rate, endpoints=args.endpoints, host=args.host, port=args.port)
+    else:
+        from k2actors.localstack.kraken import KrakenSimulator
+
+        pairs = tuple(s.strip().upper() for s in args.symbols.split(",") if s.strip())
+        stand_in = KrakenSimulator(pairs, rate=args.rate, endpoints=args.endpoints, host=args.host, port=args.port)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
