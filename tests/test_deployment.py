@@ -159,12 +159,12 @@ def test_start_streaming_script_says_clearly_when_docker_compose_is_missing(tmp_
 
 
 def test_readme_documents_every_metric_and_dlq_reason():
-    from k2actors.core import binance
+    from k2actors.core import frames
     from k2actors.core.telemetry import CATALOGUE
 
     readme = (REPO / "README.md").read_text()
     assert [name for name in CATALOGUE if f"| {name} |" not in readme] == []
-    reasons = [value for name, value in vars(binance).items() if name.isupper() and isinstance(value, str)
+    reasons = [value for name, value in vars(frames).items() if name.isupper() and isinstance(value, str)
                and value.islower() and "_" in value and name == value.upper()]
     assert len(reasons) >= 10
     assert [reason for reason in reasons if f"`{reason}`" not in readme] == []
