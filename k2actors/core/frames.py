@@ -5,6 +5,7 @@ passes first (size, JSON, nesting, an object)."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,7 +43,11 @@ UNKNOWN_STREAM = "unknown"  # a frame whose stream type cannot be told
 
 # A Binance trade frame nests two levels deep, a Kraken book frame five; anything much deeper is from no venue.
 MAX_JSON_DEPTH = 8
-MAX_TRADE_ID = 2**63 - 1  # an Avro long
+MAX_AVRO_LONG = 2**63 - 1
+MAX_TRADE_ID = MAX_AVRO_LONG
+# A venue's decimal as plain digits: Decimal() would also take "1e3", " 1", "+1", "1_000",
+# "NaN" or other scripts' digits.
+PLAIN_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)

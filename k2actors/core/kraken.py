@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,10 +28,12 @@ from k2actors.core.book import Level
 from k2actors.core.frames import (
     ID_OUT_OF_RANGE,
     INVALID_DECIMAL,
+    MAX_AVRO_LONG,
     MAX_TRADE_ID,
     MISSING_FIELD,
     NON_POSITIVE_PRICE,
     NON_POSITIVE_QUANTITY,
+    PLAIN_DECIMAL,
     TIMESTAMP_OUT_OF_RANGE,
     UNEXPECTED_SHAPE,
     UNKNOWN_EVENT,
@@ -53,7 +54,6 @@ STATUS = "status"
 BOOK_DEPTHS = (10, 25, 100, 500, 1000)
 CHECKSUM_LEVELS = 10
 MAX_CHECKSUM = 2**32 - 1
-MAX_TIMESTAMP_US = 2**63 - 1  # an Avro long
 SIDES = ("buy", "sell")
 
 
@@ -241,7 +241,7 @@ def _history_row(row: object, symbol: str) -> KrakenTrade | Rejected:
     except _Refused as refused:
         return refused.rejected
     moment = int(Decimal(seconds_text).scaleb(6).to_integral_value(ROUND_FLOOR))
-    if moment > MAX_TIMESTAMP_US:
+    if moment > MAX_AVRO_LONG:
         return Rejected(TIMESTAMP_OUT_OF_RANGE, f"REST trade time {seconds_text[:40]} s", TRADE)
     return KrakenTrade(symbol, trade_id, price_text, quantity_text, _SIDE_LETTERS[side], _ORDER_TYPE_LETTERS[order_type],
                        moment, False)
@@ -424,7 +424,7 @@ def _decimal(item: dict, name: str, stream: str, zero_allowed: bool = False) -> 
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise _Refused(Rejected(WRONG_TYPE, f"{stream} field {name!r} is {type(value).__name__}, expected a number", stream))
     text = str(value)
-    if not _PLAIN_DECIMAL.fullmatch(text):  # Decimal() would also take "1e3", " 1", "+1", "1_000", "NaN"
+    if not PLAIN_DECIMAL.fullmatch(text):
         raise _Refused(Rejected(INVALID_DECIMAL, f"{stream} field {name!r} is {text[:40]!r}, not a plain decimal", stream))
     number = Decimal(text)
     if number < 0 or (number == 0 and not zero_allowed):
@@ -434,7 +434,6 @@ def _decimal(item: dict, name: str, stream: str, zero_allowed: bool = False) -> 
 
 
 _PRICES = ("price", "bid", "ask")
-_PLAIN_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?", re.ASCII)
 
 
 def _microseconds(timestamp: object, stream: str) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from k2actors.core.frames import (
     NON_FINITE_NUMBER,
     NON_POSITIVE_PRICE,
     NON_POSITIVE_QUANTITY,
+    PLAIN_DECIMAL,
     TIMESTAMP_OUT_OF_RANGE,
     UNKNOWN_STREAM,
     UNSUBSCRIBED_SYMBOL,
@@ -35,8 +35,6 @@ from k2actors.core.raw import RAW
 DECIMAL_PRECISION = 18
 DECIMAL_SCALE = 8
 _QUANTUM = Decimal(1).scaleb(-DECIMAL_SCALE)
-# Binance writes plain decimals; Decimal() would also take "1e3", " 1", "1_000" or other scripts' digits.
-_PLAIN_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?", re.ASCII)
 # A streamed trade further than this from its moment of receipt is not believed: no
 # connection lives longer, so it is a broken message or a broken clock, and either is loud.
 MAX_CLOCK_DISTANCE_US = 24 * 3600 * 1_000_000
@@ -103,7 +101,7 @@ def exact_decimal(text: str, field_name: str, non_positive_reason: str) -> Decim
         return Rejected(INVALID_DECIMAL, f"{field_name} {text[:40]!r} is not a decimal number")
     if not value.is_finite():
         return Rejected(NON_FINITE_NUMBER, f"{field_name} {text[:40]!r} is not finite")
-    if not _PLAIN_DECIMAL.fullmatch(text):
+    if not PLAIN_DECIMAL.fullmatch(text):
         return Rejected(INVALID_DECIMAL, f"{field_name} {text[:40]!r} is not a plain decimal number")
     if value <= 0:
         return Rejected(non_positive_reason, f"{field_name} {text[:40]!r} is not above zero")
