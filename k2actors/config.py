@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from k2actors.core.binance import AGG_TRADE, BOOK, BOOK_TICKER, MAX_DEPTH_LIMIT, STREAM_TYPES, TRADE
-from k2actors.core.raw import RAW
+from k2actors.core.binance import MAX_DEPTH_LIMIT, SUBSCRIBABLE, TRADE
+from k2actors.core.streams import STREAM_TYPES
 
 VENUES = ("BINANCE", "BINANCEUS")
 MODES = ("failover", "hot_standby")
@@ -65,7 +65,7 @@ class BinanceConfig:
         Endpoint("wss://data-stream.binance.vision/stream", "BINANCE"),
     )
     symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT", "BNBUSDT")
-    streams: tuple[str, ...] = (TRADE,)  # any of STREAM_TYPES
+    streams: tuple[str, ...] = (TRADE,)  # any of SUBSCRIBABLE
     mode: str = "failover"
     stale_timeout_seconds: float = 30.0
     reconnect_delay_seconds: float = 5.0
@@ -137,8 +137,7 @@ class KafkaConfig:
         return f"{self.topic}.state"
 
     def topic_for(self, stream: str) -> str:
-        return {TRADE: self.topic, AGG_TRADE: self.aggtrade_topic, BOOK_TICKER: self.quote_topic, BOOK: self.book_topic,
-                RAW: self.raw_topic}[stream]
+        return str(getattr(self, STREAM_TYPES[stream].topic_key))
 
 
 @dataclass(frozen=True)
@@ -413,8 +412,8 @@ def _symbols(key: str, value: Any) -> tuple[str, ...]:
 
 def _streams(key: str, value: Any) -> tuple[str, ...]:
     items = _list(key, value)
-    if not items or any(item not in STREAM_TYPES for item in items) or len(set(items)) != len(items):
-        raise ConfigError(key, value, f"a non-empty list, without repeats, of {', '.join(STREAM_TYPES)}")
+    if not items or any(item not in SUBSCRIBABLE for item in items) or len(set(items)) != len(items):
+        raise ConfigError(key, value, f"a non-empty list, without repeats, of {', '.join(SUBSCRIBABLE)}")
     return tuple(items)
 
 

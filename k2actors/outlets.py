@@ -22,10 +22,9 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from k2actors.clients import kafka_settings, registry_settings
 from k2actors.config import KafkaConfig
-from k2actors.core.binance import AGG_TRADE, BOOK, BOOK_TICKER, STREAM_TYPES, TRADE
 from k2actors.core.ranges import IdRanges
-from k2actors.core.raw import RAW
 from k2actors.core.resume import Checkpoint, CheckpointError, Key, held
+from k2actors.core.streams import STREAM_TYPES, is_raw
 from k2actors.logs import quiet_librdkafka_logger
 
 log = logging.getLogger("k2actors.producer")
@@ -33,20 +32,17 @@ log = logging.getLogger("k2actors.producer")
 # rather than printed to stderr by the C library.
 LIBRDKAFKA_LOG = logging.getLogger("k2actors.librdkafka")
 
-# Aggregate trades are trades too: TradeV2, on a topic of their own.
-SCHEMA_FILES = {TRADE: "trade_v2.avsc", AGG_TRADE: "trade_v2.avsc", BOOK_TICKER: "quote_v2.avsc", BOOK: "book_v2.avsc",
-                RAW: "raw_frame_v1.avsc"}
-# Per stream type, the fields of a record that say what it is: (venue, whose, which one).
-# Events are a symbol's, numbered by the venue; raw frames a connection's, numbered by it.
-IDENTITY_FIELDS = {RAW: ("exchange", "conn_id", "conn_msg_seq")}
+# The fields of a record that say what it is: (venue, whose, which one). Events are a
+# symbol's, numbered by the venue; raw frames a connection's, numbered by it.
 EVENT_IDENTITY = ("exchange", "symbol", "source_sequence")
+FRAME_IDENTITY = ("exchange", "conn_id", "conn_msg_seq")
 # The raw topic takes frames as large as a venue sends (a book snapshot can be several MB):
 # beyond Kafka's default of 1 MB per record, for the topic and for the producer.
 RAW_MAX_MESSAGE_BYTES = 16 * 2**20
 
 
 def schema_for(stream: str) -> str:
-    return resources.files("k2actors").joinpath(f"schemas/{SCHEMA_FILES[stream]}").read_text()
+    return resources.files("k2actors").joinpath(f"schemas/{STREAM_TYPES[stream].schema}").read_text()
 
 
 def control_topic(kafka: KafkaConfig, group_id: str) -> str:
@@ -139,10 +135,13 @@ class Preparation(threading.Thread):
             if self._resume:
                 self.held = read_what_kafka_holds(kafka, registry, self._streams, TopicPartition(kafka.state_topic, 0), None,
                                                   self._logger)
-            elif RAW in self._streams:  # the other instances write to it all the while: the read is bounded in time
+            elif raw_streams := [stream for stream in self._streams if is_raw(stream)]:
+                # the other instances write to them all the while: the read is bounded in time
                 consumer = resume_consumer(kafka, self._logger)
                 try:
-                    self.held[RAW] = read_held(consumer, kafka, registry, RAW, None, time.monotonic() + RAW_TAIL_SECONDS)[0]
+                    for stream in raw_streams:
+                        self.held[stream] = read_held(consumer, kafka, registry, stream, None,
+                                                      time.monotonic() + RAW_TAIL_SECONDS)[0]
                 finally:
                     consumer.close()
         except Exception as exc:  # registry or broker not there yet: the actor retries, and says so
@@ -155,11 +154,10 @@ class Preparation(threading.Thread):
         admin = AdminClient(settings)
         try:
             existing = admin.list_topics(timeout=10).topics
-            topics = (*map(kafka.topic_for, self._streams), kafka.dead_letter_topic)
-            wanted = [NewTopic(topic, num_partitions=kafka.topic_partitions) for topic in topics if topic != kafka.raw_topic]
-            if RAW in self._streams:
-                wanted.append(NewTopic(kafka.raw_topic, num_partitions=kafka.topic_partitions,
-                                       config={"max.message.bytes": str(RAW_MAX_MESSAGE_BYTES)}))
+            wanted = [NewTopic(kafka.topic_for(stream), num_partitions=kafka.topic_partitions,
+                               config={"max.message.bytes": str(RAW_MAX_MESSAGE_BYTES)} if is_raw(stream) else {})
+                      for stream in self._streams]
+            wanted.append(NewTopic(kafka.dead_letter_topic, num_partitions=kafka.topic_partitions))
             # One partition, compacted: only each stream type's newest checkpoint matters.
             wanted.append(NewTopic(kafka.state_topic, num_partitions=1, config={"cleanup.policy": "compact"}))
             missing = [t for t in wanted if t.topic not in existing]
@@ -243,7 +241,7 @@ def read_checkpoints(consumer: Consumer, partition: TopicPartition) -> dict[str,
     """The newest checkpoint of each stream type in a partition of checkpoints (its last few records)."""
     low, high = consumer.get_watermark_offsets(partition, timeout=10)
     found: dict[str, Checkpoint] = {}
-    for message in _read_to_end(consumer, {partition: max(low, high - 2 * (len(STREAM_TYPES) + 1))}):  # and raw
+    for message in _read_to_end(consumer, {partition: max(low, high - 2 * len(STREAM_TYPES))}):
         try:
             checkpoint = Checkpoint.decode(message.value() or b"")
         except CheckpointError as exc:
@@ -266,7 +264,7 @@ def read_held(consumer: Consumer, kafka: KafkaConfig, registry: SchemaRegistryCl
         low, high = consumer.get_watermark_offsets(partition, timeout=10)
         start = checkpoint.offsets.get(number, low) if checkpoint else high - TAIL_WITHOUT_CHECKPOINT
         starts[partition] = max(low, start)
-    venue, whose, which = IDENTITY_FIELDS.get(stream, EVENT_IDENTITY)
+    venue, whose, which = FRAME_IDENTITY if is_raw(stream) else EVENT_IDENTITY
     tail = [(record[venue], record[whose], record[which])
             for record in (deserialize(message.value(), context) for message in _read_to_end(consumer, starts, give_up_at))]
     return held(checkpoint, tail), len(tail)

@@ -11,7 +11,7 @@ import fastavro
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from k2actors.core.binance import STREAM_TYPES, AggTrade, BookTicker, ServerShutdown, SubscriptionReply, Trade, parse_frame
+from k2actors.core.binance import SUBSCRIBABLE, AggTrade, BookTicker, ServerShutdown, SubscriptionReply, Trade, parse_frame
 from k2actors.core.frames import EXCHANGE_REASONS, Rejected
 from k2actors.core.ledger import DEAD_LETTERS_LOGGED_PER_REASON
 from k2actors.core.normalise import Delivery, shape_event
@@ -24,7 +24,7 @@ LIMIT = 4096
 RECEIVED_US = 1_700_000_000_000_000
 SUBSCRIBED = frozenset({"BTCUSDT", "ETHUSDT"})
 DELIVERY = Delivery("BINANCE", "wss://stream.binance.com:9443/stream", RECEIVED_US)
-SCHEMAS = {stream: fastavro.parse_schema(json.loads(schema_for(stream))) for stream in STREAM_TYPES}
+SCHEMAS = {stream: fastavro.parse_schema(json.loads(schema_for(stream))) for stream in SUBSCRIBABLE}
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),

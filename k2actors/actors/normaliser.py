@@ -16,7 +16,6 @@ from thespian.actors import ActorAddress
 
 from k2actors.actors.shell import Recipient, Supervised
 from k2actors.core.ledger import (
-    GAP_NOUNS,
     Answered,
     Confirmed,
     Drained,
@@ -32,6 +31,7 @@ from k2actors.core.ledger import (
 )
 from k2actors.core.payloads import BackfilledTrades, FetchedSnapshot, PoisonedFrames, RawBatch, RecordBatch
 from k2actors.core.sequence import Gap
+from k2actors.core.streams import CONSECUTIVE
 from k2actors.core.telemetry import log_line
 from k2actors.messages import (
     BackfillRequest,
@@ -90,7 +90,7 @@ class Normaliser(Supervised[NormaliserSetup]):
             self.forget_channel(previous.producer)
             self._act(self._ledger.resend())
         if previous is not None and self.setup.backfill != previous.backfill:  # the old backfill actor's work died with it
-            for stream in GAP_NOUNS:
+            for stream in CONSECUTIVE:
                 for gap in self._ledger.open_gaps(stream):
                     self._request_backfill(stream, gap)
             for venue, symbol in self._ledger.snapshots_wanted():

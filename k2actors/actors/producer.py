@@ -32,6 +32,7 @@ from k2actors.core.frames import SERIALIZATION_FAILED
 from k2actors.core.normalise import record_dead_letter
 from k2actors.core.payloads import DeadLetter, RecordBatch
 from k2actors.core.raw import RAW, frames_lost
+from k2actors.core.streams import is_raw
 from k2actors.messages import (
     AcquireShard,
     BatchesDelivered,
@@ -228,7 +229,7 @@ class ProducerActor(Supervised[ProducerSetup]):
         owned = self._owned
         for shaped in batch.records:
             stream, record, _ = shaped
-            if stream == RAW:  # a frame of this instance's own connections: archived whoever owns its symbol
+            if is_raw(stream):  # a frame of this instance's own connections: archived whoever owns its symbol
                 admission = self._handed.admit_frame(record["exchange"], record["conn_id"], record["conn_msg_seq"])
             elif owned is not None and record["symbol"] not in owned:  # its shard was released meanwhile
                 not_owned += 1
@@ -265,8 +266,8 @@ class ProducerActor(Supervised[ProducerSetup]):
                           extra={"event": "serialization_failed", "message_id": name})
                 dead_letters.append(record_dead_letter(record, stream, SERIALIZATION_FAILED, f"{type(exc).__name__}: {exc}"[:200]))
                 continue
-            if stream == RAW:
-                frame = _Trade(RAW, (record["exchange"], record["conn_id"]), record["conn_msg_seq"], record["recv_ts_ns"] // 1000,
+            if is_raw(stream):
+                frame = _Trade(stream, (record["exchange"], record["conn_id"]), record["conn_msg_seq"], record["recv_ts_ns"] // 1000,
                                0, NO_SHARD)
                 self._send(outlet.topic, record["conn_id"].encode(), value, None, partial(self._delivered, pending, outlet.topic, frame))
                 continue
@@ -339,7 +340,7 @@ class ProducerActor(Supervised[ProducerSetup]):
             self._deliveries.acknowledged(pending, topic, None, None)
             return
         now_us = time.time_ns() // 1000
-        latencies = None if trade.stream == RAW else ((now_us - trade.received_us) / 1e6, (now_us - trade.trade_us) / 1e6)
+        latencies = None if is_raw(trade.stream) else ((now_us - trade.received_us) / 1e6, (now_us - trade.trade_us) / 1e6)
         landed = Landed(trade.stream, trade.key, trade.event_id, message.partition() or 0, message.offset() or 0, trade.shard)
         self._deliveries.acknowledged(pending, topic, latencies, landed)
 
@@ -424,7 +425,7 @@ class ProducerActor(Supervised[ProducerSetup]):
         there was anything to write."""
         checkpoints = self._deliveries.checkpoints()
         for shard, checkpoint in checkpoints:
-            if shard == NO_SHARD and self.setup.cluster.enabled and checkpoint.stream == RAW:
+            if shard == NO_SHARD and self.setup.cluster.enabled and is_raw(checkpoint.stream):
                 continue  # the state topic is no instance's own in cluster mode (each reads the raw topic's tail instead)
             if shard == NO_SHARD:
                 self._send(self.setup.kafka.state_topic, checkpoint.stream.encode(), checkpoint.encode(), None, _ignore)

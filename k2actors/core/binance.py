@@ -26,14 +26,11 @@ from k2actors.core.frames import (
     load_object,
 )
 
-# The stream types a connection can subscribe to (`binance.streams`); a frame whose type
-# cannot be told is labelled UNKNOWN_STREAM. BOOK is the order book, kept from the diff
-# stream and REST snapshots (k2actors.core.book).
+# The stream types a connection can subscribe to (`binance.streams`; k2actors.core.streams
+# says how each is kept); a frame whose type cannot be told is labelled UNKNOWN_STREAM. BOOK
+# is the order book, kept from the diff stream and REST snapshots (k2actors.core.book).
 TRADE, AGG_TRADE, BOOK_TICKER, BOOK = "trade", "aggTrade", "bookTicker", "book"
-STREAM_TYPES = (TRADE, AGG_TRADE, BOOK_TICKER, BOOK)
-# Stream types whose ids only increase, with jumps, each record superseding the last of its
-# symbol (a quote, a book): there is no gap to find, and what Kafka holds is its highest id.
-SUPERSEDING = (BOOK_TICKER, BOOK)
+SUBSCRIBABLE = (TRADE, AGG_TRADE, BOOK_TICKER, BOOK)
 # What a stream type is called in a subscription (`<symbol>@<name>`), where that is not its own name.
 SUBSCRIBED_AS = {BOOK: "depth@100ms"}
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Generic, NamedTuple, TypeVar
 
-from k2actors.core.binance import SUPERSEDING
 from k2actors.core.ranges import IdRanges, StreamPosition
-from k2actors.core.raw import RAW, forget_oldest_sources
+from k2actors.core.raw import forget_oldest_sources
 from k2actors.core.resume import Acknowledged, Checkpoint, Key
+from k2actors.core.streams import SUPERSEDING, is_raw
 
 A = TypeVar("A")  # who to confirm a batch to, opaque here
 
@@ -49,7 +49,7 @@ class Handed:
         self._frames: dict[Key, IdRanges] = {}  # the raw record's: per (venue, conn_id), the conn_msg_seqs
 
     def resume(self, stream: str, ids: dict[Key, IdRanges]) -> None:
-        if stream == RAW:
+        if is_raw(stream):
             self._frames.update(ids)
         else:
             self._ids.update({(stream, venue, symbol): ranges for (venue, symbol), ranges in ids.items()})

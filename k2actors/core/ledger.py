@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from k2actors.core.adapter import BinanceAdapter, MarketEvent, Reading, Replace
-from k2actors.core.binance import AGG_TRADE, BOOK, TRADE
+from k2actors.core.binance import BOOK, TRADE
 from k2actors.core.book import BookSync, BookTop, DepthDiff, FetchSnapshot, InSync, OutOfSync, OutOfSyncReason
 from k2actors.core.book import Output as BookOutput
 from k2actors.core.frames import ID_REGRESSED, INTERNAL_ERROR, POISON_MESSAGE, Rejected
@@ -42,6 +42,7 @@ from k2actors.core.payloads import (
 )
 from k2actors.core.raw import RAW, Headers, RestResponse, frame_lineage, raw_record
 from k2actors.core.sequence import DEDUP_WINDOW_IDS, BatchSequence, Gap, StreamSequences, Verdict
+from k2actors.core.streams import CONSECUTIVE, noun
 from k2actors.core.telemetry import LogLine, MetricBuffer
 
 A = TypeVar("A")  # the address of a connection, opaque here
@@ -56,8 +57,6 @@ SUMMARY_EVERY_SECONDS = 60.0
 # Dead letters are logged one by one up to this many per reason and interval; a flood of
 # garbage is then summarised, not copied into the log (every one is still counted and kept).
 DEAD_LETTERS_LOGGED_PER_REASON = 10
-# How a gap of each gapless stream type is named in the log.
-GAP_NOUNS = {TRADE: "trades", AGG_TRADE: "aggregate trades"}
 # Diffs a book keeps while it waits for a snapshot (or for a gap's filling): five minutes of
 # a symbol's diffs at 100 ms, as long as a snapshot may wait for the REST weight budget.
 BOOK_MAX_WAITING_DIFFS = 3000
@@ -102,7 +101,7 @@ class GapDeclared:
         gap = self.gap
         return LogLine(
             logging.ERROR,
-            f"gap in {gap.venue} {gap.symbol}: {gap.size} {GAP_NOUNS[self.stream]} missing, ids {gap.first_id} to {gap.last_id}",
+            f"gap in {gap.venue} {gap.symbol}: {gap.size} {noun(self.stream)} missing, ids {gap.first_id} to {gap.last_id}",
             {"event": "gap_declared", "venue": gap.venue, "symbol": gap.symbol, "stream": self.stream,
              "first_id": gap.first_id, "last_id": gap.last_id, "missing": gap.size},
         )
@@ -255,7 +254,7 @@ class Backfilled:
     last_id: int
 
     def report(self) -> LogLine:
-        return LogLine(logging.INFO, f"backfilled {self.count} {GAP_NOUNS[self.stream]} of {self.venue} {self.symbol}, "
+        return LogLine(logging.INFO, f"backfilled {self.count} {noun(self.stream)} of {self.venue} {self.symbol}, "
                                      f"ids {self.first_id} to {self.last_id}",
                        {"event": "trades_backfilled", "venue": self.venue, "symbol": self.symbol, "stream": self.stream,
                         "count": self.count, "first_id": self.first_id, "last_id": self.last_id})
@@ -841,6 +840,6 @@ class Ledger(Generic[A]):
                for url, last in self._drain.items()):
             self._drain = None
             self._declare_gaps(float("inf"), events)  # a stop says what it knows is missing, grace or not
-            missing = sum(gap.size for stream in GAP_NOUNS for gap in self._sequences.open_gaps(stream))
+            missing = sum(gap.size for stream in CONSECUTIVE for gap in self._sequences.open_gaps(stream))
             events.append(Drained(self._seq, missing))
 

@@ -30,7 +30,7 @@ from k2actors.core.frames import (
     Rejected,
 )
 from k2actors.core.payloads import DeadLetter, Record
-from k2actors.core.raw import RAW
+from k2actors.core.streams import is_raw
 
 DECIMAL_PRECISION = 18
 DECIMAL_SCALE = 8
@@ -58,7 +58,7 @@ def record_dead_letter(record: Record, stream: str, reason: str, detail: str) ->
     """A record that cannot be published (the schema refused it, the producer failed on it
     twice) goes to the DLQ as JSON, with where and when its trade arrived; a raw record as
     the frame it keeps."""
-    if stream == RAW:
+    if is_raw(stream):
         return DeadLetter(record["payload"], reason, detail, record["endpoint"], record["recv_ts_ns"] // 1000, stream)
     return DeadLetter(json.dumps(record, default=str).encode(), reason, detail, record["vendor_data"]["endpoint"],
                       record["ingestion_timestamp"], stream)

@@ -18,19 +18,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from k2actors.core.adapter import HISTORY_PATHS, BinanceAdapter, Reading
-from k2actors.core.binance import AGG_TRADE, BOOK, DEPTH_PATH, TRADE, quote_assets
+from k2actors.core.binance import BOOK, DEPTH_PATH, quote_assets
 from k2actors.core.book import BookSync, BookTop, DepthDiff, DepthSnapshot
 from k2actors.core.book import Output as BookOutput
 from k2actors.core.ledger import BOOK_MAX_WAITING_DIFFS
 from k2actors.core.normalise import Delivery
 from k2actors.core.raw import CONN_ID, CONN_MSG_SEQ, Headers, RestResponse, frame_lineage
 from k2actors.core.sequence import GAP_GRACE_SECONDS
+from k2actors.core.streams import CONSECUTIVE
 
 Record = dict[str, Any]
 Source = tuple[str, int]  # (conn_id, conn_msg_seq)
 # Where the venue's instrument information is served: the quote assets the records' `currency` comes from.
 EXCHANGE_INFO_PATH = "/api/v3/exchangeInfo"
-GAPLESS = (TRADE, AGG_TRADE)  # stream types whose ids are consecutive per symbol
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,14 +215,14 @@ def verify(derived: Mapping[Source, list[Derived]], live: Sequence[tuple[str, Re
     # gapless: an older one is dropped when a newer one was published first, by design.
     starts: dict[tuple[str, str, str], int] = {}
     for stream, record, _ in live:
-        if stream in GAPLESS:
+        if stream in CONSECUTIVE:
             key = (stream, record["exchange"], record["symbol"])
             starts[key] = min(starts.get(key, record["source_sequence"]), record["source_sequence"])
     for source, records in by_source.items():
         for message_id, expected in records.items():
             record = expected.record
             start = starts.get((expected.stream, record["exchange"], record["symbol"]))
-            if message_id not in seen and expected.stream in GAPLESS and (start is None or record["source_sequence"] >= start):
+            if message_id not in seen and expected.stream in CONSECUTIVE and (start is None or record["source_sequence"] >= start):
                 seen.add(message_id)  # derived by several sources: missing once
                 differences.append(Difference(MISSING, expected.stream, message_id, source, "not in the live topic"))
     return differences

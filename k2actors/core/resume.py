@@ -15,9 +15,9 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from k2actors.core.binance import SUPERSEDING
 from k2actors.core.ranges import IdRanges, StreamPosition
-from k2actors.core.raw import RAW, forget_oldest_sources
+from k2actors.core.raw import forget_oldest_sources
+from k2actors.core.streams import SUPERSEDING, is_raw
 
 Key = tuple[str, str]  # (venue, symbol)
 FORMAT_VERSION = 1
@@ -92,8 +92,9 @@ class Acknowledged:
 
     def due(self) -> list[Checkpoint]:
         """A checkpoint of each stream type that changed since the last call."""
-        if RAW in self.ids:
-            forget_oldest_sources(self.ids[RAW])
+        for stream, ids in self.ids.items():
+            if is_raw(stream):
+                forget_oldest_sources(ids)
         due = [Checkpoint(stream, {key: IdRanges(ranges.ranges()) for key, ranges in self.ids[stream].items()},
                           dict(self.offsets[stream])) for stream in sorted(self.changed)]
         self.changed.clear()

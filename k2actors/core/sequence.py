@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
-from k2actors.core.binance import AGG_TRADE, SUPERSEDING, TRADE
 from k2actors.core.ranges import StreamPosition
+from k2actors.core.streams import CONSECUTIVE, SUPERSEDING
 
 Key = tuple[str, str]  # (venue, symbol)
 
@@ -199,7 +199,7 @@ class StreamSequences:
     symbol (gaps are found), those of quotes and books only increase."""
 
     def __init__(self, grace_seconds: float):
-        self._gapless = {TRADE: SequenceTracker(grace_seconds), AGG_TRADE: SequenceTracker(grace_seconds)}
+        self._gapless = {stream: SequenceTracker(grace_seconds) for stream in CONSECUTIVE}
         self._latest = {stream: LatestUpdate() for stream in SUPERSEDING}
 
     def resume(self, positions: Mapping[tuple[str, str, str], StreamPosition], now: float) -> None:
