@@ -104,6 +104,10 @@ class KafkaConfig:
     quote_topic: str = "market.crypto.quotes.binance"
     book_topic: str = "market.crypto.books.binance"
     raw_topic: str = "market.crypto.raw.binance"
+    kraken_trade_topic: str = "market.crypto.trades.kraken"
+    kraken_quote_topic: str = "market.crypto.quotes.kraken"
+    kraken_book_topic: str = "market.crypto.books.kraken"
+    kraken_raw_topic: str = "market.crypto.raw.kraken"
     dlq_topic: str = ""
     create_topics: bool = True
     topic_partitions: int = 3
@@ -543,6 +547,10 @@ _PARSERS = {
     ("kafka", "quote_topic"): _topic,
     ("kafka", "book_topic"): _topic,
     ("kafka", "raw_topic"): _topic,
+    ("kafka", "kraken_trade_topic"): _topic,
+    ("kafka", "kraken_quote_topic"): _topic,
+    ("kafka", "kraken_book_topic"): _topic,
+    ("kafka", "kraken_raw_topic"): _topic,
     ("kafka", "dlq_topic"): _optional_topic,
     ("kafka", "create_topics"): _boolean,
     ("kafka", "topic_partitions"): _number(int, 1, 10000),

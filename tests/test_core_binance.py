@@ -35,6 +35,7 @@ from k2actors.core.normalise import (
     screen_event,
     shape_event,
 )
+from k2actors.core.subscriptions import SubscriptionPlan
 
 LIMIT = 65536
 TRADE = {"e": "trade", "E": 1700000000123, "s": "BTCUSDT", "t": 42, "p": "43210.12000000", "q": "0.00150000",
@@ -237,7 +238,7 @@ def test_bad_quantity_rejects_the_trade():
 
 def test_a_few_symbols_are_requested_in_the_url():
     plan = binance.subscription_plan("wss://x/stream", ("BTCUSDT", "ETHUSDT"))
-    assert plan == binance.SubscriptionPlan("wss://x/stream?streams=btcusdt@trade/ethusdt@trade", ())
+    assert plan == SubscriptionPlan("wss://x/stream?streams=btcusdt@trade/ethusdt@trade", (), binance.SUBSCRIBE_INTERVAL_SECONDS)
 
 
 def test_many_symbols_are_subscribed_in_spaced_messages_within_the_limits():
@@ -247,14 +248,14 @@ def test_many_symbols_are_subscribed_in_spaced_messages_within_the_limits():
     subscribed = []
     for plan in plans:
         assert len(plan.url) <= binance.MAX_URL_LENGTH
-        params = [json.loads(message)["params"] for message in plan.subscribe_messages] or [
+        params = [json.loads(message)["params"] for _, message in plan.requests] or [
             plan.url.split("streams=")[1].split("/")
         ]
         assert sum(map(len, params)) <= binance.MAX_STREAMS_PER_CONNECTION
-        assert all(json.loads(m)["method"] == "SUBSCRIBE" for m in plan.subscribe_messages)
+        assert all(json.loads(m)["method"] == "SUBSCRIBE" and json.loads(m)["id"] == i for i, m in plan.requests)
         subscribed += [stream for group in params for stream in group]
     assert subscribed == [f"{s.lower()}@trade" for s in symbols]
-    ids = [json.loads(m)["id"] for plan in plans for m in plan.subscribe_messages]
+    ids = [request_id for plan in plans for request_id, _ in plan.requests]
     assert ids == list(range(1, len(ids) + 1))  # unique across the connections: an answer names only its id
     assert 1 / binance.SUBSCRIBE_INTERVAL_SECONDS < 5  # control messages stay under 5 per second
 
@@ -409,7 +410,7 @@ def test_a_symbols_streams_share_a_connection_within_the_limit():
     streams = [
         stream
         for plan in plans
-        for stream in ([s for m in plan.subscribe_messages for s in json.loads(m)["params"]]
+        for stream in ([s for _, m in plan.requests for s in json.loads(m)["params"]]
                        or plan.url.split("streams=")[1].split("/"))
     ]
     assert all(len(plan.url) <= binance.MAX_URL_LENGTH for plan in plans)

@@ -176,7 +176,7 @@ TRADE = {"symbol": "BTC/USD", "side": "buy", "price": 68500.0, "qty": 0.01044926
 ])
 def test_a_bad_trade_is_refused_with_its_reason(change, reason):
     _, (item,) = read_frame(data_frame("trade", {**TRADE, **change}), MAX_BYTES)
-    assert isinstance(item, Rejected) and item.reason == reason and item.stream == "trade", item
+    assert isinstance(item, Rejected) and item.reason == reason and item.stream == "kraken.trade", item
 
 
 @pytest.mark.parametrize("field", ["symbol", "price", "qty", "trade_id", "side", "ord_type", "timestamp"])
@@ -211,7 +211,7 @@ BOOK = {"symbol": "BTC/USD", "bids": [{"price": 66786.5, "qty": 0.0}], "asks": [
 ])
 def test_a_bad_book_message_is_refused_with_its_reason(change, reason):
     _, (item,) = read_frame(data_frame("book", {**BOOK, **change}), MAX_BYTES)
-    assert isinstance(item, Rejected) and item.reason == reason and item.stream == "book", item
+    assert isinstance(item, Rejected) and item.reason == reason and item.stream == "kraken.book", item
 
 
 def test_a_snapshot_may_come_without_a_timestamp():

@@ -45,7 +45,7 @@ def test_a_frame_of_trades_is_read_into_its_raw_record_and_its_trades():
 def test_a_trade_becomes_a_record_with_symbol_and_currency_from_the_instrument():
     trade = ADAPTER.read("KRAKEN", ENDPOINT, (RECEIVED_NS, "c1", 7, TRADE_UPDATE)).events[0]
     delivery = Delivery("KRAKEN", ENDPOINT, RECEIVED_NS // 1000)
-    assert ADAPTER.shape(trade, delivery, streamed=True) == ("trade", {
+    assert ADAPTER.shape(trade, delivery, streamed=True) == ("kraken.trade", {
         "message_id": message_id("KRAKEN", "BTCUSD", 70635299),
         "trade_id": "KRAKEN-70635299",
         "symbol": "BTCUSD",
@@ -71,14 +71,14 @@ def test_a_trade_becomes_a_record_with_symbol_and_currency_from_the_instrument()
 def test_a_pair_without_instrument_information_is_refused():
     trade = KrakenTrade("ETH/USD", 1, "3000.1", "1.5", "sell", "market", 0, False)
     assert ADAPTER.shape(trade, Delivery("KRAKEN", ENDPOINT, 0), streamed=False) == Rejected(
-        UNSUBSCRIBED_SYMBOL, "pair 'ETH/USD' was not subscribed", "trade")
+        UNSUBSCRIBED_SYMBOL, "pair 'ETH/USD' was not subscribed", "kraken.trade")
 
 
 def test_a_quote_is_named_by_its_time_and_without_one_by_its_receipt():
     frame = FRAMES["src/wss/kraken_wss_client.rs:495 ticker_update"]
     (quote,) = ADAPTER.read("KRAKEN", ENDPOINT, (RECEIVED_NS, "c1", 8, frame)).events
     stream, record = ADAPTER.shape(quote, Delivery("KRAKEN", ENDPOINT, RECEIVED_NS // 1000), streamed=True)
-    assert stream == "ticker"
+    assert stream == "kraken.ticker"
     assert {name: record[name] for name in ("symbol", "timestamp", "bid_price", "bid_quantity", "ask_price", "ask_quantity",
                                             "currency", "message_id")} == {
         "symbol": "BTCUSD", "timestamp": RECEIVED_NS // 1000, "bid_price": Decimal("65843.70000000"),
@@ -123,7 +123,7 @@ def test_a_page_of_rest_trades_as_kraken_documents_it_becomes_backfilled_records
         1688671969993150842)
     stream, record = ADAPTER.shape(page.trades[0], Delivery("KRAKEN", "https://api.kraken.com", 1688671970000000), streamed=False)
     assert (stream, record["symbol"], record["price"], record["timestamp"], record["vendor_data"]["backfilled"]) == (
-        "trade", "BTCUSD", Decimal("30243.40000000"), 1688669597827736, "true")
+        "kraken.trade", "BTCUSD", Decimal("30243.40000000"), 1688669597827736, "true")
 
 
 def test_refusals_and_unreadable_pages_of_rest_trades():

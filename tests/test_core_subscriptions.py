@@ -4,8 +4,6 @@ same request succeeds."""
 
 from __future__ import annotations
 
-import json
-
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -21,8 +19,7 @@ def highest(_: object = None) -> float:
 
 
 def request(link: int, index: int = 0) -> tuple[int, str]:
-    message = PLANS[link].subscribe_messages[index]
-    return json.loads(message)["id"], message
+    return PLANS[link].requests[index]
 
 
 def test_nothing_refused_is_ready():

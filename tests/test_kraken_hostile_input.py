@@ -23,8 +23,7 @@ from tests.test_hostile_input import DECIMAL_TEXT, JSON
 RECEIVED_US = 1_716_813_791_900_000  # 2024-05-27, when the frames below were sent
 ADAPTER = KrakenAdapter({"BTC/USD": Instrument("BTC/USD", "BTC", "USD", 1, 8, "online")}, 4096)
 DELIVERY = Delivery("KRAKEN", "wss://ws.kraken.com/v2", RECEIVED_US)
-SCHEMAS = {name: fastavro.parse_schema(json.loads(schema_for(stream))) for name, stream in
-           (("trade", "trade"), ("ticker", "bookTicker"), ("book", "book"))}
+SCHEMAS = {stream: fastavro.parse_schema(json.loads(schema_for(stream))) for stream in ("kraken.trade", "kraken.ticker", "kraken.book")}
 
 TRADE = {"symbol": "BTC/USD", "side": "buy", "price": 68500.0, "qty": 0.01044926, "ord_type": "limit", "trade_id": 70635299,
          "timestamp": "2024-05-27T12:43:11.798009Z"}
@@ -116,6 +115,6 @@ def test_any_rest_page_becomes_trades_refusals_or_kraken_errors(body):
                 continue
             shaped = ADAPTER.shape(trade, DELIVERY, streamed=False)
             if not isinstance(shaped, Rejected):
-                fastavro.schemaless_writer(io.BytesIO(), SCHEMAS["trade"], shaped[1])
+                fastavro.schemaless_writer(io.BytesIO(), SCHEMAS["kraken.trade"], shaped[1])
     else:
         assert isinstance(page, HistoryRefused)

@@ -23,7 +23,7 @@ from thespian.actors import ActorAddress
 
 from k2actors.actors.shell import Recipient, Supervised, WakePipe
 from k2actors.clients import exchange_tls
-from k2actors.core.binance import SUBSCRIBE_INTERVAL_SECONDS, SubscriptionPlan, connection_plans
+from k2actors.core.binance import connection_plans
 from k2actors.core.link import (
     Drop,
     FlowWindow,
@@ -37,7 +37,7 @@ from k2actors.core.link import (
 )
 from k2actors.core.payloads import PoisonedFrames, RawBatch
 from k2actors.core.reasons import ConnectionEnd, EndReason
-from k2actors.core.subscriptions import Subscriptions
+from k2actors.core.subscriptions import SubscriptionPlan, Subscriptions
 from k2actors.messages import (
     ComponentStatus,
     Connect,
@@ -125,9 +125,9 @@ class _Reader(threading.Thread):
 
     def _read(self, ws: websocket.WebSocket) -> ConnectionEnd:
         try:
-            for index, message in enumerate(self.plan.subscribe_messages):
+            for index, (_, message) in enumerate(self.plan.requests):
                 if index:
-                    time.sleep(SUBSCRIBE_INTERVAL_SECONDS)  # frames wait in the socket meanwhile
+                    time.sleep(self.plan.interval)  # frames wait in the socket meanwhile
                 ws.send(message)
             while True:
                 while not self._reading.wait(0.5):

@@ -25,6 +25,7 @@ from k2actors.core.frames import (
     Rejected,
     load_object,
 )
+from k2actors.core.subscriptions import SubscriptionPlan
 
 # The stream types a connection can subscribe to (`binance.streams`; k2actors.core.streams
 # says how each is kept); a frame whose type cannot be told is labelled UNKNOWN_STREAM. BOOK
@@ -401,12 +402,6 @@ STREAMS_PER_SUBSCRIBE = 200
 SUBSCRIBE_INTERVAL_SECONDS = 0.25
 
 
-@dataclass(frozen=True, slots=True)
-class SubscriptionPlan:
-    url: str
-    subscribe_messages: tuple[str, ...]  # JSON, to be sent SUBSCRIBE_INTERVAL_SECONDS apart
-
-
 def subscription_plan(base_url: str, symbols: tuple[str, ...], stream_types: tuple[str, ...] = (TRADE,),
                       first_id: int = 1) -> SubscriptionPlan:
     """How one connection asks for the streams of `symbols` on a combined endpoint; its
@@ -414,12 +409,12 @@ def subscription_plan(base_url: str, symbols: tuple[str, ...], stream_types: tup
     streams = [f"{symbol.lower()}@{SUBSCRIBED_AS.get(stream_type, stream_type)}" for symbol in symbols for stream_type in stream_types]
     url = f"{base_url}?streams=" + "/".join(streams)
     if len(url) <= MAX_URL_LENGTH:
-        return SubscriptionPlan(url, ())
-    messages = tuple(
-        json.dumps({"method": "SUBSCRIBE", "params": streams[start : start + STREAMS_PER_SUBSCRIBE], "id": first_id + index})
-        for index, start in enumerate(range(0, len(streams), STREAMS_PER_SUBSCRIBE))
+        return SubscriptionPlan(url, (), SUBSCRIBE_INTERVAL_SECONDS)
+    requests = tuple(
+        (request_id, json.dumps({"method": "SUBSCRIBE", "params": streams[start : start + STREAMS_PER_SUBSCRIBE], "id": request_id}))
+        for request_id, start in enumerate(range(0, len(streams), STREAMS_PER_SUBSCRIBE), start=first_id)
     )
-    return SubscriptionPlan(base_url, messages)
+    return SubscriptionPlan(base_url, requests, SUBSCRIBE_INTERVAL_SECONDS)
 
 
 def connection_plans(base_url: str, symbols: tuple[str, ...], stream_types: tuple[str, ...] = (TRADE,)) -> list[SubscriptionPlan]:
@@ -429,6 +424,6 @@ def connection_plans(base_url: str, symbols: tuple[str, ...], stream_types: tupl
     per_connection = MAX_STREAMS_PER_CONNECTION // len(stream_types)
     plans: list[SubscriptionPlan] = []
     for start in range(0, len(symbols), per_connection):
-        first_id = 1 + sum(len(plan.subscribe_messages) for plan in plans)
+        first_id = 1 + sum(len(plan.requests) for plan in plans)
         plans.append(subscription_plan(base_url, symbols[start : start + per_connection], stream_types, first_id))
     return plans

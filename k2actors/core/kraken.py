@@ -43,7 +43,7 @@ from k2actors.core.frames import (
     load_object,
 )
 
-# Kraken's channels, which are also this venue's stream types.
+# Kraken's channels ...
 TRADE = "trade"
 TICKER = "ticker"
 BOOK = "book"
@@ -55,6 +55,10 @@ BOOK_DEPTHS = (10, 25, 100, 500, 1000)
 CHECKSUM_LEVELS = 10
 MAX_CHECKSUM = 2**32 - 1
 SIDES = ("buy", "sell")
+# ... and this venue's stream types (k2actors.core.streams), which label its records, its
+# dead letters and its metrics: the channels' names are Binance's stream types too.
+TRADE_STREAM, TICKER_STREAM, BOOK_STREAM, RAW_STREAM = "kraken.trade", "kraken.ticker", "kraken.book", "kraken.raw"
+STREAM_OF_CHANNEL = {TRADE: TRADE_STREAM, TICKER: TICKER_STREAM, BOOK: BOOK_STREAM}
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,38 +215,38 @@ def historical_trades(body: bytes, symbol: str) -> HistoryPage | HistoryRefused 
     fraction (read as text, to the microsecond)."""
     message = load_object(body, len(body), parse_float=str)
     if isinstance(message, Rejected):
-        return dataclasses.replace(message, stream=TRADE)
+        return dataclasses.replace(message, stream=TRADE_STREAM)
     errors = message.get("error")
     if not isinstance(errors, list):
-        return Rejected(MISSING_FIELD, "REST trades without an 'error' list", TRADE)
+        return Rejected(MISSING_FIELD, "REST trades without an 'error' list", TRADE_STREAM)
     if errors:
         return HistoryRefused(tuple(str(error)[:200] for error in errors))
     result = message.get("result")
     if not isinstance(result, dict):
-        return Rejected(UNEXPECTED_SHAPE, "REST trades without a 'result' object", TRADE)
+        return Rejected(UNEXPECTED_SHAPE, "REST trades without a 'result' object", TRADE_STREAM)
     rows = [value for key, value in result.items() if key != "last"]
     last = result.get("last")
     if len(rows) != 1 or not isinstance(rows[0], list) or not isinstance(last, str) or not _digits_only(last):
-        return Rejected(UNEXPECTED_SHAPE, "REST trades without the rows of one pair and a 'last'", TRADE)
+        return Rejected(UNEXPECTED_SHAPE, "REST trades without the rows of one pair and a 'last'", TRADE_STREAM)
     return HistoryPage(tuple(_history_row(row, symbol) for row in rows[0]), int(last))
 
 
 def _history_row(row: object, symbol: str) -> KrakenTrade | Rejected:
     if not isinstance(row, list) or len(row) != _HISTORY_ROW_FIELDS:
-        return Rejected(UNEXPECTED_SHAPE, f"REST trade row is no list of {_HISTORY_ROW_FIELDS}", TRADE)
+        return Rejected(UNEXPECTED_SHAPE, f"REST trade row is no list of {_HISTORY_ROW_FIELDS}", TRADE_STREAM)
     price, volume, seconds, side, order_type, _, trade_id = row
     if not isinstance(trade_id, int) or isinstance(trade_id, bool) or not 0 <= trade_id <= MAX_TRADE_ID:
-        return Rejected(ID_OUT_OF_RANGE, f"REST trade id {str(trade_id)[:40]} is no id", TRADE)
+        return Rejected(ID_OUT_OF_RANGE, f"REST trade id {str(trade_id)[:40]} is no id", TRADE_STREAM)
     if side not in ("b", "s") or order_type not in ("m", "l"):
-        return Rejected(WRONG_TYPE, f"REST trade side {str(side)[:5]!r} or order type {str(order_type)[:5]!r}", TRADE)
+        return Rejected(WRONG_TYPE, f"REST trade side {str(side)[:5]!r} or order type {str(order_type)[:5]!r}", TRADE_STREAM)
     values = {"price": price, "qty": volume, "time": seconds}
     try:
-        price_text, quantity_text, seconds_text = (_decimal(values, name, TRADE) for name in values)
+        price_text, quantity_text, seconds_text = (_decimal(values, name, TRADE_STREAM) for name in values)
     except _Refused as refused:
         return refused.rejected
     moment = int(Decimal(seconds_text).scaleb(6).to_integral_value(ROUND_FLOOR))
     if moment > MAX_AVRO_LONG:
-        return Rejected(TIMESTAMP_OUT_OF_RANGE, f"REST trade time {seconds_text[:40]} s", TRADE)
+        return Rejected(TIMESTAMP_OUT_OF_RANGE, f"REST trade time {seconds_text[:40]} s", TRADE_STREAM)
     return KrakenTrade(symbol, trade_id, price_text, quantity_text, _SIDE_LETTERS[side], _ORDER_TYPE_LETTERS[order_type],
                        moment, False)
 
@@ -300,7 +304,7 @@ def _digits(value: str, precision: int) -> str:
 
 
 def _stream(channel: str) -> str:
-    return channel if channel in (TRADE, TICKER, BOOK) else UNKNOWN_STREAM
+    return STREAM_OF_CHANNEL.get(channel, UNKNOWN_STREAM)
 
 
 def _answer(message: dict, method: str) -> RequestAnswered | RequestRefused:
@@ -358,38 +362,39 @@ def _item(read: Callable[[object, bool], KrakenTrade | KrakenQuote | BookMessage
 
 
 def _trade(item: object, from_snapshot: bool) -> KrakenTrade:
-    fields = _object(item, "trade", TRADE)
+    fields = _object(item, "trade", TRADE_STREAM)
     symbol, trade_id, side, order_type, timestamp = _typed(
-        fields, (("symbol", str), ("trade_id", int), ("side", str), ("ord_type", str), ("timestamp", str)), TRADE)
-    price, quantity, moment = _decimal(fields, "price", TRADE), _decimal(fields, "qty", TRADE), _microseconds(timestamp, TRADE)
+        fields, (("symbol", str), ("trade_id", int), ("side", str), ("ord_type", str), ("timestamp", str)), TRADE_STREAM)
+    price, quantity = _decimal(fields, "price", TRADE_STREAM), _decimal(fields, "qty", TRADE_STREAM)
+    moment = _microseconds(timestamp, TRADE_STREAM)
     if not 0 <= trade_id <= MAX_TRADE_ID:
-        raise _Refused(Rejected(ID_OUT_OF_RANGE, f"trade id {str(trade_id)[:40]} is outside 0..{MAX_TRADE_ID}", TRADE))
+        raise _Refused(Rejected(ID_OUT_OF_RANGE, f"trade id {str(trade_id)[:40]} is outside 0..{MAX_TRADE_ID}", TRADE_STREAM))
     if side not in SIDES:
-        raise _Refused(Rejected(WRONG_TYPE, f"trade side {side[:20]!r} is neither 'buy' nor 'sell'", TRADE))
+        raise _Refused(Rejected(WRONG_TYPE, f"trade side {side[:20]!r} is neither 'buy' nor 'sell'", TRADE_STREAM))
     return KrakenTrade(symbol, trade_id, price, quantity, side, order_type, moment, from_snapshot)
 
 
 def _quote(item: object, from_snapshot: bool) -> KrakenQuote:
-    fields = _object(item, "ticker", TICKER)
-    (symbol,) = _typed(fields, (("symbol", str),), TICKER)
-    bid, bid_qty, ask, ask_qty = (_decimal(fields, name, TICKER, zero_allowed=name not in _PRICES)
+    fields = _object(item, "ticker", TICKER_STREAM)
+    (symbol,) = _typed(fields, (("symbol", str),), TICKER_STREAM)
+    bid, bid_qty, ask, ask_qty = (_decimal(fields, name, TICKER_STREAM, zero_allowed=name not in _PRICES)
                                   for name in ("bid", "bid_qty", "ask", "ask_qty"))
-    moment = _microseconds(fields["timestamp"], TICKER) if "timestamp" in fields else None  # older frames have none
+    moment = _microseconds(fields["timestamp"], TICKER_STREAM) if "timestamp" in fields else None  # older frames have none
     return KrakenQuote(symbol, bid, bid_qty, ask, ask_qty, moment)
 
 
 def _book(item: object, is_snapshot: bool) -> BookMessage:
-    fields = _object(item, "book", BOOK)
-    symbol, crc, bids, asks = _typed(fields, (("symbol", str), ("checksum", int), ("bids", list), ("asks", list)), BOOK)
+    fields = _object(item, "book", BOOK_STREAM)
+    symbol, crc, bids, asks = _typed(fields, (("symbol", str), ("checksum", int), ("bids", list), ("asks", list)), BOOK_STREAM)
     if not 0 <= crc <= MAX_CHECKSUM:
-        raise _Refused(Rejected(WRONG_TYPE, f"book checksum {str(crc)[:20]} is no CRC32", BOOK))
-    moment = _microseconds(fields["timestamp"], BOOK) if "timestamp" in fields else None
+        raise _Refused(Rejected(WRONG_TYPE, f"book checksum {str(crc)[:20]} is no CRC32", BOOK_STREAM))
+    moment = _microseconds(fields["timestamp"], BOOK_STREAM) if "timestamp" in fields else None
     return BookMessage(symbol, is_snapshot, _levels(bids), _levels(asks), crc, moment)
 
 
 def _levels(levels: list) -> tuple[Level, ...]:
-    return tuple((_decimal(level, "price", BOOK), _decimal(level, "qty", BOOK, zero_allowed=True))
-                 for level in (_object(level, "book level", BOOK) for level in levels))
+    return tuple((_decimal(level, "price", BOOK_STREAM), _decimal(level, "qty", BOOK_STREAM, zero_allowed=True))
+                 for level in (_object(level, "book level", BOOK_STREAM) for level in levels))
 
 
 _READERS: dict[str, Callable[[object, bool], KrakenTrade | KrakenQuote | BookMessage]] = {

@@ -19,8 +19,10 @@ from k2actors.core.checksummed_book import CheckedTop
 from k2actors.core.frames import NON_POSITIVE_PRICE, NON_POSITIVE_QUANTITY, TIMESTAMP_OUT_OF_RANGE, UNSUBSCRIBED_SYMBOL, Rejected
 from k2actors.core.kraken import (
     BOOK,
+    BOOK_STREAM,
     TICKER,
-    TRADE,
+    TICKER_STREAM,
+    TRADE_STREAM,
     BookMessage,
     HistoryPage,
     HistoryRefused,
@@ -64,7 +66,7 @@ class KrakenAdapter:
     def shape(self, event: KrakenTrade | KrakenQuote, delivery: Delivery, streamed: bool) -> tuple[str, Record] | Rejected:
         """(stream type, record), or why the event cannot be one. A streamed event is screened
         against its receive time; one from REST history is marked backfilled."""
-        stream = TRADE if isinstance(event, KrakenTrade) else TICKER
+        stream = TRADE_STREAM if isinstance(event, KrakenTrade) else TICKER_STREAM
         instrument = self._instruments.get(event.symbol)
         if instrument is None:
             return Rejected(UNSUBSCRIBED_SYMBOL, f"pair {event.symbol[:40]!r} was not subscribed", stream)
@@ -85,7 +87,7 @@ class KrakenAdapter:
         again, from the same messages, with the same name, and numbered by the window's start."""
         instrument = self._instruments.get(top.symbol)
         if instrument is None:
-            return Rejected(UNSUBSCRIBED_SYMBOL, f"pair {top.symbol[:40]!r} was not subscribed", BOOK)
+            return Rejected(UNSUBSCRIBED_SYMBOL, f"pair {top.symbol[:40]!r} was not subscribed", BOOK_STREAM)
         sides = exact_levels(top.bids, top.asks)
         if isinstance(sides, Rejected):
             return sides
@@ -121,10 +123,10 @@ def _symbol(instrument: Instrument) -> str:
 def _trade_record(trade: KrakenTrade, instrument: Instrument, delivery: Delivery) -> Record | Rejected:
     price = exact_decimal(trade.price, "price", NON_POSITIVE_PRICE)
     if isinstance(price, Rejected):
-        return Rejected(price.reason, price.detail, TRADE)
+        return Rejected(price.reason, price.detail, TRADE_STREAM)
     quantity = exact_decimal(trade.quantity, "quantity", NON_POSITIVE_QUANTITY)
     if isinstance(quantity, Rejected):
-        return Rejected(quantity.reason, quantity.detail, TRADE)
+        return Rejected(quantity.reason, quantity.detail, TRADE_STREAM)
     symbol = _symbol(instrument)
     return {
         "message_id": message_id(delivery.venue, symbol, trade.trade_id),
@@ -148,9 +150,9 @@ def _trade_record(trade: KrakenTrade, instrument: Instrument, delivery: Delivery
 def _quote_record(quote: KrakenQuote, instrument: Instrument, delivery: Delivery, moment: int) -> Record | Rejected:
     """Kraken's ticker numbers no update: a quote is named and numbered by its time (the
     venue's, or its receipt's when the frame has none), which also orders a symbol's quotes."""
-    values = exact_touch(quote.bid_price, quote.bid_quantity, quote.ask_price, quote.ask_quantity, TICKER)
+    values = exact_touch(quote.bid_price, quote.bid_quantity, quote.ask_price, quote.ask_quantity, TICKER_STREAM)
     if isinstance(values, Rejected):
-        return Rejected(values.reason, values.detail, TICKER)
+        return Rejected(values.reason, values.detail, TICKER_STREAM)
     symbol = _symbol(instrument)
     vendor_data: dict[str, Any] = {"stream": TICKER, "endpoint": delivery.endpoint, "venue_symbol": quote.symbol}
     return {

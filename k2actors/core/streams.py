@@ -15,6 +15,7 @@ import enum
 from dataclasses import dataclass
 
 from k2actors.core.binance import AGG_TRADE, BOOK, BOOK_TICKER, TRADE
+from k2actors.core.kraken import BOOK_STREAM, RAW_STREAM, TICKER_STREAM, TRADE_STREAM
 from k2actors.core.raw import RAW
 
 
@@ -47,6 +48,11 @@ STREAM_TYPES: dict[str, StreamType] = {
         StreamType(BOOK_TICKER, "quote_topic", "quote_v2.avsc", Numbering.SUPERSEDING, "quotes"),
         StreamType(BOOK, "book_topic", "book_v2.avsc", Numbering.SUPERSEDING, "books"),
         StreamType(RAW, "raw_topic", "raw_frame_v1.avsc", Numbering.FRAMES, "frames"),
+        StreamType(TRADE_STREAM, "kraken_trade_topic", "trade_v2.avsc", Numbering.CONSECUTIVE, "trades"),
+        # Kraken's quotes and books are numbered by their time, which only increases.
+        StreamType(TICKER_STREAM, "kraken_quote_topic", "quote_v2.avsc", Numbering.SUPERSEDING, "quotes"),
+        StreamType(BOOK_STREAM, "kraken_book_topic", "book_v2.avsc", Numbering.SUPERSEDING, "books"),
+        StreamType(RAW_STREAM, "kraken_raw_topic", "raw_frame_v1.avsc", Numbering.FRAMES, "frames"),
     )
 }
 # The stream types whose ids are consecutive: gaps are found in them, reported and filled.

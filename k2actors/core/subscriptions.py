@@ -1,5 +1,5 @@
-"""What an endpoint's connections asked for with SUBSCRIBE, what Binance answered, and when a
-refused request is asked again, without sockets or threads.
+"""What an endpoint's connections asked for, what the venue answered, and when a refused
+request is asked again, without sockets or threads.
 
 A refused SUBSCRIBE leaves its symbols silent on a connection that otherwise streams, so it
 must not pass unnoticed, nor be retried at a pace that gets the connection (5 incoming
@@ -11,16 +11,25 @@ afresh, since their subscriptions are asked for again.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from k2actors.core.backoff import backoff_delay
-from k2actors.core.binance import SubscriptionPlan
 
 RETRY_BASE_SECONDS = 1.0
 RETRY_CAP_SECONDS = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionPlan:
+    """How one connection asks a venue for its streams: the URL it opens, then its requests,
+    each with the id the venue's answer names it by, sent `interval` seconds apart (venues
+    count the messages a connection sends)."""
+
+    url: str
+    requests: tuple[tuple[int, str], ...]  # (request id, the request as sent)
+    interval: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,13 +53,13 @@ class Subscriptions:
     def __init__(self, plans: Sequence[SubscriptionPlan], draw: Callable[[], float] = random.random) -> None:
         self._requests: dict[int, tuple[int, str]] = {}  # request id -> (link, the request as sent)
         for link, plan in enumerate(plans):
-            for message in plan.subscribe_messages:
-                self._requests[json.loads(message)["id"]] = (link, message)
+            for request_id, message in plan.requests:
+                self._requests[request_id] = (link, message)
         self._refused: dict[int, _Refusal] = {}
         self._draw = draw
 
     def refused(self, request_id: object, code: int, message: str, now: float) -> float | None:
-        """Binance refused a request. When it is one of ours, the seconds until it is asked
+        """The venue refused a request. When it is one of ours, the seconds until it is asked
         again; None for an id this endpoint never sent (nothing to retry)."""
         if not isinstance(request_id, int) or request_id not in self._requests:
             return None
@@ -80,7 +89,7 @@ class Subscriptions:
     def status(self) -> tuple[bool, str]:
         """(no request stands refused, what /ready says)."""
         if not self._refused:
-            return True, "every SUBSCRIBE answered with success, or none needed"
+            return True, "every subscription answered with success, or none needed"
         refusals = "; ".join(f"request {request_id}: code {refusal.code} {refusal.message!r} ({refusal.attempts} refusals)"
                              for request_id, refusal in sorted(self._refused.items()))
         return False, f"refused, asked again with backoff: {refusals}"
