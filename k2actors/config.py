@@ -21,10 +21,16 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from k2actors.core import kraken
 from k2actors.core.binance import MAX_DEPTH_LIMIT, SUBSCRIBABLE, TRADE
+from k2actors.core.raw import RAW
 from k2actors.core.streams import STREAM_TYPES
 
-VENUES = ("BINANCE", "BINANCEUS")
+VENUES = ("BINANCE", "BINANCEUS")  # Binance's: an endpoint of the binance section is one or the other
+# The channels kraken.streams takes (Kraken's books are verified by k2actors.core.checksummed_book,
+# not yet run by the service).
+KRAKEN_STREAMS = (kraken.TRADE, kraken.TICKER)
+KRAKEN_SYMBOL_PATTERN = re.compile(r"^[A-Z0-9]{1,16}/[A-Z0-9]{1,16}$")
 MODES = ("failover", "hot_standby")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
@@ -57,15 +63,14 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
-class BinanceConfig:
-    enabled: bool = True
-    websocket_url: Endpoint = Endpoint("wss://stream.binance.com:9443/stream", "BINANCE")
-    failover_urls: tuple[Endpoint, ...] = (
-        Endpoint("wss://stream.binance.com:443/stream", "BINANCE"),
-        Endpoint("wss://data-stream.binance.vision/stream", "BINANCE"),
-    )
-    symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT", "BNBUSDT")
-    streams: tuple[str, ...] = (TRADE,)  # any of SUBSCRIBABLE
+class VenueConfig:
+    """What every venue's section holds; each section sets its own defaults."""
+
+    enabled: bool
+    websocket_url: Endpoint
+    failover_urls: tuple[Endpoint, ...]
+    symbols: tuple[str, ...]  # in the venue's spelling
+    streams: tuple[str, ...]  # in the venue's words
     mode: str = "failover"
     stale_timeout_seconds: float = 30.0
     reconnect_delay_seconds: float = 5.0
@@ -79,6 +84,21 @@ class BinanceConfig:
     # wss:// and https:// are verified against certifi's CA bundle, plus this PEM file if set.
     tls_ca_file: str = ""
     tls_verify: bool = True
+    @property
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        return (self.websocket_url, *self.failover_urls)
+
+
+@dataclass(frozen=True)
+class BinanceConfig(VenueConfig):
+    enabled: bool = True
+    websocket_url: Endpoint = Endpoint("wss://stream.binance.com:9443/stream", "BINANCE")
+    failover_urls: tuple[Endpoint, ...] = (
+        Endpoint("wss://stream.binance.com:443/stream", "BINANCE"),
+        Endpoint("wss://data-stream.binance.vision/stream", "BINANCE"),
+    )
+    symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT", "BNBUSDT")
+    streams: tuple[str, ...] = (TRADE,)  # any of SUBSCRIBABLE
     # The book stream: each symbol's best book_depth levels a side, published once every
     # book_cadence_seconds of the venue's time, from a book rebuilt from REST snapshots of
     # book_snapshot_limit levels a side (its request weight: 5 up to 100, 25 to 500, 50 to 1000).
@@ -90,9 +110,22 @@ class BinanceConfig:
         default_factory=lambda: {"BINANCE": "https://api.binance.com", "BINANCEUS": "https://api.binance.us"}
     )
 
+
+@dataclass(frozen=True)
+class KrakenConfig(VenueConfig):
+    enabled: bool = False
+    websocket_url: Endpoint = Endpoint("wss://ws.kraken.com/v2", kraken.VENUE)
+    failover_urls: tuple[Endpoint, ...] = ()
+    symbols: tuple[str, ...] = ("BTC/USD", "ETH/USD", "SOL/USD")  # Kraken's v2 spelling
+    streams: tuple[str, ...] = (kraken.TRADE,)  # any of KRAKEN_STREAMS
+    # Its frames carry up to 1000 trades or book levels: larger than Binance's.
+    max_frame_bytes: int = 1048576
+    # REST base URL: trade history for gaps.
+    rest_url: str = "https://api.kraken.com"
+
     @property
-    def endpoints(self) -> tuple[Endpoint, ...]:
-        return (self.websocket_url, *self.failover_urls)
+    def stream_types(self) -> tuple[str, ...]:
+        return tuple(kraken.STREAM_OF_CHANNEL[channel] for channel in self.streams)
 
 
 @dataclass(frozen=True)
@@ -183,6 +216,7 @@ class ClusterConfig:
 @dataclass(frozen=True)
 class Config:
     binance: BinanceConfig = field(default_factory=BinanceConfig)
+    kraken: KrakenConfig = field(default_factory=KrakenConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     raw: RawConfig = field(default_factory=RawConfig)
     circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
@@ -190,9 +224,28 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
+    @property
+    def venues(self) -> tuple[VenueConfig, ...]:
+        """The sections of the venues to connect to."""
+        return tuple(venue for venue in (self.binance, self.kraken) if venue.enabled)
+
+    def venue_of(self, endpoint: Endpoint) -> VenueConfig:
+        """The section an endpoint is configured in."""
+        return self.kraken if endpoint.venue == kraken.VENUE else self.binance
+
+    @property
+    def stream_types(self) -> tuple[str, ...]:
+        """Every stream type the service publishes, each to its topic: Binance's (whose topics
+        are prepared whether or not it is enabled, as they always were), then Kraken's."""
+        binance = (*self.binance.streams, RAW) if self.raw.enabled else self.binance.streams
+        if not self.kraken.enabled:
+            return binance
+        return (*binance, *self.kraken.stream_types, *((kraken.RAW_STREAM,) if self.raw.enabled else ()))
+
 
 SECTIONS: dict[str, type] = {
     "binance": BinanceConfig,
+    "kraken": KrakenConfig,
     "kafka": KafkaConfig,
     "raw": RawConfig,
     "circuit_breaker": CircuitBreakerConfig,
@@ -226,6 +279,8 @@ def _check_together(config: Config) -> None:
     if binance.book_depth > binance.book_snapshot_limit:
         raise ConfigError("binance.book_depth", binance.book_depth,
                           f"at most binance.book_snapshot_limit ({binance.book_snapshot_limit}): a book is only as deep as its snapshot")
+    if config.kraken.enabled and config.cluster.enabled:
+        raise ConfigError("cluster.enabled", True, "false while kraken.enabled is true: cluster mode shares Binance's symbols only")
     kafka = config.kafka
     if kafka.security_protocol.startswith("SASL_"):
         for name in ("sasl_username", "sasl_password"):
@@ -421,6 +476,35 @@ def _streams(key: str, value: Any) -> tuple[str, ...]:
     return tuple(items)
 
 
+def _kraken_symbols(key: str, value: Any) -> tuple[str, ...]:
+    items = _list(key, value)
+    symbols = [item.strip().upper() for item in items if isinstance(item, str)]
+    if not items or len(symbols) != len(items) or not all(KRAKEN_SYMBOL_PATTERN.match(symbol) for symbol in symbols):
+        raise ConfigError(key, value, "a non-empty list of Kraken pairs in its v2 spelling, such as BTC/USD")
+    if len(set(symbols)) != len(symbols):
+        raise ConfigError(key, value, "a list without repeated pairs")
+    return tuple(symbols)
+
+
+def _kraken_streams(key: str, value: Any) -> tuple[str, ...]:
+    items = _list(key, value)
+    if not items or any(item not in KRAKEN_STREAMS for item in items) or len(set(items)) != len(items):
+        raise ConfigError(key, value, f"a non-empty list, without repeats, of {', '.join(KRAKEN_STREAMS)}")
+    return tuple(items)
+
+
+def _kraken_endpoint(key: str, value: Any) -> Endpoint:
+    url = _text(key, value)
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ConfigError(key, value, "a ws:// or wss:// URL")
+    return Endpoint(url, kraken.VENUE)
+
+
+def _kraken_endpoints(key: str, value: Any) -> tuple[Endpoint, ...]:
+    return tuple(_kraken_endpoint(f"{key}[{i}]", item) for i, item in enumerate(_list(key, value)))
+
+
 def venue_of(url: str) -> str:
     """binance.us is a different exchange with its own trade ids; every other host is Binance."""
     host = urlsplit(url).hostname or ""
@@ -520,26 +604,36 @@ def _optional_topic(key: str, value: Any) -> str:
     return _topic(key, value) if _optional_text(key, value) else ""
 
 
+# The keys every venue's section has, read alike.
+_VENUE_PARSERS = {
+    "enabled": _boolean,
+    "mode": _choice(MODES, str.lower),
+    "stale_timeout_seconds": _number(float, 0.1),
+    "reconnect_delay_seconds": _number(float, 0.0),
+    "reconnect_max_delay_seconds": _number(float, 0.0),
+    "max_connection_age_seconds": _number(float, 1.0),
+    "max_frame_bytes": _number(int, 1024, 16 * 1024 * 1024),
+    "backfill": _boolean,
+    "backfill_max_age_seconds": _number(float, 1.0),
+    "tls_ca_file": _optional_file,
+    "tls_verify": _boolean,
+}
+
 _PARSERS = {
-    ("binance", "enabled"): _boolean,
+    **{(section, name): parser for section in ("binance", "kraken") for name, parser in _VENUE_PARSERS.items()},
     ("binance", "websocket_url"): _endpoint_or_text,
     ("binance", "failover_urls"): _endpoints,
     ("binance", "symbols"): _symbols,
     ("binance", "streams"): _streams,
-    ("binance", "mode"): _choice(MODES, str.lower),
-    ("binance", "stale_timeout_seconds"): _number(float, 0.1),
-    ("binance", "reconnect_delay_seconds"): _number(float, 0.0),
-    ("binance", "reconnect_max_delay_seconds"): _number(float, 0.0),
-    ("binance", "max_connection_age_seconds"): _number(float, 1.0),
     ("binance", "rest_urls"): _rest_urls,
-    ("binance", "max_frame_bytes"): _number(int, 1024, 16 * 1024 * 1024),
-    ("binance", "backfill"): _boolean,
-    ("binance", "backfill_max_age_seconds"): _number(float, 1.0),
     ("binance", "book_depth"): _number(int, 1, MAX_DEPTH_LIMIT),
     ("binance", "book_cadence_seconds"): _number(float, 0.001),
     ("binance", "book_snapshot_limit"): _number(int, 1, MAX_DEPTH_LIMIT),
-    ("binance", "tls_ca_file"): _optional_file,
-    ("binance", "tls_verify"): _boolean,
+    ("kraken", "websocket_url"): _kraken_endpoint,
+    ("kraken", "failover_urls"): _kraken_endpoints,
+    ("kraken", "symbols"): _kraken_symbols,
+    ("kraken", "streams"): _kraken_streams,
+    ("kraken", "rest_url"): _http_url,
     ("kafka", "bootstrap_servers"): _text,
     ("kafka", "schema_registry_url"): _http_url,
     ("kafka", "topic"): _topic,

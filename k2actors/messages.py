@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from thespian.actors import ActorAddress
 
 from k2actors.config import ClusterConfig, Config, Endpoint, KafkaConfig, RawConfig
+from k2actors.core.kraken import Instrument
+from k2actors.core.ledger import KrakenRules
 from k2actors.core.payloads import Positions
 from k2actors.core.raw import RestResponse
 from k2actors.core.reasons import EndReason
@@ -81,7 +83,7 @@ class SetupFailed:
 @dataclass(frozen=True)
 class ProducerSetup:
     kafka: KafkaConfig
-    streams: tuple[str, ...]  # binance.streams: each has its topic and schema subject
+    streams: tuple[str, ...]  # every stream type published (Config.stream_types): each has its topic and schema subject
     raw: RawConfig  # enabled: frames to the raw topic too; and where the connections' receipts are
     metrics: ActorAddress
     cluster: ClusterConfig
@@ -105,6 +107,7 @@ class NormaliserSetup:
     raw: bool  # raw.enabled: every frame to the raw topic as well
     book_depth: int
     book_cadence_ms: int
+    kraken: KrakenRules | None  # when kraken.enabled
 
 
 @dataclass(frozen=True)
@@ -299,6 +302,13 @@ class ReadingStopped:
 @dataclass(frozen=True)
 class ServerShutdownNotice:
     url: str
+
+
+@dataclass(frozen=True)
+class KrakenInstruments:
+    """Kraken's subscribed pairs as last described (Normaliser -> coordinator), for the next Normaliser."""
+
+    instruments: tuple[Instrument, ...]
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from k2actors.core.frames import (
     Rejected,
 )
 from k2actors.core.kraken import (
+    SUBSCRIBE_INTERVAL_SECONDS,
     BookMessage,
     Heartbeat,
     Instrument,
@@ -33,6 +34,7 @@ from k2actors.core.kraken import (
     RequestRefused,
     SystemStatus,
     checksum,
+    connection_plan,
     read_frame,
     resubscribe_book,
     subscribe_requests,
@@ -252,6 +254,16 @@ def test_subscriptions_are_one_request_per_channel_and_symbol():
         {"method": "subscribe", "params": {"channel": "book", "symbol": ["ETH/USD"], "depth": 10, "snapshot": True}, "req_id": 4},
     ]
     assert [subscribed_depth(n) for n in (1, 10, 11, 20, 25, 26, 1000, 5000)] == [10, 10, 25, 25, 25, 100, 1000, 1000]
+
+
+def test_a_connection_asks_for_the_instruments_first_then_each_channel_of_each_symbol():
+    plan = connection_plan("wss://ws.kraken.com/v2", ["BTC/USD", "ETH/USD"], ("trade", "book"), 20)
+    assert plan.url == "wss://ws.kraken.com/v2" and plan.interval == SUBSCRIBE_INTERVAL_SECONDS
+    assert [request_id for request_id, _ in plan.requests] == [1, 2, 3, 4, 5]
+    params = [json.loads(request)["params"] for _, request in plan.requests]
+    assert params[0] == {"channel": "instrument", "snapshot": True}
+    assert [(p["channel"], p["symbol"], p.get("depth")) for p in params[1:]] == [
+        ("trade", ["BTC/USD"], None), ("trade", ["ETH/USD"], None), ("book", ["BTC/USD"], 25), ("book", ["ETH/USD"], 25)]
 
 
 def test_a_malformed_instrument_pair_costs_only_itself():

@@ -23,6 +23,7 @@ from thespian.actors import ActorAddress
 
 from k2actors.actors.shell import Recipient, Supervised, WakePipe
 from k2actors.clients import exchange_tls
+from k2actors.core import kraken
 from k2actors.core.binance import connection_plans
 from k2actors.core.link import (
     Drop,
@@ -169,7 +170,8 @@ class _Reader(threading.Thread):
 
 
 # How Binance's answers to requests begin (core.binance reads them whole): success, and the
-# two shapes of a refusal.
+# two shapes of a refusal. (Kraken's first frame, its status, counts as data: it comes when
+# Kraken is up.)
 _ANSWERS = (b'{"result"', b'{"code"', b'{"error"')
 
 
@@ -236,7 +238,7 @@ class ConnectionActor(Supervised[ConnectionSetup]):
             self._drop_links()
             self._reported_streaming = False
             return
-        plans = connection_plans(self._url, setup.symbols, setup.streams)
+        plans = self._planned()
         log.info("resubscribing %s to %d symbols", self._url, len(setup.symbols),
                  extra={"event": "connection_resubscribing", "endpoint": self._url, "symbols": len(setup.symbols)})
         if len(plans) != len(self._links):  # more or fewer connections: they are all replaced
@@ -278,6 +280,12 @@ class ConnectionActor(Supervised[ConnectionSetup]):
         self._subscriptions = Subscriptions([])
         self._report_subscriptions()
 
+    def _planned(self) -> list[SubscriptionPlan]:
+        setup = self.setup
+        if setup.endpoint.venue == kraken.VENUE:  # its books (not yet kept) would be asked at the depth the checksum covers
+            return [kraken.connection_plan(self._url, setup.symbols, setup.streams, kraken.CHECKSUM_LEVELS)]
+        return connection_plans(self._url, setup.symbols, setup.streams)
+
     def _set_plans(self, plans: list[SubscriptionPlan]) -> None:
         """The connections' plans; their requests are asked anew, and answered afresh."""
         self._plans = plans
@@ -318,7 +326,7 @@ class ConnectionActor(Supervised[ConnectionSetup]):
         if self._links:
             return
         setup = self.setup
-        plans = connection_plans(self._url, setup.symbols, setup.streams)
+        plans = self._planned()
         log.info("connecting to %s (%d symbols, %d connection%s)", self._url, len(setup.symbols), len(plans),
                  "s" if len(plans) > 1 else "", extra={"event": "connection_connecting", "endpoint": self._url})
         self._reported_open = self._reported_streaming = False

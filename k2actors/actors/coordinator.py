@@ -27,6 +27,8 @@ from k2actors.core.binance import BOOK
 from k2actors.core.breaker import BreakerState, CircuitBreaker
 from k2actors.core.cluster import Acquire, Release, ShardEvent, Shards
 from k2actors.core.failover import AttemptBudget, DarkDeadline, FailoverPolicy
+from k2actors.core.kraken import Instrument
+from k2actors.core.ledger import KrakenRules
 from k2actors.core.payloads import Positions
 from k2actors.core.sequence import GAP_GRACE_SECONDS
 from k2actors.core.supervision import ActorRole, ConnectionRole, Restart, Role, Supervision
@@ -43,6 +45,7 @@ from k2actors.messages import (
     Drain,
     Flushed,
     Heartbeat,
+    KrakenInstruments,
     MembershipSetup,
     MetricsReady,
     MetricsSetup,
@@ -84,7 +87,7 @@ class _Started:
         self.service = service
         self.dark = DarkDeadline(start.config.circuit_breaker.exit_after_open_seconds)
         binance = start.config.binance
-        self.endpoints: dict[str, Endpoint] = {e.url: e for e in binance.endpoints} if binance.enabled else {}
+        self.endpoints: dict[str, Endpoint] = {e.url: e for venue in start.config.venues for e in venue.endpoints}
         cluster = start.config.cluster
         # The BackfillActor makes every REST request after the start: history for gaps, snapshots for books.
         self.supervision = Supervision(tuple(self.endpoints), binance.backfill or BOOK in binance.streams, cluster.enabled)
@@ -92,6 +95,9 @@ class _Started:
         # streamed are only those of the shards it owns.
         self.shards = Shards(binance.symbols, cluster.session_timeout_seconds) if cluster.enabled else None
         self.symbols: tuple[str, ...] = () if cluster.enabled else binance.symbols
+        # Kraken's subscribed pairs as a Normaliser last learned them from the connections: a
+        # Normaliser that replaces it starts with them (it sees no frame from before its start).
+        self.kraken_instruments: tuple[Instrument, ...] = ()
         self.generation: int | None = None
         self.rebalances = 0  # assignments received from the group
 
@@ -137,6 +143,9 @@ class FailoverCoordinator(ActorTypeDispatcher):
         role = ConnectionRole(message.url)
         if role in self._children and not self._stopping:
             self.send(self._children[role], Rotate("server_shutdown"))
+
+    def receiveMsg_KrakenInstruments(self, message: KrakenInstruments, sender: ActorAddress) -> None:
+        self.run.kraken_instruments = message.instruments
 
     def receiveMsg_ChildActorExited(self, message: ChildActorExited, sender: ActorAddress) -> None:
         role = self._role_of(message.childAddress)
@@ -257,17 +266,17 @@ class FailoverCoordinator(ActorTypeDispatcher):
     def _start(self, start: StartPipeline, sender: ActorAddress) -> None:
         self._run = _Started(start, sender)
         config = start.config
-        binance = config.binance
         endpoints = self._run.endpoints
         budget = AttemptBudget()  # one IP: every venue's attempts count against the same limit
         for venue in dict.fromkeys(e.venue for e in endpoints.values()):
             urls = tuple(url for url, e in endpoints.items() if e.venue == venue)
-            groups = [urls] if binance.mode == "failover" else [(url,) for url in urls]
+            section = config.venue_of(endpoints[urls[0]])
+            groups = [urls] if section.mode == "failover" else [(url,) for url in urls]
             for group in groups:
                 policy = FailoverPolicy(
                     group,
-                    binance.reconnect_delay_seconds,
-                    binance.reconnect_max_delay_seconds,
+                    section.reconnect_delay_seconds,
+                    section.reconnect_max_delay_seconds,
                     CircuitBreaker(config.circuit_breaker.failure_threshold, config.circuit_breaker.reset_timeout_seconds),
                     budget,
                 )
@@ -286,7 +295,7 @@ class FailoverCoordinator(ActorTypeDispatcher):
         for policy in dict.fromkeys(self._policies.values()) if self.run.symbols else ():
             self._connect(policy.first(time.monotonic()).url)
         if not self.run.endpoints:
-            log.warning("binance.enabled is false: no exchange connection will be made")
+            log.warning("binance.enabled and kraken.enabled are false: no exchange connection will be made")
         self._report_cluster()
         self._report_exchange()
         self.send(self.run.service, PipelineStarted(port, self._admin_pid))
@@ -306,22 +315,26 @@ class FailoverCoordinator(ActorTypeDispatcher):
         binance, kafka, metrics = config.binance, config.kafka, children[Role.METRICS]
         message: MetricsSetup | ProducerSetup | NormaliserSetup | BackfillSetup | ConnectionSetup | MembershipSetup
         if isinstance(role, ConnectionRole):
+            endpoint = run.endpoints[role.url]
+            venue = config.venue_of(endpoint)
             message = ConnectionSetup(
-                run.endpoints[role.url], run.symbols, binance.streams, binance.stale_timeout_seconds,
-                binance.max_connection_age_seconds, kafka.max_buffered_records,
-                binance.tls_ca_file, binance.tls_verify, config.raw.receipts_dir if config.raw.enabled else None,
+                endpoint, run.symbols if venue is binance else venue.symbols, venue.streams, venue.stale_timeout_seconds,
+                venue.max_connection_age_seconds, kafka.max_buffered_records,
+                venue.tls_ca_file, venue.tls_verify, config.raw.receipts_dir if config.raw.enabled else None,
                 children[Role.NORMALISER], metrics,
             )
         elif role is Role.METRICS:
             message = MetricsSetup(config.metrics.port, config.metrics.bind_address)
         elif role is Role.PRODUCER:
-            message = ProducerSetup(kafka, binance.streams, config.raw, metrics, config.cluster, binance.symbols)
+            message = ProducerSetup(kafka, config.stream_types, config.raw, metrics, config.cluster, binance.symbols)
         elif role is Role.NORMALISER:
             message = NormaliserSetup(
                 children[Role.PRODUCER], metrics, GAP_GRACE_SECONDS, frozenset(binance.symbols),
                 children.get(Role.BACKFILL), binance.backfill, run.quote_assets, run.exchange_info, kafka.max_buffered_records,
                 binance.max_frame_bytes, binance.stale_timeout_seconds, None if run.shards is None else frozenset(run.symbols),
                 config.raw.enabled, binance.book_depth, round(binance.book_cadence_seconds * 1000),
+                KrakenRules(frozenset(config.kraken.symbols), config.kraken.max_frame_bytes, run.kraken_instruments)
+                if config.kraken.enabled else None,
             )
         elif role is Role.MEMBERSHIP:
             assert run.shards is not None
@@ -384,7 +397,7 @@ class FailoverCoordinator(ActorTypeDispatcher):
         elif self.run.shards is not None and not self.run.symbols:
             status = ComponentStatus("exchange", True, "no connection needed: this instance owns no shard")
         elif not self.run.endpoints:
-            status = ComponentStatus("exchange", False, "binance.enabled is false")
+            status = ComponentStatus("exchange", False, "binance.enabled and kraken.enabled are false")
         else:
             now = time.monotonic()
             circuits = ", ".join(f"{url} {p.circuit(now).name.lower()}" for url, p in self._policies.items())

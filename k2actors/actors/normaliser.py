@@ -15,12 +15,14 @@ import time
 from thespian.actors import ActorAddress
 
 from k2actors.actors.shell import Recipient, Supervised
+from k2actors.core.backfill import HISTORY
 from k2actors.core.ledger import (
     Answered,
     Confirmed,
     Drained,
     Event,
     GapDeclared,
+    InstrumentsLearned,
     Ledger,
     Publish,
     ReadyCheck,
@@ -40,6 +42,7 @@ from k2actors.messages import (
     ComponentStatus,
     Drain,
     Flush,
+    KrakenInstruments,
     NormaliserSetup,
     RawBatchesConfirmed,
     RawBatchTaken,
@@ -101,7 +104,8 @@ class Normaliser(Supervised[NormaliserSetup]):
             return
         setup = self.setup
         rules = Rules(setup.gap_grace_seconds, setup.symbols, setup.quote_assets, setup.max_buffered_records,
-                      setup.max_frame_bytes, setup.stale_timeout_seconds, setup.raw, setup.book_depth, setup.book_cadence_ms)
+                      setup.max_frame_bytes, setup.stale_timeout_seconds, setup.raw, setup.book_depth, setup.book_cadence_ms,
+                      setup.kraken)
         self._ledger = Ledger(rules, message.positions, time.monotonic(), self.metrics, setup.owned)
         if message.positions:
             missing = sum(last - first + 1 for position in message.positions.values() for first, last in position.missing)
@@ -158,7 +162,8 @@ class Normaliser(Supervised[NormaliserSetup]):
             self.deliver(self.setup.producer, Flush(0, 0, frames))
 
     def _request_backfill(self, stream: str, gap: Gap) -> None:
-        if self.setup.backfill is not None and self.setup.fill_gaps:
+        # Binance's history alone is fetched yet: Kraken's gaps are reported with their ids.
+        if self.setup.backfill is not None and self.setup.fill_gaps and stream in HISTORY:
             self.send(self.setup.backfill, BackfillRequest(stream, gap.venue, gap.symbol, gap.first_id, gap.last_id))
 
     def _request_snapshot(self, venue: str, symbol: str) -> None:
@@ -180,6 +185,8 @@ class Normaliser(Supervised[NormaliserSetup]):
                 self.send(self.setup.metrics, ComponentStatus(event.name, event.ok, event.detail))
             elif isinstance(event, SnapshotWanted):
                 self._request_snapshot(event.venue, event.symbol)
+            elif isinstance(event, InstrumentsLearned):
+                self.send(self.coordinator, KrakenInstruments(event.instruments))
             elif isinstance(event, Drained):
                 self.flush_metrics()
                 # On the channel, after the last batch: the producer flushes once it has them all.

@@ -31,7 +31,7 @@ from k2actors.core.delivery import NO_SHARD, Admission, Deliveries, Handed, Kafk
 from k2actors.core.frames import SERIALIZATION_FAILED
 from k2actors.core.normalise import record_dead_letter
 from k2actors.core.payloads import DeadLetter, RecordBatch
-from k2actors.core.raw import RAW, frames_lost
+from k2actors.core.raw import frames_lost
 from k2actors.core.streams import is_raw
 from k2actors.messages import (
     AcquireShard,
@@ -131,7 +131,7 @@ class ProducerActor(Supervised[ProducerSetup]):
 
     def _prepare(self) -> None:
         setup = self.setup
-        self._preparing = Preparation(setup.kafka, (*setup.streams, RAW) if setup.raw.enabled else setup.streams,
+        self._preparing = Preparation(setup.kafka, setup.streams,
                                       resume=not setup.cluster.enabled)
         self._preparing.start()
 
@@ -176,7 +176,8 @@ class ProducerActor(Supervised[ProducerSetup]):
             return  # overtaken by a later acquisition of the shard
         self._release(message.shard)  # a fenced writer's successor
         writer = self._writers[message.shard] = ShardWriter(
-            message.shard, message.acquisition, frozenset(message.symbols), setup.kafka, setup.streams,
+            message.shard, message.acquisition, frozenset(message.symbols), setup.kafka,
+            tuple(stream for stream in setup.streams if not is_raw(stream)),  # the raw record is no shard's
             control_topic(setup.kafka, setup.cluster.group_id), transactional_id(setup.cluster.group_id, message.shard),
             producer_settings(setup.kafka),
         )

@@ -42,7 +42,9 @@ from k2actors.core.frames import (
     Rejected,
     load_object,
 )
+from k2actors.core.subscriptions import SubscriptionPlan
 
+VENUE = "KRAKEN"  # the exchange its records name
 # Kraken's channels ...
 TRADE = "trade"
 TICKER = "ticker"
@@ -266,6 +268,24 @@ def subscribe_requests(symbols: Sequence[str], channels: Sequence[str], book_dep
     wanted = [(channel, symbol) for channel in channels for symbol in symbols]
     return [(request_id, _request("subscribe", request_id, {"channel": channel, "symbol": [symbol], **extra[channel]}))
             for request_id, (channel, symbol) in enumerate(wanted, start=first_request_id)]
+
+
+# Requests a connection sends are spaced as Binance's are: Kraken publishes no per-message
+# limit for public channels, and a burst of hundreds of subscriptions is what a limit is for.
+SUBSCRIBE_INTERVAL_SECONDS = 0.1
+INSTRUMENT_REQUEST_ID = 1
+
+
+def connection_plan(url: str, symbols: Sequence[str], channels: Sequence[str], book_depth: int) -> SubscriptionPlan:
+    """How one connection asks for `symbols`' channels: the instrument channel first (every
+    pair's base, quote and precisions, which its records and its book's checksum are made
+    with: on the connection itself, so that the raw record holds them before the frames they
+    read), then each channel of each symbol, books at the shallowest depth that holds
+    `book_depth`. Kraken limits no streams per connection: one carries every symbol."""
+    instrument = (INSTRUMENT_REQUEST_ID,
+                  _request("subscribe", INSTRUMENT_REQUEST_ID, {"channel": INSTRUMENT, "snapshot": True}))
+    requests = subscribe_requests(symbols, channels, subscribed_depth(book_depth), INSTRUMENT_REQUEST_ID + 1)
+    return SubscriptionPlan(url, (instrument, *requests), SUBSCRIBE_INTERVAL_SECONDS)
 
 
 def resubscribe_book(symbol: str, book_depth: int, first_request_id: int) -> list[tuple[int, str]]:

@@ -27,6 +27,7 @@ from k2actors.core.kraken import (
     HistoryPage,
     HistoryRefused,
     Instrument,
+    Instruments,
     KrakenQuote,
     KrakenTrade,
     RequestAnswered,
@@ -39,7 +40,8 @@ from k2actors.core.normalise import MAX_CLOCK_DISTANCE_US, Delivery, exact_decim
 from k2actors.core.payloads import Record
 from k2actors.core.raw import raw_record
 
-KrakenEvent = KrakenTrade | KrakenQuote | BookMessage
+# Instruments: the pairs' base, quote and precisions, for the ledger to build the adapter with.
+KrakenEvent = KrakenTrade | KrakenQuote | BookMessage | Instruments
 
 
 class KrakenAdapter:
@@ -53,8 +55,8 @@ class KrakenAdapter:
         raw = raw_record(venue, endpoint, received_ns, conn_id, conn_msg_seq, payload)
         channel, items = read_frame(payload, self._max_frame_bytes)
         raw["stream"] = channel
-        events = tuple(item for item in items if isinstance(item, (KrakenTrade, KrakenQuote, BookMessage)))
-        symbols = {event.symbol for event in events}
+        events = tuple(item for item in items if isinstance(item, (KrakenTrade, KrakenQuote, BookMessage, Instruments)))
+        symbols = {event.symbol for event in events if not isinstance(event, Instruments)}
         if len(symbols) == 1:
             raw["symbol"] = symbols.pop()
         rejected = tuple(item for item in items if isinstance(item, Rejected))

@@ -23,11 +23,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from k2actors.core import kraken
 from k2actors.core.adapter import BinanceAdapter, MarketEvent, Reading, Replace
 from k2actors.core.binance import BOOK, TRADE
 from k2actors.core.book import BookSync, BookTop, DepthDiff, FetchSnapshot, InSync, OutOfSync, OutOfSyncReason
 from k2actors.core.book import Output as BookOutput
-from k2actors.core.frames import ID_REGRESSED, INTERNAL_ERROR, POISON_MESSAGE, Rejected
+from k2actors.core.frames import ID_REGRESSED, INTERNAL_ERROR, POISON_MESSAGE, UNKNOWN_EVENT, Rejected
+from k2actors.core.kraken import BookMessage, Instrument, Instruments, KrakenQuote, KrakenTrade
+from k2actors.core.kraken_adapter import KrakenAdapter
 from k2actors.core.link import Frame
 from k2actors.core.normalise import Delivery, event_id, record_dead_letter, unsubscribed
 from k2actors.core.payloads import (
@@ -128,6 +131,14 @@ class ReadyCheck:
 
 
 DATA_CHECK, BOOKS_CHECK = "data", "books"
+
+
+@dataclass(frozen=True, slots=True)
+class InstrumentsLearned:
+    """Kraken described its subscribed pairs anew: the coordinator keeps them for the next
+    Normaliser, which sees no frame from before its start."""
+
+    instruments: tuple[Instrument, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,12 +370,21 @@ Said = (
     | BatchesLost | Backfilled | Resent | DeadLettersLost | TradeSummary | DeadLetterSummary
     | NotOwnedDropped | BookLost | BookRebuilt
 )
-Event = Publish | Release[A] | Confirmed[A] | Answered[A] | Drained | ReadyCheck | SnapshotWanted | Said
+Event = Publish | Release[A] | Confirmed[A] | Answered[A] | Drained | ReadyCheck | SnapshotWanted | InstrumentsLearned | Said
+
+
+@dataclass(frozen=True, slots=True)
+class KrakenRules:
+    """What the ledger is configured with for Kraken, when it is enabled."""
+
+    symbols: frozenset[str]  # subscribed, in Kraken's spelling
+    max_frame_bytes: int
+    instruments: tuple[Instrument, ...]  # as an earlier Normaliser learned them; the connections' frames say them anew
 
 
 @dataclass(frozen=True, slots=True)
 class Rules:
-    """What the ledger is configured with."""
+    """What the ledger is configured with (Binance's, and Kraken's when it is enabled)."""
 
     gap_grace_seconds: float
     symbols: frozenset[str]  # subscribed; a streamed event of any other symbol is a dead letter
@@ -375,6 +395,7 @@ class Rules:
     raw: bool  # every frame to the raw topic as well
     book_depth: int  # levels a side in a book record
     book_cadence_ms: int  # a book record per symbol per this much of the venue's event time
+    kraken: KrakenRules | None = None
 
 
 Shaped = tuple[str, Record, Headers]  # (stream type, record, lineage headers), as a RecordBatch carries it
@@ -388,6 +409,10 @@ class Ledger(Generic[A]):
         other configured symbols are another instance's); None: every symbol."""
         self._rules = rules
         self._adapter = BinanceAdapter(rules.symbols, rules.quote_assets, rules.max_frame_bytes)
+        self._instruments: dict[str, Instrument] = {}  # Kraken's subscribed pairs, as last described
+        self._kraken: KrakenAdapter | None = None
+        if rules.kraken is not None:
+            self._learn(Instruments(rules.kraken.instruments), [])
         self._owned = owned
         self._not_owned = 0  # events dropped as another instance's, since the last report
         self._sequences = StreamSequences(rules.gap_grace_seconds)
@@ -419,7 +444,13 @@ class Ledger(Generic[A]):
         events: list[Event[A]] = []
         records: list[Shaped] = []
         letters: list[DeadLetter] = []
-        keep_raw, adapter = self._rules.raw, self._adapter
+        keep_raw = self._rules.raw
+        adapter: BinanceAdapter | KrakenAdapter = self._adapter
+        raw_stream = RAW
+        if batch.venue == kraken.VENUE:
+            if self._kraken is None:
+                raise ValueError(f"frames of {batch.venue} from {batch.url}, which is not configured")
+            adapter, raw_stream = self._kraken, kraken.RAW_STREAM
         for frame in batch.frames:
             received_ns, conn_id, conn_msg_seq, raw = frame
             delivery = Delivery(batch.venue, batch.url, received_ns // 1000)
@@ -427,12 +458,12 @@ class Ledger(Generic[A]):
             try:
                 reading = adapter.read(batch.venue, batch.url, frame)
                 if keep_raw:  # the raw record first, whatever the frame turns out to be: it is the system of record
-                    records.append((RAW, reading.raw, ()))
+                    records.append((raw_stream, reading.raw, ()))
                 self._take_reading(reading, frame, delivery, sender, now, records, letters, events)
             except Exception as exc:  # a bug costs one frame, to the DLQ (and kept as received), never the batch or the actor
                 events.append(FrameFailed(batch.url, traceback.format_exc()))
                 if keep_raw and reading is None:
-                    records.append((RAW, raw_record(batch.venue, batch.url, received_ns, conn_id, conn_msg_seq, raw), ()))
+                    records.append((raw_stream, raw_record(batch.venue, batch.url, received_ns, conn_id, conn_msg_seq, raw), ()))
                 rejected = Rejected(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:200])
                 letters.append(self._dead_letter(raw, rejected, delivery, events))
         if batch.frames:
@@ -620,6 +651,14 @@ class Ledger(Generic[A]):
                 if rejected is not None:
                     letters.append(self._dead_letter(raw, rejected, delivery, events))
                 continue
+            if isinstance(event, Instruments):
+                self._learn(event, events)
+                continue
+            if isinstance(event, BookMessage):  # none is asked for: Kraken's books are not yet kept
+                rejected = Rejected(UNKNOWN_EVENT, f"a book message of {event.symbol[:40]!r}: no book was subscribed",
+                                    kraken.BOOK_STREAM)
+                letters.append(self._dead_letter(raw, rejected, delivery, events))
+                continue
             outcome = self._accept(event, delivery, now, streamed=True, events=events)
             if isinstance(outcome, Rejected):
                 letters.append(self._dead_letter(raw, outcome, delivery, events))
@@ -635,35 +674,56 @@ class Ledger(Generic[A]):
                     self.metrics.inc("k2_binance_subscription_refusals_total", delivery.endpoint)
                 events.append(Answered(sender, delivery.endpoint, action.request_id, action.refusal))
 
-    def _accept(self, event: MarketEvent, delivery: Delivery, now: float, streamed: bool,
+    def _accept(self, event: MarketEvent | KrakenTrade | KrakenQuote, delivery: Delivery, now: float, streamed: bool,
                 events: list[Event[A]]) -> tuple[str, Record] | Rejected | None:
         """(stream type, record) to publish, a Rejected for the DLQ, or None (a duplicate, or
         another instance's)."""
         if self._another_instances(event.symbol):
             return None
         # Validate before tracking: an event that cannot be stored must not claim its id.
-        shaped = self._adapter.shape(event, delivery, streamed)
+        if isinstance(event, (KrakenTrade, KrakenQuote)):
+            if self._kraken is None:
+                raise ValueError("a Kraken event, and Kraken is not configured")
+            shaped = self._kraken.shape(event, delivery, streamed)
+        else:
+            shaped = self._adapter.shape(event, delivery, streamed)
         if isinstance(shaped, Rejected):
             return shaped
         stream, record = shaped
-        tracked_id = event_id(event)
+        # Tracked by the record's symbol (Kraken's pairs are spelled otherwise on the wire) and
+        # number: what Kafka holds is read back by the same two.
+        tracked_id, symbol = record["source_sequence"], record["symbol"]
         backfilled = not streamed
         if streamed:
-            self.metrics.inc("k2_binance_messages_received_total", event.symbol, stream)
-        key = (delivery.venue, event.symbol)
+            self.metrics.inc("k2_binance_messages_received_total", symbol, stream)
+        key = (delivery.venue, symbol)
         verdict = self._sequences.observe(stream, key, tracked_id, now)
         if verdict is Verdict.REGRESSED and not backfilled:
             highest = self._sequences.last_id(stream, key)
             detail = f"{stream} id {tracked_id} is more than {DEDUP_WINDOW_IDS} behind {highest}, the highest seen"
             return Rejected(ID_REGRESSED, detail, stream)
         if verdict in (Verdict.DUPLICATE, Verdict.REGRESSED):  # history outside every open gap is a duplicate
-            self.metrics.inc("k2_binance_duplicate_trades_total", event.symbol, stream)
+            self.metrics.inc("k2_binance_duplicate_trades_total", symbol, stream)
             return None
         if verdict is Verdict.RECOVERED and not backfilled:
-            events.append(Recovered(stream, delivery.venue, event.symbol, tracked_id))
-            self.metrics.inc("k2_binance_recovered_trades_total", event.symbol)
-        self._count_published(event.symbol, stream)
+            events.append(Recovered(stream, delivery.venue, symbol, tracked_id))
+            self.metrics.inc("k2_binance_recovered_trades_total", symbol)
+        self._count_published(symbol, stream)
         return stream, record
+
+    def _learn(self, instruments: Instruments, events: list[Event[A]]) -> None:
+        """Kraken's description of its pairs (on every connection, before its data): the
+        subscribed ones' records are made with it from now on."""
+        rules = self._rules.kraken
+        if rules is None:
+            return
+        changed = {pair.symbol: pair for pair in instruments.pairs
+                   if pair.symbol in rules.symbols and self._instruments.get(pair.symbol) != pair}
+        if changed or self._kraken is None:
+            self._instruments.update(changed)
+            self._kraken = KrakenAdapter(dict(self._instruments), rules.max_frame_bytes)
+        if changed:
+            events.append(InstrumentsLearned(tuple(self._instruments.values())))
 
     def _take_diff(self, diff: DepthDiff, delivery: Delivery, now: float, records: list[Shaped], letters: list[DeadLetter],
                    events: list[Event[A]]) -> Rejected | None:

@@ -1,0 +1,136 @@
+"""k2actors.core.ledger with Kraken beside Binance, directly: Kraken's frames read with its
+adapter, its pairs described by its instrument channel before their data, its trades tracked by
+their ids under the record's symbol, its frames kept in its own raw record. No processes, no broker.
+
+The frames are written as Kraken writes them (the captured sessions in tests/data, and
+docs.kraken.com/api/docs/websocket-v2)."""
+
+from __future__ import annotations
+
+import json
+
+from k2actors.core.frames import UNSUBSCRIBED_SYMBOL
+from k2actors.core.kraken import Instrument
+from k2actors.core.ledger import (
+    DATA_CHECK,
+    DeadLettered,
+    Drained,
+    GapDeclared,
+    InstrumentsLearned,
+    KrakenRules,
+    Ledger,
+    Publish,
+    ReadyCheck,
+    Rules,
+)
+from k2actors.core.payloads import RawBatch
+from k2actors.core.ranges import StreamPosition
+from k2actors.core.telemetry import MetricBuffer
+
+KRAKEN_URL = "wss://ws.kraken.com/v2"
+BINANCE_URL = "wss://stream.binance.com:9443/stream"
+RECEIVED_NS = 1_716_813_791_900_000_000  # 2024-05-27, when the trades below were made
+BTC = {"symbol": "BTC/USD", "base": "BTC", "quote": "USD", "status": "online", "qty_precision": 8, "qty_increment": 1e-08,
+       "price_precision": 1, "cost_precision": 5, "marginable": True, "has_index": True, "cost_min": 0.5, "margin_initial": 0.2,
+       "position_limit_long": 250, "position_limit_short": 200, "tick_size": 0.1, "price_increment": 0.1,
+       "qty_min": 0.0001}
+ETH_EUR = {**BTC, "symbol": "ETH/EUR", "base": "ETH", "quote": "EUR", "price_precision": 2}
+INSTRUMENTS = json.dumps({"channel": "instrument", "type": "snapshot", "data": {
+    "assets": [{"id": "BTC", "status": "enabled", "precision": 10, "precision_display": 5, "borrowable": True,
+                "collateral_value": 1.0, "margin_rate": 0.01}],
+    "pairs": [BTC, ETH_EUR]}}).encode()
+
+
+def trades_frame(*trade_ids: int, kind: str = "update") -> bytes:
+    data = [{"symbol": "BTC/USD", "side": "buy", "price": 68500.1, "qty": 0.01044926, "ord_type": "limit", "trade_id": trade_id,
+             "timestamp": "2024-05-27T12:43:11.798009Z"} for trade_id in trade_ids]
+    return f'{{"channel":"trade","type":"{kind}","data":{json.dumps(data)}}}'.encode()
+
+
+def ticker_frame(bid: str, timestamp: str) -> bytes:
+    return (f'{{"channel":"ticker","type":"update","data":[{{"symbol":"BTC/USD","bid":{bid},"bid_qty":1.5,"ask":68500.2,'
+            f'"ask_qty":0.5,"last":68500.1,"volume":1.0,"vwap":68000.0,"low":67000.0,"high":69000.0,"change":10.0,'
+            f'"change_pct":0.01,"timestamp":"{timestamp}"}}]}}').encode()
+
+
+def batch(seq: int, *frames: bytes, conn_id: str = "kraken-1", first: int = 1) -> RawBatch:
+    return RawBatch(KRAKEN_URL, "KRAKEN", seq, tuple((RECEIVED_NS + index, conn_id, first + index, frame)
+                                                     for index, frame in enumerate(frames)))
+
+
+def ledger(instruments: tuple[Instrument, ...] = (), positions: dict | None = None) -> Ledger[str]:
+    kraken = KrakenRules(frozenset({"BTC/USD"}), 1 << 20, instruments)
+    rules = Rules(2.0, frozenset({"BTCUSDT"}), {}, 100_000, 65536, 30.0, True, 5, 1000, kraken)
+    return Ledger(rules, positions or {}, 0.0, MetricBuffer())
+
+
+def records(events: list, stream: str) -> list[dict]:
+    return [record for e in events if isinstance(e, Publish) for s, record, _ in e.batch.records if s == stream]
+
+
+def test_trades_are_shaped_with_the_pairs_kraken_described_on_the_connection_and_kept_in_its_own_raw_record():
+    book = ledger()
+    events = book.take_raw(batch(1, INSTRUMENTS, trades_frame(70635299, 70635300, kind="snapshot")), "kraken", 0.0)
+    learned = [e for e in events if isinstance(e, InstrumentsLearned)]
+    assert learned == [InstrumentsLearned((Instrument("BTC/USD", "BTC", "USD", 1, 8, "online"),))]  # ETH/EUR: not subscribed
+    trades = records(events, "kraken.trade")
+    assert [(t["symbol"], t["currency"], t["source_sequence"], t["exchange"]) for t in trades] == [
+        ("BTCUSD", "USD", 70635299, "KRAKEN"), ("BTCUSD", "USD", 70635300, "KRAKEN")]
+    assert [(r["exchange"], r["conn_id"], r["conn_msg_seq"]) for r in records(events, "kraken.raw")] == [
+        ("KRAKEN", "kraken-1", 1), ("KRAKEN", "kraken-1", 2)]
+    assert records(events, "raw") == []
+    # the same description again is nothing new
+    assert not [e for e in book.take_raw(batch(2, INSTRUMENTS, first=3), "kraken", 0.1) if isinstance(e, InstrumentsLearned)]
+
+
+def test_a_trade_of_a_pair_not_yet_described_is_a_dead_letter_and_stays_in_the_raw_record():
+    events = ledger().take_raw(batch(1, trades_frame(5)), "kraken", 0.0)
+    [letter] = [e.letter for e in events if isinstance(e, DeadLettered)]
+    assert (letter.reason, letter.stream) == (UNSUBSCRIBED_SYMBOL, "kraken.trade")
+    assert records(events, "kraken.trade") == [] and len(records(events, "kraken.raw")) == 1
+
+
+def test_a_normaliser_given_what_an_earlier_one_learned_shapes_trades_before_any_instrument_frame():
+    book = ledger(instruments=(Instrument("BTC/USD", "BTC", "USD", 1, 8, "online"),))
+    assert [t["source_sequence"] for t in records(book.take_raw(batch(1, trades_frame(7)), "kraken", 0.0), "kraken.trade")] == [7]
+
+
+def test_missing_trade_ids_are_a_gap_of_kraken_trades_and_a_reconnects_snapshot_repeats_nothing():
+    book = ledger()
+    book.take_raw(batch(1, INSTRUMENTS, trades_frame(100, 101)), "kraken", 0.0)
+    events = book.take_raw(batch(2, trades_frame(105), first=3), "kraken", 0.5)
+    assert [t["source_sequence"] for t in records(events, "kraken.trade")] == [105]
+    [gap] = [e for e in book.tick(3.0) if isinstance(e, GapDeclared)]
+    assert (gap.stream, gap.gap.venue, gap.gap.symbol, gap.gap.first_id, gap.gap.last_id) == ("kraken.trade", "KRAKEN", "BTCUSD", 102, 104)
+    assert gap.report().message == "gap in KRAKEN BTCUSD: 3 trades missing, ids 102 to 104"
+    # a new connection's snapshot (its last 50 trades) brings what was missing, and nothing twice
+    again = book.take_raw(batch(1, INSTRUMENTS, trades_frame(101, 102, 103, 104, 105, kind="snapshot"), conn_id="kraken-2"),
+                          "kraken", 4.0)
+    assert [t["source_sequence"] for t in records(again, "kraken.trade")] == [102, 103, 104]
+    drained = [e for e in book.drain({KRAKEN_URL: 1}) if isinstance(e, Drained)]
+    assert drained and drained[0].missing == 0
+
+
+def test_tracking_resumes_from_what_kafka_holds_under_the_records_symbol():
+    book = ledger(positions={("kraken.trade", "KRAKEN", "BTCUSD"): StreamPosition(200, ())})
+    events = book.take_raw(batch(1, INSTRUMENTS, trades_frame(199, 200, 201)), "kraken", 0.0)
+    assert [t["source_sequence"] for t in records(events, "kraken.trade")] == [201]
+
+
+def test_quotes_are_numbered_by_their_time_and_an_older_one_is_superseded():
+    book = ledger()
+    events = book.take_raw(batch(1, INSTRUMENTS, ticker_frame("68500.0", "2024-05-27T12:43:11.798009Z"),
+                                 ticker_frame("68499.9", "2024-05-27T12:43:11.698009Z")), "kraken", 0.0)
+    quotes = records(events, "kraken.ticker")
+    assert [(q["symbol"], q["source_sequence"], str(q["bid_price"])) for q in quotes] == [
+        ("BTCUSD", 1716813791798009, "68500.00000000")]
+
+
+def test_readiness_names_each_venue_that_sent_data():
+    book = ledger()
+    book.take_raw(batch(1, INSTRUMENTS), "kraken", 0.0)
+    trade = {"e": "trade", "E": 1, "s": "BTCUSDT", "t": 1, "p": "1", "q": "1", "T": 1716813791798, "m": True, "M": True}
+    frame = json.dumps({"stream": "btcusdt@trade", "data": trade}).encode()
+    book.take_raw(RawBatch(BINANCE_URL, "BINANCE", 1, ((RECEIVED_NS, "b-1", 1, frame),)), "binance", 0.0)
+    [check] = [e for e in book.tick(1.0) if isinstance(e, ReadyCheck) and e.name == DATA_CHECK]
+    assert check.ok and check.detail == "data from BINANCE, KRAKEN within the stale timeout"
