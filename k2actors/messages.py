@@ -98,6 +98,7 @@ class NormaliserSetup:
     symbols: frozenset[str]  # subscribed; a trade of any other symbol is a dead letter
     backfill: ActorAddress | None  # the BackfillActor (REST requests), when backfill or books are on
     fill_gaps: bool  # binance.backfill: declared gaps are sent to the BackfillActor
+    fill_kraken_gaps: bool  # kraken.backfill: ... and Kraken's
     quote_assets: Mapping[str, str]
     exchange_info: tuple[RestResponse, ...]  # the answers quote_assets came from, for the raw record
     max_buffered_records: int
@@ -120,6 +121,7 @@ class BackfillSetup:
     snapshot_limit: int  # levels a side of a book's REST snapshot
     tls_ca_file: str
     tls_verify: bool
+    kraken: KrakenHistory | None  # when Kraken's gaps are filled
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,26 @@ class BackfillRequest:
     symbol: str
     first_id: int
     last_id: int
+
+
+@dataclass(frozen=True)
+class KrakenBackfillRequest:
+    """A declared gap of Kraken trades: its history is served by time, from after the trade
+    before the gap (`after_us`; None: not known, the backfill window's start instead)."""
+
+    symbol: str  # the records'
+    pair: str  # Kraken's spelling
+    first_id: int
+    last_id: int
+    after_us: int | None
+
+
+@dataclass(frozen=True)
+class KrakenHistory:
+    """Where Kraken's gaps are filled from (kraken.rest_url), how far back (kraken.backfill_max_age_seconds)."""
+
+    rest_url: str
+    max_age_seconds: float
 
 
 @dataclass(frozen=True)

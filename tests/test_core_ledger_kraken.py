@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from k2actors.core.frames import UNSUBSCRIBED_SYMBOL
-from k2actors.core.kraken import Instrument
+from k2actors.core.kraken import Instrument, KrakenTrade
 from k2actors.core.ledger import (
     DATA_CHECK,
     DeadLettered,
@@ -23,7 +23,7 @@ from k2actors.core.ledger import (
     ReadyCheck,
     Rules,
 )
-from k2actors.core.payloads import RawBatch
+from k2actors.core.payloads import BackfilledTrades, RawBatch
 from k2actors.core.ranges import StreamPosition
 from k2actors.core.telemetry import MetricBuffer
 
@@ -134,3 +134,29 @@ def test_readiness_names_each_venue_that_sent_data():
     book.take_raw(RawBatch(BINANCE_URL, "BINANCE", 1, ((RECEIVED_NS, "b-1", 1, frame),)), "binance", 0.0)
     [check] = [e for e in book.tick(1.0) if isinstance(e, ReadyCheck) and e.name == DATA_CHECK]
     assert check.ok and check.detail == "data from BINANCE, KRAKEN within the stale timeout"
+
+
+def test_a_gap_is_asked_of_kraken_from_the_time_of_the_trade_before_it_and_its_page_fills_it():
+    book = ledger()
+    book.take_raw(batch(1, INSTRUMENTS, trades_frame(100, 101)), "kraken", 0.0)
+    book.take_raw(batch(2, trades_frame(105), first=3), "kraken", 0.5)
+    [declared] = [e for e in book.tick(3.0) if isinstance(e, GapDeclared)]
+    assert book.kraken_history(declared.gap) == ("BTC/USD", 1716813791798009)
+    trades = tuple(KrakenTrade("BTC/USD", i, "68500.1", "0.5", "sell", "market", 1716813791798009, False) for i in (101, 102, 103, 104))
+    page = BackfilledTrades("kraken.trade", "KRAKEN", "BTCUSD", "https://api.kraken.com", RECEIVED_NS // 1000 + 5_000_000, trades,
+                            (), "/0/public/Trades?pair=BTC%2FUSD", "rest-1", b'{"error":[],"result":{}}')
+    events = book.take_backfill(page, 4.0)
+    filled = records(events, "kraken.trade")
+    assert [(t["source_sequence"], t["vendor_data"]["backfilled"]) for t in filled] == [(102, "true"), (103, "true"), (104, "true")]
+    [response] = records(events, "kraken.raw")
+    assert (response["exchange"], response["symbol"]) == ("KRAKEN", "BTCUSD")
+    drained = [e for e in book.drain({KRAKEN_URL: 2}) if isinstance(e, Drained)]
+    assert drained and drained[0].missing == 0
+
+
+def test_a_gap_that_began_before_this_normaliser_is_asked_without_a_time():
+    book = ledger(positions={("kraken.trade", "KRAKEN", "BTCUSD"): StreamPosition(200, ())})
+    book.take_raw(batch(1, INSTRUMENTS, trades_frame(210)), "kraken", 0.0)
+    [declared] = [e for e in book.tick(3.0) if isinstance(e, GapDeclared)]
+    assert (declared.gap.first_id, declared.gap.last_id) == (201, 209)
+    assert book.kraken_history(declared.gap) == ("BTC/USD", None)

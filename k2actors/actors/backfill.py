@@ -1,9 +1,11 @@
 """BackfillActor: the service's REST requests once started: declared gaps filled from the
-venue's trade history, and the snapshots order books are rebuilt from.
+venues' trade history, and the snapshots order books are rebuilt from.
 
 The Normaliser sends each gap it declares and each book it must rebuild; k2actors.core.backfill
 decides which request to make and when (request weight, Retry-After, bans, retries) and what
-each answer means. A fetcher thread makes the requests, so live streaming never waits for any
+each answer means, and k2actors.core.kraken_backfill the same for Kraken's gaps, within a
+budget of their own. A fetcher thread per venue makes the requests, so live streaming never
+waits for any
 of this, and the pages and snapshots go back to the Normaliser, which shapes the pages like
 streamed trades and rebuilds the books from the snapshots.
 
@@ -29,8 +31,9 @@ from thespian.actors import ActorAddress
 from k2actors.actors.shell import Supervised, seconds
 from k2actors.clients import exchange_tls
 from k2actors.core.backfill import Backfill, BackfillEvent, PageFetched, RestReply, RestRequest, SnapshotTaken, Unfilled
+from k2actors.core.kraken_backfill import KrakenBackfill, Throttled, TradesRequest
 from k2actors.core.telemetry import log_line
-from k2actors.messages import BackfillRequest, BackfillSetup, BookSnapshotRequest, IdsAbandoned
+from k2actors.messages import BackfillRequest, BackfillSetup, BookSnapshotRequest, IdsAbandoned, KrakenBackfillRequest
 from k2actors.net import new_conn_id
 
 log = logging.getLogger("k2actors.backfill")
@@ -49,7 +52,7 @@ class _Fetcher(threading.Thread):
         super().__init__(name="backfill-fetcher", daemon=True)
         self._tls = exchange_tls(setup.tls_ca_file, setup.tls_verify)
         self._wake_fd = wake_fd
-        self.requests: queue.Queue[RestRequest | None] = queue.Queue()
+        self.requests: queue.Queue[RestRequest | TradesRequest | None] = queue.Queue()
         self._answers: queue.Queue[RestReply] = queue.Queue()
 
     def take(self) -> RestReply | None:
@@ -63,7 +66,7 @@ class _Fetcher(threading.Thread):
             self._answers.put(self._get(request))
             os.write(self._wake_fd, b"a")
 
-    def _get(self, request: RestRequest) -> RestReply:
+    def _get(self, request: RestRequest | TradesRequest) -> RestReply:
         target, conn_id = request.target(), new_conn_id()
         try:
             with urllib.request.urlopen(f"{request.base_url}{target}", timeout=REQUEST_TIMEOUT_SECONDS,
@@ -88,6 +91,8 @@ class BackfillActor(Supervised[BackfillSetup]):
         super().__init__()
         self._fetcher: _Fetcher | None = None
         self._backfill: Backfill | None = None
+        self._kraken_fetcher: _Fetcher | None = None
+        self._kraken: KrakenBackfill | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)  # Thespian may report it readable twice for one write
         self._pump_due = False
@@ -100,6 +105,10 @@ class BackfillActor(Supervised[BackfillSetup]):
             self._backfill = Backfill(self.setup.rest_urls, self.metrics, self.setup.max_age_seconds, self.setup.snapshot_limit)
             self._fetcher = _Fetcher(self.setup, self._wake_w)
             self._fetcher.start()
+            if self.setup.kraken is not None:
+                self._kraken = KrakenBackfill(self.setup.kraken.rest_url, self.metrics, self.setup.kraken.max_age_seconds)
+                self._kraken_fetcher = _Fetcher(self.setup, self._wake_w)
+                self._kraken_fetcher.start()
 
     def watched(self) -> list[int]:
         return [self._wake_r]
@@ -113,6 +122,13 @@ class BackfillActor(Supervised[BackfillSetup]):
         if self._backfill is not None:
             now = time.monotonic()
             self._act(self._backfill.add(message.stream, message.venue, message.symbol, message.first_id, message.last_id, now))
+            self._pump(now)
+
+    def receiveMsg_KrakenBackfillRequest(self, message: KrakenBackfillRequest, sender: ActorAddress) -> None:
+        if self._kraken is not None:
+            now = time.monotonic()
+            self._act(self._kraken.add(message.symbol, message.pair, message.first_id, message.last_id, message.after_us,
+                                       now, time.time_ns() // 1000))
             self._pump(now)
 
     def receiveMsg_BookSnapshotRequest(self, message: BookSnapshotRequest, sender: ActorAddress) -> None:
@@ -138,16 +154,26 @@ class BackfillActor(Supervised[BackfillSetup]):
         self._act(events)
         if request is not None:
             self._fetcher.requests.put(request)
-        elif self._backfill.waiting and not self._pump_due:
+        waiting, open_gaps = request is None and self._backfill.waiting, self._backfill.open_gaps
+        if self._kraken is not None and self._kraken_fetcher is not None:
+            while (answer := self._kraken_fetcher.take()) is not None:
+                self._act(self._kraken.answer(answer, now))
+            kraken_request = self._kraken.next_request(now)
+            if kraken_request is not None:
+                self._kraken_fetcher.requests.put(kraken_request)
+            waiting = waiting or (kraken_request is None and self._kraken.waiting)
+            open_gaps += self._kraken.open_gaps
+        if waiting and not self._pump_due:
             self._pump_due = True
             self.wakeupAfter(seconds(PUMP_SECONDS), PUMP)
-        self.metrics.set("k2_backfill_gaps_open", self._backfill.open_gaps)
+        self.metrics.set("k2_backfill_gaps_open", open_gaps)
 
     def on_exit(self) -> None:
-        if self._fetcher is not None:
-            self._fetcher.requests.put(None)
+        for fetcher in (self._fetcher, self._kraken_fetcher):
+            if fetcher is not None:
+                fetcher.requests.put(None)
 
-    def _act(self, events: list[BackfillEvent]) -> None:
+    def _act(self, events: list[BackfillEvent] | list[BackfillEvent | Throttled]) -> None:
         for event in events:
             if isinstance(event, PageFetched):
                 self.send(self.setup.normaliser, event.page)

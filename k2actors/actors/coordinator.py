@@ -45,6 +45,7 @@ from k2actors.messages import (
     Drain,
     Flushed,
     Heartbeat,
+    KrakenHistory,
     KrakenInstruments,
     MembershipSetup,
     MetricsReady,
@@ -90,7 +91,9 @@ class _Started:
         self.endpoints: dict[str, Endpoint] = {e.url: e for venue in start.config.venues for e in venue.endpoints}
         cluster = start.config.cluster
         # The BackfillActor makes every REST request after the start: history for gaps, snapshots for books.
-        self.supervision = Supervision(tuple(self.endpoints), binance.backfill or BOOK in binance.streams, cluster.enabled)
+        kraken = start.config.kraken
+        self.supervision = Supervision(tuple(self.endpoints), binance.backfill or BOOK in binance.streams
+                                       or (kraken.enabled and kraken.backfill), cluster.enabled)
         # Cluster mode: the shards this instance holds (k2actors.core.cluster); the symbols
         # streamed are only those of the shards it owns.
         self.shards = Shards(binance.symbols, cluster.session_timeout_seconds) if cluster.enabled else None
@@ -330,7 +333,8 @@ class FailoverCoordinator(ActorTypeDispatcher):
         elif role is Role.NORMALISER:
             message = NormaliserSetup(
                 children[Role.PRODUCER], metrics, GAP_GRACE_SECONDS, frozenset(binance.symbols),
-                children.get(Role.BACKFILL), binance.backfill, run.quote_assets, run.exchange_info, kafka.max_buffered_records,
+                children.get(Role.BACKFILL), binance.backfill, config.kraken.backfill, run.quote_assets, run.exchange_info,
+                kafka.max_buffered_records,
                 binance.max_frame_bytes, binance.stale_timeout_seconds, None if run.shards is None else frozenset(run.symbols),
                 config.raw.enabled, binance.book_depth, round(binance.book_cadence_seconds * 1000),
                 KrakenRules(frozenset(config.kraken.symbols), config.kraken.max_frame_bytes, run.kraken_instruments)
@@ -342,7 +346,9 @@ class FailoverCoordinator(ActorTypeDispatcher):
         else:
             message = BackfillSetup(children[Role.NORMALISER], children[Role.PRODUCER], metrics, binance.rest_urls,
                                     binance.backfill_max_age_seconds, binance.book_snapshot_limit,
-                                    binance.tls_ca_file, binance.tls_verify)
+                                    binance.tls_ca_file, binance.tls_verify,
+                                    KrakenHistory(config.kraken.rest_url, config.kraken.backfill_max_age_seconds)
+                                    if config.kraken.enabled and config.kraken.backfill else None)
         self.send(children[role], message)
 
     # --- connections ---

@@ -15,6 +15,7 @@ import time
 from thespian.actors import ActorAddress
 
 from k2actors.actors.shell import Recipient, Supervised
+from k2actors.core import kraken
 from k2actors.core.backfill import HISTORY
 from k2actors.core.ledger import (
     Answered,
@@ -42,6 +43,7 @@ from k2actors.messages import (
     ComponentStatus,
     Drain,
     Flush,
+    KrakenBackfillRequest,
     KrakenInstruments,
     NormaliserSetup,
     RawBatchesConfirmed,
@@ -162,9 +164,16 @@ class Normaliser(Supervised[NormaliserSetup]):
             self.deliver(self.setup.producer, Flush(0, 0, frames))
 
     def _request_backfill(self, stream: str, gap: Gap) -> None:
-        # Binance's history alone is fetched yet: Kraken's gaps are reported with their ids.
-        if self.setup.backfill is not None and self.setup.fill_gaps and stream in HISTORY:
-            self.send(self.setup.backfill, BackfillRequest(stream, gap.venue, gap.symbol, gap.first_id, gap.last_id))
+        setup = self.setup
+        if setup.backfill is None:
+            return
+        if stream in HISTORY and setup.fill_gaps:
+            self.send(setup.backfill, BackfillRequest(stream, gap.venue, gap.symbol, gap.first_id, gap.last_id))
+        elif stream == kraken.TRADE_STREAM and setup.fill_kraken_gaps:
+            history = self.ledger.kraken_history(gap)
+            if history is not None:  # (its trades were shaped with the pair's instrument: it is there)
+                pair, after_us = history
+                self.send(setup.backfill, KrakenBackfillRequest(gap.symbol, pair, gap.first_id, gap.last_id, after_us))
 
     def _request_snapshot(self, venue: str, symbol: str) -> None:
         if self.setup.backfill is not None:  # there is one whenever books are streamed

@@ -12,7 +12,7 @@ import random
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from k2actors.core.backoff import backoff_delay
 from k2actors.core.binance import AGG_TRADE, DEPTH_PATH, TRADE, AggTrade, Trade, depth_weight, historical_agg_trades, historical_trades
@@ -218,9 +218,22 @@ class RateLimited:
                        {"event": "backfill_rate_limited", "venue": self.venue, "status": self.status, "retry_after": self.retry_after})
 
 
+class DescribedGap(Protocol):
+    """A gap as the events below report it, whatever venue's history fills it."""
+
+    @property
+    def venue(self) -> str: ...
+    @property
+    def symbol(self) -> str: ...
+    @property
+    def stream(self) -> str: ...
+
+    def fields(self) -> dict[str, object]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Unfilled:
-    gap: GapFill
+    gap: DescribedGap
     first_id: int
     last_id: int
     reason: str  # rest_unavailable, rest_unusable, not_served, banned
@@ -236,7 +249,7 @@ class Unfilled:
 
 @dataclass(frozen=True, slots=True)
 class GapStarted:
-    gap: GapFill
+    gap: DescribedGap
 
     def report(self) -> LogLine:
         return LogLine(logging.INFO, f"backfilling {self.gap}", {"event": "backfill_started", **self.gap.fields()})
@@ -244,7 +257,7 @@ class GapStarted:
 
 @dataclass(frozen=True, slots=True)
 class GapFilled:
-    gap: GapFill
+    gap: DescribedGap
 
     def report(self) -> LogLine:
         return LogLine(logging.INFO, f"backfilled {self.gap}", {"event": "backfill_completed", **self.gap.fields()})

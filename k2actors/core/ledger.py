@@ -60,6 +60,8 @@ SUMMARY_EVERY_SECONDS = 60.0
 # Dead letters are logged one by one up to this many per reason and interval; a flood of
 # garbage is then summarised, not copied into the log (every one is still counted and kept).
 DEAD_LETTERS_LOGGED_PER_REASON = 10
+# Gaps of a Kraken pair whose beginnings (and the time before them) are remembered.
+GAP_FLOORS_KEPT = 100
 # Diffs a book keeps while it waits for a snapshot (or for a gap's filling): five minutes of
 # a symbol's diffs at 100 ms, as long as a snapshot may wait for the REST weight budget.
 BOOK_MAX_WAITING_DIFFS = 3000
@@ -411,6 +413,10 @@ class Ledger(Generic[A]):
         self._adapter = BinanceAdapter(rules.symbols, rules.quote_assets, rules.max_frame_bytes)
         self._instruments: dict[str, Instrument] = {}  # Kraken's subscribed pairs, as last described
         self._kraken: KrakenAdapter | None = None
+        # Kraken serves its history by time: per pair, its highest trade (id, time), and for
+        # each gap it opened, where the gap begins and the time of the trade before it.
+        self._trade_times: dict[tuple[str, str], tuple[int, int]] = {}
+        self._gap_floors: dict[tuple[str, str], list[tuple[int, int]]] = {}
         if rules.kraken is not None:
             self._learn(Instruments(rules.kraken.instruments), [])
         self._owned = owned
@@ -444,13 +450,12 @@ class Ledger(Generic[A]):
         events: list[Event[A]] = []
         records: list[Shaped] = []
         letters: list[DeadLetter] = []
-        keep_raw = self._rules.raw
+        keep_raw, raw_stream = self._rules.raw, _raw_stream(batch.venue)
         adapter: BinanceAdapter | KrakenAdapter = self._adapter
-        raw_stream = RAW
         if batch.venue == kraken.VENUE:
             if self._kraken is None:
                 raise ValueError(f"frames of {batch.venue} from {batch.url}, which is not configured")
-            adapter, raw_stream = self._kraken, kraken.RAW_STREAM
+            adapter = self._kraken
         for frame in batch.frames:
             received_ns, conn_id, conn_msg_seq, raw = frame
             delivery = Delivery(batch.venue, batch.url, received_ns // 1000)
@@ -487,7 +492,7 @@ class Ledger(Generic[A]):
         events: list[Event[A]] = []
         letters = [self._dead_letter(raw, rejected, delivery, events) for raw, rejected in page.rejected]
         records: list[Shaped] = []
-        for trade in sorted(page.trades, key=event_id):
+        for trade in sorted(page.trades, key=lambda trade: trade.trade_id if isinstance(trade, KrakenTrade) else event_id(trade)):
             outcome = self._accept(trade, delivery, now, streamed=False, events=events)
             if isinstance(outcome, Rejected):
                 letters.append(self._dead_letter(json.dumps(dataclasses.asdict(trade)).encode(), outcome, delivery, events))
@@ -498,7 +503,7 @@ class Ledger(Generic[A]):
             self.metrics.inc("k2_backfill_trades_total", page.symbol, amount=len(records))
             events.append(Backfilled(page.stream, page.venue, page.symbol, len(records), first_id, last_id))
         if self._rules.raw:  # the response the records come from, kept as the venue sent it, first
-            records.insert(0, (RAW, response.raw_record(), ()))
+            records.insert(0, (_raw_stream(page.venue), response.raw_record(), ()))
         self._publish(records, letters, events)
         self._report_not_owned(events)
         return events
@@ -540,7 +545,7 @@ class Ledger(Generic[A]):
         letters = [self._dead_letter(raw, rejected, Delivery(poisoned.venue, poisoned.url, received_ns // 1000), events)
                    for received_ns, _, _, raw in poisoned.frames]
         archived: list[Shaped] = [
-            (RAW, raw_record(poisoned.venue, poisoned.url, received_ns, conn_id, conn_msg_seq, raw), ())
+            (_raw_stream(poisoned.venue), raw_record(poisoned.venue, poisoned.url, received_ns, conn_id, conn_msg_seq, raw), ())
             for received_ns, conn_id, conn_msg_seq, raw in poisoned.frames
         ] if self._rules.raw else []
         self._publish(archived, letters, events)
@@ -708,8 +713,30 @@ class Ledger(Generic[A]):
         if verdict is Verdict.RECOVERED and not backfilled:
             events.append(Recovered(stream, delivery.venue, symbol, tracked_id))
             self.metrics.inc("k2_binance_recovered_trades_total", symbol)
+        if isinstance(event, KrakenTrade):
+            self._note_trade_time(key, tracked_id, event.timestamp_us)
         self._count_published(symbol, stream)
         return stream, record
+
+    def _note_trade_time(self, key: tuple[str, str], trade_id: int, time_us: int) -> None:
+        highest = self._trade_times.get(key)
+        if highest is not None and trade_id <= highest[0]:
+            return
+        if highest is not None and trade_id > highest[0] + 1:
+            floors = self._gap_floors.setdefault(key, [])
+            floors.append((highest[0] + 1, highest[1]))
+            del floors[:-GAP_FLOORS_KEPT]
+        self._trade_times[key] = (trade_id, time_us)
+
+    def kraken_history(self, gap: Gap) -> tuple[str, int | None] | None:
+        """Where Kraken's history of a gap is asked for: the pair (in Kraken's spelling) and
+        the time of the trade before the gap, None when this Normaliser never saw it (the gap
+        began before its start); None when no subscribed pair makes that record symbol."""
+        pair = next((i.symbol for i in self._instruments.values() if i.base + i.quote == gap.symbol), None)
+        if pair is None:
+            return None
+        floors = [at for first_id, at in self._gap_floors.get((gap.venue, gap.symbol), []) if first_id <= gap.first_id]
+        return pair, (floors[-1] if floors else None)
 
     def _learn(self, instruments: Instruments, events: list[Event[A]]) -> None:
         """Kraken's description of its pairs (on every connection, before its data): the
@@ -903,3 +930,7 @@ class Ledger(Generic[A]):
             missing = sum(gap.size for stream in CONSECUTIVE for gap in self._sequences.open_gaps(stream))
             events.append(Drained(self._seq, missing))
 
+
+def _raw_stream(venue: str) -> str:
+    """The raw record a venue's frames and REST answers are kept in."""
+    return kraken.RAW_STREAM if venue == kraken.VENUE else RAW

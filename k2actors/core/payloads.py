@@ -11,6 +11,7 @@ from typing import Any
 
 from k2actors.core.binance import AggTrade, Trade
 from k2actors.core.frames import Rejected
+from k2actors.core.kraken import KrakenTrade
 from k2actors.core.link import Frame
 from k2actors.core.ranges import StreamPosition
 from k2actors.core.raw import Headers
@@ -79,12 +80,12 @@ class BackfilledTrades:
     """A page of history inside a gap, in id order; rows that are not trades come as
     (row as JSON, Rejected) for the DLQ."""
 
-    stream: str  # trade or aggTrade
+    stream: str  # trade, aggTrade or kraken.trade
     venue: str
-    symbol: str
+    symbol: str  # the records'
     url: str
     received_us: int
-    trades: tuple[Trade | AggTrade, ...]
+    trades: tuple[Trade | AggTrade | KrakenTrade, ...]
     rejected: tuple[tuple[bytes, Rejected], ...]  # (the row as JSON, why it is no trade)
     target: str  # the resource asked for: path and query
     conn_id: str  # the response's own, for the raw record

@@ -1,0 +1,110 @@
+"""Kraken beside Binance in one service, end to end: the Kraken and Binance simulators, Tansu,
+and the service as a user runs it (`python -m k2actors start`, configured by K2_* variables)."""
+
+from __future__ import annotations
+
+import pytest
+
+from k2actors.localstack.kraken import KrakenSimulator
+from k2actors.readback import missing_and_duplicates, records
+from tests.conftest import trade_ids, wait_until
+
+PAIRS = ("BTC/USD", "ETH/USD")
+
+
+@pytest.fixture
+def kraken():
+    # 20 trades a second a pair: a reconnect's snapshot (the last 50) covers more than two seconds
+    with KrakenSimulator(PAIRS, rate=20) as running:
+        yield running
+
+
+def with_kraken(start_service, kraken, topic, **overrides):
+    return start_service(**{
+        "K2_KRAKEN_ENABLED": "true", "K2_KRAKEN_WEBSOCKET_URL": kraken.urls[0], "K2_KRAKEN_SYMBOLS": ",".join(PAIRS),
+        "K2_KRAKEN_RECONNECT_DELAY_SECONDS": "0.2", "K2_KRAKEN_REST_URL": kraken.rest_url(),
+        "K2_KAFKA_KRAKEN_TRADE_TOPIC": f"{topic}.kraken", "K2_KAFKA_KRAKEN_QUOTE_TOPIC": f"{topic}.kraken.quotes",
+        "K2_KAFKA_KRAKEN_RAW_TOPIC": f"{topic}.kraken.raw", **overrides})
+
+
+def produced(service, topic: str) -> float:
+    return service.metrics().get(f'k2_kafka_messages_produced_total{{topic="{topic}"}}', 0)
+
+
+def test_both_venues_stream_to_their_own_topics_exactly_once_through_a_dropped_kraken_connection(
+        start_service, kraken, simulator, broker, registry, topic):
+    service = with_kraken(start_service, kraken, topic, K2_KRAKEN_STREAMS="trade,ticker")
+    service.wait_ready()
+    wait_until(lambda: min(produced(service, topic), produced(service, f"{topic}.kraken")) >= 100, 60, "trades of both venues")
+    kraken.endpoint(0).drop()
+    wait_until(lambda: service.log().count(f"connected to {kraken.urls[0]}") >= 2, 30, "the dropped Kraken connection replaced")
+    before = produced(service, f"{topic}.kraken")
+    wait_until(lambda: produced(service, f"{topic}.kraken") >= before + 100, 60, "Kraken trades after the drop")
+    assert service.stop() == 0, service.log()
+
+    kraken_ids = trade_ids(broker, registry, f"{topic}.kraken")
+    assert set(kraken_ids) == {"BTCUSD", "ETHUSD"}
+    assert missing_and_duplicates(kraken_ids) == (0, 0)
+    assert missing_and_duplicates(trade_ids(broker, registry, topic)) == (0, 0)
+    trades = records(broker.bootstrap_servers, registry.url, f"{topic}.kraken")
+    assert {(t["exchange"], t["currency"], t["vendor_data"]["venue_symbol"]) for t in trades} == {
+        ("KRAKEN", "USD", "BTC/USD"), ("KRAKEN", "USD", "ETH/USD")}
+    quotes = records(broker.bootstrap_servers, registry.url, f"{topic}.kraken.quotes")
+    for symbol in ("BTCUSD", "ETHUSD"):
+        times = [q["source_sequence"] for q in quotes if q["symbol"] == symbol]
+        assert times and times == sorted(set(times))  # once each, in order
+    # Kraken's frames in Kraken's raw record, Binance's in Binance's
+    raw = records(broker.bootstrap_servers, registry.url, f"{topic}.kraken.raw")
+    assert raw and {r["exchange"] for r in raw} == {"KRAKEN"} and len({r["conn_id"] for r in raw}) >= 2
+    assert {r["exchange"] for r in records(broker.bootstrap_servers, registry.url, f"{topic}.raw")} == {"BINANCE"}
+    assert "gap in KRAKEN" not in service.log()
+
+
+def test_binance_streams_on_while_kraken_refuses_every_connection(start_service, kraken, simulator, broker, registry, topic):
+    kraken.endpoint(0).refuse(True)
+    service = with_kraken(start_service, kraken, topic)
+    service.wait_ready()
+    wait_until(lambda: produced(service, topic) >= 300, 60, "Binance's trades")
+    wait_until(lambda: "connection to " + kraken.urls[0] in service.log() and "circuit for " + kraken.urls[0] in service.log(),
+               60, "Kraken's refusals and its circuit said")
+    kraken.endpoint(0).refuse(False)
+    wait_until(lambda: produced(service, f"{topic}.kraken") >= 50, 60, "Kraken's trades once it takes connections again")
+    assert service.stop() == 0, service.log()
+    assert missing_and_duplicates(trade_ids(broker, registry, topic)) == (0, 0)
+    assert missing_and_duplicates(trade_ids(broker, registry, f"{topic}.kraken")) == (0, 0)
+
+
+def test_kraken_trades_exactly_once_through_a_stall_a_crash_and_a_restart_gaps_backfilled_from_its_rest_history(
+        start_service, kraken, simulator, broker, registry, topic):
+    settings = {"K2_KRAKEN_STALE_TIMEOUT_SECONDS": "1"}
+    kraken_topic = f"{topic}.kraken"
+    service = with_kraken(start_service, kraken, topic, **settings)
+    service.wait_ready()
+    wait_until(lambda: produced(service, kraken_topic) >= 100, 60, "Kraken's trades")
+
+    # A stall longer than a reconnect's snapshot covers (its last 50 trades, 2.5 s here)
+    kraken.endpoint(0).stall(True)
+    stalled_at = kraken.last_ids()
+    wait_until(lambda: min(kraken.last_ids()[pair] - stalled_at[pair] for pair in PAIRS) >= 100, 30, "100 trades a pair made meanwhile")
+    kraken.endpoint(0).stall(False)
+    wait_until(lambda: "gap in KRAKEN" in service.log() and service.metric("k2_backfill_gaps_filled_total") >= 1, 60,
+               "the stall's gap declared and backfilled")
+
+    # A crash: what it had not handed to Kafka, and what is traded until the next start, is a gap
+    service.process.kill()
+    service.process.wait()
+    crashed_at = kraken.last_ids()
+    wait_until(lambda: min(kraken.last_ids()[pair] - crashed_at[pair] for pair in PAIRS) >= 100, 30, "100 trades a pair made meanwhile")
+    restarted = with_kraken(start_service, kraken, topic, **settings)
+    restarted.wait_ready()
+    wait_until(lambda: restarted.metric("k2_backfill_gaps_filled_total") >= 2 and restarted.metric("k2_backfill_gaps_open") == 0,
+               90, "the gaps of the crash backfilled")
+    assert restarted.stop() == 0, restarted.log()
+    assert "every trade received was delivered and no gap is open" in restarted.log()
+
+    ids = trade_ids(broker, registry, kraken_topic)
+    assert missing_and_duplicates(ids) == (0, 0)
+    assert all(ids[pair.replace("/", "")][-1] >= crashed_at[pair] for pair in PAIRS)
+    backfilled = [t for t in records(broker.bootstrap_servers, registry.url, kraken_topic) if t["vendor_data"].get("backfilled")]
+    assert backfilled and {t["symbol"] for t in backfilled} == {"BTCUSD", "ETHUSD"}
+    assert missing_and_duplicates(trade_ids(broker, registry, topic)) == (0, 0)  # Binance's, all the while
