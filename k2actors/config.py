@@ -27,9 +27,8 @@ from k2actors.core.raw import RAW
 from k2actors.core.streams import STREAM_TYPES
 
 VENUES = ("BINANCE", "BINANCEUS")  # Binance's: an endpoint of the binance section is one or the other
-# The channels kraken.streams takes (Kraken's books are verified by k2actors.core.checksummed_book,
-# not yet run by the service).
-KRAKEN_STREAMS = (kraken.TRADE, kraken.TICKER)
+# The channels kraken.streams takes.
+KRAKEN_STREAMS = (kraken.TRADE, kraken.TICKER, kraken.BOOK)
 KRAKEN_SYMBOL_PATTERN = re.compile(r"^[A-Z0-9]{1,16}/[A-Z0-9]{1,16}$")
 MODES = ("failover", "hot_standby")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -84,6 +83,11 @@ class VenueConfig:
     # wss:// and https:// are verified against certifi's CA bundle, plus this PEM file if set.
     tls_ca_file: str = ""
     tls_verify: bool = True
+    # The book stream: each symbol's best book_depth levels a side, published once every
+    # book_cadence_seconds of the venue's time.
+    book_depth: int = 20
+    book_cadence_seconds: float = 1.0
+
     @property
     def endpoints(self) -> tuple[Endpoint, ...]:
         return (self.websocket_url, *self.failover_urls)
@@ -99,11 +103,8 @@ class BinanceConfig(VenueConfig):
     )
     symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT", "BNBUSDT")
     streams: tuple[str, ...] = (TRADE,)  # any of SUBSCRIBABLE
-    # The book stream: each symbol's best book_depth levels a side, published once every
-    # book_cadence_seconds of the venue's time, from a book rebuilt from REST snapshots of
-    # book_snapshot_limit levels a side (its request weight: 5 up to 100, 25 to 500, 50 to 1000).
-    book_depth: int = 20
-    book_cadence_seconds: float = 1.0
+    # Books are rebuilt from REST snapshots of book_snapshot_limit levels a side (its request
+    # weight: 5 up to 100, 25 to 500, 50 to 1000).
     book_snapshot_limit: int = 1000
     # REST base URL per venue: exchangeInfo (each symbol's quote asset) and trade history.
     rest_urls: dict[str, str] = field(
@@ -122,6 +123,8 @@ class KrakenConfig(VenueConfig):
     max_frame_bytes: int = 1048576
     # REST base URL: trade history for gaps.
     rest_url: str = "https://api.kraken.com"
+    # Kraken's checksum vouches for the best 10 levels a side: no deeper book is published.
+    book_depth: int = kraken.CHECKSUM_LEVELS
 
     @property
     def stream_types(self) -> tuple[str, ...]:
@@ -617,6 +620,7 @@ _VENUE_PARSERS = {
     "backfill_max_age_seconds": _number(float, 1.0),
     "tls_ca_file": _optional_file,
     "tls_verify": _boolean,
+    "book_cadence_seconds": _number(float, 0.001),
 }
 
 _PARSERS = {
@@ -627,12 +631,12 @@ _PARSERS = {
     ("binance", "streams"): _streams,
     ("binance", "rest_urls"): _rest_urls,
     ("binance", "book_depth"): _number(int, 1, MAX_DEPTH_LIMIT),
-    ("binance", "book_cadence_seconds"): _number(float, 0.001),
     ("binance", "book_snapshot_limit"): _number(int, 1, MAX_DEPTH_LIMIT),
     ("kraken", "websocket_url"): _kraken_endpoint,
     ("kraken", "failover_urls"): _kraken_endpoints,
     ("kraken", "symbols"): _kraken_symbols,
     ("kraken", "streams"): _kraken_streams,
+    ("kraken", "book_depth"): _number(int, 1, kraken.CHECKSUM_LEVELS),
     ("kraken", "rest_url"): _http_url,
     ("kafka", "bootstrap_servers"): _text,
     ("kafka", "schema_registry_url"): _http_url,

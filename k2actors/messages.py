@@ -186,6 +186,7 @@ class ConnectionSetup:
     max_buffered_frames: int
     tls_ca_file: str
     tls_verify: bool
+    book_depth: int  # the venue's book records' levels a side (Kraken's books are subscribed to hold them)
     receipts_dir: str | None  # raw.receipts_dir when the raw record is on: a receipt per connection there
     normaliser: ActorAddress
     metrics: ActorAddress
@@ -373,6 +374,15 @@ class SubscriptionAnswer:
 
     request_id: object
     refusal: tuple[int, str] | None
+
+
+@dataclass(frozen=True)
+class ResubscribeBook:
+    """Kraken's book of `pair` on connection `conn_id` failed its checksum: ask that connection
+    for a fresh snapshot (the Normaliser, which verifies books, tells the connection)."""
+
+    conn_id: str
+    pair: str
 
 
 

@@ -8,10 +8,14 @@ docs.kraken.com/api/docs/websocket-v2)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+from k2actors.core.checksummed_book import ChecksummedBook
 from k2actors.core.frames import UNSUBSCRIBED_SYMBOL
-from k2actors.core.kraken import Instrument, KrakenTrade
+from k2actors.core.kraken import Instrument, KrakenTrade, checksum, read_frame
+from k2actors.core.kraken_books import BookSource, PairInSync, PairOutOfSync, ResubscribeWanted
 from k2actors.core.ledger import (
+    BOOKS_CHECK,
     DATA_CHECK,
     DeadLettered,
     Drained,
@@ -53,13 +57,13 @@ def ticker_frame(bid: str, timestamp: str) -> bytes:
             f'"change_pct":0.01,"timestamp":"{timestamp}"}}]}}').encode()
 
 
-def batch(seq: int, *frames: bytes, conn_id: str = "kraken-1", first: int = 1) -> RawBatch:
-    return RawBatch(KRAKEN_URL, "KRAKEN", seq, tuple((RECEIVED_NS + index, conn_id, first + index, frame)
+def batch(seq: int, *frames: bytes, conn_id: str = "kraken-1", first: int = 1, received_ns: int = RECEIVED_NS) -> RawBatch:
+    return RawBatch(KRAKEN_URL, "KRAKEN", seq, tuple((received_ns + index, conn_id, first + index, frame)
                                                      for index, frame in enumerate(frames)))
 
 
 def ledger(instruments: tuple[Instrument, ...] = (), positions: dict | None = None) -> Ledger[str]:
-    kraken = KrakenRules(frozenset({"BTC/USD"}), 1 << 20, instruments)
+    kraken = KrakenRules(frozenset({"BTC/USD"}), 1 << 20, instruments, book_depth=10, book_cadence_ms=1000)
     rules = Rules(2.0, frozenset({"BTCUSDT"}), {}, 100_000, 65536, 30.0, True, 5, 1000, kraken)
     return Ledger(rules, positions or {}, 0.0, MetricBuffer())
 
@@ -160,3 +164,84 @@ def test_a_gap_that_began_before_this_normaliser_is_asked_without_a_time():
     [declared] = [e for e in book.tick(3.0) if isinstance(e, GapDeclared)]
     assert (declared.gap.first_id, declared.gap.last_id) == (201, 209)
     assert book.kraken_history(declared.gap) == ("BTC/USD", None)
+
+
+# python-kraken-sdk's recorded BTC/USD book session of 2023-07-30 (tests/data, see its README).
+BOOK_SESSION = json.loads((Path(__file__).parent / "data" / "kraken_v2_btcusd_book_2023-07-30.json").read_text())
+BOOK_FRAMES = [json.dumps(frame).encode() for frame in (BOOK_SESSION["init"], *BOOK_SESSION["updates"])]
+BOOK_RECEIVED_NS = 1_690_730_997_000_000_000  # 2023-07-30T15:29:57Z, before the session's first update
+
+
+def book_batch(seq: int, *frames: bytes, conn_id: str = "kraken-1", first: int = 1) -> RawBatch:
+    return batch(seq, *frames, conn_id=conn_id, first=first, received_ns=BOOK_RECEIVED_NS)
+
+
+def corrupted(frame: bytes) -> bytes:
+    """The frame with its first level's quantity changed: the book after it is not Kraken's."""
+    message = json.loads(frame)
+    side = "asks" if message["data"][0]["asks"] else "bids"
+    message["data"][0][side][0]["qty"] += 0.00000001
+    return json.dumps(message).encode()
+
+
+def snapshot_after(count: int) -> bytes:
+    """A snapshot of the book as the session's first `count` frames left it: what a fresh
+    subscription would have been sent then."""
+    book = ChecksummedBook("BTC/USD", 10, 1, 8, 10, 1_000_000)
+    for frame in BOOK_FRAMES[:count]:
+        _, (message,) = read_frame(frame, 1 << 20)
+        book.message(message, 0)
+    top = book.top()
+    assert top is not None
+    def side(levels):
+        return "[" + ",".join(f'{{"price":{price},"qty":{quantity}}}' for price, quantity in levels) + "]"
+    last = json.loads(BOOK_FRAMES[count - 1])["data"][0]
+    return (f'{{"channel":"book","type":"snapshot","data":[{{"symbol":"BTC/USD","bids":{side(top[0])},"asks":{side(top[1])},'
+            f'"checksum":{last["checksum"]}}}]}}').encode()
+
+
+def vouched(book_record: dict, price_precision: int = 1, qty_precision: int = 8) -> bool:
+    """The record's levels reproduce the checksum it names (the recorded BTC/USD's precisions by default)."""
+    def levels(side: str) -> list[tuple[str, str]]:
+        return [(str(level["price"].normalize()), str(level["quantity"].normalize())) for level in book_record[side]]
+    return checksum(levels("asks"), levels("bids"), price_precision, qty_precision) == int(book_record["vendor_data"]["checksum"])
+
+
+def test_books_are_published_once_a_second_of_krakens_time_each_as_its_checksum_vouches():
+    book = ledger()
+    events = book.take_raw(book_batch(1, INSTRUMENTS, *BOOK_FRAMES), "kraken", 0.0)
+    books = records(events, "kraken.book")
+    windows = {json.loads(frame)["data"][0].get("timestamp", "")[:19] for frame in BOOK_FRAMES[1:]}
+    assert len(books) == len(windows) + 1  # and the snapshot's, at its receive time
+    assert all(vouched(record) for record in books)
+    first = books[1]
+    assert (first["symbol"], first["currency"], first["exchange"], first["depth"], first["bid_levels"], first["ask_levels"]) == (
+        "BTCUSD", "USD", "KRAKEN", 10, 10, 10)
+    assert first["vendor_data"]["venue_symbol"] == "BTC/USD" and first["bids"][0]["price"] > first["asks"][0]["price"] - 1000
+    assert len(records(events, "kraken.raw")) == len(BOOK_FRAMES) + 1
+    [check] = [e for e in book.tick(1.0) if isinstance(e, ReadyCheck) and e.name == BOOKS_CHECK]
+    assert check.ok and check.detail == "1 books in sync"
+
+
+def test_a_corrupted_update_is_never_published_and_the_connection_is_asked_for_a_fresh_snapshot():
+    book = ledger()
+    book.take_raw(book_batch(1, INSTRUMENTS, *BOOK_FRAMES[:40]), "kraken", 0.0)
+    events = book.take_raw(book_batch(2, corrupted(BOOK_FRAMES[40]), *BOOK_FRAMES[41:300], first=41), "kraken", 2.0)
+    assert records(events, "kraken.book") == []
+    assert [e for e in events if isinstance(e, ResubscribeWanted)] == [
+        ResubscribeWanted(BookSource("kraken", KRAKEN_URL, "kraken-1"), "BTC/USD")]
+    assert [e for e in events if isinstance(e, PairOutOfSync)] == [PairOutOfSync("BTC/USD")]
+    [check] = [e for e in book.tick(3.0) if isinstance(e, ReadyCheck) and e.name == BOOKS_CHECK]
+    assert check.detail == "0 of 1 books in sync; being rebuilt: KRAKEN BTC/USD for 1 s"
+    # the fresh snapshot puts it back, published only from then
+    events = book.take_raw(book_batch(3, snapshot_after(300), *BOOK_FRAMES[300:], first=300), "kraken", 4.5)
+    assert [e for e in events if isinstance(e, PairInSync)] == [PairInSync("BTC/USD", 2.5)]
+    again = records(events, "kraken.book")
+    assert again and all(vouched(record) for record in again)
+
+
+def test_two_connections_books_publish_each_window_once():
+    book = ledger()
+    first = records(book.take_raw(book_batch(1, INSTRUMENTS, *BOOK_FRAMES), "kraken", 0.0), "kraken.book")
+    standby = book.take_raw(book_batch(1, INSTRUMENTS, *BOOK_FRAMES[1:], conn_id="kraken-2"), "kraken", 0.0)
+    assert first and records(standby, "kraken.book") == []

@@ -3,11 +3,14 @@ and the service as a user runs it (`python -m k2actors start`, configured by K2_
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from k2actors.localstack.kraken import KrakenSimulator
+from k2actors.localstack.kraken import PRICE_PRECISION, QTY_PRECISION, KrakenSimulator
 from k2actors.readback import missing_and_duplicates, records
 from tests.conftest import trade_ids, wait_until
+from tests.test_core_ledger_kraken import vouched
 
 PAIRS = ("BTC/USD", "ETH/USD")
 
@@ -24,7 +27,8 @@ def with_kraken(start_service, kraken, topic, **overrides):
         "K2_KRAKEN_ENABLED": "true", "K2_KRAKEN_WEBSOCKET_URL": kraken.urls[0], "K2_KRAKEN_SYMBOLS": ",".join(PAIRS),
         "K2_KRAKEN_RECONNECT_DELAY_SECONDS": "0.2", "K2_KRAKEN_REST_URL": kraken.rest_url(),
         "K2_KAFKA_KRAKEN_TRADE_TOPIC": f"{topic}.kraken", "K2_KAFKA_KRAKEN_QUOTE_TOPIC": f"{topic}.kraken.quotes",
-        "K2_KAFKA_KRAKEN_RAW_TOPIC": f"{topic}.kraken.raw", **overrides})
+        "K2_KAFKA_KRAKEN_RAW_TOPIC": f"{topic}.kraken.raw", "K2_KAFKA_KRAKEN_BOOK_TOPIC": f"{topic}.kraken.books",
+        **overrides})
 
 
 def produced(service, topic: str) -> float:
@@ -108,3 +112,32 @@ def test_kraken_trades_exactly_once_through_a_stall_a_crash_and_a_restart_gaps_b
     backfilled = [t for t in records(broker.bootstrap_servers, registry.url, kraken_topic) if t["vendor_data"].get("backfilled")]
     assert backfilled and {t["symbol"] for t in backfilled} == {"BTCUSD", "ETHUSD"}
     assert missing_and_duplicates(trade_ids(broker, registry, topic)) == (0, 0)  # Binance's, all the while
+
+
+def test_kraken_books_are_published_only_as_their_checksum_vouches_and_back_in_sync_after_a_corrupted_update(
+        start_service, kraken, simulator, broker, registry, topic):
+    book_topic = f"{topic}.kraken.books"
+    service = with_kraken(start_service, kraken, topic, K2_KRAKEN_STREAMS="trade,book", K2_KRAKEN_BOOK_CADENCE_SECONDS="0.2")
+    service.wait_ready()
+    wait_until(lambda: produced(service, book_topic) >= 20, 60, "Kraken's books")
+    kraken.endpoint(0).corrupt_book("BTC/USD")
+    wait_until(lambda: "book of KRAKEN BTC/USD in sync" in service.log(), 30, "the corrupted book back in sync")
+    before = produced(service, book_topic)
+    wait_until(lambda: produced(service, book_topic) >= before + 20, 30, "books after the resync")
+    assert service.stop() == 0, service.log()
+
+    log = service.log()
+    assert f"book of KRAKEN BTC/USD from {kraken.urls[0]} failed its checksum after an update" in log
+    assert "book of KRAKEN ETH/USD" not in log  # the other pair's book was never in doubt
+    [seconds] = [float(found) for found in re.findall(r"book of KRAKEN BTC/USD in sync, .*?, ([0-9.]+) s after", log)]
+    print(f"BTC/USD back in sync {seconds:.3f} s after its checksum failed")
+    books = records(broker.bootstrap_servers, registry.url, book_topic)
+    assert {(b["symbol"], b["currency"], b["exchange"], b["vendor_data"]["venue_symbol"]) for b in books} == {
+        ("BTCUSD", "USD", "KRAKEN", "BTC/USD"), ("ETHUSD", "USD", "KRAKEN", "ETH/USD")}
+    # every book published is Kraken's: its levels give the checksum Kraken sent with it
+    assert all(vouched(book, PRICE_PRECISION, QTY_PRECISION) for book in books)
+    assert all(b["bid_levels"] == b["ask_levels"] == b["depth"] == 10 for b in books)
+    for symbol in ("BTCUSD", "ETHUSD"):
+        windows = [b["source_sequence"] for b in books if b["symbol"] == symbol]
+        assert windows == sorted(set(windows))  # each window once, in order
+    assert missing_and_duplicates(trade_ids(broker, registry, f"{topic}.kraken")) == (0, 0)

@@ -196,7 +196,7 @@ def test_a_gap_is_filled_from_the_rest_history_paged_by_time(sim):
     session.send("subscribe", channel="trade", symbol=["BTC/USD"], snapshot=False)
     streamed = sorted(of(KrakenTrade, session.items(lambda seen: len(of(KrakenTrade, seen)) > 40)), key=lambda t: t.trade_id)
     before, gap = streamed[0], streamed[1:31]  # as if these 30 had been lost
-    fill = KrakenGapFill("BTC/USD", gap[0].trade_id, gap[-1].trade_id, after_us=before.timestamp_us)
+    fill = KrakenGapFill("BTCUSD", "BTC/USD", gap[0].trade_id, gap[-1].trade_id, after_us=before.timestamp_us)
     filled: list[KrakenTrade] = []
     while not fill.done:
         with urllib.request.urlopen(sim.rest_url() + fill.target(), timeout=5) as response:

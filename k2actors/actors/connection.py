@@ -48,6 +48,7 @@ from k2actors.messages import (
     RawBatchesConfirmed,
     RawBatchTaken,
     ReadingStopped,
+    ResubscribeBook,
     Rotate,
     StopReading,
     SubscriptionAnswer,
@@ -56,6 +57,10 @@ from k2actors.net import new_conn_id
 from k2actors.receipts import Receipt
 
 log = logging.getLogger("k2actors.connection")
+
+# Requests sent after a connection's plan (Kraken's book resubscriptions) are numbered from
+# here: past any plan's, so that an answer is never taken for a planned request's.
+FIRST_LATER_REQUEST_ID = 1_000_000_000
 
 CONNECT_TIMEOUT_SECONDS = 10
 
@@ -208,6 +213,7 @@ class ConnectionActor(Supervised[ConnectionSetup]):
         self._reading.set()
         self._tls: ssl.SSLContext | None = None  # from the setup
         self._receipts: dict[str, Receipt] = {}  # per conn_id, until Kafka has all its frames and it has ended
+        self._later_request_id = FIRST_LATER_REQUEST_ID  # the last id of a request sent after the plan's
 
     @property
     def _url(self) -> str:
@@ -282,8 +288,8 @@ class ConnectionActor(Supervised[ConnectionSetup]):
 
     def _planned(self) -> list[SubscriptionPlan]:
         setup = self.setup
-        if setup.endpoint.venue == kraken.VENUE:  # its books (not yet kept) would be asked at the depth the checksum covers
-            return [kraken.connection_plan(self._url, setup.symbols, setup.streams, kraken.CHECKSUM_LEVELS)]
+        if setup.endpoint.venue == kraken.VENUE:
+            return [kraken.connection_plan(self._url, setup.symbols, setup.streams, setup.book_depth)]
         return connection_plans(self._url, setup.symbols, setup.streams)
 
     def _set_plans(self, plans: list[SubscriptionPlan]) -> None:
@@ -309,6 +315,17 @@ class ConnectionActor(Supervised[ConnectionSetup]):
         if status != self._subscriptions_status and self._setup is not None:
             self._subscriptions_status = status
             self.send(self.setup.metrics, ComponentStatus(f"subscriptions {self._url}", *status))
+
+    def receiveMsg_ResubscribeBook(self, message: ResubscribeBook, sender: Recipient) -> None:
+        """Kraken: a fresh snapshot of a book that failed its checksum, on its own connection
+        (a connection gone since has subscribed anew)."""
+        reader = next((reader for link in self._links for reader in link.readers() if reader.conn_id == message.conn_id), None)
+        if reader is None or reader.ended is not None:
+            return
+        requests = kraken.resubscribe_book(message.pair, kraken.subscribed_depth(self.setup.book_depth), self._later_request_id + 1)
+        self._later_request_id = requests[-1][0]
+        for _, request in requests:
+            reader.send(request)
 
     def receiveMsg_RawBatchTaken(self, message: RawBatchTaken, sender: Recipient) -> None:
         self._flow.taken(message.seq)

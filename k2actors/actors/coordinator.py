@@ -323,7 +323,7 @@ class FailoverCoordinator(ActorTypeDispatcher):
             message = ConnectionSetup(
                 endpoint, run.symbols if venue is binance else venue.symbols, venue.streams, venue.stale_timeout_seconds,
                 venue.max_connection_age_seconds, kafka.max_buffered_records,
-                venue.tls_ca_file, venue.tls_verify, config.raw.receipts_dir if config.raw.enabled else None,
+                venue.tls_ca_file, venue.tls_verify, venue.book_depth, config.raw.receipts_dir if config.raw.enabled else None,
                 children[Role.NORMALISER], metrics,
             )
         elif role is Role.METRICS:
@@ -337,7 +337,8 @@ class FailoverCoordinator(ActorTypeDispatcher):
                 kafka.max_buffered_records,
                 binance.max_frame_bytes, binance.stale_timeout_seconds, None if run.shards is None else frozenset(run.symbols),
                 config.raw.enabled, binance.book_depth, round(binance.book_cadence_seconds * 1000),
-                KrakenRules(frozenset(config.kraken.symbols), config.kraken.max_frame_bytes, run.kraken_instruments)
+                KrakenRules(frozenset(config.kraken.symbols), config.kraken.max_frame_bytes, run.kraken_instruments,
+                            config.kraken.book_depth, round(config.kraken.book_cadence_seconds * 1000))
                 if config.kraken.enabled else None,
             )
         elif role is Role.MEMBERSHIP:

@@ -17,6 +17,7 @@ from thespian.actors import ActorAddress
 from k2actors.actors.shell import Recipient, Supervised
 from k2actors.core import kraken
 from k2actors.core.backfill import HISTORY
+from k2actors.core.kraken_books import ResubscribeWanted
 from k2actors.core.ledger import (
     Answered,
     Confirmed,
@@ -48,6 +49,7 @@ from k2actors.messages import (
     NormaliserSetup,
     RawBatchesConfirmed,
     RawBatchTaken,
+    ResubscribeBook,
     SequenceQuery,
     SequenceState,
     ServerShutdownNotice,
@@ -194,6 +196,9 @@ class Normaliser(Supervised[NormaliserSetup]):
                 self.send(self.setup.metrics, ComponentStatus(event.name, event.ok, event.detail))
             elif isinstance(event, SnapshotWanted):
                 self._request_snapshot(event.venue, event.symbol)
+            elif isinstance(event, ResubscribeWanted):
+                log_line(log, event.report())
+                self.deliver(event.source.connection, ResubscribeBook(event.source.conn_id, event.pair))
             elif isinstance(event, InstrumentsLearned):
                 self.send(self.coordinator, KrakenInstruments(event.instruments))
             elif isinstance(event, Drained):

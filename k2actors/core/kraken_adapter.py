@@ -11,6 +11,7 @@ as every adapter: live and replay run the same one.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -92,7 +93,7 @@ class KrakenAdapter:
             return Rejected(UNSUBSCRIBED_SYMBOL, f"pair {top.symbol[:40]!r} was not subscribed", BOOK_STREAM)
         sides = exact_levels(top.bids, top.asks)
         if isinstance(sides, Rejected):
-            return sides
+            return dataclasses.replace(sides, stream=BOOK_STREAM)
         symbol = _symbol(instrument)
         return {
             "message_id": message_id(delivery.venue, symbol, top.window_us, BOOK),

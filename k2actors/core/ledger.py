@@ -28,9 +28,11 @@ from k2actors.core.adapter import BinanceAdapter, MarketEvent, Reading, Replace
 from k2actors.core.binance import BOOK, TRADE
 from k2actors.core.book import BookSync, BookTop, DepthDiff, FetchSnapshot, InSync, OutOfSync, OutOfSyncReason
 from k2actors.core.book import Output as BookOutput
-from k2actors.core.frames import ID_REGRESSED, INTERNAL_ERROR, POISON_MESSAGE, UNKNOWN_EVENT, Rejected
+from k2actors.core.checksummed_book import CheckedTop
+from k2actors.core.frames import ID_REGRESSED, INTERNAL_ERROR, POISON_MESSAGE, UNSUBSCRIBED_SYMBOL, Rejected
 from k2actors.core.kraken import BookMessage, Instrument, Instruments, KrakenQuote, KrakenTrade
 from k2actors.core.kraken_adapter import KrakenAdapter
+from k2actors.core.kraken_books import BookSource, ChecksumFailed, KrakenBooks, PairInSync, PairOutOfSync, ResubscribeWanted
 from k2actors.core.link import Frame
 from k2actors.core.normalise import Delivery, event_id, record_dead_letter, unsubscribed
 from k2actors.core.payloads import (
@@ -370,9 +372,10 @@ class DeadLetterSummary:
 Said = (
     GapDeclared | ShutdownAnnounced | Backpressure | Recovered | DeadLettered | DeadLettersThrottled | FrameFailed
     | BatchesLost | Backfilled | Resent | DeadLettersLost | TradeSummary | DeadLetterSummary
-    | NotOwnedDropped | BookLost | BookRebuilt
+    | NotOwnedDropped | BookLost | BookRebuilt | ChecksumFailed | PairOutOfSync | PairInSync
 )
-Event = Publish | Release[A] | Confirmed[A] | Answered[A] | Drained | ReadyCheck | SnapshotWanted | InstrumentsLearned | Said
+Event = (Publish | Release[A] | Confirmed[A] | Answered[A] | Drained | ReadyCheck | SnapshotWanted | InstrumentsLearned
+         | ResubscribeWanted[A] | Said)
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,6 +385,8 @@ class KrakenRules:
     symbols: frozenset[str]  # subscribed, in Kraken's spelling
     max_frame_bytes: int
     instruments: tuple[Instrument, ...]  # as an earlier Normaliser learned them; the connections' frames say them anew
+    book_depth: int  # levels a side in a book record
+    book_cadence_ms: int  # a book record per pair per this much of Kraken's time
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,8 +422,10 @@ class Ledger(Generic[A]):
         # each gap it opened, where the gap begins and the time of the trade before it.
         self._trade_times: dict[tuple[str, str], tuple[int, int]] = {}
         self._gap_floors: dict[tuple[str, str], list[tuple[int, int]]] = {}
+        self._kraken_books: KrakenBooks[A] | None = None
         if rules.kraken is not None:
             self._learn(Instruments(rules.kraken.instruments), [])
+            self._kraken_books = KrakenBooks(rules.kraken.book_depth, rules.kraken.book_cadence_ms)
         self._owned = owned
         self._not_owned = 0  # events dropped as another instance's, since the last report
         self._sequences = StreamSequences(rules.gap_grace_seconds)
@@ -607,6 +614,8 @@ class Ledger(Generic[A]):
         self._declare_gaps(now, events)
         for (venue, _), sync in self._books.items():
             self._book_outputs(venue, sync.tick(now), now, [], [], events)
+        if self._kraken_books is not None:
+            events += self._kraken_books.due(now)
         if now - self._summary_at >= SUMMARY_EVERY_SECONDS:
             events.append(TradeSummary(now - self._summary_at, self._trades, self.held))
             if self._dead_letters:
@@ -659,10 +668,11 @@ class Ledger(Generic[A]):
             if isinstance(event, Instruments):
                 self._learn(event, events)
                 continue
-            if isinstance(event, BookMessage):  # none is asked for: Kraken's books are not yet kept
-                rejected = Rejected(UNKNOWN_EVENT, f"a book message of {event.symbol[:40]!r}: no book was subscribed",
-                                    kraken.BOOK_STREAM)
-                letters.append(self._dead_letter(raw, rejected, delivery, events))
+            if isinstance(event, BookMessage):
+                rejected = self._take_book_message(event, BookSource(sender, delivery.endpoint, conn_id), frame, now,
+                                                   records, letters, events)
+                if rejected is not None:
+                    letters.append(self._dead_letter(raw, rejected, delivery, events))
                 continue
             outcome = self._accept(event, delivery, now, streamed=True, events=events)
             if isinstance(outcome, Rejected):
@@ -772,6 +782,46 @@ class Ledger(Generic[A]):
         self._book_outputs(delivery.venue, outputs + sync.diff(diff, now), now, records, letters, events)
         return None
 
+    def _take_book_message(self, message: BookMessage, source: BookSource[A], frame: Frame, now: float,
+                           records: list[Shaped], letters: list[DeadLetter], events: list[Event[A]]) -> Rejected | None:
+        """A Kraken book message to its connection's book of the pair; why not, for the DLQ."""
+        instrument, rules = self._instruments.get(message.symbol), self._rules.kraken
+        if instrument is None or rules is None or self._kraken_books is None:
+            return Rejected(UNSUBSCRIBED_SYMBOL, f"a book message of {message.symbol[:40]!r}, which was not subscribed",
+                            kraken.BOOK_STREAM)
+        received_ns, conn_id, conn_msg_seq, _ = frame
+        delivery = Delivery(kraken.VENUE, source.endpoint, received_ns // 1000)
+        self.metrics.inc("k2_binance_messages_received_total", instrument.base + instrument.quote, kraken.BOOK_STREAM)
+        for output in self._kraken_books.message(message, instrument, source, delivery.received_us, now):
+            if isinstance(output, CheckedTop):
+                self._publish_checked_top(output, rules.book_depth, delivery, frame_lineage(conn_id, conn_msg_seq, received_ns),
+                                          now, records, letters, events)
+            else:
+                self._kraken_book_news(output, events)
+        return None
+
+    def _publish_checked_top(self, top: CheckedTop, depth: int, delivery: Delivery, lineage: Headers, now: float,
+                             records: list[Shaped], letters: list[DeadLetter], events: list[Event[A]]) -> None:
+        assert self._kraken is not None  # (it read the message)
+        shaped = self._kraken.shape_book(top, delivery, depth)
+        if isinstance(shaped, Rejected):
+            body = json.dumps({"symbol": top.symbol, "window_us": top.window_us, "bids": top.bids, "asks": top.asks})
+            letters.append(self._dead_letter(body.encode(), shaped, delivery, events))
+            return
+        symbol = shaped["symbol"]
+        # Each window once, whichever connection's book gave it first (and not again after a restart).
+        if self._sequences.observe(kraken.BOOK_STREAM, (kraken.VENUE, symbol), top.window_us, now) is Verdict.NEW:
+            records.append((kraken.BOOK_STREAM, shaped, lineage))
+            self._count_published(symbol, kraken.BOOK_STREAM)
+
+    def _kraken_book_news(self, news: ChecksumFailed | ResubscribeWanted[A] | PairOutOfSync | PairInSync,
+                          events: list[Event[A]]) -> None:
+        if isinstance(news, PairOutOfSync):
+            self.metrics.inc("k2_book_resyncs_total", news.pair, "checksum")
+        elif isinstance(news, PairInSync):
+            self.metrics.observe("k2_book_resync_seconds", [news.seconds])
+        events.append(news)
+
     def _book_outputs(self, venue: str, outputs: list[BookOutput], now: float, records: list[Shaped],
                       letters: list[DeadLetter], events: list[Event[A]]) -> None:
         for output in outputs:
@@ -825,17 +875,22 @@ class Ledger(Generic[A]):
             events.append(check)
 
     def _check_books(self, now: float, events: list[Event[A]]) -> None:
-        if not self._books:
+        lost_at = dict(self._books_lost_at)
+        books = set(self._books)
+        if self._kraken_books is not None:  # (by Kraken's spelling of the pair)
+            books |= {(kraken.VENUE, pair) for pair in self._kraken_books.pairs()}
+            lost_at |= {(kraken.VENUE, pair): at for pair, at in self._kraken_books.lost_since().items()}
+        if not books:
             return
-        lost = {f"{venue} {symbol}": now - at for (venue, symbol), at in self._books_lost_at.items()}
-        for key in self._books:
-            self.metrics.set("k2_book_in_sync", 0.0 if key in self._books_lost_at else 1.0, key[1])
+        lost = {f"{venue} {symbol}": now - at for (venue, symbol), at in lost_at.items()}
+        for key in books:
+            self.metrics.set("k2_book_in_sync", 0.0 if key in lost_at else 1.0, key[1])
         if not lost:
-            self._say(ReadyCheck(BOOKS_CHECK, True, f"{len(self._books)} books in sync"), events)
+            self._say(ReadyCheck(BOOKS_CHECK, True, f"{len(books)} books in sync"), events)
             return
         named = ", ".join(f"{name} for {seconds:.0f} s" for name, seconds in sorted(lost.items()))
         self._say(ReadyCheck(BOOKS_CHECK, max(lost.values()) <= BOOK_OUT_OF_SYNC_READY_SECONDS,
-                             f"{len(self._books) - len(lost)} of {len(self._books)} books in sync; being rebuilt: {named}"), events)
+                             f"{len(books) - len(lost)} of {len(books)} books in sync; being rebuilt: {named}"), events)
 
     def _dead_letter(self, raw: bytes, rejected: Rejected, delivery: Delivery, events: list[Event[A]]) -> DeadLetter:
         letter = DeadLetter(raw[: self._rules.max_frame_bytes], rejected.reason, rejected.detail, delivery.endpoint,
