@@ -3,6 +3,7 @@ and the service as a user runs it (`python -m k2actors start`, configured by K2_
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -67,12 +68,18 @@ def test_both_venues_stream_to_their_own_topics_exactly_once_through_a_dropped_k
 def test_binance_streams_on_while_kraken_refuses_every_connection(start_service, kraken, simulator, broker, registry, topic):
     kraken.endpoint(0).refuse(True)
     service = with_kraken(start_service, kraken, topic)
-    service.wait_ready()
+    wait_until(lambda: service.get("/health")[0] == 200, 30, "/health")
     wait_until(lambda: produced(service, topic) >= 300, 60, "Binance's trades")
     wait_until(lambda: "connection to " + kraken.urls[0] in service.log() and "circuit for " + kraken.urls[0] in service.log(),
                60, "Kraken's refusals and its circuit said")
+    # /ready: Kraken's line fails, Binance's holds
+    status, body = service.get("/ready")
+    checks = json.loads(body)["checks"]
+    assert status == 503 and checks["exchange BINANCE"]["ok"] and not checks["exchange KRAKEN"]["ok"], checks
+    assert checks["exchange KRAKEN"]["detail"].startswith(f"no endpoint streaming; circuits: {kraken.urls[0]} ")
     kraken.endpoint(0).refuse(False)
     wait_until(lambda: produced(service, f"{topic}.kraken") >= 50, 60, "Kraken's trades once it takes connections again")
+    assert service.wait_ready()["checks"]["exchange KRAKEN"]["detail"] == f"streaming from {kraken.urls[0]}"
     assert service.stop() == 0, service.log()
     assert missing_and_duplicates(trade_ids(broker, registry, topic)) == (0, 0)
     assert missing_and_duplicates(trade_ids(broker, registry, f"{topic}.kraken")) == (0, 0)

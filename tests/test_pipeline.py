@@ -151,7 +151,7 @@ def test_malformed_frames_go_to_the_dlq_while_trades_keep_flowing(start_service,
 def test_health_ready_and_metrics_endpoints(start_service):
     service = start_service()
     body = service.wait_ready()
-    assert body["ready"] is True and all(body["checks"][name]["ok"] for name in ("exchange", "data", "kafka"))
+    assert body["ready"] is True and all(body["checks"][name]["ok"] for name in ("exchange BINANCE", "data", "kafka"))
     status, health = service.get("/health")
     assert status == 200 and json.loads(health)["healthy"] is True
     wait_until(lambda: service.metric("k2_trade_receive_to_ack_seconds_count") > 0, 30, "latency observed")
@@ -194,7 +194,8 @@ def test_not_ready_while_no_endpoint_streams(start_service, simulator):
     wait_until(lambda: service.get("/health")[0] == 200, 30, "/health")
     status, body = wait_until(lambda: (r := service.get("/ready"))[0] == 503 and r, 30, "/ready 503")
     checks = json.loads(body)["checks"]
-    assert checks["exchange"]["ok"] is False and "no endpoint streaming" in checks["exchange"]["detail"]
+    exchange = checks["exchange BINANCE"]
+    assert exchange["ok"] is False and "no endpoint streaming" in exchange["detail"]
     wait_until(lambda: service.metric("k2_binance_reconnects_total") >= 2, 30, "reconnect attempts counted")
     simulator.endpoint(0).refuse(False)
     simulator.endpoint(1).refuse(False)

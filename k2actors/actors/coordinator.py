@@ -397,19 +397,27 @@ class FailoverCoordinator(ActorTypeDispatcher):
         self.wakeupAfter(seconds(attempt.delay), ("connect", attempt.url))
 
     def _report_exchange(self) -> None:
-        # Which endpoint is in use, and why the others were left.
-        left = "".join(f"; left {url}: {why}" for p in dict.fromkeys(self._policies.values()) for url, why in p.left.items())
-        if self._streaming:
-            status = ComponentStatus("exchange", True, "streaming from " + ", ".join(sorted(self._streaming)) + left)
-        elif self.run.shards is not None and not self.run.symbols:
-            status = ComponentStatus("exchange", True, "no connection needed: this instance owns no shard")
-        elif not self.run.endpoints:
-            status = ComponentStatus("exchange", False, "binance.enabled and kraken.enabled are false")
-        else:
-            now = time.monotonic()
-            circuits = ", ".join(f"{url} {p.circuit(now).name.lower()}" for url, p in self._policies.items())
-            status = ComponentStatus("exchange", False, f"no endpoint streaming; circuits: {circuits}{left}")
-        self.send(self._children[Role.METRICS], status)
+        """A /ready line per exchange: the endpoint in use, and why the others were left. One
+        exchange down fails its own line, whatever the others do."""
+        metrics = self._children[Role.METRICS]
+        endpoints = self.run.endpoints
+        if not endpoints:
+            self.send(metrics, ComponentStatus("exchange", False, "binance.enabled and kraken.enabled are false"))
+            return
+        now = time.monotonic()
+        for venue in dict.fromkeys(e.venue for e in endpoints.values()):
+            urls = [url for url, e in endpoints.items() if e.venue == venue]
+            policies = dict.fromkeys(self._policies[url] for url in urls)
+            left = "".join(f"; left {url}: {why}" for p in policies for url, why in p.left.items())
+            streaming = sorted(self._streaming.intersection(urls))
+            if streaming:
+                status = ComponentStatus(f"exchange {venue}", True, "streaming from " + ", ".join(streaming) + left)
+            elif self.run.shards is not None and not self.run.symbols:
+                status = ComponentStatus(f"exchange {venue}", True, "no connection needed: this instance owns no shard")
+            else:
+                circuits = ", ".join(f"{url} {self._policies[url].circuit(now).name.lower()}" for url in urls)
+                status = ComponentStatus(f"exchange {venue}", False, f"no endpoint streaming; circuits: {circuits}{left}")
+            self.send(metrics, status)
 
     # --- supervision ---
 

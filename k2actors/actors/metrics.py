@@ -2,7 +2,7 @@
 
 /health answers 200 while the actor system is alive: the coordinator reports every
 second, and silence for HEALTH_SILENCE_SECONDS means the system is not. /ready answers
-200 only while an exchange connection streams and Kafka is taking records; both bodies
+200 only while every exchange streams and Kafka is taking records; both bodies
 are JSON saying why.
 """
 

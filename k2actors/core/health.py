@@ -1,7 +1,7 @@
 """What /health and /ready answer, from the latest word of each part of the service.
 
 /health: the actor system is alive, which the coordinator's report every second shows.
-/ready: an exchange connection streams and Kafka takes records. Each answer is a status and
+/ready: every exchange streams and Kafka takes records. Each answer is a status and
 a body saying why. Fed the time; the HTTP server reads it from another thread, hence the lock.
 """
 
@@ -11,11 +11,12 @@ import threading
 from collections.abc import Mapping
 
 HEALTH_SILENCE_SECONDS = 10.0
-# exchange: an endpoint of every venue is connected and streaming; data: every venue's data
-# arrived within the stale timeout; kafka: records are acknowledged. Others count once they
-# report: cluster (cluster mode: the instance has joined its group), and "subscriptions
-# <endpoint>" (no SUBSCRIBE stands refused on that endpoint's connections).
-READY_COMPONENTS = ("exchange", "data", "kafka")
+# data: every venue's data arrived within the stale timeout; kafka: records are acknowledged.
+# Others count once they report: "exchange <venue>" (an endpoint of that exchange streams;
+# the coordinator reports each as it starts), cluster (cluster mode: the instance has joined
+# its group), and "subscriptions <endpoint>" (no SUBSCRIBE stands refused on that
+# endpoint's connections).
+READY_COMPONENTS = ("data", "kafka")
 
 
 class Status:
