@@ -13,7 +13,7 @@ import difflib
 import ipaddress
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -472,11 +472,14 @@ def _symbols(key: str, value: Any) -> tuple[str, ...]:
     return tuple(symbols)
 
 
-def _streams(key: str, value: Any) -> tuple[str, ...]:
-    items = _list(key, value)
-    if not items or any(item not in SUBSCRIBABLE for item in items) or len(set(items)) != len(items):
-        raise ConfigError(key, value, f"a non-empty list, without repeats, of {', '.join(SUBSCRIBABLE)}")
-    return tuple(items)
+def _stream_list(options: tuple[str, ...]) -> Callable[[str, Any], tuple[str, ...]]:
+    """A venue's `streams`: a non-empty list of its stream names, each once."""
+    def parse(key: str, value: Any) -> tuple[str, ...]:
+        items = _list(key, value)
+        if not items or any(item not in options for item in items) or len(set(items)) != len(items):
+            raise ConfigError(key, value, f"a non-empty list, without repeats, of {', '.join(options)}")
+        return tuple(items)
+    return parse
 
 
 def _kraken_symbols(key: str, value: Any) -> tuple[str, ...]:
@@ -487,13 +490,6 @@ def _kraken_symbols(key: str, value: Any) -> tuple[str, ...]:
     if len(set(symbols)) != len(symbols):
         raise ConfigError(key, value, "a list without repeated pairs")
     return tuple(symbols)
-
-
-def _kraken_streams(key: str, value: Any) -> tuple[str, ...]:
-    items = _list(key, value)
-    if not items or any(item not in KRAKEN_STREAMS for item in items) or len(set(items)) != len(items):
-        raise ConfigError(key, value, f"a non-empty list, without repeats, of {', '.join(KRAKEN_STREAMS)}")
-    return tuple(items)
 
 
 def _kraken_endpoint(key: str, value: Any) -> Endpoint:
@@ -628,14 +624,14 @@ _PARSERS = {
     ("binance", "websocket_url"): _endpoint_or_text,
     ("binance", "failover_urls"): _endpoints,
     ("binance", "symbols"): _symbols,
-    ("binance", "streams"): _streams,
+    ("binance", "streams"): _stream_list(SUBSCRIBABLE),
     ("binance", "rest_urls"): _rest_urls,
     ("binance", "book_depth"): _number(int, 1, MAX_DEPTH_LIMIT),
     ("binance", "book_snapshot_limit"): _number(int, 1, MAX_DEPTH_LIMIT),
     ("kraken", "websocket_url"): _kraken_endpoint,
     ("kraken", "failover_urls"): _kraken_endpoints,
     ("kraken", "symbols"): _kraken_symbols,
-    ("kraken", "streams"): _kraken_streams,
+    ("kraken", "streams"): _stream_list(KRAKEN_STREAMS),
     ("kraken", "book_depth"): _number(int, 1, kraken.CHECKSUM_LEVELS),
     ("kraken", "rest_url"): _http_url,
     ("kafka", "bootstrap_servers"): _text,

@@ -85,15 +85,6 @@ def test_tops_follow_the_venues_time_and_a_snapshot_without_one_its_receive_time
     assert [top.timestamp_us for top in tops] == [7 * SECOND_US]
 
 
-def test_after_a_restart_the_book_waits_for_its_new_subscriptions_snapshot():
-    book = btc_usd_book()
-    snapshot, first, *_ = session_messages()
-    book.message(snapshot, received_us=0)
-    book.restart()
-    assert book.message(first, received_us=0) == [] and book.top() is None
-    assert book.message(snapshot, received_us=0)[0] == ChecksumInSync("BTC/USD", snapshot.checksum)
-
-
 # --- against a plain model of the venue ---
 
 DEPTH = 12

@@ -287,6 +287,41 @@ class SnapshotFailed:
 
 BackfillEvent = PageFetched | RateLimited | Unfilled | GapStarted | GapFilled | SnapshotTaken | SnapshotFailed
 GapKey = tuple[str, str, str, int, int]  # stream type, venue, symbol, first id, last id
+K = TypeVar("K")
+
+
+class OpenGaps(Generic[K]):
+    """The gaps being filled, by key: when each was asked for, and whether any of its ids were
+    given up, which decide what finishing it says and counts."""
+
+    def __init__(self, metrics: MetricBuffer) -> None:
+        self._metrics = metrics
+        self._requested_at: dict[K, float] = {}
+        self._partly_unfilled: set[K] = set()
+
+    def __len__(self) -> int:
+        return len(self._requested_at)
+
+    def __contains__(self, key: K) -> bool:
+        return key in self._requested_at
+
+    def open(self, key: K, now: float) -> None:
+        self._requested_at[key] = now
+
+    def unfilled(self, key: K, gap: DescribedGap, first_id: int, last_id: int, reason: str, detail: str) -> Unfilled:
+        self._metrics.inc("k2_backfill_unfilled_trades_total", gap.symbol, reason, amount=last_id - first_id + 1)
+        self._partly_unfilled.add(key)
+        return Unfilled(gap, first_id, last_id, reason, detail)
+
+    def close(self, key: K, gap: DescribedGap, now: float) -> list[BackfillEvent]:
+        """The gap is done: filled, unless some of its ids were given up (said when they were)."""
+        requested_at = self._requested_at.pop(key)
+        if key in self._partly_unfilled:
+            self._partly_unfilled.discard(key)
+            return []
+        self._metrics.inc("k2_backfill_gaps_filled_total", gap.symbol)
+        self._metrics.observe("k2_backfill_latency_seconds", [now - requested_at])
+        return [GapFilled(gap)]
 
 
 class Backfill:
@@ -307,8 +342,7 @@ class Backfill:
         self._budget = budget or RequestBudget()
         self._draw = draw
         self._queue: collections.deque[GapFill] = collections.deque()
-        self._requested_at: dict[GapKey, float] = {}  # open gaps, and when they were asked for
-        self._partly_unfilled: set[GapKey] = set()
+        self._gaps: OpenGaps[GapKey] = OpenGaps(metrics)
         self._in_flight = False
         self._failures = 0  # of the current page, running
         self._retry_at = 0.0
@@ -316,7 +350,7 @@ class Backfill:
 
     @property
     def open_gaps(self) -> int:
-        return len(self._requested_at)
+        return len(self._gaps)
 
     @property
     def waiting(self) -> bool:
@@ -330,9 +364,9 @@ class Backfill:
     def add(self, stream: str, venue: str, symbol: str, first_id: int, last_id: int, now: float) -> list[BackfillEvent]:
         gap = GapFill(venue, symbol, first_id, last_id, stream)
         key = _key(gap)
-        if key in self._requested_at:
+        if key in self._gaps:
             return []
-        self._requested_at[key] = now
+        self._gaps.open(key, now)
         self._queue.append(gap)
         return [GapStarted(gap)]
 
@@ -469,21 +503,12 @@ class Backfill:
         return self._unfilled(gap, first_id, last_id, "too_old", detail)
 
     def _unfilled(self, gap: GapFill, first_id: int, last_id: int, reason: str, detail: str) -> Unfilled:
-        self.metrics.inc("k2_backfill_unfilled_trades_total", gap.symbol, reason, amount=last_id - first_id + 1)
-        self._partly_unfilled.add(_key(gap))
-        return Unfilled(gap, first_id, last_id, reason, detail)
+        return self._gaps.unfilled(_key(gap), gap, first_id, last_id, reason, detail)
 
     def _finish(self, now: float) -> list[BackfillEvent]:
         gap = self._queue.popleft()
         self._failures, self._retry_at = 0, 0.0
-        key = _key(gap)
-        requested_at = self._requested_at.pop(key)
-        if key in self._partly_unfilled:
-            self._partly_unfilled.discard(key)
-            return []
-        self.metrics.inc("k2_backfill_gaps_filled_total", gap.symbol)
-        self.metrics.observe("k2_backfill_latency_seconds", [now - requested_at])
-        return [GapFilled(gap)]
+        return self._gaps.close(_key(gap), gap, now)
 
 
 def _key(gap: GapFill) -> GapKey:

@@ -126,10 +126,6 @@ class ChecksummedBook:
                                       message.checksum))
         return outputs
 
-    def restart(self) -> None:
-        """Subscribed again (a new connection, or after a mismatch): wait for its snapshot."""
-        self.state = CheckedState.SYNCING
-
     def top(self) -> tuple[tuple[Level, ...], tuple[Level, ...]] | None:
         """The best `publish_depth` levels of each side, only from a book in sync."""
         if self.state is not CheckedState.IN_SYNC:

@@ -33,8 +33,8 @@ from k2actors.core.backfill import (
     RETRY_BASE_SECONDS,
     RETRY_MAX_SECONDS,
     BackfillEvent,
-    GapFilled,
     GapStarted,
+    OpenGaps,
     Page,
     PageFetched,
     RestReply,
@@ -146,8 +146,7 @@ class KrakenBackfill:
         self.metrics = metrics
         self._draw = draw
         self._queue: collections.deque[KrakenGapFill] = collections.deque()
-        self._requested_at: dict[tuple[str, int, int], float] = {}  # open gaps, and when they were asked for
-        self._partly_unfilled: set[tuple[str, int, int]] = set()
+        self._gaps: OpenGaps[tuple[str, int, int]] = OpenGaps(metrics)  # by (symbol, first id, last id)
         self._in_flight = False
         self._failures = 0  # of the current page, running
         self._throttled = 0  # throttled answers, running
@@ -155,7 +154,7 @@ class KrakenBackfill:
 
     @property
     def open_gaps(self) -> int:
-        return len(self._requested_at)
+        return len(self._gaps)
 
     @property
     def waiting(self) -> bool:
@@ -167,11 +166,11 @@ class KrakenBackfill:
         restart). History is asked for no further back than the backfill window: ids that
         lie before it are reported unserved."""
         key = (symbol, first_id, last_id)
-        if key in self._requested_at:
+        if key in self._gaps:
             return []
         window_starts = now_us - self._max_age_us
         gap = KrakenGapFill(symbol, pair, first_id, last_id, window_starts if after_us is None else max(after_us, window_starts))
-        self._requested_at[key] = now
+        self._gaps.open(key, now)
         self._queue.append(gap)
         return [GapStarted(gap)]
 
@@ -224,18 +223,9 @@ class KrakenBackfill:
         return events
 
     def _unfilled(self, gap: KrakenGapFill, first_id: int, last_id: int, reason: str, detail: str) -> Unfilled:
-        self.metrics.inc("k2_backfill_unfilled_trades_total", gap.symbol, reason, amount=last_id - first_id + 1)
-        self._partly_unfilled.add((gap.symbol, gap.first_id, gap.last_id))
-        return Unfilled(gap, first_id, last_id, reason, detail)
+        return self._gaps.unfilled((gap.symbol, gap.first_id, gap.last_id), gap, first_id, last_id, reason, detail)
 
     def _finish(self, now: float) -> list[BackfillEvent | Throttled]:
         gap = self._queue.popleft()
         self._failures = 0
-        key = (gap.symbol, gap.first_id, gap.last_id)
-        requested_at = self._requested_at.pop(key)
-        if key in self._partly_unfilled:
-            self._partly_unfilled.discard(key)
-            return []
-        self.metrics.inc("k2_backfill_gaps_filled_total", gap.symbol)
-        self.metrics.observe("k2_backfill_latency_seconds", [now - requested_at])
-        return [GapFilled(gap)]
+        return list(self._gaps.close((gap.symbol, gap.first_id, gap.last_id), gap, now))
