@@ -22,8 +22,10 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from k2actors.clients import kafka_settings, registry_settings
 from k2actors.config import Config
+from k2actors.core.ledger import KrakenRules
 from k2actors.core.raw import RECV_TS_NS
 from k2actors.core.replay import DIFFERS, DUPLICATE, EXTRA, MISSING, Derived, Replay, Rules, verify
+from k2actors.core.streams import is_raw
 from k2actors.outlets import AvroWriter, producer_settings, register, schema_for
 from k2actors.readback import messages
 
@@ -65,28 +67,33 @@ def run_replay(config: Config, since: int | None, until: int | None, check: bool
     kafka, binance = config.kafka, config.binance
     settings = kafka_settings(kafka)
     registry = SchemaRegistryClient(registry_settings(kafka))
+    kraken = config.kraken
     replay = Replay(Rules(frozenset(binance.symbols), binance.max_frame_bytes, binance.backfill_max_age_seconds,
-                          binance.book_depth, round(binance.book_cadence_seconds * 1000)))
+                          binance.book_depth, round(binance.book_cadence_seconds * 1000),
+                          KrakenRules(frozenset(kraken.symbols), kraken.max_frame_bytes, (), kraken.book_depth,
+                                      round(kraken.book_cadence_seconds * 1000)) if kraken.enabled else None))
+    raw_topics = [kafka.raw_topic, *([kafka.kraken_raw_topic] if kraken.enabled else [])]
 
     def in_range(received_ns: int) -> bool:
         return (since is None or received_ns >= since) and (until is None or received_ns < until)
 
     deserialize = AvroDeserializer(registry)
-    context = SerializationContext(kafka.raw_topic, MessageField.VALUE)
-    for message in messages(settings, kafka.raw_topic):
-        raw = deserialize(message.value(), context)
-        if in_range(raw["recv_ts_ns"]):
-            replay.add(raw)
+    for raw_topic in raw_topics:
+        context = SerializationContext(raw_topic, MessageField.VALUE)
+        for message in messages(settings, raw_topic):
+            raw = deserialize(message.value(), context)
+            if in_range(raw["recv_ts_ns"]):
+                replay.add(raw)
     derived = replay.derive()
     unique = replay.records()
-    print(f"{len(replay)} raw records read from {kafka.raw_topic}: {len(unique)} records derived")
+    print(f"{len(replay)} raw records read from {', '.join(raw_topics)}: {len(unique)} records derived")
     if to_topic is not None:
         return _write(config, registry, unique, to_topic)
     if not check:
         return 0
     decoder = _Decoder()
     live = []
-    for stream in binance.streams:
+    for stream in (stream for stream in config.stream_types if not is_raw(stream)):
         topic = kafka.topic_for(stream)
         for message in messages(settings, topic):
             headers = dict(_headers(message))

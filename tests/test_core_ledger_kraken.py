@@ -7,6 +7,7 @@ docs.kraken.com/api/docs/websocket-v2)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from k2actors.core.ledger import (
 )
 from k2actors.core.payloads import BackfilledTrades, RawBatch
 from k2actors.core.ranges import StreamPosition
+from k2actors.core.replay import DIFFERS, MISSING, Replay, verify
+from k2actors.core.replay import Rules as ReplayRules
 from k2actors.core.telemetry import MetricBuffer
 
 KRAKEN_URL = "wss://ws.kraken.com/v2"
@@ -58,12 +61,15 @@ def ticker_frame(bid: str, timestamp: str) -> bytes:
 
 
 def batch(seq: int, *frames: bytes, conn_id: str = "kraken-1", first: int = 1, received_ns: int = RECEIVED_NS) -> RawBatch:
-    return RawBatch(KRAKEN_URL, "KRAKEN", seq, tuple((received_ns + index, conn_id, first + index, frame)
+    return RawBatch(KRAKEN_URL, "KRAKEN", seq, tuple((received_ns + first - 1 + index, conn_id, first + index, frame)
                                                      for index, frame in enumerate(frames)))
 
 
+KRAKEN_RULES = KrakenRules(frozenset({"BTC/USD"}), 1 << 20, (), book_depth=10, book_cadence_ms=1000)
+
+
 def ledger(instruments: tuple[Instrument, ...] = (), positions: dict | None = None) -> Ledger[str]:
-    kraken = KrakenRules(frozenset({"BTC/USD"}), 1 << 20, instruments, book_depth=10, book_cadence_ms=1000)
+    kraken = dataclasses.replace(KRAKEN_RULES, instruments=instruments)
     rules = Rules(2.0, frozenset({"BTCUSDT"}), {}, 100_000, 65536, 30.0, True, 5, 1000, kraken)
     return Ledger(rules, positions or {}, 0.0, MetricBuffer())
 
@@ -245,3 +251,41 @@ def test_two_connections_books_publish_each_window_once():
     first = records(book.take_raw(book_batch(1, INSTRUMENTS, *BOOK_FRAMES), "kraken", 0.0), "kraken.book")
     standby = book.take_raw(book_batch(1, INSTRUMENTS, *BOOK_FRAMES[1:], conn_id="kraken-2"), "kraken", 0.0)
     assert first and records(standby, "kraken.book") == []
+
+
+def test_what_the_ledger_publishes_of_kraken_is_what_its_raw_record_derives_again():
+    """Replay (k2actors.core.replay) holds every Kraken record against the frames and REST
+    pages it came from: trades, quotes, books through a corrupted update and its resubscription,
+    two connections, and a backfilled page."""
+    book = ledger()
+    events = book.take_raw(book_batch(1, INSTRUMENTS, *BOOK_FRAMES[:40]), "kraken", 0.0)
+    events += book.take_raw(batch(2, trades_frame(100, 101), ticker_frame("68500.0", "2024-05-27T12:43:11.798009Z"), first=42),
+                            "kraken", 0.5)
+    events += book.take_raw(book_batch(3, corrupted(BOOK_FRAMES[40]), *BOOK_FRAMES[41:300], first=44), "kraken", 1.0)
+    events += book.take_raw(batch(4, trades_frame(105), first=304), "kraken", 1.5)
+    events += book.take_raw(book_batch(5, snapshot_after(300), *BOOK_FRAMES[300:], first=305), "kraken", 2.0)
+    events += book.take_raw(book_batch(6, INSTRUMENTS, snapshot_after(400), *BOOK_FRAMES[400:], conn_id="kraken-2"), "kraken", 2.5)
+    events += book.tick(5.0)
+    history = [{"symbol": "BTC/USD", "side": "sell", "price": "68500.1", "qty": "0.5", "ord_type": "market", "trade_id": trade_id,
+                "timestamp": "2024-05-27T12:43:11.798009Z"} for trade_id in (101, 102, 103, 104)]
+    body = json.dumps({"error": [], "result": {"BTC/USD": [[t["price"], t["qty"], 1716813791.798009, "s", "m", "", t["trade_id"]]
+                                                         for t in history], "last": "1716813791798009000"}}).encode()
+    trades = tuple(KrakenTrade("BTC/USD", i, "68500.1", "0.5", "sell", "market", 1716813791798009, False) for i in (102, 103, 104))
+    events += book.take_backfill(BackfilledTrades("kraken.trade", "KRAKEN", "BTCUSD", "https://api.kraken.com", RECEIVED_NS // 1000,
+                                                  trades, (), "/0/public/Trades?pair=BTC%2FUSD&since=1&count=1000&assetVersion=1",
+                                                  "rest-1", body), 6.0)
+    published = [item for event in events if isinstance(event, Publish) for item in event.batch.records]
+    live = [(stream, record, dict(headers)) for stream, record, headers in published if stream != "kraken.raw"]
+    assert {stream for stream, _, _ in live} == {"kraken.trade", "kraken.ticker", "kraken.book"}
+    assert [r["source_sequence"] for s, r, _ in live if s == "kraken.trade"] == [100, 101, 105, 102, 103, 104]
+    replay = Replay(ReplayRules(frozenset(), 65536, 86400.0, 5, 1000, KRAKEN_RULES))
+    for stream, record, _ in published:
+        if stream == "kraken.raw":
+            replay.add(record)
+    assert verify(replay.derive(), live) == []
+    # and a record that differs from what its frame derives is named
+    stream, record, headers = next(item for item in live if item[0] == "kraken.book")
+    altered = [(stream, {**record, "bid_levels": 9}, headers)] + [item for item in live if item[1] is not record]
+    assert [d.kind for d in verify(replay.derive(), altered)] == [DIFFERS]
+    without_a_trade = [item for item in live if item[1]["source_sequence"] != 103]
+    assert [d.kind for d in verify(replay.derive(), without_a_trade)] == [MISSING]

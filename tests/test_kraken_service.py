@@ -12,6 +12,7 @@ from k2actors.localstack.kraken import PRICE_PRECISION, QTY_PRECISION, KrakenSim
 from k2actors.readback import missing_and_duplicates, records
 from tests.conftest import trade_ids, wait_until
 from tests.test_core_ledger_kraken import vouched
+from tests.test_raw_record import replay_verify
 
 PAIRS = ("BTC/USD", "ETH/USD")
 
@@ -119,6 +120,9 @@ def test_kraken_trades_exactly_once_through_a_stall_a_crash_and_a_restart_gaps_b
     backfilled = [t for t in records(broker.bootstrap_servers, registry.url, kraken_topic) if t["vendor_data"].get("backfilled")]
     assert backfilled and {t["symbol"] for t in backfilled} == {"BTCUSD", "ETHUSD"}
     assert missing_and_duplicates(trade_ids(broker, registry, topic)) == (0, 0)  # Binance's, all the while
+    # every record of both venues, streamed or backfilled, derived again from the raw records
+    replayed = replay_verify(restarted.env)
+    assert replayed.returncode == 0 and " 0 differences " in replayed.stdout, replayed.stdout + replayed.stderr
 
 
 def test_kraken_books_are_published_only_as_their_checksum_vouches_and_back_in_sync_after_a_corrupted_update(
@@ -148,3 +152,5 @@ def test_kraken_books_are_published_only_as_their_checksum_vouches_and_back_in_s
         windows = [b["source_sequence"] for b in books if b["symbol"] == symbol]
         assert windows == sorted(set(windows))  # each window once, in order
     assert missing_and_duplicates(trade_ids(broker, registry, f"{topic}.kraken")) == (0, 0)
+    replayed = replay_verify(service.env)
+    assert replayed.returncode == 0 and " 0 differences " in replayed.stdout, replayed.stdout + replayed.stderr

@@ -13,6 +13,7 @@ prints what comes out.
 from __future__ import annotations
 
 import json
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,13 @@ from k2actors.core.adapter import HISTORY_PATHS, BinanceAdapter, Reading
 from k2actors.core.binance import BOOK, DEPTH_PATH, quote_assets
 from k2actors.core.book import BookSync, BookTop, DepthDiff, DepthSnapshot
 from k2actors.core.book import Output as BookOutput
-from k2actors.core.ledger import BOOK_MAX_WAITING_DIFFS
+from k2actors.core.checksummed_book import CheckedTop
+from k2actors.core.kraken import BOOK_STREAM, BookMessage, HistoryPage, Instrument, Instruments, KrakenTrade
+from k2actors.core.kraken import VENUE as KRAKEN
+from k2actors.core.kraken_adapter import KrakenAdapter
+from k2actors.core.kraken_backfill import TRADES_PATH
+from k2actors.core.kraken_books import BookSource, KrakenBooks
+from k2actors.core.ledger import BOOK_MAX_WAITING_DIFFS, KrakenRules
 from k2actors.core.normalise import Delivery
 from k2actors.core.raw import CONN_ID, CONN_MSG_SEQ, Headers, RestResponse, frame_lineage
 from k2actors.core.sequence import GAP_GRACE_SECONDS
@@ -42,6 +49,7 @@ class Rules:
     backfill_max_age_seconds: float  # REST rows older than this (at the response's receipt) were never published
     book_depth: int
     book_cadence_ms: int
+    kraken: KrakenRules | None = None  # when Kraken's raw record is replayed too
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +85,12 @@ class Replay:
         adapter = BinanceAdapter(self._rules.symbols, assets, self._rules.max_frame_bytes)
         derived: dict[Source, list[Derived]] = {}
         books: dict[tuple[str, str], BookSync] = {}
+        kraken = _KrakenDerivation(self._rules.kraken) if self._rules.kraken is not None else None
         for raw in ordered:
+            if raw["exchange"] == KRAKEN:
+                if kraken is not None:
+                    derived[(raw["conn_id"], raw["conn_msg_seq"])] = kraken.derive(raw)
+                continue
             stream = raw["stream"] or ""
             if stream.startswith(EXCHANGE_INFO_PATH):  # it shaped what came after it
                 assets = {**assets, **_quote_assets(raw["payload"])}
@@ -155,6 +168,59 @@ class Replay:
         lineage = response.lineage()
         return [Derived(*shaped, lineage) for event in adapter.history(response.target, response.symbol or "", response.body)
                 if event.trade_time_ms >= cutoff_ms and isinstance(shaped := adapter.shape(event, delivery, streamed=False), tuple)]
+
+
+class _KrakenDerivation:
+    """Kraken's raw records derived as the live ledger derives them: its pairs as its own
+    instrument frames describe them (each connection's first), its trades and quotes by its
+    adapter, its books per connection and verified by their checksums (k2actors.core.kraken_books),
+    and its REST pages of history as backfill shaped them."""
+
+    def __init__(self, rules: KrakenRules) -> None:
+        self._rules = rules
+        self._instruments: dict[str, Instrument] = {}
+        self._adapter = KrakenAdapter({}, rules.max_frame_bytes)
+        self._books: KrakenBooks[None] = KrakenBooks(rules.book_depth, rules.book_cadence_ms)
+
+    def derive(self, raw: Mapping[str, Any]) -> list[Derived]:
+        delivery = Delivery(raw["exchange"], raw["endpoint"], raw["recv_ts_ns"] // 1000)
+        if (raw["stream"] or "").startswith(TRADES_PATH):
+            return self._from_history(raw, delivery)
+        lineage = frame_lineage(raw["conn_id"], raw["conn_msg_seq"], raw["recv_ts_ns"])
+        reading = self._adapter.read(raw["exchange"], raw["endpoint"],
+                                     (raw["recv_ts_ns"], raw["conn_id"], raw["conn_msg_seq"], raw["payload"]))
+        derived: list[Derived] = []
+        for event in reading.events:
+            if isinstance(event, Instruments):
+                self._learn(event)
+            elif isinstance(event, BookMessage):
+                derived += self._tops(event, raw, delivery, lineage)
+            elif isinstance(shaped := self._adapter.shape(event, delivery, streamed=True), tuple):
+                derived.append(Derived(*shaped, lineage))
+        return derived
+
+    def _learn(self, instruments: Instruments) -> None:
+        self._instruments.update({pair.symbol: pair for pair in instruments.pairs if pair.symbol in self._rules.symbols})
+        self._adapter = KrakenAdapter(dict(self._instruments), self._rules.max_frame_bytes)
+
+    def _tops(self, message: BookMessage, raw: Mapping[str, Any], delivery: Delivery, lineage: Headers) -> list[Derived]:
+        instrument = self._instruments.get(message.symbol)
+        if instrument is None:
+            return []
+        source = BookSource(None, raw["endpoint"], raw["conn_id"])
+        outputs = self._books.message(message, instrument, source, delivery.received_us, raw["recv_ts_ns"] / 1e9)
+        return [Derived(BOOK_STREAM, shaped, lineage) for top in outputs if isinstance(top, CheckedTop)
+                and isinstance(shaped := self._adapter.shape_book(top, delivery, self._rules.book_depth), dict)]
+
+    def _from_history(self, raw: Mapping[str, Any], delivery: Delivery) -> list[Derived]:
+        response = RestResponse(raw["exchange"], raw["endpoint"], raw["stream"], raw["conn_id"], raw["recv_ts_ns"], raw["payload"],
+                                raw["symbol"])
+        pair = urllib.parse.parse_qs(urllib.parse.urlsplit(response.target).query).get("pair", [""])[0]
+        page = self._adapter.history(response.body, pair)
+        if not isinstance(page, HistoryPage):
+            return []
+        return [Derived(*shaped, response.lineage()) for trade in page.trades if isinstance(trade, KrakenTrade)
+                and isinstance(shaped := self._adapter.shape(trade, delivery, streamed=False), tuple)]
 
 
 def _quote_assets(payload: bytes) -> dict[str, str]:
