@@ -45,7 +45,7 @@ def split(services, timeout: float = 60) -> list[set[int]]:
 
 def received(service) -> dict[str, float]:
     samples = service.metrics()
-    return {symbol: total(samples, f'k2_binance_messages_received_total{{stream="trade",symbol="{symbol}"}}')
+    return {symbol: total(samples, f'k2_binance_messages_received_total{{exchange="BINANCE",stream="trade",symbol="{symbol}"}}')
             for symbol in ("BTCUSDT", "ETHUSDT", "BNBUSDT")}
 
 

@@ -289,3 +289,21 @@ def test_what_the_ledger_publishes_of_kraken_is_what_its_raw_record_derives_agai
     assert [d.kind for d in verify(replay.derive(), altered)] == [DIFFERS]
     without_a_trade = [item for item in live if item[1]["source_sequence"] != 103]
     assert [d.kind for d in verify(replay.derive(), without_a_trade)] == [MISSING]
+
+
+def test_metrics_name_the_exchange():
+    book = ledger()
+    book.take_raw(batch(1, INSTRUMENTS, trades_frame(100, 101)), "kraken", 0.0)
+    book.take_raw(batch(2, trades_frame(105), first=3), "kraken", 0.5)
+    book.tick(3.0)
+    trade = {"e": "trade", "E": 1, "s": "BTCUSDT", "t": 1, "p": "1", "q": "1", "T": 1716813791798, "m": True, "M": True}
+    frame = json.dumps({"stream": "btcusdt@trade", "data": trade}).encode()
+    book.take_raw(RawBatch(BINANCE_URL, "BINANCE", 1, ((RECEIVED_NS + 7, "b-1", 1, frame),)), "binance", 4.0)
+    taken = book.metrics.take()
+    counters = {(name, labels): value for name, labels, value in taken.counters}
+    assert counters[("k2_binance_messages_received_total", ("KRAKEN", "BTCUSD", "kraken.trade"))] == 3
+    assert counters[("k2_binance_messages_received_total", ("BINANCE", "BTCUSDT", "trade"))] == 1
+    assert counters[("k2_binance_missing_trades_total", ("KRAKEN", "BTCUSD", "kraken.trade"))] == 3
+    gauges = {(name, labels): value for name, labels, value in taken.gauges}
+    assert gauges[("k2_binance_last_message_timestamp_seconds", ("KRAKEN",))] == (RECEIVED_NS + 2) / 1e9
+    assert gauges[("k2_binance_last_message_timestamp_seconds", ("BINANCE",))] == (RECEIVED_NS + 7) / 1e9

@@ -479,7 +479,7 @@ class Ledger(Generic[A]):
                 rejected = Rejected(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:200])
                 letters.append(self._dead_letter(raw, rejected, delivery, events))
         if batch.frames:
-            self.metrics.set("k2_binance_last_message_timestamp_seconds", batch.frames[-1][0] / 1e9)
+            self.metrics.set("k2_binance_last_message_timestamp_seconds", batch.frames[-1][0] / 1e9, batch.venue)
             self._data_at[batch.venue] = now
         self._publish(records, letters, events)
         self._declare_gaps(now, events)
@@ -710,7 +710,7 @@ class Ledger(Generic[A]):
         tracked_id, symbol = record["source_sequence"], record["symbol"]
         backfilled = not streamed
         if streamed:
-            self.metrics.inc("k2_binance_messages_received_total", symbol, stream)
+            self.metrics.inc("k2_binance_messages_received_total", delivery.venue, symbol, stream)
         key = (delivery.venue, symbol)
         verdict = self._sequences.observe(stream, key, tracked_id, now)
         if verdict is Verdict.REGRESSED and not backfilled:
@@ -718,11 +718,11 @@ class Ledger(Generic[A]):
             detail = f"{stream} id {tracked_id} is more than {DEDUP_WINDOW_IDS} behind {highest}, the highest seen"
             return Rejected(ID_REGRESSED, detail, stream)
         if verdict in (Verdict.DUPLICATE, Verdict.REGRESSED):  # history outside every open gap is a duplicate
-            self.metrics.inc("k2_binance_duplicate_trades_total", symbol, stream)
+            self.metrics.inc("k2_binance_duplicate_trades_total", delivery.venue, symbol, stream)
             return None
         if verdict is Verdict.RECOVERED and not backfilled:
             events.append(Recovered(stream, delivery.venue, symbol, tracked_id))
-            self.metrics.inc("k2_binance_recovered_trades_total", symbol)
+            self.metrics.inc("k2_binance_recovered_trades_total", delivery.venue, symbol)
         if isinstance(event, KrakenTrade):
             self._note_trade_time(key, tracked_id, event.timestamp_us)
         self._count_published(symbol, stream)
@@ -769,7 +769,7 @@ class Ledger(Generic[A]):
         rejected = unsubscribed(symbol, self._rules.symbols, BOOK)
         if rejected is not None or self._another_instances(symbol):
             return rejected
-        self.metrics.inc("k2_binance_messages_received_total", symbol, BOOK)
+        self.metrics.inc("k2_binance_messages_received_total", delivery.venue, symbol, BOOK)
         key = (delivery.venue, symbol)
         sync = self._books.get(key)
         outputs: list[BookOutput] = []
@@ -791,7 +791,7 @@ class Ledger(Generic[A]):
                             kraken.BOOK_STREAM)
         received_ns, conn_id, conn_msg_seq, _ = frame
         delivery = Delivery(kraken.VENUE, source.endpoint, received_ns // 1000)
-        self.metrics.inc("k2_binance_messages_received_total", instrument.base + instrument.quote, kraken.BOOK_STREAM)
+        self.metrics.inc("k2_binance_messages_received_total", kraken.VENUE, instrument.base + instrument.quote, kraken.BOOK_STREAM)
         for output in self._kraken_books.message(message, instrument, source, delivery.received_us, now):
             if isinstance(output, CheckedTop):
                 self._publish_checked_top(output, rules.book_depth, delivery, frame_lineage(conn_id, conn_msg_seq, received_ns),
@@ -959,8 +959,8 @@ class Ledger(Generic[A]):
 
     def _declare_gaps(self, now: float, events: list[Event[A]]) -> None:
         for stream, gap in self._sequences.declare_due(now):
-            self.metrics.inc("k2_binance_trade_gaps_total", gap.symbol, stream)
-            self.metrics.inc("k2_binance_missing_trades_total", gap.symbol, stream, amount=gap.size)
+            self.metrics.inc("k2_binance_trade_gaps_total", gap.venue, gap.symbol, stream)
+            self.metrics.inc("k2_binance_missing_trades_total", gap.venue, gap.symbol, stream, amount=gap.size)
             events.append(GapDeclared(stream, gap))
 
     def _check_data(self, now: float, events: list[Event[A]]) -> None:
