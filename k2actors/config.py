@@ -232,6 +232,22 @@ class Config:
         """The sections of the venues to connect to."""
         return tuple(venue for venue in (self.binance, self.kraken) if venue.enabled)
 
+    @property
+    def record_symbols(self) -> tuple[str, ...]:
+        """The symbols the records of every enabled venue carry, each once (a Binance.US
+        BTCUSD and Kraken's BTC/USD are one): what cluster mode shards, and the connections
+        carry those of the shards an instance owns."""
+        binance = self.binance.symbols if self.binance.enabled else ()
+        kraken_pairs = self.kraken.symbols if self.kraken.enabled else ()
+        return tuple(dict.fromkeys((*binance, *(kraken.record_symbol(pair) for pair in kraken_pairs))))
+
+    def venue_symbols(self, venue: VenueConfig, carried: Iterable[str]) -> tuple[str, ...]:
+        """The venue's symbols, in its spelling, whose records carry one of `carried`."""
+        wanted = frozenset(carried)
+        if venue is self.kraken:
+            return tuple(pair for pair in venue.symbols if kraken.record_symbol(pair) in wanted)
+        return tuple(symbol for symbol in venue.symbols if symbol in wanted)
+
     def venue_of(self, endpoint: Endpoint) -> VenueConfig:
         """The section an endpoint is configured in."""
         return self.kraken if endpoint.venue == kraken.VENUE else self.binance
@@ -282,8 +298,6 @@ def _check_together(config: Config) -> None:
     if binance.book_depth > binance.book_snapshot_limit:
         raise ConfigError("binance.book_depth", binance.book_depth,
                           f"at most binance.book_snapshot_limit ({binance.book_snapshot_limit}): a book is only as deep as its snapshot")
-    if config.kraken.enabled and config.cluster.enabled:
-        raise ConfigError("cluster.enabled", True, "false while kraken.enabled is true: cluster mode shares Binance's symbols only")
     kafka = config.kafka
     if kafka.security_protocol.startswith("SASL_"):
         for name in ("sasl_username", "sasl_password"):

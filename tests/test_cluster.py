@@ -152,4 +152,4 @@ def test_an_instance_whose_symbols_make_other_shards_than_its_group_has_exits_sa
     admin.create_topics([NewTopic(control_topic(kafka, topic), SHARDS)])[control_topic(kafka, topic)].result(timeout=10)
     service = start_service(**cluster(topic, session_timeout=6), K2_BINANCE_SYMBOLS="BTCUSDT,ETHUSDT")
     assert service.process.wait(60) == 1
-    assert f"has {SHARDS} partitions, but binance.symbols make 2 shards" in service.log()
+    assert f"has {SHARDS} partitions, but the enabled venues' symbols make 2 shards" in service.log()

@@ -219,7 +219,6 @@ def test_venue_follows_the_host(url, venue):
         ("", {"K2_KRAKEN_STREAMS": "trade,depth"}, "kraken.streams", "of trade, ticker, book"),
         ("", {"K2_KRAKEN_WEBSOCKET_URL": "https://ws.kraken.com/v2"}, "kraken.websocket_url", "ws:// or wss://"),
         ("kraken:\n  rest_url: api.kraken.com\n", {}, "kraken.rest_url", "http://"),
-        ("", {"K2_KRAKEN_ENABLED": "true", "K2_CLUSTER_ENABLED": "true"}, "cluster.enabled", "shares Binance's symbols only"),
         ("kraken:\n  book_depth: 25\n", {}, "kraken.book_depth", "at most 10"),
         ("kraken:\n  book_snapshot_limit: 100\n", {}, "kraken.book_snapshot_limit", "one of the keys"),
         ("", {"K2_METRIC_PORT": "1"}, "K2_METRIC_PORT", "did you mean K2_METRICS_PORT?"),  # a misspelled section
@@ -288,3 +287,13 @@ def test_every_command_has_help(args):
 def test_version():
     result = run_cli("--version")
     assert result.returncode == 0 and result.stdout.startswith("k2actors ")
+
+
+def test_the_symbols_records_carry_are_every_enabled_venues_each_once(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("binance:\n  symbols: [BTCUSDT, BTCUSD]\nkraken:\n  enabled: true\n  symbols: [BTC/USD, ETH/EUR]\n")
+    config = load_config(path, {})
+    assert config.record_symbols == ("BTCUSDT", "BTCUSD", "ETHEUR")  # Binance.US's BTCUSD and Kraken's BTC/USD are one
+    assert config.venue_symbols(config.kraken, ("BTCUSD", "BTCUSDT")) == ("BTC/USD",)
+    assert config.venue_symbols(config.binance, ("ETHEUR", "BTCUSDT")) == ("BTCUSDT",)
+    assert load_config(path, {"K2_BINANCE_ENABLED": "false"}).record_symbols == ("BTCUSD", "ETHEUR")

@@ -124,3 +124,15 @@ def test_only_the_most_recently_heard_books_of_a_pair_are_kept():
     assert feed(books, [session()[1][0]], BookSource("actor", PRIMARY.endpoint, "conn-0"), now=10.0) == []
     newest = BookSource("actor", PRIMARY.endpoint, f"conn-{CHECKED_BOOKS_PER_PAIR + 2}")
     assert of(CheckedTop, feed(books, [session()[1][0]], newest, now=10.0))
+
+
+def test_a_forgotten_pair_keeps_nothing_and_starts_again_from_a_snapshot():
+    books: KrakenBooks[str] = KrakenBooks(publish_depth=10, cadence_ms=1000)
+    snapshot, updates = session()
+    feed(books, [snapshot, *updates[:10]], PRIMARY, now=0.0)
+    books.message(wrong(updates[10]), BTC_USD, STANDBY, 0, 1.0)  # a standby's book of it out of sync, its resubscription due
+    books.forget({"BTC/USD"})
+    assert books.pairs() == set() and books.lost_since() == {} and books.due(2.0) == []
+    assert feed(books, updates[11:20], PRIMARY, now=3.0) == [PairOutOfSync("BTC/USD")]  # no snapshot to apply them to
+    restarted = books.message(snapshot, BTC_USD, PRIMARY, 0, 4.0)
+    assert of(CheckedTop, restarted) and of(PairInSync, restarted) == [PairInSync("BTC/USD", 1.0)]

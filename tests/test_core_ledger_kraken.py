@@ -307,3 +307,29 @@ def test_metrics_name_the_exchange():
     gauges = {(name, labels): value for name, labels, value in taken.gauges}
     assert gauges[("k2_binance_last_message_timestamp_seconds", ("KRAKEN",))] == (RECEIVED_NS + 2) / 1e9
     assert gauges[("k2_binance_last_message_timestamp_seconds", ("BINANCE",))] == (RECEIVED_NS + 7) / 1e9
+
+
+BOTH_VENUES = Rules(2.0, frozenset({"BTCUSDT"}), {}, 100_000, 65536, 30.0, True, 5, 1000, KRAKEN_RULES)
+
+
+def test_in_cluster_mode_a_kraken_pair_is_published_only_by_the_instance_owning_its_shard():
+    def stream(owned: frozenset[str]) -> list:
+        book = Ledger(BOTH_VENUES, {}, 0.0, MetricBuffer(), owned=owned)
+        return (book.take_raw(book_batch(1, INSTRUMENTS, *BOOK_FRAMES[:20]), "kraken", 0.0)
+                + book.take_raw(batch(2, trades_frame(100), first=22), "kraken", 0.5))
+
+    others = stream(frozenset({"BTCUSDT"}))
+    assert records(others, "kraken.trade") == records(others, "kraken.book") == []
+    assert len(records(others, "kraken.raw")) == 22  # its own connection's frames are archived all the same
+    mine = stream(frozenset({"BTCUSD"}))
+    assert [t["source_sequence"] for t in records(mine, "kraken.trade")] == [100] and records(mine, "kraken.book")
+
+
+def test_a_kraken_pair_whose_shard_comes_back_is_published_again_only_from_a_fresh_snapshot():
+    book = Ledger(BOTH_VENUES, {}, 0.0, MetricBuffer(), owned=frozenset({"BTCUSD"}))
+    assert records(book.take_raw(book_batch(1, INSTRUMENTS, *BOOK_FRAMES[:200]), "kraken", 0.0), "kraken.book")
+    book.own(frozenset({"BTCUSDT"}), {}, 1.0)
+    book.own(frozenset({"BTCUSD"}), {}, 2.0)  # the book it had is of a stream it did not see meanwhile
+    assert records(book.take_raw(book_batch(2, *BOOK_FRAMES[200:400], first=202), "kraken", 3.0), "kraken.book") == []
+    resubscribed = book.take_raw(book_batch(3, snapshot_after(400), *BOOK_FRAMES[400:], first=402), "kraken", 4.0)
+    assert records(resubscribed, "kraken.book")

@@ -8,9 +8,11 @@ import re
 
 import pytest
 
+from k2actors.core.cluster import shard_symbols
 from k2actors.localstack.kraken import PRICE_PRECISION, QTY_PRECISION, KrakenSimulator
 from k2actors.readback import missing_and_duplicates, records
 from tests.conftest import trade_ids, wait_until
+from tests.test_continuity import fail_primary
 from tests.test_core_ledger_kraken import vouched
 from tests.test_raw_record import replay_verify
 
@@ -31,6 +33,20 @@ def with_kraken(start_service, kraken, topic, **overrides):
         "K2_KAFKA_KRAKEN_TRADE_TOPIC": f"{topic}.kraken", "K2_KAFKA_KRAKEN_QUOTE_TOPIC": f"{topic}.kraken.quotes",
         "K2_KAFKA_KRAKEN_RAW_TOPIC": f"{topic}.kraken.raw", "K2_KAFKA_KRAKEN_BOOK_TOPIC": f"{topic}.kraken.books",
         **overrides})
+
+
+@pytest.fixture
+def mirrored_kraken():
+    with KrakenSimulator(PAIRS, rate=20, endpoints=2) as running:
+        yield running
+
+
+def backfilled(service, symbols: set[str]) -> bool:
+    """Each symbol had a gap, it was backfilled, and none is open: the log says so as it
+    happens, metrics at their next flush (so a gap just declared can still read 0 open)."""
+    log = service.log()
+    return all(re.search(rf"gap in \w+ {symbol}:", log) and re.search(rf"backfilled \d+ trades of \w+ {symbol},", log)
+               for symbol in symbols) and service.metric("k2_binance_gaps_pending") == service.metric("k2_backfill_gaps_open") == 0
 
 
 def produced(service, topic: str) -> float:
@@ -86,7 +102,7 @@ def test_binance_streams_on_while_kraken_refuses_every_connection(start_service,
     assert missing_and_duplicates(trade_ids(broker, registry, f"{topic}.kraken")) == (0, 0)
 
 
-def test_kraken_trades_exactly_once_through_a_stall_a_crash_and_a_restart_gaps_backfilled_from_its_rest_history(
+def test_kraken_trades_exactly_once_through_a_stall_a_crash_and_a_deploy_gaps_backfilled_from_its_rest_history(
         start_service, kraken, simulator, broker, registry, topic):
     settings = {"K2_KRAKEN_STALE_TIMEOUT_SECONDS": "1"}
     kraken_topic = f"{topic}.kraken"
@@ -111,17 +127,25 @@ def test_kraken_trades_exactly_once_through_a_stall_a_crash_and_a_restart_gaps_b
     restarted.wait_ready()
     wait_until(lambda: restarted.metric("k2_backfill_gaps_filled_total") >= 2 and restarted.metric("k2_backfill_gaps_open") == 0,
                90, "the gaps of the crash backfilled")
+
+    # A deploy: SIGTERM delivers what was received; what is traded until the next start is a gap
     assert restarted.stop() == 0, restarted.log()
     assert "every trade received was delivered and no gap is open" in restarted.log()
+    stopped_at = kraken.last_ids()
+    wait_until(lambda: min(kraken.last_ids()[pair] - stopped_at[pair] for pair in PAIRS) >= 100, 30, "100 trades a pair made meanwhile")
+    deployed = with_kraken(start_service, kraken, topic, **settings)
+    deployed.wait_ready()
+    wait_until(lambda: backfilled(deployed, {pair.replace("/", "") for pair in PAIRS}), 90, "the gaps of the stop backfilled")
+    assert deployed.stop() == 0, deployed.log()
 
     ids = trade_ids(broker, registry, kraken_topic)
     assert missing_and_duplicates(ids) == (0, 0)
-    assert all(ids[pair.replace("/", "")][-1] >= crashed_at[pair] for pair in PAIRS)
-    backfilled = [t for t in records(broker.bootstrap_servers, registry.url, kraken_topic) if t["vendor_data"].get("backfilled")]
-    assert backfilled and {t["symbol"] for t in backfilled} == {"BTCUSD", "ETHUSD"}
+    assert all(ids[pair.replace("/", "")][-1] >= stopped_at[pair] for pair in PAIRS)
+    from_history = [t for t in records(broker.bootstrap_servers, registry.url, kraken_topic) if t["vendor_data"].get("backfilled")]
+    assert from_history and {t["symbol"] for t in from_history} == {"BTCUSD", "ETHUSD"}
     assert missing_and_duplicates(trade_ids(broker, registry, topic)) == (0, 0)  # Binance's, all the while
     # every record of both venues, streamed or backfilled, derived again from the raw records
-    replayed = replay_verify(restarted.env)
+    replayed = replay_verify(deployed.env)
     assert replayed.returncode == 0 and " 0 differences " in replayed.stdout, replayed.stdout + replayed.stderr
 
 
@@ -154,3 +178,74 @@ def test_kraken_books_are_published_only_as_their_checksum_vouches_and_back_in_s
     assert missing_and_duplicates(trade_ids(broker, registry, f"{topic}.kraken")) == (0, 0)
     replayed = replay_verify(service.env)
     assert replayed.returncode == 0 and " 0 differences " in replayed.stdout, replayed.stdout + replayed.stderr
+
+
+def test_cluster_mode_shares_the_symbols_of_both_venues_and_a_stopped_instances_are_taken_over(
+        start_service, kraken, simulator, broker, registry, topic):
+    # Binance's BNBUSDT and ETHUSDT, Kraken's BTC/USD and ETH/USD: four shards, BNBUSDT BTCUSD ETHUSD ETHUSDT
+    # (sorted), which the group's round-robin assignment deals one of each venue to each of two instances.
+    table = shard_symbols(("BNBUSDT", "ETHUSDT", "BTCUSD", "ETHUSD"))
+    settings = {"K2_CLUSTER_ENABLED": "true", "K2_CLUSTER_GROUP_ID": topic, "K2_CLUSTER_SESSION_TIMEOUT_SECONDS": "30",
+                "K2_BINANCE_SYMBOLS": "BNBUSDT,ETHUSDT"}
+
+    def owned(service) -> frozenset[int]:
+        if service.get("/metrics")[0] != 200:
+            return frozenset()
+        samples = service.metrics()
+        return frozenset(shard for shard in range(len(table)) if samples.get(f'k2_cluster_shard_owned{{shard="{shard}"}}') == 1)
+
+    def shared() -> tuple[frozenset[int], frozenset[int]] | None:
+        held = owned(first), owned(second)
+        return held if held[0] | held[1] == set(range(len(table))) and all(held) and not held[0] & held[1] else None
+
+    first = with_kraken(start_service, kraken, topic, **settings)
+    first.wait_ready(timeout=60)
+    second = with_kraken(start_service, kraken, topic, **settings)
+    _, held = wait_until(shared, 60, "the shards split between the two instances")
+    handed_over = {symbol for shard in held for symbol in table[shard]}
+    kraken_topic = f"{topic}.kraken"
+    wait_until(lambda: produced(second, kraken_topic if handed_over & {"BTCUSD", "ETHUSD"} else topic) >= 50, 60,
+               "trades from the second instance")
+    # an instance connects to a venue only when it holds a shard of the venue's symbols
+    assert (f"connecting to {kraken.urls[0]}" in second.log()) == bool(handed_over & {"BTCUSD", "ETHUSD"}), second.log()
+    assert (f"connecting to {simulator.urls[0]}" in second.log()) == bool(handed_over & {"BNBUSDT", "ETHUSDT"}), second.log()
+    assert second.stop() == 0, second.log()
+    wait_until(lambda: owned(first) == set(range(len(table))), 29, "the first owning every shard")
+    # the hand-over's gaps, in exactly the second's symbols: declared after the grace, then filled from
+    # each venue's REST history
+    wait_until(lambda: backfilled(first, handed_over), 60, f"the hand-over's gaps in {sorted(handed_over)} backfilled")
+    kept = {symbol for symbols in table for symbol in symbols} - handed_over
+    assert not any(re.search(rf"gap in \w+ {symbol}:", first.log()) for symbol in kept)
+    before = produced(first, kraken_topic), produced(first, topic)
+    wait_until(lambda: produced(first, kraken_topic) >= before[0] + 50 and produced(first, topic) >= before[1] + 50, 60,
+               "both venues' trades from the survivor")
+    assert first.stop() == 0, first.log()
+    ids = trade_ids(broker, registry, kraken_topic)
+    assert set(ids) == {"BTCUSD", "ETHUSD"} and missing_and_duplicates(ids) == (0, 0)
+    ids = trade_ids(broker, registry, topic)
+    assert set(ids) == {"BNBUSDT", "ETHUSDT"} and missing_and_duplicates(ids) == (0, 0)
+
+
+@pytest.mark.parametrize("fault", ["refusing", "flapping", "stalled"])
+def test_a_failing_kraken_primary_is_left_for_its_mirror_and_no_trade_is_lost(
+        fault, start_service, mirrored_kraken, broker, registry, topic):
+    kraken = mirrored_kraken
+    service = with_kraken(start_service, kraken, topic, K2_KRAKEN_FAILOVER_URLS=kraken.urls[1],
+                          K2_KRAKEN_STALE_TIMEOUT_SECONDS="1.5", K2_LOG_FORMAT="json")
+    service.wait_ready()
+    kraken_topic = f"{topic}.kraken"
+    wait_until(lambda: produced(service, kraken_topic) >= 50, 30, "Kraken's trades")
+    fail_primary(fault, kraken)
+
+    def events(name: str) -> list[dict]:
+        lines = (json.loads(line) for line in service.log().splitlines() if line.startswith("{"))
+        return [line for line in lines if line.get("event") == name]
+
+    resumed = wait_until(lambda: [e for e in events("streaming") if e["endpoint"] == kraken.urls[1]], 30, "the mirror streaming")
+    print(f"\nKraken primary {fault}: streaming from the mirror after {resumed[-1]['seconds_without_data']:.3f} s without data")
+    before = produced(service, kraken_topic)
+    wait_until(lambda: produced(service, kraken_topic) >= before + 50 and service.metric("k2_binance_gaps_pending") == 0
+               and service.metric("k2_backfill_gaps_open") == 0, 60, "trades from the mirror, and no gap open")
+    assert service.stop() == 0, service.log()
+    assert any(e["from_endpoint"] == kraken.urls[0] for e in events("failover"))
+    assert missing_and_duplicates(trade_ids(broker, registry, kraken_topic)) == (0, 0)

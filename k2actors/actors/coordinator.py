@@ -96,8 +96,9 @@ class _Started:
                                        or (kraken.enabled and kraken.backfill), cluster.enabled)
         # Cluster mode: the shards this instance holds (k2actors.core.cluster); the symbols
         # streamed are only those of the shards it owns.
-        self.shards = Shards(binance.symbols, cluster.session_timeout_seconds) if cluster.enabled else None
-        self.symbols: tuple[str, ...] = () if cluster.enabled else binance.symbols
+        symbols = start.config.record_symbols
+        self.shards = Shards(symbols, cluster.session_timeout_seconds) if cluster.enabled else None
+        self.symbols: tuple[str, ...] = () if cluster.enabled else symbols
         # Kraken's subscribed pairs as a Normaliser last learned them from the connections: a
         # Normaliser that replaces it starts with them (it sees no frame from before its start).
         self.kraken_instruments: tuple[Instrument, ...] = ()
@@ -250,19 +251,24 @@ class FailoverCoordinator(ActorTypeDispatcher):
         """Stream these symbols from now on: the Normaliser first (tracking resumes from what
         Kafka holds), then the connections."""
         run = self.run
-        had_symbols = bool(run.symbols)
+        carried_before = {url for url in run.endpoints if self._carries(url)}
         run.symbols = symbols
         self.send(self._children[Role.NORMALISER], SymbolsOwned(frozenset(symbols), positions))
         for role in run.supervision.pipeline:
             if isinstance(role, ConnectionRole):
                 self._wire(role)
-        if not symbols:
-            self._wanted.clear()
-            self._streaming.clear()
-        elif not had_symbols:
-            for policy in dict.fromkeys(self._policies.values()):
+        carried = {url for url in run.endpoints if self._carries(url)}
+        self._wanted &= carried
+        self._streaming &= carried
+        for policy in dict.fromkeys(self._policies.values()):  # a venue that had nothing to carry, and now has
+            if policy.urls[0] in carried - carried_before:
                 self._connect(policy.first(time.monotonic()).url)
         self._report_exchange()
+
+    def _carries(self, url: str) -> bool:
+        """The endpoint's venue has symbols to stream: in cluster mode, those of the shards owned."""
+        config = self.run.config
+        return bool(config.venue_symbols(config.venue_of(self.run.endpoints[url]), self.run.symbols))
 
     # --- start and wiring ---
 
@@ -295,8 +301,9 @@ class FailoverCoordinator(ActorTypeDispatcher):
             self._create(role)
         for role in roles:
             self._wire(role)
-        for policy in dict.fromkeys(self._policies.values()) if self.run.symbols else ():
-            self._connect(policy.first(time.monotonic()).url)
+        for policy in dict.fromkeys(self._policies.values()):
+            if self._carries(policy.urls[0]):
+                self._connect(policy.first(time.monotonic()).url)
         if not self.run.endpoints:
             log.warning("binance.enabled and kraken.enabled are false: no exchange connection will be made")
         self._report_cluster()
@@ -321,7 +328,7 @@ class FailoverCoordinator(ActorTypeDispatcher):
             endpoint = run.endpoints[role.url]
             venue = config.venue_of(endpoint)
             message = ConnectionSetup(
-                endpoint, run.symbols if venue is binance else venue.symbols, venue.streams, venue.stale_timeout_seconds,
+                endpoint, config.venue_symbols(venue, run.symbols), venue.streams, venue.stale_timeout_seconds,
                 venue.max_connection_age_seconds, kafka.max_buffered_records,
                 venue.tls_ca_file, venue.tls_verify, venue.book_depth, config.raw.receipts_dir if config.raw.enabled else None,
                 children[Role.NORMALISER], metrics,
@@ -329,7 +336,7 @@ class FailoverCoordinator(ActorTypeDispatcher):
         elif role is Role.METRICS:
             message = MetricsSetup(config.metrics.port, config.metrics.bind_address)
         elif role is Role.PRODUCER:
-            message = ProducerSetup(kafka, config.stream_types, config.raw, metrics, config.cluster, binance.symbols)
+            message = ProducerSetup(kafka, config.stream_types, config.raw, metrics, config.cluster, config.record_symbols)
         elif role is Role.NORMALISER:
             message = NormaliserSetup(
                 children[Role.PRODUCER], metrics, GAP_GRACE_SECONDS, frozenset(binance.symbols),
@@ -382,7 +389,7 @@ class FailoverCoordinator(ActorTypeDispatcher):
     def _on_closed(self, message: ConnectionClosed) -> None:
         self._streaming.discard(message.url)
         self._report_exchange()
-        if self._stopping or not self.run.symbols:  # cluster mode with no shard: nothing to connect for
+        if self._stopping or not self._carries(message.url):  # cluster mode, no shard of the venue's: nothing to connect for
             return
         policy = self._policies[message.url]
         attempt = policy.ended(time.monotonic(), message.reason, message.detail, message.was_streaming, message.last_frame_at)
@@ -412,8 +419,8 @@ class FailoverCoordinator(ActorTypeDispatcher):
             streaming = sorted(self._streaming.intersection(urls))
             if streaming:
                 status = ComponentStatus(f"exchange {venue}", True, "streaming from " + ", ".join(streaming) + left)
-            elif self.run.shards is not None and not self.run.symbols:
-                status = ComponentStatus(f"exchange {venue}", True, "no connection needed: this instance owns no shard")
+            elif self.run.shards is not None and not self._carries(urls[0]):
+                status = ComponentStatus(f"exchange {venue}", True, "no connection needed: this instance owns no shard of its symbols")
             else:
                 circuits = ", ".join(f"{url} {self._policies[url].circuit(now).name.lower()}" for url in urls)
                 status = ComponentStatus(f"exchange {venue}", False, f"no endpoint streaming; circuits: {circuits}{left}")
@@ -447,7 +454,7 @@ class FailoverCoordinator(ActorTypeDispatcher):
 
     def _on_wakeup(self, payload: object) -> None:
         if isinstance(payload, tuple) and payload[0] == "connect":
-            if not self._stopping:
+            if not self._stopping and self._carries(payload[1]):
                 self._connect(payload[1])
             return
         now = time.monotonic()

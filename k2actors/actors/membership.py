@@ -91,7 +91,7 @@ class _Member(threading.Thread):
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise
         elif len(existing.partitions) != setup.shards:
-            raise _Mismatch(f"control topic {self._topic} has {len(existing.partitions)} partitions, but binance.symbols make "
+            raise _Mismatch(f"control topic {self._topic} has {len(existing.partitions)} partitions, but the enabled venues' symbols make "
                             f"{setup.shards} shards: every instance of a group needs the same symbols (a new symbol set "
                             f"takes a new cluster.group_id)")
 

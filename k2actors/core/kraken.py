@@ -113,6 +113,11 @@ class Instrument:
     qty_precision: int
     status: str
 
+    @property
+    def record_symbol(self) -> str:
+        """The symbol its records carry: its base and quote (BTC/USD: BTCUSD)."""
+        return self.base + self.quote
+
 
 @dataclass(frozen=True, slots=True)
 class Instruments:
@@ -255,6 +260,13 @@ def _history_row(row: object, symbol: str) -> KrakenTrade | Rejected:
 
 def _digits_only(text: str) -> bool:
     return text.isascii() and text.isdigit()
+
+
+def record_symbol(pair: str) -> str:
+    """The symbol a pair's records carry, known before Kraken describes the pair (cluster mode
+    shards by it at start): v2 spells every pair BASE/QUOTE, and its instrument describes it
+    with that base and quote, which the records are named by (BTC/USD: BTCUSD)."""
+    return pair.replace("/", "")
 
 
 def subscribe_requests(symbols: Sequence[str], channels: Sequence[str], book_depth: int,

@@ -94,7 +94,7 @@ class KrakenAdapter:
         sides = exact_levels(top.bids, top.asks)
         if isinstance(sides, Rejected):
             return dataclasses.replace(sides, stream=BOOK_STREAM)
-        symbol = _symbol(instrument)
+        symbol = instrument.record_symbol
         return {
             "message_id": message_id(delivery.venue, symbol, top.window_us, BOOK),
             "symbol": symbol,
@@ -119,10 +119,6 @@ class KrakenAdapter:
         return historical_trades(body, symbol)
 
 
-def _symbol(instrument: Instrument) -> str:
-    return instrument.base + instrument.quote
-
-
 def _trade_record(trade: KrakenTrade, instrument: Instrument, delivery: Delivery) -> Record | Rejected:
     price = exact_decimal(trade.price, "price", NON_POSITIVE_PRICE)
     if isinstance(price, Rejected):
@@ -130,7 +126,7 @@ def _trade_record(trade: KrakenTrade, instrument: Instrument, delivery: Delivery
     quantity = exact_decimal(trade.quantity, "quantity", NON_POSITIVE_QUANTITY)
     if isinstance(quantity, Rejected):
         return Rejected(quantity.reason, quantity.detail, TRADE_STREAM)
-    symbol = _symbol(instrument)
+    symbol = instrument.record_symbol
     return {
         "message_id": message_id(delivery.venue, symbol, trade.trade_id),
         "trade_id": f"{delivery.venue}-{trade.trade_id}",
@@ -156,7 +152,7 @@ def _quote_record(quote: KrakenQuote, instrument: Instrument, delivery: Delivery
     values = exact_touch(quote.bid_price, quote.bid_quantity, quote.ask_price, quote.ask_quantity, TICKER_STREAM)
     if isinstance(values, Rejected):
         return Rejected(values.reason, values.detail, TICKER_STREAM)
-    symbol = _symbol(instrument)
+    symbol = instrument.record_symbol
     vendor_data: dict[str, Any] = {"stream": TICKER, "endpoint": delivery.endpoint, "venue_symbol": quote.symbol}
     return {
         "message_id": message_id(delivery.venue, symbol, moment, TICKER),

@@ -19,6 +19,7 @@ No I/O: fed messages, their sources and the time; returns what to publish, repor
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -122,7 +123,7 @@ class KrakenBooks(Generic[A]):
         self._subscribed_depth = subscribed_depth(publish_depth)
         self._cadence_us = cadence_ms * 1000
         self._books: dict[_Key, ChecksummedBook] = {}
-        self._heard: dict[_Key, float] = {}  # when each book last had a message
+        self._heard: dict[str, dict[_Key, float]] = {}  # per pair: its books, and when each last had a message
         self._failures: dict[_Key, _Failures[A]] = {}
         self._lost_at: dict[str, float] = {}  # pairs out of sync, since when
 
@@ -135,8 +136,10 @@ class KrakenBooks(Generic[A]):
         if book is None:
             book = self._books[key] = ChecksummedBook(pair, self._subscribed_depth, instrument.price_precision,
                                                       instrument.qty_precision, self._publish_depth, self._cadence_us)
-            self._keep_newest(pair)
-        self._heard[key] = now
+        heard = self._heard.setdefault(pair, {})
+        heard[key] = now
+        if len(heard) > CHECKED_BOOKS_PER_PAIR:
+            self._keep_newest(heard)
         outputs: list[Output[A]] = []
         # (A mismatch's Resubscribe is scheduled with it; a ChecksumInSync shows in the pair's state.)
         for output in book.message(message, received_us):
@@ -159,7 +162,7 @@ class KrakenBooks(Generic[A]):
         return wanted
 
     def pairs(self) -> set[str]:
-        return {pair for _, _, pair in self._books}
+        return set(self._heard)
 
     def lost_since(self) -> dict[str, float]:
         """The pairs out of sync, and since when."""
@@ -174,7 +177,7 @@ class KrakenBooks(Generic[A]):
         return delay
 
     def _pair_state(self, pair: str, now: float) -> list[Output[A]]:
-        heard = {key: at for key, at in self._heard.items() if key[2] == pair}
+        heard = self._heard[pair]
         latest = max(heard.values())
         verified = any(self._books[key].state is CheckedState.IN_SYNC and at >= latest - PEER_SECONDS
                        for key, at in heard.items())
@@ -185,9 +188,22 @@ class KrakenBooks(Generic[A]):
             return [PairOutOfSync(pair)]
         return []
 
-    def _keep_newest(self, pair: str) -> None:
-        keys = sorted((key for key in self._books if key[2] == pair), key=lambda key: self._heard.get(key, float("inf")))
-        for key in keys[:-CHECKED_BOOKS_PER_PAIR]:
-            del self._books[key]
-            del self._heard[key]
-            self._failures.pop(key, None)
+    def forget(self, pairs: Collection[str]) -> None:
+        """Every book of these pairs (cluster mode: another instance owns them now). Should a
+        pair come back, its new subscription's snapshot starts it afresh."""
+        for pair in pairs:
+            for key in list(self._heard.get(pair, ())):
+                self._drop(key)
+            self._lost_at.pop(pair, None)
+
+    def _keep_newest(self, heard: dict[_Key, float]) -> None:
+        for key in sorted(heard, key=heard.__getitem__)[:-CHECKED_BOOKS_PER_PAIR]:
+            self._drop(key)
+
+    def _drop(self, key: _Key) -> None:
+        del self._books[key]
+        heard = self._heard[key[2]]
+        del heard[key]
+        if not heard:
+            del self._heard[key[2]]
+        self._failures.pop(key, None)

@@ -427,6 +427,9 @@ class Ledger(Generic[A]):
             self._learn(Instruments(rules.kraken.instruments), [])
             self._kraken_books = KrakenBooks(rules.kraken.book_depth, rules.kraken.book_cadence_ms)
         self._owned = owned
+        # Every configured symbol as its records carry it: cluster mode shards by these.
+        self._kraken_symbols = frozenset(kraken.record_symbol(pair) for pair in (rules.kraken.symbols if rules.kraken else ()))
+        self._configured = rules.symbols | self._kraken_symbols
         self._not_owned = 0  # events dropped as another instance's, since the last report
         self._sequences = StreamSequences(rules.gap_grace_seconds)
         self._sequences.resume(positions, now)
@@ -650,8 +653,11 @@ class Ledger(Generic[A]):
         for key in [key for key in self._books if key[1] not in symbols]:  # rebuilt should the symbol come back
             del self._books[key]
             self._books_lost_at.pop(key, None)
-        if not self._owned:
-            self._data_at.clear()  # the staleness of data counts from when there is any to stream
+        if self._kraken_books is not None:
+            self._kraken_books.forget({pair for pair in self._kraken_books.pairs() if kraken.record_symbol(pair) not in symbols})
+        # The staleness of a venue's data counts only while it has symbols to stream, and from then.
+        carried = {kraken.VENUE: bool(symbols & self._kraken_symbols)}
+        self._data_at = {venue: at for venue, at in self._data_at.items() if carried.get(venue, bool(symbols & self._rules.symbols))}
         self._owned = symbols
 
     # --- inside ---
@@ -693,7 +699,8 @@ class Ledger(Generic[A]):
                 events: list[Event[A]]) -> tuple[str, Record] | Rejected | None:
         """(stream type, record) to publish, a Rejected for the DLQ, or None (a duplicate, or
         another instance's)."""
-        if self._another_instances(event.symbol):
+        if self._another_instances(kraken.record_symbol(event.symbol) if isinstance(event, (KrakenTrade, KrakenQuote))
+                                   else event.symbol):
             return None
         # Validate before tracking: an event that cannot be stored must not claim its id.
         if isinstance(event, (KrakenTrade, KrakenQuote)):
@@ -742,7 +749,7 @@ class Ledger(Generic[A]):
         """Where Kraken's history of a gap is asked for: the pair (in Kraken's spelling) and
         the time of the trade before the gap, None when this Normaliser never saw it (the gap
         began before its start); None when no subscribed pair makes that record symbol."""
-        pair = next((i.symbol for i in self._instruments.values() if i.base + i.quote == gap.symbol), None)
+        pair = next((i.symbol for i in self._instruments.values() if i.record_symbol == gap.symbol), None)
         if pair is None:
             return None
         floors = [at for first_id, at in self._gap_floors.get((gap.venue, gap.symbol), []) if first_id <= gap.first_id]
@@ -789,9 +796,11 @@ class Ledger(Generic[A]):
         if instrument is None or rules is None or self._kraken_books is None:
             return Rejected(UNSUBSCRIBED_SYMBOL, f"a book message of {message.symbol[:40]!r}, which was not subscribed",
                             kraken.BOOK_STREAM)
+        if self._another_instances(kraken.record_symbol(message.symbol)):
+            return None
         received_ns, conn_id, conn_msg_seq, _ = frame
         delivery = Delivery(kraken.VENUE, source.endpoint, received_ns // 1000)
-        self.metrics.inc("k2_binance_messages_received_total", kraken.VENUE, instrument.base + instrument.quote, kraken.BOOK_STREAM)
+        self.metrics.inc("k2_binance_messages_received_total", kraken.VENUE, instrument.record_symbol, kraken.BOOK_STREAM)
         for output in self._kraken_books.message(message, instrument, source, delivery.received_us, now):
             if isinstance(output, CheckedTop):
                 self._publish_checked_top(output, rules.book_depth, delivery, frame_lineage(conn_id, conn_msg_seq, received_ns),
@@ -856,7 +865,7 @@ class Ledger(Generic[A]):
     def _another_instances(self, symbol: str) -> bool:
         """Cluster mode: a configured symbol of a shard this instance does not own: its owner
         publishes it; here it is counted and dropped."""
-        if self._owned is None or symbol in self._owned or symbol not in self._rules.symbols:
+        if self._owned is None or symbol in self._owned or symbol not in self._configured:
             return False
         self._not_owned += 1
         self.metrics.inc("k2_cluster_events_not_owned_total", symbol)
