@@ -24,6 +24,7 @@ from k2actors.core.frames import (
     WRONG_TYPE,
     Rejected,
     load_object,
+    load_rows,
 )
 from k2actors.core.subscriptions import SubscriptionPlan
 
@@ -272,28 +273,18 @@ _HISTORY_FIELDS = (
 def historical_trades(body: bytes, symbol: str) -> Sequence[tuple[object, Trade | Rejected]] | Rejected:
     """Each row of a historicalTrades answer with its Trade (event time = trade time) or why
     not, or why the whole answer is unusable."""
-    rows = _rows(body, "historicalTrades")
+    rows = load_rows(body, "historicalTrades")
     return rows if isinstance(rows, Rejected) else [(row, _history_row(row, symbol)) for row in rows]
 
 
 def historical_agg_trades(body: bytes, symbol: str) -> Sequence[tuple[object, AggTrade | Rejected]] | Rejected:
     """Each row of an aggTrades answer (the stream's fields without `e`, `E` and `s`) with its
     AggTrade (event time = trade time) or why not, or why the whole answer is unusable."""
-    rows = _rows(body, "aggTrades")
+    rows = load_rows(body, "aggTrades")
     if isinstance(rows, Rejected):
         return rows
     return [(row, _agg_trade({**row, "e": AGG_TRADE, "E": row.get("T"), "s": symbol}) if isinstance(row, dict) else
              Rejected(UNEXPECTED_SHAPE, f"an aggTrades row is {type(row).__name__}, not an object", AGG_TRADE)) for row in rows]
-
-
-def _rows(body: bytes, endpoint: str) -> list[object] | Rejected:
-    try:
-        rows = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        return Rejected(NOT_JSON, str(exc)[:200])
-    if not isinstance(rows, list):
-        return Rejected(UNEXPECTED_SHAPE, f"{endpoint} answered {type(rows).__name__}, not a list")
-    return rows
 
 
 def _history_row(row: object, symbol: str) -> Trade | Rejected:

@@ -77,6 +77,17 @@ def load_object(raw: bytes | str, max_bytes: int, parse_float: Callable[[str], o
     return message
 
 
+def load_rows(body: bytes, endpoint: str) -> list[object] | Rejected:
+    """A REST answer's JSON list (of trades), or why it is none."""
+    try:
+        rows = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        return Rejected(NOT_JSON, str(exc)[:200])
+    if not isinstance(rows, list):
+        return Rejected(UNEXPECTED_SHAPE, f"{endpoint} answered {type(rows).__name__}, not a list")
+    return rows
+
+
 def _bracket_count(raw: bytes | str) -> int:
     if isinstance(raw, str):
         return raw.count("{") + raw.count("[")

@@ -21,19 +21,15 @@ import json
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import ROUND_FLOOR, Decimal
 
 from k2actors.core.book import Level
+from k2actors.core.fields import Refused, decimal_field, microseconds, object_field, typed_fields
 from k2actors.core.frames import (
     ID_OUT_OF_RANGE,
-    INVALID_DECIMAL,
     MAX_AVRO_LONG,
     MAX_TRADE_ID,
     MISSING_FIELD,
-    NON_POSITIVE_PRICE,
-    NON_POSITIVE_QUANTITY,
-    PLAIN_DECIMAL,
     TIMESTAMP_OUT_OF_RANGE,
     UNEXPECTED_SHAPE,
     UNKNOWN_EVENT,
@@ -249,7 +245,7 @@ def _history_row(row: object, symbol: str) -> KrakenTrade | Rejected:
     values = {"price": price, "qty": volume, "time": seconds}
     try:
         price_text, quantity_text, seconds_text = (_decimal(values, name, TRADE_STREAM) for name in values)
-    except _Refused as refused:
+    except Refused as refused:
         return refused.rejected
     moment = int(Decimal(seconds_text).scaleb(6).to_integral_value(ROUND_FLOOR))
     if moment > MAX_AVRO_LONG:
@@ -367,8 +363,8 @@ def _instruments(data: object) -> tuple[Instruments | Rejected, ...]:
     read, refused = [], []
     for pair in pairs:
         try:
-            read.append(Instrument(*_typed(_object(pair, "instrument pair", INSTRUMENT), _INSTRUMENT_FIELDS, INSTRUMENT)))
-        except _Refused as refusal:
+            read.append(Instrument(*typed_fields(object_field(pair, "instrument pair", INSTRUMENT), _INSTRUMENT_FIELDS, INSTRUMENT)))
+        except Refused as refusal:
             refused.append(refusal.rejected)
     return (Instruments(tuple(read)), *refused)
 
@@ -377,115 +373,58 @@ _INSTRUMENT_FIELDS = (("symbol", str), ("base", str), ("quote", str), ("price_pr
                       ("status", str))
 
 
-class _Refused(Exception):
-    """Inside the reading of one item: why it is refused (each item's reader returns it)."""
-
-    def __init__(self, rejected: Rejected):
-        super().__init__(rejected.detail)
-        self.rejected = rejected
-
-
 def _item(read: Callable[[object, bool], KrakenTrade | KrakenQuote | BookMessage], item: object,
           is_snapshot: bool) -> KrakenTrade | KrakenQuote | BookMessage | Rejected:
     try:
         return read(item, is_snapshot)
-    except _Refused as refused:
+    except Refused as refused:
         return refused.rejected
 
 
 def _trade(item: object, from_snapshot: bool) -> KrakenTrade:
-    fields = _object(item, "trade", TRADE_STREAM)
-    symbol, trade_id, side, order_type, timestamp = _typed(
+    fields = object_field(item, "trade", TRADE_STREAM)
+    symbol, trade_id, side, order_type, timestamp = typed_fields(
         fields, (("symbol", str), ("trade_id", int), ("side", str), ("ord_type", str), ("timestamp", str)), TRADE_STREAM)
     price, quantity = _decimal(fields, "price", TRADE_STREAM), _decimal(fields, "qty", TRADE_STREAM)
-    moment = _microseconds(timestamp, TRADE_STREAM)
+    moment = microseconds(timestamp, TRADE_STREAM)
     if not 0 <= trade_id <= MAX_TRADE_ID:
-        raise _Refused(Rejected(ID_OUT_OF_RANGE, f"trade id {str(trade_id)[:40]} is outside 0..{MAX_TRADE_ID}", TRADE_STREAM))
+        raise Refused(Rejected(ID_OUT_OF_RANGE, f"trade id {str(trade_id)[:40]} is outside 0..{MAX_TRADE_ID}", TRADE_STREAM))
     if side not in SIDES:
-        raise _Refused(Rejected(WRONG_TYPE, f"trade side {side[:20]!r} is neither 'buy' nor 'sell'", TRADE_STREAM))
+        raise Refused(Rejected(WRONG_TYPE, f"trade side {side[:20]!r} is neither 'buy' nor 'sell'", TRADE_STREAM))
     return KrakenTrade(symbol, trade_id, price, quantity, side, order_type, moment, from_snapshot)
 
 
 def _quote(item: object, from_snapshot: bool) -> KrakenQuote:
-    fields = _object(item, "ticker", TICKER_STREAM)
-    (symbol,) = _typed(fields, (("symbol", str),), TICKER_STREAM)
+    fields = object_field(item, "ticker", TICKER_STREAM)
+    (symbol,) = typed_fields(fields, (("symbol", str),), TICKER_STREAM)
     bid, bid_qty, ask, ask_qty = (_decimal(fields, name, TICKER_STREAM, zero_allowed=name not in _PRICES)
                                   for name in ("bid", "bid_qty", "ask", "ask_qty"))
-    moment = _microseconds(fields["timestamp"], TICKER_STREAM) if "timestamp" in fields else None  # older frames have none
+    moment = microseconds(fields["timestamp"], TICKER_STREAM) if "timestamp" in fields else None  # older frames have none
     return KrakenQuote(symbol, bid, bid_qty, ask, ask_qty, moment)
 
 
 def _book(item: object, is_snapshot: bool) -> BookMessage:
-    fields = _object(item, "book", BOOK_STREAM)
-    symbol, crc, bids, asks = _typed(fields, (("symbol", str), ("checksum", int), ("bids", list), ("asks", list)), BOOK_STREAM)
+    fields = object_field(item, "book", BOOK_STREAM)
+    symbol, crc, bids, asks = typed_fields(fields, (("symbol", str), ("checksum", int), ("bids", list), ("asks", list)), BOOK_STREAM)
     if not 0 <= crc <= MAX_CHECKSUM:
-        raise _Refused(Rejected(WRONG_TYPE, f"book checksum {str(crc)[:20]} is no CRC32", BOOK_STREAM))
-    moment = _microseconds(fields["timestamp"], BOOK_STREAM) if "timestamp" in fields else None
+        raise Refused(Rejected(WRONG_TYPE, f"book checksum {str(crc)[:20]} is no CRC32", BOOK_STREAM))
+    moment = microseconds(fields["timestamp"], BOOK_STREAM) if "timestamp" in fields else None
     return BookMessage(symbol, is_snapshot, _levels(bids), _levels(asks), crc, moment)
 
 
 def _levels(levels: list) -> tuple[Level, ...]:
     return tuple((_decimal(level, "price", BOOK_STREAM), _decimal(level, "qty", BOOK_STREAM, zero_allowed=True))
-                 for level in (_object(level, "book level", BOOK_STREAM) for level in levels))
+                 for level in (object_field(level, "book level", BOOK_STREAM) for level in levels))
 
 
 _READERS: dict[str, Callable[[object, bool], KrakenTrade | KrakenQuote | BookMessage]] = {
     TRADE: _trade, TICKER: _quote, BOOK: _book}
 
 
-def _object(item: object, what: str, stream: str) -> dict:
-    if not isinstance(item, dict):
-        raise _Refused(Rejected(UNEXPECTED_SHAPE, f"{what} is {type(item).__name__}, not an object", stream))
-    return item
-
-
-def _typed(item: dict, fields: tuple[tuple[str, type], ...], stream: str) -> list:
-    values = []
-    for name, kind in fields:
-        if name not in item:
-            raise _Refused(Rejected(MISSING_FIELD, f"{stream} field {name!r} is missing", stream))
-        value = item[name]
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise _Refused(Rejected(WRONG_TYPE, f"{stream} field {name!r} is {type(value).__name__}, expected {kind.__name__}",
-                                    stream))
-        values.append(value)
-    return values
-
-
 def _decimal(item: dict, name: str, stream: str, zero_allowed: bool = False) -> str:
     """A price (never 0) or quantity as Kraken wrote it (read as text; an integer is written
     without a point)."""
-    value = item.get(name)
-    if value is None:
-        raise _Refused(Rejected(MISSING_FIELD, f"{stream} field {name!r} is missing", stream))
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise _Refused(Rejected(WRONG_TYPE, f"{stream} field {name!r} is {type(value).__name__}, expected a number", stream))
-    text = str(value)
-    if not PLAIN_DECIMAL.fullmatch(text):
-        raise _Refused(Rejected(INVALID_DECIMAL, f"{stream} field {name!r} is {text[:40]!r}, not a plain decimal", stream))
-    number = Decimal(text)
-    if number < 0 or (number == 0 and not zero_allowed):
-        reason = NON_POSITIVE_PRICE if name in _PRICES else NON_POSITIVE_QUANTITY
-        raise _Refused(Rejected(reason, f"{stream} field {name!r} is {text[:40]}", stream))
-    return text
+    return decimal_field(item, name, stream, price=name in _PRICES, zero_allowed=zero_allowed)
 
 
 _PRICES = ("price", "bid", "ask")
-
-
-def _microseconds(timestamp: object, stream: str) -> int:
-    """An RFC 3339 UTC time (`2024-05-27T12:33:10.826003Z`) in microseconds since the epoch."""
-    if not isinstance(timestamp, str):
-        raise _Refused(Rejected(WRONG_TYPE, f"{stream} timestamp is {type(timestamp).__name__}, expected a string", stream))
-    try:
-        moment = datetime.fromisoformat(timestamp)
-    except ValueError:
-        raise _Refused(Rejected(TIMESTAMP_OUT_OF_RANGE, f"{stream} timestamp {timestamp[:40]!r} is no RFC 3339 time",
-                                stream)) from None
-    if moment.tzinfo is None:
-        raise _Refused(Rejected(TIMESTAMP_OUT_OF_RANGE, f"{stream} timestamp {timestamp[:40]!r} has no time zone", stream))
-    return (moment - _EPOCH) // _MICROSECOND
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = datetime.resolution
