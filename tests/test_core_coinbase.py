@@ -44,23 +44,13 @@ from k2actors.core.frames import (
     WRONG_TYPE,
     Rejected,
 )
+from tests.test_core_kraken import captured_frames
 
 DATA = Path(__file__).parent / "data"
 MAX_BYTES = 1 << 20
 
 
-def captured_frames() -> dict[str, bytes]:
-    frames: dict[str, bytes] = {}
-    for line in (DATA / "coinbase_advanced_trade_frames.txt").read_text().splitlines():
-        if line.startswith("### "):
-            name = line.removeprefix("### ")
-            frames[name] = b""
-        else:
-            frames[name] += line.encode()
-    return frames
-
-
-FRAMES = captured_frames()
+FRAMES = captured_frames("coinbase_advanced_trade_frames.txt")
 
 
 def at(name: str) -> tuple[Envelope, tuple]:

@@ -45,11 +45,12 @@ DATA = Path(__file__).parent / "data"
 MAX_BYTES = 1 << 20
 
 
-def captured_frames() -> dict[str, bytes]:
-    """kraken-async-rs's frames by `<file>:<line> <name>`, each as the source wrote it."""
+def captured_frames(file: str) -> dict[str, bytes]:
+    """A file of captured frames by the `### <source> <name>` line before each, each as its
+    source wrote it (kraken-async-rs's by `<file>:<line> <name>`)."""
     frames: dict[str, bytes] = {}
     name = ""
-    for line in (DATA / "kraken_v2_frames_2024-05.txt").read_text().splitlines():
+    for line in (DATA / file).read_text().splitlines():
         if line.startswith("### "):
             name = line.removeprefix("### ")
             frames[name] = b""
@@ -58,7 +59,7 @@ def captured_frames() -> dict[str, bytes]:
     return frames
 
 
-FRAMES = captured_frames()
+FRAMES = captured_frames("kraken_v2_frames_2024-05.txt")
 
 
 def at(frame_name: str) -> tuple[str, tuple]:

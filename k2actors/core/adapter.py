@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -74,6 +74,21 @@ class Reading(Generic[E]):
     events: tuple[E, ...]  # (Binance) a diff knows where it came from (its `source`)
     rejected: tuple[Rejected, ...]  # why the frame (or an item of it) is no event, for the DLQ; none for events and control frames
     actions: tuple[Action, ...]
+
+
+def items_reading(venue: str, endpoint: str, frame: Frame, stream: str, items: Sequence[object], kinds: tuple[type, ...],
+                  symbol_of: Callable[[Any], str | None], actions: tuple[Action, ...] = ()) -> Reading[Any]:
+    """The reading of a frame that carries several items (Kraken's, Coinbase's): its raw
+    record named by the one symbol its events are of (when they are of one), its events (the
+    items of `kinds`) and the items refused."""
+    received_ns, conn_id, conn_msg_seq, payload = frame
+    raw = raw_record(venue, endpoint, received_ns, conn_id, conn_msg_seq, payload)
+    raw["stream"] = stream
+    events = tuple(item for item in items if isinstance(item, kinds))
+    symbols = {symbol for symbol in map(symbol_of, events) if symbol is not None}
+    if len(symbols) == 1:
+        raw["symbol"] = symbols.pop()
+    return Reading(raw, events, tuple(item for item in items if isinstance(item, Rejected)), actions)
 
 
 class BinanceAdapter:

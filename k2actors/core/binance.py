@@ -17,7 +17,6 @@ from k2actors.core.frames import (
     INVALID_TRADE_RANGE,
     MAX_TRADE_ID,
     MISSING_FIELD,
-    NOT_JSON,
     UNEXPECTED_SHAPE,
     UNKNOWN_EVENT,
     UNKNOWN_STREAM,
@@ -348,12 +347,9 @@ def depth_update(payload: dict, recv_ts_ns: int) -> DepthDiff | Rejected:
 
 def depth_snapshot(body: bytes, symbol: str, limit: int) -> DepthSnapshot | Rejected:
     """A `GET /api/v3/depth` answer as a snapshot of `symbol`'s book, asked with `limit` levels per side."""
-    try:
-        answer = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        return Rejected(NOT_JSON, str(exc)[:200])
-    if not isinstance(answer, dict):
-        return Rejected(UNEXPECTED_SHAPE, f"depth answered {type(answer).__name__}, not an object")
+    answer = load_object(body, len(body))
+    if isinstance(answer, Rejected):
+        return answer
     rejected = _fields(answer, _SNAPSHOT_FIELDS, BOOK, "lastUpdateId")
     if rejected is not None:
         return rejected

@@ -47,6 +47,7 @@ MARKET_TRADES = "market_trades"
 TICKER = "ticker"
 LEVEL2 = "level2"
 HEARTBEATS = "heartbeats"
+STATUS = "status"  # the products' descriptions, which the records' symbol and currency come from
 # ... and those frames arrive on besides (level2's data, the answer to every subscribe, errors)
 L2_DATA = "l2_data"
 SUBSCRIPTIONS = "subscriptions"
@@ -95,6 +96,26 @@ class BookEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class Product:
+    """A product as Coinbase describes it (the status channel): the record's base and quote."""
+
+    product_id: str
+    base: str
+    quote: str
+    status: str  # "online", "offline", "delisted", ...
+
+    @property
+    def record_symbol(self) -> str:
+        """The symbol its records carry: its base and quote (BTC-USD: BTCUSD)."""
+        return self.base + self.quote
+
+
+@dataclass(frozen=True, slots=True)
+class Products:
+    products: tuple[Product, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Heartbeat:
     """Sent every second on the heartbeats channel, which keeps quiet subscriptions open."""
 
@@ -121,7 +142,7 @@ class VenueError:
     message: str
 
 
-Event = CoinbaseTrade | CoinbaseQuote | BookEvent | Heartbeat | Subscribed | VenueError
+Event = CoinbaseTrade | CoinbaseQuote | BookEvent | Products | Heartbeat | Subscribed | VenueError
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +305,23 @@ def _book(event: dict, sent_us: int, stream: str) -> list[BookEvent | Rejected]:
     return [BookEvent(product_id, is_snapshot, tuple(sides["bid"]), tuple(sides["offer"]), sent_us)]
 
 
+def _products(event: dict, sent_us: int, stream: str) -> list[Products | Rejected]:
+    """A snapshot or update of the products' descriptions; a product described wrongly is refused alone."""
+    _snapshot_or_update(event, stream)
+    described = [_product(item, stream) for item in _items(event, "products", stream)]
+    products = tuple(item for item in described if isinstance(item, Product))
+    return [Products(products), *(item for item in described if isinstance(item, Rejected))]
+
+
+def _product(item: object, stream: str) -> Product | Rejected:
+    try:
+        fields = object_field(item, "product", stream)
+        return Product(*typed_fields(fields, (("id", str), ("base_currency", str), ("quote_currency", str), ("status", str)),
+                                     stream))
+    except Refused as refused:
+        return refused.rejected
+
+
 def _heartbeat(event: dict, sent_us: int, stream: str) -> list[Heartbeat]:
     counter = event.get("heartbeat_counter")  # a number live; the documentation's example writes a string
     if isinstance(counter, str) and counter.isascii() and counter.isdigit():
@@ -301,7 +339,8 @@ def _subscriptions(event: dict, sent_us: int, stream: str) -> list[Subscribed]:
 
 
 _READERS: dict[str, Callable[[dict, int, str], list]] = {
-    MARKET_TRADES: _trades, TICKER: _tickers, L2_DATA: _book, HEARTBEATS: _heartbeat, SUBSCRIPTIONS: _subscriptions}
+    MARKET_TRADES: _trades, TICKER: _tickers, L2_DATA: _book, STATUS: _products, HEARTBEATS: _heartbeat,
+    SUBSCRIPTIONS: _subscriptions}
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
 
-from k2actors.core.adapter import Answer, Reading
+from k2actors.core.adapter import Answer, Reading, items_reading
 from k2actors.core.checksummed_book import CheckedTop
-from k2actors.core.frames import NON_POSITIVE_PRICE, NON_POSITIVE_QUANTITY, TIMESTAMP_OUT_OF_RANGE, UNSUBSCRIBED_SYMBOL, Rejected
+from k2actors.core.frames import TIMESTAMP_OUT_OF_RANGE, UNSUBSCRIBED_SYMBOL, Rejected
 from k2actors.core.kraken import (
     BOOK,
     BOOK_STREAM,
@@ -37,9 +36,8 @@ from k2actors.core.kraken import (
     read_frame,
 )
 from k2actors.core.link import Frame
-from k2actors.core.normalise import MAX_CLOCK_DISTANCE_US, Delivery, exact_decimal, exact_levels, exact_touch, message_id
+from k2actors.core.normalise import MAX_CLOCK_DISTANCE_US, Delivery, exact_levels, message_id, timed_quote_record, venue_trade_record
 from k2actors.core.payloads import Record
-from k2actors.core.raw import raw_record
 
 # Instruments: the pairs' base, quote and precisions, for the ledger to build the adapter with.
 KrakenEvent = KrakenTrade | KrakenQuote | BookMessage | Instruments
@@ -52,19 +50,12 @@ class KrakenAdapter:
         self._max_frame_bytes = max_frame_bytes
 
     def read(self, venue: str, endpoint: str, frame: Frame) -> Reading[KrakenEvent]:
-        received_ns, conn_id, conn_msg_seq, payload = frame
-        raw = raw_record(venue, endpoint, received_ns, conn_id, conn_msg_seq, payload)
-        channel, items = read_frame(payload, self._max_frame_bytes)
-        raw["stream"] = channel
-        events = tuple(item for item in items if isinstance(item, (KrakenTrade, KrakenQuote, BookMessage, Instruments)))
-        symbols = {event.symbol for event in events if not isinstance(event, Instruments)}
-        if len(symbols) == 1:
-            raw["symbol"] = symbols.pop()
-        rejected = tuple(item for item in items if isinstance(item, Rejected))
+        channel, items = read_frame(frame[3], self._max_frame_bytes)
         # Subscriptions' answers (a pong answers no subscription: the connection's liveness is its frames)
         actions = tuple(Answer(item.request_id, None if isinstance(item, RequestAnswered) else (0, item.message))
                         for item in items if isinstance(item, (RequestAnswered, RequestRefused)) and item.method != "pong")
-        return Reading(raw, events, rejected, actions)
+        return items_reading(venue, endpoint, frame, channel, items, (KrakenTrade, KrakenQuote, BookMessage, Instruments),
+                             lambda event: None if isinstance(event, Instruments) else event.symbol, actions)
 
     def shape(self, event: KrakenTrade | KrakenQuote, delivery: Delivery, streamed: bool) -> tuple[str, Record] | Rejected:
         """(stream type, record), or why the event cannot be one. A streamed event is screened
@@ -120,51 +111,14 @@ class KrakenAdapter:
 
 
 def _trade_record(trade: KrakenTrade, instrument: Instrument, delivery: Delivery) -> Record | Rejected:
-    price = exact_decimal(trade.price, "price", NON_POSITIVE_PRICE)
-    if isinstance(price, Rejected):
-        return Rejected(price.reason, price.detail, TRADE_STREAM)
-    quantity = exact_decimal(trade.quantity, "quantity", NON_POSITIVE_QUANTITY)
-    if isinstance(quantity, Rejected):
-        return Rejected(quantity.reason, quantity.detail, TRADE_STREAM)
-    symbol = instrument.record_symbol
-    return {
-        "message_id": message_id(delivery.venue, symbol, trade.trade_id),
-        "trade_id": f"{delivery.venue}-{trade.trade_id}",
-        "symbol": symbol,
-        "exchange": delivery.venue,
-        "asset_class": "crypto",
-        "timestamp": trade.timestamp_us,
-        "price": price,
-        "quantity": quantity,
-        "currency": instrument.quote,
-        "side": "BUY" if trade.taker_side == "buy" else "SELL",
-        "trade_conditions": [],
-        "source_sequence": trade.trade_id,
-        "platform_sequence": None,
-        "ingestion_timestamp": delivery.received_us,
-        "vendor_data": {"order_type": trade.order_type, "endpoint": delivery.endpoint, "venue_symbol": trade.symbol},
-    }
+    return venue_trade_record(delivery, instrument.record_symbol, instrument.quote, trade.trade_id, trade.price, trade.quantity,
+                              trade.taker_side, trade.timestamp_us, TRADE_STREAM,
+                              {"order_type": trade.order_type, "venue_symbol": trade.symbol})
 
 
 def _quote_record(quote: KrakenQuote, instrument: Instrument, delivery: Delivery, moment: int) -> Record | Rejected:
     """Kraken's ticker numbers no update: a quote is named and numbered by its time (the
-    venue's, or its receipt's when the frame has none), which also orders a symbol's quotes."""
-    values = exact_touch(quote.bid_price, quote.bid_quantity, quote.ask_price, quote.ask_quantity, TICKER_STREAM)
-    if isinstance(values, Rejected):
-        return Rejected(values.reason, values.detail, TICKER_STREAM)
-    symbol = instrument.record_symbol
-    vendor_data: dict[str, Any] = {"stream": TICKER, "endpoint": delivery.endpoint, "venue_symbol": quote.symbol}
-    return {
-        "message_id": message_id(delivery.venue, symbol, moment, TICKER),
-        "quote_id": f"{delivery.venue}-{symbol}-{moment}",
-        "symbol": symbol,
-        "exchange": delivery.venue,
-        "asset_class": "crypto",
-        "timestamp": moment,
-        **values,
-        "currency": instrument.quote,
-        "source_sequence": moment,
-        "platform_sequence": None,
-        "ingestion_timestamp": delivery.received_us,
-        "vendor_data": vendor_data,
-    }
+    venue's, or its receipt's when the frame has none)."""
+    return timed_quote_record(delivery, instrument.record_symbol, instrument.quote, moment,
+                              (quote.bid_price, quote.bid_quantity, quote.ask_price, quote.ask_quantity), TICKER_STREAM, TICKER,
+                              {"venue_symbol": quote.symbol})

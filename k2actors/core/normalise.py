@@ -189,6 +189,59 @@ def _trade_record(
     }
 
 
+def venue_trade_record(delivery: Delivery, symbol: str, currency: str, trade_id: int, price_text: str, quantity_text: str,
+                       taker_side: str, timestamp_us: int, stream: str, vendor_data: dict[str, str]) -> Record | Rejected:
+    """A trade of a venue that numbers its trades per pair and names the taker's side
+    ("buy", "sell"), as a TradeV2 record: the id is its source sequence."""
+    price = exact_decimal(price_text, "price", NON_POSITIVE_PRICE)
+    if isinstance(price, Rejected):
+        return Rejected(price.reason, price.detail, stream)
+    quantity = exact_decimal(quantity_text, "quantity", NON_POSITIVE_QUANTITY)
+    if isinstance(quantity, Rejected):
+        return Rejected(quantity.reason, quantity.detail, stream)
+    return {
+        "message_id": message_id(delivery.venue, symbol, trade_id),
+        "trade_id": f"{delivery.venue}-{trade_id}",
+        "symbol": symbol,
+        "exchange": delivery.venue,
+        "asset_class": "crypto",
+        "timestamp": timestamp_us,
+        "price": price,
+        "quantity": quantity,
+        "currency": currency,
+        "side": "BUY" if taker_side == "buy" else "SELL",
+        "trade_conditions": [],
+        "source_sequence": trade_id,
+        "platform_sequence": None,
+        "ingestion_timestamp": delivery.received_us,
+        "vendor_data": {**vendor_data, "endpoint": delivery.endpoint},
+    }
+
+
+def timed_quote_record(delivery: Delivery, symbol: str, currency: str, moment: int, touch: tuple[str, str, str, str],
+                       stream: str, channel: str, vendor_data: dict[str, str]) -> Record | Rejected:
+    """A quote of a venue that numbers no quote update, as a QuoteV2 record: named and
+    numbered by its time, which also orders a symbol's quotes. `touch`: bid price and
+    quantity, ask price and quantity, as the venue wrote them."""
+    values = exact_touch(*touch, stream)
+    if isinstance(values, Rejected):
+        return Rejected(values.reason, values.detail, stream)
+    return {
+        "message_id": message_id(delivery.venue, symbol, moment, channel),
+        "quote_id": f"{delivery.venue}-{symbol}-{moment}",
+        "symbol": symbol,
+        "exchange": delivery.venue,
+        "asset_class": "crypto",
+        "timestamp": moment,
+        **values,
+        "currency": currency,
+        "source_sequence": moment,
+        "platform_sequence": None,
+        "ingestion_timestamp": delivery.received_us,
+        "vendor_data": {"stream": channel, "endpoint": delivery.endpoint, **vendor_data},
+    }
+
+
 def exact_touch(bid_price: str, bid_quantity: str, ask_price: str, ask_quantity: str, stream: str) -> dict[str, Decimal] | Rejected:
     """A quote record's bid and ask, exact, and not crossed."""
     values = {}
