@@ -12,21 +12,14 @@ import json
 from pathlib import Path
 
 from k2actors.core.checksummed_book import CheckedTop
+from k2actors.core.connection_books import BOOKS_PER_SYMBOL, PEER_SECONDS, BookSource, SymbolInSync, SymbolOutOfSync
 from k2actors.core.kraken import BookMessage, Instrument, read_frame
-from k2actors.core.kraken_books import (
-    CHECKED_BOOKS_PER_PAIR,
-    PEER_SECONDS,
-    BookSource,
-    ChecksumFailed,
-    KrakenBooks,
-    PairInSync,
-    PairOutOfSync,
-    ResubscribeWanted,
-)
+from k2actors.core.kraken_books import ChecksumFailed, KrakenBooks, ResubscribeWanted
 
 SESSION = json.loads((Path(__file__).parent / "data" / "kraken_v2_btcusd_book_2023-07-30.json").read_text())
 BTC_USD = Instrument("BTC/USD", "BTC", "USD", 1, 8, "online")
 PRIMARY = BookSource("connection-actor", "wss://ws.kraken.com/v2", "conn-1")
+OUT_OF_SYNC = SymbolOutOfSync("KRAKEN", "BTC/USD", "checksum")
 STANDBY = BookSource("standby-actor", "wss://ws-standby.kraken.test/v2", "conn-2")
 
 
@@ -71,11 +64,11 @@ def test_a_failed_checksum_is_resubscribed_at_once_and_nothing_published_until_a
     assert (failure.endpoint, failure.conn_id, failure.retry_in) == (PRIMARY.endpoint, PRIMARY.conn_id, 0.0)
     assert failure.mismatch.expected == updates[10].checksum ^ 1
     assert of(ResubscribeWanted, failed) == [ResubscribeWanted(PRIMARY, "BTC/USD")]
-    assert of(PairOutOfSync, failed) == [PairOutOfSync("BTC/USD")] and books.lost_since() == {"BTC/USD": 5.0}
+    assert of(SymbolOutOfSync, failed) == [OUT_OF_SYNC] and books.lost_since() == {"BTC/USD": 5.0}
     assert "failed its checksum" in failure.report().message
     assert feed(books, updates[11:], PRIMARY, now=6.0) == []  # updates of the book given up: nothing to apply them to
     rebuilt = books.message(snapshot, BTC_USD, PRIMARY, 0, 7.5)
-    assert of(PairInSync, rebuilt) == [PairInSync("BTC/USD", 2.5)] and books.lost_since() == {}
+    assert of(SymbolInSync, rebuilt) == [SymbolInSync("KRAKEN", "BTC/USD", 2.5)] and books.lost_since() == {}
 
 
 def test_a_book_that_keeps_failing_is_asked_again_after_a_growing_delay():
@@ -102,7 +95,7 @@ def test_a_pair_stays_in_sync_while_another_live_connections_book_of_it_is_verif
     feed(books, [snapshot], PRIMARY, now=0.0)
     feed(books, [snapshot], STANDBY, now=0.0)
     outputs = books.message(wrong(updates[0]), BTC_USD, STANDBY, 0, 1.0)
-    assert of(ChecksumFailed, outputs) and not of(PairOutOfSync, outputs)
+    assert of(ChecksumFailed, outputs) and not of(SymbolOutOfSync, outputs)
     assert of(CheckedTop, feed(books, updates[:2], PRIMARY, now=1.5))  # the primary's book publishes on
 
 
@@ -112,17 +105,17 @@ def test_a_connection_gone_quiet_vouches_for_nothing():
     feed(books, [snapshot], PRIMARY, now=0.0)
     # the primary's connection is gone; a new one's snapshot fails
     outputs = books.message(wrong(snapshot), BTC_USD, STANDBY, 0, PEER_SECONDS + 1.0)
-    assert of(PairOutOfSync, outputs) == [PairOutOfSync("BTC/USD")]
+    assert of(SymbolOutOfSync, outputs) == [OUT_OF_SYNC]
 
 
 def test_only_the_most_recently_heard_books_of_a_pair_are_kept():
     books: KrakenBooks[str] = KrakenBooks(publish_depth=10, cadence_ms=1000)
     snapshot, _ = session()
-    for index in range(CHECKED_BOOKS_PER_PAIR + 3):
+    for index in range(BOOKS_PER_SYMBOL + 3):
         feed(books, [snapshot], BookSource("actor", PRIMARY.endpoint, f"conn-{index}"), now=float(index))
     # a book dropped is a new one should its connection speak again: it waits for a snapshot
     assert feed(books, [session()[1][0]], BookSource("actor", PRIMARY.endpoint, "conn-0"), now=10.0) == []
-    newest = BookSource("actor", PRIMARY.endpoint, f"conn-{CHECKED_BOOKS_PER_PAIR + 2}")
+    newest = BookSource("actor", PRIMARY.endpoint, f"conn-{BOOKS_PER_SYMBOL + 2}")
     assert of(CheckedTop, feed(books, [session()[1][0]], newest, now=10.0))
 
 
@@ -133,6 +126,6 @@ def test_a_forgotten_pair_keeps_nothing_and_starts_again_from_a_snapshot():
     books.message(wrong(updates[10]), BTC_USD, STANDBY, 0, 1.0)  # a standby's book of it out of sync, its resubscription due
     books.forget({"BTC/USD"})
     assert books.pairs() == set() and books.lost_since() == {} and books.due(2.0) == []
-    assert feed(books, updates[11:20], PRIMARY, now=3.0) == [PairOutOfSync("BTC/USD")]  # no snapshot to apply them to
+    assert feed(books, updates[11:20], PRIMARY, now=3.0) == [OUT_OF_SYNC]  # no snapshot to apply them to
     restarted = books.message(snapshot, BTC_USD, PRIMARY, 0, 4.0)
-    assert of(CheckedTop, restarted) and of(PairInSync, restarted) == [PairInSync("BTC/USD", 1.0)]
+    assert of(CheckedTop, restarted) and of(SymbolInSync, restarted) == [SymbolInSync("KRAKEN", "BTC/USD", 1.0)]

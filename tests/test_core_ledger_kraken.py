@@ -12,9 +12,10 @@ import json
 from pathlib import Path
 
 from k2actors.core.checksummed_book import ChecksummedBook
+from k2actors.core.connection_books import BookSource, SymbolInSync, SymbolOutOfSync
 from k2actors.core.frames import UNSUBSCRIBED_SYMBOL
 from k2actors.core.kraken import Instrument, KrakenTrade, checksum, read_frame
-from k2actors.core.kraken_books import BookSource, PairInSync, PairOutOfSync, ResubscribeWanted
+from k2actors.core.kraken_books import ResubscribeWanted
 from k2actors.core.ledger import (
     BOOKS_CHECK,
     DATA_CHECK,
@@ -236,12 +237,12 @@ def test_a_corrupted_update_is_never_published_and_the_connection_is_asked_for_a
     assert records(events, "kraken.book") == []
     assert [e for e in events if isinstance(e, ResubscribeWanted)] == [
         ResubscribeWanted(BookSource("kraken", KRAKEN_URL, "kraken-1"), "BTC/USD")]
-    assert [e for e in events if isinstance(e, PairOutOfSync)] == [PairOutOfSync("BTC/USD")]
+    assert [e for e in events if isinstance(e, SymbolOutOfSync)] == [SymbolOutOfSync("KRAKEN", "BTC/USD", "checksum")]
     [check] = [e for e in book.tick(3.0) if isinstance(e, ReadyCheck) and e.name == BOOKS_CHECK]
     assert check.detail == "0 of 1 books in sync; being rebuilt: KRAKEN BTC/USD for 1 s"
     # the fresh snapshot puts it back, published only from then
     events = book.take_raw(book_batch(3, snapshot_after(300), *BOOK_FRAMES[300:], first=300), "kraken", 4.5)
-    assert [e for e in events if isinstance(e, PairInSync)] == [PairInSync("BTC/USD", 2.5)]
+    assert [e for e in events if isinstance(e, SymbolInSync)] == [SymbolInSync("KRAKEN", "BTC/USD", 2.5)]
     again = records(events, "kraken.book")
     assert again and all(vouched(record) for record in again)
 

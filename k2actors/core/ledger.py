@@ -29,10 +29,11 @@ from k2actors.core.binance import BOOK, TRADE
 from k2actors.core.book import BookSync, BookTop, DepthDiff, FetchSnapshot, InSync, OutOfSync, OutOfSyncReason
 from k2actors.core.book import Output as BookOutput
 from k2actors.core.checksummed_book import CheckedTop
+from k2actors.core.connection_books import BookSource, SymbolInSync, SymbolOutOfSync
 from k2actors.core.frames import ID_REGRESSED, INTERNAL_ERROR, POISON_MESSAGE, UNSUBSCRIBED_SYMBOL, Rejected
 from k2actors.core.kraken import BookMessage, Instrument, Instruments, KrakenQuote, KrakenTrade
 from k2actors.core.kraken_adapter import KrakenAdapter
-from k2actors.core.kraken_books import BookSource, ChecksumFailed, KrakenBooks, PairInSync, PairOutOfSync, ResubscribeWanted
+from k2actors.core.kraken_books import ChecksumFailed, KrakenBooks, ResubscribeWanted
 from k2actors.core.link import Frame
 from k2actors.core.normalise import Delivery, event_id, record_dead_letter, unsubscribed
 from k2actors.core.payloads import (
@@ -372,7 +373,7 @@ class DeadLetterSummary:
 Said = (
     GapDeclared | ShutdownAnnounced | Backpressure | Recovered | DeadLettered | DeadLettersThrottled | FrameFailed
     | BatchesLost | Backfilled | Resent | DeadLettersLost | TradeSummary | DeadLetterSummary
-    | NotOwnedDropped | BookLost | BookRebuilt | ChecksumFailed | PairOutOfSync | PairInSync
+    | NotOwnedDropped | BookLost | BookRebuilt | ChecksumFailed | SymbolOutOfSync | SymbolInSync
 )
 Event = (Publish | Release[A] | Confirmed[A] | Answered[A] | Drained | ReadyCheck | SnapshotWanted | InstrumentsLearned
          | ResubscribeWanted[A] | Said)
@@ -823,11 +824,11 @@ class Ledger(Generic[A]):
             records.append((kraken.BOOK_STREAM, shaped, lineage))
             self._count_published(symbol, kraken.BOOK_STREAM)
 
-    def _kraken_book_news(self, news: ChecksumFailed | ResubscribeWanted[A] | PairOutOfSync | PairInSync,
+    def _kraken_book_news(self, news: ChecksumFailed | ResubscribeWanted[A] | SymbolOutOfSync | SymbolInSync,
                           events: list[Event[A]]) -> None:
-        if isinstance(news, PairOutOfSync):
-            self.metrics.inc("k2_book_resyncs_total", news.pair, "checksum")
-        elif isinstance(news, PairInSync):
+        if isinstance(news, SymbolOutOfSync):
+            self.metrics.inc("k2_book_resyncs_total", news.symbol, news.reason)
+        elif isinstance(news, SymbolInSync):
             self.metrics.observe("k2_book_resync_seconds", [news.seconds])
         events.append(news)
 

@@ -23,11 +23,12 @@ from k2actors.core.binance import BOOK, DEPTH_PATH, quote_assets
 from k2actors.core.book import BookSync, BookTop, DepthDiff, DepthSnapshot
 from k2actors.core.book import Output as BookOutput
 from k2actors.core.checksummed_book import CheckedTop
+from k2actors.core.connection_books import BookSource
 from k2actors.core.kraken import BOOK_STREAM, BookMessage, HistoryPage, Instrument, Instruments, KrakenTrade
 from k2actors.core.kraken import VENUE as KRAKEN
 from k2actors.core.kraken_adapter import KrakenAdapter
 from k2actors.core.kraken_backfill import TRADES_PATH
-from k2actors.core.kraken_books import BookSource, KrakenBooks
+from k2actors.core.kraken_books import KrakenBooks
 from k2actors.core.ledger import BOOK_MAX_WAITING_DIFFS, KrakenRules
 from k2actors.core.normalise import Delivery
 from k2actors.core.raw import CONN_ID, CONN_MSG_SEQ, Headers, RestResponse, frame_lineage
