@@ -7,7 +7,8 @@ import urllib.parse
 
 from k2actors.core.backfill import GapFilled, GapStarted, PageFetched, RestReply, Unfilled
 from k2actors.core.kraken import HistoryPage, KrakenTrade
-from k2actors.core.kraken_backfill import KrakenBackfill, KrakenGapFill, Throttled, TradesRequest
+from k2actors.core.kraken_backfill import KrakenBackfill, KrakenGapFill
+from k2actors.core.paged_backfill import Throttled, TradesRequest
 from k2actors.core.telemetry import MetricBuffer
 
 

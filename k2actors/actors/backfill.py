@@ -31,7 +31,8 @@ from thespian.actors import ActorAddress
 from k2actors.actors.shell import Supervised, seconds
 from k2actors.clients import exchange_tls
 from k2actors.core.backfill import Backfill, BackfillEvent, PageFetched, RestReply, RestRequest, SnapshotTaken, Unfilled
-from k2actors.core.kraken_backfill import KrakenBackfill, Throttled, TradesRequest
+from k2actors.core.kraken_backfill import KrakenBackfill
+from k2actors.core.paged_backfill import Throttled, TradesRequest
 from k2actors.core.telemetry import log_line
 from k2actors.messages import BackfillRequest, BackfillSetup, BookSnapshotRequest, IdsAbandoned, KrakenBackfillRequest
 from k2actors.net import new_conn_id
