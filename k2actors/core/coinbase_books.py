@@ -122,6 +122,11 @@ class SequencedBook:
         return SequencedTop(self.product, bids, asks, event.timestamp_us, window * self._cadence_us, sequence_num)
 
 
+    def top(self, depth: int) -> tuple[tuple[Level, ...], tuple[Level, ...]] | None:
+        """The best `depth` levels of each side, best first; None out of sync."""
+        return self._book.top(depth) if self.in_sync else None
+
+
 class CoinbaseBooks(Generic[A]):
     def __init__(self, publish_depth: int, cadence_ms: int) -> None:
         self._publish_depth = publish_depth

@@ -43,7 +43,7 @@ from websockets.http11 import Response
 
 from k2actors.core.kraken import BOOK_DEPTHS, CHECKSUM_LEVELS
 from k2actors.localstack.orderbook import SimBook, units_text
-from k2actors.localstack.serving import Controls, Endpoint, ServedMarket
+from k2actors.localstack.serving import Controls, Endpoint, ServedMarket, TimedTrade, send_queued
 from k2actors.localstack.simulator import Market, SimTrade
 
 PATH = "/v2"
@@ -56,12 +56,6 @@ CLIENT_QUEUE_LIMIT = 100_000
 PRICE_PRECISION = 2  # the market moves in cents
 QTY_PRECISION = 8
 VERSION = "2.0.10"
-
-
-@dataclass(frozen=True, slots=True)
-class TimedTrade:
-    trade: SimTrade
-    time_us: int  # Kraken's times are microseconds: trades of one tick are a microsecond apart
 
 
 @dataclass
@@ -80,6 +74,9 @@ class _Client:
         self.tickers: set[str] = set()
         self.books: dict[str, _BookView] = {}
         self.queue: asyncio.Queue[str] = asyncio.Queue()
+        self.last_sent = time.monotonic()
+
+    def sent(self) -> None:
         self.last_sent = time.monotonic()
 
     @property
@@ -215,7 +212,7 @@ class KrakenSimulator(ServedMarket[_Endpoint, Market]):
         self._connections += 1
         client.queue.put_nowait(_data("status", "update", [{"version": VERSION, "system": "online", "api_version": "v2",
                                                             "connection_id": 2**63 + self._connections}]))
-        writer = asyncio.create_task(self._write(client))
+        writer = asyncio.create_task(send_queued(client.connection, client.queue, client.sent))
         try:
             async for message in connection:
                 self._handle_request(endpoint, client, message)
@@ -224,15 +221,6 @@ class KrakenSimulator(ServedMarket[_Endpoint, Market]):
         finally:
             endpoint.clients.discard(client)
             writer.cancel()
-
-    async def _write(self, client: _Client) -> None:
-        try:
-            while True:
-                frame = await client.queue.get()
-                await client.connection.send(frame)
-                client.last_sent = time.monotonic()
-        except ConnectionClosed:
-            pass
 
     async def _heartbeats(self) -> None:
         while not self._stopping:

@@ -9,10 +9,15 @@ import functools
 import ssl
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, Protocol, Self, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, Protocol, Self, TypeVar
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+
+if TYPE_CHECKING:
+    from k2actors.localstack.simulator import SimTrade
 
 
 class Market(Protocol):
@@ -21,6 +26,25 @@ class Market(Protocol):
     symbols: tuple[str, ...]
 
     def last_id(self, symbol: str) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TimedTrade:
+    """A trade of the market, timed to the microsecond as Kraken's and Coinbase's are: the
+    trades of one tick are a microsecond apart."""
+
+    trade: SimTrade
+    time_us: int
+
+
+async def send_queued(connection: ServerConnection, queue: asyncio.Queue[str], sent: Callable[[], None] = lambda: None) -> None:
+    """A client's frames, in the order queued, until its connection closes; `sent` told of each."""
+    try:
+        while True:
+            await connection.send(await queue.get())
+            sent()
+    except ConnectionClosed:
+        pass
 
 
 class Endpoint:
