@@ -85,16 +85,12 @@ class CoinbaseSimulator(ServedMarket[_Endpoint, Market]):
     def __init__(self, products: tuple[str, ...] = ("BTC-USD", "ETH-USD", "SOL-USD"), rate: float = 20.0,
                  endpoints: int = 1, tick: float = 0.01, host: str = "127.0.0.1", seed: int = 13, port: int = 0):
         super().__init__(Market(tuple(products), rate, seed), [_Endpoint(i) for i in range(endpoints)], host, port, None,
-                         "coinbase-simulator")
+                         "coinbase-simulator", PATH)
         self._tick = tick
         self._history: dict[str, collections.deque[TimedTrade]] = {
             p: collections.deque(maxlen=HISTORY_PER_PRODUCT) for p in products}
         self._unsent: dict[str, list[TimedTrade]] = {p: [] for p in products}  # since the last market_trades batch
         self._heartbeats = 0
-
-    @property
-    def urls(self) -> list[str]:
-        return [f"ws://{self.host}:{endpoint.port}{PATH}" for endpoint in self._endpoints]
 
     def endpoint(self, index: int) -> CoinbaseEndpointControl:
         return CoinbaseEndpointControl(self, self._endpoints[index])

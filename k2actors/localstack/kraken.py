@@ -99,16 +99,12 @@ class KrakenSimulator(ServedMarket[_Endpoint, Market]):
     def __init__(self, symbols: tuple[str, ...] = ("BTC/USD", "ETH/USD", "SOL/USD"), rate: float = 20.0,
                  endpoints: int = 1, tick: float = 0.01, host: str = "127.0.0.1", seed: int = 11, port: int = 0):
         super().__init__(Market(tuple(symbols), rate, seed), [_Endpoint(i) for i in range(endpoints)], host, port, None,
-                         "kraken-simulator")
+                         "kraken-simulator", PATH)
         self._tick = tick
         self._history: dict[str, collections.deque[TimedTrade]] = {
             s: collections.deque(maxlen=HISTORY_PER_SYMBOL) for s in symbols}
         self._stats = {s: _Ticker() for s in symbols}
         self._connections = 0
-
-    @property
-    def urls(self) -> list[str]:
-        return [f"ws://{self.host}:{endpoint.port}{PATH}" for endpoint in self._endpoints]
 
     def endpoint(self, index: int) -> KrakenEndpointControl:
         return KrakenEndpointControl(self, self._endpoints[index])

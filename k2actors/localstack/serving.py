@@ -66,8 +66,10 @@ class ServedMarket(Generic[E, M]):
     """Its endpoints' servers, on the loop's thread; `call` runs a coroutine there from any thread."""
 
     def __init__(self, market: M, endpoints: list[E], host: str, first_port: int, tls: ssl.SSLContext | None,
-                 name: str):
+                 name: str, path: str):
+        """`path`: the WebSocket's, on every endpoint."""
         self.market = market
+        self._path = path
         self.host = host
         self._endpoints = endpoints
         self._first_port = first_port  # endpoint i listens on first_port + i; 0: each on a free port
@@ -94,6 +96,12 @@ class ServedMarket(Generic[E, M]):
 
     def call(self, coroutine: Awaitable[Any]) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=10)  # type: ignore[arg-type]
+
+    @property
+    def urls(self) -> list[str]:
+        """Each endpoint's WebSocket URL, as config expects it."""
+        scheme = "wss" if self._tls else "ws"
+        return [f"{scheme}://{self.host}:{endpoint.port}{self._path}" for endpoint in self._endpoints]
 
     def last_ids(self) -> dict[str, int]:
         return self.call(self._last_ids())

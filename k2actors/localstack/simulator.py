@@ -296,7 +296,7 @@ class ExchangeSimulator(ServedMarket[_Endpoint, Market]):
         port: int = 0,
     ):
         super().__init__(Market(tuple(symbols), rate, seed), [_Endpoint(i) for i in range(endpoints)], host, port, tls,
-                         "exchange-simulator")
+                         "exchange-simulator", "/stream")  # the combined-stream base URL, as config expects it
         self.ping_interval = ping_interval
         self.pong_timeout = pong_timeout
         self._tick = tick
@@ -305,12 +305,6 @@ class ExchangeSimulator(ServedMarket[_Endpoint, Market]):
         # (frames, seconds) of each tape replay that reached its last write: the simulator's
         # own sending rate, reported apart from what a receiver made of it.
         self.replays: list[tuple[int, float]] = []
-
-    @property
-    def urls(self) -> list[str]:
-        """The combined-stream base URL of each endpoint, as config expects it."""
-        scheme = "wss" if self._tls else "ws"
-        return [f"{scheme}://{self.host}:{e.port}/stream" for e in self._endpoints]
 
     def endpoint(self, index: int) -> EndpointControl:
         return EndpointControl(self, self._endpoints[index])
