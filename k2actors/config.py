@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from k2actors.core import kraken
+from k2actors.core import coinbase, kraken
 from k2actors.core.binance import MAX_DEPTH_LIMIT, SUBSCRIBABLE, TRADE
 from k2actors.core.raw import RAW
 from k2actors.core.streams import STREAM_TYPES
@@ -30,6 +30,7 @@ VENUES = ("BINANCE", "BINANCEUS")  # Binance's: an endpoint of the binance secti
 # The channels kraken.streams takes.
 KRAKEN_STREAMS = (kraken.TRADE, kraken.TICKER, kraken.BOOK)
 KRAKEN_SYMBOL_PATTERN = re.compile(r"^[A-Z0-9]{1,16}/[A-Z0-9]{1,16}$")
+COINBASE_PRODUCT_PATTERN = re.compile(r"^[A-Z0-9]{1,16}-[A-Z0-9]{1,16}$")
 MODES = ("failover", "hot_standby")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
@@ -132,6 +133,23 @@ class KrakenConfig(VenueConfig):
 
 
 @dataclass(frozen=True)
+class CoinbaseConfig(VenueConfig):
+    enabled: bool = False
+    websocket_url: Endpoint = Endpoint("wss://advanced-trade-ws.coinbase.com", coinbase.VENUE)
+    failover_urls: tuple[Endpoint, ...] = ()
+    symbols: tuple[str, ...] = ("BTC-USD", "ETH-USD", "SOL-USD")  # Coinbase's product ids
+    streams: tuple[str, ...] = (coinbase.MARKET_TRADES,)  # any of coinbase.SUBSCRIBABLE
+    # A market_trades snapshot carries recent trades of every product subscribed.
+    max_frame_bytes: int = 1048576
+    # REST base URL: trade history for gaps (Coinbase Exchange's, which pages by trade id).
+    rest_url: str = "https://api.exchange.coinbase.com"
+
+    @property
+    def stream_types(self) -> tuple[str, ...]:
+        return tuple(coinbase.STREAM_OF_CHANNEL[channel] for channel in self.streams)
+
+
+@dataclass(frozen=True)
 class KafkaConfig:
     bootstrap_servers: str = "localhost:9092"
     schema_registry_url: str = "http://localhost:8081"
@@ -144,6 +162,9 @@ class KafkaConfig:
     kraken_quote_topic: str = "market.crypto.quotes.kraken"
     kraken_book_topic: str = "market.crypto.books.kraken"
     kraken_raw_topic: str = "market.crypto.raw.kraken"
+    coinbase_trade_topic: str = "market.crypto.trades.coinbase"
+    coinbase_quote_topic: str = "market.crypto.quotes.coinbase"
+    coinbase_raw_topic: str = "market.crypto.raw.coinbase"
     dlq_topic: str = ""
     create_topics: bool = True
     topic_partitions: int = 3
@@ -220,6 +241,7 @@ class ClusterConfig:
 class Config:
     binance: BinanceConfig = field(default_factory=BinanceConfig)
     kraken: KrakenConfig = field(default_factory=KrakenConfig)
+    coinbase: CoinbaseConfig = field(default_factory=CoinbaseConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     raw: RawConfig = field(default_factory=RawConfig)
     circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
@@ -230,41 +252,45 @@ class Config:
     @property
     def venues(self) -> tuple[VenueConfig, ...]:
         """The sections of the venues to connect to."""
-        return tuple(venue for venue in (self.binance, self.kraken) if venue.enabled)
+        return tuple(venue for venue in (self.binance, self.kraken, self.coinbase) if venue.enabled)
 
     @property
     def record_symbols(self) -> tuple[str, ...]:
         """The symbols the records of every enabled venue carry, each once (a Binance.US
-        BTCUSD and Kraken's BTC/USD are one): what cluster mode shards, and the connections
-        carry those of the shards an instance owns."""
-        binance = self.binance.symbols if self.binance.enabled else ()
-        kraken_pairs = self.kraken.symbols if self.kraken.enabled else ()
-        return tuple(dict.fromkeys((*binance, *(kraken.record_symbol(pair) for pair in kraken_pairs))))
+        BTCUSD, Kraken's BTC/USD and Coinbase's BTC-USD are one): what cluster mode shards,
+        and the connections carry those of the shards an instance owns."""
+        return tuple(dict.fromkeys(symbol for venue in self.venues for symbol in map(self._record_symbol(venue), venue.symbols)))
+
+    def _record_symbol(self, venue: VenueConfig) -> Callable[[str], str]:
+        """How the venue's spelling of a symbol becomes its records'."""
+        if venue is self.kraken:
+            return kraken.record_symbol
+        return coinbase.record_symbol if venue is self.coinbase else str
 
     def venue_symbols(self, venue: VenueConfig, carried: Iterable[str]) -> tuple[str, ...]:
         """The venue's symbols, in its spelling, whose records carry one of `carried`."""
-        wanted = frozenset(carried)
-        if venue is self.kraken:
-            return tuple(pair for pair in venue.symbols if kraken.record_symbol(pair) in wanted)
-        return tuple(symbol for symbol in venue.symbols if symbol in wanted)
+        wanted, record_symbol = frozenset(carried), self._record_symbol(venue)
+        return tuple(symbol for symbol in venue.symbols if record_symbol(symbol) in wanted)
 
     def venue_of(self, endpoint: Endpoint) -> VenueConfig:
         """The section an endpoint is configured in."""
-        return self.kraken if endpoint.venue == kraken.VENUE else self.binance
+        return {kraken.VENUE: self.kraken, coinbase.VENUE: self.coinbase}.get(endpoint.venue, self.binance)
 
     @property
     def stream_types(self) -> tuple[str, ...]:
         """Every stream type the service publishes, each to its topic: Binance's (whose topics
-        are prepared whether or not it is enabled, as they always were), then Kraken's."""
+        are prepared whether or not it is enabled, as they always were), then Kraken's and
+        Coinbase's when enabled."""
         binance = (*self.binance.streams, RAW) if self.raw.enabled else self.binance.streams
-        if not self.kraken.enabled:
-            return binance
-        return (*binance, *self.kraken.stream_types, *((kraken.RAW_STREAM,) if self.raw.enabled else ()))
+        others = ((venue.stream_types, raw) for venue, raw in ((self.kraken, kraken.RAW_STREAM), (self.coinbase, coinbase.RAW_STREAM))
+                  if venue.enabled)
+        return (*binance, *(stream for streams, raw in others for stream in (*streams, *((raw,) if self.raw.enabled else ()))))
 
 
 SECTIONS: dict[str, type] = {
     "binance": BinanceConfig,
     "kraken": KrakenConfig,
+    "coinbase": CoinbaseConfig,
     "kafka": KafkaConfig,
     "raw": RawConfig,
     "circuit_breaker": CircuitBreakerConfig,
@@ -378,7 +404,8 @@ def _closest(name: str, known: Iterable[str]) -> str:
 
 def _build_section(section: str, values: dict[str, Any]):
     cls = SECTIONS[section]
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    # A field without a parser is no key of the section (Coinbase's book settings, until its books are streamed).
+    fields = {f.name: f for f in dataclasses.fields(cls) if (section, f.name) in _PARSERS}
     secrets = [name for name, f in fields.items() if f.type == "Secret"]
     known = [*fields, *(name + SECRET_FILE_SUFFIX for name in secrets)]
     parsed = {}
@@ -506,16 +533,30 @@ def _kraken_symbols(key: str, value: Any) -> tuple[str, ...]:
     return tuple(symbols)
 
 
-def _kraken_endpoint(key: str, value: Any) -> Endpoint:
-    url = _text(key, value)
-    parts = urlsplit(url)
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ConfigError(key, value, "a ws:// or wss:// URL")
-    return Endpoint(url, kraken.VENUE)
+def _coinbase_products(key: str, value: Any) -> tuple[str, ...]:
+    items = _list(key, value)
+    products = [item.strip().upper() for item in items if isinstance(item, str)]
+    if not items or len(products) != len(items) or not all(COINBASE_PRODUCT_PATTERN.match(product) for product in products):
+        raise ConfigError(key, value, "a non-empty list of Coinbase product ids, such as BTC-USD")
+    if len(set(products)) != len(products):
+        raise ConfigError(key, value, "a list without repeated products")
+    return tuple(products)
 
 
-def _kraken_endpoints(key: str, value: Any) -> tuple[Endpoint, ...]:
-    return tuple(_kraken_endpoint(f"{key}[{i}]", item) for i, item in enumerate(_list(key, value)))
+def _venue_endpoint(venue: str) -> Callable[[str, Any], Endpoint]:
+    """An endpoint of a venue whose section names only its own (Kraken's, Coinbase's)."""
+    def parse(key: str, value: Any) -> Endpoint:
+        url = _text(key, value)
+        parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise ConfigError(key, value, "a ws:// or wss:// URL")
+        return Endpoint(url, venue)
+    return parse
+
+
+def _venue_endpoints(venue: str) -> Callable[[str, Any], tuple[Endpoint, ...]]:
+    endpoint = _venue_endpoint(venue)
+    return lambda key, value: tuple(endpoint(f"{key}[{i}]", item) for i, item in enumerate(_list(key, value)))
 
 
 def venue_of(url: str) -> str:
@@ -634,7 +675,8 @@ _VENUE_PARSERS = {
 }
 
 _PARSERS = {
-    **{(section, name): parser for section in ("binance", "kraken") for name, parser in _VENUE_PARSERS.items()},
+    **{(section, name): parser for section in ("binance", "kraken", "coinbase") for name, parser in _VENUE_PARSERS.items()
+       if (section, name) != ("coinbase", "book_cadence_seconds")},  # Coinbase's books are not streamed yet
     ("binance", "websocket_url"): _endpoint_or_text,
     ("binance", "failover_urls"): _endpoints,
     ("binance", "symbols"): _symbols,
@@ -642,12 +684,17 @@ _PARSERS = {
     ("binance", "rest_urls"): _rest_urls,
     ("binance", "book_depth"): _number(int, 1, MAX_DEPTH_LIMIT),
     ("binance", "book_snapshot_limit"): _number(int, 1, MAX_DEPTH_LIMIT),
-    ("kraken", "websocket_url"): _kraken_endpoint,
-    ("kraken", "failover_urls"): _kraken_endpoints,
+    ("kraken", "websocket_url"): _venue_endpoint(kraken.VENUE),
+    ("kraken", "failover_urls"): _venue_endpoints(kraken.VENUE),
     ("kraken", "symbols"): _kraken_symbols,
     ("kraken", "streams"): _stream_list(KRAKEN_STREAMS),
     ("kraken", "book_depth"): _number(int, 1, kraken.CHECKSUM_LEVELS),
     ("kraken", "rest_url"): _http_url,
+    ("coinbase", "websocket_url"): _venue_endpoint(coinbase.VENUE),
+    ("coinbase", "failover_urls"): _venue_endpoints(coinbase.VENUE),
+    ("coinbase", "symbols"): _coinbase_products,
+    ("coinbase", "streams"): _stream_list(coinbase.SUBSCRIBABLE),
+    ("coinbase", "rest_url"): _http_url,
     ("kafka", "bootstrap_servers"): _text,
     ("kafka", "schema_registry_url"): _http_url,
     ("kafka", "topic"): _topic,
@@ -659,6 +706,9 @@ _PARSERS = {
     ("kafka", "kraken_quote_topic"): _topic,
     ("kafka", "kraken_book_topic"): _topic,
     ("kafka", "kraken_raw_topic"): _topic,
+    ("kafka", "coinbase_trade_topic"): _topic,
+    ("kafka", "coinbase_quote_topic"): _topic,
+    ("kafka", "coinbase_raw_topic"): _topic,
     ("kafka", "dlq_topic"): _optional_topic,
     ("kafka", "create_topics"): _boolean,
     ("kafka", "topic_partitions"): _number(int, 1, 10000),

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from thespian.actors import ActorAddress
 
 from k2actors.config import ClusterConfig, Config, Endpoint, KafkaConfig, RawConfig
+from k2actors.core.coinbase import Product
 from k2actors.core.kraken import Instrument
-from k2actors.core.ledger import KrakenRules
+from k2actors.core.ledger import CoinbaseRules, KrakenRules
 from k2actors.core.payloads import Positions
 from k2actors.core.raw import RestResponse
 from k2actors.core.reasons import EndReason
@@ -99,6 +100,7 @@ class NormaliserSetup:
     backfill: ActorAddress | None  # the BackfillActor (REST requests), when backfill or books are on
     fill_gaps: bool  # binance.backfill: declared gaps are sent to the BackfillActor
     fill_kraken_gaps: bool  # kraken.backfill: ... and Kraken's
+    fill_coinbase_gaps: bool  # coinbase.backfill: ... and Coinbase's
     quote_assets: Mapping[str, str]
     exchange_info: tuple[RestResponse, ...]  # the answers quote_assets came from, for the raw record
     max_buffered_records: int
@@ -109,6 +111,7 @@ class NormaliserSetup:
     book_depth: int
     book_cadence_ms: int
     kraken: KrakenRules | None  # when kraken.enabled
+    coinbase: CoinbaseRules | None  # when coinbase.enabled
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,7 @@ class BackfillSetup:
     tls_ca_file: str
     tls_verify: bool
     kraken: KrakenHistory | None  # when Kraken's gaps are filled
+    coinbase_rest_url: str | None  # coinbase.rest_url, when Coinbase's gaps are filled
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,16 @@ class KrakenBackfillRequest:
     first_id: int
     last_id: int
     after_us: int | None
+
+
+@dataclass(frozen=True)
+class CoinbaseBackfillRequest:
+    """A declared gap of Coinbase trades: its history is paged by trade id."""
+
+    symbol: str  # the records'
+    product_id: str  # Coinbase's spelling
+    first_id: int
+    last_id: int
 
 
 @dataclass(frozen=True)
@@ -332,6 +346,13 @@ class KrakenInstruments:
     """Kraken's subscribed pairs as last described (Normaliser -> coordinator), for the next Normaliser."""
 
     instruments: tuple[Instrument, ...]
+
+
+@dataclass(frozen=True)
+class CoinbaseProducts:
+    """Coinbase's subscribed products as last described (Normaliser -> coordinator), for the next Normaliser."""
+
+    products: tuple[Product, ...]
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from k2actors.clients import kafka_settings, registry_settings
 from k2actors.config import Config
-from k2actors.core.ledger import KrakenRules
+from k2actors.core.ledger import CoinbaseRules, KrakenRules
 from k2actors.core.raw import RECV_TS_NS
 from k2actors.core.replay import DIFFERS, DUPLICATE, EXTRA, MISSING, Derived, Replay, Rules, verify
 from k2actors.core.streams import is_raw
@@ -67,12 +67,14 @@ def run_replay(config: Config, since: int | None, until: int | None, check: bool
     kafka, binance = config.kafka, config.binance
     settings = kafka_settings(kafka)
     registry = SchemaRegistryClient(registry_settings(kafka))
-    kraken = config.kraken
+    kraken, coinbase = config.kraken, config.coinbase
     replay = Replay(Rules(frozenset(binance.symbols), binance.max_frame_bytes, binance.backfill_max_age_seconds,
                           binance.book_depth, round(binance.book_cadence_seconds * 1000),
                           KrakenRules(frozenset(kraken.symbols), kraken.max_frame_bytes, (), kraken.book_depth,
-                                      round(kraken.book_cadence_seconds * 1000)) if kraken.enabled else None))
-    raw_topics = [kafka.raw_topic, *([kafka.kraken_raw_topic] if kraken.enabled else [])]
+                                      round(kraken.book_cadence_seconds * 1000)) if kraken.enabled else None,
+                          CoinbaseRules(frozenset(coinbase.symbols), coinbase.max_frame_bytes, ()) if coinbase.enabled else None))
+    raw_topics = [kafka.raw_topic, *(topic for venue, topic in ((kraken, kafka.kraken_raw_topic), (coinbase, kafka.coinbase_raw_topic))
+                                     if venue.enabled)]
 
     def in_range(received_ns: int) -> bool:
         return (since is None or received_ns >= since) and (until is None or received_ns < until)

@@ -3,11 +3,11 @@ venues' trade history, and the snapshots order books are rebuilt from.
 
 The Normaliser sends each gap it declares and each book it must rebuild; k2actors.core.backfill
 decides which request to make and when (request weight, Retry-After, bans, retries) and what
-each answer means, and k2actors.core.kraken_backfill the same for Kraken's gaps, within a
-budget of their own. A fetcher thread per venue makes the requests, so live streaming never
-waits for any
-of this, and the pages and snapshots go back to the Normaliser, which shapes the pages like
-streamed trades and rebuilds the books from the snapshots.
+each answer means, and k2actors.core.kraken_backfill and k2actors.core.coinbase_backfill the
+same for Kraken's and Coinbase's gaps, each within a budget of its own. A fetcher thread per
+venue makes the requests, so live streaming never waits for any of this, and the pages and
+snapshots go back to the Normaliser, which shapes the pages like streamed trades and
+rebuilds the books from the snapshots.
 
 The fetcher wakes the actor through a pipe the actor watches when an answer is ready; the
 actor asks again every PUMP_SECONDS only while a request waits for its time. Idle, it wakes
@@ -31,10 +31,18 @@ from thespian.actors import ActorAddress
 from k2actors.actors.shell import Supervised, seconds
 from k2actors.clients import exchange_tls
 from k2actors.core.backfill import Backfill, BackfillEvent, PageFetched, RestReply, RestRequest, SnapshotTaken, Unfilled
+from k2actors.core.coinbase_backfill import CoinbaseBackfill
 from k2actors.core.kraken_backfill import KrakenBackfill
-from k2actors.core.paged_backfill import Throttled, TradesRequest
+from k2actors.core.paged_backfill import PagedBackfill, Throttled, TradesRequest
 from k2actors.core.telemetry import log_line
-from k2actors.messages import BackfillRequest, BackfillSetup, BookSnapshotRequest, IdsAbandoned, KrakenBackfillRequest
+from k2actors.messages import (
+    BackfillRequest,
+    BackfillSetup,
+    BookSnapshotRequest,
+    CoinbaseBackfillRequest,
+    IdsAbandoned,
+    KrakenBackfillRequest,
+)
 from k2actors.net import new_conn_id
 
 log = logging.getLogger("k2actors.backfill")
@@ -92,8 +100,10 @@ class BackfillActor(Supervised[BackfillSetup]):
         super().__init__()
         self._fetcher: _Fetcher | None = None
         self._backfill: Backfill | None = None
-        self._kraken_fetcher: _Fetcher | None = None
         self._kraken: KrakenBackfill | None = None
+        self._coinbase: CoinbaseBackfill | None = None
+        # Kraken's and Coinbase's backfill, each with a fetcher of its own
+        self._paged: list[tuple[PagedBackfill, _Fetcher]] = []
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)  # Thespian may report it readable twice for one write
         self._pump_due = False
@@ -108,8 +118,12 @@ class BackfillActor(Supervised[BackfillSetup]):
             self._fetcher.start()
             if self.setup.kraken is not None:
                 self._kraken = KrakenBackfill(self.setup.kraken.rest_url, self.metrics, self.setup.kraken.max_age_seconds)
-                self._kraken_fetcher = _Fetcher(self.setup, self._wake_w)
-                self._kraken_fetcher.start()
+                self._paged.append((self._kraken, _Fetcher(self.setup, self._wake_w)))
+            if self.setup.coinbase_rest_url is not None:
+                self._coinbase = CoinbaseBackfill(self.setup.coinbase_rest_url, self.metrics)
+                self._paged.append((self._coinbase, _Fetcher(self.setup, self._wake_w)))
+            for _, fetcher in self._paged:
+                fetcher.start()
 
     def watched(self) -> list[int]:
         return [self._wake_r]
@@ -130,6 +144,12 @@ class BackfillActor(Supervised[BackfillSetup]):
             now = time.monotonic()
             self._act(self._kraken.add(message.symbol, message.pair, message.first_id, message.last_id, message.after_us,
                                        now, time.time_ns() // 1000))
+            self._pump(now)
+
+    def receiveMsg_CoinbaseBackfillRequest(self, message: CoinbaseBackfillRequest, sender: ActorAddress) -> None:
+        if self._coinbase is not None:
+            now = time.monotonic()
+            self._act(self._coinbase.add(message.symbol, message.product_id, message.first_id, message.last_id, now))
             self._pump(now)
 
     def receiveMsg_BookSnapshotRequest(self, message: BookSnapshotRequest, sender: ActorAddress) -> None:
@@ -156,21 +176,21 @@ class BackfillActor(Supervised[BackfillSetup]):
         if request is not None:
             self._fetcher.requests.put(request)
         waiting, open_gaps = request is None and self._backfill.waiting, self._backfill.open_gaps
-        if self._kraken is not None and self._kraken_fetcher is not None:
-            while (answer := self._kraken_fetcher.take()) is not None:
-                self._act(self._kraken.answer(answer, now))
-            kraken_request = self._kraken.next_request(now)
-            if kraken_request is not None:
-                self._kraken_fetcher.requests.put(kraken_request)
-            waiting = waiting or (kraken_request is None and self._kraken.waiting)
-            open_gaps += self._kraken.open_gaps
+        for paged, fetcher in self._paged:
+            while (answer := fetcher.take()) is not None:
+                self._act(paged.answer(answer, now))
+            paged_request = paged.next_request(now)
+            if paged_request is not None:
+                fetcher.requests.put(paged_request)
+            waiting = waiting or (paged_request is None and paged.waiting)
+            open_gaps += paged.open_gaps
         if waiting and not self._pump_due:
             self._pump_due = True
             self.wakeupAfter(seconds(PUMP_SECONDS), PUMP)
         self.metrics.set("k2_backfill_gaps_open", open_gaps)
 
     def on_exit(self) -> None:
-        for fetcher in (self._fetcher, self._kraken_fetcher):
+        for fetcher in (self._fetcher, *(fetcher for _, fetcher in self._paged)):
             if fetcher is not None:
                 fetcher.requests.put(None)
 

@@ -23,7 +23,7 @@ from thespian.actors import ActorAddress
 
 from k2actors.actors.shell import Recipient, Supervised, WakePipe
 from k2actors.clients import exchange_tls
-from k2actors.core import kraken
+from k2actors.core import coinbase, kraken
 from k2actors.core.binance import connection_plans
 from k2actors.core.link import (
     Drop,
@@ -290,6 +290,8 @@ class ConnectionActor(Supervised[ConnectionSetup]):
         setup = self.setup
         if setup.endpoint.venue == kraken.VENUE:
             return [kraken.connection_plan(self._url, setup.symbols, setup.streams, setup.book_depth)]
+        if setup.endpoint.venue == coinbase.VENUE:
+            return [coinbase.connection_plan(self._url, setup.symbols, setup.streams)]
         return connection_plans(self._url, setup.symbols, setup.streams)
 
     def _set_plans(self, plans: list[SubscriptionPlan]) -> None:

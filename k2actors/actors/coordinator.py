@@ -26,9 +26,10 @@ from k2actors.config import Endpoint
 from k2actors.core.binance import BOOK
 from k2actors.core.breaker import BreakerState, CircuitBreaker
 from k2actors.core.cluster import Acquire, Release, ShardEvent, Shards
+from k2actors.core.coinbase import Product
 from k2actors.core.failover import AttemptBudget, DarkDeadline, FailoverPolicy
 from k2actors.core.kraken import Instrument
-from k2actors.core.ledger import KrakenRules
+from k2actors.core.ledger import CoinbaseRules, KrakenRules
 from k2actors.core.payloads import Positions
 from k2actors.core.sequence import GAP_GRACE_SECONDS
 from k2actors.core.supervision import ActorRole, ConnectionRole, Restart, Role, Supervision
@@ -36,6 +37,7 @@ from k2actors.core.telemetry import MetricBuffer
 from k2actors.messages import (
     AcquireShard,
     BackfillSetup,
+    CoinbaseProducts,
     ComponentStatus,
     Connect,
     ConnectionClosed,
@@ -72,6 +74,8 @@ from k2actors.messages import (
 )
 
 log = logging.getLogger("k2actors.coordinator")
+# What /ready and the log say when no venue is enabled.
+NO_VENUE = "binance.enabled, kraken.enabled and coinbase.enabled are false"
 
 _CLASSES = {Role.METRICS: MetricsActor, Role.PRODUCER: ProducerActor, Role.NORMALISER: Normaliser, Role.BACKFILL: BackfillActor,
             Role.MEMBERSHIP: MembershipActor}
@@ -91,9 +95,10 @@ class _Started:
         self.endpoints: dict[str, Endpoint] = {e.url: e for venue in start.config.venues for e in venue.endpoints}
         cluster = start.config.cluster
         # The BackfillActor makes every REST request after the start: history for gaps, snapshots for books.
-        kraken = start.config.kraken
+        kraken, coinbase = start.config.kraken, start.config.coinbase
         self.supervision = Supervision(tuple(self.endpoints), binance.backfill or BOOK in binance.streams
-                                       or (kraken.enabled and kraken.backfill), cluster.enabled)
+                                       or (kraken.enabled and kraken.backfill) or (coinbase.enabled and coinbase.backfill),
+                                       cluster.enabled)
         # Cluster mode: the shards this instance holds (k2actors.core.cluster); the symbols
         # streamed are only those of the shards it owns.
         symbols = start.config.record_symbols
@@ -102,6 +107,7 @@ class _Started:
         # Kraken's subscribed pairs as a Normaliser last learned them from the connections: a
         # Normaliser that replaces it starts with them (it sees no frame from before its start).
         self.kraken_instruments: tuple[Instrument, ...] = ()
+        self.coinbase_products: tuple[Product, ...] = ()  # and Coinbase's products likewise
         self.generation: int | None = None
         self.rebalances = 0  # assignments received from the group
 
@@ -150,6 +156,9 @@ class FailoverCoordinator(ActorTypeDispatcher):
 
     def receiveMsg_KrakenInstruments(self, message: KrakenInstruments, sender: ActorAddress) -> None:
         self.run.kraken_instruments = message.instruments
+
+    def receiveMsg_CoinbaseProducts(self, message: CoinbaseProducts, sender: ActorAddress) -> None:
+        self.run.coinbase_products = message.products
 
     def receiveMsg_ChildActorExited(self, message: ChildActorExited, sender: ActorAddress) -> None:
         role = self._role_of(message.childAddress)
@@ -305,7 +314,7 @@ class FailoverCoordinator(ActorTypeDispatcher):
             if self._carries(policy.urls[0]):
                 self._connect(policy.first(time.monotonic()).url)
         if not self.run.endpoints:
-            log.warning("binance.enabled and kraken.enabled are false: no exchange connection will be made")
+            log.warning("%s: no exchange connection will be made", NO_VENUE)
         self._report_cluster()
         self._report_exchange()
         self.send(self.run.service, PipelineStarted(port, self._admin_pid))
@@ -338,15 +347,19 @@ class FailoverCoordinator(ActorTypeDispatcher):
         elif role is Role.PRODUCER:
             message = ProducerSetup(kafka, config.stream_types, config.raw, metrics, config.cluster, config.record_symbols)
         elif role is Role.NORMALISER:
+            coinbase = config.coinbase
             message = NormaliserSetup(
                 children[Role.PRODUCER], metrics, GAP_GRACE_SECONDS, frozenset(binance.symbols),
-                children.get(Role.BACKFILL), binance.backfill, config.kraken.backfill, run.quote_assets, run.exchange_info,
+                children.get(Role.BACKFILL), binance.backfill, config.kraken.backfill, coinbase.backfill,
+                run.quote_assets, run.exchange_info,
                 kafka.max_buffered_records,
                 binance.max_frame_bytes, binance.stale_timeout_seconds, None if run.shards is None else frozenset(run.symbols),
                 config.raw.enabled, binance.book_depth, round(binance.book_cadence_seconds * 1000),
                 KrakenRules(frozenset(config.kraken.symbols), config.kraken.max_frame_bytes, run.kraken_instruments,
                             config.kraken.book_depth, round(config.kraken.book_cadence_seconds * 1000))
                 if config.kraken.enabled else None,
+                CoinbaseRules(frozenset(coinbase.symbols), coinbase.max_frame_bytes, run.coinbase_products)
+                if coinbase.enabled else None,
             )
         elif role is Role.MEMBERSHIP:
             assert run.shards is not None
@@ -356,7 +369,8 @@ class FailoverCoordinator(ActorTypeDispatcher):
                                     binance.backfill_max_age_seconds, binance.book_snapshot_limit,
                                     binance.tls_ca_file, binance.tls_verify,
                                     KrakenHistory(config.kraken.rest_url, config.kraken.backfill_max_age_seconds)
-                                    if config.kraken.enabled and config.kraken.backfill else None)
+                                    if config.kraken.enabled and config.kraken.backfill else None,
+                                    config.coinbase.rest_url if config.coinbase.enabled and config.coinbase.backfill else None)
         self.send(children[role], message)
 
     # --- connections ---
@@ -409,7 +423,7 @@ class FailoverCoordinator(ActorTypeDispatcher):
         metrics = self._children[Role.METRICS]
         endpoints = self.run.endpoints
         if not endpoints:
-            self.send(metrics, ComponentStatus("exchange", False, "binance.enabled and kraken.enabled are false"))
+            self.send(metrics, ComponentStatus("exchange", False, NO_VENUE))
             return
         now = time.monotonic()
         for venue in dict.fromkeys(e.venue for e in endpoints.values()):

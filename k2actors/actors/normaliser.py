@@ -15,7 +15,7 @@ import time
 from thespian.actors import ActorAddress
 
 from k2actors.actors.shell import Recipient, Supervised
-from k2actors.core import kraken
+from k2actors.core import coinbase, kraken
 from k2actors.core.backfill import HISTORY
 from k2actors.core.kraken_books import ResubscribeWanted
 from k2actors.core.ledger import (
@@ -26,6 +26,7 @@ from k2actors.core.ledger import (
     GapDeclared,
     InstrumentsLearned,
     Ledger,
+    ProductsLearned,
     Publish,
     ReadyCheck,
     Release,
@@ -41,6 +42,8 @@ from k2actors.messages import (
     BackfillRequest,
     BatchesDelivered,
     BookSnapshotRequest,
+    CoinbaseBackfillRequest,
+    CoinbaseProducts,
     ComponentStatus,
     Drain,
     Flush,
@@ -109,7 +112,7 @@ class Normaliser(Supervised[NormaliserSetup]):
         setup = self.setup
         rules = Rules(setup.gap_grace_seconds, setup.symbols, setup.quote_assets, setup.max_buffered_records,
                       setup.max_frame_bytes, setup.stale_timeout_seconds, setup.raw, setup.book_depth, setup.book_cadence_ms,
-                      setup.kraken)
+                      setup.kraken, setup.coinbase)
         self._ledger = Ledger(rules, message.positions, time.monotonic(), self.metrics, setup.owned)
         if message.positions:
             missing = sum(last - first + 1 for position in message.positions.values() for first, last in position.missing)
@@ -176,6 +179,10 @@ class Normaliser(Supervised[NormaliserSetup]):
             if history is not None:  # (its trades were shaped with the pair's instrument: it is there)
                 pair, after_us = history
                 self.send(setup.backfill, KrakenBackfillRequest(gap.symbol, pair, gap.first_id, gap.last_id, after_us))
+        elif stream == coinbase.TRADE_STREAM and setup.fill_coinbase_gaps:
+            product_id = self.ledger.coinbase_history(gap)
+            if product_id is not None:  # (its trades were shaped with the product's description: it is there)
+                self.send(setup.backfill, CoinbaseBackfillRequest(gap.symbol, product_id, gap.first_id, gap.last_id))
 
     def _request_snapshot(self, venue: str, symbol: str) -> None:
         if self.setup.backfill is not None:  # there is one whenever books are streamed
@@ -201,6 +208,8 @@ class Normaliser(Supervised[NormaliserSetup]):
                 self.deliver(event.source.connection, ResubscribeBook(event.source.conn_id, event.pair))
             elif isinstance(event, InstrumentsLearned):
                 self.send(self.coordinator, KrakenInstruments(event.instruments))
+            elif isinstance(event, ProductsLearned):
+                self.send(self.coordinator, CoinbaseProducts(event.products))
             elif isinstance(event, Drained):
                 self.flush_metrics()
                 # On the channel, after the last batch: the producer flushes once it has them all.

@@ -10,7 +10,7 @@ the book) into its record. No I/O and no state: the live path (k2actors.core.led
 replay (k2actors.core.replay) run the same adapter, so a record replayed from the raw record
 is the record published live.
 
-Binance's is the only one yet; Kraken and Coinbase follow the same contract.
+Binance's, Kraken's and Coinbase's follow this contract.
 """
 
 from __future__ import annotations

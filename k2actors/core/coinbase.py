@@ -23,7 +23,8 @@ real captured frames (tests/data/README.md).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from k2actors.core.book import Level
@@ -40,6 +41,7 @@ from k2actors.core.frames import (
     load_object,
     load_rows,
 )
+from k2actors.core.subscriptions import SubscriptionPlan
 
 VENUE = "COINBASE"  # the exchange its records name
 # The channels subscribed to ...
@@ -57,6 +59,11 @@ TRADE_STREAM, TICKER_STREAM, BOOK_STREAM, RAW_STREAM = "coinbase.trade", "coinba
 STREAM_OF_CHANNEL = {MARKET_TRADES: TRADE_STREAM, TICKER: TICKER_STREAM, L2_DATA: BOOK_STREAM}
 # The maker's side, as Coinbase writes it, and the taker's, which the record carries.
 TAKER_SIDE = {"BUY": "sell", "SELL": "buy"}
+# The channels `coinbase.streams` takes: each subscribed as itself.
+SUBSCRIBABLE = (MARKET_TRADES, TICKER)
+# Coinbase takes 8 unauthenticated messages a second per IP (Advanced Trade WebSocket rate
+# limits), counted over every connection of the host: a connection's subscriptions are spaced.
+SUBSCRIBE_INTERVAL_SECONDS = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,3 +374,23 @@ class ConnectionSequence:
             return None
         self._next = sequence_num + 1
         return SequenceGap(expected, sequence_num - 1) if sequence_num > expected else None
+
+
+def connection_plan(url: str, products: Sequence[str], channels: Sequence[str]) -> SubscriptionPlan:
+    """How one connection asks for `products`' channels, one channel a message: the status
+    channel first (the products' descriptions, which their records are made with: on the
+    connection itself, so that the raw record holds them before the frames they read), then
+    each channel, and heartbeats last, which keep a quiet product's subscriptions open.
+    Coinbase's answer names no request (it lists the connection's whole set of
+    subscriptions), so the numbers are the plan's own."""
+    ordered = (STATUS, *channels, HEARTBEATS)
+    return SubscriptionPlan(url, tuple(
+        (number, json.dumps({"type": "subscribe", "channel": channel, "product_ids": list(products)}, separators=(",", ":")))
+        for number, channel in enumerate(ordered, 1)), SUBSCRIBE_INTERVAL_SECONDS)
+
+
+def record_symbol(product_id: str) -> str:
+    """The symbol a product's records carry, known before Coinbase describes the product (the
+    shards and each venue's share of the symbols are made at start): a product id is
+    BASE-QUOTE, and its description names it by that base and quote (BTC-USD: BTCUSD)."""
+    return product_id.replace("-", "")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from k2actors.core.adapter import Reading, items_reading
+from k2actors.core.adapter import Answer, Reading, items_reading
 from k2actors.core.coinbase import (
     MARKET_TRADES,
     TICKER,
@@ -25,6 +25,7 @@ from k2actors.core.coinbase import (
     HistoryPage,
     Product,
     Products,
+    VenueError,
     historical_trades,
     read_frame,
 )
@@ -45,8 +46,14 @@ class CoinbaseAdapter:
 
     def read(self, venue: str, endpoint: str, frame: Frame) -> Reading[CoinbaseEvent]:
         envelope, items = read_frame(frame[3], self._max_frame_bytes)
+        # Coinbase sends a batch of trades newest first: taken oldest first, each product's ids
+        # run on as they were made, rather than each batch opening a gap its own trades fill.
+        items = tuple(sorted(items, key=lambda item: item.trade_id if isinstance(item, CoinbaseTrade) else -1))
+        # An error names no request (an unknown channel, too many level2 products): it is the
+        # connection's subscriptions that were refused, and it is said so, loudly.
+        refusals = tuple(Answer(None, (0, item.message)) for item in items if isinstance(item, VenueError))
         return items_reading(venue, endpoint, frame, envelope.channel, items, (CoinbaseTrade, CoinbaseQuote, BookEvent, Products),
-                             lambda event: None if isinstance(event, Products) else event.product_id)
+                             lambda event: None if isinstance(event, Products) else event.product_id, refusals)
 
     def shape(self, event: CoinbaseTrade | CoinbaseQuote, delivery: Delivery, streamed: bool) -> tuple[str, Record] | Rejected:
         """(stream type, record), or why the event cannot be one. A streamed event is screened

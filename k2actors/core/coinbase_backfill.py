@@ -25,6 +25,8 @@ from k2actors.core.paged_backfill import PagedBackfill, PageOf, Throttle, TradeI
 from k2actors.core.telemetry import MetricBuffer
 
 TOO_MANY_REQUESTS = 429
+# Where its pages are asked for: PRODUCTS_PATH + <product id> + /trades (the raw record names them so).
+PRODUCTS_PATH = "/products/"
 REQUEST_INTERVAL_SECONDS = 0.25
 
 
@@ -57,7 +59,7 @@ class CoinbaseGapFill(TradeIdGap):
     def target(self) -> str:
         """The path and query of the next page."""
         query = urllib.parse.urlencode({"after": self.after, "limit": PAGE_LIMIT})
-        return f"/products/{urllib.parse.quote(self.product_id)}/trades?{query}"
+        return f"{PRODUCTS_PATH}{urllib.parse.quote(self.product_id)}/trades?{query}"
 
     def read(self, reply: RestReply) -> PageOf | Throttle | Unusable | None:
         if reply.status == TOO_MANY_REQUESTS:

@@ -23,12 +23,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from k2actors.core import kraken
+from k2actors.core import coinbase, kraken
 from k2actors.core.adapter import BinanceAdapter, MarketEvent, Reading, Replace
 from k2actors.core.binance import BOOK, TRADE
 from k2actors.core.book import BookSync, BookTop, DepthDiff, FetchSnapshot, InSync, OutOfSync, OutOfSyncReason
 from k2actors.core.book import Output as BookOutput
 from k2actors.core.checksummed_book import CheckedTop
+from k2actors.core.coinbase import BookEvent, CoinbaseQuote, CoinbaseTrade, Product, Products
+from k2actors.core.coinbase_adapter import CoinbaseAdapter
 from k2actors.core.connection_books import BookSource, SymbolInSync, SymbolOutOfSync
 from k2actors.core.frames import ID_REGRESSED, INTERNAL_ERROR, POISON_MESSAGE, UNSUBSCRIBED_SYMBOL, Rejected
 from k2actors.core.kraken import BookMessage, Instrument, Instruments, KrakenQuote, KrakenTrade
@@ -144,6 +146,14 @@ class InstrumentsLearned:
     Normaliser, which sees no frame from before its start."""
 
     instruments: tuple[Instrument, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ProductsLearned:
+    """Coinbase described its subscribed products anew: the coordinator keeps them for the
+    next Normaliser, as Kraken's instruments."""
+
+    products: tuple[Product, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,7 +386,7 @@ Said = (
     | NotOwnedDropped | BookLost | BookRebuilt | ChecksumFailed | SymbolOutOfSync | SymbolInSync
 )
 Event = (Publish | Release[A] | Confirmed[A] | Answered[A] | Drained | ReadyCheck | SnapshotWanted | InstrumentsLearned
-         | ResubscribeWanted[A] | Said)
+         | ProductsLearned | ResubscribeWanted[A] | Said)
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,6 +398,15 @@ class KrakenRules:
     instruments: tuple[Instrument, ...]  # as an earlier Normaliser learned them; the connections' frames say them anew
     book_depth: int  # levels a side in a book record
     book_cadence_ms: int  # a book record per pair per this much of Kraken's time
+
+
+@dataclass(frozen=True, slots=True)
+class CoinbaseRules:
+    """What the ledger is configured with for Coinbase, when it is enabled."""
+
+    products: frozenset[str]  # subscribed product ids
+    max_frame_bytes: int
+    described: tuple[Product, ...]  # as an earlier Normaliser learned them; the connections' frames say them anew
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,6 +423,7 @@ class Rules:
     book_depth: int  # levels a side in a book record
     book_cadence_ms: int  # a book record per symbol per this much of the venue's event time
     kraken: KrakenRules | None = None
+    coinbase: CoinbaseRules | None = None
 
 
 Shaped = tuple[str, Record, Headers]  # (stream type, record, lineage headers), as a RecordBatch carries it
@@ -427,10 +447,16 @@ class Ledger(Generic[A]):
         if rules.kraken is not None:
             self._learn(Instruments(rules.kraken.instruments), [])
             self._kraken_books = KrakenBooks(rules.kraken.book_depth, rules.kraken.book_cadence_ms)
+        self._products: dict[str, Product] = {}  # Coinbase's subscribed products, as last described
+        self._coinbase: CoinbaseAdapter | None = None
+        if rules.coinbase is not None:
+            self._learn_products(Products(rules.coinbase.described), [])
         self._owned = owned
         # Every configured symbol as its records carry it: cluster mode shards by these.
-        self._kraken_symbols = frozenset(kraken.record_symbol(pair) for pair in (rules.kraken.symbols if rules.kraken else ()))
-        self._configured = rules.symbols | self._kraken_symbols
+        self._venue_symbols = {
+            kraken.VENUE: frozenset(kraken.record_symbol(pair) for pair in (rules.kraken.symbols if rules.kraken else ())),
+            coinbase.VENUE: frozenset(map(coinbase.record_symbol, rules.coinbase.products if rules.coinbase else ()))}
+        self._configured = rules.symbols.union(*self._venue_symbols.values())
         self._not_owned = 0  # events dropped as another instance's, since the last report
         self._sequences = StreamSequences(rules.gap_grace_seconds)
         self._sequences.resume(positions, now)
@@ -462,11 +488,12 @@ class Ledger(Generic[A]):
         records: list[Shaped] = []
         letters: list[DeadLetter] = []
         keep_raw, raw_stream = self._rules.raw, _raw_stream(batch.venue)
-        adapter: BinanceAdapter | KrakenAdapter = self._adapter
-        if batch.venue == kraken.VENUE:
-            if self._kraken is None:
+        adapter: BinanceAdapter | KrakenAdapter | CoinbaseAdapter = self._adapter
+        if batch.venue in (kraken.VENUE, coinbase.VENUE):
+            venue_adapter = self._kraken if batch.venue == kraken.VENUE else self._coinbase
+            if venue_adapter is None:
                 raise ValueError(f"frames of {batch.venue} from {batch.url}, which is not configured")
-            adapter = self._kraken
+            adapter = venue_adapter
         for frame in batch.frames:
             received_ns, conn_id, conn_msg_seq, raw = frame
             delivery = Delivery(batch.venue, batch.url, received_ns // 1000)
@@ -503,7 +530,8 @@ class Ledger(Generic[A]):
         events: list[Event[A]] = []
         letters = [self._dead_letter(raw, rejected, delivery, events) for raw, rejected in page.rejected]
         records: list[Shaped] = []
-        for trade in sorted(page.trades, key=lambda trade: trade.trade_id if isinstance(trade, KrakenTrade) else event_id(trade)):
+        for trade in sorted(page.trades, key=lambda trade: trade.trade_id if isinstance(trade, (KrakenTrade, CoinbaseTrade))
+                            else event_id(trade)):
             outcome = self._accept(trade, delivery, now, streamed=False, events=events)
             if isinstance(outcome, Rejected):
                 letters.append(self._dead_letter(json.dumps(dataclasses.asdict(trade)).encode(), outcome, delivery, events))
@@ -657,7 +685,7 @@ class Ledger(Generic[A]):
         if self._kraken_books is not None:
             self._kraken_books.forget({pair for pair in self._kraken_books.pairs() if kraken.record_symbol(pair) not in symbols})
         # The staleness of a venue's data counts only while it has symbols to stream, and from then.
-        carried = {kraken.VENUE: bool(symbols & self._kraken_symbols)}
+        carried = {venue: bool(symbols & venue_symbols) for venue, venue_symbols in self._venue_symbols.items()}
         self._data_at = {venue: at for venue, at in self._data_at.items() if carried.get(venue, bool(symbols & self._rules.symbols))}
         self._owned = symbols
 
@@ -674,6 +702,14 @@ class Ledger(Generic[A]):
                 continue
             if isinstance(event, Instruments):
                 self._learn(event, events)
+                continue
+            if isinstance(event, Products):
+                self._learn_products(event, events)
+                continue
+            if isinstance(event, BookEvent):  # level2 is not subscribed: Coinbase's books are not streamed yet
+                letters.append(self._dead_letter(raw, Rejected(UNSUBSCRIBED_SYMBOL, f"a level2 event of {event.product_id[:40]!r}, "
+                                                               "whose book was not subscribed", coinbase.BOOK_STREAM),
+                                                 delivery, events))
                 continue
             if isinstance(event, BookMessage):
                 rejected = self._take_book_message(event, BookSource(sender, delivery.endpoint, conn_id), frame, now,
@@ -696,19 +732,26 @@ class Ledger(Generic[A]):
                     self.metrics.inc("k2_binance_subscription_refusals_total", delivery.endpoint)
                 events.append(Answered(sender, delivery.endpoint, action.request_id, action.refusal))
 
-    def _accept(self, event: MarketEvent | KrakenTrade | KrakenQuote, delivery: Delivery, now: float, streamed: bool,
-                events: list[Event[A]]) -> tuple[str, Record] | Rejected | None:
+    def _accept(self, event: MarketEvent | KrakenTrade | KrakenQuote | CoinbaseTrade | CoinbaseQuote, delivery: Delivery,
+                now: float, streamed: bool, events: list[Event[A]]) -> tuple[str, Record] | Rejected | None:
         """(stream type, record) to publish, a Rejected for the DLQ, or None (a duplicate, or
         another instance's)."""
-        if self._another_instances(kraken.record_symbol(event.symbol) if isinstance(event, (KrakenTrade, KrakenQuote))
-                                   else event.symbol):
-            return None
         # Validate before tracking: an event that cannot be stored must not claim its id.
         if isinstance(event, (KrakenTrade, KrakenQuote)):
             if self._kraken is None:
                 raise ValueError("a Kraken event, and Kraken is not configured")
+            if self._another_instances(kraken.record_symbol(event.symbol)):
+                return None
             shaped = self._kraken.shape(event, delivery, streamed)
+        elif isinstance(event, (CoinbaseTrade, CoinbaseQuote)):
+            if self._coinbase is None:
+                raise ValueError("a Coinbase event, and Coinbase is not configured")
+            if self._another_instances(coinbase.record_symbol(event.product_id)):
+                return None
+            shaped = self._coinbase.shape(event, delivery, streamed)
         else:
+            if self._another_instances(event.symbol):
+                return None
             shaped = self._adapter.shape(event, delivery, streamed)
         if isinstance(shaped, Rejected):
             return shaped
@@ -769,6 +812,25 @@ class Ledger(Generic[A]):
             self._kraken = KrakenAdapter(dict(self._instruments), rules.max_frame_bytes)
         if changed:
             events.append(InstrumentsLearned(tuple(self._instruments.values())))
+
+    def coinbase_history(self, gap: Gap) -> str | None:
+        """The product (in Coinbase's spelling) whose history holds a gap's trades; None when
+        no subscribed product makes that record symbol."""
+        return next((p.product_id for p in self._products.values() if p.record_symbol == gap.symbol), None)
+
+    def _learn_products(self, described: Products, events: list[Event[A]]) -> None:
+        """Coinbase's description of its products (the status channel, on every connection,
+        before its data): the subscribed ones' records are made with it from now on."""
+        rules = self._rules.coinbase
+        if rules is None:
+            return
+        changed = {product.product_id: product for product in described.products
+                   if product.product_id in rules.products and self._products.get(product.product_id) != product}
+        if changed or self._coinbase is None:
+            self._products.update(changed)
+            self._coinbase = CoinbaseAdapter(dict(self._products), rules.max_frame_bytes)
+        if changed:
+            events.append(ProductsLearned(tuple(self._products.values())))
 
     def _take_diff(self, diff: DepthDiff, delivery: Delivery, now: float, records: list[Shaped], letters: list[DeadLetter],
                    events: list[Event[A]]) -> Rejected | None:
@@ -998,4 +1060,4 @@ class Ledger(Generic[A]):
 
 def _raw_stream(venue: str) -> str:
     """The raw record a venue's frames and REST answers are kept in."""
-    return kraken.RAW_STREAM if venue == kraken.VENUE else RAW
+    return {kraken.VENUE: kraken.RAW_STREAM, coinbase.VENUE: coinbase.RAW_STREAM}.get(venue, RAW)

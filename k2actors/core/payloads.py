@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from k2actors.core.binance import AggTrade, Trade
+from k2actors.core.coinbase import CoinbaseTrade
 from k2actors.core.frames import Rejected
 from k2actors.core.kraken import KrakenTrade
 from k2actors.core.link import Frame
@@ -80,12 +81,12 @@ class BackfilledTrades:
     """A page of history inside a gap, in id order; rows that are not trades come as
     (row as JSON, Rejected) for the DLQ."""
 
-    stream: str  # trade, aggTrade or kraken.trade
+    stream: str  # trade, aggTrade, kraken.trade or coinbase.trade
     venue: str
     symbol: str  # the records'
     url: str
     received_us: int
-    trades: tuple[Trade | AggTrade | KrakenTrade, ...]
+    trades: tuple[Trade | AggTrade | KrakenTrade | CoinbaseTrade, ...]
     rejected: tuple[tuple[bytes, Rejected], ...]  # (the row as JSON, why it is no trade)
     target: str  # the resource asked for: path and query
     conn_id: str  # the response's own, for the raw record

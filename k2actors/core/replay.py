@@ -23,13 +23,18 @@ from k2actors.core.binance import BOOK, DEPTH_PATH, quote_assets
 from k2actors.core.book import BookSync, BookTop, DepthDiff, DepthSnapshot
 from k2actors.core.book import Output as BookOutput
 from k2actors.core.checksummed_book import CheckedTop
+from k2actors.core.coinbase import VENUE as COINBASE
+from k2actors.core.coinbase import BookEvent, CoinbaseTrade, Products
+from k2actors.core.coinbase import HistoryPage as CoinbaseHistoryPage
+from k2actors.core.coinbase_adapter import CoinbaseAdapter
+from k2actors.core.coinbase_backfill import PRODUCTS_PATH
 from k2actors.core.connection_books import BookSource
 from k2actors.core.kraken import BOOK_STREAM, BookMessage, HistoryPage, Instrument, Instruments, KrakenTrade
 from k2actors.core.kraken import VENUE as KRAKEN
 from k2actors.core.kraken_adapter import KrakenAdapter
 from k2actors.core.kraken_backfill import TRADES_PATH
 from k2actors.core.kraken_books import KrakenBooks
-from k2actors.core.ledger import BOOK_MAX_WAITING_DIFFS, KrakenRules
+from k2actors.core.ledger import BOOK_MAX_WAITING_DIFFS, CoinbaseRules, KrakenRules
 from k2actors.core.normalise import Delivery
 from k2actors.core.raw import CONN_ID, CONN_MSG_SEQ, Headers, RestResponse, frame_lineage
 from k2actors.core.sequence import GAP_GRACE_SECONDS
@@ -51,6 +56,7 @@ class Rules:
     book_depth: int
     book_cadence_ms: int
     kraken: KrakenRules | None = None  # when Kraken's raw record is replayed too
+    coinbase: CoinbaseRules | None = None  # ... and Coinbase's
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,11 +92,16 @@ class Replay:
         adapter = BinanceAdapter(self._rules.symbols, assets, self._rules.max_frame_bytes)
         derived: dict[Source, list[Derived]] = {}
         books: dict[tuple[str, str], BookSync] = {}
-        kraken = _KrakenDerivation(self._rules.kraken) if self._rules.kraken is not None else None
+        venues: dict[str, _KrakenDerivation | _CoinbaseDerivation] = {}
+        if self._rules.kraken is not None:
+            venues[KRAKEN] = _KrakenDerivation(self._rules.kraken)
+        if self._rules.coinbase is not None:
+            venues[COINBASE] = _CoinbaseDerivation(self._rules.coinbase)
         for raw in ordered:
-            if raw["exchange"] == KRAKEN:
-                if kraken is not None:
-                    derived[(raw["conn_id"], raw["conn_msg_seq"])] = kraken.derive(raw)
+            if raw["exchange"] in (KRAKEN, COINBASE):
+                venue = venues.get(raw["exchange"])
+                if venue is not None:
+                    derived[(raw["conn_id"], raw["conn_msg_seq"])] = venue.derive(raw)
                 continue
             stream = raw["stream"] or ""
             if stream.startswith(EXCHANGE_INFO_PATH):  # it shaped what came after it
@@ -221,6 +232,43 @@ class _KrakenDerivation:
         if not isinstance(page, HistoryPage):
             return []
         return [Derived(*shaped, response.lineage()) for trade in page.trades if isinstance(trade, KrakenTrade)
+                and isinstance(shaped := self._adapter.shape(trade, delivery, streamed=False), tuple)]
+
+
+class _CoinbaseDerivation:
+    """Coinbase's raw records derived as the live ledger derives them: its products as its
+    own status frames describe them (each connection's first), its trades and quotes by its
+    adapter, and its REST pages of history as backfill shaped them."""
+
+    def __init__(self, rules: CoinbaseRules) -> None:
+        self._rules = rules
+        self._adapter = CoinbaseAdapter({}, rules.max_frame_bytes)
+        self._described: dict[str, Any] = {}
+
+    def derive(self, raw: Mapping[str, Any]) -> list[Derived]:
+        delivery = Delivery(raw["exchange"], raw["endpoint"], raw["recv_ts_ns"] // 1000)
+        if (raw["stream"] or "").startswith(PRODUCTS_PATH):
+            return self._from_history(raw, delivery)
+        lineage = frame_lineage(raw["conn_id"], raw["conn_msg_seq"], raw["recv_ts_ns"])
+        reading = self._adapter.read(raw["exchange"], raw["endpoint"],
+                                     (raw["recv_ts_ns"], raw["conn_id"], raw["conn_msg_seq"], raw["payload"]))
+        derived: list[Derived] = []
+        for event in reading.events:
+            if isinstance(event, Products):
+                self._described.update({p.product_id: p for p in event.products if p.product_id in self._rules.products})
+                self._adapter = CoinbaseAdapter(dict(self._described), self._rules.max_frame_bytes)
+            elif not isinstance(event, BookEvent) and isinstance(shaped := self._adapter.shape(event, delivery, streamed=True), tuple):
+                derived.append(Derived(*shaped, lineage))
+        return derived
+
+    def _from_history(self, raw: Mapping[str, Any], delivery: Delivery) -> list[Derived]:
+        response = RestResponse(raw["exchange"], raw["endpoint"], raw["stream"], raw["conn_id"], raw["recv_ts_ns"], raw["payload"],
+                                raw["symbol"])
+        product_id = urllib.parse.unquote(urllib.parse.urlsplit(response.target).path.split("/")[2])
+        page = self._adapter.history(response.body, product_id)
+        if not isinstance(page, CoinbaseHistoryPage):
+            return []
+        return [Derived(*shaped, response.lineage()) for trade in page.trades if isinstance(trade, CoinbaseTrade)
                 and isinstance(shaped := self._adapter.shape(trade, delivery, streamed=False), tuple)]
 
 

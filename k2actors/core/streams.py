@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from k2actors.core import coinbase
 from k2actors.core.binance import AGG_TRADE, BOOK, BOOK_TICKER, TRADE
 from k2actors.core.kraken import BOOK_STREAM, RAW_STREAM, TICKER_STREAM, TRADE_STREAM
 from k2actors.core.raw import RAW
@@ -53,6 +54,10 @@ STREAM_TYPES: dict[str, StreamType] = {
         StreamType(TICKER_STREAM, "kraken_quote_topic", "quote_v2.avsc", Numbering.SUPERSEDING, "quotes"),
         StreamType(BOOK_STREAM, "kraken_book_topic", "book_v2.avsc", Numbering.SUPERSEDING, "books"),
         StreamType(RAW_STREAM, "kraken_raw_topic", "raw_frame_v1.avsc", Numbering.FRAMES, "frames"),
+        StreamType(coinbase.TRADE_STREAM, "coinbase_trade_topic", "trade_v2.avsc", Numbering.CONSECUTIVE, "trades"),
+        # Coinbase's quotes are numbered by the time of their frame, which only increases.
+        StreamType(coinbase.TICKER_STREAM, "coinbase_quote_topic", "quote_v2.avsc", Numbering.SUPERSEDING, "quotes"),
+        StreamType(coinbase.RAW_STREAM, "coinbase_raw_topic", "raw_frame_v1.avsc", Numbering.FRAMES, "frames"),
     )
 }
 # The stream types whose ids are consecutive: gaps are found in them, reported and filled.

@@ -1,0 +1,117 @@
+"""Coinbase beside Binance in one service, end to end: the Coinbase and Binance simulators,
+Tansu, and the service as a user runs it (`python -m k2actors start`, configured by K2_*
+variables)."""
+
+from __future__ import annotations
+
+import pytest
+
+from k2actors.localstack.coinbase import CoinbaseSimulator
+from k2actors.readback import missing_and_duplicates, records
+from tests.conftest import trade_ids, wait_until
+from tests.test_kraken_service import backfilled, produced
+from tests.test_raw_record import replay_verify
+
+PRODUCTS = ("BTC-USD", "ETH-USD")
+
+
+@pytest.fixture
+def coinbase():
+    # 20 trades a second a product: a resubscription's snapshot (the last 50) covers more than two seconds
+    with CoinbaseSimulator(PRODUCTS, rate=20) as running:
+        yield running
+
+
+def with_coinbase(start_service, coinbase, topic, **overrides):
+    return start_service(**{
+        "K2_COINBASE_ENABLED": "true", "K2_COINBASE_WEBSOCKET_URL": coinbase.urls[0],
+        "K2_COINBASE_SYMBOLS": ",".join(PRODUCTS), "K2_COINBASE_RECONNECT_DELAY_SECONDS": "0.2",
+        "K2_COINBASE_REST_URL": coinbase.rest_url(), "K2_COINBASE_STREAMS": "market_trades,ticker",
+        "K2_KAFKA_COINBASE_TRADE_TOPIC": f"{topic}.coinbase", "K2_KAFKA_COINBASE_QUOTE_TOPIC": f"{topic}.coinbase.quotes",
+        "K2_KAFKA_COINBASE_RAW_TOPIC": f"{topic}.coinbase.raw",
+        **overrides})
+
+
+def made_since(coinbase, before: dict[str, int], count: int) -> bool:
+    return min(coinbase.last_ids()[product] - before[product] for product in PRODUCTS) >= count
+
+
+def test_coinbase_streams_to_its_own_topics_beside_binance_exactly_once_through_a_dropped_connection(
+        start_service, coinbase, simulator, broker, registry, topic):
+    coinbase_topic = f"{topic}.coinbase"
+    service = with_coinbase(start_service, coinbase, topic)
+    service.wait_ready()
+    wait_until(lambda: min(produced(service, topic), produced(service, coinbase_topic)) >= 100, 60, "trades of both venues")
+    coinbase.endpoint(0).drop()
+    wait_until(lambda: service.log().count(f"connected to {coinbase.urls[0]}") >= 2, 30, "the dropped connection replaced")
+    before = produced(service, coinbase_topic)
+    wait_until(lambda: produced(service, coinbase_topic) >= before + 100, 60, "Coinbase's trades after the drop")
+    assert service.stop() == 0, service.log()
+
+    ids = trade_ids(broker, registry, coinbase_topic)
+    assert set(ids) == {"BTCUSD", "ETHUSD"}
+    assert missing_and_duplicates(ids) == (0, 0)
+    assert missing_and_duplicates(trade_ids(broker, registry, topic)) == (0, 0)
+    trades = records(broker.bootstrap_servers, registry.url, coinbase_topic)
+    assert {(t["exchange"], t["currency"], t["vendor_data"]["venue_symbol"]) for t in trades} == {
+        ("COINBASE", "USD", "BTC-USD"), ("COINBASE", "USD", "ETH-USD")}
+    assert {t["side"] for t in trades} == {"BUY", "SELL"}
+    quotes = records(broker.bootstrap_servers, registry.url, f"{topic}.coinbase.quotes")
+    for symbol in ("BTCUSD", "ETHUSD"):
+        times = [q["source_sequence"] for q in quotes if q["symbol"] == symbol]
+        assert times and times == sorted(set(times))  # once each, in order
+    # Coinbase's frames in Coinbase's raw record, Binance's in Binance's
+    raw = records(broker.bootstrap_servers, registry.url, f"{topic}.coinbase.raw")
+    assert raw and {r["exchange"] for r in raw} == {"COINBASE"} and len({r["conn_id"] for r in raw}) >= 2
+    assert {"status", "market_trades", "ticker", "heartbeats", "subscriptions"} <= {r["stream"] for r in raw}
+    assert {r["exchange"] for r in records(broker.bootstrap_servers, registry.url, f"{topic}.raw")} == {"BINANCE"}
+    assert "gap in COINBASE" not in service.log()  # the new connection's snapshot of recent trades covered the drop
+    replayed = replay_verify(service.env)
+    assert replayed.returncode == 0 and " 0 differences " in replayed.stdout, replayed.stdout + replayed.stderr
+
+
+def test_coinbase_trades_exactly_once_through_a_stall_a_crash_and_a_deploy_gaps_backfilled_from_its_rest_history(
+        start_service, coinbase, simulator, broker, registry, topic):
+    settings = {"K2_COINBASE_STALE_TIMEOUT_SECONDS": "2"}
+    coinbase_topic = f"{topic}.coinbase"
+    symbols = {product.replace("-", "") for product in PRODUCTS}
+    service = with_coinbase(start_service, coinbase, topic, **settings)
+    service.wait_ready()
+    wait_until(lambda: produced(service, coinbase_topic) >= 100, 60, "Coinbase's trades")
+
+    # A stall longer than a resubscription's snapshot covers (its last 50 trades, 2.5 s here)
+    coinbase.endpoint(0).stall(True)
+    stalled_at = coinbase.last_ids()
+    wait_until(lambda: made_since(coinbase, stalled_at, 100), 30, "100 trades a product made meanwhile")
+    coinbase.endpoint(0).stall(False)
+    wait_until(lambda: backfilled(service, symbols), 60, "the stall's gaps declared and backfilled")
+
+    # A crash: what it had not handed to Kafka, and what is traded until the next start, is a gap
+    service.process.kill()
+    service.process.wait()
+    crashed_at = coinbase.last_ids()
+    wait_until(lambda: made_since(coinbase, crashed_at, 100), 30, "100 trades a product made meanwhile")
+    restarted = with_coinbase(start_service, coinbase, topic, **settings)
+    restarted.wait_ready()
+    wait_until(lambda: backfilled(restarted, symbols), 90, "the gaps of the crash backfilled")
+
+    # A deploy: SIGTERM delivers what was received; what is traded until the next start is a gap
+    assert restarted.stop() == 0, restarted.log()
+    assert "every trade received was delivered and no gap is open" in restarted.log()
+    stopped_at = coinbase.last_ids()
+    wait_until(lambda: made_since(coinbase, stopped_at, 100), 30, "100 trades a product made meanwhile")
+    deployed = with_coinbase(start_service, coinbase, topic, **settings)
+    deployed.wait_ready()
+    wait_until(lambda: backfilled(deployed, symbols), 90, "the gaps of the stop backfilled")
+    assert deployed.stop() == 0, deployed.log()
+
+    ids = trade_ids(broker, registry, coinbase_topic)
+    assert missing_and_duplicates(ids) == (0, 0)
+    assert all(ids[product.replace("-", "")][-1] >= stopped_at[product] for product in PRODUCTS)
+    from_history = [t for t in records(broker.bootstrap_servers, registry.url, coinbase_topic) if t["vendor_data"].get("backfilled")]
+    assert from_history and {t["symbol"] for t in from_history} == symbols
+    assert len(coinbase.endpoint(0).history_request_times()) >= 3  # (each gap asked for from Coinbase's history)
+    assert missing_and_duplicates(trade_ids(broker, registry, topic)) == (0, 0)  # Binance's, all the while
+    # every record of both venues, streamed or backfilled, derived again from the raw records
+    replayed = replay_verify(deployed.env)
+    assert replayed.returncode == 0 and " 0 differences " in replayed.stdout, replayed.stdout + replayed.stderr
