@@ -23,6 +23,8 @@ import yaml
 
 from k2actors.core import coinbase, kraken
 from k2actors.core.binance import MAX_DEPTH_LIMIT, SUBSCRIBABLE, TRADE
+from k2actors.core.coinbase import Product
+from k2actors.core.ledger import CoinbaseRules
 from k2actors.core.raw import RAW
 from k2actors.core.streams import STREAM_TYPES
 
@@ -62,6 +64,10 @@ class Endpoint:
     venue: str
 
 
+# How far back backfill reaches by default: a day.
+BACKFILL_MAX_AGE_SECONDS = 86400.0
+
+
 @dataclass(frozen=True)
 class VenueConfig:
     """What every venue's section holds; each section sets its own defaults."""
@@ -77,10 +83,8 @@ class VenueConfig:
     reconnect_max_delay_seconds: float = 60.0
     max_connection_age_seconds: float = 82800.0  # Binance closes a connection at 24 h
     max_frame_bytes: int = 65536  # a trade frame is about 250 bytes
-    # Fill declared gaps from the venue's REST trade history (rest_urls).
+    # Fill declared gaps from the venue's REST trade history.
     backfill: bool = True
-    # How far back backfill reaches; missing ids older than this are reported, not fetched.
-    backfill_max_age_seconds: float = 86400.0
     # wss:// and https:// are verified against certifi's CA bundle, plus this PEM file if set.
     tls_ca_file: str = ""
     tls_verify: bool = True
@@ -104,6 +108,8 @@ class BinanceConfig(VenueConfig):
     )
     symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT", "BNBUSDT")
     streams: tuple[str, ...] = (TRADE,)  # any of SUBSCRIBABLE
+    # How far back backfill reaches; missing ids older than this are reported, not fetched.
+    backfill_max_age_seconds: float = BACKFILL_MAX_AGE_SECONDS
     # Books are rebuilt from REST snapshots of book_snapshot_limit levels a side (its request
     # weight: 5 up to 100, 25 to 500, 50 to 1000).
     book_snapshot_limit: int = 1000
@@ -120,6 +126,7 @@ class KrakenConfig(VenueConfig):
     failover_urls: tuple[Endpoint, ...] = ()
     symbols: tuple[str, ...] = ("BTC/USD", "ETH/USD", "SOL/USD")  # Kraken's v2 spelling
     streams: tuple[str, ...] = (kraken.TRADE,)  # any of KRAKEN_STREAMS
+    backfill_max_age_seconds: float = BACKFILL_MAX_AGE_SECONDS  # Kraken's history is served by time: how far back
     # Its frames carry up to 1000 trades or book levels: larger than Binance's.
     max_frame_bytes: int = 1048576
     # REST base URL: trade history for gaps.
@@ -139,8 +146,11 @@ class CoinbaseConfig(VenueConfig):
     failover_urls: tuple[Endpoint, ...] = ()
     symbols: tuple[str, ...] = ("BTC-USD", "ETH-USD", "SOL-USD")  # Coinbase's product ids
     streams: tuple[str, ...] = (coinbase.MARKET_TRADES,)  # any of coinbase.SUBSCRIBABLE
-    # A market_trades snapshot carries recent trades of every product subscribed.
-    max_frame_bytes: int = 1048576
+    # (No backfill_max_age_seconds: Coinbase's history is paged by trade id, which says nothing
+    # of a trade's age, so a gap is asked for however old.)
+    # A level2 snapshot is the whole book: more than 4 MiB for BTC-USD. (The raw topic takes
+    # records of up to 16 MiB, see outlets.RAW_MAX_MESSAGE_BYTES.)
+    max_frame_bytes: int = 16 * 1024 * 1024
     # REST base URL: trade history for gaps (Coinbase Exchange's, which pages by trade id).
     rest_url: str = "https://api.exchange.coinbase.com"
 
@@ -164,6 +174,7 @@ class KafkaConfig:
     kraken_raw_topic: str = "market.crypto.raw.kraken"
     coinbase_trade_topic: str = "market.crypto.trades.coinbase"
     coinbase_quote_topic: str = "market.crypto.quotes.coinbase"
+    coinbase_book_topic: str = "market.crypto.books.coinbase"
     coinbase_raw_topic: str = "market.crypto.raw.coinbase"
     dlq_topic: str = ""
     create_topics: bool = True
@@ -287,6 +298,12 @@ class Config:
         return (*binance, *(stream for streams, raw in others for stream in (*streams, *((raw,) if self.raw.enabled else ()))))
 
 
+def coinbase_rules(section: CoinbaseConfig, described: tuple[Product, ...]) -> CoinbaseRules:
+    """What the ledger and replay make Coinbase's records with, given its products as last described."""
+    return CoinbaseRules(frozenset(section.symbols), section.max_frame_bytes, described, coinbase.LEVEL2 in section.streams,
+                         section.book_depth, round(section.book_cadence_seconds * 1000))
+
+
 SECTIONS: dict[str, type] = {
     "binance": BinanceConfig,
     "kraken": KrakenConfig,
@@ -404,8 +421,7 @@ def _closest(name: str, known: Iterable[str]) -> str:
 
 def _build_section(section: str, values: dict[str, Any]):
     cls = SECTIONS[section]
-    # A field without a parser is no key of the section (Coinbase's book settings, until its books are streamed).
-    fields = {f.name: f for f in dataclasses.fields(cls) if (section, f.name) in _PARSERS}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     secrets = [name for name, f in fields.items() if f.type == "Secret"]
     known = [*fields, *(name + SECRET_FILE_SUFFIX for name in secrets)]
     parsed = {}
@@ -668,15 +684,14 @@ _VENUE_PARSERS = {
     "max_connection_age_seconds": _number(float, 1.0),
     "max_frame_bytes": _number(int, 1024, 16 * 1024 * 1024),
     "backfill": _boolean,
-    "backfill_max_age_seconds": _number(float, 1.0),
     "tls_ca_file": _optional_file,
     "tls_verify": _boolean,
     "book_cadence_seconds": _number(float, 0.001),
 }
 
 _PARSERS = {
-    **{(section, name): parser for section in ("binance", "kraken", "coinbase") for name, parser in _VENUE_PARSERS.items()
-       if (section, name) != ("coinbase", "book_cadence_seconds")},  # Coinbase's books are not streamed yet
+    **{(section, name): parser for section in ("binance", "kraken", "coinbase") for name, parser in _VENUE_PARSERS.items()},
+    **{(section, "backfill_max_age_seconds"): _number(float, 1.0) for section in ("binance", "kraken")},
     ("binance", "websocket_url"): _endpoint_or_text,
     ("binance", "failover_urls"): _endpoints,
     ("binance", "symbols"): _symbols,
@@ -695,6 +710,7 @@ _PARSERS = {
     ("coinbase", "symbols"): _coinbase_products,
     ("coinbase", "streams"): _stream_list(coinbase.SUBSCRIBABLE),
     ("coinbase", "rest_url"): _http_url,
+    ("coinbase", "book_depth"): _number(int, 1, MAX_DEPTH_LIMIT),
     ("kafka", "bootstrap_servers"): _text,
     ("kafka", "schema_registry_url"): _http_url,
     ("kafka", "topic"): _topic,
@@ -708,6 +724,7 @@ _PARSERS = {
     ("kafka", "kraken_raw_topic"): _topic,
     ("kafka", "coinbase_trade_topic"): _topic,
     ("kafka", "coinbase_quote_topic"): _topic,
+    ("kafka", "coinbase_book_topic"): _topic,
     ("kafka", "coinbase_raw_topic"): _topic,
     ("kafka", "dlq_topic"): _optional_topic,
     ("kafka", "create_topics"): _boolean,

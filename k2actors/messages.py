@@ -398,6 +398,15 @@ class SubscriptionAnswer:
 
 
 @dataclass(frozen=True)
+class ReplaceConnection:
+    """Coinbase's connection `conn_id` lost a frame: its books cannot be trusted; replace it,
+    make before break, so that its successor's subscriptions bring fresh snapshots (the
+    Normaliser, which follows every connection's numbering, tells the connection actor)."""
+
+    conn_id: str
+
+
+@dataclass(frozen=True)
 class ResubscribeBook:
     """Kraken's book of `pair` on connection `conn_id` failed its checksum: ask that connection
     for a fresh snapshot (the Normaliser, which verifies books, tells the connection)."""

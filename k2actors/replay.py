@@ -21,8 +21,8 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from k2actors.clients import kafka_settings, registry_settings
-from k2actors.config import Config
-from k2actors.core.ledger import CoinbaseRules, KrakenRules
+from k2actors.config import Config, coinbase_rules
+from k2actors.core.ledger import KrakenRules
 from k2actors.core.raw import RECV_TS_NS
 from k2actors.core.replay import DIFFERS, DUPLICATE, EXTRA, MISSING, Derived, Replay, Rules, verify
 from k2actors.core.streams import is_raw
@@ -72,7 +72,7 @@ def run_replay(config: Config, since: int | None, until: int | None, check: bool
                           binance.book_depth, round(binance.book_cadence_seconds * 1000),
                           KrakenRules(frozenset(kraken.symbols), kraken.max_frame_bytes, (), kraken.book_depth,
                                       round(kraken.book_cadence_seconds * 1000)) if kraken.enabled else None,
-                          CoinbaseRules(frozenset(coinbase.symbols), coinbase.max_frame_bytes, ()) if coinbase.enabled else None))
+                          coinbase_rules(coinbase, ()) if coinbase.enabled else None))
     raw_topics = [kafka.raw_topic, *(topic for venue, topic in ((kraken, kafka.kraken_raw_topic), (coinbase, kafka.coinbase_raw_topic))
                                      if venue.enabled)]
 

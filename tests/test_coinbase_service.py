@@ -4,13 +4,17 @@ variables)."""
 
 from __future__ import annotations
 
+import json
+import re
+from decimal import Decimal
+
 import pytest
 
 from k2actors.localstack.coinbase import CoinbaseSimulator
 from k2actors.readback import missing_and_duplicates, records
 from tests.conftest import trade_ids, wait_until
 from tests.test_kraken_service import backfilled, produced
-from tests.test_raw_record import replay_verify
+from tests.test_raw_record import lineage_of_trades, replay_verify
 
 PRODUCTS = ("BTC-USD", "ETH-USD")
 
@@ -28,7 +32,7 @@ def with_coinbase(start_service, coinbase, topic, **overrides):
         "K2_COINBASE_SYMBOLS": ",".join(PRODUCTS), "K2_COINBASE_RECONNECT_DELAY_SECONDS": "0.2",
         "K2_COINBASE_REST_URL": coinbase.rest_url(), "K2_COINBASE_STREAMS": "market_trades,ticker",
         "K2_KAFKA_COINBASE_TRADE_TOPIC": f"{topic}.coinbase", "K2_KAFKA_COINBASE_QUOTE_TOPIC": f"{topic}.coinbase.quotes",
-        "K2_KAFKA_COINBASE_RAW_TOPIC": f"{topic}.coinbase.raw",
+        "K2_KAFKA_COINBASE_RAW_TOPIC": f"{topic}.coinbase.raw", "K2_KAFKA_COINBASE_BOOK_TOPIC": f"{topic}.coinbase.books",
         **overrides})
 
 
@@ -115,3 +119,76 @@ def test_coinbase_trades_exactly_once_through_a_stall_a_crash_and_a_deploy_gaps_
     # every record of both venues, streamed or backfilled, derived again from the raw records
     replayed = replay_verify(deployed.env)
     assert replayed.returncode == 0 and " 0 differences " in replayed.stdout, replayed.stdout + replayed.stderr
+
+
+def test_coinbase_books_are_published_only_while_their_connection_loses_no_frame_and_rebuilt_after_a_lost_one(
+        start_service, coinbase, simulator, broker, registry, topic):
+    book_topic = f"{topic}.coinbase.books"
+    service = with_coinbase(start_service, coinbase, topic, K2_COINBASE_STREAMS="market_trades,level2",
+                            K2_COINBASE_BOOK_CADENCE_SECONDS="0.2", K2_COINBASE_BOOK_DEPTH="5")
+    service.wait_ready()
+    wait_until(lambda: produced(service, book_topic) >= 20, 60, "Coinbase's books")
+    coinbase.endpoint(0).skip_sequence()  # the next frame is lost: what it carried, and its number
+    wait_until(lambda: "book of COINBASE BTC-USD in sync" in service.log() and "book of COINBASE ETH-USD in sync" in service.log(),
+               30, "the books back in sync")
+    before = produced(service, book_topic)
+    wait_until(lambda: produced(service, book_topic) >= before + 20, 30, "books after the resync")
+    assert service.stop() == 0, service.log()
+
+    log = service.log()
+    assert re.search(rf"frames (\d+) to \1 of connection \S+ from {re.escape(coinbase.urls[0])} were lost: its books", log), log
+    for product in PRODUCTS:
+        [seconds] = [float(found) for found in re.findall(rf"book of COINBASE {product} in sync, .*?, ([0-9.]+) s after", log)]
+        print(f"{product} back in sync {seconds:.3f} s after its connection lost a frame")
+    # Every book published is the one Coinbase sent its connection, up to the frame it came
+    # with: rebuilt here, independently, from the raw record, and never past a lost frame.
+    raw = records(broker.bootstrap_servers, registry.url, f"{topic}.coinbase.raw")
+    tops = sent_tops(raw, depth=5)
+    books = lineage_of_trades(broker, registry, book_topic)
+    assert {(b["symbol"], b["currency"], b["exchange"], b["vendor_data"]["venue_symbol"]) for b, _ in books} == {
+        ("BTCUSD", "USD", "COINBASE", "BTC-USD"), ("ETHUSD", "USD", "COINBASE", "ETH-USD")}
+    for book, headers in books:
+        source = (headers["k2.conn_id"].decode(), int(headers["k2.conn_msg_seq"]), book["vendor_data"]["venue_symbol"])
+        assert source in tops, f"a book from {source}, which came after its connection lost a frame"
+        assert (levels(book["bids"]), levels(book["asks"])) == tops[source]
+    for symbol in ("BTCUSD", "ETHUSD"):
+        windows = [b["source_sequence"] for b, _ in books if b["symbol"] == symbol]
+        assert windows == sorted(set(windows))  # each window once, in order
+    assert len({headers["k2.conn_id"] for _, headers in books}) >= 2  # the lost frame's connection was replaced
+    assert missing_and_duplicates(trade_ids(broker, registry, f"{topic}.coinbase")) == (0, 0)
+    replayed = replay_verify(service.env)
+    assert replayed.returncode == 0 and " 0 differences " in replayed.stdout, replayed.stdout + replayed.stderr
+
+
+def sent_tops(raw: list[dict], depth: int) -> dict[tuple[str, int, str], tuple[list, list]]:
+    """Per (connection, frame, product): the best `depth` levels a side of the book that
+    connection was sent, right after each l2_data frame, until the connection's first lost frame."""
+    tops = {}
+    for conn_id in {r["conn_id"] for r in raw}:
+        books: dict[str, dict[str, dict[Decimal, Decimal]]] = {}
+        expected = 0
+        for frame in sorted((r for r in raw if r["conn_id"] == conn_id), key=lambda r: r["conn_msg_seq"]):
+            message = json.loads(frame["payload"])
+            if "sequence_num" not in message:
+                continue
+            if message["sequence_num"] != expected:
+                break  # a frame lost: nothing after it is Coinbase's book
+            expected += 1
+            for event in message["events"] if message["channel"] == "l2_data" else ():
+                if event["type"] == "snapshot":
+                    books[event["product_id"]] = {"bid": {}, "offer": {}}
+                for update in event["updates"]:
+                    side = books[event["product_id"]][update["side"]]
+                    price, quantity = Decimal(update["price_level"]), Decimal(update["new_quantity"])
+                    if quantity:
+                        side[price] = quantity
+                    else:
+                        side.pop(price, None)
+                book = books[event["product_id"]]
+                tops[(conn_id, frame["conn_msg_seq"], event["product_id"])] = (
+                    sorted(book["bid"].items(), reverse=True)[:depth], sorted(book["offer"].items())[:depth])
+    return tops
+
+
+def levels(side: list[dict]) -> list[tuple[Decimal, Decimal]]:
+    return [(level["price"], level["quantity"]) for level in side]

@@ -3,7 +3,9 @@
 #27606's raw feed, Coinbase.Net issue #19, and live captures kept in public repositories;
 tests/data/README.md) and on frames altered from them: every field read exactly, the maker's
 side turned into the taker's, each bad item refused with its reason and its neighbours kept,
-and a connection's lost frames found by their sequence numbers."""
+and a connection's lost frames found by their sequence numbers. And what the service sends
+Coinbase: each connection's subscriptions (their order, their JSON, their ids, their pace),
+and the symbol a product's records carry."""
 
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import pytest
 from k2actors.core.coinbase import (
     BOOK_STREAM,
     ERROR,
+    LEVEL2_PRODUCTS_PER_CONNECTION,
+    SUBSCRIBABLE,
     TICKER_STREAM,
     TRADE_STREAM,
     BookEvent,
@@ -25,11 +29,14 @@ from k2actors.core.coinbase import (
     Envelope,
     Heartbeat,
     HistoryPage,
+    Product,
     SequenceGap,
     Subscribed,
     VenueError,
+    connection_plans,
     historical_trades,
     read_frame,
+    record_symbol,
 )
 from k2actors.core.frames import (
     ID_OUT_OF_RANGE,
@@ -44,6 +51,7 @@ from k2actors.core.frames import (
     WRONG_TYPE,
     Rejected,
 )
+from k2actors.core.subscriptions import SubscriptionPlan
 from tests.test_core_kraken import captured_frames
 
 DATA = Path(__file__).parent / "data"
@@ -214,3 +222,52 @@ def test_the_rest_history_is_read_with_its_makers_side_turned():
     assert historical_trades(b"[]", "BTC-USD") == HistoryPage((), None)
     refused = historical_trades(b'{"message":"NotFound"}', "BTC-USD")
     assert isinstance(refused, Rejected) and refused.reason == UNEXPECTED_SHAPE and refused.stream == TRADE_STREAM
+
+
+URL = "wss://advanced-trade-ws.coinbase.com"
+
+
+def test_a_connection_asks_for_the_status_channel_first_then_each_channel_then_heartbeats_a_quarter_second_apart():
+    # One channel a message, as Coinbase takes them (docs.cdp.coinbase.com, Advanced Trade WebSocket
+    # overview); 4 a second, within the 8 unauthenticated messages a second it allows an IP.
+    assert connection_plans(URL, ["BTC-USD", "ETH-USD"], ("market_trades", "ticker")) == [SubscriptionPlan(URL, (
+        (1, '{"type":"subscribe","channel":"status","product_ids":["BTC-USD","ETH-USD"]}'),
+        (2, '{"type":"subscribe","channel":"market_trades","product_ids":["BTC-USD","ETH-USD"]}'),
+        (3, '{"type":"subscribe","channel":"ticker","product_ids":["BTC-USD","ETH-USD"]}'),
+        (4, '{"type":"subscribe","channel":"heartbeats","product_ids":["BTC-USD","ETH-USD"]}'),
+    ), 0.25)]
+    # the channels in the order configured, between the status channel and the heartbeats
+    [plan] = connection_plans(URL, ("SOL-USD",), ("ticker", "market_trades"))
+    assert [(request_id, json.loads(sent)) for request_id, sent in plan.requests] == [
+        (number, {"type": "subscribe", "channel": channel, "product_ids": ["SOL-USD"]})
+        for number, channel in enumerate(("status", "ticker", "market_trades", "heartbeats"), 1)]
+    assert set(SUBSCRIBABLE) >= {"market_trades", "ticker"}
+
+
+def test_trades_and_tickers_of_many_products_are_asked_on_one_connection():
+    products = [f"P{n}-USD" for n in range(40)]
+    [plan] = connection_plans(URL, products, ("market_trades", "ticker"))
+    assert [json.loads(sent)["product_ids"] for _, sent in plan.requests] == [products] * 4
+
+
+def test_level2_products_are_shared_among_connections_each_asking_for_its_own_with_ids_of_its_own():
+    # Coinbase refuses too many level2 products on one connection (Coinbase.Net#19, in tests/data)
+    products = [f"P{n}-USD" for n in range(LEVEL2_PRODUCTS_PER_CONNECTION + 4)]
+    plans = connection_plans(URL, products, ("market_trades", "level2"))
+    asked = [[json.loads(sent) for _, sent in plan.requests] for plan in plans]
+    assert [[request["channel"] for request in requests] for requests in asked] == [
+        ["status", "market_trades", "level2", "heartbeats"]] * 2
+    assert [requests[0]["product_ids"] for requests in asked] == [products[:LEVEL2_PRODUCTS_PER_CONNECTION],
+                                                                  products[LEVEL2_PRODUCTS_PER_CONNECTION:]]
+    assert all(len({tuple(request["product_ids"]) for request in requests}) == 1 for requests in asked)
+    # Coinbase's answers name no request: the ids are the plans' own, each once
+    assert [[request_id for request_id, _ in plan.requests] for plan in plans] == [[1, 2, 3, 4], [5, 6, 7, 8]]
+    assert {(plan.url, plan.interval) for plan in plans} == {(URL, 0.25)}
+
+
+@pytest.mark.parametrize("product, symbol", [("BTC-USD", "BTCUSD"), ("ETH-EUR", "ETHEUR"), ("1INCH-USDC", "1INCHUSDC")])
+def test_a_products_records_carry_its_base_and_quote_as_one_symbol(product, symbol):
+    assert record_symbol(product) == symbol
+    # known before Coinbase describes the product, and the symbol its description makes
+    base, quote = product.split("-")
+    assert Product(product, base, quote, "online").record_symbol == symbol

@@ -86,15 +86,21 @@ def test_a_crossed_book_is_not_published_and_its_connection_replaced():
     assert of(SymbolOutOfSync, crossed) == [SymbolOutOfSync("COINBASE", PRODUCT, "crossed")] and not of(SequencedTop, crossed)
 
 
-def test_a_connection_that_keeps_losing_frames_is_replaced_after_a_growing_delay():
+def test_an_endpoint_whose_connections_keep_losing_frames_is_reconnected_after_a_growing_delay():
     books: CoinbaseBooks[str] = CoinbaseBooks(publish_depth=2, cadence_ms=1000)
     started(books)
     assert of(ReconnectWanted, fed(books, PRIMARY, 2, None, 1.0))
-    again = fed(books, PRIMARY, 4, None, 2.0)  # within a minute of the last replacement
+    successor = BookSource(PRIMARY.connection, PRIMARY.endpoint, "conn-3")
+    started(books, successor, 1.5)
+    again = fed(books, successor, 2, None, 2.0)  # the successor too, within a minute of the last replacement
     assert of(BooksLost, again)[0].retry_in == 1.0 and not of(ReconnectWanted, again)
-    assert books.due(2.5) == [] and books.due(3.0) == [ReconnectWanted(PRIMARY)]
-    assert of(BooksLost, fed(books, PRIMARY, 6, None, 4.0))[0].retry_in == 2.0
-    assert of(BooksLost, fed(books, PRIMARY, 8, None, 70.0))[0].retry_in == 0.0  # a minute later: at once again
+    assert books.due(2.5) == [] and books.due(3.0) == [ReconnectWanted(successor)]
+    assert of(BooksLost, fed(books, successor, 4, None, 4.0))[0].retry_in == 2.0
+    assert of(BooksLost, fed(books, successor, 6, None, 70.0))[0].retry_in == 0.0  # a minute later: at once again
+    # another endpoint's connections are tried on their own account
+    mirror = BookSource("mirror-actor", "wss://mirror.example/ws", "conn-4")
+    started(books, mirror, 71.0)
+    assert of(ReconnectWanted, fed(books, mirror, 3, None, 71.5)) == [ReconnectWanted(mirror)]
 
 
 def test_a_forgotten_product_keeps_nothing():

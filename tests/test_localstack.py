@@ -276,7 +276,7 @@ def test_stand_ins_run_as_foreground_processes_on_fixed_ports_until_sigterm():
     first = free_port()
     while not _port_free(first + 1):
         first = free_port()
-    registry_port, kraken_port = free_port(), free_port()
+    registry_port, kraken_port, coinbase_port = free_port(), free_port(), free_port()
     processes = [
         subprocess.Popen([sys.executable, "-m", "k2actors.localstack", "--host", "127.0.0.1", "exchange",
                           "--port", str(first), "--endpoints", "2", "--symbols", "BTCUSDT,ETHUSDT", "--rate", "50"],
@@ -285,6 +285,8 @@ def test_stand_ins_run_as_foreground_processes_on_fixed_ports_until_sigterm():
                           "--port", str(registry_port)], cwd=REPO, stdout=subprocess.PIPE, text=True),
         subprocess.Popen([sys.executable, "-m", "k2actors.localstack", "--host", "127.0.0.1", "kraken",
                           "--port", str(kraken_port), "--symbols", "BTC/USD"], cwd=REPO, stdout=subprocess.PIPE, text=True),
+        subprocess.Popen([sys.executable, "-m", "k2actors.localstack", "--host", "127.0.0.1", "coinbase",
+                          "--port", str(coinbase_port), "--symbols", "BTC-USD"], cwd=REPO, stdout=subprocess.PIPE, text=True),
     ]
     try:
         wait_until(lambda: http_get(f"http://127.0.0.1:{registry_port}/subjects") == (200, b"[]"), 15, "the registry")
@@ -298,14 +300,20 @@ def test_stand_ins_run_as_foreground_processes_on_fixed_ports_until_sigterm():
         ws = websocket.create_connection(f"ws://127.0.0.1:{kraken_port}/v2", timeout=5)
         assert json.loads(ws.recv())["channel"] == "status"
         ws.close()
+        wait_until(lambda: http_get(f"http://127.0.0.1:{coinbase_port}/products/BTC-USD/trades")[0] == 200, 15, "coinbase")
+        ws = websocket.create_connection(f"ws://127.0.0.1:{coinbase_port}/", timeout=5)
+        ws.send('{"type":"subscribe","channel":"heartbeats","product_ids":["BTC-USD"]}')
+        assert json.loads(ws.recv())["channel"] == "subscriptions"
+        ws.close()
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)
     outputs = [process.communicate(timeout=10)[0] for process in processes]
-    assert [process.returncode for process in processes] == [0, 0, 0]
+    assert [process.returncode for process in processes] == [0, 0, 0, 0]
     assert f"exchange listening on 127.0.0.1:{first}" in outputs[0]
     assert f"registry listening on 127.0.0.1:{registry_port}" in outputs[1]
     assert f"kraken listening on 127.0.0.1:{kraken_port}" in outputs[2]
+    assert f"coinbase listening on 127.0.0.1:{coinbase_port}" in outputs[3]
 
 
 def _port_free(port: int) -> bool:

@@ -39,10 +39,11 @@ def total(samples: dict[str, float], name: str) -> float:
 
 
 def wait_for_trades(service, more_than: float, timeout: float = 60) -> None:
-    wait_until(
-        lambda: service.metric("k2_kafka_messages_produced_total") > more_than, timeout,
-        f"more than {more_than:.0f} trades in Kafka",
-    )
+    try:
+        wait_until(lambda: service.metric("k2_kafka_messages_produced_total") > more_than, timeout,
+                   f"more than {more_than:.0f} trades in Kafka")
+    except AssertionError as exc:  # what the service said meanwhile is what tells a stall's cause
+        raise AssertionError(f"{exc}; the service's log ends:\n{service.log()[-6000:]}") from None
 
 
 def wait_for_new_pid(service, role: str, old_pid: int, timeout: float = 30) -> int:

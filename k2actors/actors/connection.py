@@ -48,6 +48,7 @@ from k2actors.messages import (
     RawBatchesConfirmed,
     RawBatchTaken,
     ReadingStopped,
+    ReplaceConnection,
     ResubscribeBook,
     Rotate,
     StopReading,
@@ -291,7 +292,7 @@ class ConnectionActor(Supervised[ConnectionSetup]):
         if setup.endpoint.venue == kraken.VENUE:
             return [kraken.connection_plan(self._url, setup.symbols, setup.streams, setup.book_depth)]
         if setup.endpoint.venue == coinbase.VENUE:
-            return [coinbase.connection_plan(self._url, setup.symbols, setup.streams)]
+            return coinbase.connection_plans(self._url, setup.symbols, setup.streams)
         return connection_plans(self._url, setup.symbols, setup.streams)
 
     def _set_plans(self, plans: list[SubscriptionPlan]) -> None:
@@ -317,6 +318,11 @@ class ConnectionActor(Supervised[ConnectionSetup]):
         if status != self._subscriptions_status and self._setup is not None:
             self._subscriptions_status = status
             self.send(self.setup.metrics, ComponentStatus(f"subscriptions {self._url}", *status))
+
+    def receiveMsg_ReplaceConnection(self, message: ReplaceConnection, sender: Recipient) -> None:
+        """Coinbase: fresh book snapshots for a connection that lost a frame, from its successor
+        (a connection gone since has been replaced already)."""
+        self._rotate(f"connection {message.conn_id} lost a frame: its books need fresh snapshots", message.conn_id)
 
     def receiveMsg_ResubscribeBook(self, message: ResubscribeBook, sender: Recipient) -> None:
         """Kraken: a fresh snapshot of a book that failed its checksum, on its own connection
@@ -374,8 +380,10 @@ class ConnectionActor(Supervised[ConnectionSetup]):
     def receiveMsg_Rotate(self, message: Rotate, sender: ActorAddress) -> None:
         self._rotate(message.reason)
 
-    def _rotate(self, reason: str) -> None:
-        rotating = [(link, plan) for link, plan in zip(self._links, self._plans, strict=True) if link.can_rotate()]
+    def _rotate(self, reason: str, conn_id: str | None = None) -> None:
+        """Every connection replaced, or only the one `conn_id` names while it lives."""
+        rotating = [(link, plan) for link, plan in zip(self._links, self._plans, strict=True) if link.can_rotate()
+                    and (conn_id is None or any(r.conn_id == conn_id and r.ended is None for r in link.readers()))]
         for link, plan in rotating:
             link.begin(self._open(plan), reason)
         if rotating:

@@ -22,14 +22,14 @@ from k2actors.actors.metrics import MetricsActor
 from k2actors.actors.normaliser import Normaliser
 from k2actors.actors.producer import ProducerActor
 from k2actors.actors.shell import ADMIN_PID_VARIABLE, TICK, seconds
-from k2actors.config import Endpoint
+from k2actors.config import Endpoint, coinbase_rules
 from k2actors.core.binance import BOOK
 from k2actors.core.breaker import BreakerState, CircuitBreaker
 from k2actors.core.cluster import Acquire, Release, ShardEvent, Shards
 from k2actors.core.coinbase import Product
 from k2actors.core.failover import AttemptBudget, DarkDeadline, FailoverPolicy
 from k2actors.core.kraken import Instrument
-from k2actors.core.ledger import CoinbaseRules, KrakenRules
+from k2actors.core.ledger import KrakenRules
 from k2actors.core.payloads import Positions
 from k2actors.core.sequence import GAP_GRACE_SECONDS
 from k2actors.core.supervision import ActorRole, ConnectionRole, Restart, Role, Supervision
@@ -358,8 +358,7 @@ class FailoverCoordinator(ActorTypeDispatcher):
                 KrakenRules(frozenset(config.kraken.symbols), config.kraken.max_frame_bytes, run.kraken_instruments,
                             config.kraken.book_depth, round(config.kraken.book_cadence_seconds * 1000))
                 if config.kraken.enabled else None,
-                CoinbaseRules(frozenset(coinbase.symbols), coinbase.max_frame_bytes, run.coinbase_products)
-                if coinbase.enabled else None,
+                coinbase_rules(coinbase, run.coinbase_products) if coinbase.enabled else None,
             )
         elif role is Role.MEMBERSHIP:
             assert run.shards is not None

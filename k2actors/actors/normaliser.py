@@ -29,6 +29,7 @@ from k2actors.core.ledger import (
     ProductsLearned,
     Publish,
     ReadyCheck,
+    ReconnectWanted,
     Release,
     Rules,
     ShutdownAnnounced,
@@ -52,6 +53,7 @@ from k2actors.messages import (
     NormaliserSetup,
     RawBatchesConfirmed,
     RawBatchTaken,
+    ReplaceConnection,
     ResubscribeBook,
     SequenceQuery,
     SequenceState,
@@ -206,6 +208,9 @@ class Normaliser(Supervised[NormaliserSetup]):
             elif isinstance(event, ResubscribeWanted):
                 log_line(log, event.report())
                 self.deliver(event.source.connection, ResubscribeBook(event.source.conn_id, event.pair))
+            elif isinstance(event, ReconnectWanted):
+                log_line(log, event.report())
+                self.deliver(event.source.connection, ReplaceConnection(event.source.conn_id))
             elif isinstance(event, InstrumentsLearned):
                 self.send(self.coordinator, KrakenInstruments(event.instruments))
             elif isinstance(event, ProductsLearned):

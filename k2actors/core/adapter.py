@@ -74,10 +74,14 @@ class Reading(Generic[E]):
     events: tuple[E, ...]  # (Binance) a diff knows where it came from (its `source`)
     rejected: tuple[Rejected, ...]  # why the frame (or an item of it) is no event, for the DLQ; none for events and control frames
     actions: tuple[Action, ...]
+    # The frame's number in its connection, where the venue numbers every frame (Coinbase's
+    # sequence_num): a break in it is a lost frame.
+    sequence: int | None = None
 
 
 def items_reading(venue: str, endpoint: str, frame: Frame, stream: str, items: Sequence[object], kinds: tuple[type, ...],
-                  symbol_of: Callable[[Any], str | None], actions: tuple[Action, ...] = ()) -> Reading[Any]:
+                  symbol_of: Callable[[Any], str | None], actions: tuple[Action, ...] = (), sequence: int | None = None
+                  ) -> Reading[Any]:
     """The reading of a frame that carries several items (Kraken's, Coinbase's): its raw
     record named by the one symbol its events are of (when they are of one), its events (the
     items of `kinds`) and the items refused."""
@@ -88,7 +92,7 @@ def items_reading(venue: str, endpoint: str, frame: Frame, stream: str, items: S
     symbols = {symbol for symbol in map(symbol_of, events) if symbol is not None}
     if len(symbols) == 1:
         raw["symbol"] = symbols.pop()
-    return Reading(raw, events, tuple(item for item in items if isinstance(item, Rejected)), actions)
+    return Reading(raw, events, tuple(item for item in items if isinstance(item, Rejected)), actions, sequence)
 
 
 class BinanceAdapter:

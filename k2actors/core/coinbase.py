@@ -56,14 +56,18 @@ SUBSCRIPTIONS = "subscriptions"
 ERROR = "error"
 # This venue's stream types (k2actors.core.streams): they label its records, dead letters and metrics.
 TRADE_STREAM, TICKER_STREAM, BOOK_STREAM, RAW_STREAM = "coinbase.trade", "coinbase.ticker", "coinbase.book", "coinbase.raw"
-STREAM_OF_CHANNEL = {MARKET_TRADES: TRADE_STREAM, TICKER: TICKER_STREAM, L2_DATA: BOOK_STREAM}
+STREAM_OF_CHANNEL = {MARKET_TRADES: TRADE_STREAM, TICKER: TICKER_STREAM, L2_DATA: BOOK_STREAM, LEVEL2: BOOK_STREAM}
 # The maker's side, as Coinbase writes it, and the taker's, which the record carries.
 TAKER_SIDE = {"BUY": "sell", "SELL": "buy"}
 # The channels `coinbase.streams` takes: each subscribed as itself.
-SUBSCRIBABLE = (MARKET_TRADES, TICKER)
+SUBSCRIBABLE = (MARKET_TRADES, TICKER, LEVEL2)
 # Coinbase takes 8 unauthenticated messages a second per IP (Advanced Trade WebSocket rate
 # limits), counted over every connection of the host: a connection's subscriptions are spaced.
 SUBSCRIBE_INTERVAL_SECONDS = 0.25
+# Coinbase refuses more level2 products on one connection ("too many L2 streams requested in
+# a single session", Coinbase.Net#19: between 16 and 31 were reported to fit): with level2,
+# every this many products get a connection of their own.
+LEVEL2_PRODUCTS_PER_CONNECTION = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,17 +380,21 @@ class ConnectionSequence:
         return SequenceGap(expected, sequence_num - 1) if sequence_num > expected else None
 
 
-def connection_plan(url: str, products: Sequence[str], channels: Sequence[str]) -> SubscriptionPlan:
-    """How one connection asks for `products`' channels, one channel a message: the status
-    channel first (the products' descriptions, which their records are made with: on the
-    connection itself, so that the raw record holds them before the frames they read), then
-    each channel, and heartbeats last, which keep a quiet product's subscriptions open.
+def connection_plans(url: str, products: Sequence[str], channels: Sequence[str]) -> list[SubscriptionPlan]:
+    """How the connections to `url` ask for `products`' channels: one connection, or with
+    level2 one per LEVEL2_PRODUCTS_PER_CONNECTION products. Each asks one channel a message:
+    the status channel first (the products' descriptions, which their records are made with:
+    on the connection itself, so that the raw record holds them before the frames they read),
+    then each channel, and heartbeats last, which keep a quiet product's subscriptions open.
     Coinbase's answer names no request (it lists the connection's whole set of
-    subscriptions), so the numbers are the plan's own."""
+    subscriptions), so the numbers are the plans' own, each once."""
     ordered = (STATUS, *channels, HEARTBEATS)
-    return SubscriptionPlan(url, tuple(
-        (number, json.dumps({"type": "subscribe", "channel": channel, "product_ids": list(products)}, separators=(",", ":")))
-        for number, channel in enumerate(ordered, 1)), SUBSCRIBE_INTERVAL_SECONDS)
+    share = LEVEL2_PRODUCTS_PER_CONNECTION if LEVEL2 in channels else max(len(products), 1)
+    shares = [products[start:start + share] for start in range(0, len(products), share)]
+    return [SubscriptionPlan(url, tuple(
+        (index * len(ordered) + number,
+         json.dumps({"type": "subscribe", "channel": channel, "product_ids": list(some)}, separators=(",", ":")))
+        for number, channel in enumerate(ordered, 1)), SUBSCRIBE_INTERVAL_SECONDS) for index, some in enumerate(shares)]
 
 
 def record_symbol(product_id: str) -> str:

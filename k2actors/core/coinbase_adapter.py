@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 from k2actors.core.adapter import Answer, Reading, items_reading
 from k2actors.core.coinbase import (
+    BOOK_STREAM,
     MARKET_TRADES,
     TICKER,
     TICKER_STREAM,
@@ -29,9 +30,10 @@ from k2actors.core.coinbase import (
     historical_trades,
     read_frame,
 )
+from k2actors.core.coinbase_books import SequencedTop
 from k2actors.core.frames import TIMESTAMP_OUT_OF_RANGE, UNSUBSCRIBED_SYMBOL, Rejected
 from k2actors.core.link import Frame
-from k2actors.core.normalise import MAX_CLOCK_DISTANCE_US, Delivery, timed_quote_record, venue_trade_record
+from k2actors.core.normalise import MAX_CLOCK_DISTANCE_US, Delivery, timed_quote_record, venue_trade_record, windowed_book_record
 from k2actors.core.payloads import Record
 
 # Products: the descriptions the ledger builds the adapter with.
@@ -53,7 +55,8 @@ class CoinbaseAdapter:
         # connection's subscriptions that were refused, and it is said so, loudly.
         refusals = tuple(Answer(None, (0, item.message)) for item in items if isinstance(item, VenueError))
         return items_reading(venue, endpoint, frame, envelope.channel, items, (CoinbaseTrade, CoinbaseQuote, BookEvent, Products),
-                             lambda event: None if isinstance(event, Products) else event.product_id, refusals)
+                             lambda event: None if isinstance(event, Products) else event.product_id, refusals,
+                             envelope.sequence_num)
 
     def shape(self, event: CoinbaseTrade | CoinbaseQuote, delivery: Delivery, streamed: bool) -> tuple[str, Record] | Rejected:
         """(stream type, record), or why the event cannot be one. A streamed event is screened
@@ -78,6 +81,17 @@ class CoinbaseAdapter:
         if not streamed:
             record["vendor_data"]["backfilled"] = "true"
         return stream, record
+
+    def shape_book(self, top: SequencedTop, delivery: Delivery, depth: int) -> Record | Rejected:
+        """The record of a book's best levels, named and numbered by its cadence window (Coinbase
+        numbers no book update, only its connection's frames), so that the same frames derive
+        it again with the same name."""
+        product = self._products.get(top.symbol)
+        if product is None:
+            return Rejected(UNSUBSCRIBED_SYMBOL, f"product {top.symbol[:40]!r} was not subscribed", BOOK_STREAM)
+        return windowed_book_record(delivery, product.record_symbol, product.quote, top.window_us, top.timestamp_us,
+                                    (top.bids, top.asks), depth, BOOK_STREAM,
+                                    {"venue_symbol": top.symbol, "sequence_num": str(top.sequence_num)})
 
     @staticmethod
     def history(body: bytes, product_id: str) -> HistoryPage | Rejected:

@@ -132,7 +132,7 @@ class CoinbaseBooks(Generic[A]):
         self._publish_depth = publish_depth
         self._cadence_us = cadence_ms * 1000
         self._sequences: OrderedDict[tuple[str, str], ConnectionSequence] = OrderedDict()
-        self._retries: Retries[tuple[str, str], BookSource[A]] = Retries()
+        self._retries: Retries[str, BookSource[A]] = Retries()
         self._books: ConnectionBooks[SequencedBook] = ConnectionBooks(VENUE, lambda book: book.in_sync, lambda key: None)
 
     def frame(self, source: BookSource[A], sequence_num: int, now: float) -> list[Output[A]]:
@@ -178,7 +178,9 @@ class CoinbaseBooks(Generic[A]):
         for book in books:
             book.in_sync = False
         products = sorted({book.product for book in books})
-        delay = self._retries.failed((source.endpoint, source.conn_id), source, now)
+        # By endpoint: the connection that lost a frame is replaced, and its successor is one
+        # more try of the same endpoint, which backs off should it lose frames too.
+        delay = self._retries.failed(source.endpoint, source, now)
         outputs: list[Output[A]] = [BooksLost(source.endpoint, source.conn_id, gap, tuple(products), delay), *self.due(now)]
         for product in products:
             outputs += self._books.state(product, now, reason)

@@ -11,14 +11,12 @@ as every adapter: live and replay run the same one.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 
 from k2actors.core.adapter import Answer, Reading, items_reading
 from k2actors.core.checksummed_book import CheckedTop
 from k2actors.core.frames import TIMESTAMP_OUT_OF_RANGE, UNSUBSCRIBED_SYMBOL, Rejected
 from k2actors.core.kraken import (
-    BOOK,
     BOOK_STREAM,
     TICKER,
     TICKER_STREAM,
@@ -36,7 +34,7 @@ from k2actors.core.kraken import (
     read_frame,
 )
 from k2actors.core.link import Frame
-from k2actors.core.normalise import MAX_CLOCK_DISTANCE_US, Delivery, exact_levels, message_id, timed_quote_record, venue_trade_record
+from k2actors.core.normalise import MAX_CLOCK_DISTANCE_US, Delivery, timed_quote_record, venue_trade_record, windowed_book_record
 from k2actors.core.payloads import Record
 
 # Instruments: the pairs' base, quote and precisions, for the ledger to build the adapter with.
@@ -82,27 +80,10 @@ class KrakenAdapter:
         instrument = self._instruments.get(top.symbol)
         if instrument is None:
             return Rejected(UNSUBSCRIBED_SYMBOL, f"pair {top.symbol[:40]!r} was not subscribed", BOOK_STREAM)
-        sides = exact_levels(top.bids, top.asks)
-        if isinstance(sides, Rejected):
-            return dataclasses.replace(sides, stream=BOOK_STREAM)
-        symbol = instrument.record_symbol
-        return {
-            "message_id": message_id(delivery.venue, symbol, top.window_us, BOOK),
-            "symbol": symbol,
-            "exchange": delivery.venue,
-            "asset_class": "crypto",
-            "timestamp": top.timestamp_us,
-            "depth": depth,
-            "bid_levels": len(sides["bids"]),
-            "ask_levels": len(sides["asks"]),
-            **sides,
-            "currency": instrument.quote,
-            "source_sequence": top.window_us,  # Kraken numbers no book update (the checksum vouches for it)
-            "platform_sequence": None,
-            "ingestion_timestamp": delivery.received_us,
-            "vendor_data": {"stream": BOOK, "endpoint": delivery.endpoint, "venue_symbol": top.symbol,
-                            "checksum": str(top.checksum)},
-        }
+        # Kraken numbers no book update (the checksum vouches for it): numbered by its window.
+        return windowed_book_record(delivery, instrument.record_symbol, instrument.quote, top.window_us, top.timestamp_us,
+                                    (top.bids, top.asks), depth, BOOK_STREAM,
+                                    {"venue_symbol": top.symbol, "checksum": str(top.checksum)})
 
     @staticmethod
     def history(body: bytes, symbol: str) -> HistoryPage | HistoryRefused | Rejected:

@@ -31,6 +31,7 @@ from k2actors.core.book import Output as BookOutput
 from k2actors.core.checksummed_book import CheckedTop
 from k2actors.core.coinbase import BookEvent, CoinbaseQuote, CoinbaseTrade, Product, Products
 from k2actors.core.coinbase_adapter import CoinbaseAdapter
+from k2actors.core.coinbase_books import BooksLost, CoinbaseBooks, ReconnectWanted, SequencedTop
 from k2actors.core.connection_books import BookSource, SymbolInSync, SymbolOutOfSync
 from k2actors.core.frames import ID_REGRESSED, INTERNAL_ERROR, POISON_MESSAGE, UNSUBSCRIBED_SYMBOL, Rejected
 from k2actors.core.kraken import BookMessage, Instrument, Instruments, KrakenQuote, KrakenTrade
@@ -383,10 +384,10 @@ class DeadLetterSummary:
 Said = (
     GapDeclared | ShutdownAnnounced | Backpressure | Recovered | DeadLettered | DeadLettersThrottled | FrameFailed
     | BatchesLost | Backfilled | Resent | DeadLettersLost | TradeSummary | DeadLetterSummary
-    | NotOwnedDropped | BookLost | BookRebuilt | ChecksumFailed | SymbolOutOfSync | SymbolInSync
+    | NotOwnedDropped | BookLost | BookRebuilt | ChecksumFailed | BooksLost | SymbolOutOfSync | SymbolInSync
 )
 Event = (Publish | Release[A] | Confirmed[A] | Answered[A] | Drained | ReadyCheck | SnapshotWanted | InstrumentsLearned
-         | ProductsLearned | ResubscribeWanted[A] | Said)
+         | ProductsLearned | ResubscribeWanted[A] | ReconnectWanted[A] | Said)
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,6 +408,9 @@ class CoinbaseRules:
     products: frozenset[str]  # subscribed product ids
     max_frame_bytes: int
     described: tuple[Product, ...]  # as an earlier Normaliser learned them; the connections' frames say them anew
+    books: bool  # level2 subscribed: books kept and published
+    book_depth: int  # levels a side in a book record
+    book_cadence_ms: int  # a book record per product per this much of Coinbase's time
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,8 +453,11 @@ class Ledger(Generic[A]):
             self._kraken_books = KrakenBooks(rules.kraken.book_depth, rules.kraken.book_cadence_ms)
         self._products: dict[str, Product] = {}  # Coinbase's subscribed products, as last described
         self._coinbase: CoinbaseAdapter | None = None
+        self._coinbase_books: CoinbaseBooks[A] | None = None
         if rules.coinbase is not None:
             self._learn_products(Products(rules.coinbase.described), [])
+            if rules.coinbase.books:
+                self._coinbase_books = CoinbaseBooks(rules.coinbase.book_depth, rules.coinbase.book_cadence_ms)
         self._owned = owned
         # Every configured symbol as its records carry it: cluster mode shards by these.
         self._venue_symbols = {
@@ -648,6 +655,8 @@ class Ledger(Generic[A]):
             self._book_outputs(venue, sync.tick(now), now, [], [], events)
         if self._kraken_books is not None:
             events += self._kraken_books.due(now)
+        if self._coinbase_books is not None:
+            events += self._coinbase_books.due(now)
         if now - self._summary_at >= SUMMARY_EVERY_SECONDS:
             events.append(TradeSummary(now - self._summary_at, self._trades, self.held))
             if self._dead_letters:
@@ -684,6 +693,9 @@ class Ledger(Generic[A]):
             self._books_lost_at.pop(key, None)
         if self._kraken_books is not None:
             self._kraken_books.forget({pair for pair in self._kraken_books.pairs() if kraken.record_symbol(pair) not in symbols})
+        if self._coinbase_books is not None:
+            self._coinbase_books.forget({product for product in self._coinbase_books.products()
+                                         if coinbase.record_symbol(product) not in symbols})
         # The staleness of a venue's data counts only while it has symbols to stream, and from then.
         carried = {venue: bool(symbols & venue_symbols) for venue, venue_symbols in self._venue_symbols.items()}
         self._data_at = {venue: at for venue, at in self._data_at.items() if carried.get(venue, bool(symbols & self._rules.symbols))}
@@ -694,6 +706,10 @@ class Ledger(Generic[A]):
     def _take_reading(self, reading: Reading, frame: Frame, delivery: Delivery, sender: A, now: float,
                       records: list[Shaped], letters: list[DeadLetter], events: list[Event[A]]) -> None:
         _, conn_id, conn_msg_seq, raw = frame
+        if reading.sequence is not None and self._coinbase_books is not None:  # before its events: was a frame lost?
+            source = BookSource(sender, delivery.endpoint, conn_id)
+            self._coinbase_book_outputs(self._coinbase_books.frame(source, reading.sequence, now), frame, delivery, now,
+                                        records, letters, events)
         for event in reading.events:
             if isinstance(event, DepthDiff):
                 rejected = self._take_diff(event, delivery, now, records, letters, events)
@@ -706,10 +722,11 @@ class Ledger(Generic[A]):
             if isinstance(event, Products):
                 self._learn_products(event, events)
                 continue
-            if isinstance(event, BookEvent):  # level2 is not subscribed: Coinbase's books are not streamed yet
-                letters.append(self._dead_letter(raw, Rejected(UNSUBSCRIBED_SYMBOL, f"a level2 event of {event.product_id[:40]!r}, "
-                                                               "whose book was not subscribed", coinbase.BOOK_STREAM),
-                                                 delivery, events))
+            if isinstance(event, BookEvent):
+                rejected = self._take_book_event(event, reading.sequence, BookSource(sender, delivery.endpoint, conn_id), frame,
+                                                 delivery, now, records, letters, events)
+                if rejected is not None:
+                    letters.append(self._dead_letter(raw, rejected, delivery, events))
                 continue
             if isinstance(event, BookMessage):
                 rejected = self._take_book_message(event, BookSource(sender, delivery.endpoint, conn_id), frame, now,
@@ -869,25 +886,58 @@ class Ledger(Generic[A]):
                 self._publish_checked_top(output, rules.book_depth, delivery, frame_lineage(conn_id, conn_msg_seq, received_ns),
                                           now, records, letters, events)
             else:
-                self._kraken_book_news(output, events)
+                self._book_news(output, events)
         return None
 
     def _publish_checked_top(self, top: CheckedTop, depth: int, delivery: Delivery, lineage: Headers, now: float,
                              records: list[Shaped], letters: list[DeadLetter], events: list[Event[A]]) -> None:
         assert self._kraken is not None  # (it read the message)
-        shaped = self._kraken.shape_book(top, delivery, depth)
+        self._publish_window(kraken.BOOK_STREAM, top, self._kraken.shape_book(top, delivery, depth), delivery, lineage, now,
+                             records, letters, events)
+
+    def _take_book_event(self, event: BookEvent, sequence: int | None, source: BookSource[A], frame: Frame, delivery: Delivery,
+                         now: float, records: list[Shaped], letters: list[DeadLetter], events: list[Event[A]]) -> Rejected | None:
+        """A Coinbase level2 event to its connection's book of the product; why not, for the DLQ."""
+        if self._coinbase_books is None or sequence is None or event.product_id not in self._products:
+            return Rejected(UNSUBSCRIBED_SYMBOL, f"a level2 event of {event.product_id[:40]!r}, whose book was not subscribed",
+                            coinbase.BOOK_STREAM)
+        symbol = self._products[event.product_id].record_symbol
+        if self._another_instances(symbol):
+            return None
+        self.metrics.inc("k2_binance_messages_received_total", coinbase.VENUE, symbol, coinbase.BOOK_STREAM)
+        self._coinbase_book_outputs(self._coinbase_books.event(event, sequence, source, now), frame, delivery, now,
+                                    records, letters, events)
+        return None
+
+    def _coinbase_book_outputs(self, outputs: list[BooksLost | ReconnectWanted[A] | SequencedTop | SymbolOutOfSync | SymbolInSync],
+                               frame: Frame, delivery: Delivery, now: float, records: list[Shaped], letters: list[DeadLetter],
+                               events: list[Event[A]]) -> None:
+        received_ns, conn_id, conn_msg_seq, _ = frame
+        for output in outputs:
+            if isinstance(output, SequencedTop):
+                assert self._coinbase is not None and self._rules.coinbase is not None  # (it read the frame)
+                shaped = self._coinbase.shape_book(output, delivery, self._rules.coinbase.book_depth)
+                self._publish_window(coinbase.BOOK_STREAM, output, shaped, delivery,
+                                     frame_lineage(conn_id, conn_msg_seq, received_ns), now, records, letters, events)
+            else:
+                self._book_news(output, events)
+
+    def _publish_window(self, stream: str, top: CheckedTop | SequencedTop, shaped: Record | Rejected, delivery: Delivery,
+                        lineage: Headers, now: float, records: list[Shaped], letters: list[DeadLetter],
+                        events: list[Event[A]]) -> None:
+        """A book's record of a cadence window (Kraken's, Coinbase's)."""
         if isinstance(shaped, Rejected):
             body = json.dumps({"symbol": top.symbol, "window_us": top.window_us, "bids": top.bids, "asks": top.asks})
             letters.append(self._dead_letter(body.encode(), shaped, delivery, events))
             return
         symbol = shaped["symbol"]
         # Each window once, whichever connection's book gave it first (and not again after a restart).
-        if self._sequences.observe(kraken.BOOK_STREAM, (kraken.VENUE, symbol), top.window_us, now) is Verdict.NEW:
-            records.append((kraken.BOOK_STREAM, shaped, lineage))
-            self._count_published(symbol, kraken.BOOK_STREAM)
+        if self._sequences.observe(stream, (delivery.venue, symbol), top.window_us, now) is Verdict.NEW:
+            records.append((stream, shaped, lineage))
+            self._count_published(symbol, stream)
 
-    def _kraken_book_news(self, news: ChecksumFailed | ResubscribeWanted[A] | SymbolOutOfSync | SymbolInSync,
-                          events: list[Event[A]]) -> None:
+    def _book_news(self, news: ChecksumFailed | ResubscribeWanted[A] | BooksLost | ReconnectWanted[A] | SymbolOutOfSync
+                   | SymbolInSync, events: list[Event[A]]) -> None:
         if isinstance(news, SymbolOutOfSync):
             self.metrics.inc("k2_book_resyncs_total", news.symbol, news.reason)
         elif isinstance(news, SymbolInSync):
@@ -952,6 +1002,9 @@ class Ledger(Generic[A]):
         if self._kraken_books is not None:  # (by Kraken's spelling of the pair)
             books |= {(kraken.VENUE, pair) for pair in self._kraken_books.pairs()}
             lost_at |= {(kraken.VENUE, pair): at for pair, at in self._kraken_books.lost_since().items()}
+        if self._coinbase_books is not None:  # (by Coinbase's product id)
+            books |= {(coinbase.VENUE, product) for product in self._coinbase_books.products()}
+            lost_at |= {(coinbase.VENUE, product): at for product, at in self._coinbase_books.lost_since().items()}
         if not books:
             return
         lost = {f"{venue} {symbol}": now - at for (venue, symbol), at in lost_at.items()}

@@ -309,6 +309,33 @@ def normalise_book(top: BookTop, venue: str, depth: int, quote_assets: Mapping[s
     }
 
 
+def windowed_book_record(delivery: Delivery, symbol: str, currency: str, window_us: int, timestamp_us: int,
+                         levels: tuple[Sequence[Level], Sequence[Level]], depth: int, stream: str,
+                         vendor_data: dict[str, str]) -> Record | Rejected:
+    """A book of a venue that numbers no book update (Kraken's, Coinbase's), as an OrderBookV2
+    record: named and numbered by its cadence window, so that the same frames derive it again
+    with the same name. `levels`: bids and asks, best first, as the venue wrote them."""
+    sides = exact_levels(*levels)
+    if isinstance(sides, Rejected):
+        return dataclasses.replace(sides, stream=stream)
+    return {
+        "message_id": message_id(delivery.venue, symbol, window_us, BOOK),
+        "symbol": symbol,
+        "exchange": delivery.venue,
+        "asset_class": "crypto",
+        "timestamp": timestamp_us,
+        "depth": depth,
+        "bid_levels": len(sides["bids"]),
+        "ask_levels": len(sides["asks"]),
+        **sides,
+        "currency": currency,
+        "source_sequence": window_us,
+        "platform_sequence": None,
+        "ingestion_timestamp": delivery.received_us,
+        "vendor_data": {"stream": BOOK, "endpoint": delivery.endpoint, **vendor_data},
+    }
+
+
 def exact_levels(bids: Sequence[Level], asks: Sequence[Level]) -> dict[str, list[dict[str, Decimal]]] | Rejected:
     """A book record's `bids` and `asks`: each level's price and quantity exact."""
     sides: dict[str, list[dict[str, Decimal]]] = {"bids": [], "asks": []}

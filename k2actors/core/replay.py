@@ -23,11 +23,13 @@ from k2actors.core.binance import BOOK, DEPTH_PATH, quote_assets
 from k2actors.core.book import BookSync, BookTop, DepthDiff, DepthSnapshot
 from k2actors.core.book import Output as BookOutput
 from k2actors.core.checksummed_book import CheckedTop
+from k2actors.core.coinbase import BOOK_STREAM as COINBASE_BOOK_STREAM
 from k2actors.core.coinbase import VENUE as COINBASE
 from k2actors.core.coinbase import BookEvent, CoinbaseTrade, Products
 from k2actors.core.coinbase import HistoryPage as CoinbaseHistoryPage
 from k2actors.core.coinbase_adapter import CoinbaseAdapter
 from k2actors.core.coinbase_backfill import PRODUCTS_PATH
+from k2actors.core.coinbase_books import CoinbaseBooks, SequencedTop
 from k2actors.core.connection_books import BookSource
 from k2actors.core.kraken import BOOK_STREAM, BookMessage, HistoryPage, Instrument, Instruments, KrakenTrade
 from k2actors.core.kraken import VENUE as KRAKEN
@@ -238,12 +240,14 @@ class _KrakenDerivation:
 class _CoinbaseDerivation:
     """Coinbase's raw records derived as the live ledger derives them: its products as its
     own status frames describe them (each connection's first), its trades and quotes by its
-    adapter, and its REST pages of history as backfill shaped them."""
+    adapter, its books per connection, trusted while the connection's frames run on without a
+    break (k2actors.core.coinbase_books), and its REST pages of history as backfill shaped them."""
 
     def __init__(self, rules: CoinbaseRules) -> None:
         self._rules = rules
         self._adapter = CoinbaseAdapter({}, rules.max_frame_bytes)
         self._described: dict[str, Any] = {}
+        self._books: CoinbaseBooks[None] = CoinbaseBooks(rules.book_depth, rules.book_cadence_ms)
 
     def derive(self, raw: Mapping[str, Any]) -> list[Derived]:
         delivery = Delivery(raw["exchange"], raw["endpoint"], raw["recv_ts_ns"] // 1000)
@@ -253,11 +257,19 @@ class _CoinbaseDerivation:
         reading = self._adapter.read(raw["exchange"], raw["endpoint"],
                                      (raw["recv_ts_ns"], raw["conn_id"], raw["conn_msg_seq"], raw["payload"]))
         derived: list[Derived] = []
+        source, now = BookSource(None, raw["endpoint"], raw["conn_id"]), raw["recv_ts_ns"] / 1e9
+        if reading.sequence is not None and self._rules.books:
+            self._books.frame(source, reading.sequence, now)
         for event in reading.events:
             if isinstance(event, Products):
                 self._described.update({p.product_id: p for p in event.products if p.product_id in self._rules.products})
                 self._adapter = CoinbaseAdapter(dict(self._described), self._rules.max_frame_bytes)
-            elif not isinstance(event, BookEvent) and isinstance(shaped := self._adapter.shape(event, delivery, streamed=True), tuple):
+            elif isinstance(event, BookEvent):
+                if self._rules.books and reading.sequence is not None and event.product_id in self._described:
+                    derived += [Derived(COINBASE_BOOK_STREAM, book, lineage)
+                                for top in self._books.event(event, reading.sequence, source, now) if isinstance(top, SequencedTop)
+                                and isinstance(book := self._adapter.shape_book(top, delivery, self._rules.book_depth), dict)]
+            elif isinstance(shaped := self._adapter.shape(event, delivery, streamed=True), tuple):
                 derived.append(Derived(*shaped, lineage))
         return derived
 

@@ -55,8 +55,9 @@ STREAM_TYPES: dict[str, StreamType] = {
         StreamType(BOOK_STREAM, "kraken_book_topic", "book_v2.avsc", Numbering.SUPERSEDING, "books"),
         StreamType(RAW_STREAM, "kraken_raw_topic", "raw_frame_v1.avsc", Numbering.FRAMES, "frames"),
         StreamType(coinbase.TRADE_STREAM, "coinbase_trade_topic", "trade_v2.avsc", Numbering.CONSECUTIVE, "trades"),
-        # Coinbase's quotes are numbered by the time of their frame, which only increases.
+        # Coinbase's quotes and books are numbered by the time of their frame, which only increases.
         StreamType(coinbase.TICKER_STREAM, "coinbase_quote_topic", "quote_v2.avsc", Numbering.SUPERSEDING, "quotes"),
+        StreamType(coinbase.BOOK_STREAM, "coinbase_book_topic", "book_v2.avsc", Numbering.SUPERSEDING, "books"),
         StreamType(coinbase.RAW_STREAM, "coinbase_raw_topic", "raw_frame_v1.avsc", Numbering.FRAMES, "frames"),
     )
 }

@@ -1,6 +1,6 @@
 """One stand-in as a foreground process, for a container: `python -m k2actors.localstack registry`,
-`... exchange` or `... kraken`, until SIGTERM or SIGINT. The compose check runs them in place
-of Confluent's Schema Registry and of Binance (scripts/compose-check)."""
+`... exchange`, `... kraken` or `... coinbase`, until SIGTERM or SIGINT. The compose check runs
+them in place of Confluent's Schema Registry and of the venues (scripts/compose-check)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,11 @@ def _parser() -> argparse.ArgumentParser:
     kraken.add_argument("--endpoints", type=int, default=1)
     kraken.add_argument("--symbols", default="BTC/USD,ETH/USD,SOL/USD", help="comma-separated, as Kraken spells them")
     kraken.add_argument("--rate", type=float, default=20.0, help="trades per second per symbol")
+    coinbase = stand_ins.add_parser("coinbase", help="the Coinbase exchange simulator (Advanced Trade WebSocket and REST trades)")
+    coinbase.add_argument("--port", type=int, default=9460, help="the first endpoint's port; endpoint i listens on port + i")
+    coinbase.add_argument("--endpoints", type=int, default=1)
+    coinbase.add_argument("--symbols", default="BTC-USD,ETH-USD,SOL-USD", help="comma-separated product ids")
+    coinbase.add_argument("--rate", type=float, default=20.0, help="trades per second per product")
     return parser
 
 
@@ -42,11 +47,16 @@ def main(argv: list[str] | None = None) -> int:
 
         symbols = tuple(s.strip().upper() for s in args.symbols.split(",") if s.strip())
         stand_in = ExchangeSimulator(symbols, rate=args.rate, endpoints=args.endpoints, host=args.host, port=args.port)
-    else:
+    elif args.stand_in == "kraken":
         from k2actors.localstack.kraken import KrakenSimulator
 
         pairs = tuple(s.strip().upper() for s in args.symbols.split(",") if s.strip())
         stand_in = KrakenSimulator(pairs, rate=args.rate, endpoints=args.endpoints, host=args.host, port=args.port)
+    else:
+        from k2actors.localstack.coinbase import CoinbaseSimulator
+
+        products = tuple(s.strip().upper() for s in args.symbols.split(",") if s.strip())
+        stand_in = CoinbaseSimulator(products, rate=args.rate, endpoints=args.endpoints, host=args.host, port=args.port)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -178,10 +178,11 @@ class CoinbaseSimulator(ServedMarket[_Endpoint, Market]):
                 "best_ask": _price(ask), "best_bid_quantity": _quantity(bid_quantity), "best_ask_quantity": _quantity(ask_quantity)}
 
     def _send(self, endpoint: _Endpoint, client: _Client, channel: str, events: list[dict]) -> None:
-        """A numbered frame to the client (a scripted skip leaves a number out)."""
+        """A numbered frame to the client (a scripted skip loses it: its number and what it carried)."""
         if endpoint.sequence_skips > 0:
             endpoint.sequence_skips -= 1
             client.sequence_num += 1
+            return
         timestamp = _timestamp(time.time_ns())
         if channel == "l2_data":  # its levels are timed by the matching engine: here, when sent
             for event in events:
@@ -311,7 +312,8 @@ class CoinbaseEndpointControl(Controls[_Endpoint]):
     """Scripted faults for one endpoint; safe to call from any thread."""
 
     def skip_sequence(self) -> None:
-        """Leave the number of the next frame to each connection out, as if that frame were lost."""
+        """Lose the next frame to each connection: its number is left out and what it carried
+        (a trade batch, a ticker, a book update) is never sent."""
         self._endpoint.sequence_skips += 1
 
     def refuse_history(self, times: int) -> None:
