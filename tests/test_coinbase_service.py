@@ -11,9 +11,10 @@ from decimal import Decimal
 import pytest
 
 from k2actors.localstack.coinbase import CoinbaseSimulator
+from k2actors.localstack.kraken import KrakenSimulator
 from k2actors.readback import missing_and_duplicates, records
 from tests.conftest import trade_ids, wait_until
-from tests.test_kraken_service import backfilled, produced
+from tests.test_kraken_service import backfilled, produced, with_kraken
 from tests.test_raw_record import lineage_of_trades, replay_verify
 
 PRODUCTS = ("BTC-USD", "ETH-USD")
@@ -23,6 +24,12 @@ PRODUCTS = ("BTC-USD", "ETH-USD")
 def coinbase():
     # 20 trades a second a product: a resubscription's snapshot (the last 50) covers more than two seconds
     with CoinbaseSimulator(PRODUCTS, rate=20) as running:
+        yield running
+
+
+@pytest.fixture
+def kraken():
+    with KrakenSimulator(("BTC/USD",), rate=20) as running:
         yield running
 
 
@@ -192,3 +199,41 @@ def sent_tops(raw: list[dict], depth: int) -> dict[tuple[str, int, str], tuple[l
 
 def levels(side: list[dict]) -> list[tuple[Decimal, Decimal]]:
     return [(level["price"], level["quantity"]) for level in side]
+
+
+def test_three_venues_in_one_service_binance_and_kraken_stream_on_while_coinbase_refuses_every_connection(
+        start_service, coinbase, kraken, simulator, broker, registry, topic):
+    coinbase.endpoint(0).refuse(True)
+    service = with_kraken(lambda **env: with_coinbase(start_service, coinbase, topic, **env), kraken, topic,
+                          K2_KRAKEN_SYMBOLS="BTC/USD")
+    wait_until(lambda: service.get("/health")[0] == 200, 30, "/health")
+    wait_until(lambda: produced(service, topic) >= 300 and produced(service, f"{topic}.kraken") >= 50, 60,
+               "Binance's and Kraken's trades")
+    wait_until(lambda: "circuit for " + coinbase.urls[0] in service.log(), 60, "Coinbase's refusals and its circuit said")
+    status, body = service.get("/ready")
+    checks = json.loads(body)["checks"]
+    assert status == 503 and not checks["exchange COINBASE"]["ok"], checks
+    assert checks["exchange BINANCE"]["ok"] and checks["exchange KRAKEN"]["ok"], checks
+    assert checks["exchange COINBASE"]["detail"].startswith(f"no endpoint streaming; circuits: {coinbase.urls[0]} ")
+    coinbase.endpoint(0).refuse(False)
+    wait_until(lambda: produced(service, f"{topic}.coinbase") >= 50, 60, "Coinbase's trades once it takes connections again")
+    assert service.wait_ready()["checks"]["exchange COINBASE"]["detail"] == f"streaming from {coinbase.urls[0]}"
+    assert service.stop() == 0, service.log()
+    for venue_topic in (topic, f"{topic}.kraken", f"{topic}.coinbase"):
+        assert missing_and_duplicates(trade_ids(broker, registry, venue_topic)) == (0, 0), venue_topic
+
+
+def test_a_level2_snapshot_of_several_megabytes_is_kept_whole_in_the_raw_record_and_its_book_published(
+        start_service, simulator, broker, registry, topic):
+    with CoinbaseSimulator(("BTC-USD",), rate=20, snapshot_padding=40_000) as deep:  # a snapshot of about 8 MB
+        service = with_coinbase(start_service, deep, topic, K2_COINBASE_SYMBOLS="BTC-USD",
+                                K2_COINBASE_STREAMS="market_trades,level2")
+        service.wait_ready()
+        wait_until(lambda: produced(service, f"{topic}.coinbase.books") >= 5, 60, "books of the deep product")
+        assert service.metric("k2_dlq_messages_total") == 0
+        assert service.stop() == 0, service.log()
+    raw = records(broker.bootstrap_servers, registry.url, f"{topic}.coinbase.raw")
+    [snapshot] = [r for r in raw if r["stream"] == "l2_data" and json.loads(r["payload"])["events"][0]["type"] == "snapshot"]
+    assert len(snapshot["payload"]) > 4 * 2**20 and len(json.loads(snapshot["payload"])["events"][0]["updates"]) > 80_000
+    books = records(broker.bootstrap_servers, registry.url, f"{topic}.coinbase.books")
+    assert books and all(b["bid_levels"] == b["ask_levels"] == 20 for b in books)

@@ -10,6 +10,7 @@ from k2actors.clients import kafka_settings, registry_settings
 from k2actors.config import (
     _PARSERS,
     SECTIONS,
+    CoinbaseConfig,
     Config,
     ConfigError,
     Endpoint,
@@ -138,6 +139,22 @@ def test_defaults_match_the_documented_deployment():
         ("K2_LOG_LEVEL", "debug", "log", "level", "DEBUG"),
         ("K2_LOG_FORMAT", "json", "log", "format", "json"),
         ("K2_CIRCUIT_BREAKER_FAILURE_THRESHOLD", "5", "circuit_breaker", "failure_threshold", 5),
+        ("K2_COINBASE_ENABLED", "true", "coinbase", "enabled", True),
+        ("K2_COINBASE_SYMBOLS", "btc-usd, ETH-EUR", "coinbase", "symbols", ("BTC-USD", "ETH-EUR")),
+        ("K2_COINBASE_SYMBOLS", '["1INCH-USDC"]', "coinbase", "symbols", ("1INCH-USDC",)),
+        ("K2_COINBASE_STREAMS", "market_trades,ticker", "coinbase", "streams", ("market_trades", "ticker")),
+        ("K2_COINBASE_WEBSOCKET_URL", "ws://127.0.0.1:9100/", "coinbase", "websocket_url", Endpoint("ws://127.0.0.1:9100/", "COINBASE")),
+        # every endpoint of the section is Coinbase's, whatever its host
+        ("K2_COINBASE_FAILOVER_URLS", "wss://a.example/ws,wss://stream.binance.us:9443/stream", "coinbase", "failover_urls",
+         (Endpoint("wss://a.example/ws", "COINBASE"), Endpoint("wss://stream.binance.us:9443/stream", "COINBASE"))),
+        ("K2_COINBASE_REST_URL", "http://127.0.0.1:9101", "coinbase", "rest_url", "http://127.0.0.1:9101"),
+        ("K2_COINBASE_BACKFILL", "off", "coinbase", "backfill", False),
+        ("K2_COINBASE_STALE_TIMEOUT_SECONDS", "2", "coinbase", "stale_timeout_seconds", 2.0),
+        ("K2_COINBASE_MODE", "HOT_STANDBY", "coinbase", "mode", "hot_standby"),
+        ("K2_COINBASE_MAX_FRAME_BYTES", "2048", "coinbase", "max_frame_bytes", 2048),
+        ("K2_KAFKA_COINBASE_TRADE_TOPIC", "cb.trades", "kafka", "coinbase_trade_topic", "cb.trades"),
+        ("K2_KAFKA_COINBASE_QUOTE_TOPIC", "cb.quotes", "kafka", "coinbase_quote_topic", "cb.quotes"),
+        ("K2_KAFKA_COINBASE_RAW_TOPIC", "cb.raw", "kafka", "coinbase_raw_topic", "cb.raw"),
     ],
 )
 def test_environment_overrides_the_documented_names(variable, text, section, key, expected):
@@ -224,6 +241,23 @@ def test_venue_follows_the_host(url, venue):
         ("", {"K2_METRIC_PORT": "1"}, "K2_METRIC_PORT", "did you mean K2_METRICS_PORT?"),  # a misspelled section
         ("binance:\n  symbol: [BTCUSDT]\n", {}, "binance.symbol", "did you mean symbols?"),
         ("binanse:\n  symbols: [BTCUSDT]\n", {}, "binanse", "did you mean binance?"),
+        ("", {"K2_COINBASE_SYMBOLS": "BTCUSD"}, "coinbase.symbols", "a non-empty list of Coinbase product ids, such as BTC-USD"),
+        ("coinbase:\n  symbols: [BTC/USD]\n", {}, "coinbase.symbols", "Coinbase product ids, such as BTC-USD"),
+        ("", {"K2_COINBASE_SYMBOLS": "BTC-PERP-INTX"}, "coinbase.symbols", "Coinbase product ids, such as BTC-USD"),
+        ("coinbase:\n  symbols: [BTC-USD, 5]\n", {}, "coinbase.symbols", "Coinbase product ids, such as BTC-USD"),
+        ("coinbase:\n  symbols: []\n", {}, "coinbase.symbols", "a non-empty list of Coinbase product ids"),
+        ("", {"K2_COINBASE_SYMBOLS": "BTC-USD,btc-usd"}, "coinbase.symbols", "without repeated products"),
+        ("", {"K2_COINBASE_STREAMS": "market_trades,matches"}, "coinbase.streams", "without repeats, of market_trades, ticker"),
+        ("", {"K2_COINBASE_STREAMS": "ticker,ticker"}, "coinbase.streams", "without repeats"),
+        ("", {"K2_COINBASE_WEBSOCKET_URL": "https://advanced-trade-ws.coinbase.com"}, "coinbase.websocket_url", "ws:// or wss://"),
+        ("coinbase:\n  failover_urls: [wss://ok.example, ftp://bad]\n", {}, "coinbase.failover_urls[1]", "ws:// or wss://"),
+        ("coinbase:\n  rest_url: api.exchange.coinbase.com\n", {}, "coinbase.rest_url", "http://"),
+        # Coinbase's history is paged by id: no age to cut it at
+        ("", {"K2_COINBASE_BACKFILL_MAX_AGE_SECONDS": "60"}, "coinbase.backfill_max_age_seconds", "one of the keys"),
+        ("coinbase:\n  book_snapshot_limit: 100\n", {}, "coinbase.book_snapshot_limit", "one of the keys"),
+        ("coinbase:\n  book_depth: 0\n", {}, "coinbase.book_depth", "at least 1"),
+        ("", {"K2_COINBASE_SYMBOL": "BTC-USD"}, "coinbase.symbol", "did you mean symbols?"),
+        ("", {"K2_KAFKA_COINBASE_TRADE_TOPIC": "coinbase trades"}, "kafka.coinbase_trade_topic", "Kafka topic name"),
     ],
 )
 def test_invalid_values_name_key_value_and_expectation(tmp_path, yaml_text, env, key, fragment):
@@ -240,6 +274,15 @@ def run_cli(*args, env=None):
         [sys.executable, "-m", "k2actors", *args], capture_output=True, text=True, timeout=60,
         env={"PATH": "/usr/bin:/bin", **(env or {})}, cwd=REPO,
     )
+
+
+@pytest.mark.parametrize("env, key, fragment", [
+    ({"K2_COINBASE_SYMBOLS": "BTC-USD,BTC/USD"}, "coinbase.symbols", "Coinbase product ids"),
+    ({"K2_COINBASE_BACKFILL_MAX_AGE_SECONDS": "60"}, "coinbase.backfill_max_age_seconds", "one of the keys"),
+])
+def test_a_bad_coinbase_key_exits_2_naming_it(env, key, fragment):
+    result = run_cli("validate-config", env=env)
+    assert result.returncode == 2 and key in result.stderr and fragment in result.stderr and result.stdout == ""
 
 
 @pytest.mark.parametrize("command", ["start", "validate-config", "demo", "tail"])
@@ -297,3 +340,54 @@ def test_the_symbols_records_carry_are_every_enabled_venues_each_once(tmp_path):
     assert config.venue_symbols(config.kraken, ("BTCUSD", "BTCUSDT")) == ("BTC/USD",)
     assert config.venue_symbols(config.binance, ("ETHEUR", "BTCUSDT")) == ("BTCUSDT",)
     assert load_config(path, {"K2_BINANCE_ENABLED": "false"}).record_symbols == ("BTCUSD", "ETHEUR")
+
+
+def test_the_coinbase_section_from_yaml_the_environment_winning(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "coinbase:\n  enabled: true\n  websocket_url: wss://cb.example/ws\n  failover_urls: [wss://cb2.example/ws]\n"
+        "  symbols: [btc-usd, ETH-EUR]\n  streams: [ticker, market_trades]\n  rest_url: https://rest.example\n"
+        "  backfill: false\n  stale_timeout_seconds: 5\n  reconnect_delay_seconds: 0.5\n  max_frame_bytes: 2097152\n"
+        "kafka:\n  coinbase_trade_topic: cb.trades\n  coinbase_quote_topic: cb.quotes\n  coinbase_raw_topic: cb.raw\n")
+    config = load_config(path, {})
+    assert config.coinbase == CoinbaseConfig(
+        enabled=True, websocket_url=Endpoint("wss://cb.example/ws", "COINBASE"),
+        failover_urls=(Endpoint("wss://cb2.example/ws", "COINBASE"),),
+        symbols=("BTC-USD", "ETH-EUR"), streams=("ticker", "market_trades"), rest_url="https://rest.example", backfill=False,
+        stale_timeout_seconds=5.0, reconnect_delay_seconds=0.5, max_frame_bytes=2097152)
+    assert config.coinbase.stream_types == ("coinbase.ticker", "coinbase.trade")
+    assert {stream: config.kafka.topic_for(stream) for stream in ("coinbase.trade", "coinbase.ticker", "coinbase.raw")} == {
+        "coinbase.trade": "cb.trades", "coinbase.ticker": "cb.quotes", "coinbase.raw": "cb.raw"}
+    assert load_config(path, {"K2_COINBASE_SYMBOLS": "SOL-USD"}).coinbase.symbols == ("SOL-USD",)
+    # Coinbase is off unless enabled, and its topics are named by default
+    default = Config()
+    assert not default.coinbase.enabled and default.coinbase not in default.venues
+    assert {stream: default.kafka.topic_for(stream) for stream in ("coinbase.trade", "coinbase.ticker", "coinbase.raw")} == {
+        "coinbase.trade": "market.crypto.trades.coinbase", "coinbase.ticker": "market.crypto.quotes.coinbase",
+        "coinbase.raw": "market.crypto.raw.coinbase"}
+
+
+def test_with_all_three_venues_their_symbols_streams_and_endpoints(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("binance:\n  symbols: [BTCUSDT, BTCUSD]\n  streams: [trade, bookTicker]\n"
+                    "kraken:\n  enabled: true\n  symbols: [BTC/USD, ETH/EUR]\n  streams: [trade, ticker]\n"
+                    "coinbase:\n  enabled: true\n  symbols: [BTC-USD, ETH-EUR, SOL-USD]\n  streams: [market_trades, ticker]\n")
+    config = load_config(path, {})
+    assert config.venues == (config.binance, config.kraken, config.coinbase)
+    # Binance.US's BTCUSD, Kraken's BTC/USD and Coinbase's BTC-USD are one symbol, as are ETH/EUR and ETH-EUR
+    assert config.record_symbols == ("BTCUSDT", "BTCUSD", "ETHEUR", "SOLUSD")
+    assert config.venue_symbols(config.coinbase, ("SOLUSD", "BTCUSD", "ETHUSDT")) == ("BTC-USD", "SOL-USD")
+    assert config.venue_symbols(config.kraken, ("SOLUSD", "BTCUSD")) == ("BTC/USD",)
+    assert config.venue_symbols(config.binance, ("SOLUSD", "BTCUSD")) == ("BTCUSD",)
+    assert config.venue_of(Endpoint("wss://advanced-trade-ws.coinbase.com", "COINBASE")) is config.coinbase
+    assert config.venue_of(config.kraken.websocket_url) is config.kraken
+    assert config.venue_of(Endpoint("wss://stream.binance.us:9443/stream", "BINANCEUS")) is config.binance
+    assert config.stream_types == ("trade", "bookTicker", "raw", "kraken.trade", "kraken.ticker", "kraken.raw",
+                                   "coinbase.trade", "coinbase.ticker", "coinbase.raw")
+    assert load_config(path, {"K2_RAW_ENABLED": "false"}).stream_types == (
+        "trade", "bookTicker", "kraken.trade", "kraken.ticker", "coinbase.trade", "coinbase.ticker")
+    without = load_config(path, {"K2_COINBASE_ENABLED": "false"})
+    assert without.record_symbols == ("BTCUSDT", "BTCUSD", "ETHEUR") and "coinbase.trade" not in without.stream_types
+    alone = load_config(path, {"K2_BINANCE_ENABLED": "false", "K2_KRAKEN_ENABLED": "false"})
+    assert alone.venues == (alone.coinbase,) and alone.record_symbols == ("BTCUSD", "ETHEUR", "SOLUSD")
+    assert alone.stream_types == ("trade", "bookTicker", "raw", "coinbase.trade", "coinbase.ticker", "coinbase.raw")

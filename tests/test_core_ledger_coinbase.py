@@ -191,7 +191,7 @@ def test_a_batch_sent_newest_first_is_published_oldest_first_with_every_field_ex
 def test_a_resubscriptions_snapshot_of_recent_trades_is_counted_as_duplicates_and_publishes_only_what_is_new():
     book = ledger()
     assert ids(take(book, 1, status("BTC-USD"), market_trades(*trades(T, T + 1, T + 2)), at=0.0)) == [T, T + 1, T + 2]
-    counters(book)  # (what the first connection counted)
+    counters(book)  # taken: what follows is counted afresh
     # a new connection (after a drop): its snapshot holds the last trades, some had already
     again = take(book, 2, status("BTC-USD"), market_trades(*trades(*range(T - 2, T + 5)), kind="snapshot"), conn_id="coinbase-2",
                  at=1.0)

@@ -57,6 +57,8 @@ MAX_TRADES_PER_PAGE = 1000
 HISTORY_PER_PRODUCT = 200_000
 CLIENT_QUEUE_LIMIT = 100_000
 CHANNELS = ("market_trades", "ticker", "level2", "heartbeats", "status")
+PADDING_GAP_CENTS = 100_000
+UNITS = 100_000_000  # a quantity of 1
 
 
 @dataclass(eq=False)  # each connection its own, in its endpoint's set
@@ -83,7 +85,11 @@ class CoinbaseSimulator(ServedMarket[_Endpoint, Market]):
     """`with CoinbaseSimulator(("BTC-USD",), rate=50) as sim: sim.urls`"""
 
     def __init__(self, products: tuple[str, ...] = ("BTC-USD", "ETH-USD", "SOL-USD"), rate: float = 20.0,
-                 endpoints: int = 1, tick: float = 0.01, host: str = "127.0.0.1", seed: int = 13, port: int = 0):
+                 endpoints: int = 1, tick: float = 0.01, host: str = "127.0.0.1", seed: int = 13, port: int = 0,
+                 snapshot_padding: int = 0):
+        """`snapshot_padding`: levels added to each side of every level2 snapshot, far from the
+        touch and never updated, to make a snapshot as large as a busy product's (BTC-USD's is
+        over 4 MiB); `sent_book` leaves them out."""
         super().__init__(Market(tuple(products), rate, seed), [_Endpoint(i) for i in range(endpoints)], host, port, None,
                          "coinbase-simulator", PATH)
         self._tick = tick
@@ -91,6 +97,7 @@ class CoinbaseSimulator(ServedMarket[_Endpoint, Market]):
             p: collections.deque(maxlen=HISTORY_PER_PRODUCT) for p in products}
         self._unsent: dict[str, list[TimedTrade]] = {p: [] for p in products}  # since the last market_trades batch
         self._heartbeats = 0
+        self._padding = snapshot_padding
 
     def endpoint(self, index: int) -> CoinbaseEndpointControl:
         return CoinbaseEndpointControl(self, self._endpoints[index])
@@ -282,6 +289,10 @@ class CoinbaseSimulator(ServedMarket[_Endpoint, Market]):
             client.books[product] = (dict(book.bids), dict(book.asks))
             # the whole book, its sides interleaved as Coinbase sends them
             bids, asks = _levels("bid", book.bids.items()), _levels("offer", book.asks.items())
+            if self._padding:  # a thousand dollars beyond each side's far end, a cent apart
+                far_bid, far_ask = min(book.bids) - PADDING_GAP_CENTS, max(book.asks) + PADDING_GAP_CENTS
+                bids += _levels("bid", ((price, UNITS) for price in range(far_bid, max(far_bid - self._padding, 0), -1)))
+                asks += _levels("offer", ((price, UNITS) for price in range(far_ask, far_ask + self._padding)))
             updates = [level for pair in zip(asks, bids, strict=False) for level in pair] + asks[len(bids):] + bids[len(asks):]
             frames.append(("l2_data", [{"type": "snapshot", "product_id": product, "updates": updates}]))
         return frames
