@@ -539,24 +539,18 @@ def _stream_list(options: tuple[str, ...]) -> Callable[[str, Any], tuple[str, ..
     return parse
 
 
-def _kraken_symbols(key: str, value: Any) -> tuple[str, ...]:
-    items = _list(key, value)
-    symbols = [item.strip().upper() for item in items if isinstance(item, str)]
-    if not items or len(symbols) != len(items) or not all(KRAKEN_SYMBOL_PATTERN.match(symbol) for symbol in symbols):
-        raise ConfigError(key, value, "a non-empty list of Kraken pairs in its v2 spelling, such as BTC/USD")
-    if len(set(symbols)) != len(symbols):
-        raise ConfigError(key, value, "a list without repeated pairs")
-    return tuple(symbols)
-
-
-def _coinbase_products(key: str, value: Any) -> tuple[str, ...]:
-    items = _list(key, value)
-    products = [item.strip().upper() for item in items if isinstance(item, str)]
-    if not items or len(products) != len(items) or not all(COINBASE_PRODUCT_PATTERN.match(product) for product in products):
-        raise ConfigError(key, value, "a non-empty list of Coinbase product ids, such as BTC-USD")
-    if len(set(products)) != len(products):
-        raise ConfigError(key, value, "a list without repeated products")
-    return tuple(products)
+def _spelled_symbols(pattern: re.Pattern[str], what: str, noun: str) -> Callable[[str, Any], tuple[str, ...]]:
+    """A venue's `symbols` in its own spelling (Kraken's pairs, Coinbase's products): a
+    non-empty list, each once."""
+    def parse(key: str, value: Any) -> tuple[str, ...]:
+        items = _list(key, value)
+        symbols = [item.strip().upper() for item in items if isinstance(item, str)]
+        if not items or len(symbols) != len(items) or not all(pattern.match(symbol) for symbol in symbols):
+            raise ConfigError(key, value, f"a non-empty list of {what}")
+        if len(set(symbols)) != len(symbols):
+            raise ConfigError(key, value, f"a list without repeated {noun}")
+        return tuple(symbols)
+    return parse
 
 
 def _venue_endpoint(venue: str) -> Callable[[str, Any], Endpoint]:
@@ -701,13 +695,13 @@ _PARSERS = {
     ("binance", "book_snapshot_limit"): _number(int, 1, MAX_DEPTH_LIMIT),
     ("kraken", "websocket_url"): _venue_endpoint(kraken.VENUE),
     ("kraken", "failover_urls"): _venue_endpoints(kraken.VENUE),
-    ("kraken", "symbols"): _kraken_symbols,
+    ("kraken", "symbols"): _spelled_symbols(KRAKEN_SYMBOL_PATTERN, "Kraken pairs in its v2 spelling, such as BTC/USD", "pairs"),
     ("kraken", "streams"): _stream_list(KRAKEN_STREAMS),
     ("kraken", "book_depth"): _number(int, 1, kraken.CHECKSUM_LEVELS),
     ("kraken", "rest_url"): _http_url,
     ("coinbase", "websocket_url"): _venue_endpoint(coinbase.VENUE),
     ("coinbase", "failover_urls"): _venue_endpoints(coinbase.VENUE),
-    ("coinbase", "symbols"): _coinbase_products,
+    ("coinbase", "symbols"): _spelled_symbols(COINBASE_PRODUCT_PATTERN, "Coinbase product ids, such as BTC-USD", "products"),
     ("coinbase", "streams"): _stream_list(coinbase.SUBSCRIBABLE),
     ("coinbase", "rest_url"): _http_url,
     ("coinbase", "book_depth"): _number(int, 1, MAX_DEPTH_LIMIT),

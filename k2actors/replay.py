@@ -24,7 +24,7 @@ from k2actors.clients import kafka_settings, registry_settings
 from k2actors.config import Config, coinbase_rules
 from k2actors.core.ledger import KrakenRules
 from k2actors.core.raw import RECV_TS_NS
-from k2actors.core.replay import DIFFERS, DUPLICATE, EXTRA, MISSING, Derived, Replay, Rules, verify
+from k2actors.core.replay import DIFFERS, DUPLICATE, EXTRA, MISSING, Derived, Replay, Rules, in_range, verify, wanted
 from k2actors.core.streams import is_raw
 from k2actors.outlets import AvroWriter, producer_settings, register, schema_for
 from k2actors.readback import messages
@@ -76,15 +76,12 @@ def run_replay(config: Config, since: int | None, until: int | None, check: bool
     raw_topics = [kafka.raw_topic, *(topic for venue, topic in ((kraken, kafka.kraken_raw_topic), (coinbase, kafka.coinbase_raw_topic))
                                      if venue.enabled)]
 
-    def in_range(received_ns: int) -> bool:
-        return (since is None or received_ns >= since) and (until is None or received_ns < until)
-
     deserialize = AvroDeserializer(registry)
     for raw_topic in raw_topics:
         context = SerializationContext(raw_topic, MessageField.VALUE)
         for message in messages(settings, raw_topic):
             raw = deserialize(message.value(), context)
-            if in_range(raw["recv_ts_ns"]):
+            if wanted(raw, since, until):
                 replay.add(raw)
     derived = replay.derive()
     unique = replay.records()
@@ -100,7 +97,7 @@ def run_replay(config: Config, since: int | None, until: int | None, check: bool
         for message in messages(settings, topic):
             headers = dict(_headers(message))
             received = headers.get(RECV_TS_NS)
-            if since is None and until is None or received is not None and in_range(int(received)):
+            if since is None and until is None or received is not None and in_range(int(received), since, until):
                 live.append((stream, decoder.live(stream, message.value() or b""), headers))
     alike = {source: [Derived(d.stream, decoder.derived(d), d.lineage) for d in records] for source, records in derived.items()}
     differences = verify(alike, live)

@@ -236,13 +236,33 @@ def test_a_ticker_is_a_quote_numbered_by_its_frames_time_and_an_older_one_is_sup
         Decimal("64281.7"), Decimal("0.21558849"), Decimal("64281.71"), Decimal("0.02287045"))
     assert quote["vendor_data"] == {"stream": "ticker", "endpoint": ENDPOINT, "venue_symbol": "BTC-USD"}
 
-    def at(timestamp: str) -> bytes:
-        return altered("reference-2026-06-14 ticker_update", lambda m: m.update(timestamp=timestamp))
+    def at(timestamp: str, best_bid: str) -> bytes:
+        def change(message: dict) -> None:
+            message.update(timestamp=timestamp)
+            message["events"][0]["tickers"][0]["best_bid"] = best_bid
+        return altered("reference-2026-06-14 ticker_update", change)
 
-    later = take(book, 2, at("2026-06-14T05:35:45.535813Z"), frame, at("2026-06-14T05:35:45.335813Z"), first=3, at=0.1,
-                 received_ns=received_ns + 100_000_000)
+    later = take(book, 2, at("2026-06-14T05:35:45.535813Z", "64281.6"), frame, at("2026-06-14T05:35:45.335813Z", "64281.5"),
+                 first=3, at=0.1, received_ns=received_ns + 100_000_000)
     assert [q["source_sequence"] for q in records(later, "coinbase.ticker")] == [moment + 100_000]  # the others: not newer
     assert counters(book)[("k2_binance_duplicate_trades_total", ("COINBASE", "BTCUSD", "coinbase.ticker"))] == 2
+
+
+def test_a_ticker_that_leaves_the_touch_as_last_published_is_no_new_quote():
+    """Hot standby: the same ticker on two connections, each frame stamped with its own time;
+    and a match that moved no best price or quantity."""
+    book = ledger()
+    frame = FRAMES["reference-2026-06-14 ticker_update"]
+    received_ns = us("2026-06-14T05:35:45.450000Z") * 1000
+    take(book, 1, status("BTC-USD"), frame, at=0.0, received_ns=received_ns)
+    standby = altered("reference-2026-06-14 ticker_update", lambda m: m.update(timestamp="2026-06-14T05:35:45.436225Z"))
+    again = take(book, 2, standby, at=0.1, received_ns=received_ns + 1_000_000)
+    assert records(again, "coinbase.ticker") == []
+    assert counters(book)[("k2_binance_duplicate_trades_total", ("COINBASE", "BTCUSD", "coinbase.ticker"))] == 1
+    moved = altered("reference-2026-06-14 ticker_update", lambda m: (m.update(timestamp="2026-06-14T05:35:45.536225Z"),
+                                                                      m["events"][0]["tickers"][0].update(best_ask_quantity="0.5")))
+    [quote] = records(take(book, 3, moved, at=0.2, received_ns=received_ns + 100_000_000), "coinbase.ticker")
+    assert quote["ask_quantity"] == Decimal("0.5")
 
 
 def test_a_trade_before_its_products_description_or_of_a_product_not_subscribed_is_a_dead_letter():

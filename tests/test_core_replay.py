@@ -14,7 +14,7 @@ from k2actors.core.binance import Trade
 from k2actors.core.ledger import Ledger, Publish, Rules
 from k2actors.core.payloads import BackfilledTrades, RawBatch
 from k2actors.core.raw import RAW, RestResponse
-from k2actors.core.replay import DIFFERS, DUPLICATE, EXTRA, MISSING, Replay, verify
+from k2actors.core.replay import DIFFERS, DUPLICATE, EXTRA, MISSING, Replay, verify, wanted
 from k2actors.core.replay import Rules as ReplayRules
 from k2actors.core.telemetry import MetricBuffer
 
@@ -157,3 +157,15 @@ def test_a_rest_row_older_than_the_backfill_window_is_not_derived_as_it_was_not_
     [derived] = replayed([recent.raw_record()]).records()
     assert derived.record["source_sequence"] == 1 and dict(derived.lineage)["k2.source_url"] == (
         b"http://rest/api/v3/historicalTrades?symbol=BTCUSDT")
+
+
+def test_a_range_replays_what_was_received_in_it_and_every_description_of_the_symbols_whenever_received():
+    def raw(stream: str, received_ns: int) -> dict:
+        return {"stream": stream, "recv_ts_ns": received_ns}
+
+    assert [wanted(raw("btcusdt@trade", at), 100, 200) for at in (99, 100, 199, 200)] == [False, True, True, False]
+    assert wanted(raw("btcusdt@trade", 5), None, None) and wanted(raw("btcusdt@trade", 500), 100, None)
+    # what the records in range are shaped with, received before it: Binance's, Kraken's, Coinbase's
+    for stream in ("/api/v3/exchangeInfo?symbols=%5B%22BTCUSDT%22%5D", "instrument", "status"):
+        assert wanted(raw(stream, 5), 100, 200), stream
+    assert not wanted(raw("heartbeats", 5), 100, 200) and not wanted({"stream": None, "recv_ts_ns": 5}, 100, 200)

@@ -27,7 +27,7 @@ def test_every_stream_type_has_a_topic_of_its_own_by_default():
 
 def test_each_numbering_is_its_own_set_of_stream_types():
     raw = [stream for stream in STREAM_TYPES if is_raw(stream)]
-    assert raw == ["raw", "kraken.raw"]
-    assert set(CONSECUTIVE) == {"trade", "aggTrade", "kraken.trade"}
-    assert set(SUPERSEDING) == {"bookTicker", "book", "kraken.ticker", "kraken.book"}
+    assert raw == ["raw", "kraken.raw", "coinbase.raw"]
+    assert set(CONSECUTIVE) == {"trade", "aggTrade", "kraken.trade", "coinbase.trade"}
+    assert set(SUPERSEDING) == {"bookTicker", "book", "kraken.ticker", "kraken.book", "coinbase.ticker", "coinbase.book"}
     assert {STREAM_TYPES[s].numbering for s in raw} == {Numbering.FRAMES}

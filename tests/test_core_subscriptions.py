@@ -60,10 +60,21 @@ def test_the_jitter_never_asks_again_sooner_than_a_second_nor_later_than_the_cap
 
 def test_an_answer_to_a_request_never_sent_is_nothing_to_retry():
     subscriptions = Subscriptions(PLANS)
-    assert subscriptions.refused(None, 2, "Invalid request: request ID must be an unsigned integer", now=0.0) is None
     assert subscriptions.refused(10_000, 2, "no", now=0.0) is None
     assert subscriptions.refused("1", 2, "no", now=0.0) is None
     assert subscriptions.status()[0] and subscriptions.due(1e9) == []
+
+
+def test_a_refusal_naming_no_request_stands_unretried_until_the_endpoint_is_connected_afresh():
+    subscriptions = Subscriptions(PLANS)
+    assert subscriptions.refused(None, 0, "too many L2 streams requested in a single session", now=0.0) is None
+    ok, detail = subscriptions.status()
+    assert not ok and subscriptions.due(1e9) == []
+    assert detail == ("refused, naming no request, until connected afresh: 1 refusals, "
+                      "the last code 0 'too many L2 streams requested in a single session'")
+    subscriptions.refused(request(0)[0], 2, "Invalid request", now=0.0)  # a named one beside it: both said
+    assert subscriptions.status()[1].startswith("refused, asked again with backoff: request 1: code 2 'Invalid request'")
+    assert Subscriptions(PLANS).status()[0]  # a new connection asks afresh
 
 
 def test_connections_subscribed_in_the_url_have_no_request_to_retry():

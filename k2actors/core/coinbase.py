@@ -94,6 +94,27 @@ class CoinbaseQuote:
     timestamp_us: int
 
 
+class PublishedTouches:
+    """Each product's touch as last published. Coinbase sends a ticker on every match and
+    names it by nothing but its frame's time, which each connection stamps on its own: the
+    same ticker on two connections (hot standby) would be two quotes. A quote is published
+    only when the touch (best bid and offer, and their quantities) differs from the last one
+    published."""
+
+    def __init__(self) -> None:
+        self._touches: dict[str, tuple[str, str, str, str]] = {}
+
+    def same(self, quote: CoinbaseQuote) -> bool:
+        return self._touches.get(quote.product_id) == _touch(quote)
+
+    def published(self, quote: CoinbaseQuote) -> None:
+        self._touches[quote.product_id] = _touch(quote)
+
+
+def _touch(quote: CoinbaseQuote) -> tuple[str, str, str, str]:
+    return quote.bid_price, quote.bid_quantity, quote.ask_price, quote.ask_quantity
+
+
 @dataclass(frozen=True, slots=True)
 class BookEvent:
     """A whole book (`is_snapshot`) or the levels changed since the connection's previous

@@ -64,7 +64,8 @@ class CoinbaseAdapter:
         stream = TRADE_STREAM if isinstance(event, CoinbaseTrade) else TICKER_STREAM
         product = self._products.get(event.product_id)
         if product is None:
-            return Rejected(UNSUBSCRIBED_SYMBOL, f"product {event.product_id[:40]!r} was not subscribed", stream)
+            return Rejected(UNSUBSCRIBED_SYMBOL, f"product {event.product_id[:40]!r} was not subscribed, or not yet described "
+                                                 "by the status channel", stream)
         if streamed and abs(event.timestamp_us - delivery.received_us) > MAX_CLOCK_DISTANCE_US:
             return Rejected(TIMESTAMP_OUT_OF_RANGE, f"{stream} time {event.timestamp_us} µs is more than 24 h from its "
                                                     f"receipt at {delivery.received_us} µs", stream)

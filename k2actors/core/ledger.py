@@ -29,7 +29,7 @@ from k2actors.core.binance import BOOK, TRADE
 from k2actors.core.book import BookSync, BookTop, DepthDiff, FetchSnapshot, InSync, OutOfSync, OutOfSyncReason
 from k2actors.core.book import Output as BookOutput
 from k2actors.core.checksummed_book import CheckedTop
-from k2actors.core.coinbase import BookEvent, CoinbaseQuote, CoinbaseTrade, Product, Products
+from k2actors.core.coinbase import BookEvent, CoinbaseQuote, CoinbaseTrade, Product, Products, PublishedTouches
 from k2actors.core.coinbase_adapter import CoinbaseAdapter
 from k2actors.core.coinbase_books import BooksLost, CoinbaseBooks, ReconnectWanted, SequencedTop
 from k2actors.core.connection_books import BookSource, SymbolInSync, SymbolOutOfSync
@@ -255,7 +255,8 @@ class Answered(Generic[A]):
         if self.refusal is None:
             return LogLine(logging.DEBUG, f"{self.url} answered request {self.request_id!r} with success")
         code, message = self.refusal
-        return LogLine(logging.ERROR, f"{self.url} refused request {self.request_id!r}: code {code}, {message!r}",
+        which = "a request it did not name" if self.request_id is None else f"request {self.request_id!r}"
+        return LogLine(logging.ERROR, f"{self.url} refused {which}: code {code}, {message!r}",
                        {"event": "subscription_refused", "endpoint": self.url, "request_id": self.request_id,
                         "code": code, "venue_message": message})
 
@@ -454,6 +455,7 @@ class Ledger(Generic[A]):
         self._products: dict[str, Product] = {}  # Coinbase's subscribed products, as last described
         self._coinbase: CoinbaseAdapter | None = None
         self._coinbase_books: CoinbaseBooks[A] | None = None
+        self._touches = PublishedTouches()  # Coinbase's quotes: one per change of the touch
         if rules.coinbase is not None:
             self._learn_products(Products(rules.coinbase.described), [])
             if rules.coinbase.books:
@@ -765,6 +767,10 @@ class Ledger(Generic[A]):
                 raise ValueError("a Coinbase event, and Coinbase is not configured")
             if self._another_instances(coinbase.record_symbol(event.product_id)):
                 return None
+            if isinstance(event, CoinbaseQuote) and self._touches.same(event):  # the touch last published, again
+                self.metrics.inc("k2_binance_duplicate_trades_total", delivery.venue, coinbase.record_symbol(event.product_id),
+                                 coinbase.TICKER_STREAM)
+                return None
             shaped = self._coinbase.shape(event, delivery, streamed)
         else:
             if self._another_instances(event.symbol):
@@ -793,6 +799,8 @@ class Ledger(Generic[A]):
             self.metrics.inc("k2_binance_recovered_trades_total", delivery.venue, symbol)
         if isinstance(event, KrakenTrade):
             self._note_trade_time(key, tracked_id, event.timestamp_us)
+        elif isinstance(event, CoinbaseQuote):
+            self._touches.published(event)
         self._count_published(symbol, stream)
         return stream, record
 

@@ -24,14 +24,14 @@ from k2actors.core.book import BookSync, BookTop, DepthDiff, DepthSnapshot
 from k2actors.core.book import Output as BookOutput
 from k2actors.core.checksummed_book import CheckedTop
 from k2actors.core.coinbase import BOOK_STREAM as COINBASE_BOOK_STREAM
+from k2actors.core.coinbase import STATUS, BookEvent, CoinbaseQuote, CoinbaseTrade, Products, PublishedTouches
 from k2actors.core.coinbase import VENUE as COINBASE
-from k2actors.core.coinbase import BookEvent, CoinbaseTrade, Products
 from k2actors.core.coinbase import HistoryPage as CoinbaseHistoryPage
 from k2actors.core.coinbase_adapter import CoinbaseAdapter
 from k2actors.core.coinbase_backfill import PRODUCTS_PATH
 from k2actors.core.coinbase_books import CoinbaseBooks, SequencedTop
 from k2actors.core.connection_books import BookSource
-from k2actors.core.kraken import BOOK_STREAM, BookMessage, HistoryPage, Instrument, Instruments, KrakenTrade
+from k2actors.core.kraken import BOOK_STREAM, INSTRUMENT, BookMessage, HistoryPage, Instrument, Instruments, KrakenTrade
 from k2actors.core.kraken import VENUE as KRAKEN
 from k2actors.core.kraken_adapter import KrakenAdapter
 from k2actors.core.kraken_backfill import TRADES_PATH
@@ -59,6 +59,17 @@ class Rules:
     book_cadence_ms: int
     kraken: KrakenRules | None = None  # when Kraken's raw record is replayed too
     coinbase: CoinbaseRules | None = None  # ... and Coinbase's
+
+
+def wanted(raw: Mapping[str, Any], since: int | None, until: int | None) -> bool:
+    """Whether a raw record is replayed for records received in [since, until) (ns): those
+    received then, and whatever describes the symbols the records are shaped with (Binance's
+    exchangeInfo, Kraken's instrument frames, Coinbase's status frames), whenever received."""
+    return in_range(raw["recv_ts_ns"], since, until) or (raw["stream"] or "").startswith((EXCHANGE_INFO_PATH, INSTRUMENT, STATUS))
+
+
+def in_range(received_ns: int, since: int | None, until: int | None) -> bool:
+    return (since is None or received_ns >= since) and (until is None or received_ns < until)
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +259,7 @@ class _CoinbaseDerivation:
         self._adapter = CoinbaseAdapter({}, rules.max_frame_bytes)
         self._described: dict[str, Any] = {}
         self._books: CoinbaseBooks[None] = CoinbaseBooks(rules.book_depth, rules.book_cadence_ms)
+        self._touches = PublishedTouches()
 
     def derive(self, raw: Mapping[str, Any]) -> list[Derived]:
         delivery = Delivery(raw["exchange"], raw["endpoint"], raw["recv_ts_ns"] // 1000)
@@ -269,8 +281,12 @@ class _CoinbaseDerivation:
                     derived += [Derived(COINBASE_BOOK_STREAM, book, lineage)
                                 for top in self._books.event(event, reading.sequence, source, now) if isinstance(top, SequencedTop)
                                 and isinstance(book := self._adapter.shape_book(top, delivery, self._rules.book_depth), dict)]
+            elif isinstance(event, CoinbaseQuote) and self._touches.same(event):
+                continue
             elif isinstance(shaped := self._adapter.shape(event, delivery, streamed=True), tuple):
                 derived.append(Derived(*shaped, lineage))
+                if isinstance(event, CoinbaseQuote):
+                    self._touches.published(event)
         return derived
 
     def _from_history(self, raw: Mapping[str, Any], delivery: Delivery) -> list[Derived]:

@@ -6,7 +6,9 @@ must not pass unnoticed, nor be retried at a pace that gets the connection (5 in
 messages a second) or the IP (300 connections per 5 minutes) banned: the request alone is
 sent again on its connection, after an exponential backoff with full jitter. A refusal is
 reported until the same request is answered with success; replacing the connections starts
-afresh, since their subscriptions are asked for again.
+afresh, since their subscriptions are asked for again. A refusal that names no request
+(Coinbase's errors) cannot be asked again alone: it stands, reported, until the endpoint is
+connected afresh.
 """
 
 from __future__ import annotations
@@ -56,11 +58,16 @@ class Subscriptions:
             for request_id, message in plan.requests:
                 self._requests[request_id] = (link, message)
         self._refused: dict[int, _Refusal] = {}
+        self._unnamed: list[tuple[int, str]] = []  # refusals naming no request: (code, message)
         self._draw = draw
 
     def refused(self, request_id: object, code: int, message: str, now: float) -> float | None:
         """The venue refused a request. When it is one of ours, the seconds until it is asked
-        again; None for an id this endpoint never sent (nothing to retry)."""
+        again; None for an id this endpoint never sent (nothing to retry). One that names no
+        request (None) stands until the endpoint is connected afresh."""
+        if request_id is None:
+            self._unnamed.append((code, message))
+            return None
         if not isinstance(request_id, int) or request_id not in self._requests:
             return None
         previous = self._refused.get(request_id)
@@ -88,8 +95,13 @@ class Subscriptions:
 
     def status(self) -> tuple[bool, str]:
         """(no request stands refused, what /ready says)."""
-        if not self._refused:
+        if not self._refused and not self._unnamed:
             return True, "every subscription answered with success, or none needed"
-        refusals = "; ".join(f"request {request_id}: code {refusal.code} {refusal.message!r} ({refusal.attempts} refusals)"
-                             for request_id, refusal in sorted(self._refused.items()))
-        return False, f"refused, asked again with backoff: {refusals}"
+        said = [f"request {request_id}: code {refusal.code} {refusal.message!r} ({refusal.attempts} refusals)"
+                for request_id, refusal in sorted(self._refused.items())]
+        if self._refused:
+            said = [f"refused, asked again with backoff: {'; '.join(said)}"]
+        if self._unnamed:
+            said.append(f"refused, naming no request, until connected afresh: {len(self._unnamed)} refusals, "
+                        f"the last code {self._unnamed[-1][0]} {self._unnamed[-1][1]!r}")
+        return False, "; ".join(said)
