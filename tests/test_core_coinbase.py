@@ -9,6 +9,7 @@ and the symbol a product's records carry."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +33,7 @@ from k2actors.core.coinbase import (
     Product,
     SequenceGap,
     Subscribed,
+    Tickers,
     VenueError,
     connection_plans,
     historical_trades,
@@ -262,7 +264,8 @@ def test_level2_products_are_shared_among_connections_each_asking_for_its_own_wi
     assert all(len({tuple(request["product_ids"]) for request in requests}) == 1 for requests in asked)
     # Coinbase's answers name no request: the ids are the plans' own, each once
     assert [[request_id for request_id, _ in plan.requests] for plan in plans] == [[1, 2, 3, 4], [5, 6, 7, 8]]
-    assert {(plan.url, plan.interval) for plan in plans} == {(URL, 0.25)}
+    # Coinbase counts 8 messages a second per IP: the two connections together send four
+    assert {(plan.url, plan.interval) for plan in plans} == {(URL, 0.5)}
 
 
 @pytest.mark.parametrize("product, symbol", [("BTC-USD", "BTCUSD"), ("ETH-EUR", "ETHEUR"), ("1INCH-USDC", "1INCHUSDC")])
@@ -271,3 +274,27 @@ def test_a_products_records_carry_its_base_and_quote_as_one_symbol(product, symb
     # known before Coinbase describes the product, and the symbol its description makes
     base, quote = product.split("-")
     assert Product(product, base, quote, "online").record_symbol == symbol
+
+
+def test_a_products_quotes_come_from_one_connection_at_a_time_and_only_when_its_touch_moved():
+    tickers = Tickers()
+    quote = CoinbaseQuote("BTC-USD", "64281.7", "0.2", "64281.71", "0.02", 1)
+    moved = dataclasses.replace(quote, ask_quantity="0.5", timestamp_us=2)
+
+    def offered(q: CoinbaseQuote, conn_id: str, now: float) -> bool:
+        tickers.heard(conn_id, now)
+        if not tickers.wanted(q, conn_id, now):
+            return False
+        tickers.published(q)
+        return True
+
+    assert offered(quote, "primary", 0.0)
+    assert not offered(dataclasses.replace(quote, timestamp_us=3), "standby", 0.1)  # hot standby's copy
+    assert not offered(quote, "primary", 0.2)  # a match that moved no price or quantity of the touch
+    assert offered(moved, "primary", 0.3) and not offered(moved, "standby", 0.4)
+    tickers.heard("standby", 1.5)  # the standby lives on, the primary fell silent at 0.3 ...
+    assert not offered(quote, "standby", 1.7)  # ... not yet for long
+    assert offered(quote, "standby", 1.9)  # 1.6 s: the standby's quotes from now on
+    assert not offered(dataclasses.replace(quote, bid_quantity="0.3"), "primary", 2.0)  # back, but not the source now
+    tickers.forget(["BTC-USD"])  # another instance's product now; should it come back, afresh
+    assert offered(quote, "primary", 2.1)

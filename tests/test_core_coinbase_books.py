@@ -57,7 +57,7 @@ def test_a_lost_frame_puts_the_connections_books_out_of_sync_until_its_successor
     fed(books, PRIMARY, 1, None, 0.5)  # a heartbeat, say: numbered like every frame
     lost = fed(books, PRIMARY, 4, update(2.0, asks=[("79944", "0")]), 2.0)
     [books_lost] = of(BooksLost, lost)
-    assert books_lost == BooksLost(PRIMARY.endpoint, PRIMARY.conn_id, SequenceGap(2, 3), (PRODUCT,), 0.0)
+    assert books_lost == BooksLost(PRIMARY.endpoint, PRIMARY.conn_id, "sequence", SequenceGap(2, 3), (PRODUCT,), 0.0)
     assert "frames 2 to 3 of connection conn-1" in books_lost.report().message
     assert of(ReconnectWanted, lost) == [ReconnectWanted(PRIMARY)] and of(SymbolOutOfSync, lost) == [OUT_OF_SYNC]
     assert not of(SequencedTop, lost) and books.lost_since() == {PRODUCT: 2.0}
@@ -109,3 +109,44 @@ def test_a_forgotten_product_keeps_nothing():
     books.forget({PRODUCT})
     assert books.products() == set() and books.lost_since() == {}
     assert of(SequencedTop, fed(books, PRIMARY, 1, SNAPSHOT, 1.0))
+
+
+def test_a_crossed_snapshot_is_never_published_and_its_connection_replaced():
+    books: CoinbaseBooks[str] = CoinbaseBooks(publish_depth=2, cadence_ms=1000)
+    crossed = BookEvent(PRODUCT, True, (("79945", "1"),), (("79944.1", "1.2"),), T0)
+    outputs = fed(books, PRIMARY, 0, crossed, 0.0)
+    [books_lost] = of(BooksLost, outputs)
+    assert books_lost.reason == "crossed" and of(ReconnectWanted, outputs) == [ReconnectWanted(PRIMARY)]
+    assert not of(SequencedTop, outputs) and books.lost_since() == {PRODUCT: 0.0}
+
+
+def test_an_update_that_could_not_be_read_puts_its_connections_books_out_of_sync():
+    books: CoinbaseBooks[str] = CoinbaseBooks(publish_depth=2, cadence_ms=1000)
+    started(books)
+    outputs = books.unreadable(PRIMARY, 1.0)
+    [books_lost] = of(BooksLost, outputs)
+    assert books_lost.reason == "unreadable" and "could not be read" in books_lost.report().message
+    assert of(ReconnectWanted, outputs) == [ReconnectWanted(PRIMARY)] and of(SymbolOutOfSync, outputs)
+    assert fed(books, PRIMARY, 1, update(1.5, bids=[("79943", "1")]), 1.5) == []  # nothing published of it since
+
+
+def test_a_connection_first_heard_after_frame_0_is_replaced_for_books_never_seen():
+    """A Normaliser that replaced one hears the connections from the middle: their books'
+    snapshots went to its predecessor."""
+    books: CoinbaseBooks[str] = CoinbaseBooks(publish_depth=2, cadence_ms=1000)
+    outputs = fed(books, PRIMARY, 120, update(1.0, bids=[("79943", "1")]), 1.0)
+    [books_lost] = of(BooksLost, outputs)
+    assert books_lost.reason == "joined" and books_lost.gap == SequenceGap(0, 119)
+    assert "was first heard at frame 120, after this Normaliser started" in books_lost.report().message
+    assert of(ReconnectWanted, outputs) == [ReconnectWanted(PRIMARY)] and not of(SequencedTop, outputs)
+
+
+def test_connections_of_one_endpoint_that_lose_frames_together_are_each_replaced_one_after_another():
+    books: CoinbaseBooks[str] = CoinbaseBooks(publish_depth=2, cadence_ms=1000)
+    sources = [BookSource(PRIMARY.connection, PRIMARY.endpoint, f"conn-{i}") for i in range(3)]
+    for source in sources:
+        started(books, source)
+    delays = [of(BooksLost, fed(books, source, 2, None, 1.0))[0].retry_in for source in sources]
+    assert delays == [0.0, 1.0, 2.0]
+    assert books.due(1.0) == [] and books.due(2.0) == [ReconnectWanted(sources[1])]
+    assert books.due(3.0) == [ReconnectWanted(sources[2])] and books.due(100.0) == []

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from k2actors.core.book import Level
@@ -64,6 +65,9 @@ SUBSCRIBABLE = (MARKET_TRADES, TICKER, LEVEL2)
 # Coinbase takes 8 unauthenticated messages a second per IP (Advanced Trade WebSocket rate
 # limits), counted over every connection of the host: a connection's subscriptions are spaced.
 SUBSCRIBE_INTERVAL_SECONDS = 0.25
+# A connection silent this long (heartbeats come every second) is no longer a product's source of quotes.
+CONNECTION_SILENCE_SECONDS = 1.5
+CONNECTIONS_FOLLOWED = 64
 # Coinbase refuses more level2 products on one connection ("too many L2 streams requested in
 # a single session", Coinbase.Net#19: between 16 and 31 were reported to fit): with level2,
 # every this many products get a connection of their own.
@@ -94,21 +98,41 @@ class CoinbaseQuote:
     timestamp_us: int
 
 
-class PublishedTouches:
-    """Each product's touch as last published. Coinbase sends a ticker on every match and
-    names it by nothing but its frame's time, which each connection stamps on its own: the
-    same ticker on two connections (hot standby) would be two quotes. A quote is published
-    only when the touch (best bid and offer, and their quantities) differs from the last one
-    published."""
+class Tickers:
+    """Which of Coinbase's tickers become quotes. Coinbase sends a ticker on every match and
+    names it by nothing but its frame's time, which each connection stamps on its own: hot
+    standby's two connections would make two quotes of each ticker, interleaved, an older
+    touch after a newer. So a product's quotes come from one connection at a time (the one
+    that gave its last quote, until that connection has been silent for CONNECTION_SILENCE_SECONDS:
+    heartbeats come every second), and only when the touch (best bid and offer and their
+    quantities) differs from the last one published."""
 
     def __init__(self) -> None:
-        self._touches: dict[str, tuple[str, str, str, str]] = {}
+        self._touches: dict[str, tuple[str, str, str, str]] = {}  # per product, as last published
+        self._sources: dict[str, str] = {}  # per product, the connection its quotes come from
+        self._heard: dict[str, float] = {}  # per connection, when it last sent a frame
 
-    def same(self, quote: CoinbaseQuote) -> bool:
-        return self._touches.get(quote.product_id) == _touch(quote)
+    def heard(self, conn_id: str, now: float) -> None:
+        """Any frame of a connection (heartbeats included): it lives."""
+        self._heard[conn_id] = now
+        if len(self._heard) > CONNECTIONS_FOLLOWED:  # connections long gone
+            self._heard = {conn: at for conn, at in self._heard.items() if now - at <= CONNECTION_SILENCE_SECONDS}
+
+    def wanted(self, quote: CoinbaseQuote, conn_id: str, now: float) -> bool:
+        source = self._sources.get(quote.product_id)
+        if source is not None and source != conn_id and now - self._heard.get(source, -math.inf) <= CONNECTION_SILENCE_SECONDS:
+            return False
+        self._sources[quote.product_id] = conn_id
+        return self._touches.get(quote.product_id) != _touch(quote)
 
     def published(self, quote: CoinbaseQuote) -> None:
         self._touches[quote.product_id] = _touch(quote)
+
+    def forget(self, products: Collection[str]) -> None:
+        """Products another instance owns now (cluster mode): should they come back, afresh."""
+        for product in products:
+            self._touches.pop(product, None)
+            self._sources.pop(product, None)
 
 
 def _touch(quote: CoinbaseQuote) -> tuple[str, str, str, str]:
@@ -408,14 +432,17 @@ def connection_plans(url: str, products: Sequence[str], channels: Sequence[str])
     on the connection itself, so that the raw record holds them before the frames they read),
     then each channel, and heartbeats last, which keep a quiet product's subscriptions open.
     Coinbase's answer names no request (it lists the connection's whole set of
-    subscriptions), so the numbers are the plans' own, each once."""
+    subscriptions), so the numbers are the plans' own, each once. The connections open
+    together: each spaces its messages by SUBSCRIBE_INTERVAL_SECONDS times their number, so
+    that together they send no faster than one does."""
     ordered = (STATUS, *channels, HEARTBEATS)
     share = LEVEL2_PRODUCTS_PER_CONNECTION if LEVEL2 in channels else max(len(products), 1)
     shares = [products[start:start + share] for start in range(0, len(products), share)]
+    interval = SUBSCRIBE_INTERVAL_SECONDS * len(shares)
     return [SubscriptionPlan(url, tuple(
         (index * len(ordered) + number,
          json.dumps({"type": "subscribe", "channel": channel, "product_ids": list(some)}, separators=(",", ":")))
-        for number, channel in enumerate(ordered, 1)), SUBSCRIBE_INTERVAL_SECONDS) for index, some in enumerate(shares)]
+        for number, channel in enumerate(ordered, 1)), interval) for index, some in enumerate(shares)]
 
 
 def record_symbol(product_id: str) -> str:

@@ -28,7 +28,15 @@ from typing import Generic, TypeVar
 
 from k2actors.core.book import Book, DepthDiff, DepthSnapshot, Level
 from k2actors.core.coinbase import VENUE, BookEvent, ConnectionSequence, SequenceGap
-from k2actors.core.connection_books import BookSource, ConnectionBooks, Retries, SymbolInSync, SymbolOutOfSync
+from k2actors.core.connection_books import (
+    REPEAT_SECONDS,
+    RETRY_BASE_SECONDS,
+    RETRY_CAP_SECONDS,
+    BookSource,
+    ConnectionBooks,
+    SymbolInSync,
+    SymbolOutOfSync,
+)
 from k2actors.core.telemetry import LogLine
 
 A = TypeVar("A")  # the address of a connection, opaque here
@@ -51,24 +59,36 @@ class SequencedTop:
     sequence_num: int
 
 
+# Why a connection's books cannot be trusted (BooksLost.reason), as the log says it.
+LOST_FRAMES = "sequence"  # frames `gap` of it were lost
+CROSSED = "crossed"  # a book of it is crossed
+UNREADABLE = "unreadable"  # a level2 event of it could not be read (dead-lettered): its change was never applied
+JOINED = "joined"  # first heard after frame 0 (this Normaliser started after the connection): its books were never seen
+
+
 @dataclass(frozen=True, slots=True)
 class BooksLost:
-    """A connection's books cannot be trusted (`gap`: the frames lost; None: a book of it was
-    found crossed): not published until its successor's snapshots, asked for in `retry_in` s."""
+    """A connection's books cannot be trusted: not published until its successor's
+    snapshots, asked for in `retry_in` s."""
 
     endpoint: str
     conn_id: str
-    gap: SequenceGap | None
+    reason: str  # LOST_FRAMES, CROSSED, UNREADABLE or JOINED
+    gap: SequenceGap | None  # the frames lost, or not heard (LOST_FRAMES, JOINED)
     products: tuple[str, ...]
     retry_in: float
 
     def report(self) -> LogLine:
-        why = (f"frames {self.gap.first} to {self.gap.last} of connection {self.conn_id} from {self.endpoint} were lost"
-               if self.gap is not None else f"a book of connection {self.conn_id} from {self.endpoint} is crossed")
+        connection = f"connection {self.conn_id} from {self.endpoint}"
+        gap = self.gap or SequenceGap(0, -1)
+        why = {LOST_FRAMES: f"frames {gap.first} to {gap.last} of {connection} were lost",
+               CROSSED: f"a book of {connection} is crossed",
+               UNREADABLE: f"a level2 update of {connection} could not be read (it is in the dead-letter topic)",
+               JOINED: f"{connection} was first heard at frame {gap.last + 1}, after this Normaliser started"}[self.reason]
         books = ", ".join(self.products) or "none yet"
         return LogLine(logging.WARNING, f"{why}: its books ({books}) are out of sync and not published; the connection is "
                                         f"replaced for fresh snapshots in {self.retry_in:.0f} s",
-                       {"event": "books_lost", "venue": VENUE, "endpoint": self.endpoint, "conn_id": self.conn_id,
+                       {"event": "books_lost", "venue": VENUE, "endpoint": self.endpoint, "conn_id": self.conn_id, "reason": self.reason,
                         "first_lost": None if self.gap is None else self.gap.first,
                         "last_lost": None if self.gap is None else self.gap.last, "products": list(self.products),
                         "retry_in_seconds": self.retry_in})
@@ -132,20 +152,21 @@ class CoinbaseBooks(Generic[A]):
         self._publish_depth = publish_depth
         self._cadence_us = cadence_ms * 1000
         self._sequences: OrderedDict[tuple[str, str], ConnectionSequence] = OrderedDict()
-        self._retries: Retries[str, BookSource[A]] = Retries()
+        self._replacements: _Replacements[A] = _Replacements()
         self._books: ConnectionBooks[SequencedBook] = ConnectionBooks(VENUE, lambda book: book.in_sync, lambda key: None)
 
     def frame(self, source: BookSource[A], sequence_num: int, now: float) -> list[Output[A]]:
         """Every numbered frame of a connection, in the order received, before its events."""
         connection = (source.endpoint, source.conn_id)
         sequence = self._sequences.get(connection)
+        joined = sequence is None
         if sequence is None:
             sequence = self._sequences[connection] = ConnectionSequence()
             if len(self._sequences) > SEQUENCES_KEPT:
                 self._sequences.popitem(last=False)
         self._sequences.move_to_end(connection)
         gap = sequence.observe(sequence_num)
-        return [] if gap is None else self._lost(source, gap, "sequence", now)
+        return [] if gap is None else self._lost(source, JOINED if joined else LOST_FRAMES, gap, now)
 
     def event(self, event: BookEvent, sequence_num: int, source: BookSource[A], now: float) -> list[Output[A]]:
         """A book event of a subscribed product, from frame `sequence_num` of its connection."""
@@ -154,13 +175,17 @@ class CoinbaseBooks(Generic[A]):
                                  lambda: SequencedBook(product, self._publish_depth, self._cadence_us))
         was_in_sync = book.in_sync
         top = book.event(event, sequence_num)
-        if was_in_sync and not book.in_sync:
-            return self._lost(source, None, "crossed", now)
-        return [*([top] if top is not None else []), *self._books.state(product, now, "sequence")]
+        if (was_in_sync or event.is_snapshot) and not book.in_sync:
+            return self._lost(source, CROSSED, None, now)
+        return [*([top] if top is not None else []), *self._books.state(product, now, LOST_FRAMES)]
+
+    def unreadable(self, source: BookSource[A], now: float) -> list[Output[A]]:
+        """A level2 event of the connection could not be read: its books miss its change."""
+        return self._lost(source, UNREADABLE, None, now)
 
     def due(self, now: float) -> list[ReconnectWanted[A]]:
         """The connections whose replacement's time has come."""
-        return [ReconnectWanted(source) for _, source in self._retries.due(now)]
+        return [ReconnectWanted(source) for source in self._replacements.due(now)]
 
     def products(self) -> set[str]:
         return self._books.symbols()
@@ -173,15 +198,41 @@ class CoinbaseBooks(Generic[A]):
         """Every book of these products (cluster mode: another instance owns them now)."""
         self._books.forget(products)
 
-    def _lost(self, source: BookSource[A], gap: SequenceGap | None, reason: str, now: float) -> list[Output[A]]:
+    def _lost(self, source: BookSource[A], reason: str, gap: SequenceGap | None, now: float) -> list[Output[A]]:
         books = self._books.of_connection(source.endpoint, source.conn_id)
         for book in books:
             book.in_sync = False
         products = sorted({book.product for book in books})
-        # By endpoint: the connection that lost a frame is replaced, and its successor is one
-        # more try of the same endpoint, which backs off should it lose frames too.
-        delay = self._retries.failed(source.endpoint, source, now)
-        outputs: list[Output[A]] = [BooksLost(source.endpoint, source.conn_id, gap, tuple(products), delay), *self.due(now)]
+        delay = self._replacements.lost(source, now)
+        outputs: list[Output[A]] = [BooksLost(source.endpoint, source.conn_id, reason, gap, tuple(products), delay),
+                                    *self.due(now)]
         for product in products:
             outputs += self._books.state(product, now, reason)
         return outputs
+
+
+class _Replacements(Generic[A]):
+    """The connections to replace for fresh snapshots, each once, when its time comes: at
+    once, unless a connection of the same endpoint was replaced shortly before (its
+    successor is the same endpoint tried again), then after 1 s, doubling to 60 s. Several
+    connections of an endpoint that lose frames together are replaced one after another."""
+
+    def __init__(self) -> None:
+        self._recent: dict[str, tuple[int, float]] = {}  # endpoint: (replacements in a row, when the last is due)
+        self._pending: dict[tuple[str, str], tuple[BookSource[A], float]] = {}  # (endpoint, conn_id): (whom, when)
+
+    def lost(self, source: BookSource[A], now: float) -> float:
+        """The seconds until the connection is replaced."""
+        key = (source.endpoint, source.conn_id)
+        if key in self._pending:  # its replacement is asked for already
+            return max(self._pending[key][1] - now, 0.0)
+        count, last = self._recent.get(source.endpoint, (0, -REPEAT_SECONDS))
+        count = count + 1 if now - last <= REPEAT_SECONDS else 1
+        delay = 0.0 if count == 1 else min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2 ** (count - 2))
+        self._recent[source.endpoint] = (count, max(now + delay, last))
+        self._pending[key] = (source, max(now + delay, last))
+        return max(now + delay, last) - now
+
+    def due(self, now: float) -> list[BookSource[A]]:
+        due = [key for key, (_, when) in self._pending.items() if when <= now]
+        return [self._pending.pop(key)[0] for key in due]

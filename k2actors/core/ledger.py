@@ -29,7 +29,7 @@ from k2actors.core.binance import BOOK, TRADE
 from k2actors.core.book import BookSync, BookTop, DepthDiff, FetchSnapshot, InSync, OutOfSync, OutOfSyncReason
 from k2actors.core.book import Output as BookOutput
 from k2actors.core.checksummed_book import CheckedTop
-from k2actors.core.coinbase import BookEvent, CoinbaseQuote, CoinbaseTrade, Product, Products, PublishedTouches
+from k2actors.core.coinbase import BookEvent, CoinbaseQuote, CoinbaseTrade, Product, Products, Tickers
 from k2actors.core.coinbase_adapter import CoinbaseAdapter
 from k2actors.core.coinbase_books import BooksLost, CoinbaseBooks, ReconnectWanted, SequencedTop
 from k2actors.core.connection_books import BookSource, SymbolInSync, SymbolOutOfSync
@@ -455,7 +455,7 @@ class Ledger(Generic[A]):
         self._products: dict[str, Product] = {}  # Coinbase's subscribed products, as last described
         self._coinbase: CoinbaseAdapter | None = None
         self._coinbase_books: CoinbaseBooks[A] | None = None
-        self._touches = PublishedTouches()  # Coinbase's quotes: one per change of the touch
+        self._tickers = Tickers()  # which of Coinbase's tickers become quotes
         if rules.coinbase is not None:
             self._learn_products(Products(rules.coinbase.described), [])
             if rules.coinbase.books:
@@ -518,6 +518,8 @@ class Ledger(Generic[A]):
                     records.append((raw_stream, raw_record(batch.venue, batch.url, received_ns, conn_id, conn_msg_seq, raw), ()))
                 rejected = Rejected(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:200])
                 letters.append(self._dead_letter(raw, rejected, delivery, events))
+                if batch.venue == coinbase.VENUE:  # whatever it held of a book was not applied
+                    self._unreadable_book(BookSource(sender, batch.url, conn_id), frame, delivery, now, records, letters, events)
         if batch.frames:
             self.metrics.set("k2_binance_last_message_timestamp_seconds", batch.frames[-1][0] / 1e9, batch.venue)
             self._data_at[batch.venue] = now
@@ -698,6 +700,8 @@ class Ledger(Generic[A]):
         if self._coinbase_books is not None:
             self._coinbase_books.forget({product for product in self._coinbase_books.products()
                                          if coinbase.record_symbol(product) not in symbols})
+        if self._rules.coinbase is not None:
+            self._tickers.forget({product for product in self._rules.coinbase.products if coinbase.record_symbol(product) not in symbols})
         # The staleness of a venue's data counts only while it has symbols to stream, and from then.
         carried = {venue: bool(symbols & venue_symbols) for venue, venue_symbols in self._venue_symbols.items()}
         self._data_at = {venue: at for venue, at in self._data_at.items() if carried.get(venue, bool(symbols & self._rules.symbols))}
@@ -708,6 +712,8 @@ class Ledger(Generic[A]):
     def _take_reading(self, reading: Reading, frame: Frame, delivery: Delivery, sender: A, now: float,
                       records: list[Shaped], letters: list[DeadLetter], events: list[Event[A]]) -> None:
         _, conn_id, conn_msg_seq, raw = frame
+        if delivery.venue == coinbase.VENUE:
+            self._tickers.heard(conn_id, now)
         if reading.sequence is not None and self._coinbase_books is not None:  # before its events: was a frame lost?
             source = BookSource(sender, delivery.endpoint, conn_id)
             self._coinbase_book_outputs(self._coinbase_books.frame(source, reading.sequence, now), frame, delivery, now,
@@ -736,6 +742,11 @@ class Ledger(Generic[A]):
                 if rejected is not None:
                     letters.append(self._dead_letter(raw, rejected, delivery, events))
                 continue
+            if isinstance(event, CoinbaseQuote) and not self._tickers.wanted(event, conn_id, now):
+                # another connection's copy, or the touch as last published: a duplicate
+                self.metrics.inc("k2_binance_duplicate_trades_total", delivery.venue, coinbase.record_symbol(event.product_id),
+                                 coinbase.TICKER_STREAM)
+                continue
             outcome = self._accept(event, delivery, now, streamed=True, events=events)
             if isinstance(outcome, Rejected):
                 letters.append(self._dead_letter(raw, outcome, delivery, events))
@@ -743,6 +754,8 @@ class Ledger(Generic[A]):
                 records.append((*outcome, frame_lineage(conn_id, conn_msg_seq, frame[0])))
         for rejected in reading.rejected:
             letters.append(self._dead_letter(raw, rejected, delivery, events))
+        if reading.sequence is not None and any(rejected.stream == coinbase.BOOK_STREAM for rejected in reading.rejected):
+            self._unreadable_book(BookSource(sender, delivery.endpoint, conn_id), frame, delivery, now, records, letters, events)
         for action in reading.actions:
             if isinstance(action, Replace):
                 events.append(ShutdownAnnounced(delivery.endpoint))
@@ -766,10 +779,6 @@ class Ledger(Generic[A]):
             if self._coinbase is None:
                 raise ValueError("a Coinbase event, and Coinbase is not configured")
             if self._another_instances(coinbase.record_symbol(event.product_id)):
-                return None
-            if isinstance(event, CoinbaseQuote) and self._touches.same(event):  # the touch last published, again
-                self.metrics.inc("k2_binance_duplicate_trades_total", delivery.venue, coinbase.record_symbol(event.product_id),
-                                 coinbase.TICKER_STREAM)
                 return None
             shaped = self._coinbase.shape(event, delivery, streamed)
         else:
@@ -800,7 +809,7 @@ class Ledger(Generic[A]):
         if isinstance(event, KrakenTrade):
             self._note_trade_time(key, tracked_id, event.timestamp_us)
         elif isinstance(event, CoinbaseQuote):
-            self._touches.published(event)
+            self._tickers.published(event)
         self._count_published(symbol, stream)
         return stream, record
 
@@ -916,6 +925,11 @@ class Ledger(Generic[A]):
         self._coinbase_book_outputs(self._coinbase_books.event(event, sequence, source, now), frame, delivery, now,
                                     records, letters, events)
         return None
+
+    def _unreadable_book(self, source: BookSource[A], frame: Frame, delivery: Delivery, now: float, records: list[Shaped],
+                         letters: list[DeadLetter], events: list[Event[A]]) -> None:
+        if self._coinbase_books is not None:
+            self._coinbase_book_outputs(self._coinbase_books.unreadable(source, now), frame, delivery, now, records, letters, events)
 
     def _coinbase_book_outputs(self, outputs: list[BooksLost | ReconnectWanted[A] | SequencedTop | SymbolOutOfSync | SymbolInSync],
                                frame: Frame, delivery: Delivery, now: float, records: list[Shaped], letters: list[DeadLetter],

@@ -24,7 +24,7 @@ from k2actors.core.book import BookSync, BookTop, DepthDiff, DepthSnapshot
 from k2actors.core.book import Output as BookOutput
 from k2actors.core.checksummed_book import CheckedTop
 from k2actors.core.coinbase import BOOK_STREAM as COINBASE_BOOK_STREAM
-from k2actors.core.coinbase import STATUS, BookEvent, CoinbaseQuote, CoinbaseTrade, Products, PublishedTouches
+from k2actors.core.coinbase import STATUS, BookEvent, CoinbaseTrade, Products
 from k2actors.core.coinbase import VENUE as COINBASE
 from k2actors.core.coinbase import HistoryPage as CoinbaseHistoryPage
 from k2actors.core.coinbase_adapter import CoinbaseAdapter
@@ -259,7 +259,6 @@ class _CoinbaseDerivation:
         self._adapter = CoinbaseAdapter({}, rules.max_frame_bytes)
         self._described: dict[str, Any] = {}
         self._books: CoinbaseBooks[None] = CoinbaseBooks(rules.book_depth, rules.book_cadence_ms)
-        self._touches = PublishedTouches()
 
     def derive(self, raw: Mapping[str, Any]) -> list[Derived]:
         delivery = Delivery(raw["exchange"], raw["endpoint"], raw["recv_ts_ns"] // 1000)
@@ -281,12 +280,10 @@ class _CoinbaseDerivation:
                     derived += [Derived(COINBASE_BOOK_STREAM, book, lineage)
                                 for top in self._books.event(event, reading.sequence, source, now) if isinstance(top, SequencedTop)
                                 and isinstance(book := self._adapter.shape_book(top, delivery, self._rules.book_depth), dict)]
-            elif isinstance(event, CoinbaseQuote) and self._touches.same(event):
-                continue
             elif isinstance(shaped := self._adapter.shape(event, delivery, streamed=True), tuple):
                 derived.append(Derived(*shaped, lineage))
-                if isinstance(event, CoinbaseQuote):
-                    self._touches.published(event)
+        if reading.sequence is not None and self._rules.books and any(r.stream == COINBASE_BOOK_STREAM for r in reading.rejected):
+            self._books.unreadable(source, now)
         return derived
 
     def _from_history(self, raw: Mapping[str, Any], delivery: Delivery) -> list[Derived]:
