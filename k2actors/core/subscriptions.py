@@ -58,7 +58,7 @@ class Subscriptions:
             for request_id, message in plan.requests:
                 self._requests[request_id] = (link, message)
         self._refused: dict[int, _Refusal] = {}
-        self._unnamed: list[tuple[int, str]] = []  # refusals naming no request: (code, message)
+        self._unnamed: tuple[int, tuple[int, str]] | None = None  # refusals naming no request: (how many, the last's code and message)
         self._draw = draw
 
     def refused(self, request_id: object, code: int, message: str, now: float) -> float | None:
@@ -66,7 +66,7 @@ class Subscriptions:
         again; None for an id this endpoint never sent (nothing to retry). One that names no
         request (None) stands until the endpoint is connected afresh."""
         if request_id is None:
-            self._unnamed.append((code, message))
+            self._unnamed = ((self._unnamed[0] if self._unnamed else 0) + 1, (code, message))
             return None
         if not isinstance(request_id, int) or request_id not in self._requests:
             return None
@@ -102,6 +102,6 @@ class Subscriptions:
         if self._refused:
             said = [f"refused, asked again with backoff: {'; '.join(said)}"]
         if self._unnamed:
-            said.append(f"refused, naming no request, until connected afresh: {len(self._unnamed)} refusals, "
-                        f"the last code {self._unnamed[-1][0]} {self._unnamed[-1][1]!r}")
+            count, (code, message) = self._unnamed
+            said.append(f"refused, naming no request, until connected afresh: {count} refusals, the last code {code} {message!r}")
         return False, "; ".join(said)
