@@ -25,9 +25,12 @@ def test_demo_runs_offline_and_stops_cleanly():
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith("[")]
     assert len(lines) >= 4
-    # both venues, each symbol as its records name it
-    assert re.search(r"BNBUSDT +\d+/s +BTCUSD +\d+/s +BTCUSDT +\d+/s +ETHUSD +\d+/s +ETHUSDT +\d+/s +SOLUSD +\d+/s +"
-                     r"delivered \d+ +dlq 0", lines[-1])
+    # the three venues, each symbol as its records name it
+    venues = {"BINANCE": ("BNBUSDT", "BTCUSDT", "ETHUSDT"), "KRAKEN": ("BTCUSD", "ETHUSD", "SOLUSD"),
+              "COINBASE": ("BTCUSD", "ETHUSD", "SOLUSD")}
+    rates = dict(re.findall(r"(\w+@\w+) +(\d+)/s", lines[-1]))
+    assert set(rates) == {f"{symbol}@{venue}" for venue, symbols in venues.items() for symbol in symbols}, lines[-1]
+    assert sum(map(int, rates.values())) > 0 and re.search(r"delivered \d+ +dlq 0$", lines[-1]), lines[-1]
     delivered = [int(re.search(r"delivered (\d+)", line).group(1)) for line in lines]
     assert delivered[-1] > delivered[0] and delivered[-1] > 0
     assert "every trade received was delivered" in result.stderr
