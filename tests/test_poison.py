@@ -27,9 +27,10 @@ def actors():
         system.tell(producer, StandInSetup())
         normaliser = system.createActor(Normaliser)
         setup = NormaliserSetup(producer, system.createActor(Sink), gap_grace_seconds=0.0, symbols=frozenset({"BTCUSDT"}),
-                                backfill=None, fill_gaps=False, fill_kraken_gaps=False, quote_assets={}, exchange_info=(),
+                                backfill=None, fill_gaps=False, fill_kraken_gaps=False, fill_coinbase_gaps=False, quote_assets={},
+                                exchange_info=(),
                                 max_buffered_records=100_000, max_frame_bytes=65536, stale_timeout_seconds=30.0, owned=None,
-                                raw=False, book_depth=20, book_cadence_ms=1000, kraken=None)
+                                raw=False, book_depth=20, book_cadence_ms=1000, kraken=None, coinbase=None)
         system.tell(normaliser, setup)
         yield system, normaliser, producer
     finally:
