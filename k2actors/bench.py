@@ -72,12 +72,30 @@ BOOK_TRADES_PER_SYMBOL = 20.0
 BOOK_SYMBOL_COUNTS = (3, 100)
 # 100 symbols' snapshots at once within the REST weight budget (5 each, 1,000 a minute).
 BOOK_BENCH_SNAPSHOT_LIMIT = 100
+# How trades arrive: bunched in the simulator's 10 ms ticks, or spread out in 1 ms ticks, as a
+# venue sends a busy market's trades one by one. Spread out, the same rate wakes every process
+# more often, so it costs more a trade.
+ARRIVAL_TICK_SECONDS = {"bunched": 0.01, "spread": 0.001}
+# cryptofeed 3.0.1, the most-used Python feed handler, measured on this machine by the cost
+# issue (the same simulator and broker, three symbols, its Kafka backend with acks=all, its
+# queue set to block so that it loses nothing): CPU per trade by arrival and offered rate,
+# and at maximum load its CPU per trade and rate. The bench's targets are drawn against them.
+CRYPTOFEED_MICROSECONDS_PER_TRADE = {("spread", 500.0): 191.0, ("spread", 2000.0): 99.0, ("spread", 8000.0): 52.0,
+                                     ("bunched", 500.0): 132.0, ("bunched", 2000.0): 64.0, ("bunched", 8000.0): 57.0}
+CRYPTOFEED_MAX_LOAD = (43.0, 22_165.0)  # µs per trade, trades/s
+# The cost issue's other targets.
+TARGET_IDLE_CORES = 0.01
+TARGET_MEMORY_IDLE_MIB = 80
+TARGET_MEMORY_MAX_LOAD_MIB = 200
+TARGET_LATENCY_RATE, TARGET_RECEIVE_TO_ACK_P99_MS = 1000.0, 20.0
+TARGET_HELD_RATES = {"bunched": 10_000.0, "spread": 5_000.0}  # carried at 0.5 CPU
 
 
 @dataclass(frozen=True)
 class Options:
     symbols: int = 3
-    rates: tuple[float, ...] = (500.0, 1000.0, 2000.0)  # offered trades per second, all symbols together
+    rates: tuple[float, ...] = (500.0, 1000.0, 2000.0, 8000.0)  # offered trades per second, all symbols together
+    arrivals: tuple[str, ...] = ("bunched", "spread")  # keys of ARRIVAL_TICK_SECONDS
     cpu_limit: float = 0.5  # a share of one CPU, as compose's `cpus:` gives it
     limited_rates: tuple[float, ...] = (2000.0, 4000.0, 6000.0, 8000.0, 10000.0, 12000.0)
     duration: float = 30.0  # seconds of the maximum-load window, and of each latency phase / 2
@@ -460,14 +478,15 @@ def max_load(stack, options: Options, symbols: tuple[str, ...], ceiling: float, 
 
 def fixed_rate(stack, options: Options, symbols: tuple[str, ...], rate: float, seconds: float, workdir: Path,
                name: str, memory_every: float | None = None, cpus: float | None = None, raw: bool = True,
-               books: bool = False) -> dict:
+               books: bool = False, arrival: str = "bunched") -> dict:
     """`cpus`: the whole service held to that share of one CPU by a cgroup; `raw`: the raw record on;
-    `books`: the book stream too (measured once every book is in sync)."""
+    `books`: the book stream too (measured once every book is in sync); `arrival`: a key of
+    ARRIVAL_TICK_SECONDS."""
     broker, registry = stack
     topic = f"bench.{name}"
     limit = CpuLimit(cpus, f"k2actors-bench-{os.getpid()}-{name}") if cpus else None
     try:
-        with ExchangeSimulator(symbols, rate=rate / len(symbols), endpoints=2) as exchange:
+        with ExchangeSimulator(symbols, rate=rate / len(symbols), endpoints=2, tick=ARRIVAL_TICK_SECONDS[arrival]) as exchange:
             service = start_service(stack, exchange, options, symbols, topic, workdir / f"{name}.log", limit, raw, books)
             try:
                 service.wait_ready()
@@ -493,6 +512,7 @@ def fixed_rate(stack, options: Options, symbols: tuple[str, ...], rate: float, s
     delivered = trades_produced(after, topic) - trades_produced(before, topic)
     result: dict[str, object] = {
         "offered_rate": rate,
+        "arrival": arrival,
         "raw": raw,
         "delivered_rate": delivered / seconds,
         "cpu_microseconds_per_trade": (cpu_after - cpu_before) / delivered * 1e6 if delivered else None,
@@ -555,13 +575,14 @@ def _wait_drained(service: ServiceProcess, topic: str, timeout: float = 120) -> 
     raise BenchFailure(f"the service had not delivered what it received {timeout:.0f} s after the market went quiet")
 
 
-def cpu_limited(stack, options: Options, symbols: tuple[str, ...], seconds: float, workdir: Path) -> dict:
+def cpu_limited(stack, options: Options, symbols: tuple[str, ...], seconds: float, workdir: Path, arrival: str) -> dict:
     """Held to options.cpu_limit of a CPU: the offered rates in turn, until one does not hold
     (less than HOLDS_DELIVERED_FRACTION of it delivered, p99 exchange-to-ack past
     HOLDS_BEHIND_SECONDS, or a trade lost)."""
     steps = []
     for rate in options.limited_rates:
-        phase = fixed_rate(stack, options, symbols, rate, seconds, workdir, f"limited-{rate:.0f}", cpus=options.cpu_limit)
+        phase = fixed_rate(stack, options, symbols, rate, seconds, workdir, f"limited-{arrival}-{rate:.0f}",
+                           cpus=options.cpu_limit, arrival=arrival)
         behind = phase["exchange_to_ack_p99_ms"]
         phase["holds"] = (phase["delivered_rate"] >= HOLDS_DELIVERED_FRACTION * rate and behind is not None
                           and behind < HOLDS_BEHIND_SECONDS * 1000 and not phase["missing"] and not phase["duplicates"])
@@ -569,7 +590,7 @@ def cpu_limited(stack, options: Options, symbols: tuple[str, ...], seconds: floa
         if not phase["holds"]:
             break
     held = [step["offered_rate"] for step in steps if step["holds"]]
-    return {"cpus": options.cpu_limit, "highest_rate_held": max(held, default=0.0), "steps": steps}
+    return {"cpus": options.cpu_limit, "arrival": arrival, "highest_rate_held": max(held, default=0.0), "steps": steps}
 
 
 def trades_produced(samples: dict[str, float], topic: str) -> float:
@@ -636,19 +657,25 @@ def _run(options: Options) -> int:
                   f"{load['window_seconds']} s, {load['cpu_microseconds_per_trade']:.0f} µs per trade", flush=True)
 
         results["idle"] = fixed_rate(stack, options, symbols, float(len(symbols)), 10, workdir, "idle")
-        print(f"idle (1 trade/s per symbol): {results['idle']['memory_bytes'] / 2**20:.0f} MiB", flush=True)
+        print(f"idle (1 trade/s per symbol): {results['idle']['cores']:.3f} core, "
+              f"{results['idle']['memory_bytes'] / 2**20:.0f} MiB", flush=True)
         results["fixed_rates"] = []
-        for rate in options.rates:
-            for raw in (True, False):
-                phase = fixed_rate(stack, options, symbols, rate, max(options.duration / 2, 5), workdir,
-                                   f"rate-{rate:.0f}" + ("" if raw else "-raw-off"), raw=raw)
-                results["fixed_rates"].append(phase)
-                print(f"at {rate:,.0f}/s, raw record {'on' if raw else 'off'}: {_us(phase['cpu_microseconds_per_trade'])} "
-                      f"per trade, p99 receive to ack {_ms(phase['receive_to_ack_p99_ms'])}", flush=True)
+        for arrival in options.arrivals:
+            for rate in options.rates:
+                for raw in (True, False):
+                    phase = fixed_rate(stack, options, symbols, rate, max(options.duration / 2, 5), workdir,
+                                       f"rate-{arrival}-{rate:.0f}" + ("" if raw else "-raw-off"), raw=raw, arrival=arrival)
+                    results["fixed_rates"].append(phase)
+                    print(f"at {rate:,.0f}/s {arrival}, raw record {'on' if raw else 'off'}: "
+                          f"{_us(phase['cpu_microseconds_per_trade'])} per trade, p99 receive to ack "
+                          f"{_ms(phase['receive_to_ack_p99_ms'])}", flush=True)
         if CpuLimit.available():
-            limited = cpu_limited(stack, options, symbols, max(options.duration / 2, 5), workdir)
-            results["cpu_limited"] = limited
-            print(f"held to {options.cpu_limit:g} CPU: carries {limited['highest_rate_held']:,.0f}/s", flush=True)
+            results["cpu_limited"] = []
+            for arrival in options.arrivals:
+                limited = cpu_limited(stack, options, symbols, max(options.duration / 2, 5), workdir, arrival)
+                results["cpu_limited"].append(limited)
+                print(f"held to {options.cpu_limit:g} CPU, trades {arrival}: carries {limited['highest_rate_held']:,.0f}/s",
+                      flush=True)
         else:
             print("held to a CPU share: skipped, no writable cgroup here (root on Linux is needed)", flush=True)
         results["books"] = books(stack, options, max(options.duration / 2, 5), workdir)
@@ -710,9 +737,10 @@ def format_table(results: dict) -> str:
         f"| machine's CPU busy during maximum load (service, simulator, broker) | {load['machine_cpu_busy']:.0%} |",
         f"| memory of the whole service (PSS): idle / start / end of maximum load | {_mib(results['idle']['memory_bytes'])} / "
         f"{_mib(load['memory_start_bytes'])} / {_mib(load['memory_end_bytes'])} |",
+        f"| idle (1 trade a second per symbol): cores | {results['idle']['cores']:.3f} |",
     ]
     for phase in results["fixed_rates"]:
-        rate = f"{phase['offered_rate']:,.0f}/s, raw record {'on' if phase['raw'] else 'off'}"
+        rate = f"{phase['offered_rate']:,.0f}/s {phase['arrival']}, raw record {'on' if phase['raw'] else 'off'}"
         lines += [
             f"| at {rate}: CPU per trade, cores, memory | {_us(phase['cpu_microseconds_per_trade'])}, "
             f"{phase['cores']:.2f}, {_mib(phase['memory_bytes'])} |",
@@ -723,13 +751,12 @@ def format_table(results: dict) -> str:
             f"| at {rate}: exchange to ack p50 / p99 / p99.9 | {_ms(phase['exchange_to_ack_p50_ms'])} / "
             f"{_ms(phase['exchange_to_ack_p99_ms'])} / {_ms(phase['exchange_to_ack_p99_9_ms'])} |",
         ]
-    if "cpu_limited" in results:
-        limited = results["cpu_limited"]
+    for limited in results.get("cpu_limited", []):
         steps = ", ".join(f"{s['offered_rate']:,.0f}/s {'holds' if s['holds'] else 'does not hold'} "
                           f"({s['delivered_rate']:,.0f}/s delivered, p99 {_ms(s['exchange_to_ack_p99_ms'])} behind)"
                           for s in limited["steps"])
-        lines.append(f"| held to {limited['cpus']:g} CPU: highest rate carried (zero loss, < {HOLDS_BEHIND_SECONDS:g} s behind) | "
-                     f"{limited['highest_rate_held']:,.0f} trades/s: {steps} |")
+        lines.append(f"| held to {limited['cpus']:g} CPU, trades {limited['arrival']}: highest rate carried (zero loss, "
+                     f"< {HOLDS_BEHIND_SECONDS:g} s behind) | {limited['highest_rate_held']:,.0f} trades/s: {steps} |")
     for off, on in zip(results["books"][::2], results["books"][1::2], strict=True):
         lines.append(f"| order books, {on['symbols']} symbols at {on['offered_rate']:,.0f} trades/s (a diff every 100 ms each, a "
                      f"record a second each): cores and memory, trades alone / with books | {off['cores']:.3f} / "
@@ -746,11 +773,56 @@ def format_table(results: dict) -> str:
     phases = _phases(results)
     lines.append(f"| trades missing / duplicated (all phases) | {sum(p['missing'] for p in phases)} / "
                  f"{sum(p['duplicates'] for p in phases)} |")
+    return "\n".join(lines) + "\n\n" + format_targets(results)
+
+
+def format_targets(results: dict) -> str:
+    """The cost issue's targets against this run's figures: CPU per trade with the raw record
+    off against cryptofeed's (twice its figure at 500/s, its figure above), then the rest."""
+    lines = ["| target | this run | |", "|---|---|---|"]
+
+    def row(target: str, figure: str, met: bool) -> None:
+        lines.append(f"| {target} | {figure} | {'met' if met else 'not met'} |")
+
+    for phase in results["fixed_rates"]:
+        reference = CRYPTOFEED_MICROSECONDS_PER_TRADE.get((phase["arrival"], phase["offered_rate"]))
+        ours = phase["cpu_microseconds_per_trade"]
+        if phase["raw"] or reference is None or ours is None:
+            continue
+        bound = reference * (2 if phase["offered_rate"] < 1000 else 1)
+        on = next((p["cpu_microseconds_per_trade"] for p in results["fixed_rates"] if p["raw"]
+                   and (p["arrival"], p["offered_rate"]) == (phase["arrival"], phase["offered_rate"])), None)
+        row(f"CPU per trade at {phase['offered_rate']:,.0f}/s {phase['arrival']} <= {bound:.0f} µs "
+            f"(cryptofeed {reference:.0f} µs)", f"{ours:.0f} µs raw off ({_us(on)} raw on)", ours <= bound)
+    off, on_load = results["max_load_raw_off"], results["max_load"]
+    microseconds, rate = CRYPTOFEED_MAX_LOAD
+    row(f"maximum load <= {microseconds:.0f} µs a trade and >= {rate:,.0f} trades/s (cryptofeed's)",
+        f"{off['cpu_microseconds_per_trade']:.0f} µs, {off['rate']:,.0f}/s raw off "
+        f"({_us(on_load['cpu_microseconds_per_trade'])}, {on_load['rate']:,.0f}/s raw on)",
+        off["cpu_microseconds_per_trade"] <= microseconds and off["rate"] >= rate)
+    for limited in results.get("cpu_limited", []):
+        wanted = TARGET_HELD_RATES.get(limited["arrival"])
+        if wanted is not None:
+            row(f"held to {limited['cpus']:g} CPU, trades {limited['arrival']}: >= {wanted:,.0f}/s carried",
+                f"{limited['highest_rate_held']:,.0f}/s", limited["highest_rate_held"] >= wanted)
+    idle = results["idle"]
+    row(f"idle <= {TARGET_IDLE_CORES:g} core", f"{idle['cores']:.3f} core", idle["cores"] <= TARGET_IDLE_CORES)
+    row(f"memory (PSS) idle <= {TARGET_MEMORY_IDLE_MIB} MiB", _mib(idle["memory_bytes"]),
+        idle["memory_bytes"] <= TARGET_MEMORY_IDLE_MIB * 2**20)
+    peak = max(on_load["memory_end_bytes"], off["memory_end_bytes"])
+    row(f"memory (PSS) at maximum load <= {TARGET_MEMORY_MAX_LOAD_MIB} MiB", _mib(peak), peak <= TARGET_MEMORY_MAX_LOAD_MIB * 2**20)
+    for phase in results["fixed_rates"]:
+        p99 = phase["receive_to_ack_p99_ms"]
+        if phase["offered_rate"] == TARGET_LATENCY_RATE and p99 is not None:
+            row(f"receive to ack p99 at {TARGET_LATENCY_RATE:,.0f}/s {phase['arrival']}, raw record "
+                f"{'on' if phase['raw'] else 'off'} <= {TARGET_RECEIVE_TO_ACK_P99_MS:g} ms", _ms(p99),
+                p99 <= TARGET_RECEIVE_TO_ACK_P99_MS)
     return "\n".join(lines)
 
 
 def _phases(results: dict) -> list[dict]:
     return [results["ceilings"]["bare_loop"], results["max_load"], results["max_load_raw_off"], results["idle"],
             *results["fixed_rates"], *results["books"],
-            *results.get("cpu_limited", {}).get("steps", []), *([results["soak"]] if "soak" in results else []),
+            *(step for limited in results.get("cpu_limited", []) for step in limited["steps"]),
+            *([results["soak"]] if "soak" in results else []),
             *results["scaling"]]

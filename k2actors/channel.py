@@ -3,8 +3,9 @@
 A Thespian message costs its two actors about a millisecond of CPU between them (measured:
 benchmarks/profile.py), and a batch of trades took three: frames to the Normaliser, their
 release back, records to the producer. On a data channel a message is one write on a Unix
-socket and one read when the receiver's select loop wakes (ThespianWatch). Thespian still
-carries everything else: setup, control, supervision, metrics.
+socket and one read when the receiver's select loop wakes (ThespianWatch). The actors'
+metric deltas take channels too (every actor sends them every second). Thespian carries
+everything else: setup, control, supervision.
 
 A receiver listens on an abstract Unix socket named after its actor address, so any actor
 holding the address can reach it, and a restarted receiver (a new address) is a new

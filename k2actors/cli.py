@@ -41,8 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--to-topic", metavar="TOPIC", help="write the records to TOPIC (trades) and TOPIC.<stream type> (the others)")
     bench = command("bench", "Measure the pipeline against this machine's ceilings (local stack); figures as a table and JSON.")
     bench.add_argument("--symbols", type=int, default=3, metavar="N", help="number of symbols (default 3)")
-    bench.add_argument("--rates", type=_rates, default=(500.0, 1000.0, 2000.0), metavar="R,R",
-                       help="fixed offered rates in trades per second: CPU per trade, memory, latency (default 500,1000,2000)")
+    bench.add_argument("--rates", type=_rates, default=(500.0, 1000.0, 2000.0, 8000.0), metavar="R,R",
+                       help="fixed offered rates in trades per second: CPU per trade, memory, latency (default 500,1000,2000,8000)")
+    bench.add_argument("--arrivals", type=_arrivals, default=("bunched", "spread"), metavar="A,A",
+                       help="how the fixed and limited rates' trades arrive: bunched (in 10 ms ticks), spread (1 ms "
+                            "ticks, one by one); default both")
     bench.add_argument("--cpu-limit", type=float, default=0.5, metavar="CPUS",
                        help="the share of a CPU the service is held to in the limited phase, as compose's cpus: gives it (default 0.5)")
     bench.add_argument("--limited-rates", type=_rates, default=(2000.0, 4000.0, 6000.0, 8000.0, 10000.0, 12000.0),
@@ -81,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         from k2actors.bench import Options, run_bench
 
         return run_bench(Options(
-            symbols=args.symbols, rates=args.rates, cpu_limit=args.cpu_limit, limited_rates=args.limited_rates,
+            symbols=args.symbols, rates=args.rates, arrivals=args.arrivals, cpu_limit=args.cpu_limit,
+            limited_rates=args.limited_rates,
             duration=args.duration, mode=args.mode, soak_minutes=args.soak,
             soak_rate=args.soak_rate, output=Path(args.output), config=args.config, connections=args.connections,
         ))
@@ -115,6 +119,16 @@ def _rates(text: str) -> tuple[float, ...]:
     if not rates or min(rates) <= 0:
         raise argparse.ArgumentTypeError("rates must be positive")
     return rates
+
+
+def _arrivals(text: str) -> tuple[str, ...]:
+    from k2actors.bench import ARRIVAL_TICK_SECONDS
+
+    arrivals = tuple(part.strip() for part in text.split(","))
+    unknown = [arrival for arrival in arrivals if arrival not in ARRIVAL_TICK_SECONDS]
+    if unknown or not arrivals:
+        raise argparse.ArgumentTypeError(f"expected arrivals among {', '.join(ARRIVAL_TICK_SECONDS)}, got {text!r}")
+    return arrivals
 
 
 def _environ() -> dict[str, str]:

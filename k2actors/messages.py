@@ -20,6 +20,7 @@ from k2actors.core.ledger import CoinbaseRules, KrakenRules
 from k2actors.core.payloads import Positions
 from k2actors.core.raw import RestResponse
 from k2actors.core.reasons import EndReason
+from k2actors.core.telemetry import MetricDeltas
 
 # --- service (main process) <-> FailoverCoordinator ---
 
@@ -450,6 +451,9 @@ class ComponentStatus:
 
 @dataclass(frozen=True)
 class CoordinatorAlive:
-    """Input to /health: the coordinator's heartbeat, with the process of every actor."""
+    """Input to /health: the coordinator's heartbeat, with the process of every actor; and
+    what the coordinator says every tick: its lines of /ready and its metric deltas."""
 
     pids: Mapping[str, int]  # role (or service, actor_system, coordinator) -> pid
+    statuses: tuple[ComponentStatus, ...]
+    deltas: MetricDeltas

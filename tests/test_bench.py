@@ -28,15 +28,17 @@ def test_a_short_benchmark_reports_every_figure_and_loses_nothing(tmp_path):
     for load, raw in ((figures["max_load"], True), (figures["max_load_raw_off"], False)):
         assert load["rate"] > 0 and load["cpu_microseconds_per_trade"] > 0 and load["memory_end_bytes"] > 0
         assert (load["missing"], load["duplicates"], load["records"], load["raw"]) == (0, 0, load["trades"], raw)
-    assert [(phase["offered_rate"], phase["raw"]) for phase in figures["fixed_rates"]] == [(300, True), (300, False)]
+    # every fixed rate with trades bunched and spread out, the raw record on and off
+    assert [(phase["arrival"], phase["offered_rate"], phase["raw"]) for phase in figures["fixed_rates"]] == [
+        ("bunched", 300, True), ("bunched", 300, False), ("spread", 300, True), ("spread", 300, False)]
     for phase in figures["fixed_rates"]:
         assert phase["records"] > 0 and (phase["missing"], phase["duplicates"]) == (0, 0)
         assert phase["receive_to_ack_p50_ms"] <= phase["receive_to_ack_p99_ms"] <= phase["receive_to_ack_p99_9_ms"]
         assert phase["receive_to_produce_p99_ms"] > 0 and phase["cpu_microseconds_per_trade"] > 0 and phase["memory_bytes"] > 0
     # Held to 0.5 CPU: 300/s is carried, 8,000/s cannot be (about 4,000/s is), and the ladder stops there.
-    limited = figures["cpu_limited"]
-    assert [(step["offered_rate"], step["holds"]) for step in limited["steps"]] == [(300, True), (8_000, False)]
-    assert limited["highest_rate_held"] == 300 and limited["cpus"] == 0.5
+    for limited, arrival in zip(figures["cpu_limited"], ("bunched", "spread"), strict=True):
+        assert [(step["offered_rate"], step["holds"]) for step in limited["steps"]] == [(300, True), (8_000, False)]
+        assert (limited["arrival"], limited["highest_rate_held"], limited["cpus"]) == (arrival, 300, 0.5)
     soak = figures["soak"]
     assert (soak["missing"], soak["duplicates"]) == (0, 0) and soak["records"] > 0
     assert len(soak["memory_samples"]) >= 2 and soak["memory_end_bytes"] == soak["memory_samples"][-1][1] > 0
@@ -52,8 +54,11 @@ def test_a_short_benchmark_reports_every_figure_and_loses_nothing(tmp_path):
         assert (phase["missing"], phase["duplicates"], phase["records"]) == (0, 0, phase["trades"])
         assert phase["rate"] > 0 and 0 < phase["machine_cpu_busy"] <= 1
     for row in ("| pipeline sustained rate", "| bare loop, one process", "| held to 0.5 CPU", "| soak at 300/s",
-                "| ... with the raw record off", "| at 300/s, raw record off: CPU per trade", "| order books, 100 symbols",
-                "trades missing / duplicated (all phases) | 0 / 0 |"):
+                "| ... with the raw record off", "| at 300/s spread, raw record off: CPU per trade", "| order books, 100 symbols",
+                "| idle (1 trade a second per symbol): cores", "trades missing / duplicated (all phases) | 0 / 0 |",
+                # the cost targets, drawn against this run's figures
+                "| idle <= 0.01 core |", "| memory (PSS) at maximum load <= 200 MiB |", "| maximum load <= 43 µs a trade",
+                "| held to 0.5 CPU, trades spread: >= 5,000/s carried | 300/s | not met |"):
         assert row in result.stdout
 
 

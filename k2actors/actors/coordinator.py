@@ -239,13 +239,17 @@ class FailoverCoordinator(ActorTypeDispatcher):
         self._report_cluster()
 
     def _report_cluster(self) -> None:
+        for status in self._cluster_status():
+            self.send(self._children[Role.METRICS], status)
+
+    def _cluster_status(self) -> tuple[ComponentStatus, ...]:
         """The cluster line of /ready: not ready until the group has assigned this instance
         anything (even nothing), then what it owns. Said every tick too, as the exchange line
         is, so that a restarted MetricsActor has it."""
         run = self.run
         shards = run.shards
         if shards is None:
-            return
+            return ()
         group = run.config.cluster.group_id
         if not run.rebalances:
             status = ComponentStatus("cluster", False, f"joining group {group}")
@@ -254,7 +258,7 @@ class FailoverCoordinator(ActorTypeDispatcher):
             status = ComponentStatus("cluster", True, f"group {group}, generation {run.generation}, {run.rebalances} "
                                                       f"rebalances seen: owns shards {sorted(shards.owned)} of "
                                                       f"{len(shards.table)}{acquiring}")
-        self.send(self._children[Role.METRICS], status)
+        return (status,)
 
     def _own(self, symbols: tuple[str, ...], positions: Positions) -> None:
         """Stream these symbols from now on: the Normaliser first (tracking resumes from what
@@ -417,13 +421,16 @@ class FailoverCoordinator(ActorTypeDispatcher):
         self.wakeupAfter(seconds(attempt.delay), ("connect", attempt.url))
 
     def _report_exchange(self) -> None:
+        for status in self._exchange_statuses():
+            self.send(self._children[Role.METRICS], status)
+
+    def _exchange_statuses(self) -> list[ComponentStatus]:
         """A /ready line per exchange: the endpoint in use, and why the others were left. One
         exchange down fails its own line, whatever the others do."""
-        metrics = self._children[Role.METRICS]
         endpoints = self.run.endpoints
         if not endpoints:
-            self.send(metrics, ComponentStatus("exchange", False, NO_VENUE))
-            return
+            return [ComponentStatus("exchange", False, NO_VENUE)]
+        statuses = []
         now = time.monotonic()
         for venue in dict.fromkeys(e.venue for e in endpoints.values()):
             urls = [url for url, e in endpoints.items() if e.venue == venue]
@@ -437,7 +444,8 @@ class FailoverCoordinator(ActorTypeDispatcher):
             else:
                 circuits = ", ".join(f"{url} {self._policies[url].circuit(now).name.lower()}" for url in urls)
                 status = ComponentStatus(f"exchange {venue}", False, f"no endpoint streaming; circuits: {circuits}{left}")
-            self.send(metrics, status)
+            statuses.append(status)
+        return statuses
 
     # --- supervision ---
 
@@ -494,12 +502,10 @@ class FailoverCoordinator(ActorTypeDispatcher):
                 self.send(run.service, PipelineFailed(reason))
         metrics = self._children[Role.METRICS]
         roots = {"service": run.service_pid, "actor_system": os.getppid(), "coordinator": os.getpid()}
-        self.send(metrics, CoordinatorAlive({**roots, **run.supervision.pids()}))
-        self._report_exchange()
-        self._report_cluster()
-        deltas = self._metrics.take()
-        if deltas:
-            self.send(metrics, deltas)
+        # One message a tick, not one per line of /ready and one for the metrics: at a quiet
+        # market the service's idle cost is mostly its Thespian messages.
+        self.send(metrics, CoordinatorAlive({**roots, **run.supervision.pids()},
+                                            (*self._exchange_statuses(), *self._cluster_status()), self._metrics.take()))
         self.send(run.service, PipelineAlive())
         self.wakeupAfter(seconds(1), TICK)
 

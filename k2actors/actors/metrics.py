@@ -133,6 +133,7 @@ def _handler(registry: CollectorRegistry, status: Status):
 
 class MetricsActor(Supervised[MetricsSetup]):
     SETUP = MetricsSetup
+    TAKES_DATA = True  # the other actors' metric deltas
 
     def __init__(self) -> None:
         super().__init__()
@@ -157,6 +158,13 @@ class MetricsActor(Supervised[MetricsSetup]):
 
     def receiveMsg_CoordinatorAlive(self, message: CoordinatorAlive, sender: ActorAddress) -> None:
         self._status.coordinator_alive(message.pids, time.monotonic())
+        for status in message.statuses:
+            self.receiveMsg_ComponentStatus(status, sender)
+        self._registry.apply(message.deltas)
+
+    def flush_metrics(self) -> None:
+        """Its own counters need no message."""
+        self._registry.apply(self.metrics.take())
 
     def on_exit(self) -> None:
         if self._server is not None:

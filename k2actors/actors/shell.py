@@ -47,8 +47,8 @@ FLUSH = "flush"
 # A channel whose socket was full is flushed again this soon, unless a message wakes the actor first.
 FLUSH_RETRY = timedelta(milliseconds=2)
 HEARTBEAT_SECONDS = 1.0
-# Metric deltas go to the MetricsActor at most this often from the tick (a Thespian message
-# each; the producer ticks ten times a second). Prometheus scrapes every few seconds.
+# Metric deltas go to the MetricsActor at most this often from the tick (the producer ticks
+# ten times a second). Prometheus scrapes every few seconds.
 METRICS_EVERY_SECONDS = 1.0
 # Refused peers are logged once each; past this many the record starts again, so that a flood
 # of connecting processes cannot grow it without bound (each refusal is counted regardless).
@@ -147,7 +147,10 @@ class Supervised(ActorTypeDispatcher, Generic[S]):
     def _handle(self, message: Any, sender: Recipient) -> None:
         if isinstance(message, self.SETUP):
             # A setup comes from the coordinator, by Thespian: the sender is its address.
+            metrics = self.metrics_address() if self._setup is not None else None
             previous, self._setup, self._coordinator = self._setup, cast(S, message), cast(ActorAddress, sender)
+            if metrics is not None and metrics != self.metrics_address():  # a restarted MetricsActor
+                self.forget_channel(metrics)
             self.configure(previous)
             if previous is None:
                 self.wakeupAfter(seconds(self.tick_seconds()), TICK)
@@ -356,9 +359,11 @@ class Supervised(ActorTypeDispatcher, Generic[S]):
             self._inbox.close()
 
     def flush_metrics(self) -> None:
+        """Deltas go on a data channel: a Thespian message each second from every actor was
+        most of a quiet service's cost."""
         deltas = self.metrics.take()
         if deltas and self._setup is not None:
-            self.send(self.metrics_address(), deltas)
+            self.deliver(self.metrics_address(), deltas)
 
     def metrics_address(self) -> ActorAddress:
         """Where metric deltas go (each setup names the MetricsActor)."""
