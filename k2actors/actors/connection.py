@@ -268,9 +268,11 @@ class ConnectionActor(Supervised[ConnectionSetup]):
         return [self._wake.read_fd]
 
     def replies_wanted(self) -> bool:
-        # RawBatchTaken matters only when frames wait for room in the window; otherwise the
-        # answers are read when frames next wake the actor, a wake-up a batch saved.
-        return self._flow.waiting > 0
+        # RawBatchTaken matters only when frames wait for room in the window, and
+        # RawBatchesConfirmed only while reading is paused (no frame will wake the actor until
+        # it resumes); otherwise the answers are read when frames next wake the actor, a
+        # wake-up a batch saved.
+        return self._flow.waiting > 0 or not self._flow.reading
 
     def on_readable(self, fds: set[int]) -> None:
         self._wake.drain()
