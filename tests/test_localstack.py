@@ -88,6 +88,19 @@ def test_mirrors_share_one_market_and_a_disconnected_client_misses_trades():
     assert b[0]["data"]["t"] > a[-1]["data"]["t"] + 20
 
 
+def test_the_rate_is_changed_over_http_while_the_market_runs():
+    with ExchangeSimulator(symbols=("BTCUSDT",), rate=20) as sim:
+        ws = websocket.create_connection(sim.urls[0] + "?streams=btcusdt@trade")
+        status, body = http_get(f"{sim.rest_url()}/control/rate?per_symbol=2000")
+        assert (status, json.loads(body)) == (200, {"per_symbol": 2000.0})
+        frames, _ = receive(ws, 1.0)
+        ws.close()
+        for bad in ("per_symbol=-1", "per_symbol=nan", "per_symbol=fast", "rate=5"):
+            assert http_get(f"{sim.rest_url()}/control/rate?{bad}")[0] == 400
+        assert sim.market.rate == 2000
+    assert len(frames) > 500  # 20 a second would have sent about 20
+
+
 def test_raw_stream_path_sends_bare_payloads():
     with ExchangeSimulator(symbols=("BTCUSDT",), rate=100) as sim:
         ws = websocket.create_connection(sim.urls[0].replace("/stream", "/ws/btcusdt@trade"))

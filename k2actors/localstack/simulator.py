@@ -19,7 +19,10 @@ misses what happened meanwhile. Each endpoint serves:
 - REST `GET /api/v3/historicalTrades`, `/api/v3/aggTrades` and `/api/v3/exchangeInfo` from
   the same history, and `/api/v3/depth` from the order book, with Binance's
   `X-MBX-USED-WEIGHT-1M` header, and scripted refusals (429, 418, 5xx) with Retry-After; a
-  depth snapshot can also be served stale or late.
+  depth snapshot can also be served stale or late;
+- `GET /control/rate?per_symbol=N`, which is no Binance path: the market's trades a second per
+  symbol from now on, for whoever runs the simulator as a process (the compose check loads
+  the stack with it).
 
 With `tape=PATH` the endpoints replay a JSONL file of raw messages instead of the live
 market, each line as one frame, in tape order, encoded once and written to the socket in
@@ -56,6 +59,7 @@ DEPTH_STREAM = "depth@100ms"
 DEPTH_INTERVAL_MS = 100
 MAX_INCOMING_PER_SECOND = 5
 HISTORY_PER_SYMBOL = 200_000
+CONTROL_RATE_PATH = "/control/rate"
 CLIENT_QUEUE_LIMIT = 100_000  # frames queued for one client before it counts as too slow
 REPLAY_CHUNK_BYTES = 256 * 1024  # a replay's writes: whole frames, about this many bytes each
 REPLAY_BUFFER_BYTES = 4 * 1024 * 1024  # unsent bytes a replay lets pile up before it waits
@@ -356,6 +360,8 @@ class ExchangeSimulator(ServedMarket[_Endpoint, Market]):
             return await self._depth(endpoint, connection, parse_qs(path.query))
         if path.path.startswith("/api/"):
             return _rest(self.market, connection, path.path, parse_qs(path.query))
+        if path.path == CONTROL_RATE_PATH:
+            return self._control_rate(connection, parse_qs(path.query))
         if endpoint.refusing:
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "endpoint refuses new connections\n")
         streams = _requested_streams(path.path, parse_qs(path.query))
@@ -364,6 +370,16 @@ class ExchangeSimulator(ServedMarket[_Endpoint, Market]):
         if len(streams) > MAX_STREAMS_PER_CONNECTION:
             return connection.respond(HTTPStatus.BAD_REQUEST, "too many streams\n")
         return None
+
+    def _control_rate(self, connection: ServerConnection, query: dict) -> Response:
+        try:
+            rate = float(query["per_symbol"][0])
+        except (KeyError, ValueError):
+            rate = -1.0
+        if not rate >= 0:  # NaN included
+            return connection.respond(HTTPStatus.BAD_REQUEST, "per_symbol: trades a second per symbol, a number >= 0\n")
+        self.set_rate(rate)
+        return _answer(connection, HTTPStatus.OK, {"per_symbol": rate})
 
     def _history(self, endpoint: _Endpoint, connection: ServerConnection, path: str, query: dict):
         """historicalTrades or aggTrades, with Binance's weight header and any scripted refusals."""
