@@ -49,7 +49,7 @@ def test_binance_stream_service_is_declared_as_specified():
     health = service["healthcheck"]
     assert (health["interval"], health["timeout"], health["retries"], health["start_period"]) == ("30s", "10s", 3, "60s")
     resources = service["deploy"]["resources"]
-    assert resources["limits"] == {"cpus": "1.0", "memory": "512M"}
+    assert resources["limits"] == {"cpus": "0.5", "memory": "512M"}  # the seed's
     assert resources["reservations"] == {"cpus": "0.25", "memory": "256M"}
     assert "./config.yaml:/etc/k2actors/config.yaml:ro" in service["volumes"]
     assert service["ports"] == ["9091"]  # a host port per replica
