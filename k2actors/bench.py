@@ -302,15 +302,8 @@ class ServiceProcess:
         )
 
     def samples(self) -> dict[str, float]:
-        """Every sample of /metrics, as {'name{label=value,...}': value}."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as response:
-            text = response.read().decode()
-        flat = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-                flat[f"{sample.name}{{{labels}}}"] = sample.value
-        return flat
+            return flat_samples(response.read().decode())
 
     def total(self, name: str) -> float:
         return sum(v for k, v in self.samples().items() if k.startswith(name + "{"))
@@ -375,14 +368,25 @@ def loss_and_duplicates(broker: str, registry: str, topic: str, expected: dict[s
 # --- percentiles from a Prometheus histogram ---
 
 
+def flat_samples(text: str) -> dict[str, float]:
+    """Every sample of a /metrics page, as {'name{label=value,...}': value}, labels sorted."""
+    flat = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            flat[f"{sample.name}{{{labels}}}"] = sample.value
+    return flat
+
+
 def histogram(samples: dict[str, float], name: str) -> list[tuple[float, float]]:
-    """Cumulative (upper bound, count) pairs, ascending."""
-    buckets = []
+    """Cumulative (upper bound, count) pairs, ascending; the series of every label set (each
+    exchange's) added up."""
+    counts: dict[float, float] = {}
     for key, value in samples.items():
         if key.startswith(f"{name}_bucket{{"):
-            bound = key.split("le=", 1)[1].split(",", 1)[0].rstrip("}")
-            buckets.append((float(bound), value))
-    return sorted(buckets)
+            bound = float(key.split("le=", 1)[1].split(",", 1)[0].rstrip("}"))
+            counts[bound] = counts.get(bound, 0) + value
+    return sorted(counts.items())
 
 
 def percentile(before: list[tuple[float, float]], after: list[tuple[float, float]], q: float) -> float | None:

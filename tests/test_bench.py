@@ -5,7 +5,9 @@ import json
 import subprocess
 import sys
 
-from k2actors.bench import _slope
+import pytest
+
+from k2actors.bench import _slope, flat_samples, histogram, percentile
 from tests.conftest import REPO
 
 
@@ -67,3 +69,23 @@ def test_the_memory_slope_is_the_least_squares_slope():
     assert _slope([(0, 5), (1, 7), (2, 5), (3, 7)]) == 0.4  # noisy but level-ish: small, not zero
     assert _slope([(0, 9), (10, 9), (20, 9)]) == 0
     assert _slope([(0, 9)]) == 0  # one sample: no trend to speak of
+
+
+def test_a_histogram_is_read_with_every_exchanges_series_added_up():
+    page = """# HELP k2_lag_seconds lag
+# TYPE k2_lag_seconds histogram
+k2_lag_seconds_bucket{exchange="BINANCE",le="0.1"} 90.0
+k2_lag_seconds_bucket{exchange="BINANCE",le="1.0"} 100.0
+k2_lag_seconds_bucket{exchange="BINANCE",le="+Inf"} 100.0
+k2_lag_seconds_count{exchange="BINANCE"} 100.0
+k2_lag_seconds_sum{exchange="BINANCE"} 5.0
+k2_lag_seconds_bucket{exchange="KRAKEN",le="0.1"} 0.0
+k2_lag_seconds_bucket{exchange="KRAKEN",le="1.0"} 100.0
+k2_lag_seconds_bucket{exchange="KRAKEN",le="+Inf"} 100.0
+k2_lag_seconds_count{exchange="KRAKEN"} 100.0
+k2_lag_seconds_sum{exchange="KRAKEN"} 50.0
+"""
+    buckets = histogram(flat_samples(page), "k2_lag_seconds")
+    assert buckets == [(0.1, 90.0), (1.0, 200.0), (float("inf"), 200.0)]
+    assert percentile([], buckets, 0.25) == pytest.approx(0.1 * 50 / 90)  # rank 50 of the 90 below 0.1
+    assert percentile([], buckets, 0.5) == pytest.approx(0.1 + 0.9 * (100 - 90) / 110)  # rank 100: Kraken's slower half counts
