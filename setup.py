@@ -20,7 +20,7 @@ setup(
         "confluent-kafka[avro,schemaregistry]>=2.6",
         "certifi",
         "avro>=1.11",
-        "fastavro>=1.9",  # the producer writes Confluent's wire format with it directly (k2actors.outlets)
+        "fastavro>=1.9",  # the Normaliser writes the records' Avro bodies with it (k2actors.core.avro)
         "prometheus-client>=0.20",
         "pyyaml>=6.0",
     ],

@@ -1,6 +1,6 @@
 """Where the service's CPU goes at a fixed rate, per actor process.
 
-`python benchmarks/profile.py [--rate R] [--seconds S] [--books] [--py-spy DIR]`: a local
+`python benchmarks/profile.py [--rate R] [--seconds S] [--books] [--arrival spread] [--py-spy DIR]`: a local
 broker, registry and simulator, and the service at R trades/s (with --books, the book stream
 too, measured once every book is in sync). It prints each process's share of a
 core (from /proc) and the CPU per trade. With --py-spy (`pip install py-spy`), it also
@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 
 from k2actors import processes
-from k2actors.bench import Options, start_service, symbol_names, wait_books_in_sync
+from k2actors.bench import ARRIVAL_TICK_SECONDS, Options, start_service, symbol_names, wait_books_in_sync
 from k2actors.localstack.broker import TansuBroker
 from k2actors.localstack.registry import SchemaRegistryDouble
 from k2actors.localstack.simulator import ExchangeSimulator
@@ -53,12 +53,15 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=15.0, help="how long to measure")
     parser.add_argument("--symbols", type=int, default=3)
     parser.add_argument("--books", action="store_true", help="the book stream beside trades")
+    parser.add_argument("--arrival", choices=sorted(ARRIVAL_TICK_SECONDS), default="bunched",
+                        help="trades bunched in 10 ms ticks or spread out in 1 ms ticks (as the bench's --arrivals)")
     parser.add_argument("--py-spy", type=Path, help="sample each process with py-spy; its raw stacks go here")
     args = parser.parse_args()
     symbols = symbol_names(args.symbols)
     workdir = Path(tempfile.mkdtemp(prefix="k2actors-profile-"))
     with TansuBroker() as broker, SchemaRegistryDouble() as registry, \
-            ExchangeSimulator(symbols, rate=args.rate / len(symbols), endpoints=2) as exchange:
+            ExchangeSimulator(symbols, rate=args.rate / len(symbols), endpoints=2,
+                              tick=ARRIVAL_TICK_SECONDS[args.arrival]) as exchange:
         service = start_service((broker, registry), exchange, Options(), symbols, "profile", workdir / "service.log",
                                 books=args.books)
         try:

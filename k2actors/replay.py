@@ -7,14 +7,11 @@ memory: a range (`--since`, `--until`) keeps a long raw topic's read to what is 
 
 from __future__ import annotations
 
-import io
-import json
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import fastavro
 from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
@@ -22,11 +19,12 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from k2actors.clients import kafka_settings, registry_settings
 from k2actors.config import Config, coinbase_rules
+from k2actors.core.avro import read_body, write_body
 from k2actors.core.ledger import KrakenRules
 from k2actors.core.raw import RECV_TS_NS
 from k2actors.core.replay import DIFFERS, DUPLICATE, EXTRA, MISSING, Derived, Replay, Rules, in_range, verify, wanted
 from k2actors.core.streams import is_raw
-from k2actors.outlets import AvroWriter, producer_settings, register, schema_for
+from k2actors.outlets import producer_settings, register
 from k2actors.readback import messages
 
 # Differences printed one by one; the rest are counted.
@@ -42,25 +40,15 @@ def parse_time(text: str) -> int:
         return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp() * 1e9)
 
 
-class _Decoder:
-    """Records as the live topics hold them, decoded with the stream type's own schema: the
-    derived records pass through the same writer and reader, so both sides compare alike."""
+def _live(stream: str, value: bytes) -> dict[str, Any]:
+    """A record as a live topic holds it (past the magic byte and schema id)."""
+    return read_body(stream, value[5:])
 
-    def __init__(self) -> None:
-        self._schemas: dict[str, Any] = {}
 
-    def _schema(self, stream: str) -> Any:
-        if stream not in self._schemas:
-            self._schemas[stream] = fastavro.parse_schema(json.loads(schema_for(stream)))
-        return self._schemas[stream]
-
-    def live(self, stream: str, value: bytes) -> dict[str, Any]:
-        record = fastavro.schemaless_reader(io.BytesIO(value[5:]), self._schema(stream))  # past magic byte and schema id
-        assert isinstance(record, dict)  # the schema is a record's
-        return record
-
-    def derived(self, derived: Derived) -> dict[str, Any]:
-        return self.live(derived.stream, AvroWriter(0, schema_for(derived.stream))(derived.record))
+def _as_written(derived: Derived) -> Derived:
+    """A derived record as it would be held: through the same writer and reader as the live
+    records, so that both sides compare alike."""
+    return Derived(derived.stream, read_body(derived.stream, write_body(derived.stream, derived.record)), derived.lineage)
 
 
 def run_replay(config: Config, since: int | None, until: int | None, check: bool, to_topic: str | None) -> int:
@@ -90,7 +78,6 @@ def run_replay(config: Config, since: int | None, until: int | None, check: bool
         return _write(config, registry, unique, to_topic)
     if not check:
         return 0
-    decoder = _Decoder()
     live = []
     for stream in (stream for stream in config.stream_types if not is_raw(stream)):
         topic = kafka.topic_for(stream)
@@ -98,8 +85,8 @@ def run_replay(config: Config, since: int | None, until: int | None, check: bool
             headers = dict(_headers(message))
             received = headers.get(RECV_TS_NS)
             if since is None and until is None or received is not None and in_range(int(received), since, until):
-                live.append((stream, decoder.live(stream, message.value() or b""), headers))
-    alike = {source: [Derived(d.stream, decoder.derived(d), d.lineage) for d in records] for source, records in derived.items()}
+                live.append((stream, _live(stream, message.value() or b""), headers))
+    alike = {source: [_as_written(d) for d in records] for source, records in derived.items()}
     differences = verify(alike, live)
     counts = {kind: sum(1 for d in differences if d.kind == kind) for kind in (MISSING, EXTRA, DUPLICATE, DIFFERS)}
     print(f"{len(live)} live records compared: {len(differences)} differences "

@@ -19,6 +19,7 @@ from k2actors.core.replay import Replay, verify
 from k2actors.core.replay import Rules as ReplayRules
 from k2actors.core.telemetry import MetricBuffer
 from k2actors.localstack.orderbook import BookSnapshot, SimBook, snapshot_body
+from tests.published import shaped
 
 SYMBOL, URL, REST = "BTCUSDT", "ws://venue/stream", "http://venue"
 DEPTH, CADENCE_MS, LIMIT = 5, 300, 1000
@@ -79,7 +80,7 @@ class Run:
 
     def _take(self, events: list) -> None:
         self.events += events
-        self.published += [record for event in events if isinstance(event, Publish) for record in event.batch.records]
+        self.published += [record for event in events if isinstance(event, Publish) for record in shaped(event.batch.records)]
 
     def books(self) -> list[dict]:
         return [record for stream, record, _ in self.published if stream == BOOK]
@@ -182,6 +183,6 @@ def test_a_snapshot_that_cannot_be_read_is_a_dead_letter_and_asked_for_again():
     broken = FetchedSnapshot("BINANCE", SYMBOL, REST, f"/api/v3/depth?symbol={SYMBOL}&limit={LIMIT}", "s1", 1, b"<html>")
     events = run.ledger.take_snapshot(broken, 0.1)
     [publish] = [event for event in events if isinstance(event, Publish)]
-    assert [stream for stream, _, _ in publish.batch.records] == [RAW]  # kept as received
+    assert [stream for stream, _, _ in shaped(publish.batch.records)] == [RAW]  # kept as received
     assert [letter.reason for letter in publish.batch.dead_letters] == ["not_json"]
     assert sum(isinstance(event, SnapshotWanted) for event in events) == 1

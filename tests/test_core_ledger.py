@@ -44,6 +44,7 @@ from k2actors.core.ranges import StreamPosition
 from k2actors.core.raw import RAW
 from k2actors.core.sequence import Gap
 from k2actors.core.telemetry import MetricBuffer
+from tests.published import shaped
 
 PRIMARY, MIRROR = "ws://primary/stream", "ws://mirror/stream"
 T0_MS = 1_700_000_000_000
@@ -72,7 +73,7 @@ def ledger(max_buffered: int = 100_000, positions: Mapping[tuple[str, str, str],
 
 
 def published(events: list) -> list[int]:
-    return [record["source_sequence"] for e in events if isinstance(e, Publish) for stream, record, _ in e.batch.records if stream != RAW]
+    return [record["source_sequence"] for e in of(Publish, events) for stream, record, _ in shaped(e.batch.records) if stream != RAW]
 
 
 def of(kind: type, events: list) -> list:
@@ -186,7 +187,9 @@ def test_records_the_producer_failed_on_twice_become_dead_letters_once():
     [letters] = of(Publish, events)
     assert of(Confirmed, events) == []  # the frame's batch waits for its dead letters
     [letter] = letters.batch.dead_letters
+    [(_, record, _)] = shaped(publish.batch.records)
     assert (letter.reason, letter.endpoint, json.loads(letter.raw)["trade_id"]) == ("poison_message", PRIMARY, "BINANCE-7")
+    assert json.loads(letter.raw) == json.loads(json.dumps(record, default=str))  # the whole record, read back from its body
     assert book.poisoned(publish.batch, "again") == []  # already given up: never sent round again
     assert book.poisoned(letters.batch, "dead letters too") == [DeadLettersLost(1), Confirmed("a", 1)]
     assert book.held == 0
@@ -214,6 +217,17 @@ def test_a_frame_the_ledger_fails_on_costs_that_frame_and_nothing_else():
     [publish] = of(Publish, events)
     assert [letter.reason for letter in publish.batch.dead_letters] == ["internal_error", "not_json"]
     assert of(Release, events) == [Release("a", 1)]
+
+
+def test_a_record_the_schema_refuses_is_a_dead_letter_and_the_rest_of_its_batch_is_published():
+    book = ledger(quote_assets={"BTCUSDT": 5})  # a shaping bug: a currency that is no string
+    events = book.take_raw(raw(PRIMARY, 1, trade_frame(1), trade_frame(2, "ETHUSDT")), "a", 0.0)
+    [publish] = of(Publish, events)
+    assert [(record.key, record.event_id) for record in publish.batch.records] == [("ETHUSDT", 2)]
+    [letter] = publish.batch.dead_letters
+    assert (letter.reason, json.loads(letter.raw)["trade_id"]) == ("serialization_failed", "BINANCE-1")
+    assert "must be string on field currency" in letter.detail
+    assert of(DeadLettered, events) == [DeadLettered(letter)] and of(Release, events) == [Release("a", 1)]
 
 
 def test_dead_letters_are_said_one_by_one_up_to_a_bound_then_summarised():
@@ -295,7 +309,7 @@ def test_backfilled_trades_fill_the_gap_in_id_order_and_are_marked():
     book.tick(GRACE)
     events = book.take_backfill(history(13, 11, 12, 14), 3.0)  # 14 was streamed: a duplicate
     assert published(events) == [11, 12, 13]
-    assert all(record["vendor_data"]["backfilled"] == "true" for e in of(Publish, events) for _, record, _ in e.batch.records)
+    assert all(record["vendor_data"]["backfilled"] == "true" for e in of(Publish, events) for _, record, _ in shaped(e.batch.records))
     assert of(Backfilled, events) == [Backfilled("trade", "BINANCE", "BTCUSDT", 3, 11, 13)]
     assert of(Recovered, events) == []  # backfill is the plan, not a surprise
     assert book.open_gaps("trade") == []
@@ -384,8 +398,8 @@ def test_a_symbol_outside_the_configuration_is_still_a_dead_letter_in_cluster_mo
 # --- the raw record ---
 
 
-def shaped(events: list) -> list[tuple[str, dict, tuple]]:
-    return [item for e in of(Publish, events) for item in e.batch.records]
+def published_records(events: list) -> list[tuple[str, dict, tuple]]:
+    return [item for e in of(Publish, events) for item in shaped(e.batch.records)]
 
 
 def test_every_frame_is_archived_first_byte_for_byte_whatever_it_is_and_what_it_became_names_it():
@@ -394,7 +408,7 @@ def test_every_frame_is_archived_first_byte_for_byte_whatever_it_is_and_what_it_
     refusal = b'{"code":2,"msg":"Invalid request: invalid stream","id":2}'
     frames = (reply, trade_frame(1), garbage, refusal, trade_frame(2, "ETHUSDT"), trade_frame(1))  # the last a duplicate
     events = book.take_raw(raw(PRIMARY, 1, *frames), "connection", 0.0)
-    records = shaped(events)
+    records = published_records(events)
     archived = [record for stream, record, _ in records if stream == RAW]
     assert [record["payload"] for record in archived] == list(frames)
     assert [record["conn_msg_seq"] for record in archived] == [1, 2, 3, 4, 5, 6]
@@ -416,12 +430,12 @@ def test_every_frame_is_archived_first_byte_for_byte_whatever_it_is_and_what_it_
 
 def test_without_the_raw_record_only_derived_records_are_published():
     events = ledger(keep_raw=False).take_raw(raw(PRIMARY, 1, trade_frame(1), b"garbage"), "c", 0.0)
-    assert [stream for stream, _, _ in shaped(events)] == ["trade"]
+    assert [stream for stream, _, _ in published_records(events)] == ["trade"]
 
 
 def test_frames_a_normaliser_failed_on_are_archived_too():
     [publish] = of(Publish, ledger(keep_raw=True).take_poisoned_frames(PoisonedFrames(PRIMARY, "BINANCE", POISONED, "KeyError")))
-    assert [(stream, record["payload"], record["conn_msg_seq"]) for stream, record, _ in publish.batch.records] == [
+    assert [(stream, record["payload"], record["conn_msg_seq"]) for stream, record, _ in shaped(publish.batch.records)] == [
         (RAW, b"x", 1), (RAW, b"y", 2)]
 
 
@@ -430,7 +444,7 @@ def test_a_rest_response_is_archived_and_what_came_of_it_names_it():
     book.take_raw(raw(PRIMARY, 1, trade_frame(10), trade_frame(12)), "a", 0.0)
     book.tick(GRACE)
     page = history(11)
-    [(raw_stream, archived, _), (stream, record, headers)] = shaped(book.take_backfill(page, 3.0))
+    [(raw_stream, archived, _), (stream, record, headers)] = published_records(book.take_backfill(page, 3.0))
     assert (stream, record["source_sequence"]) == ("trade", 11)
     assert (raw_stream, archived["payload"], archived["conn_id"], archived["conn_msg_seq"]) == (RAW, page.body, "rest-1", 1)
     assert (archived["endpoint"], archived["stream"], archived["symbol"]) == ("http://rest", page.target, "BTCUSDT")
@@ -440,5 +454,5 @@ def test_a_rest_response_is_archived_and_what_came_of_it_names_it():
 
 def test_a_resend_to_a_new_producer_carries_the_raw_records_and_lineage_unchanged():
     book = ledger(keep_raw=True)
-    first = shaped(book.take_raw(raw(PRIMARY, 1, trade_frame(1), b"garbage"), "a", 0.0))
-    assert shaped(book.resend()) == first
+    first = published_records(book.take_raw(raw(PRIMARY, 1, trade_frame(1), b"garbage"), "a", 0.0))
+    assert published_records(book.resend()) == first

@@ -46,6 +46,7 @@ from k2actors.core.replay import DIFFERS, MISSING, Replay, verify
 from k2actors.core.replay import Rules as ReplayRules
 from k2actors.core.sequence import Gap
 from k2actors.core.telemetry import MetricBuffer
+from tests.published import shaped
 from tests.test_core_coinbase import FRAMES, altered, us
 from tests.test_core_coinbase_adapter import STATUS
 from tests.test_core_ledger_kraken import records
@@ -181,7 +182,8 @@ def test_a_batch_sent_newest_first_is_published_oldest_first_with_every_field_ex
         trade(T + 1, "2025-12-31T06:00:12.605867Z", "88355.59", "0.00022409", "BUY"),
         trade(T + 2, "2025-12-31T06:00:13.456090Z", "88355.58", "0.00006677", "SELL"),
     ]
-    lineages = [dict(headers) for e in events if isinstance(e, Publish) for s, _, headers in e.batch.records if s == "coinbase.trade"]
+    lineages = [dict(record.headers) for e in events if isinstance(e, Publish)
+                for record in e.batch.records if record.stream == "coinbase.trade"]
     assert lineages == [dict(frame_lineage("coinbase-1", 2, received_ns))] * 3
     assert counters(book)[("k2_binance_messages_received_total", ("COINBASE", "BTCUSD", "coinbase.trade"))] == 3
     [check] = [e for e in book.tick(1.0) if isinstance(e, ReadyCheck) and e.name == DATA_CHECK]
@@ -323,7 +325,7 @@ def test_every_frame_is_kept_in_coinbases_raw_record_as_received_the_garbage_inc
     [letter] = letters(events)
     assert (letter.reason, letter.raw) == (NOT_JSON, garbage)
     # each frame's raw record first, then the records it derives
-    assert [s for e in events if isinstance(e, Publish) for s, _, _ in e.batch.records] == [
+    assert [s for e in events if isinstance(e, Publish) for s, _, _ in shaped(e.batch.records)] == [
         "coinbase.raw", "coinbase.raw", "coinbase.raw", "coinbase.trade", "coinbase.trade", "coinbase.raw", "coinbase.ticker",
         "coinbase.raw", "coinbase.raw", "coinbase.raw"]
 
@@ -416,7 +418,7 @@ def test_what_the_ledger_publishes_of_coinbase_is_what_its_raw_record_derives_ag
     assert (declared.gap.first_id, declared.gap.last_id) == (T + 3, T + 5)
     body = rest_body(T + 5, T + 4, T + 3, T + 2)  # T + 5 came back meanwhile
     events += book.take_backfill(backfilled_page(book, declared.gap, body, RECEIVED_NS // 1000 + 5_000_000), 5.0)
-    published = [item for event in events if isinstance(event, Publish) for item in event.batch.records]
+    published = [item for event in events if isinstance(event, Publish) for item in shaped(event.batch.records)]
     live = [(stream, record, dict(headers)) for stream, record, headers in published if stream != "coinbase.raw"]
     assert {stream for stream, _, _ in live} == {"coinbase.trade", "coinbase.ticker"}
     assert [(r["symbol"], r["source_sequence"]) for s, r, _ in live if s == "coinbase.trade"] == [

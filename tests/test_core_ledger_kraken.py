@@ -34,6 +34,7 @@ from k2actors.core.ranges import StreamPosition
 from k2actors.core.replay import DIFFERS, MISSING, Replay, verify
 from k2actors.core.replay import Rules as ReplayRules
 from k2actors.core.telemetry import MetricBuffer
+from tests.published import shaped
 
 KRAKEN_URL = "wss://ws.kraken.com/v2"
 BINANCE_URL = "wss://stream.binance.com:9443/stream"
@@ -76,7 +77,7 @@ def ledger(instruments: tuple[Instrument, ...] = (), positions: dict | None = No
 
 
 def records(events: list, stream: str) -> list[dict]:
-    return [record for e in events if isinstance(e, Publish) for s, record, _ in e.batch.records if s == stream]
+    return [record for e in events if isinstance(e, Publish) for s, record, _ in shaped(e.batch.records) if s == stream]
 
 
 def test_trades_are_shaped_with_the_pairs_kraken_described_on_the_connection_and_kept_in_its_own_raw_record():
@@ -275,7 +276,7 @@ def test_what_the_ledger_publishes_of_kraken_is_what_its_raw_record_derives_agai
     events += book.take_backfill(BackfilledTrades("kraken.trade", "KRAKEN", "BTCUSD", "https://api.kraken.com", RECEIVED_NS // 1000,
                                                   trades, (), "/0/public/Trades?pair=BTC%2FUSD&since=1&count=1000&assetVersion=1",
                                                   "rest-1", body), 6.0)
-    published = [item for event in events if isinstance(event, Publish) for item in event.batch.records]
+    published = [item for event in events if isinstance(event, Publish) for item in shaped(event.batch.records)]
     live = [(stream, record, dict(headers)) for stream, record, headers in published if stream != "kraken.raw"]
     assert {stream for stream, _, _ in live} == {"kraken.trade", "kraken.ticker", "kraken.book"}
     assert [r["source_sequence"] for s, r, _ in live if s == "kraken.trade"] == [100, 101, 105, 102, 103, 104]

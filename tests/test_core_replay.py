@@ -17,6 +17,7 @@ from k2actors.core.raw import RAW, RestResponse
 from k2actors.core.replay import DIFFERS, DUPLICATE, EXTRA, MISSING, Replay, verify, wanted
 from k2actors.core.replay import Rules as ReplayRules
 from k2actors.core.telemetry import MetricBuffer
+from tests.published import shaped
 
 T0_MS = 1_700_000_000_000
 SYMBOLS = frozenset({"BTCUSDT", "ETHUSDT", "ETHABC"})
@@ -56,7 +57,7 @@ def run_live(connections: dict[str, list[bytes]], cuts: list[int], order: list[s
     for url, left in batches.items():
         for batch in left:
             events += book.take_raw(batch, url, 1.0)
-    published = [item for event in events if isinstance(event, Publish) for item in event.batch.records]
+    published = [item for event in events if isinstance(event, Publish) for item in shaped(event.batch.records)]
     raw = [record for stream, record, _ in published if stream == RAW]
     derived = [(stream, record, dict(headers)) for stream, record, headers in published if stream != RAW]
     return raw, derived
@@ -131,7 +132,7 @@ def test_rest_history_and_exchange_info_are_derived_as_the_live_path_shaped_them
     page = BackfilledTrades("trade", "BINANCE", "BTCUSDT", "http://rest", T0_MS * 1000 + 5000, trades, (),
                             "/api/v3/historicalTrades?symbol=BTCUSDT&fromId=11&limit=2", "rest-1", json.dumps(rows).encode())
     events = book.take_backfill(page, 3.0)
-    published = [item for event in events if isinstance(event, Publish) for item in event.batch.records]
+    published = [item for event in events if isinstance(event, Publish) for item in shaped(event.batch.records)]
     [response] = [record for stream, record, _ in published if stream == RAW]
     derived = [(stream, record, dict(headers)) for stream, record, headers in published if stream != RAW]
     assert [record["source_sequence"] for _, record, _ in derived] == [11, 12]

@@ -5,21 +5,20 @@ trade names the frame it came from."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
 import subprocess
 import sys
 
-import fastavro
 from confluent_kafka import Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from k2actors import processes
-from k2actors.outlets import AvroWriter, schema_for
+from k2actors.core.avro import read_body
+from k2actors.outlets import AvroWriter
 from k2actors.readback import missing_and_duplicates, read_partitions, records
 from k2actors.receipts import left_behind
 from tests.conftest import REPO, every_frame_once, trade_ids, wait_until
@@ -111,10 +110,9 @@ def tamper(broker, topic: str) -> dict[str, bytes]:
     message = read_partitions(broker.bootstrap_servers, topic)[0]
     headers = dict(message.headers() or [])
     value = message.value()
-    schema = fastavro.parse_schema(json.loads(schema_for("trade")))
-    record = fastavro.schemaless_reader(io.BytesIO(value[5:]), schema)
+    record = read_body("trade", value[5:])
     record["price"] *= 2
-    altered = AvroWriter(int.from_bytes(value[1:5], "big"), schema_for("trade"))(record)
+    altered = AvroWriter(int.from_bytes(value[1:5], "big"), "trade")(record)
     producer = Producer({"bootstrap.servers": broker.bootstrap_servers})
     producer.produce(topic, altered, message.key(), headers=list(headers.items()))
     assert producer.flush(10) == 0

@@ -28,8 +28,6 @@ from k2actors.actors.shell import Recipient, Supervised, WakePipe, seconds
 from k2actors.core.backoff import backoff_delay
 from k2actors.core.cluster import shard_symbols, transactional_id
 from k2actors.core.delivery import NO_SHARD, Admission, Deliveries, Handed, KafkaReadiness, Landed, PendingBatch
-from k2actors.core.frames import SERIALIZATION_FAILED
-from k2actors.core.normalise import record_dead_letter
 from k2actors.core.payloads import DeadLetter, RecordBatch
 from k2actors.core.raw import frames_lost
 from k2actors.core.streams import is_raw
@@ -228,24 +226,24 @@ class ProducerActor(Supervised[ProducerSetup]):
         in_kafka = not_owned = 0
         admit = self._handed.admit
         owned = self._owned
-        for shaped in batch.records:
-            stream, record, _ = shaped
+        for record in batch.records:
+            stream = record.stream
             if is_raw(stream):  # a frame of this instance's own connections: archived whoever owns its symbol
-                admission = self._handed.admit_frame(record["exchange"], record["conn_id"], record["conn_msg_seq"])
-            elif owned is not None and record["symbol"] not in owned:  # its shard was released meanwhile
+                admission = self._handed.admit_frame(record.venue, record.key, record.event_id)
+            elif owned is not None and record.key not in owned:  # its shard was released meanwhile
                 not_owned += 1
                 continue
             else:
-                admission = admit(stream, record["exchange"], record["symbol"], record["source_sequence"])
+                admission = admit(stream, record.venue, record.key, record.event_id)
             if admission is Admission.PRODUCE:
-                records.append(shaped)
+                records.append(record)
             elif admission is Admission.IN_KAFKA:  # a resend after a producer restart: some had landed
                 in_kafka += 1
             else:
                 log.warning("%s %s of %s not produced: a newer one was handed to Kafka first (batch %d came late)",
-                            stream, record["source_sequence"], record["symbol"], batch.seq,
-                            extra={"event": "quote_superseded", "stream": stream, "symbol": record["symbol"], "batch": batch.seq})
-                self.metrics.inc("k2_kafka_quotes_superseded_total", record["symbol"])
+                            stream, record.event_id, record.key, batch.seq,
+                            extra={"event": "quote_superseded", "stream": stream, "symbol": record.key, "batch": batch.seq})
+                self.metrics.inc("k2_kafka_quotes_superseded_total", record.key)
         if in_kafka:
             self.metrics.inc("k2_kafka_records_already_in_kafka_total", amount=in_kafka)
         if not_owned:
@@ -255,38 +253,29 @@ class ProducerActor(Supervised[ProducerSetup]):
         pending = self._deliveries.expect(batch.seq, len(records) + len(batch.dead_letters), sender)
         if pending.outstanding == 0:
             return
-        dead_letters = list(batch.dead_letters)
         received: list[int] = []
-        for stream, record, headers in records:
-            outlet = self._outlets[stream]
-            try:
-                value = outlet.write(record)
-            except Exception as exc:  # one record the schema refuses must not sink the batch
-                name = record.get("message_id") or f"{record.get('conn_id')}/{record.get('conn_msg_seq')}"
-                log.error("record %s could not be serialized: %s", name, exc,
-                          extra={"event": "serialization_failed", "message_id": name})
-                dead_letters.append(record_dead_letter(record, stream, SERIALIZATION_FAILED, f"{type(exc).__name__}: {exc}"[:200]))
+        for record in records:
+            outlet = self._outlets[record.stream]
+            value = outlet.write.header + record.body
+            key = record.key.encode()
+            if is_raw(record.stream):
+                frame = _Trade(record.stream, (record.venue, record.key), record.event_id, record.received_us, 0, NO_SHARD)
+                self._send(outlet.topic, key, value, None, partial(self._delivered, pending, outlet.topic, frame))
                 continue
-            if is_raw(stream):
-                frame = _Trade(stream, (record["exchange"], record["conn_id"]), record["conn_msg_seq"], record["recv_ts_ns"] // 1000,
-                               0, NO_SHARD)
-                self._send(outlet.topic, record["conn_id"].encode(), value, None, partial(self._delivered, pending, outlet.topic, frame))
-                continue
-            symbol = record["symbol"]
-            writer = owned[symbol] if owned is not None else None
-            trade = _Trade(stream, (record["exchange"], symbol), record["source_sequence"],
-                           record["ingestion_timestamp"], record["timestamp"], NO_SHARD if writer is None else writer.shard)
+            writer = owned[record.key] if owned is not None else None
+            trade = _Trade(record.stream, (record.venue, record.key), record.event_id, record.received_us, record.event_us,
+                           NO_SHARD if writer is None else writer.shard)
             report = partial(self._delivered, pending, outlet.topic, trade)
-            lineage: list[tuple[str, str | bytes | None]] = list(headers)
+            lineage: list[tuple[str, str | bytes | None]] = list(record.headers)
             if writer is None:
-                self._send(outlet.topic, symbol.encode(), value, lineage, report)
+                self._send(outlet.topic, key, value, lineage, report)
             else:
-                writer.put(Outgoing(outlet.topic, None, symbol.encode(), value, report, lineage))
-            received.append(trade.received_us)
+                writer.put(Outgoing(outlet.topic, None, key, value, report, lineage))
+            received.append(record.received_us)
         if received:
             produced_us = time.time_ns() // 1000
             self.metrics.observe("k2_trade_receive_to_produce_seconds", [(produced_us - us) / 1e6 for us in received])
-        for letter in dead_letters:
+        for letter in batch.dead_letters:
             topic = self.setup.kafka.dead_letter_topic
             self._send(topic, None, letter.raw, _headers(letter), partial(self._delivered, pending, topic, None))
             self.metrics.inc("k2_dlq_messages_total", letter.reason, letter.stream)

@@ -25,6 +25,7 @@ from typing import Generic, TypeVar
 
 from k2actors.core import coinbase, kraken
 from k2actors.core.adapter import BinanceAdapter, MarketEvent, Reading, Replace
+from k2actors.core.avro import read_body, write_body
 from k2actors.core.binance import BOOK, TRADE
 from k2actors.core.book import BookSync, BookTop, DepthDiff, FetchSnapshot, InSync, OutOfSync, OutOfSyncReason
 from k2actors.core.book import Output as BookOutput
@@ -33,7 +34,7 @@ from k2actors.core.coinbase import BookEvent, CoinbaseQuote, CoinbaseTrade, Prod
 from k2actors.core.coinbase_adapter import CoinbaseAdapter
 from k2actors.core.coinbase_books import BooksLost, CoinbaseBooks, ReconnectWanted, SequencedTop
 from k2actors.core.connection_books import BookSource, SymbolInSync, SymbolOutOfSync
-from k2actors.core.frames import ID_REGRESSED, INTERNAL_ERROR, POISON_MESSAGE, UNSUBSCRIBED_SYMBOL, Rejected
+from k2actors.core.frames import ID_REGRESSED, INTERNAL_ERROR, POISON_MESSAGE, SERIALIZATION_FAILED, UNSUBSCRIBED_SYMBOL, Rejected
 from k2actors.core.kraken import BookMessage, Instrument, Instruments, KrakenQuote, KrakenTrade
 from k2actors.core.kraken_adapter import KrakenAdapter
 from k2actors.core.kraken_books import ChecksumFailed, KrakenBooks, ResubscribeWanted
@@ -42,6 +43,7 @@ from k2actors.core.normalise import Delivery, event_id, record_dead_letter, unsu
 from k2actors.core.payloads import (
     BackfilledTrades,
     DeadLetter,
+    Encoded,
     FetchedSnapshot,
     PoisonedFrames,
     Positions,
@@ -51,7 +53,7 @@ from k2actors.core.payloads import (
 )
 from k2actors.core.raw import RAW, Headers, RestResponse, frame_lineage, raw_record
 from k2actors.core.sequence import DEDUP_WINDOW_IDS, BatchSequence, Gap, StreamSequences, Verdict
-from k2actors.core.streams import CONSECUTIVE, noun
+from k2actors.core.streams import CONSECUTIVE, is_raw, noun
 from k2actors.core.telemetry import LogLine, MetricBuffer
 
 A = TypeVar("A")  # the address of a connection, opaque here
@@ -431,7 +433,7 @@ class Rules:
     coinbase: CoinbaseRules | None = None
 
 
-Shaped = tuple[str, Record, Headers]  # (stream type, record, lineage headers), as a RecordBatch carries it
+Shaped = tuple[str, Record, Headers]  # (stream type, record, lineage headers), until its body is written
 
 
 class Ledger(Generic[A]):
@@ -617,10 +619,11 @@ class Ledger(Generic[A]):
         if self._forget(batch.seq) is None:
             return events
         if batch.records:
-            letters = [record_dead_letter(record, stream, POISON_MESSAGE, detail) for stream, record, _ in batch.records]
+            letters = [record_dead_letter(read_body(record.stream, record.body), record.stream, POISON_MESSAGE, detail)
+                       for record in batch.records]
             for letter in letters:
                 self._count_dead_letter(letter, events)
-            self._publish([], letters + list(batch.dead_letters), events)
+            self._publish_encoded([], letters + list(batch.dead_letters), events)
             # what waited for the batch waits for its dead letters (and, to keep the order, what came after it too)
             self._awaiting = collections.deque((self._seq if tag >= batch.seq else tag, sender, seq)
                                                for tag, sender, seq in self._awaiting)
@@ -641,7 +644,7 @@ class Ledger(Generic[A]):
         events: list[Event[A]] = [Resent(len(records) + len(letters))]
         for start in range(0, max(len(records), len(letters)), RESEND_BATCH_RECORDS):
             end = start + RESEND_BATCH_RECORDS
-            self._publish(records[start:end], letters[start:end], events)
+            self._publish_encoded(records[start:end], letters[start:end], events)
         self._awaiting = collections.deque((self._seq, sender, seq) for _, sender, seq in self._awaiting)
         return events
 
@@ -1059,6 +1062,26 @@ class Ledger(Generic[A]):
         self.metrics.inc("k2_binance_message_errors_total", letter.reason, letter.stream)
 
     def _publish(self, records: list[Shaped], letters: list[DeadLetter], events: list[Event[A]]) -> None:
+        """Records leave as their Avro bodies; one the schema refuses becomes a dead letter."""
+        encoded: list[Encoded] = []
+        for stream, record, headers in records:
+            try:
+                body = write_body(stream, record)
+            except (ValueError, TypeError) as exc:  # one record the schema refuses must not sink the batch
+                name = record.get("message_id") or f"{record.get('conn_id')}/{record.get('conn_msg_seq')}"
+                letter = record_dead_letter(record, stream, SERIALIZATION_FAILED, f"{name}: {type(exc).__name__}: {exc}"[:200])
+                self._count_dead_letter(letter, events)
+                letters.append(letter)
+                continue
+            if is_raw(stream):
+                encoded.append(Encoded(stream, record["exchange"], record["conn_id"], record["conn_msg_seq"],
+                                       record["recv_ts_ns"] // 1000, 0, body, headers))
+            else:
+                encoded.append(Encoded(stream, record["exchange"], record["symbol"], record["source_sequence"],
+                                       record["ingestion_timestamp"], record["timestamp"], body, headers))
+        self._publish_encoded(encoded, letters, events)
+
+    def _publish_encoded(self, records: list[Encoded], letters: list[DeadLetter], events: list[Event[A]]) -> None:
         if records or letters:
             self._seq += 1
             batch = RecordBatch(self._seq, tuple(records), tuple(letters))

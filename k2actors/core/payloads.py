@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from k2actors.core.binance import AggTrade, Trade
 from k2actors.core.coinbase import CoinbaseTrade
@@ -65,11 +65,25 @@ class DeadLetter:
     stream: str  # the stream type it came on, or "unknown"
 
 
+class Encoded(NamedTuple):
+    """A record as it goes to Kafka: its Avro body (k2actors.core.avro), with what the
+    producer needs to know of it without reading the body. A tuple: it is pickled on its way
+    to the producer, thousands a second."""
+
+    stream: str  # the stream type: it picks topic and schema
+    venue: str
+    key: str  # the Kafka key: the symbol; a raw record's connection id
+    event_id: int  # the record's source sequence; a raw record's conn_msg_seq
+    received_us: int  # when the service received it (ingestion_timestamp)
+    event_us: int  # the venue's time of it (timestamp); 0 for a raw record: frames are not timed
+    body: bytes
+    headers: Headers  # its lineage
+
+
 @dataclass(frozen=True, repr=False)
 class RecordBatch:
     seq: int
-    # (stream type, record, lineage headers): the stream type picks topic and schema
-    records: tuple[tuple[str, Record, Headers], ...]
+    records: tuple[Encoded, ...]
     dead_letters: tuple[DeadLetter, ...]
 
     def __repr__(self) -> str:
