@@ -2,10 +2,11 @@
 
 A reader thread blocks on each socket (websocket-client answers every ping with the same
 payload) and stamps each frame with its receive time, its connection's id (fresh for every
-connection) and its number on that connection (1, 2, 3, ...): the raw record's identity. It wakes the actor through a pipe
-the actor watches with ThespianWatch, so the actor never blocks and batches form by
-themselves; frames that come one by one are held a moment (HOLD_SECONDS) for those that follow. Batches go to the Normaliser on a data channel (k2actors.channel). The flow
-window, the watchdog and rotation are k2actors.core.link's.
+connection) and its number on that connection (1, 2, 3, ...): the raw record's identity. It
+wakes the actor through a pipe the actor watches with ThespianWatch, so the actor never
+blocks and batches form by themselves; frames that come one by one are held a moment
+(HOLD_SECONDS) for those that follow. Batches go to the Normaliser on a data channel
+(k2actors.channel). The flow window, the watchdog and rotation are k2actors.core.link's.
 """
 
 from __future__ import annotations
