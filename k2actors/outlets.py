@@ -21,7 +21,7 @@ from k2actors.config import KafkaConfig
 from k2actors.core.avro import schema_for, write_body
 from k2actors.core.ranges import IdRanges
 from k2actors.core.resume import Checkpoint, CheckpointError, Key, held
-from k2actors.core.streams import STREAM_TYPES, is_raw
+from k2actors.core.streams import STREAM_TYPES, identity, is_raw
 from k2actors.logs import quiet_librdkafka_logger
 
 log = logging.getLogger("k2actors.producer")
@@ -29,10 +29,6 @@ log = logging.getLogger("k2actors.producer")
 # rather than printed to stderr by the C library.
 LIBRDKAFKA_LOG = logging.getLogger("k2actors.librdkafka")
 
-# The fields of a record that say what it is: (venue, whose, which one). Events are a
-# symbol's, numbered by the venue; raw frames a connection's, numbered by it.
-EVENT_IDENTITY = ("exchange", "symbol", "source_sequence")
-FRAME_IDENTITY = ("exchange", "conn_id", "conn_msg_seq")
 # The raw topic takes frames as large as a venue sends (a book snapshot can be several MB):
 # beyond Kafka's default of 1 MB per record, for the topic and for the producer.
 RAW_MAX_MESSAGE_BYTES = 16 * 2**20
@@ -254,7 +250,7 @@ def read_held(consumer: Consumer, kafka: KafkaConfig, registry: SchemaRegistryCl
         low, high = consumer.get_watermark_offsets(partition, timeout=10)
         start = checkpoint.offsets.get(number, low) if checkpoint else high - TAIL_WITHOUT_CHECKPOINT
         starts[partition] = max(low, start)
-    venue, whose, which = FRAME_IDENTITY if is_raw(stream) else EVENT_IDENTITY
+    venue, whose, which = identity(stream)
     tail = [(record[venue], record[whose], record[which])
             for record in (deserialize(message.value(), context) for message in _read_to_end(consumer, starts, give_up_at))]
     return held(checkpoint, tail), len(tail)

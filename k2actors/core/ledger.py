@@ -53,7 +53,7 @@ from k2actors.core.payloads import (
 )
 from k2actors.core.raw import RAW, Headers, RestResponse, frame_lineage, raw_record
 from k2actors.core.sequence import DEDUP_WINDOW_IDS, BatchSequence, Gap, StreamSequences, Verdict
-from k2actors.core.streams import CONSECUTIVE, is_raw, noun
+from k2actors.core.streams import CONSECUTIVE, identity, is_raw, noun
 from k2actors.core.telemetry import LogLine, MetricBuffer
 
 A = TypeVar("A")  # the address of a connection, opaque here
@@ -1067,18 +1067,16 @@ class Ledger(Generic[A]):
         for stream, record, headers in records:
             try:
                 body = write_body(stream, record)
-            except (ValueError, TypeError) as exc:  # one record the schema refuses must not sink the batch
+            except Exception as exc:  # one record the schema refuses (ValueError, TypeError, OverflowError) must not sink the batch
                 name = record.get("message_id") or f"{record.get('conn_id')}/{record.get('conn_msg_seq')}"
                 letter = record_dead_letter(record, stream, SERIALIZATION_FAILED, f"{name}: {type(exc).__name__}: {exc}"[:200])
                 self._count_dead_letter(letter, events)
                 letters.append(letter)
                 continue
-            if is_raw(stream):
-                encoded.append(Encoded(stream, record["exchange"], record["conn_id"], record["conn_msg_seq"],
-                                       record["recv_ts_ns"] // 1000, 0, body, headers))
-            else:
-                encoded.append(Encoded(stream, record["exchange"], record["symbol"], record["source_sequence"],
-                                       record["ingestion_timestamp"], record["timestamp"], body, headers))
+            venue, whose, which = identity(stream)
+            received_us, event_us = ((record["recv_ts_ns"] // 1000, 0) if is_raw(stream)  # frames are not timed
+                                     else (record["ingestion_timestamp"], record["timestamp"]))
+            encoded.append(Encoded(stream, record[venue], record[whose], record[which], received_us, event_us, body, headers))
         self._publish_encoded(encoded, letters, events)
 
     def _publish_encoded(self, records: list[Encoded], letters: list[DeadLetter], events: list[Event[A]]) -> None:

@@ -66,6 +66,17 @@ CONSECUTIVE = tuple(name for name, stream in STREAM_TYPES.items() if stream.numb
 SUPERSEDING = tuple(name for name, stream in STREAM_TYPES.items() if stream.numbering is Numbering.SUPERSEDING)
 
 
+# The fields of a record that say what it is: (venue, whose, which one). Events are a
+# symbol's, numbered by the venue; raw frames a connection's, numbered by it.
+EVENT_IDENTITY = ("exchange", "symbol", "source_sequence")
+FRAME_IDENTITY = ("exchange", "conn_id", "conn_msg_seq")
+
+
+def identity(stream: str) -> tuple[str, str, str]:
+    """The fields that say which record of the stream type a record is."""
+    return FRAME_IDENTITY if is_raw(stream) else EVENT_IDENTITY
+
+
 def is_raw(stream: str) -> bool:
     """A stream of frames as received (a venue's raw record), not of records derived from them."""
     return STREAM_TYPES[stream].numbering is Numbering.FRAMES
